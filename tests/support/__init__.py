@@ -1,0 +1,1 @@
+"""Test helpers that stand in for external systems (fake upstream servers)."""
