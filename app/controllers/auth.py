@@ -1,0 +1,113 @@
+"""``/api/auth``: login/logout with a session cookie, who am I, and personal API tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import Cookie
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.context import AppContext
+from app.controllers.deps import error_responses
+from app.controllers.middleware import SESSION_COOKIE, request_id_of
+from app.errors import Unauthorized
+from app.models import utcnow
+from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
+from app.services.audit import AuditEntry
+from app.services.auth import Principal
+
+
+def audit_entry(request: Request, action: str, principal: Principal | None = None, **fields: object) -> AuditEntry:
+    """An audit entry pre-filled with the caller, request id and client address."""
+    return AuditEntry(
+        action=action,
+        actor_id=principal.user_id if principal else None,
+        actor_name=principal.username if principal else None,
+        request_id=request_id_of(request.scope),
+        client_addr=request.client.host if request.client else None,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+class AuthController(Controller):
+    """Authentication for people (cookie) and programs (bearer tokens)."""
+
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @post(
+        "/login",
+        opt={"public": True},
+        status_code=HTTP_200_OK,
+        operation_id="login",
+        responses=error_responses(400, 401, 429),
+    )
+    async def login(self, request: Request, data: LoginRequest, ctx: AppContext) -> Response[LoginResponse]:
+        """Exchange username and password for a session token, also set as the HttpOnly cookie."""
+        try:
+            user = await ctx.auth.authenticate_password(data.username, data.password)
+        except Unauthorized:
+            await ctx.audit.record(audit_entry(request, "auth.login", outcome="denied", target=data.username[:64]))
+            raise
+        token, raw = await ctx.auth.issue_session(user.id)
+        principal = Principal(user.id, user.username, user.role, token.id, token.kind)
+        await ctx.audit.record(audit_entry(request, "auth.login", principal))
+        cookie = Cookie(
+            key=SESSION_COOKIE,
+            value=raw,
+            httponly=True,
+            samesite="lax",
+            path="/",
+            secure=ctx.settings.cookie_secure,
+            max_age=int(ctx.settings.session_ttl),
+        )
+        return Response(LoginResponse(raw, UserOut.of(user), token.expires_at), cookies=[cookie])
+
+    @post("/logout", status_code=HTTP_204_NO_CONTENT, operation_id="logout", responses=error_responses(401))
+    async def logout(self, request: Request, ctx: AppContext, principal: Principal) -> Response[None]:
+        """End the current session (revoke the session token) and clear the cookie."""
+        if principal.token_kind == "session":
+            await ctx.auth.revoke_token(principal.user_id, principal.token_id)
+        await ctx.audit.record(audit_entry(request, "auth.logout", principal))
+        return Response(
+            None,
+            status_code=HTTP_204_NO_CONTENT,
+            cookies=[Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)],
+        )
+
+    @get("/me", operation_id="me", responses=error_responses(401))
+    async def me(self, ctx: AppContext, principal: Principal) -> UserOut:
+        """The authenticated user."""
+        return UserOut.of(await ctx.auth.get_user(principal.user_id))
+
+    @get("/tokens", operation_id="listTokens", responses=error_responses(401))
+    async def list_tokens(self, ctx: AppContext, principal: Principal) -> list[TokenOut]:
+        """My API tokens (metadata only)."""
+        return [TokenOut.of(t) for t in await ctx.auth.list_tokens(principal.user_id)]
+
+    @post(
+        "/tokens",
+        status_code=HTTP_201_CREATED,
+        operation_id="createToken",
+        responses=error_responses(400, 401),
+    )
+    async def create_token(
+        self, request: Request, data: TokenCreate, ctx: AppContext, principal: Principal
+    ) -> TokenOut:
+        """Create an API token; the raw value is in this response only."""
+        expires = utcnow() + timedelta(days=data.expires_in_days) if data.expires_in_days else None
+        token, raw = await ctx.auth.issue_token(principal.user_id, name=data.name, expires_at=expires)
+        await ctx.audit.record(audit_entry(request, "token.create", principal, target=token.id))
+        return TokenOut.of(token, raw)
+
+    @delete(
+        "/tokens/{token_id:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        operation_id="revokeToken",
+        responses=error_responses(401, 404),
+    )
+    async def revoke_token(self, request: Request, token_id: str, ctx: AppContext, principal: Principal) -> None:
+        """Revoke one of my tokens."""
+        await ctx.auth.revoke_token(principal.user_id, token_id)
+        await ctx.audit.record(audit_entry(request, "token.revoke", principal, target=token_id))

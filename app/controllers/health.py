@@ -1,0 +1,52 @@
+"""``/health`` (alive) and ``/ready`` (every dependency answers)."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from litestar import Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from app.context import AppContext
+from app.schemas import CheckResult, ReadyResponse
+
+CHECK_TIMEOUT = 3.0
+
+
+@get("/health", opt={"public": True}, tags=["health"], operation_id="health")
+async def health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@get(
+    "/ready",
+    opt={"public": True},
+    tags=["health"],
+    operation_id="ready",
+    responses={503: ResponseSpec(data_container=ReadyResponse, description="a required check failed")},
+)
+async def ready(ctx: AppContext) -> Response[ReadyResponse]:
+    """Database, Redis (when configured) and each Docker server (when configured): status and latency."""
+    results: list[CheckResult] = []
+
+    async def run(name: str, check) -> None:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        error = None
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT):
+                await check()
+        except TimeoutError:
+            error = f"no answer within {CHECK_TIMEOUT:.0f} s"
+        except Exception as exc:  # a failed check is reported, not raised
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        results.append(CheckResult(name, error is None, round((time.perf_counter() - started) * 1000, 2), error))
+
+    async with anyio.create_task_group() as tg:
+        for name, check in ctx.ready_checks.items():
+            tg.start_soon(run, name, check)
+    results.sort(key=lambda r: r.name)
+    ok = all(r.ok for r in results)
+    return Response(ReadyResponse(ok, results), status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)

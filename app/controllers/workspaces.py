@@ -1,0 +1,133 @@
+"""``/api/workspaces``: workspace records (create, list, read, update, delete)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.context import AppContext
+from app.controllers.auth import audit_entry
+from app.controllers.deps import error_responses
+from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
+from app.services.auth import Principal
+from app.services.workspaces import WorkspaceService
+
+
+class WorkspacesController(Controller):
+    """Workspace records; the caller sees only their own (admins: everyone's with ``?all=true``)."""
+
+    path = "/api/workspaces"
+    tags = ["workspaces"]
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        operation_id="createWorkspace",
+        responses=error_responses(400, 401, 403, 409, 413, 422),
+    )
+    async def create(
+        self,
+        request: Request,
+        data: WorkspaceCreate,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+    ) -> WorkspaceOut:
+        """Create a workspace record in state ``created``."""
+        ws, clone_url = await workspaces.create(
+            principal,
+            name=data.name,
+            image=data.image,
+            git_url=data.git_url,
+            git_ref=data.git_ref,
+            git_depth=data.git_depth,
+            server_id=data.server_id,
+            cpu=data.cpu,
+            memory_mb=data.memory_mb,
+        )
+        await ctx.audit.record(audit_entry(request, "workspace.create", principal, workspace_id=ws.id, target=ws.name))
+        hook = ctx.extras.get("after_create")
+        if hook is not None:
+            ws = await hook(principal, ws, clone_url)
+        return WorkspaceOut.of(ws)
+
+    @get("/", operation_id="listWorkspaces", responses=error_responses(400, 401, 403))
+    async def list_workspaces(
+        self,
+        principal: Principal,
+        workspaces: WorkspaceService,
+        all_users: Annotated[bool, Parameter(query="all", description="admins: everyone's workspaces")] = False,
+        states: Annotated[
+            list[str] | None, Parameter(query="state", description="filter by state (repeatable)")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+    ) -> WorkspacePage:
+        """A page of workspaces, newest first."""
+        rows, next_cursor = await workspaces.list(
+            principal, all_users=all_users, states=states or (), limit=limit, cursor=cursor
+        )
+        return WorkspacePage([WorkspaceOut.of(ws) for ws in rows], next_cursor)
+
+    @get("/{workspace_id:str}", operation_id="getWorkspace", responses=error_responses(401, 404))
+    async def get_workspace(
+        self, workspace_id: str, principal: Principal, workspaces: WorkspaceService
+    ) -> WorkspaceOut:
+        """One workspace."""
+        return WorkspaceOut.of(await workspaces.get(principal, workspace_id))
+
+    @patch(
+        "/{workspace_id:str}",
+        operation_id="updateWorkspace",
+        responses=error_responses(400, 401, 404, 409, 422),
+    )
+    async def update(
+        self,
+        request: Request,
+        workspace_id: str,
+        data: WorkspaceUpdate,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+    ) -> WorkspaceOut:
+        """Rename a workspace or change its image/resources (applied at the next start)."""
+        ws = await workspaces.update(
+            principal, workspace_id, name=data.name, image=data.image, cpu=data.cpu, memory_mb=data.memory_mb
+        )
+        await ctx.audit.record(audit_entry(request, "workspace.update", principal, workspace_id=ws.id, target=ws.name))
+        return WorkspaceOut.of(ws)
+
+    @delete(
+        "/{workspace_id:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        operation_id="deleteWorkspace",
+        responses=error_responses(401, 404, 409),
+    )
+    async def delete_workspace(
+        self,
+        request: Request,
+        workspace_id: str,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+        purge: Annotated[bool, Parameter(description="also delete the workspace's files")] = False,
+    ) -> None:
+        """Delete a workspace (its container first, once runtimes exist)."""
+        hook = ctx.extras.get("delete")
+        if hook is not None:
+            ws = await hook(principal, workspace_id, purge=purge)
+        else:
+            ws = await workspaces.delete_record(principal, workspace_id)
+        await ctx.audit.record(
+            audit_entry(
+                request,
+                "workspace.delete",
+                principal,
+                workspace_id=ws.id,
+                target=ws.name,
+                details={"purge": purge},
+            )
+        )

@@ -1,0 +1,91 @@
+"""Database engine, sessions, and the migration check that guards ``serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+SessionMaker = async_sessionmaker[AsyncSession]
+
+
+class MigrationRequired(RuntimeError):
+    """The database is not at the newest migration."""
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Create the async engine; SQLite gets WAL mode, foreign keys and a busy timeout."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
+    """Session factory; objects stay usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(database_url: str) -> Config:
+    """Alembic configuration pointing at ``migrations/`` and the given database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Run migrations up to ``revision`` (blocking; call from a thread inside async code)."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str = "base") -> None:
+    """Run migrations down to ``revision`` (blocking)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision in ``migrations/``."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def check_migrated(engine: AsyncEngine) -> None:
+    """Raise ``MigrationRequired`` with the command to run when the schema is not at head."""
+
+    def current(sync_conn) -> str | None:  # type: ignore[no-untyped-def]
+        return MigrationContext.configure(sync_conn).get_current_revision()
+
+    async with engine.connect() as conn:
+        revision = await conn.run_sync(current)
+    head = head_revision()
+    if revision != head:
+        state = "empty" if revision is None else f"at revision {revision}"
+        raise MigrationRequired(
+            f"the database is {state}, the code expects {head}: run `codehub migrate` (or `just migrate`)"
+        )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Round-trip a trivial query."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

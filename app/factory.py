@@ -1,0 +1,171 @@
+"""The app factory: routes, middleware, error mapping, OpenAPI, and the lifespan that builds the context.
+
+To add a part: append its route handlers to ``ROUTES`` and, if it owns long-lived objects or background
+loops, a ``(ctx) -> None`` coroutine to ``STARTUP`` (it runs inside the lifespan, after the context exists;
+start loops with ``ctx.tasks.start_soon``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from app import db
+from app.context import AppContext
+from app.controllers.admin_users import AdminUsersController
+from app.controllers.auth import AuthController
+from app.controllers.deps import BASE_DEPENDENCIES, requires_user
+from app.controllers.health import health, ready
+from app.controllers.middleware import RequestContextMiddleware
+from app.controllers.workspaces import WorkspacesController
+from app.errors import DomainError
+from app.logging_setup import configure_logging
+from app.services.audit import AuditLog
+from app.services.auth import AuthService
+from app.services.workspaces import WorkspaceService
+from app.settings import Settings, load_settings
+from app.streams.hub import open_hub
+
+log = logging.getLogger("codehub")
+
+ROUTES: list[Any] = [health, ready, AuthController, AdminUsersController, WorkspacesController]
+STARTUP: list[Callable[[AppContext], Awaitable[None]]] = []
+
+
+def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _on_domain_error(_: Request, exc: DomainError) -> Response[Any]:
+    return _error_response(exc.status, exc.to_body(), exc.headers)
+
+
+def _snake(name: str) -> str:
+    name = name.removesuffix("Exception")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "http_error"
+
+
+def _on_http_exception(_: Request, exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, ValidationException):
+        detail = str(exc.detail)
+        errors = exc.extra if isinstance(exc.extra, list) else []
+        if any("malformed" in str(e.get("message", "")).lower() for e in errors if isinstance(e, dict)):
+            return _error_response(400, {"error": "invalid_json", "detail": "the body is not valid JSON"})
+        first = errors[0] if errors and isinstance(errors[0], dict) else {}
+        if first.get("message"):
+            where = f" at {first['key']}" if first.get("key") else ""
+            detail = f"{first['message']}{where}"
+        return _error_response(400, {"error": "invalid_request", "detail": detail, "errors": errors})
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        401: "unauthorized",
+        403: "forbidden",
+        429: "rate_limited",
+    }.get(exc.status_code, _snake(type(exc).__name__))
+    detail = str(exc.detail)
+    if isinstance(exc.__cause__, SerializationException):
+        code, detail = "invalid_json", f"the body is not valid JSON: {detail}"
+    if exc.status_code >= 500:
+        log.error("http exception %s: %s", exc.status_code, detail)
+        return _error_response(exc.status_code, {"error": "internal_error", "detail": "internal error"})
+    return _error_response(exc.status_code, {"error": code, "detail": detail}, exc.headers)
+
+
+def _on_unexpected(request: Request, exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(500, {"error": "internal_error", "detail": "internal error"})
+
+
+async def _bootstrap_admin(ctx: AppContext) -> None:
+    settings = ctx.settings
+    if settings.admin_username and settings.admin_password and await ctx.auth.count_users() == 0:
+        await ctx.auth.create_user(settings.admin_username, settings.admin_password, "admin")
+        log.info("created the first admin %r from CODEHUB_ADMIN_USERNAME", settings.admin_username)
+
+
+def _make_lifespan(settings: Settings) -> Callable[[Litestar], Any]:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = db.create_engine(settings)
+        try:
+            await db.check_migrated(engine)
+            sessionmaker = db.create_sessionmaker(engine)
+            redis = None
+            if settings.redis_url:
+                from redis.asyncio import Redis
+
+                redis = Redis.from_url(
+                    settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+                )
+            async with open_hub(settings) as hub, anyio.create_task_group() as tasks:
+                ctx = AppContext(
+                    settings=settings,
+                    engine=engine,
+                    sessionmaker=sessionmaker,
+                    events=hub,
+                    tasks=tasks,
+                    auth=AuthService(sessionmaker, settings),
+                    audit=AuditLog(sessionmaker),
+                    workspaces=WorkspaceService(sessionmaker, settings, hub),
+                    redis=redis,
+                )
+                ctx.ready_checks["database"] = lambda: db.ping(engine)
+                if redis is not None:
+                    ctx.ready_checks["redis"] = redis.ping
+                await _bootstrap_admin(ctx)
+                for startup in STARTUP:
+                    await startup(ctx)
+                app.state.ctx = ctx
+                try:
+                    yield
+                finally:
+                    app.state.ctx = None
+                    tasks.cancel_scope.cancel()
+            if redis is not None:
+                await redis.aclose()
+        finally:
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the Litestar application for ``settings`` (default: from the environment)."""
+    settings = settings or load_settings()
+    configure_logging(settings)
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[_make_lifespan(settings)],
+        guards=[requires_user],
+        dependencies=BASE_DEPENDENCIES,
+        middleware=[DefineMiddleware(RequestContextMiddleware)],
+        exception_handlers={
+            DomainError: _on_domain_error,
+            HTTPException: _on_http_exception,
+            Exception: _on_unexpected,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"settings": settings, "ctx": None}),
+        openapi_config=OpenAPIConfig(
+            title="code-hub",
+            version="0.1.0",
+            description="Self-hosted hub for browser development workspaces. SSE-first.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,200 @@
+"""Request and response bodies of the spine's API (msgspec Structs; unknown fields are refused)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from app.models import ApiToken, User, Workspace
+
+DnsLabel = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="DNS label: lower-case letters, digits and '-', 1-63 characters",
+    ),
+]
+ImageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
+GitUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+GitRef = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")]
+ShortId = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=r"^[a-z0-9]+$")]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are a 4xx, not silently ignored."""
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error response."""
+
+    error: str
+    detail: str
+
+
+class LoginRequest(Body):
+    """Credentials for ``POST /api/auth/login``."""
+
+    username: Annotated[str, msgspec.Meta(max_length=256)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class UserOut(msgspec.Struct):
+    """A user as shown by the API (never the password hash)."""
+
+    id: int
+    username: str
+    role: str
+    disabled: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        """Shape a model row."""
+        return cls(user.id, user.username, user.role, user.disabled, user.created_at)
+
+
+class LoginResponse(msgspec.Struct):
+    """A session token (also set as the ``codehub_session`` cookie) and who it belongs to."""
+
+    token: str
+    user: UserOut
+    expires_at: datetime | None
+
+
+class TokenCreate(Body):
+    """A new API token: a name and an optional lifetime in days."""
+
+    name: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    expires_in_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+
+
+class TokenOut(msgspec.Struct):
+    """A token's metadata; ``token`` holds the raw value only in the create response."""
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    token: str | None = None
+
+    @classmethod
+    def of(cls, token: ApiToken, raw: str | None = None) -> TokenOut:
+        """Shape a model row."""
+        return cls(token.id, token.name, token.prefix, token.created_at, token.expires_at, token.last_used_at, raw)
+
+
+class UserCreate(Body):
+    """An admin creating a user."""
+
+    username: Annotated[str, msgspec.Meta(max_length=64)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    role: Literal["admin", "user"] = "user"
+
+
+class UserUpdate(Body):
+    """An admin changing a user; absent fields stay as they are."""
+
+    role: Literal["admin", "user"] | None = None
+    disabled: bool | None = None
+    password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class WorkspaceCreate(Body):
+    """A new workspace record."""
+
+    name: DnsLabel
+    image: ImageRef | None = None
+    git_url: GitUrl | None = None
+    git_ref: GitRef | None = None
+    git_depth: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    server_id: ShortId | None = None
+    cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=64)] | None = None
+
+
+class WorkspaceUpdate(Body):
+    """Changes to a workspace record; resources apply at the next start."""
+
+    name: DnsLabel | None = None
+    image: ImageRef | None = None
+    cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=64)] | None = None
+
+
+WorkspaceState = Literal["created", "starting", "running", "stopping", "stopped", "failed"]
+
+
+class WorkspaceOut(msgspec.Struct):
+    """A workspace as shown by the API."""
+
+    id: str
+    name: str
+    owner_id: int
+    state: str
+    state_reason: str | None
+    server_id: str | None
+    image: str
+    git_url: str | None
+    git_ref: str | None
+    cpu: float
+    memory_mb: int
+    url: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    stopped_at: datetime | None
+    last_activity_at: datetime | None
+    last_activity_source: str | None
+
+    @classmethod
+    def of(cls, ws: Workspace) -> WorkspaceOut:
+        """Shape a model row."""
+        return cls(
+            ws.id,
+            ws.name,
+            ws.owner_id,
+            ws.state,
+            ws.state_reason,
+            ws.server_id,
+            ws.image,
+            ws.git_url,
+            ws.git_ref,
+            ws.cpu,
+            ws.memory_mb,
+            f"/w/{ws.id}/",
+            ws.created_at,
+            ws.updated_at,
+            ws.started_at,
+            ws.stopped_at,
+            ws.last_activity_at,
+            ws.last_activity_source,
+        )
+
+
+class WorkspacePage(msgspec.Struct):
+    """One page of workspaces; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[WorkspaceOut]
+    next_cursor: str | None
+
+
+class CheckResult(msgspec.Struct):
+    """One readiness check."""
+
+    name: str
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class ReadyResponse(msgspec.Struct):
+    """``GET /ready``: every check and the overall verdict."""
+
+    ok: bool
+    checks: list[CheckResult]

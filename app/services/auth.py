@@ -1,0 +1,237 @@
+"""Users, passwords and opaque API tokens (only their sha256 is stored)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db import SessionMaker
+from app.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from app.models import ApiToken, User, utcnow
+from app.settings import Settings
+
+TOKEN_PREFIX = "chub_"
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+ROLES = ("admin", "user")
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("codehub-dummy-password")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is: the user and the token (or session) that proved it."""
+
+    user_id: int
+    username: str
+    role: str
+    token_id: str
+    token_kind: str
+
+    @property
+    def is_admin(self) -> bool:
+        """True for admins."""
+        return self.role == "admin"
+
+
+def hash_token(raw: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def normalize_username(username: str) -> str:
+    """Lower-case and validate a username (1-64 of a-z 0-9 _ . -, starting with a letter or digit)."""
+    name = username.strip().lower()
+    if not USERNAME_RE.fullmatch(name):
+        raise Unprocessable("username must be 1-64 characters of a-z, 0-9, '_', '.', '-'", code="bad_username")
+    return name
+
+
+def check_password_strength(password: str) -> None:
+    """Refuse passwords that are too short or too long."""
+    if not 8 <= len(password) <= 1024:
+        raise Unprocessable("password must be 8 to 1024 characters", code="bad_password")
+
+
+class AuthService:
+    """User and token operations; verified tokens are cached in-process for ``token_cache_ttl`` seconds."""
+
+    def __init__(self, sessionmaker: SessionMaker, settings: Settings) -> None:
+        self._sessionmaker = sessionmaker
+        self._settings = settings
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def create_user(self, username: str, password: str, role: str = "user") -> User:
+        """Create a user; 409 when the name is taken."""
+        name = normalize_username(username)
+        check_password_strength(password)
+        if role not in ROLES:
+            raise Unprocessable(f"role must be one of {', '.join(ROLES)}", code="bad_role")
+        password_hash = await anyio.to_thread.run_sync(_hasher.hash, password)
+        async with self._sessionmaker() as session:
+            user = User(username=name, password_hash=password_hash, role=role)
+            session.add(user)
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise Conflict(f"user {name!r} already exists", code="user_exists") from None
+        return user
+
+    async def count_users(self) -> int:
+        """How many users exist."""
+        async with self._sessionmaker() as session:
+            return int(await session.scalar(select(func.count(User.id))) or 0)
+
+    async def get_user(self, user_id: int) -> User:
+        """A user by id, or 404."""
+        async with self._sessionmaker() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    async def get_user_by_name(self, username: str) -> User:
+        """A user by name, or 404."""
+        async with self._sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.username == username.strip().lower()))
+        if user is None:
+            raise NotFound(f"no user named {username!r}")
+        return user
+
+    async def list_users(self, *, limit: int, offset: int) -> list[User]:
+        """Users ordered by id."""
+        async with self._sessionmaker() as session:
+            rows = await session.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
+            return list(rows)
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        role: str | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> User:
+        """Change role, disabled flag or password; cached tokens of the user are dropped."""
+        if role is not None and role not in ROLES:
+            raise Unprocessable(f"role must be one of {', '.join(ROLES)}", code="bad_role")
+        if password is not None:
+            check_password_strength(password)
+            password_hash = await anyio.to_thread.run_sync(_hasher.hash, password)
+        async with self._sessionmaker() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFound("no such user")
+            if role is not None:
+                user.role = role
+            if disabled is not None:
+                user.disabled = disabled
+            if password is not None:
+                user.password_hash = password_hash
+            await session.commit()
+        self._forget_user(user_id)
+        return user
+
+    async def authenticate_password(self, username: str, password: str) -> User:
+        """The user whose name and password match; one uniform 401 otherwise (no hint which part failed)."""
+        try:
+            name = normalize_username(username)
+        except Unprocessable:
+            name = ""
+        async with self._sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.username == name)) if name else None
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        try:
+            ok = await anyio.to_thread.run_sync(_hasher.verify, stored, password)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or user is None or user.disabled:
+            raise Unauthorized("invalid username or password", code="invalid_credentials")
+        return user
+
+    async def issue_token(
+        self, user_id: int, *, name: str = "", kind: str = "api", expires_at: datetime | None = None
+    ) -> tuple[ApiToken, str]:
+        """Create a token; returns the row and the raw token, which is shown once and never stored."""
+        raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = ApiToken(
+            user_id=user_id,
+            name=name,
+            kind=kind,
+            token_hash=hash_token(raw),
+            prefix=raw[: len(TOKEN_PREFIX) + 4],
+            expires_at=expires_at,
+        )
+        async with self._sessionmaker() as session:
+            session.add(token)
+            await session.commit()
+        return token, raw
+
+    async def issue_session(self, user_id: int) -> tuple[ApiToken, str]:
+        """A login session token (the cookie's value) that expires after ``session_ttl``."""
+        expires = utcnow() + timedelta(seconds=self._settings.session_ttl)
+        return await self.issue_token(user_id, name="session", kind="session", expires_at=expires)
+
+    async def list_tokens(self, user_id: int) -> list[ApiToken]:
+        """A user's live API tokens (not revoked, not sessions), newest first."""
+        async with self._sessionmaker() as session:
+            rows = await session.scalars(
+                select(ApiToken)
+                .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None), ApiToken.kind == "api")
+                .order_by(ApiToken.created_at.desc())
+            )
+            return list(rows)
+
+    async def revoke_token(self, user_id: int, token_id: str) -> ApiToken:
+        """Revoke one of the user's tokens (404 for a foreign or unknown id)."""
+        async with self._sessionmaker() as session:
+            token = await session.get(ApiToken, token_id)
+            if token is None or token.user_id != user_id or token.revoked_at is not None:
+                raise NotFound("no such token")
+            token.revoked_at = utcnow()
+            await session.commit()
+        self._cache = {k: v for k, v in self._cache.items() if v[1].token_id != token_id}
+        return token
+
+    async def resolve(self, raw: str) -> Principal:
+        """The principal a raw token proves; 401 when unknown, expired, revoked or its user disabled."""
+        if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+            raise Unauthorized("invalid or expired token", code="invalid_token")
+        digest = hash_token(raw)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == digest)
+                )
+            ).first()
+            if row is None or not hmac.compare_digest(row[0].token_hash, digest):
+                raise Unauthorized("invalid or expired token", code="invalid_token")
+            token, user = row
+            current = utcnow()
+            if token.revoked_at is not None or user.disabled or (token.expires_at and token.expires_at <= current):
+                raise Unauthorized("invalid or expired token", code="invalid_token")
+            if token.last_used_at is None or (current - token.last_used_at).total_seconds() > 60:
+                await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=current))
+                await session.commit()
+        principal = Principal(user.id, user.username, user.role, token.id, token.kind)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._settings.token_cache_ttl, principal)
+        return principal
+
+    def _forget_user(self, user_id: int) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if v[1].user_id != user_id}

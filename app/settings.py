@@ -1,0 +1,224 @@
+"""Typed settings read from ``CODEHUB_*`` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "CODEHUB_"
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable holds a value that does not fit its setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    """One setting as shown in ``codehub serve --help`` and the README."""
+
+    env: str
+    default: str
+    help: str
+
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Every setting of the hub. Field docs live in ``SETTING_HELP`` so ``--help`` can print them."""
+
+    data_dir: Path = Path("./.codehub")
+    database_url: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "codehub"
+    docker_url: str = "auto"
+    runtime: Literal["auto", "docker", "local"] = "auto"
+    default_image: str = "codercom/code-server:latest"
+    workspace_mount: str = "/home/coder/project"
+    workspaces_dir: str = ""
+    local_ide_command: str = "code-server --auth none --bind-addr 127.0.0.1:{port} --disable-telemetry {dir}"
+    container_user: str = "auto"
+    pull_images: bool = False
+    hub_id: str = "codehub"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    public_url: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_timeout: Seconds = 120.0
+    llm_max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 4
+    llm_connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    llm_max_tokens: Annotated[int, msgspec.Meta(ge=16)] = 2048
+    llm_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    llm_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 10
+    llm_context_chars: Annotated[int, msgspec.Meta(ge=1000)] = 24_000
+    idle_timeout: Seconds = 1800.0
+    idle_warning: Seconds = 300.0
+    start_timeout: Seconds = 60.0
+    default_cpu: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    max_cpu: Annotated[float, msgspec.Meta(gt=0)] = 8.0
+    default_memory_mb: Annotated[int, msgspec.Meta(ge=64)] = 2048
+    max_memory_mb: Annotated[int, msgspec.Meta(ge=64)] = 16384
+    max_workspaces_per_user: Annotated[int, msgspec.Meta(ge=0)] = 20
+    allow_file_git_urls: bool = False
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10_485_760
+    sse_heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    sse_retry_ms: Annotated[int, msgspec.Meta(ge=0)] = 2000
+    event_history: Annotated[int, msgspec.Meta(ge=10)] = 10_000
+    session_ttl: Seconds = 14 * 24 * 3600.0
+    cookie_secure: bool = False
+    token_cache_ttl: Seconds = 5.0
+    admin_username: str = ""
+    admin_password: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'codehub.db').resolve()}"
+
+    @property
+    def resolved_workspaces_dir(self) -> Path:
+        """Where workspace directories live (a path all Docker servers can bind, in multi-host setups)."""
+        return Path(self.workspaces_dir) if self.workspaces_dir else (self.data_dir / "workspaces").resolve()
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite."""
+        return self.resolved_database_url.startswith("sqlite")
+
+
+SETTING_HELP: dict[str, str] = {
+    "data_dir": "Directory for the SQLite database, workspace files and other state.",
+    "database_url": "SQLAlchemy URL; empty = SQLite in the data dir. Postgres: postgresql+psycopg://user@host/db",
+    "redis_url": "redis://host:6379/0 for cross-process events, cache and rate limits; empty = in-process.",
+    "redis_prefix": "Prefix of every Redis key and channel this hub uses.",
+    "docker_url": "Default Docker engine: auto (local socket when it answers), none, unix://… or tcp://….",
+    "runtime": "auto (Docker when an engine answers, else local processes), docker or local.",
+    "default_image": "Image for new workspaces.",
+    "workspace_mount": "Mount point of the workspace directory inside the container.",
+    "workspaces_dir": "Host directory holding workspace files; empty = <data dir>/workspaces.",
+    "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in.",
+    "container_user": "uid:gid workspace containers run as; auto = the hub's (1000:1000 if root); image = image's.",
+    "pull_images": "Pull a missing workspace image on start (with progress events); off = fail with a reason.",
+    "hub_id": "Label value marking containers owned by this hub deployment (codehub.hub).",
+    "host": "Address `codehub serve` binds.",
+    "port": "Port `codehub serve` binds.",
+    "public_url": "External URL of the hub (origin checks, links); empty = derived from requests.",
+    "allowed_origins": "Comma-separated extra origins allowed for WebSocket upgrades and CORS.",
+    "llm_base_url": "OpenAI-compatible API base URL, e.g. http://vllm:8000/v1; empty = AI disabled.",
+    "llm_model": "Model name sent to the LLM server.",
+    "llm_api_key": "API key for the LLM server (never logged).",
+    "llm_timeout": "Read timeout (s) for LLM streams.",
+    "llm_max_concurrency": "Concurrent AI requests allowed per user.",
+    "llm_connect_timeout": "Connect timeout (s) to the LLM server; a failed connect is retried once.",
+    "llm_max_tokens": "Largest completion (tokens) asked of the LLM server per request.",
+    "llm_rate_per_minute": "AI requests per user per minute (token bucket; 0 = unlimited).",
+    "llm_rate_burst": "AI requests a user may make back to back before the per-minute rate applies.",
+    "llm_context_chars": "Character budget of the code context (selection + related files) sent to the LLM.",
+    "idle_timeout": "Seconds without activity before a workspace is stopped (0 = never).",
+    "idle_warning": "Seconds before an idle stop that workspace.stop_pending is published.",
+    "start_timeout": "Seconds a start may take before the workspace is marked failed.",
+    "default_cpu": "CPUs for a workspace when the request names none.",
+    "max_cpu": "Largest CPU count a workspace may ask for.",
+    "default_memory_mb": "Memory (MiB) for a workspace when the request names none.",
+    "max_memory_mb": "Largest memory (MiB) a workspace may ask for.",
+    "max_workspaces_per_user": "Workspaces a non-admin user may own (0 = unlimited).",
+    "allow_file_git_urls": "Allow file:// git URLs (admins only; for tests and air-gapped mirrors).",
+    "max_body_bytes": "Largest JSON request body.",
+    "max_file_bytes": "Largest file written or read through the files API.",
+    "sse_heartbeat": "Seconds between SSE heartbeat comments.",
+    "sse_retry_ms": "retry: hint sent to SSE clients.",
+    "event_history": "Events kept per topic for Last-Event-ID replay.",
+    "session_ttl": "Lifetime (s) of the login session cookie.",
+    "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
+    "token_cache_ttl": "Seconds a verified token is cached in-process (revocation elsewhere waits this long).",
+    "admin_username": "Bootstrap: create this admin at start when no user exists.",
+    "admin_password": "Bootstrap: password of that admin.",
+    "log_level": "debug, info, warning or error.",
+    "log_format": "json (one object per line) or console (human-readable).",
+}
+
+
+def setting_docs() -> list[SettingDoc]:
+    """List every setting with its environment variable, default and help text."""
+    defaults = Settings()
+    docs = []
+    for field in msgspec.structs.fields(Settings):
+        value = getattr(defaults, field.name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        docs.append(SettingDoc(ENV_PREFIX + field.name.upper(), shown, SETTING_HELP.get(field.name, "")))
+    return docs
+
+
+def _coerce(name: str, raw: str, annotation: Any) -> Any:
+    if "tuple" in str(annotation):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if "bool" in str(annotation) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+        return raw.lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def _decode_path(type_: type, value: Any) -> Any:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from the environment (or ``environ``) plus keyword overrides.
+
+    Raises ``SettingsError`` naming the variable and the problem on any bad value.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        key = ENV_PREFIX + field.name.upper()
+        if key in env:
+            values[field.name] = _coerce(field.name, env[key], field.type)
+    values.update(overrides)
+    try:
+        settings = msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = re.search(r"at `\$\.(\w+)", message)
+        field_name = match.group(1) if match else ""
+        var = ENV_PREFIX + field_name.upper() if field_name else "a CODEHUB_* variable"
+        raise SettingsError(f"invalid value for {var}: {message}") from None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    url = settings.resolved_database_url
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+psycopg://")):
+        raise SettingsError(
+            "CODEHUB_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+psycopg:// "
+            f"(got {url.split('://')[0]}://…)"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("CODEHUB_REDIS_URL must start with redis://, rediss:// or unix://")
+    if settings.docker_url not in {"auto", "none", ""} and not settings.docker_url.startswith(
+        ("unix://", "tcp://", "http://", "https://")
+    ):
+        raise SettingsError("CODEHUB_DOCKER_URL must be auto, none, unix://… or tcp://…")
+    if settings.default_cpu > settings.max_cpu:
+        raise SettingsError("CODEHUB_DEFAULT_CPU is larger than CODEHUB_MAX_CPU")
+    if settings.default_memory_mb > settings.max_memory_mb:
+        raise SettingsError("CODEHUB_DEFAULT_MEMORY_MB is larger than CODEHUB_MAX_MEMORY_MB")
+    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,63}", settings.hub_id):
+        raise SettingsError("CODEHUB_HUB_ID must be 1-63 letters, digits, '.', '_' or '-'")
+    for origin in settings.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise SettingsError(f"CODEHUB_ALLOWED_ORIGINS entry {origin!r} is not an origin like https://host[:port]")

@@ -1,0 +1,37 @@
+# code-hub tasks. Run with `uv run just <task>`.
+set dotenv-load := false
+
+# Migrate the embedded database and serve with reload, readable logs
+dev:
+    CODEHUB_LOG_FORMAT=${CODEHUB_LOG_FORMAT:-console} uv run codehub migrate
+    CODEHUB_LOG_FORMAT=${CODEHUB_LOG_FORMAT:-console} uv run codehub serve --reload
+
+# Serve (expects a migrated database)
+serve *ARGS:
+    uv run codehub serve {{ARGS}}
+
+# Upgrade the database to the newest schema
+migrate:
+    uv run codehub migrate
+
+# Run the test suite (missing services skip; CODEHUB_TEST_REQUIRE=postgres,redis,docker makes them fail)
+test *ARGS:
+    uv run pytest {{ARGS}}
+
+# Lint and check formatting
+lint:
+    uv run ruff check app tests bench migrations
+    uv run ruff format --check app tests bench migrations
+
+# Format the code
+fmt:
+    uv run ruff format app tests bench migrations
+    uv run ruff check --fix app tests bench migrations
+
+# Run every benchmark and print one table
+bench *ARGS:
+    uv run python bench/run_all.py {{ARGS}}
+
+# Make Postgres, Redis and dockerd answer and build the local images (root)
+services:
+    bash scripts/services.sh

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Make PostgreSQL, Redis and a Docker engine answer on this machine, and build the local test images.
+# Idempotent: what already answers is left alone. Needs root for apt and dockerd.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+images=${CODEHUB_IMAGE_BUILDER:-$here/../shared/images/build-images.sh}
+log() { printf '==> %s\n' "$*"; }
+apt_updated=0
+apt_install() {
+  [ "$apt_updated" = 1 ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# PostgreSQL on 127.0.0.1:5432, trust auth, database "test"
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test' >/dev/null
+log "PostgreSQL: $(psql -h 127.0.0.1 -U postgres -d test -tAc 'SHOW server_version')"
+
+# Redis on 127.0.0.1:6379
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 30); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+log "Redis: $(redis-cli -h 127.0.0.1 ping)"
+
+# Docker engine (Debian's docker.io); the client alone is not enough
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || apt_install docker.io
+  log "starting dockerd"
+  (nohup dockerd >/var/log/dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+docker info --format 'Docker: {{.ServerVersion}}'
+
+# Local images (no registry can be reached): the small test image always, code-server unless skipped
+need_images=()
+docker image inspect codehub/workspace:test >/dev/null 2>&1 || need_images+=(prereqs wsimage)
+if [ "${CODEHUB_SKIP_CODE_SERVER_IMAGE:-0}" != 1 ] && ! docker image inspect codehub/code-server:local >/dev/null 2>&1; then
+  need_images+=(prereqs node install csimage)
+fi
+if ! command -v chromium >/dev/null; then need_images+=(browser); fi
+if [ ${#need_images[@]} -gt 0 ]; then
+  log "building images: ${need_images[*]}"
+  bash "$images" $(printf '%s\n' "${need_images[@]}" | awk '!seen[$0]++') cleanup
+fi
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^codehub/' || true
+command -v git >/dev/null || apt_install git
+log "services ready"
