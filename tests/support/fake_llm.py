@@ -38,6 +38,8 @@ class Behavior:
     error_message: str = "upstream exploded"
     retry_after: str | None = None  # Retry-After header on error answers
     model: str | None = None  # model name in answers; default: the requested one
+    usage: bool = True  # honour stream_options.include_usage (False: like servers that ignore it)
+    done: bool = True  # end streams with data: [DONE]
 
 
 @dataclass
@@ -96,9 +98,7 @@ class FakeLLM:
         path = scope["path"]
         self.requests.append(RecordedRequest(scope["method"], path, headers, payload))
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
-            await _send_json(
-                send, 401, _error_body("Incorrect API key provided", "invalid_request_error", 401)
-            )
+            await _send_json(send, 401, _error_body("Incorrect API key provided", "invalid_request_error", 401))
         elif path == "/v1/models" and scope["method"] == "GET":
             await _send_json(
                 send,
@@ -117,16 +117,24 @@ class FakeLLM:
             )
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             behavior = self.queue.popleft() if self.queue else self.default
+            complete = False
+
+            async def tracking_send(message: dict[str, Any]) -> None:
+                nonlocal complete
+                complete = complete or (message["type"] == "http.response.body" and not message.get("more_body"))
+                await send(message)
+
             async with anyio.create_task_group() as tg:
 
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    self.disconnects += 1
+                    if not complete:
+                        self.disconnects += 1
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch_disconnect)
-                await self._chat(behavior, payload if isinstance(payload, dict) else {}, send)
+                await self._chat(behavior, payload if isinstance(payload, dict) else {}, tracking_send)
                 tg.cancel_scope.cancel()
         else:
             await _send_json(send, 404, _error_body(f"no route {path}", "not_found", 404))
@@ -172,7 +180,7 @@ class FakeLLM:
                 },
             )
             return
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        include_usage = behavior.usage and bool((request.get("stream_options") or {}).get("include_usage"))
         await self._stream(send, behavior, tokens, finish, usage, completion_id, model, include_usage)
 
     async def _stream(
@@ -241,7 +249,13 @@ class FakeLLM:
                 )
                 + b"\n\n"
             )
-        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": tail + (b"data: [DONE]\n\n" if behavior.done else b""),
+                "more_body": False,
+            }
+        )
         self.completed += 1
 
 
@@ -259,9 +273,7 @@ def _error_body(message: str, type_: str, code: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-async def _send_json(
-    send: Any, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def _send_json(send: Any, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     data = msgspec.json.encode(body)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
