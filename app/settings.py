@@ -70,9 +70,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     allow_file_git_urls: bool = False
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10_485_760
+    max_tree_entries: Annotated[int, msgspec.Meta(ge=10)] = 10_000
+    max_patch_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16_777_216
+    max_patch_files: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+    max_patch_hunks: Annotated[int, msgspec.Meta(ge=1)] = 20_000
     sse_heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     sse_retry_ms: Annotated[int, msgspec.Meta(ge=0)] = 2000
     event_history: Annotated[int, msgspec.Meta(ge=10)] = 10_000
+    event_ttl: Seconds = 7 * 24 * 3600.0
     session_ttl: Seconds = 14 * 24 * 3600.0
     cookie_secure: bool = False
     token_cache_ttl: Seconds = 5.0
@@ -138,9 +143,14 @@ SETTING_HELP: dict[str, str] = {
     "allow_file_git_urls": "Allow file:// git URLs (admins only; for tests and air-gapped mirrors).",
     "max_body_bytes": "Largest JSON request body.",
     "max_file_bytes": "Largest file written or read through the files API.",
+    "max_tree_entries": "Most entries one file-tree listing returns (the rest is cut, truncated=true).",
+    "max_patch_bytes": "Largest diff accepted by the patch validate/apply API.",
+    "max_patch_files": "Most files one diff may touch.",
+    "max_patch_hunks": "Most hunks one diff may hold.",
     "sse_heartbeat": "Seconds between SSE heartbeat comments.",
     "sse_retry_ms": "retry: hint sent to SSE clients.",
     "event_history": "Events kept per topic for Last-Event-ID replay.",
+    "event_ttl": "Seconds a topic's event history is kept after its last event (0 = kept until trimmed).",
     "session_ttl": "Lifetime (s) of the login session cookie.",
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
     "token_cache_ttl": "Seconds a verified token is cached in-process (revocation elsewhere waits this long).",
@@ -171,7 +181,7 @@ def _coerce(name: str, raw: str, annotation: Any) -> Any:
 
 
 def _decode_path(type_: type, value: Any) -> Any:
-    if type_ is Path and isinstance(value, str):
+    if type_ is Path and isinstance(value, str | Path):
         return Path(value)
     raise NotImplementedError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
@@ -59,9 +59,9 @@ class WorkspacesController(Controller):
         self,
         principal: Principal,
         workspaces: WorkspaceService,
-        all_users: Annotated[bool, Parameter(query="all", description="admins: everyone's workspaces")] = False,
+        all_users: Annotated[bool, QueryParameter(name="all", description="admins: everyone's workspaces")] = False,
         states: Annotated[
-            list[str] | None, Parameter(query="state", description="filter by state (repeatable)")
+            list[str] | None, QueryParameter(name="state", description="filter by state (repeatable)")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve_asgi(app, *, port: int | None = None, ws: str = "websockets") -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+async def serve_asgi(app, *, port: int | None = None, ws: str = "websockets-sansio") -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
     """Serve ``app`` with uvicorn until the block ends; yields ``http://127.0.0.1:<port>``."""
     port = port or free_port()
     config = uvicorn.Config(
