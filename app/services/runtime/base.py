@@ -1,0 +1,300 @@
+"""The runtime contract: what the lifecycle needs of an engine that runs workspaces.
+
+Modeled on JupyterHub's Spawner (start / stop / poll), widened with status, logs, exec and a TTY hook.
+One runtime object serves one engine (a Docker host, or this machine's processes) and is keyed by
+workspace id, so it holds no per-workspace state the database does not also know: a hub restarted
+after a crash can poll, stop and remove what it started before.
+
+Runtimes are async context managers; open them once in the app lifespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from app.errors import BadGateway, Conflict, NotFound, ServiceUnavailable
+
+IDE_PORT = 8080
+LABEL_WORKSPACE = "codehub.workspace"
+LABEL_OWNER = "codehub.owner"
+LABEL_HUB = "codehub.hub"
+
+
+class WorkspaceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a runtime needs to start one workspace."""
+
+    id: str
+    owner: str
+    image: str
+    hub_id: str
+    workspace_dir: str
+    mount: str = "/home/coder/project"
+    cpu: float = 1.0
+    memory_mb: int = 2048
+    pids_limit: int = 1024
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    command: tuple[str, ...] = ()
+    ide_port: int = IDE_PORT
+
+    @property
+    def container_name(self) -> str:
+        """Name of the workspace's container (``codehub-<id>``)."""
+        return container_name(self.id)
+
+
+def container_name(workspace_id: str) -> str:
+    """Container name for a workspace id."""
+    return f"codehub-{workspace_id}"
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    """Where the IDE of a started workspace answers, and what runs it."""
+
+    host: str
+    port: int
+    container_id: str
+
+    @property
+    def url(self) -> str:
+        """Base HTTP URL of the IDE."""
+        return f"http://{self.host}:{self.port}"
+
+
+class ResourceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Resource numbers of a running workspace, sampled at ``sampled_at``."""
+
+    cpu_percent: float
+    memory_used_bytes: int
+    memory_limit_bytes: int
+    pids: int
+    sampled_at: str
+
+
+class RuntimeState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the engine knows of one workspace (for polling and reconciliation)."""
+
+    workspace_id: str
+    container_id: str
+    running: bool
+    status: str
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    hub_id: str = ""
+    owner: str = ""
+
+
+class LogLine(msgspec.Struct, frozen=True):
+    """One line of IDE output with its RFC 3339 timestamp."""
+
+    at: str
+    text: str
+
+
+class ExecRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A command to run in a workspace: an argv list, or a string run with ``sh -c``."""
+
+    command: list[str] | str
+    timeout_s: float = 60.0
+    workdir: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    max_output_bytes: int = 1_048_576
+
+    @property
+    def argv(self) -> list[str]:
+        """The argv to run."""
+        return ["sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+
+
+class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of a finished command. ``exit_code`` is 137 after a timeout kill."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    truncated: bool = False
+    timed_out: bool = False
+
+
+class ExecOutput(msgspec.Struct, frozen=True):
+    """A chunk of live command output."""
+
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class ExecExit(msgspec.Struct, frozen=True, kw_only=True):
+    """The last item of an exec stream."""
+
+    exit_code: int
+    duration_ms: int
+    truncated: bool = False
+    timed_out: bool = False
+
+
+ExecItem = ExecOutput | ExecExit
+
+
+class RuntimeEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Something the engine did to a workspace on its own (``die``, ``destroy``, ``start``, ``oom``)."""
+
+    workspace_id: str
+    event: str
+    exit_code: int | None = None
+    at: str = ""
+
+
+class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Answer of an engine check."""
+
+    ok: bool
+    version: str = ""
+    api_version: str = ""
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+Progress = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Callback for start progress: ``(kind, data)``, e.g. ``("pull", {...})`` or ``("created", {...})``."""
+
+
+class StartFailed(BadGateway):
+    """The workspace did not come up; ``logs`` carries its last output lines."""
+
+    default_code = "start_failed"
+
+    def __init__(self, detail: str, *, logs: Sequence[str] = (), code: str | None = None) -> None:
+        super().__init__(detail, code=code, logs=list(logs))
+        self.logs = list(logs)
+
+
+class ImageNotFound(StartFailed):
+    """The workspace image is not on the engine (and pulling is off or failed)."""
+
+    default_code = "image_not_found"
+
+
+class RuntimeUnavailable(ServiceUnavailable):
+    """The engine does not answer."""
+
+    default_code = "runtime_unavailable"
+
+
+class WorkspaceNotRunning(Conflict):
+    """An operation that needs a running workspace found none."""
+
+    default_code = "workspace_not_running"
+
+
+class UnknownWorkspace(NotFound):
+    """The engine has no container or process for this workspace."""
+
+    default_code = "runtime_not_found"
+
+
+@runtime_checkable
+class Terminal(Protocol):
+    """An interactive shell with a TTY (the terminal of issue 6)."""
+
+    async def send(self, data: bytes) -> None:
+        """Write keystrokes to the shell."""
+        ...
+
+    async def receive(self) -> bytes:
+        """Next output bytes; ``b""`` once the shell has exited."""
+        ...
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Change the window size."""
+        ...
+
+    async def close(self) -> None:
+        """Hang up (the shell gets SIGHUP / its stream is closed)."""
+        ...
+
+
+class WorkspaceRuntime(Protocol):
+    """One engine that runs workspaces. Every method is keyed by workspace id."""
+
+    kind: str
+
+    async def start(
+        self, spec: WorkspaceSpec, *, ready_timeout: float = 60.0, progress: Progress | None = None
+    ) -> Endpoint:
+        """Start (replacing any leftover), wait until the IDE answers HTTP, return its endpoint.
+
+        Raises ``ImageNotFound`` or ``StartFailed`` (with the last log lines); a failed start leaves
+        nothing running.
+        """
+        ...
+
+    async def stop(self, workspace_id: str, *, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code (None if nothing ran)."""
+        ...
+
+    async def poll(self, workspace_id: str) -> int | None:
+        """None while running, else the exit status. Raises ``UnknownWorkspace`` if nothing exists."""
+        ...
+
+    async def inspect(self, workspace_id: str) -> RuntimeState | None:
+        """What the engine knows of the workspace, or None."""
+        ...
+
+    async def list_states(self, hub_id: str) -> list[RuntimeState]:
+        """Every workspace this hub deployment has on the engine (running or not)."""
+        ...
+
+    async def endpoint(self, workspace_id: str) -> Endpoint:
+        """Endpoint of a running workspace (``WorkspaceNotRunning`` otherwise)."""
+        ...
+
+    async def status(self, workspace_id: str) -> ResourceStatus:
+        """CPU, memory and pids of a running workspace (cached briefly when a cache is set)."""
+        ...
+
+    async def logs(self, workspace_id: str, *, tail: int = 200, since: float | None = None) -> list[LogLine]:
+        """The last ``tail`` lines, optionally only those after ``since`` (a UNIX time)."""
+        ...
+
+    def follow_logs(self, workspace_id: str, *, tail: int = 0, since: float | None = None) -> AsyncIterator[LogLine]:
+        """Lines as they are written, until the workspace stops or the consumer leaves."""
+        ...
+
+    async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
+        """Run a command to completion (killed after its timeout), output capped."""
+        ...
+
+    def exec_stream(self, workspace_id: str, request: ExecRequest) -> AsyncIterator[ExecItem]:
+        """Run a command, yielding ``ExecOutput`` chunks live and one ``ExecExit`` last."""
+        ...
+
+    async def open_terminal(
+        self,
+        workspace_id: str,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        command: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Terminal:
+        """Start an interactive shell (default: bash if present, else sh) on a TTY."""
+        ...
+
+    async def remove(self, workspace_id: str, *, purge_dir: Path | None = None) -> None:
+        """Remove the container/process (killing it); with ``purge_dir`` also delete those files."""
+        ...
+
+    def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
+        """Lifecycle events the engine reports for this hub's workspaces, live."""
+        ...
+
+    async def info(self) -> EngineInfo:
+        """Check the engine: version, API version, round-trip latency."""
+        ...

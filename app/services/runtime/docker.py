@@ -1,0 +1,430 @@
+"""Docker runtime: one workspace = one container ``codehub-<id>`` on a Docker engine, through aiodocker.
+
+Hardening: no privileged mode, every capability dropped but ``IDE_CAPABILITIES``, ``no-new-privileges``,
+CPU / memory (no extra swap) / pids limits, no restart policy (the hub owns the lifecycle), rotated
+json-file logs. The IDE port is published on the loopback address of a local engine (or the server's
+address for a remote one) with a host port the engine picks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import anyio
+from aiodocker.exceptions import DockerError
+
+from app.services.runtime import common, docker_exec
+from app.services.runtime import docker_support as ds
+from app.services.runtime.base import (
+    LABEL_HUB,
+    LABEL_OWNER,
+    LABEL_WORKSPACE,
+    Endpoint,
+    EngineInfo,
+    ExecItem,
+    ExecRequest,
+    ExecResult,
+    ImageNotFound,
+    LogLine,
+    Progress,
+    ResourceStatus,
+    RuntimeEvent,
+    RuntimeState,
+    StartFailed,
+    Terminal,
+    UnknownWorkspace,
+    WorkspaceNotRunning,
+    WorkspaceSpec,
+    container_name,
+)
+from app.services.runtime.cache import DEFAULT_TTL, StatusCache, cached_status
+from app.services.runtime.common import (
+    ProcessExited,
+    collect_exec,
+    iso_from_unix,
+    prepare_workspace_dir,
+    resolve_container_user,
+    wait_until_ready,
+)
+
+MIB = 1024 * 1024
+# Root inside the container (images that start as root and drop to a user, like code-server's
+# official entrypoint) needs to fix ownership (CHOWN, DAC_OVERRIDE, FOWNER), switch user
+# (SETUID, SETGID) and signal its non-root child (KILL: dumb-init/tini forwarding SIGTERM).
+# A non-root container user gets none of these: no-new-privileges blocks setuid/file caps.
+IDE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+LOG_TAIL_ON_FAILURE = 40
+
+
+class DockerRuntime:
+    """Workspaces as containers on one Docker engine (``unix://…`` or ``tcp://…``)."""
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        docker_url: str,
+        *,
+        public_host: str | None = None,
+        container_user: str = "auto",
+        pull: bool = False,
+        status_cache: StatusCache | None = None,
+        status_ttl: float = DEFAULT_TTL,
+    ) -> None:
+        self.docker_url = docker_url
+        self._user = resolve_container_user(container_user)
+        self._pull = pull
+        self._cache = status_cache
+        self._status_ttl = status_ttl
+        self._docker: aiodocker.Docker | None = None
+        self.endpoint_host, self._bind_ip = ds.publish_address(docker_url, public_host)
+
+    async def __aenter__(self) -> DockerRuntime:
+        self._docker = aiodocker.Docker(url=self.docker_url, timeout=aiohttp.ClientTimeout(total=120, connect=10))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        """The aiodocker client (the runtime must be entered)."""
+        if self._docker is None:
+            raise RuntimeError("DockerRuntime used outside `async with`")
+        return self._docker
+
+    def container_config(self, spec: WorkspaceSpec) -> dict[str, Any]:
+        """The engine's create-container body for a workspace."""
+        port = f"{spec.ide_port}/tcp"
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Hostname": spec.id,
+            "WorkingDir": spec.mount,
+            "Labels": {**spec.labels, LABEL_WORKSPACE: spec.id, LABEL_OWNER: spec.owner, LABEL_HUB: spec.hub_id},
+            "Env": [f"{key}={value}" for key, value in spec.env.items()],
+            "ExposedPorts": {port: {}},
+            "HostConfig": {
+                "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
+                "PortBindings": {port: [{"HostIp": self._bind_ip, "HostPort": ""}]},
+                "NanoCpus": int(spec.cpu * 1e9),
+                "Memory": spec.memory_mb * MIB,
+                "MemorySwap": spec.memory_mb * MIB,
+                "PidsLimit": spec.pids_limit,
+                "Privileged": False,
+                "CapDrop": ["ALL"],
+                "CapAdd": list(IDE_CAPABILITIES),
+                "SecurityOpt": ["no-new-privileges:true"],
+                "RestartPolicy": {"Name": "no"},
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+            },
+        }
+        if self._user is not None:
+            config["User"] = f"{self._user[0]}:{self._user[1]}"
+        if spec.command:
+            config["Cmd"] = list(spec.command)
+        return config
+
+    async def start(
+        self, spec: WorkspaceSpec, *, ready_timeout: float = 60.0, progress: Progress | None = None
+    ) -> Endpoint:
+        """Create and start the container (replacing a leftover), then wait for the IDE's HTTP."""
+        await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.workspace_dir), self._user)
+        await self._drop_status(spec.id)
+        with ds.engine_errors(self.docker_url):
+            container = await self._create(spec, progress)
+            try:
+                await container.start()
+                info = await container.show()
+                if not info["State"].get("Running"):
+                    raise ProcessExited
+                endpoint = self._endpoint_of(info, spec.ide_port)
+                if progress:
+                    await progress("container_started", {"container_id": container.id})
+
+                async def alive() -> bool:
+                    return bool((await container.show())["State"]["Running"])
+
+                await wait_until_ready(endpoint.url, within=ready_timeout, alive=alive)
+                return endpoint
+            except ProcessExited:
+                state = (await container.show())["State"]
+                lines = await self._tail_text(container)
+                raise StartFailed(
+                    f"the IDE exited with code {state.get('ExitCode')} before answering HTTP", logs=lines
+                ) from None
+            except TimeoutError:
+                lines = await self._tail_text(container)
+                await self._kill_quietly(container)
+                raise StartFailed(f"the IDE did not answer HTTP within {ready_timeout:g}s", logs=lines) from None
+            except DockerError as exc:
+                await self._kill_quietly(container)
+                raise StartFailed(f"Docker could not start the container: {exc.message}") from exc
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._kill_quietly(container)
+                raise
+
+    async def _create(self, spec: WorkspaceSpec, progress: Progress | None) -> Any:
+        config = self.container_config(spec)
+        name = container_name(spec.id)
+        for attempt in range(3):
+            try:
+                return await self.docker.containers.create(config, name=name)
+            except DockerError as exc:
+                if exc.status == 409 and attempt < 2:
+                    await self._delete_quietly(name)
+                    continue
+                if exc.status == 404 and "image" in exc.message.lower():
+                    if not self._pull or attempt:
+                        raise ImageNotFound(ds.missing_image(spec.image, self._pull)) from exc
+                    await self._pull_image(spec.image, progress)
+                    continue
+                raise StartFailed(f"Docker refused to create the container: {exc.message}") from exc
+        raise StartFailed(f"container name {name} stays taken")
+
+    async def _pull_image(self, image: str, progress: Progress | None) -> None:
+        last = 0.0
+        try:
+            async for item in self.docker.images.pull(image, stream=True):
+                now = time.monotonic()
+                if progress and now - last >= 0.5:
+                    last = now
+                    await progress(
+                        "pull",
+                        {
+                            "image": image,
+                            "status": item.get("status", ""),
+                            "layer": item.get("id", ""),
+                            "detail": item.get("progressDetail", {}),
+                        },
+                    )
+        except DockerError as exc:
+            raise ImageNotFound(
+                f"image {image} is not on this Docker host and pulling it failed: {exc.message}"
+            ) from exc
+        if progress:
+            await progress("pull", {"image": image, "status": "done"})
+
+    def _endpoint_of(self, info: dict[str, Any], ide_port: int) -> Endpoint:
+        ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+        bindings = ports.get(f"{ide_port}/tcp") or []
+        if not bindings:
+            raise WorkspaceNotRunning(f"container {info.get('Name', '')} publishes no IDE port")
+        return Endpoint(self.endpoint_host, int(bindings[0]["HostPort"]), info["Id"])
+
+    async def _tail_text(self, container: Any, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
+        try:
+            chunks = await container.log(stdout=True, stderr=True, tail=tail)
+        except DockerError:
+            return []
+        return "".join(chunks).splitlines()[-tail:]
+
+    async def _kill_quietly(self, container: Any) -> None:
+        with suppress(DockerError):
+            await container.kill()
+
+    async def _delete_quietly(self, name: str) -> None:
+        try:
+            await self.docker.containers.container(name).delete(force=True, v=True)
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _drop_status(self, workspace_id: str) -> None:
+        if self._cache is not None:
+            await self._cache.drop(workspace_id)
+
+    async def _show(self, workspace_id: str) -> dict[str, Any] | None:
+        with ds.engine_errors(self.docker_url):
+            try:
+                return await self.docker.containers.container(container_name(workspace_id)).show()
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    async def stop(self, workspace_id: str, *, grace: float = 10.0) -> int | None:
+        """``docker stop -t grace``; returns the exit code, None when there is no container."""
+        await self._drop_status(workspace_id)
+        container = self.docker.containers.container(container_name(workspace_id))
+        with ds.engine_errors(self.docker_url):
+            try:
+                await container.stop(t=math.ceil(grace))
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        info = await self._show(workspace_id)
+        return None if info is None else info["State"].get("ExitCode")
+
+    async def poll(self, workspace_id: str) -> int | None:
+        """None while running, else the exit code."""
+        info = await self._show(workspace_id)
+        if info is None:
+            raise UnknownWorkspace(f"no container for workspace {workspace_id}")
+        state = info["State"]
+        return None if state.get("Running") else int(state.get("ExitCode") or 0)
+
+    async def inspect(self, workspace_id: str) -> RuntimeState | None:
+        """The container's state, or None."""
+        info = await self._show(workspace_id)
+        return None if info is None else ds.state_of(info)
+
+    async def list_states(self, hub_id: str) -> list[RuntimeState]:
+        """Every container labelled with this hub id (from one list call, no inspects)."""
+        filters = json.dumps({"label": [f"{LABEL_HUB}={hub_id}"]})
+        with ds.engine_errors(self.docker_url):
+            items = await self.docker.containers.list(all=True, filters=filters)
+        return [ds.state_of_list_item(item._container) for item in items]
+
+    async def endpoint(self, workspace_id: str) -> Endpoint:
+        """Endpoint of the running container."""
+        info = await self._show(workspace_id)
+        if info is None or not info["State"].get("Running"):
+            raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
+        port = next(iter((info.get("Config") or {}).get("ExposedPorts") or {"8080/tcp": {}}))
+        return self._endpoint_of(info, int(port.split("/")[0]))
+
+    async def status(self, workspace_id: str) -> ResourceStatus:
+        """CPU %, memory and pids from ``docker stats`` (one sample pair), cached briefly."""
+
+        async def load() -> ResourceStatus:
+            container = self.docker.containers.container(container_name(workspace_id))
+            with ds.engine_errors(self.docker_url):
+                try:
+                    samples = await container.stats(stream=False)
+                except DockerError as exc:
+                    raise WorkspaceNotRunning(f"workspace {workspace_id} is not running") from exc
+            if not samples or not samples[0].get("pids_stats"):
+                raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
+            return ds.resource_status(samples[0])
+
+        return await cached_status(self._cache, workspace_id, self._status_ttl, load)
+
+    async def logs(self, workspace_id: str, *, tail: int = 200, since: float | None = None) -> list[LogLine]:
+        """The last ``tail`` lines (after ``since``) with the engine's timestamps."""
+        container = self.docker.containers.container(container_name(workspace_id))
+        params: dict[str, Any] = {"timestamps": True, "tail": str(tail)}
+        if since is not None:
+            params["since"] = f"{since:.6f}"
+        with ds.engine_errors(self.docker_url):
+            try:
+                chunks = await container.log(stdout=True, stderr=True, **params)
+            except DockerError as exc:
+                if exc.status == 404:
+                    raise UnknownWorkspace(f"no container for workspace {workspace_id}") from exc
+                raise
+        return [ds.log_line(line) for line in "".join(chunks).splitlines() if line]
+
+    async def follow_logs(
+        self, workspace_id: str, *, tail: int = 0, since: float | None = None
+    ) -> AsyncIterator[LogLine]:
+        """Lines as the container writes them; ends when the container stops."""
+        container = self.docker.containers.container(container_name(workspace_id))
+        params: dict[str, Any] = {"timestamps": True, "tail": str(tail)}
+        if since is not None:
+            params["since"] = f"{since:.6f}"
+        buffer = ""
+        with ds.engine_errors(self.docker_url):
+            try:
+                stream = container.log(stdout=True, stderr=True, follow=True, **params)
+                async for chunk in stream:
+                    buffer += chunk
+                    *lines, buffer = buffer.split("\n")
+                    for line in lines:
+                        if line:
+                            yield ds.log_line(line)
+            except DockerError as exc:
+                if exc.status == 404:
+                    raise UnknownWorkspace(f"no container for workspace {workspace_id}") from exc
+                raise
+        if buffer:
+            yield ds.log_line(buffer)
+
+    async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
+        """Run a command to completion in the container."""
+        return await collect_exec(self.exec_stream(workspace_id, request))
+
+    def exec_stream(self, workspace_id: str, request: ExecRequest) -> AsyncIterator[ExecItem]:
+        """Run a command in the container, streaming its output."""
+        return docker_exec.exec_stream(self.docker, container_name(workspace_id), request)
+
+    async def open_terminal(
+        self,
+        workspace_id: str,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        command: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Terminal:
+        """An interactive shell on a TTY in the container."""
+        with ds.engine_errors(self.docker_url):
+            return await docker_exec.open_terminal(
+                self.docker, container_name(workspace_id), cols=cols, rows=rows, command=command, env=env
+            )
+
+    async def remove(self, workspace_id: str, *, purge_dir: Path | None = None) -> None:
+        """Force-remove the container; with ``purge_dir`` also delete the workspace files."""
+        await self._drop_status(workspace_id)
+        with ds.engine_errors(self.docker_url):
+            await self._delete_quietly(container_name(workspace_id))
+        if purge_dir is not None:
+            await anyio.to_thread.run_sync(common.purge_dir, purge_dir)
+
+    async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
+        """Live container events (start, die, oom, destroy, stop) of this hub's workspaces."""
+        filters = json.dumps(
+            {
+                "type": ["container"],
+                "label": [f"{LABEL_HUB}={hub_id}"],
+                "event": ["start", "die", "oom", "destroy", "stop"],
+            }
+        )
+        with ds.engine_errors(self.docker_url):
+            async with self.docker._query(
+                "events", params={"filters": filters}, timeout=aiohttp.ClientTimeout()
+            ) as response:
+                while True:
+                    line = await response.content.readline()
+                    if not line:
+                        return
+                    data = json.loads(line)
+                    attrs = (data.get("Actor") or {}).get("Attributes") or {}
+                    workspace_id = attrs.get(LABEL_WORKSPACE)
+                    if not workspace_id:
+                        continue
+                    if self._cache is not None:
+                        await self._cache.drop(workspace_id)
+                    code = attrs.get("exitCode")
+                    yield RuntimeEvent(
+                        workspace_id=workspace_id,
+                        event=data.get("Action", ""),
+                        exit_code=int(code) if code is not None else None,
+                        at=iso_from_unix(data.get("timeNano", 0) / 1e9),
+                    )
+
+    async def info(self) -> EngineInfo:
+        """Version, API version and round-trip time of the engine."""
+        begin = time.perf_counter()
+        try:
+            with anyio.fail_after(10):
+                version = await self.docker.version()
+        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return EngineInfo(ok=False, error=str(exc) or type(exc).__name__)
+        return EngineInfo(
+            ok=True,
+            version=str(version.get("Version", "")),
+            api_version=str(version.get("ApiVersion", "")),
+            latency_ms=round((time.perf_counter() - begin) * 1000, 2),
+        )

@@ -1,0 +1,131 @@
+"""Parsing and small policies of the Docker runtime: engine answers → runtime structs, publish address."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from app.services.runtime.base import (
+    LABEL_HUB,
+    LABEL_OWNER,
+    LABEL_WORKSPACE,
+    LogLine,
+    ResourceStatus,
+    RuntimeState,
+    RuntimeUnavailable,
+)
+from app.services.runtime.common import iso_from_unix, unix_from_iso
+
+_EXITED = re.compile(r"Exited \((-?\d+)\)")
+
+
+@contextmanager
+def engine_errors(url: str) -> Iterator[None]:
+    """Turn "cannot reach the engine" into ``RuntimeUnavailable``."""
+    try:
+        yield
+    except DockerError as exc:
+        if exc.status == 900:
+            raise RuntimeUnavailable(f"Docker engine at {url} is not answering: {exc.message}") from exc
+        raise
+    except (aiohttp.ClientError, OSError) as exc:
+        raise RuntimeUnavailable(f"Docker engine at {url} is not answering: {exc}") from exc
+
+
+def publish_address(docker_url: str, public_host: str | None) -> tuple[str, str]:
+    """(host the hub dials, host IP the port is published on) for an engine."""
+    if public_host:
+        return public_host, public_host if is_ip(public_host) else "0.0.0.0"
+    if docker_url.startswith(("tcp://", "http://", "https://")):
+        host = urlparse(docker_url).hostname or "127.0.0.1"
+        return host, host if is_ip(host) else "0.0.0.0"
+    return "127.0.0.1", "127.0.0.1"
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def missing_image(image: str, pull: bool) -> str:
+    if pull:
+        return f"image {image} is not on this Docker host and could not be pulled"
+    return (
+        f"image {image} is not on this Docker host (pulling is off: run `docker pull {image}` there, "
+        "or set CODEHUB_PULL_IMAGES=true)"
+    )
+
+
+def state_of(info: dict[str, Any]) -> RuntimeState:
+    state = info.get("State") or {}
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    running = bool(state.get("Running"))
+    return RuntimeState(
+        workspace_id=labels.get(LABEL_WORKSPACE, ""),
+        container_id=info["Id"],
+        running=running,
+        status=state.get("Status", ""),
+        exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=engine_time(state.get("StartedAt")),
+        finished_at=engine_time(state.get("FinishedAt")),
+        hub_id=labels.get(LABEL_HUB, ""),
+        owner=labels.get(LABEL_OWNER, ""),
+    )
+
+
+def engine_time(value: str | None) -> str | None:
+    if not value or value.startswith("0001-"):
+        return None
+    return iso_from_unix(unix_from_iso(value))
+
+
+def log_line(line: str) -> LogLine:
+    stamp, _, text = line.partition(" ")
+    try:
+        return LogLine(iso_from_unix(unix_from_iso(stamp)), text.rstrip("\r"))
+    except ValueError:
+        return LogLine("", line.rstrip("\r"))
+
+
+def resource_status(sample: dict[str, Any]) -> ResourceStatus:
+    cpu, pre = sample.get("cpu_stats") or {}, sample.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [1])
+    percent = cpu_delta / system_delta * online * 100 if system_delta > 0 and cpu_delta > 0 else 0.0
+    memory = sample.get("memory_stats") or {}
+    details = memory.get("stats") or {}
+    inactive = details.get("inactive_file", details.get("total_inactive_file", 0))
+    return ResourceStatus(
+        cpu_percent=round(percent, 2),
+        memory_used_bytes=max(0, memory.get("usage", 0) - inactive),
+        memory_limit_bytes=memory.get("limit", 0),
+        pids=(sample.get("pids_stats") or {}).get("current", 0),
+        sampled_at=iso_from_unix(unix_from_iso(sample["read"])) if sample.get("read") else "",
+    )
+
+
+def state_of_list_item(raw: dict[str, Any]) -> RuntimeState:
+    """A runtime state from one item of the container list (exit code parsed from its status text)."""
+    labels = raw.get("Labels") or {}
+    match = _EXITED.search(raw.get("Status", ""))
+    return RuntimeState(
+        workspace_id=labels.get(LABEL_WORKSPACE, ""),
+        container_id=raw["Id"],
+        running=raw.get("State") == "running",
+        status=raw.get("State", ""),
+        exit_code=int(match.group(1)) if match else None,
+        hub_id=labels.get(LABEL_HUB, ""),
+        owner=labels.get(LABEL_OWNER, ""),
+    )

@@ -1,0 +1,76 @@
+"""A stand-in for code-server in tests: HTTP (``/healthz`` → ``ok``, anything else → JSON echo of the
+request) and a WebSocket echo on every path. Stdlib + ``websockets`` only.
+
+Usage: ``python fake_ide.py --port PORT [DIR]``. Logs one line per request to stdout; exits on SIGTERM.
+Environment knobs for tests: ``FAKE_IDE_DELAY`` (seconds before listening), ``FAKE_IDE_EXIT``
+(exit with this code instead of listening).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from http import HTTPStatus
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+
+def log(message: str) -> None:
+    """One line to stdout, flushed (the hub reads it as IDE output)."""
+    print(message, flush=True)
+
+
+async def echo(connection: ServerConnection) -> None:
+    """Echo text and binary frames until the client closes."""
+    log(f"ws open {connection.request.path if connection.request else ''}")
+    async for message in connection:
+        await connection.send(message)
+    log("ws closed")
+
+
+def respond(connection: ServerConnection, request: Request) -> Response | None:
+    """Answer plain HTTP requests; let WebSocket upgrades through."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    log(f"GET {request.path}")
+    if request.path == "/healthz":
+        body = b"ok"
+        content_type = "text/plain"
+    else:
+        body = json.dumps(
+            {"method": "GET", "path": request.path, "headers": dict(request.headers.raw_items()), "cwd": os.getcwd()}
+        ).encode()
+        content_type = "application/json"
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(HTTPStatus.OK, "OK", headers, body)
+
+
+async def main() -> int:
+    """Parse arguments and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("dir", nargs="?", default=".")
+    args = parser.parse_args()
+    if os.environ.get("FAKE_IDE_EXIT"):
+        log("fake-ide: exiting on request")
+        return int(os.environ["FAKE_IDE_EXIT"])
+    await asyncio.sleep(float(os.environ.get("FAKE_IDE_DELAY", "0")))
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    async with serve(echo, args.host, args.port, process_request=respond):
+        log(f"fake-ide listening on {args.host}:{args.port} in {os.path.abspath(args.dir)}")
+        await stop
+    log("fake-ide: terminated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
