@@ -1,32 +1,223 @@
-"""Event hub (placeholder: in-process only). The full version (Redis backend, replay) replaces this."""
+"""The event hub: ``publish`` events to topics, ``subscribe`` to topics with replay from a cursor.
+
+Two backends with one contract: ``InProcessHub`` (no Redis URL; one process) and ``RedisHub``
+(``app.streams.redis_hub``; many processes). Both give ids from one counter across all topics, keep
+``event_history`` events per topic for replay, and fan out locally through ``app.streams.fanout``.
+
+Subscribe contract: the live buffer is registered first, then history after the cursor is replayed, then
+live events follow; each id is delivered once and in order. A cursor older than a topic's retained history
+(or unknown to this deployment) yields a ``stream.reset`` first, then whatever history holds.
+"""
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
-from app.events import Event, now_iso
+import anyio
+
+from app.errors import BadRequest
+from app.events import Event
 from app.settings import Settings
+from app.streams.fanout import (
+    HISTORY_TRIMMED,
+    UNKNOWN_CURSOR,
+    Fanout,
+    Item,
+    Subscription,
+    check_topic,
+    encode_body,
+    parse_cursor,
+    reset_item,
+    topic_list,
+    with_id,
+)
+
+SUBSCRIBER_BUFFER = 1000
+REPLAY_PAGE = 500
+MAX_TOPICS = 32
+SWEEP_EVERY = 60.0
+
+__all__ = ["Event", "Hub", "InProcessHub", "Subscription", "open_hub", "subscription_topics"]
+
+
+class Hub(Protocol):
+    """What the app uses of a hub (both backends implement it)."""
+
+    async def publish(self, topic: str, type: str, data: dict[str, Any], *, also: Sequence[str] = ()) -> str:
+        """Publish one event to ``topic`` (and ``also``); returns its id."""
+        ...
+
+    def subscribe(
+        self, topics: Iterable[str], last_event_id: str | int | None = None, since_earliest: bool = False
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Open a subscription (replay after ``last_event_id``, then live)."""
+        ...
+
+    async def check(self) -> None:
+        """Raise ``ServiceUnavailable`` when the hub cannot deliver events."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and debugging."""
+        ...
+
+
+def subscription_topics(topics: Iterable[str]) -> tuple[str, ...]:
+    """Validated, de-duplicated topics of a subscription (1 to ``MAX_TOPICS``)."""
+    names = tuple(dict.fromkeys(check_topic(t) for t in topics))
+    if not names:
+        raise BadRequest("subscribe to at least one topic", code="no_topics")
+    if len(names) > MAX_TOPICS:
+        raise BadRequest(f"at most {MAX_TOPICS} topics per subscription", code="too_many_topics")
+    return names
+
+
+def merge_pages(lists: Sequence[Sequence[Item]], after: int, page: int = REPLAY_PAGE) -> Iterable[list[Item]]:
+    """Merge per-topic ascending item lists into pages of unique items with ids > ``after``."""
+    out: list[Item] = []
+    last = after
+    for item in heapq.merge(*lists, key=lambda i: i.seq):
+        if item.seq > last:
+            last = item.seq
+            out.append(item)
+            if len(out) >= page:
+                yield out
+                out = []
+    if out:
+        yield out
 
 
 class InProcessHub:
-    """Minimal hub: ids from a counter, no subscribers yet."""
+    """Single-process backend: a counter, a bounded deque per topic, local fan-out."""
 
-    def __init__(self) -> None:
+    backend = "memory"
+
+    def __init__(self, settings: Settings, buffer: int = SUBSCRIBER_BUFFER) -> None:
+        self.fanout = Fanout(buffer)
+        self._history_len = settings.event_history
+        self._ttl = settings.event_ttl
         self._ids = itertools.count(1)
+        self._seq = 0
+        self._history: dict[str, deque[Item]] = {}
+        self._trimmed: dict[str, int] = {}
+        self._touched: dict[str, float] = {}
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+        self._published = 0
+        self._replayed = 0
 
     async def publish(self, topic: str, type: str, data: dict[str, Any], *, also: Sequence[str] = ()) -> str:
         """Publish an event and return its id."""
-        event = Event(str(next(self._ids)), topic, type, now_iso(), data)
-        return event.id
+        topics = topic_list(topic, also)
+        body = encode_body(topic, type, data)
+        self._seq = seq = next(self._ids)
+        item = Item(seq, type, with_id(seq, body))
+        now = time.monotonic()
+        for name in topics:
+            history = self._history.get(name)
+            if history is None:
+                history = self._history[name] = deque(maxlen=self._history_len)
+            elif len(history) == self._history_len:
+                self._trimmed[name] = history[0].seq
+            history.append(item)
+            self._touched[name] = now
+        self._published += 1
+        self.fanout.dispatch(item, topics)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return str(seq)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_EVERY
+        if not self._ttl:
+            return
+        for name, touched in list(self._touched.items()):
+            if now - touched > self._ttl and name not in self.fanout.routes:
+                history = self._history.pop(name)
+                del self._touched[name]
+                if history:
+                    self._trimmed[name] = history[-1].seq
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topics: Iterable[str], last_event_id: str | int | None = None, since_earliest: bool = False
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to ``topics``: replay after ``last_event_id`` (or everything with ``since_earliest``)."""
+        names = subscription_topics(topics)
+        sub = self.fanout.add(names)
+        try:
+            after, resets = self._plan(names, parse_cursor(last_event_id), since_earliest)
+            replay = self._replay(names, after) if after is not None else None
+            subscription = Subscription(sub, resets, replay, after or 0, self._count_replayed)
+            try:
+                yield subscription
+            finally:
+                await subscription.aclose()
+        finally:
+            self.fanout.remove(sub)
+
+    def _plan(self, names: tuple[str, ...], cursor: int | None, since_earliest: bool) -> tuple[int | None, list[Item]]:
+        if since_earliest:
+            return 0, []
+        if cursor is None:
+            return None, []
+        if cursor < 0 or cursor > self._seq:
+            return 0, [reset_item(UNKNOWN_CURSOR, names)]
+        trimmed = [name for name in names if self._trimmed.get(name, 0) > cursor]
+        return cursor, [reset_item(HISTORY_TRIMMED, trimmed)] if trimmed else []
+
+    async def _replay(self, names: tuple[str, ...], after: int) -> AsyncIterator[list[Item]]:
+        lists = [[i for i in self._history.get(name, ()) if i.seq > after] for name in names]
+        for page in merge_pages(lists, after):
+            yield page
+
+    def _count_replayed(self, n: int) -> None:
+        self._replayed += n
 
     async def check(self) -> None:
         """Readiness: the in-process hub is always up."""
 
+    def stats(self) -> dict[str, Any]:
+        """Counters: subscribers, published, delivered, dropped (slow-consumer resets), replayed, …"""
+        return {
+            "backend": self.backend,
+            "up": True,
+            "published": self._published,
+            "replayed": self._replayed,
+            "last_id": self._seq,
+            "retained_topics": len(self._history),
+            **self.fanout.stats(),
+        }
+
 
 @asynccontextmanager
-async def open_hub(settings: Settings) -> AsyncIterator[InProcessHub]:
-    """Open the hub for the app's lifetime."""
-    yield InProcessHub()
+async def open_hub(settings: Settings, *, buffer: int = SUBSCRIBER_BUFFER) -> AsyncIterator[Hub]:
+    """Open the hub for the app's lifetime: Redis when ``settings.redis_url`` is set, else in-process.
+
+    ``buffer`` is how many events a subscriber may fall behind before it is reset (slow consumer).
+    """
+    try:
+        async with anyio.create_task_group() as tasks:
+            if settings.redis_url:
+                from app.streams.redis_hub import open_redis_hub
+
+                async with open_redis_hub(settings, tasks, buffer=buffer) as hub:
+                    yield hub
+            else:
+                memory = InProcessHub(settings, buffer)
+                tasks.start_soon(memory.fanout.heartbeats, settings.sse_heartbeat)
+                try:
+                    yield memory
+                finally:
+                    memory.fanout.close_all()
+            tasks.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The hub's own tasks do not fail; give the caller back the error its block raised, unwrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

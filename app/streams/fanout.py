@@ -1,0 +1,342 @@
+"""Local fan-out shared by both hub backends: routing, bounded per-subscriber buffers, subscriptions.
+
+A process receives each event once (from its own publish, or from Redis pub/sub) as an ``Item`` and hands
+the same object to every local subscriber of its topics through a bounded anyio memory object stream.
+The JSON and the SSE frame of an item are encoded once, however many subscribers it reaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from app.errors import BadRequest
+from app.events import Event, now_iso
+
+RESET = "stream.reset"
+SLOW_CONSUMER = "slow_consumer"
+HUB_UNAVAILABLE = "hub_unavailable"
+HISTORY_TRIMMED = "history_trimmed"
+UNKNOWN_CURSOR = "unknown_cursor"
+
+TOPIC_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,200}")
+TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+MAX_BATCH = 512
+
+_decode_event = msgspec.json.Decoder(Event).decode
+_encode = msgspec.json.encode
+
+
+class Item:
+    """One event as it travels inside a process: its sequence number, type and encoded JSON."""
+
+    __slots__ = ("_event", "_frame", "raw", "seq", "type")
+
+    def __init__(self, seq: int, type: str, raw: bytes, event: Event | None = None) -> None:
+        self.seq = seq
+        self.type = type
+        self.raw = raw
+        self._event = event
+        self._frame: bytes | None = None
+
+    @property
+    def event(self) -> Event:
+        """The decoded event (decoded once, shared by every subscriber)."""
+        if self._event is None:
+            self._event = _decode_event(self.raw)
+        return self._event
+
+    @property
+    def frame(self) -> bytes:
+        """The SSE frame of this item (no ``id:`` line for synthetic events such as resets)."""
+        if self._frame is None:
+            head = f"id: {self.seq}\nevent: {self.type}\n" if self.seq else f"event: {self.type}\n"
+            self._frame = head.encode() + b"data: " + self.raw + b"\n\n"
+        return self._frame
+
+
+class _Ping(Item):
+    __slots__ = ()
+
+    @property
+    def frame(self) -> bytes:
+        return b": ping\n\n"
+
+
+PING = _Ping(0, "ping", b"")
+
+
+def encode_body(topic: str, type: str, data: dict[str, Any], at: str | None = None) -> bytes:
+    """JSON of an event without its id, starting with ``{"topic":``; the hub prepends the id."""
+    check_topic(topic)
+    if not TYPE_RE.fullmatch(type):
+        raise BadRequest(f"invalid event type {type!r}", code="bad_event_type")
+    if not isinstance(data, dict):
+        raise TypeError("event data must be a dict")
+    return _encode({"topic": topic, "type": type, "at": at or now_iso(), "data": data})
+
+
+def with_id(seq: int, body: bytes) -> bytes:
+    """Full event JSON from an id and ``encode_body`` output (same bytes the Redis script builds)."""
+    return b'{"id":"%d",' % seq + body[1:]
+
+
+def check_topic(topic: str) -> str:
+    """Return ``topic`` if it is a valid topic name, else raise ``BadRequest``."""
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
+        raise BadRequest(f"invalid topic {topic!r}", code="bad_topic")
+    return topic
+
+
+def topic_list(topic: str, also: Iterable[str] = ()) -> list[str]:
+    """Primary topic first, then the others, without repeats, all validated."""
+    out = [check_topic(topic)]
+    for extra in also:
+        if extra not in out:
+            out.append(check_topic(extra))
+    return out
+
+
+def parse_cursor(last_event_id: str | int | None) -> int | None:
+    """A ``Last-Event-ID`` as an int; ``None`` when absent; ``-1`` when it is not one of our ids."""
+    if last_event_id is None or last_event_id == "":
+        return None
+    if isinstance(last_event_id, int):
+        return last_event_id if last_event_id >= 0 else -1
+    text = last_event_id.strip()
+    return int(text) if text.isdecimal() and len(text) < 20 else -1
+
+
+def reset_item(reason: str, topics: Sequence[str], **extra: Any) -> Item:
+    """A synthetic ``stream.reset`` event: no id, tells the client to refetch state."""
+    event = Event(
+        "", topics[0] if topics else "", RESET, now_iso(), {"reason": reason, "topics": list(topics), **extra}
+    )
+    return Item(0, RESET, _encode(event), event)
+
+
+class Subscriber:
+    """The fan-out side of one subscription: its topics and the sending end of its buffer."""
+
+    __slots__ = ("end_reason", "receive", "send", "topics")
+
+    def __init__(self, topics: tuple[str, ...], buffer: int) -> None:
+        self.topics = topics
+        self.send: MemoryObjectSendStream[Item]
+        self.receive: MemoryObjectReceiveStream[Item]
+        self.send, self.receive = anyio.create_memory_object_stream[Item](buffer)
+        self.end_reason: str | None = None
+
+
+class Fanout:
+    """Routes items to local subscribers; a full buffer ends that subscriber with a reset, never blocks."""
+
+    def __init__(self, buffer: int = 1000) -> None:
+        self.buffer = buffer
+        self.routes: dict[str, set[Subscriber]] = {}
+        self.subscribers: set[Subscriber] = set()
+        self.counters = {"received": 0, "delivered": 0, "dropped": 0, "resets": 0, "subscribed": 0}
+
+    def add(self, topics: tuple[str, ...]) -> Subscriber:
+        """Register a subscriber; from now on it receives every item of its topics."""
+        sub = Subscriber(topics, self.buffer)
+        self.subscribers.add(sub)
+        for topic in topics:
+            self.routes.setdefault(topic, set()).add(sub)
+        self.counters["subscribed"] += 1
+        return sub
+
+    def remove(self, sub: Subscriber) -> None:
+        """Unregister a subscriber and close its buffer (idempotent)."""
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            for topic in sub.topics:
+                subs = self.routes.get(topic)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self.routes[topic]
+        sub.send.close()
+        sub.receive.close()
+
+    def end(self, sub: Subscriber, reason: str) -> None:
+        """Stop routing to ``sub``; it drains what it holds, then gets a ``stream.reset`` (reason)."""
+        if sub.end_reason is None:
+            sub.end_reason = reason
+            self.counters["resets"] += 1
+        self.subscribers.discard(sub)
+        for topic in sub.topics:
+            subs = self.routes.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.routes[topic]
+        sub.send.close()
+
+    def end_all(self, reason: str, topics: Iterable[str] | None = None) -> int:
+        """End every subscriber (or those of ``topics``) with a reset; returns how many."""
+        if topics is None:
+            victims = set(self.subscribers)
+        else:
+            victims = {sub for topic in topics for sub in self.routes.get(topic, ())}
+        for sub in victims:
+            self.end(sub, reason)
+        return len(victims)
+
+    def close_all(self) -> None:
+        """End every subscription without a reset (hub shutdown: clients resume elsewhere)."""
+        for sub in list(self.subscribers):
+            self.remove(sub)
+
+    def dispatch(self, item: Item, topics: Sequence[str]) -> None:
+        """Hand ``item`` to each subscriber of any of ``topics`` once."""
+        self.counters["received"] += 1
+        routes = self.routes
+        if len(topics) == 1:
+            subs = routes.get(topics[0])
+            if not subs:
+                return
+        else:
+            found = [routes[t] for t in topics if t in routes]
+            if not found:
+                return
+            subs = found[0] if len(found) == 1 else set().union(*found)
+        slow: list[Subscriber] | None = None
+        sent = 0
+        for sub in subs:
+            try:
+                sub.send.send_nowait(item)
+                sent += 1
+            except WouldBlock:
+                slow = slow or []
+                slow.append(sub)
+            except (BrokenResourceError, ClosedResourceError):
+                pass
+        self.counters["delivered"] += sent
+        if slow:
+            self.counters["dropped"] += len(slow)
+            for sub in slow:
+                self.end(sub, SLOW_CONSUMER)
+
+    def ping_all(self) -> None:
+        """Queue a heartbeat for every subscriber that has room (busy ones need none)."""
+        for sub in self.subscribers:
+            with contextlib.suppress(WouldBlock, BrokenResourceError, ClosedResourceError):
+                sub.send.send_nowait(PING)
+
+    async def heartbeats(self, interval: float) -> None:
+        """Ping all subscribers every ``interval`` seconds, forever (run in the hub's task group)."""
+        while True:
+            await anyio.sleep(interval)
+            self.ping_all()
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this process's fan-out."""
+        return {"subscribers": len(self.subscribers), "topics": len(self.routes), **self.counters}
+
+
+ReplayPages = AsyncIterator[list[Item]]
+
+
+class Subscription:
+    """Consumer side: pending resets, then replayed history, then live items; each id delivered once."""
+
+    def __init__(
+        self,
+        sub: Subscriber,
+        resets: list[Item],
+        replay: ReplayPages | None,
+        after: int,
+        on_replayed: Callable[[int], None] | None = None,
+    ) -> None:
+        self.topics = sub.topics
+        self.last = after
+        self._sub = sub
+        self._pending = resets
+        self._replay = replay
+        self._on_replayed = on_replayed
+        self._ended = False
+
+    async def next_batch(self, limit: int = MAX_BATCH) -> list[Item] | None:
+        """Wait for the next items in id order (``PING`` included); ``None`` once the stream has ended.
+
+        Never cancelled from inside, so a caller may hold it across long waits without losing items.
+        """
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        while self._replay is not None:
+            page = await anext(self._replay, None)
+            if page is None:
+                self._replay = None
+                break
+            fresh = self._fresh(page)
+            if fresh:
+                if self._on_replayed:
+                    self._on_replayed(len(fresh))
+                return fresh
+        if self._ended:
+            return None
+        receive = self._sub.receive
+        while True:
+            try:
+                first = receive.receive_nowait()
+            except WouldBlock:
+                try:
+                    first = await receive.receive()
+                except (EndOfStream, ClosedResourceError):
+                    return self._finish()
+            except (EndOfStream, ClosedResourceError):
+                return self._finish()
+            batch = [first]
+            try:
+                while len(batch) < limit:
+                    batch.append(receive.receive_nowait())
+            except (WouldBlock, EndOfStream, ClosedResourceError):
+                pass
+            fresh = self._fresh(batch)
+            if fresh:
+                return fresh
+
+    async def aclose(self) -> None:
+        """Stop a replay in progress (called when the subscription's context exits)."""
+        replay, self._replay = self._replay, None
+        if replay is not None and hasattr(replay, "aclose"):
+            with anyio.CancelScope(shield=True):
+                await replay.aclose()
+
+    def _fresh(self, items: list[Item]) -> list[Item]:
+        last = self.last
+        out = []
+        for item in items:
+            if item.seq > last:
+                last = item.seq
+                out.append(item)
+            elif item is PING:
+                out.append(item)
+        self.last = last
+        return out
+
+    def _finish(self) -> list[Item] | None:
+        self._ended = True
+        reason = self._sub.end_reason
+        if reason is None:
+            return None
+        return [reset_item(reason, self.topics)]
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        """Iterate events (heartbeats skipped); a final ``stream.reset`` is yielded when the hub ended us."""
+        while True:
+            batch = await self.next_batch()
+            if batch is None:
+                return
+            for item in batch:
+                if item is not PING:
+                    yield item.event
