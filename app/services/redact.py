@@ -1,0 +1,206 @@
+"""Masking of secret-looking values before text leaves the hub (e.g. as LLM context).
+
+``SecretMasker`` replaces each secret value with a placeholder ``MASKED_SECRET_<n>`` (one per distinct
+value) and remembers the original, so text that comes back (a rewrite) can have the real values put back
+hub-side: secrets never leave, and a rewrite does not replace them with placeholders. Rules, best effort
+and biased towards masking:
+
+- private key blocks (``-----BEGIN … PRIVATE KEY-----``): every line inside
+- well-known token formats anywhere: AWS access key ids, GitHub/GitLab/Slack/Stripe/Google/OpenAI/
+  Hugging Face/npm tokens, JWTs
+- credentials in URLs (``scheme://user:password@host``), ``Bearer``/``Basic`` credentials
+- assignments to (or comparisons with) secret-ish names (password, secret, token, api_key, private_key,
+  credentials, …) of a string literal, in any language or config format (``password = "…"``,
+  ``"token": "…"``, ``key: …``);
+  unquoted values too in config-like lines (``.env`` ``KEY=VALUE``, YAML, INI, shell ``export``)
+- high-entropy values assigned to weaker names (key, auth, salt, signature, …)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+PLACEHOLDER = "MASKED_SECRET_"
+_PLACEHOLDER_RE = re.compile(PLACEHOLDER + r"\d+")
+
+_TOKEN_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
+        r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",
+        r"\bgithub_pat_[A-Za-z0-9_]{20,}\b",
+        r"\bglpat-[A-Za-z0-9_\-]{20,}\b",
+        r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b",
+        r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b",
+        r"\bAIza[0-9A-Za-z_\-]{35}\b",
+        r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,}\b",
+        r"\bhf_[A-Za-z0-9]{30,}\b",
+        r"\bnpm_[A-Za-z0-9]{36}\b",
+        r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+    )
+]
+_URL_CREDENTIALS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]+:([^\s@/'\"]+)@")
+_AUTH_SCHEME = re.compile(r"(?i)\b(?:bearer|basic)\s+((?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9._~+/\-]{12,}=*)")
+_PRIVATE_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_PRIVATE_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+
+_STRONG_NAME = re.compile(
+    r"passw(?:or)?d|passwd|passphrase|(?:^|[_.\-])pwd(?:$|[_.\-])|secret|token|api[_.\-]?key|apikey|"
+    r"access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credential|auth[_.\-]?key|session[_.\-]?key|"
+    r"signing[_.\-]?key|encryption[_.\-]?key|master[_.\-]?key",
+    re.IGNORECASE,
+)
+_NOT_SECRET_NAME = re.compile(
+    r"(?:max|min|num|n|total|count)[_.\-]?tokens?$|tokens?[_.\-]?(?:count|type|url|uri|endpoint|limit|len|"
+    r"length|usage|ids?|name|header|file|path|field|label|prompt|regex|pattern|kind|expiry|expires[_.\-]?at|"
+    r"ttl)$|tokeni[sz]|(?:secret|password|passwd)[_.\-]?(?:name|ref|id|file|path|arn|field|label|prompt|"
+    r"policy|length|min|max|hint|regex|pattern|url|required|env|var)$|^tokens$",
+    re.IGNORECASE,
+)
+_WEAK_NAME = re.compile(
+    r"(?:^|[_.\-])(?:key|auth|salt|seed|nonce|signature|sig|cookie|hmac|cert)(?:$|[_.\-])", re.IGNORECASE
+)
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_OPERATOR = re.compile(r"""["']?\s*(?::\s*[A-Za-z_][\w\[\]., |]*?\s*(?==))?(?::=|=>|===?|=|:(?!:))\s*""")
+_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'((?:[^\'\\\n]|\\.)*)\'|`([^`\n]*)`')
+_BARE = re.compile(r"[^\s,;#'\"`]+")
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.\-]*\s*=")
+_REFERENCE = re.compile(
+    r"^(?:\$\{?[A-Za-z_][\w.]*\}?|\{\{.*\}\}|<[^<>]+>|%\(?\w+\)?s?|\*+|x+|X+|\.\.\.|None|null|nil)$"
+)
+_HIGH_ENTROPY_CHARS = re.compile(r"[A-Za-z0-9+/=_\-.~:]+")
+
+CONFIG_LANGUAGES = frozenset({"dotenv", "shell", "yaml", "ini", "toml", "properties", "conf", "dockerfile"})
+
+
+def entropy(value: str) -> float:
+    """Shannon entropy of ``value`` in bits per character."""
+    if not value:
+        return 0.0
+    counts = Counter(value)
+    return -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
+
+
+def looks_random(value: str) -> bool:
+    """True for long, high-entropy, token-like strings (no spaces)."""
+    return len(value) >= 16 and entropy(value) >= 3.0 and bool(_HIGH_ENTROPY_CHARS.fullmatch(value))
+
+
+def name_strength(name: str) -> int:
+    """2 for clearly secret names (password, token…), 1 for weak ones (key, salt…), else 0."""
+    if _NOT_SECRET_NAME.search(name):
+        return 0
+    if _STRONG_NAME.search(name):
+        return 2
+    return 1 if _WEAK_NAME.search(name) else 0
+
+
+class SecretMasker:
+    """Masks secrets in text, one placeholder per distinct value; ``restore`` puts the values back."""
+
+    def __init__(self) -> None:
+        self._placeholders: dict[str, str] = {}
+        self._values: dict[str, str] = {}
+
+    @property
+    def count(self) -> int:
+        """Distinct secret values masked so far."""
+        return len(self._values)
+
+    def _placeholder(self, value: str) -> str:
+        if value not in self._placeholders:
+            token = f"{PLACEHOLDER}{len(self._placeholders) + 1}"
+            self._placeholders[value] = token
+            self._values[token] = value
+        return self._placeholders[value]
+
+    def restore(self, text: str) -> str:
+        """Replace the placeholders this masker made by the original values."""
+        if not self._values:
+            return text
+        return _PLACEHOLDER_RE.sub(lambda m: self._values.get(m.group(0), m.group(0)), text)
+
+    def mask(self, text: str, language: str = "") -> str:
+        """Return ``text`` with secret-looking values replaced by placeholders (line structure kept)."""
+        lines = text.split("\n")
+        in_key = False
+        config = language in CONFIG_LANGUAGES
+        for i, line in enumerate(lines):
+            if in_key:
+                if _PRIVATE_END.search(line):
+                    in_key = False
+                elif line.strip():
+                    lines[i] = self._mask_whole(line)
+                continue
+            if _PRIVATE_BEGIN.search(line):
+                in_key = not _PRIVATE_END.search(line)
+                continue
+            lines[i] = self._mask_line(line, config)
+        return "\n".join(lines)
+
+    def _mask_whole(self, line: str) -> str:
+        stripped = line.strip().rstrip("\r")
+        start = line.index(stripped)
+        return line[:start] + self._placeholder(stripped) + line[start + len(stripped) :]
+
+    def _sub_group(self, pattern: re.Pattern[str], line: str, group: int) -> str:
+        def replace(m: re.Match[str]) -> str:
+            value = m.group(group)
+            if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
+                return m.group(0)
+            start, end = m.start(group) - m.start(0), m.end(group) - m.start(0)
+            whole = m.group(0)
+            return whole[:start] + self._placeholder(value) + whole[end:]
+
+        return pattern.sub(replace, line)
+
+    def _mask_line(self, line: str, config: bool) -> str:
+        for pattern in _TOKEN_PATTERNS:
+            line = self._sub_group(pattern, line, 0)
+        line = self._sub_group(_URL_CREDENTIALS, line, 1)
+        line = self._sub_group(_AUTH_SCHEME, line, 1)
+        return self._mask_assignments(line, config or bool(_ENV_LINE.match(line) and " = " not in line))
+
+    def _mask_assignments(self, line: str, config: bool) -> str:
+        pos = 0
+        while True:
+            ident = _IDENT.search(line, pos)
+            if ident is None:
+                return line
+            pos = ident.end()
+            strength = name_strength(ident.group(0))
+            if not strength:
+                continue
+            op = _OPERATOR.match(line, pos)
+            if op is None:
+                continue
+            value_start = op.end()
+            literal = _STRING.match(line, value_start)
+            if literal is not None:
+                group = next(g for g in (1, 2, 3) if literal.group(g) is not None)
+                span = literal.span(group)
+            elif (bare := _BARE.match(line, value_start)) is not None:
+                value = bare.group(0)
+                if not (config or looks_random(value)):
+                    pos = bare.end()
+                    continue
+                span = bare.span()
+            else:
+                continue
+            value = line[span[0] : span[1]]
+            if self._secret_value(value, strength):
+                token = self._placeholder(value)
+                line = line[: span[0]] + token + line[span[1] :]
+                pos = span[0] + len(token)
+            else:
+                pos = span[1]
+
+    @staticmethod
+    def _secret_value(value: str, strength: int) -> bool:
+        if _PLACEHOLDER_RE.search(value) or _REFERENCE.match(value.strip()):
+            return False
+        if strength == 2:
+            return len(value.strip()) >= 3
+        return looks_random(value)
