@@ -1,0 +1,144 @@
+"""SSE endpoints: ``/api/events`` (many topics on one connection) and ``/api/workspaces/{id}/events``.
+
+Topics are authorized once, at subscribe time: a user may read ``user:<own id>``, ``workspace:<id>``,
+``workspace:<id>:logs`` and ``workspace:<id>:exec`` of workspaces they own, and ``ai:<id>`` of their AI
+requests; admins may read every topic, ``admin`` included. Unknown workspaces are 404, other refusals 403.
+
+AI ownership is decided by a hook: the AI part registers
+``ctx.extras["topic_authorizers"]["ai"] = async (principal, request_id) -> None`` (raising ``NotFound`` or
+``Forbidden``); without it users get 404 for ``ai:`` topics. Other topic kinds can register the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, get
+from litestar.params import HeaderParameter, Parameter, QueryParameter
+from litestar.response import Stream
+
+from app.context import AppContext
+from app.controllers.deps import error_responses, requires_admin
+from app.errors import BadRequest, Forbidden, NotFound
+from app.events import ADMIN_TOPIC, workspace_topic
+from app.services.auth import Principal
+from app.services.workspaces import WorkspaceService
+from app.streams.hub import subscription_topics
+from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream
+
+WORKSPACE_SUFFIXES = ("", "logs", "exec")
+
+
+async def authorize_topic(topic: str, principal: Principal, ctx: AppContext, workspaces: WorkspaceService) -> None:
+    """Raise unless ``principal`` may subscribe to ``topic`` (404 for unknown workspaces, else 403)."""
+    kind, _, rest = topic.partition(":")
+    if kind == "workspace":
+        workspace_id, _, suffix = rest.partition(":")
+        if suffix not in WORKSPACE_SUFFIXES or not workspace_id:
+            raise BadRequest(f"unknown workspace topic {topic!r}", code="bad_topic")
+        await workspaces.get(principal, workspace_id)
+        return
+    hooks: dict[str, Any] = ctx.extras.get("topic_authorizers", {})
+    if kind in hooks:
+        await hooks[kind](principal, rest)
+        return
+    if principal.is_admin:
+        return
+    if kind == "user" and rest == str(principal.user_id):
+        return
+    if kind == "ai":
+        raise NotFound(f"no AI request {rest!r}", code="ai_request_not_found")
+    if topic == ADMIN_TOPIC:
+        raise Forbidden("the admin topic is for admins", code="admin_required")
+    raise Forbidden(f"not allowed to subscribe to {topic!r}", code="topic_forbidden")
+
+
+def _stream(
+    ctx: AppContext, topics: tuple[str, ...], header_id: str | None, last_event_id: str | None, since: str | None
+) -> Stream:
+    if since not in (None, "", "earliest"):
+        raise BadRequest("since must be 'earliest'", code="bad_since")
+    cursor = header_id or last_event_id or None
+    body = event_stream(
+        ctx.events,
+        topics,
+        last_event_id=cursor,
+        since_earliest=since == "earliest" and cursor is None,
+        retry_ms=ctx.settings.sse_retry_ms,
+    )
+    return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+LAST_EVENT_ID = Annotated[
+    str | None,
+    Parameter(max_length=40, description="resume after this event id (first connection; the header wins)"),
+]
+LAST_EVENT_ID_HEADER = Annotated[
+    str | None,
+    HeaderParameter(name="Last-Event-ID", max_length=40, description="sent by EventSource on reconnect"),
+]
+SINCE = Annotated[str | None, Parameter(description="'earliest': replay every event history still holds")]
+
+
+class EventsController(Controller):
+    """Server-Sent Events: replay from ``Last-Event-ID``, then live; heartbeats; ``stream.reset`` on gaps."""
+
+    tags = ["events"]
+
+    @get(
+        "/api/events",
+        media_type=MEDIA_TYPE,
+        operation_id="streamEvents",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def events(
+        self,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+        topics: Annotated[list[str], QueryParameter(name="topic", description="topic to follow (repeatable)")],
+        last_event_id: LAST_EVENT_ID = None,
+        last_event_id_header: LAST_EVENT_ID_HEADER = None,
+        since: SINCE = None,
+    ) -> Stream:
+        """Events of several topics on one connection (browsers allow six per origin), as SSE."""
+        names = subscription_topics(topics)
+        for topic in names:
+            await authorize_topic(topic, principal, ctx, workspaces)
+        return _stream(ctx, names, last_event_id_header, last_event_id, since)
+
+    @get(
+        "/api/workspaces/{workspace_id:str}/events",
+        media_type=MEDIA_TYPE,
+        operation_id="streamWorkspaceEvents",
+        responses=error_responses(401, 404),
+    )
+    async def workspace_events(
+        self,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+        workspace_id: str,
+        last_event_id: LAST_EVENT_ID = None,
+        last_event_id_header: LAST_EVENT_ID_HEADER = None,
+        since: SINCE = None,
+    ) -> Stream:
+        """Lifecycle events of one workspace, as SSE."""
+        await workspaces.get(principal, workspace_id)
+        return _stream(ctx, (workspace_topic(workspace_id),), last_event_id_header, last_event_id, since)
+
+    @get(
+        "/api/admin/events/stats",
+        guards=[requires_admin],
+        operation_id="adminEventStats",
+        responses=error_responses(401, 403),
+    )
+    async def stats(self, ctx: AppContext) -> dict[str, Any]:
+        """This hub process's event counters (subscribers, published, delivered, dropped, …)."""
+        return ctx.events.stats()
+
+
+async def events_startup(ctx: AppContext) -> None:
+    """Lifespan hook: with Redis, ``/ready`` also fails while the hub cannot deliver events."""
+    if ctx.settings.redis_url:
+        ctx.ready_checks["events"] = ctx.events.check
