@@ -25,6 +25,7 @@ from app import db
 from app.context import AppContext
 from app.controllers.admin_users import AdminUsersController
 from app.controllers.auth import AuthController
+from app.controllers.dashboard import DASHBOARD_ROUTES
 from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.events import EventsController, events_startup
 from app.controllers.health import health, ready
@@ -40,7 +41,15 @@ from app.streams.hub import open_hub
 
 log = logging.getLogger("codehub")
 
-ROUTES: list[Any] = [health, ready, AuthController, AdminUsersController, WorkspacesController, EventsController]
+ROUTES: list[Any] = [
+    health,
+    ready,
+    AuthController,
+    AdminUsersController,
+    WorkspacesController,
+    EventsController,
+    *DASHBOARD_ROUTES,
+]
 STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [events_startup]
 
 

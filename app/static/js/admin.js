@@ -1,0 +1,140 @@
+// Docker servers with their counts and a test button (admins), and the audit list (admins: everyone's,
+// others: their own) with filters and "load more".
+
+import { api } from "./api.js";
+import { $, fmtTime, h, pick, setText } from "./ui.js";
+
+function itemsOf(page) {
+  if (Array.isArray(page)) return page;
+  return page.items || page.servers || page.records || [];
+}
+
+export class Servers {
+  constructor() {
+    $("#servers-refresh").addEventListener("click", () => this.load());
+  }
+
+  async load() {
+    const body = $("#servers-body");
+    const empty = $("#servers-empty");
+    let servers;
+    try {
+      servers = itemsOf(await api("GET", "/api/admin/servers", { quiet: true }));
+    } catch (err) {
+      body.replaceChildren();
+      empty.hidden = false;
+      setText(empty, err.status === 404 || err.status === 405 ? "Servers are not available on this hub." : err.message);
+      return;
+    }
+    empty.hidden = servers.length > 0;
+    setText(empty, "No Docker servers registered (workspaces run as local processes).");
+    body.replaceChildren(...servers.map((s) => this.row(s)));
+  }
+
+  row(server) {
+    const result = h("span", { class: "check", role: "status" });
+    const count = (...keys) => pick(server, ...keys) ?? "–";
+    const test = h("button", { type: "button", class: "small" }, "Test");
+    test.setAttribute("aria-label", `Test ${server.name || server.id}`);
+    test.addEventListener("click", async () => {
+      test.disabled = true;
+      setText(result, "testing…");
+      result.className = "check";
+      try {
+        const r = await api("POST", `/api/admin/servers/${encodeURIComponent(server.id)}/test`);
+        const ok = r.ok !== false && !r.error;
+        result.className = `check ${ok ? "ok" : "bad"}`;
+        const latency = r.latency_ms !== undefined ? ` · ${Number(r.latency_ms).toFixed(0)} ms` : "";
+        const version = r.docker_version || r.version;
+        setText(
+          result,
+          ok
+            ? `ok${version ? ` · Docker ${version}` : ""}${r.api_version ? ` (API ${r.api_version})` : ""}${latency}`
+            : `failed: ${r.error || "no answer"}`,
+        );
+      } catch (err) {
+        result.className = "check bad";
+        setText(result, `failed: ${err.message}`);
+      } finally {
+        test.disabled = false;
+      }
+    });
+    return h(
+      "tr",
+      { dataset: { id: server.id } },
+      h("td", {}, h("strong", {}, server.name || server.id), server.is_default ? h("small", { class: "muted" }, " default") : null),
+      h("td", { class: "mono" }, server.docker_url || server.url || "–"),
+      h("td", { class: "num" }, count("running", "counts.running", "running_count")),
+      h("td", { class: "num" }, count("placed", "counts.placed", "placed_count", "workspaces")),
+      h("td", { class: "num" }, count("max_workspaces")),
+      h("td", {}, result),
+      h("td", { class: "actions" }, test),
+    );
+  }
+}
+
+export class Audit {
+  constructor(app) {
+    this.app = app;
+    this.cursor = null;
+    this.form = $("#audit-form");
+    this.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.load();
+    });
+    this.form.addEventListener("reset", () => setTimeout(() => this.load(), 0));
+    $("#audit-more").addEventListener("click", () => this.load({ more: true }));
+  }
+
+  filters() {
+    const f = new FormData(this.form);
+    const query = {};
+    for (const key of ["action", "workspace"]) if (f.get(key)) query[key] = String(f.get(key)).trim();
+    if (this.app.isAdmin && f.get("actor")) query.actor = String(f.get("actor")).trim();
+    if (query.workspace) query.workspace_id = query.workspace;
+    return query;
+  }
+
+  async load({ more = false } = {}) {
+    const path = this.app.isAdmin ? "/api/admin/audit" : "/api/audit";
+    const body = $("#audit-body");
+    const empty = $("#audit-empty");
+    const query = { ...this.filters(), limit: 100 };
+    if (more && this.cursor) query.cursor = this.cursor;
+    let page;
+    try {
+      page = await api("GET", path, { query, quiet: !more });
+    } catch (err) {
+      if (!more) {
+        body.replaceChildren();
+        empty.hidden = false;
+        setText(empty, err.status === 404 || err.status === 405 ? "The audit log is not available on this hub." : err.message);
+      }
+      return;
+    }
+    const rows = itemsOf(page);
+    this.cursor = Array.isArray(page) ? null : page.next_cursor || null;
+    const trs = rows.map((r) => this.row(r));
+    if (more) body.append(...trs);
+    else body.replaceChildren(...trs);
+    empty.hidden = body.childElementCount > 0;
+    setText(empty, "No records match.");
+    $("#audit-more").hidden = !this.cursor;
+  }
+
+  row(r) {
+    const sha = pick(r, "sha256", "content_sha256", "hash");
+    const outcome = r.outcome || "ok";
+    return h(
+      "tr",
+      {},
+      h("td", { class: "nowrap" }, fmtTime(pick(r, "at", "created_at", "time"))),
+      h("td", {}, pick(r, "actor_name", "actor", "actor_id") ?? "–"),
+      h("td", { class: "mono" }, r.action || "–"),
+      h("td", { class: "mono" }, r.workspace_id || "–"),
+      h("td", { class: "mono trunc", title: r.target || "" }, r.target || ""),
+      h("td", {}, h("span", { class: `badge outcome-${outcome}` }, outcome)),
+      h("td", { class: "mono", title: sha || "" }, sha ? `${String(sha).slice(0, 12)}…` : ""),
+    );
+  }
+}

@@ -1,0 +1,203 @@
+// The dashboard's entry point: session (login/logout), tabs, the one event stream, and wiring.
+
+import { Audit, Servers } from "./admin.js";
+import { api, onUnauthorized } from "./api.js";
+import { Details } from "./details.js";
+import { EventStream } from "./events.js";
+import { $, $$, setText, toast } from "./ui.js";
+import { WorkspaceList } from "./workspaces.js";
+
+const FALLBACK_POLL_MS = 5000;
+const LIVE_TEXT = { live: "live", connecting: "connecting…", down: "offline", unavailable: "polling", off: "offline" };
+
+class App {
+  constructor() {
+    this.me = null;
+    this.isAdmin = false;
+    this.showAll = localStorage.getItem("codehub.showAll") === "1";
+    this.selected = null;
+    this.liveState = "off";
+    this.pollTimer = null;
+    this.workspaces = new WorkspaceList(this);
+    this.details = new Details(this);
+    this.servers = new Servers();
+    this.audit = new Audit(this);
+    this.stream = new EventStream(
+      (ev) => this.onEvent(ev),
+      (state, detail) => this.onLiveState(state, detail),
+    );
+    $("#login-form").addEventListener("submit", (e) => this.login(e));
+    $("#logout").addEventListener("click", () => this.logout());
+    $("#all-toggle").addEventListener("change", (e) => {
+      this.showAll = e.target.checked;
+      localStorage.setItem("codehub.showAll", this.showAll ? "1" : "0");
+      $(".owner-col").hidden = !this.showAll;
+      this.workspaces.load();
+    });
+    window.addEventListener("hashchange", () => this.route());
+    onUnauthorized(() => this.sessionEnded());
+  }
+
+  async boot() {
+    try {
+      const me = await api("GET", "/api/auth/me", { quiet: true });
+      this.signedIn(me);
+    } catch (err) {
+      if (err.status !== 401) toast(err.message, { title: "The hub did not answer" });
+      this.showLogin();
+    }
+  }
+
+  showLogin(message = "") {
+    this.me = null;
+    document.body.dataset.view = "login";
+    $("#session").hidden = true;
+    $("#tabs").hidden = true;
+    for (const v of $$(".view")) v.hidden = true;
+    $("#login-view").hidden = false;
+    const error = $("#login-error");
+    error.hidden = !message;
+    setText(error, message);
+    $("#login-username").focus();
+  }
+
+  async login(e) {
+    e.preventDefault();
+    const form = e.currentTarget;
+    const error = $("#login-error");
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    error.hidden = true;
+    try {
+      const r = await api("POST", "/api/auth/login", {
+        body: { username: form.username.value, password: form.password.value },
+        quiet: true,
+      });
+      form.password.value = "";
+      this.signedIn(r.user);
+    } catch (err) {
+      error.hidden = false;
+      setText(error, err.message || "Sign-in failed");
+      form.password.select();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async logout() {
+    try {
+      await api("POST", "/api/auth/logout", { quiet: true });
+    } catch {
+      /* the session may already be gone */
+    }
+    this.signedOut();
+    this.showLogin();
+  }
+
+  sessionEnded() {
+    if (!this.me) return;
+    this.signedOut();
+    this.showLogin("Your session ended. Sign in again.");
+  }
+
+  signedOut() {
+    this.stream.stop();
+    clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.select(null);
+    this.workspaces.clear();
+    this.me = null;
+  }
+
+  signedIn(user) {
+    this.me = user;
+    this.isAdmin = user.role === "admin";
+    document.body.dataset.view = "app";
+    document.body.classList.toggle("is-admin", this.isAdmin);
+    $("#login-view").hidden = true;
+    $("#session").hidden = false;
+    $("#tabs").hidden = false;
+    setText($("#whoami"), `${user.username}${this.isAdmin ? " (admin)" : ""}`);
+    for (const el of $$("[data-admin]")) el.hidden = !this.isAdmin;
+    $("#all-toggle-wrap").hidden = !this.isAdmin;
+    $("#all-toggle").checked = this.isAdmin && this.showAll;
+    $(".owner-col").hidden = !(this.isAdmin && this.showAll);
+    this.updateTopics();
+    this.workspaces.load();
+    this.route();
+  }
+
+  route() {
+    if (!this.me) return;
+    let tab = (location.hash || "#workspaces").slice(1);
+    if (!["workspaces", "servers", "audit"].includes(tab) || (tab === "servers" && !this.isAdmin)) tab = "workspaces";
+    for (const v of $$(".view")) v.hidden = v.dataset.view !== tab;
+    for (const a of $$("#tabs a")) {
+      if (a.dataset.tab === tab) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    if (tab === "servers") this.servers.load();
+    if (tab === "audit") this.audit.load();
+  }
+
+  topics() {
+    if (!this.me) return [];
+    const topics = [this.isAdmin ? "admin" : `user:${this.me.id}`];
+    if (this.selected) topics.push(`workspace:${this.selected}:logs`);
+    return topics;
+  }
+
+  updateTopics() {
+    if (this.me) this.stream.setTopics(this.topics());
+  }
+
+  select(id) {
+    const previous = this.selected;
+    this.selected = id;
+    for (const rowId of [previous, id]) if (rowId) this.workspaces.renderRow(rowId);
+    this.details.show(id);
+    this.updateTopics();
+  }
+
+  onWorkspaceChanged(ws) {
+    this.details.workspaceChanged(ws);
+  }
+
+  onWorkspaceRemoved(id) {
+    if (this.selected === id) this.select(null);
+  }
+
+  onEvent(ev) {
+    if (ev.type === "stream.reset") {
+      this.workspaces.load();
+      this.details.resync();
+      return;
+    }
+    if (ev.type === "log.line") {
+      this.details.handleLogEvent(ev);
+      return;
+    }
+    this.workspaces.handleEvent(ev);
+  }
+
+  onLiveState(state, detail) {
+    const was = this.liveState;
+    this.liveState = state;
+    const live = $("#live");
+    live.dataset.state = state;
+    setText($("#live-text"), LIVE_TEXT[state] || state);
+    live.title = detail || "Live event stream";
+    if (state === "down" && detail && was !== "down") toast(detail, { title: "Live updates interrupted" });
+    if (state === "live" && was !== "live" && was !== "connecting" && was !== "off") this.workspaces.load();
+    if (state === "unavailable" && !this.pollTimer) {
+      this.pollTimer = setInterval(() => this.workspaces.load(), FALLBACK_POLL_MS);
+    } else if (state === "live" && this.pollTimer) {
+      clearInterval(this.pollTimer);
+      this.pollTimer = null;
+    }
+  }
+}
+
+const app = new App();
+window.codehub = app; // for debugging in the console
+app.boot();

@@ -1,0 +1,266 @@
+"""The dashboard at ``/`` driven in headless Chromium (Playwright's async API) against a real hub on uvicorn.
+
+The hub uses SQLite, the in-process event hub and the local-process runtime with the fake IDE, so the page
+sees real lifecycle events, logs and status. Screenshots go to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from tests.databases import fresh_database
+from tests.services import need
+from tests.support.server import Hub, running_hub
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FAKE_IDE = Path(__file__).resolve().parents[1] / "support" / "fake_ide.py"
+PASSWORD = "password-123"
+TIMEOUT_MS = 20_000
+
+
+def need_browser() -> None:
+    """Skip (or fail when CODEHUB_TEST_REQUIRE names "browser") without Chromium or Playwright."""
+    if not Path(CHROMIUM).exists():
+        need("browser", False, f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
+
+
+@pytest.fixture(scope="module")
+def ui_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated SQLite database (migrations run their own event loop: a sync fixture)."""
+    need_browser()
+    with fresh_database("sqlite", tmp_path_factory.mktemp("ui-db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    """A hub over that database, with the local runtime running the fake IDE."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("ui-data"),
+        database_url=ui_db_url,
+        local_ide_command=f"{sys.executable} {FAKE_IDE} --port {{port}} {{dir}}",
+        start_timeout=30.0,
+    )
+    async with running_hub(settings) as hub:
+        yield hub
+
+
+@pytest.fixture(scope="module")
+async def browser(ui_hub: Hub) -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, launched by Playwright."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class PageErrors:
+    """Uncaught exceptions and console errors of a page (uncaught ones fail the test)."""
+
+    def __init__(self, page: Any) -> None:
+        self.uncaught: list[str] = []
+        self.console: list[str] = []
+        page.on("pageerror", lambda exc: self.uncaught.append(str(exc)))
+        page.on("console", lambda msg: self.console.append(msg.text) if msg.type == "error" else None)
+
+
+@pytest.fixture
+async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A fresh browser context and page; a final screenshot is saved whatever the outcome."""
+    context = await browser.new_context(viewport={"width": 1360, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = PageErrors(page)
+    try:
+        yield page
+        assert not errors.uncaught, f"uncaught errors in the page: {errors.uncaught}"
+    finally:
+        await shot(page, f"{request.node.name}-final")
+        await context.close()
+
+
+async def shot(page: Any, name: str) -> None:
+    """Save a full-page screenshot under test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+async def login(page: Any, hub: Hub, username: str) -> None:
+    """Open the dashboard and sign in through the form."""
+    from playwright.async_api import expect
+
+    await page.goto(hub.url + "/")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#whoami")).to_contain_text(username)
+
+
+async def user_token(hub: Hub, username: str, *, admin: bool = False) -> str:
+    """Create a user (password ``PASSWORD``) and return an API token for it."""
+    return await hub.new_user(username, admin=admin, password=PASSWORD)
+
+
+def row(page: Any, name: str) -> Any:
+    """The table row of the workspace named ``name``."""
+    return page.locator("#ws-body tr", has=page.get_by_role("button", name=f"Show details of {name}", exact=True))
+
+
+async def has_route(hub: Hub, path: str) -> bool:
+    """True when the hub's OpenAPI document lists ``path``."""
+    async with hub.client() as client:
+        r = await client.get("/schema/openapi.json")
+        return path in r.json().get("paths", {})
+
+
+async def test_page_is_public_and_static_assets_are_served(ui_hub: Hub) -> None:
+    """``/`` and its assets need no credentials and carry a strict CSP; the API still does."""
+    async with httpx.AsyncClient(base_url=ui_hub.url) as anon:
+        r = await anon.get("/")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert '<script type="module" src="/static/js/main.js">' in r.text
+        for asset in ("/static/js/main.js", "/static/dashboard.css", "/static/favicon.svg"):
+            r = await anon.get(asset)
+            assert r.status_code == 200, asset
+            assert r.headers["x-content-type-options"] == "nosniff"
+        assert (await anon.get("/static/../factory.py")).status_code == 404
+        assert (await anon.get("/api/workspaces")).status_code == 401
+
+
+async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
+    """Sign in, create from the form, see workspaces created and deleted elsewhere appear live, delete."""
+    from playwright.async_api import expect
+
+    token = await user_token(ui_hub, "alice")
+    await page.goto(ui_hub.url + "/")
+    await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
+    await shot(page, "login")
+
+    await page.get_by_label("Username").fill("alice")
+    await page.get_by_label("Password").fill("wrong-password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#login-error")).to_be_visible()
+    await expect(page.locator("#login-error")).not_to_be_empty()
+
+    await login(page, ui_hub, "alice")
+    await expect(page.locator("#ws-empty")).to_be_visible()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    await page.get_by_label("Name", exact=True).fill("demo")
+    await page.get_by_role("button", name="Create").click()
+    await expect(row(page, "demo").locator(".badge")).to_have_text("created")
+    await expect(page.locator("#detail-name")).to_have_text("demo")
+
+    # The same name again: the hub's 409 detail is shown to the person.
+    await page.get_by_label("Name", exact=True).fill("demo")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator(".toast.error")).to_contain_text("already have a workspace named")
+
+    # Created and deleted through the API (another tab, a script): the page follows without reload.
+    async with ui_hub.client(token) as client:
+        r = await client.post("/api/workspaces", json={"name": "from-api"})
+        assert r.status_code == 201, r.text
+        other = r.json()["id"]
+        await expect(row(page, "from-api").locator(".badge")).to_have_text("created")
+        await shot(page, "created-live")
+        r = await client.delete(f"/api/workspaces/{other}")
+        assert r.status_code == 204
+        await expect(row(page, "from-api")).to_have_count(0)
+
+    # Delete from the page, through the confirmation dialog.
+    await row(page, "demo").get_by_role("button", name="Delete demo").click()
+    await expect(page.locator("#confirm")).to_be_visible()
+    await page.locator("#confirm-ok").click()
+    await expect(row(page, "demo")).to_have_count(0)
+    await expect(page.locator("#ws-empty")).to_be_visible()
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
+    async with httpx.AsyncClient(base_url=ui_hub.url, cookies=await page.context.cookies()) as anon:
+        assert (await anon.get("/api/auth/me")).status_code == 401
+
+
+async def test_start_logs_status_stop(ui_hub: Hub, page: Any) -> None:
+    """Start from the page: the start bar, ``running`` arriving live, log lines, status numbers, stop."""
+    from playwright.async_api import expect
+
+    if not await has_route(ui_hub, "/api/workspaces/{workspace_id}/start"):
+        pytest.skip("the lifecycle routes (POST /api/workspaces/{id}/start) are not in this build yet")
+    await user_token(ui_hub, "bob")
+    await login(page, ui_hub, "bob")
+    await page.get_by_label("Name", exact=True).fill("runner")
+    await page.get_by_role("button", name="Create").click()
+    ws = row(page, "runner")
+    await expect(ws.locator(".badge")).to_have_text("created")
+
+    await ws.get_by_role("button", name="Start runner").click()
+    await expect(ws.locator(".badge")).to_have_text("running")
+    await expect(ws.get_by_role("link", name="Open the IDE of runner in a new tab")).to_have_attribute(
+        "href", f"/w/{await ws.get_attribute('data-id')}/"
+    )
+    await expect(page.locator("#logs .line").first).to_be_visible()
+    await expect(page.locator('#status-list dd[data-key="uptime"]')).not_to_have_text("\u2013")
+    await expect(page.locator("#why-up")).to_contain_text("Still up")
+    await shot(page, "running")
+
+    await ws.get_by_role("button", name="Stop runner").click()
+    await expect(ws.locator(".badge")).to_have_text("stopped")
+    await shot(page, "stopped")
+
+
+async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any) -> None:
+    """Admins: every user's workspaces with the toggle, the servers panel, the audit list with filters."""
+    from playwright.async_api import expect
+
+    token = await user_token(ui_hub, "carol")
+    async with ui_hub.client(token) as client:
+        assert (await client.post("/api/workspaces", json={"name": "carols"})).status_code == 201
+    await user_token(ui_hub, "root", admin=True)
+    await login(page, ui_hub, "root")
+    await expect(page.locator("#whoami")).to_contain_text("(admin)")
+    await page.get_by_label("all users").check()
+    await expect(row(page, "carols")).to_have_count(1)
+    await expect(row(page, "carols").locator(".owner-col")).to_have_text("carol")
+
+    await page.get_by_role("link", name="Servers").click()
+    await expect(page.locator("#servers-view")).to_be_visible()
+    await expect(page.locator("#servers-body tr, #servers-empty:not([hidden])").first).to_be_visible()
+    await shot(page, "servers")
+
+    await page.get_by_role("link", name="Audit").click()
+    await expect(page.locator("#audit-view")).to_be_visible()
+    if await has_route(ui_hub, "/api/admin/audit"):
+        await page.locator("#audit-form").get_by_label("Action").fill("workspace.create")
+        await page.locator("#audit-form").get_by_role("button", name="Filter").click()
+        await expect(page.locator("#audit-body tr").first).to_contain_text("workspace.create")
+        await expect(page.locator("#audit-body")).not_to_contain_text("auth.login")
+    else:
+        await expect(page.locator("#audit-empty")).to_contain_text("not available")
+    await shot(page, "audit")
