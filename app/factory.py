@@ -30,6 +30,7 @@ from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.events import EventsController, events_startup
 from app.controllers.health import health, ready
 from app.controllers.middleware import RequestContextMiddleware
+from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint, ops_startup
 from app.controllers.workspaces import WorkspacesController
 from app.errors import DomainError
 from app.logging_setup import configure_logging
@@ -44,13 +45,14 @@ log = logging.getLogger("codehub")
 ROUTES: list[Any] = [
     health,
     ready,
+    metrics_endpoint,
     AuthController,
     AdminUsersController,
     WorkspacesController,
     EventsController,
     *DASHBOARD_ROUTES,
 ]
-STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [events_startup]
+STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup]
 
 
 def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
@@ -161,7 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_make_lifespan(settings)],
         guards=[requires_user],
         dependencies=BASE_DEPENDENCIES,
-        middleware=[DefineMiddleware(RequestContextMiddleware)],
+        middleware=[DefineMiddleware(RequestContextMiddleware), DefineMiddleware(ApiRateLimitMiddleware)],
         exception_handlers={
             DomainError: _on_domain_error,
             HTTPException: _on_http_exception,

@@ -85,6 +85,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     admin_password: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    metrics_token: str = ""
+    login_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    login_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 10
+    api_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    api_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 300
 
     @property
     def resolved_database_url(self) -> str:
@@ -158,6 +163,11 @@ SETTING_HELP: dict[str, str] = {
     "admin_password": "Bootstrap: password of that admin.",
     "log_level": "debug, info, warning or error.",
     "log_format": "json (one object per line) or console (human-readable).",
+    "metrics_token": "Bearer token GET /metrics requires; empty = /metrics is open (keep it off the internet).",
+    "login_rate_per_minute": "Login attempts per username and client address per minute (0 = unlimited).",
+    "login_rate_burst": "Login attempts allowed back to back before the per-minute rate applies.",
+    "api_rate_per_minute": "Authenticated API requests per token per minute (0 = unlimited).",
+    "api_rate_burst": "API requests a token may make back to back before the per-minute rate applies.",
 }
 
 

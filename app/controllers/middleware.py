@@ -13,11 +13,15 @@ import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
 from app.errors import DomainError, Unauthorized
 from app.services.auth import Principal
 
 SESSION_COOKIE = "codehub_session"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_WORKSPACE_PATH_RE = re.compile(r"/(?:api/workspaces|w)/([A-Za-z0-9_-]{1,64})(?:/|$)")
+# Paths that never resolve a user token: /metrics has its own token and must answer while the database is down.
+NO_PRINCIPAL_PATHS = frozenset({"/metrics"})
 access_log = structlog.get_logger("codehub.access")
 
 
@@ -48,6 +52,27 @@ def credentials_from_scope(scope: Scope) -> str | None:
         if SESSION_COOKIE in jar:
             return jar[SESSION_COOKIE].value
     return None
+
+
+def workspace_id_of(scope: Scope) -> str | None:
+    """The workspace a request is about: the ``workspace_id`` path parameter, else ``/api/workspaces/<id>``
+    or ``/w/<id>`` in the raw path (mounted apps see a rewritten ``path``)."""
+    params = scope.get("path_params")
+    if params and isinstance(params.get("workspace_id"), str):
+        return params["workspace_id"]
+    raw = scope.get("raw_path") or scope["path"].encode()
+    if raw.startswith((b"/w/", b"/api/workspaces/")):
+        match = _WORKSPACE_PATH_RE.match(raw.decode("latin-1"))
+        if match:
+            return match.group(1)
+    return None
+
+
+def _is_event_stream(headers: Any) -> bool:
+    for key, value in headers:
+        if key.lower() == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
 
 
 def request_id_of(scope: Scope) -> str:
@@ -96,31 +121,44 @@ class RequestContextMiddleware:
                 return
         if scope["user"] is not None:
             structlog.contextvars.bind_contextvars(user_id=scope["user"].user_id)
+        workspace_id = workspace_id_of(scope)
+        if workspace_id is not None:
+            structlog.contextvars.bind_contextvars(workspace_id=workspace_id)
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 0
+        headers_at = 0.0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, headers_at
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                message["headers"] = headers = [*message.get("headers", ()), rid_header]
+                if _is_event_stream(headers):
+                    headers_at = time.perf_counter()
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            ended = time.perf_counter()
+            route = scope.get("path_template") or "unmatched"
+            # An event stream lasts as long as the client stays: its latency is the time to the headers.
+            metrics.observe_http(scope["method"], route, status, (headers_at or ended) - started)
             access_log.info(
                 "request",
                 method=scope["method"],
-                path=scope["path"],
+                path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round((ended - started) * 1000, 2),
             )
 
     async def _principal(self, scope: Scope) -> Principal | None:
+        if scope["path"] in NO_PRINCIPAL_PATHS:
+            return None
         raw = credentials_from_scope(scope)
         if not raw:
             return None
