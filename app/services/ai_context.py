@@ -334,6 +334,9 @@ def build_context(
     builder = _Builder(root, target, masker, left, max_bytes, read or _read)
     builder.imports()
     builder.neighbours()
+    for snippet in (selection, before, after, *builder.related):
+        if snippet is not None:  # secrets found late (in a related file) are masked everywhere
+            snippet.text = masker.mask_known(snippet.text)
     chars = budget - builder.left
     return CodeContext(
         file=target,

@@ -14,6 +14,7 @@ and biased towards masking:
   ``"token": "…"``, ``key: …``);
   unquoted values too in config-like lines (``.env`` ``KEY=VALUE``, YAML, INI, shell ``export``)
 - high-entropy values assigned to weaker names (key, auth, salt, signature, …)
+- then any value already masked once, wherever else it appears (``mask_known``)
 """
 
 from __future__ import annotations
@@ -138,7 +139,14 @@ class SecretMasker:
                 in_key = not _PRIVATE_END.search(line)
                 continue
             lines[i] = self._mask_line(line, config)
-        return "\n".join(lines)
+        return self.mask_known("\n".join(lines))
+
+    def mask_known(self, text: str) -> str:
+        """Mask every value already known as a secret wherever it appears (a password quoted in prose)."""
+        for value in sorted(self._placeholders, key=len, reverse=True):
+            if len(value) >= 6 and value in text:
+                text = text.replace(value, self._placeholders[value])
+        return text
 
     def _mask_whole(self, line: str) -> str:
         stripped = line.strip().rstrip("\r")
