@@ -29,13 +29,16 @@ from app.controllers.dashboard import DASHBOARD_ROUTES
 from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.events import EventsController, events_startup
 from app.controllers.health import health, ready
+from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
 from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint, ops_startup
+from app.controllers.servers import ServersController
 from app.controllers.workspaces import WorkspacesController
 from app.errors import DomainError
 from app.logging_setup import configure_logging
 from app.services.audit import AuditLog
 from app.services.auth import AuthService
+from app.services.runtime_setup import runtime_startup
 from app.services.workspaces import WorkspaceService
 from app.settings import Settings, load_settings
 from app.streams.hub import open_hub
@@ -50,9 +53,11 @@ ROUTES: list[Any] = [
     AdminUsersController,
     WorkspacesController,
     EventsController,
+    LifecycleController,
+    ServersController,
     *DASHBOARD_ROUTES,
 ]
-STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup]
+STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup, runtime_startup]
 
 
 def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:

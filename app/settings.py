@@ -44,6 +44,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     local_ide_command: str = "code-server --auth none --bind-addr 127.0.0.1:{port} --disable-telemetry {dir}"
     container_user: str = "auto"
     pull_images: bool = False
+    workspace_command: str = ""
+    stop_grace: Seconds = 10.0
+    exec_max_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    exec_max_output_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4_194_304
+    status_cache_ttl: Seconds = 3.0
+    reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    orphan_grace: Seconds = 300.0
     hub_id: str = "codehub"
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
@@ -122,6 +129,13 @@ SETTING_HELP: dict[str, str] = {
     "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in.",
     "container_user": "uid:gid workspace containers run as; auto = the hub's (1000:1000 if root); image = image's.",
     "pull_images": "Pull a missing workspace image on start (with progress events); off = fail with a reason.",
+    "workspace_command": "Container command (shell words) replacing the image's CMD; empty = image default.",
+    "stop_grace": "Seconds a stopping IDE gets after SIGTERM before SIGKILL.",
+    "exec_max_timeout": "Largest timeout_s an execute request may ask for.",
+    "exec_max_output_bytes": "Most output (stdout+stderr bytes) an execute request returns; the rest is cut.",
+    "status_cache_ttl": "Seconds a workspace's CPU/memory numbers are cached (Docker stats are slow).",
+    "reconcile_interval": "Seconds between reconciliations of the database with the engines.",
+    "orphan_grace": "Seconds a labelled container without a workspace lives before it is removed.",
     "hub_id": "Label value marking containers owned by this hub deployment (codehub.hub).",
     "host": "Address `codehub serve` binds.",
     "port": "Port `codehub serve` binds.",

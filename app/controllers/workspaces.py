@@ -37,6 +37,10 @@ class WorkspacesController(Controller):
         workspaces: WorkspaceService,
     ) -> WorkspaceOut:
         """Create a workspace record in state ``created``."""
+        server_id = data.server_id
+        place_new = ctx.extras.get("place_new")
+        if place_new is not None:
+            server_id = await place_new(principal, server_id)
         ws, clone_url = await workspaces.create(
             principal,
             name=data.name,
@@ -44,7 +48,7 @@ class WorkspacesController(Controller):
             git_url=data.git_url,
             git_ref=data.git_ref,
             git_depth=data.git_depth,
-            server_id=data.server_id,
+            server_id=server_id,
             cpu=data.cpu,
             memory_mb=data.memory_mb,
         )

@@ -287,8 +287,14 @@ class WorkspaceRuntime(Protocol):
         """Start an interactive shell (default: bash if present, else sh) on a TTY."""
         ...
 
-    async def remove(self, workspace_id: str, *, purge_dir: Path | None = None) -> None:
-        """Remove the container/process (killing it); with ``purge_dir`` also delete those files."""
+    async def remove(
+        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
+    ) -> None:
+        """Remove the container/process (killing it); with ``purge_dir`` also delete those files.
+
+        With ``container_id`` only that exact container (or process) goes: a superseded start cleans up
+        after itself without touching a newer start's container.
+        """
         ...
 
     def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:

@@ -93,7 +93,8 @@ class DockerRuntime:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._docker is not None:
-            await self._docker.close()
+            with anyio.CancelScope(shield=True):
+                await self._docker.close()
             self._docker = None
 
     @property
@@ -374,11 +375,13 @@ class DockerRuntime:
                 self.docker, container_name(workspace_id), cols=cols, rows=rows, command=command, env=env
             )
 
-    async def remove(self, workspace_id: str, *, purge_dir: Path | None = None) -> None:
-        """Force-remove the container; with ``purge_dir`` also delete the workspace files."""
+    async def remove(
+        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
+    ) -> None:
+        """Force-remove the container (only ``container_id`` when given); ``purge_dir``: delete the files too."""
         await self._drop_status(workspace_id)
         with ds.engine_errors(self.docker_url):
-            await self._delete_quietly(container_name(workspace_id))
+            await self._delete_quietly(container_id or container_name(workspace_id))
         if purge_dir is not None:
             await anyio.to_thread.run_sync(common.purge_dir, purge_dir)
 

@@ -406,8 +406,17 @@ class LocalRuntime:
             rows=rows,
         )
 
-    async def remove(self, workspace_id: str, *, purge_dir: Path | None = None) -> None:
-        """Stop the process (SIGKILL after 5 s) and forget it; with ``purge_dir`` delete the files."""
+    async def remove(
+        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
+    ) -> None:
+        """Stop the process (SIGKILL after 5 s) and forget it; with ``purge_dir`` delete the files.
+
+        With ``container_id`` (a pid) nothing happens unless that is still the workspace's process.
+        """
+        if container_id is not None:
+            state = await self.inspect(workspace_id)
+            if state is None or state.container_id != container_id:
+                return
         await self.stop(workspace_id, grace=5)
         self._procs.pop(workspace_id, None)
         pid_path, log_path = self._paths(workspace_id)

@@ -23,15 +23,21 @@ async def exec_stream(
 ) -> AsyncIterator[ExecItem]:
     """Run ``request`` in ``cwd``; pipe readers run in ``tg`` (a generator must not own a task group)."""
     begin = time.monotonic()
-    process = await anyio.open_process(
-        request.argv,
-        cwd=cwd,
-        env=env,
-        stdin=DEVNULL,
-        stdout=PIPE,
-        stderr=PIPE,
-        start_new_session=True,
-    )
+    try:
+        process = await anyio.open_process(
+            request.argv,
+            cwd=cwd,
+            env=env,
+            stdin=DEVNULL,
+            stdout=PIPE,
+            stderr=PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:  # like a shell: 127 when not found, 126 when not executable
+        yield ExecOutput("stderr", f"codehub: {exc.strerror}: {exc.filename}\n")
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        yield ExecExit(exit_code=code, duration_ms=int((time.monotonic() - begin) * 1000))
+        return
     send, receive = anyio.create_memory_object_stream[tuple[str, bytes]](64)
     async with send:
         tg.start_soon(_pump, process.stdout, "stdout", send.clone())

@@ -1,0 +1,295 @@
+"""``/api/workspaces/{id}/…``: start, stop, restart, execute, status, logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+
+from app.context import AppContext
+from app.controllers.auth import audit_entry
+from app.controllers.deps import error_responses
+from app.errors import ServiceUnavailable
+from app.schemas import Body, WorkspaceOut
+from app.services.audit import sha256_hex
+from app.services.auth import Principal
+from app.services.lifecycle import Lifecycle
+from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
+from app.services.workspace_ops import WorkspaceOps, parse_since
+
+MEDIA_TYPE = "text/event-stream"
+# The route media type (JSON) would win over the stream's own, so the header is set explicitly.
+SSE_HEADERS = {"content-type": MEDIA_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+Command = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)]
+Arg = Annotated[str, msgspec.Meta(max_length=65_536)]
+
+
+class ExecBody(Body):
+    """A command: argv list, or a string run with ``sh -c``."""
+
+    command: Command | Annotated[list[Arg], msgspec.Meta(min_length=1, max_length=4096)]
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    workdir: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    env: dict[str, Arg] = msgspec.field(default_factory=dict)
+
+
+class ExecOut(msgspec.Struct):
+    """A finished command."""
+
+    exec_id: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    truncated: bool
+    timed_out: bool
+
+
+class LogLineOut(msgspec.Struct):
+    """One IDE output line."""
+
+    at: str
+    text: str
+
+
+class LogsOut(msgspec.Struct):
+    """The IDE's last output lines."""
+
+    lines: list[LogLineOut]
+
+
+class StatusOut(msgspec.Struct, omit_defaults=False):
+    """What a workspace is doing right now and why it is (still) up."""
+
+    id: str
+    state: str
+    reason: str | None
+    server_id: str | None
+    runtime: str | None
+    container_id: str | None
+    started_at: datetime | None
+    stopped_at: datetime | None
+    uptime_s: float | None
+    exit_code: int | None
+    cpu_percent: float | None
+    memory_used_bytes: int | None
+    memory_limit_bytes: int | None
+    pids: int | None
+    sampled_at: str | None
+    ide_healthy: bool | None
+    last_activity_at: datetime | None
+    last_activity_source: str | None
+    idle_timeout_s: float | None
+    idle_stop_at: datetime | None
+    runtime_error: str | None = None
+
+
+def _lifecycle(ctx: AppContext) -> Lifecycle:
+    lifecycle = ctx.extras.get("lifecycle")
+    if lifecycle is None:
+        raise ServiceUnavailable("the runtime is not ready", code="runtime_not_ready")
+    return lifecycle
+
+
+def _ops(ctx: AppContext) -> WorkspaceOps:
+    _lifecycle(ctx)
+    return ctx.extras["workspace_ops"]
+
+
+def _frame(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def sse(tasks: TaskGroup, items: AsyncIterator[tuple[str, Any]], heartbeat: float) -> AsyncIterator[bytes]:
+    """Frame ``(event, data)`` pairs as SSE with ``: ping`` heartbeats while the source is quiet.
+
+    The source is pumped by a task in the app's task group (an async generator must not own a task group);
+    when the client leaves, the stream closes, the pump stops and closes the source.
+    """
+    send, receive = anyio.create_memory_object_stream[tuple[str, Any]](64)
+    scope = anyio.CancelScope()
+
+    async def pump() -> None:
+        with scope:
+            try:
+                async with send:
+                    async for item in items:
+                        await send.send(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()  # type: ignore[attr-defined]
+
+    tasks.start_soon(pump)
+    try:
+        async with receive:
+            while True:
+                item = None
+                with anyio.move_on_after(heartbeat):
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                yield b": ping\n\n" if item is None else _frame(*item)
+    finally:
+        scope.cancel()
+
+
+def _wants_sse(request: Request) -> bool:
+    return MEDIA_TYPE in (request.headers.get("accept") or "")
+
+
+class LifecycleController(Controller):
+    """Run workspaces: lifecycle transitions, commands, status and logs."""
+
+    path = "/api/workspaces/{workspace_id:str}"
+    tags = ["workspaces"]
+
+    async def _transition(self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any) -> None:
+        await ctx.audit.record(
+            audit_entry(request, f"workspace.{action}", principal, workspace_id=ws.id, target=ws.name)
+        )
+
+    @post(
+        "/start",
+        operation_id="startWorkspace",
+        status_code=HTTP_202_ACCEPTED,
+        responses=error_responses(401, 404, 409, 503),
+    )
+    async def start(
+        self,
+        request: Request,
+        workspace_id: str,
+        ctx: AppContext,
+        principal: Principal,
+        wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
+    ) -> Response[WorkspaceOut]:
+        """Start: 202 with state ``starting`` (follow the events), or with ``?wait=true`` the outcome."""
+        ws = await _lifecycle(ctx).start(principal, workspace_id, wait=wait)
+        await self._transition(request, ctx, principal, "start", ws)
+        code = HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK
+        return Response(WorkspaceOut.of(ws), status_code=code)
+
+    @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))
+    async def stop(self, request: Request, workspace_id: str, ctx: AppContext, principal: Principal) -> WorkspaceOut:
+        """Stop (SIGTERM, SIGKILL after the grace period); stopped workspaces answer as they are."""
+        ws = await _lifecycle(ctx).stop(principal, workspace_id, reason=f"stopped by {principal.username}")
+        await self._transition(request, ctx, principal, "stop", ws)
+        return WorkspaceOut.of(ws)
+
+    @post(
+        "/restart",
+        operation_id="restartWorkspace",
+        status_code=HTTP_202_ACCEPTED,
+        responses=error_responses(401, 404, 409, 503),
+    )
+    async def restart(
+        self,
+        request: Request,
+        workspace_id: str,
+        ctx: AppContext,
+        principal: Principal,
+        wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
+    ) -> Response[WorkspaceOut]:
+        """Stop if running, then start."""
+        ws = await _lifecycle(ctx).restart(principal, workspace_id, wait=wait)
+        await self._transition(request, ctx, principal, "restart", ws)
+        return Response(WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK)
+
+    @post(
+        "/execute",
+        operation_id="executeInWorkspace",
+        status_code=HTTP_200_OK,
+        responses=error_responses(400, 401, 404, 409, 422, 503),
+    )
+    async def execute(
+        self, request: Request, workspace_id: str, data: ExecBody, ctx: AppContext, principal: Principal
+    ) -> Any:
+        """Run a command; JSON result, or with ``Accept: text/event-stream`` live ``exec.output`` then ``exec.exit``."""
+        exec_request = ExecRequest(
+            command=data.command,
+            timeout_s=data.timeout_s,
+            workdir=data.workdir,
+            env=data.env,
+            max_output_bytes=ctx.settings.exec_max_output_bytes,
+        )
+        exec_id, items = await _ops(ctx).exec_stream(principal, workspace_id, exec_request)
+        command = data.command if isinstance(data.command, str) else "\0".join(data.command)
+        await ctx.audit.record(
+            audit_entry(
+                request,
+                "workspace.execute",
+                principal,
+                workspace_id=workspace_id,
+                sha256=sha256_hex(command),
+                size=len(command.encode()),
+                details={"exec_id": exec_id},
+            )
+        )
+        if _wants_sse(request):
+
+            async def events() -> AsyncIterator[tuple[str, Any]]:
+                async for item in items:
+                    if isinstance(item, ExecOutput):
+                        yield "exec.output", {"exec_id": exec_id, "stream": item.stream, "data": item.data}
+                    elif isinstance(item, ExecExit):
+                        yield "exec.exit", {"exec_id": exec_id, **msgspec.structs.asdict(item)}
+
+            body = sse(ctx.tasks, events(), ctx.settings.sse_heartbeat)
+            return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+        out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        async for item in items:
+            if isinstance(item, ExecOutput):
+                out[item.stream].append(item.data)
+            elif isinstance(item, ExecExit):
+                return ExecOut(
+                    exec_id,
+                    item.exit_code,
+                    "".join(out["stdout"]),
+                    "".join(out["stderr"]),
+                    item.duration_ms,
+                    item.truncated,
+                    item.timed_out,
+                )
+        raise ServiceUnavailable("the command stream ended without an exit status", code="exec_lost")
+
+    @get("/status", operation_id="workspaceStatus", responses=error_responses(401, 404, 503))
+    async def status(self, workspace_id: str, ctx: AppContext, principal: Principal) -> StatusOut:
+        """State, reason, placement, uptime, CPU/memory/pids (cached briefly), IDE health, last activity."""
+        body = await _ops(ctx).status(principal, workspace_id)
+        return msgspec.convert(body, StatusOut, from_attributes=False, strict=False)
+
+    @get("/logs", operation_id="workspaceLogs", responses=error_responses(401, 404, 409, 422, 503))
+    async def logs(
+        self,
+        workspace_id: str,
+        ctx: AppContext,
+        principal: Principal,
+        tail: Annotated[int, Parameter(ge=0, le=10_000)] = 200,
+        since: Annotated[str | None, Parameter(description="UNIX seconds or ISO 8601 time")] = None,
+        follow: Annotated[bool, Parameter(description="stream new lines as SSE `log` events")] = False,
+    ) -> Any:
+        """The IDE's output with timestamps; ``?follow=true`` streams new lines until the workspace stops."""
+        ops = _ops(ctx)
+        after = parse_since(since)
+        if not follow:
+            lines = await ops.logs(principal, workspace_id, tail=tail, since=after)
+            return LogsOut([LogLineOut(line.at, line.text) for line in lines])
+        source = await ops.follow_logs(principal, workspace_id, tail=tail, since=after)
+
+        async def events() -> AsyncIterator[tuple[str, Any]]:
+            async for line in source:
+                yield "log", {"at": line.at, "text": line.text}
+            yield "end", {"reason": "the workspace stopped"}
+
+        return Stream(sse(ctx.tasks, events(), ctx.settings.sse_heartbeat), media_type=MEDIA_TYPE, headers=SSE_HEADERS)

@@ -1,0 +1,158 @@
+"""``/api/admin/servers`` and ``/api/admin/workspaces/{id}/place``: Docker hosts and placement (admins)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.context import AppContext
+from app.controllers.auth import audit_entry
+from app.controllers.deps import error_responses, requires_admin
+from app.errors import ServiceUnavailable
+from app.schemas import Body, ShortId, WorkspaceOut
+from app.services.auth import Principal
+from app.services.servers import ServerLoad, ServerService
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class ServerCreate(Body):
+    """A Docker engine workspaces can be placed on."""
+
+    name: Name
+    docker_url: Annotated[str, msgspec.Meta(min_length=8, max_length=255)]
+    max_workspaces: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    public_host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    labels: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=255)]] = (
+        msgspec.field(default_factory=dict)
+    )
+
+
+class ServerOut(msgspec.Struct):
+    """A server with its load."""
+
+    id: str
+    name: str
+    docker_url: str
+    max_workspaces: int
+    public_host: str | None
+    labels: dict[str, str]
+    is_default: bool
+    enabled: bool
+    created_at: datetime
+    placed: int
+    running: int
+
+    @classmethod
+    def of(cls, load: ServerLoad) -> ServerOut:
+        """Shape a server and its counts."""
+        s = load.server
+        return cls(
+            s.id,
+            s.name,
+            s.docker_url,
+            s.max_workspaces,
+            s.public_host,
+            dict(s.labels or {}),
+            s.is_default,
+            s.enabled,
+            s.created_at,
+            load.placed,
+            load.running,
+        )
+
+
+class ServerTest(msgspec.Struct):
+    """Answer of an engine check."""
+
+    ok: bool
+    docker_version: str
+    api_version: str
+    latency_ms: float
+    error: str | None
+
+
+class PlaceBody(Body):
+    """Where to move a workspace that is not running."""
+
+    server_id: ShortId
+
+
+def _servers(ctx: AppContext) -> ServerService:
+    servers = ctx.extras.get("servers")
+    if servers is None:
+        raise ServiceUnavailable("the runtime is not ready", code="runtime_not_ready")
+    return servers
+
+
+class ServersController(Controller):
+    """Register, list, test and remove Docker servers; place workspaces (admin only)."""
+
+    path = "/api/admin"
+    tags = ["admin"]
+    guards = [requires_admin]
+
+    @post(
+        "/servers",
+        status_code=HTTP_201_CREATED,
+        operation_id="adminCreateServer",
+        responses=error_responses(400, 401, 403, 409, 422),
+    )
+    async def create(self, request: Request, data: ServerCreate, ctx: AppContext, principal: Principal) -> ServerOut:
+        """Register a Docker engine (``unix://…`` or ``tcp://…``)."""
+        load = await _servers(ctx).create(
+            name=data.name,
+            docker_url=data.docker_url,
+            max_workspaces=data.max_workspaces,
+            public_host=data.public_host,
+            labels=data.labels,
+        )
+        await ctx.audit.record(audit_entry(request, "server.create", principal, target=data.name))
+        return ServerOut.of(load)
+
+    @get("/servers", operation_id="adminListServers", responses=error_responses(401, 403))
+    async def list_servers(self, ctx: AppContext) -> list[ServerOut]:
+        """Every server with how many workspaces are placed there and how many run."""
+        return [ServerOut.of(load) for load in await _servers(ctx).loads()]
+
+    @post(
+        "/servers/{server_id:str}/test",
+        status_code=HTTP_200_OK,
+        operation_id="adminTestServer",
+        responses=error_responses(401, 403, 404),
+    )
+    async def test(self, server_id: str, ctx: AppContext) -> ServerTest:
+        """Ask the engine for its version; ``ok=false`` with the error when it does not answer."""
+        info = await _servers(ctx).test(server_id)
+        return ServerTest(info.ok, info.version, info.api_version, info.latency_ms, info.error)
+
+    @delete(
+        "/servers/{server_id:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        operation_id="adminDeleteServer",
+        responses=error_responses(401, 403, 404, 409),
+    )
+    async def delete_server(self, request: Request, server_id: str, ctx: AppContext, principal: Principal) -> None:
+        """Unregister a server (409 while workspaces are placed on it)."""
+        await _servers(ctx).delete(server_id)
+        await ctx.audit.record(audit_entry(request, "server.delete", principal, target=server_id))
+
+    @post(
+        "/workspaces/{workspace_id:str}/place",
+        status_code=HTTP_200_OK,
+        operation_id="adminPlaceWorkspace",
+        responses=error_responses(401, 403, 404, 409, 422),
+    )
+    async def place(
+        self, request: Request, workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
+    ) -> WorkspaceOut:
+        """Move a stopped (or created/failed) workspace to another server."""
+        ws = await _servers(ctx).place(workspace_id, data.server_id)
+        await ctx.audit.record(
+            audit_entry(request, "workspace.place", principal, workspace_id=ws.id, target=data.server_id)
+        )
+        return WorkspaceOut.of(ws)
