@@ -42,6 +42,7 @@ from app.services.runtime_setup import runtime_startup
 from app.services.workspaces import WorkspaceService
 from app.settings import Settings, load_settings
 from app.streams.hub import open_hub
+from app.streams.relay import WorkspaceFront, relay_startup
 
 log = logging.getLogger("codehub")
 
@@ -57,7 +58,7 @@ ROUTES: list[Any] = [
     ServersController,
     *DASHBOARD_ROUTES,
 ]
-STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup, runtime_startup]
+STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup, runtime_startup, relay_startup]
 
 
 def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the Litestar application for ``settings`` (default: from the environment)."""
     settings = settings or load_settings()
     configure_logging(settings)
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         lifespan=[_make_lifespan(settings)],
         guards=[requires_user],
@@ -186,3 +187,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    # /w/{id}/… (relay) and /ws/workspaces/{id} (terminal) skip Litestar's routing: see app.streams.relay
+    app.asgi_handler = WorkspaceFront(app.asgi_handler)
+    return app

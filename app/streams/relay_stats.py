@@ -1,0 +1,169 @@
+"""Relay counters (plain integers on the hot path) and activity notes for idle stops.
+
+``RelayStats`` keeps per-workspace counters: HTTP requests and upstream failures, open and total
+WebSockets, failed upgrades, close codes, bytes each way, open terminals. ``sync_metrics`` copies them into
+the Prometheus objects of ``app.metrics`` every few seconds, so a relayed frame costs an integer addition,
+not a locked metric update. ``Activity`` turns relay traffic into at most one ``lifecycle.touch`` per
+workspace per ``every`` seconds, run in the background so no request waits on the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from app import metrics
+
+
+class WorkspaceCounters:
+    """Counters of one workspace."""
+
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "close_codes",
+        "failed_upgrades",
+        "http_in_flight",
+        "http_requests",
+        "synced_down",
+        "synced_up",
+        "terminals_open",
+        "upstream_errors",
+        "websockets_open",
+        "websockets_total",
+    )
+
+    def __init__(self) -> None:
+        self.http_requests = 0
+        self.http_in_flight = 0
+        self.upstream_errors = 0
+        self.websockets_open = 0
+        self.websockets_total = 0
+        self.failed_upgrades = 0
+        self.terminals_open = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.synced_up = 0
+        self.synced_down = 0
+        self.close_codes: dict[str, int] = {}
+
+    def closed(self, side: str, code: int) -> None:
+        """Count a WebSocket close: ``side`` is who closed first (``client``, ``ide`` or ``hub``)."""
+        key = f"{side}:{code}"
+        self.close_codes[key] = self.close_codes.get(key, 0) + 1
+
+    @property
+    def busy(self) -> bool:
+        """True while anything is open."""
+        return bool(self.http_in_flight or self.websockets_open or self.terminals_open)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as plain data."""
+        return {
+            "http_requests": self.http_requests,
+            "http_in_flight": self.http_in_flight,
+            "upstream_errors": self.upstream_errors,
+            "websockets_open": self.websockets_open,
+            "websockets_total": self.websockets_total,
+            "failed_upgrades": self.failed_upgrades,
+            "terminals_open": self.terminals_open,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "close_codes": dict(self.close_codes),
+        }
+
+
+class RelayStats:
+    """Counters of every workspace with relay traffic in this process (``ctx.extras["relay_stats"]``)."""
+
+    def __init__(self) -> None:
+        self.workspaces: dict[str, WorkspaceCounters] = {}
+
+    def of(self, workspace_id: str) -> WorkspaceCounters:
+        """The counters of ``workspace_id`` (created on first use)."""
+        counters = self.workspaces.get(workspace_id)
+        if counters is None:
+            counters = self.workspaces[workspace_id] = WorkspaceCounters()
+        return counters
+
+    @property
+    def open_websockets(self) -> int:
+        """Relayed WebSockets open now, all workspaces."""
+        return sum(c.websockets_open for c in self.workspaces.values())
+
+    @property
+    def open_terminals(self) -> int:
+        """Terminals open now, all workspaces."""
+        return sum(c.terminals_open for c in self.workspaces.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals and per-workspace counters."""
+        per = {ws: c.as_dict() for ws, c in self.workspaces.items()}
+        totals: dict[str, int] = {}
+        for values in per.values():
+            for key, value in values.items():
+                if isinstance(value, int):
+                    totals[key] = totals.get(key, 0) + value
+        return {"totals": totals, "workspaces": per}
+
+    def forget(self, workspace_id: str) -> None:
+        """Drop an idle workspace's counters and its metric series (it stopped or was deleted)."""
+        counters = self.workspaces.get(workspace_id)
+        if counters is not None and not counters.busy:
+            self.sync_one(workspace_id, counters)
+            del self.workspaces[workspace_id]
+            metrics.forget_workspace(workspace_id)
+
+    def sync_one(self, workspace_id: str, counters: WorkspaceCounters) -> None:
+        """Copy one workspace's counters into the Prometheus objects."""
+        up, down = counters.bytes_up - counters.synced_up, counters.bytes_down - counters.synced_down
+        if up:
+            metrics.RELAY_BYTES.labels(workspace_id, "up").inc(up)
+            counters.synced_up = counters.bytes_up
+        if down:
+            metrics.RELAY_BYTES.labels(workspace_id, "down").inc(down)
+            counters.synced_down = counters.bytes_down
+        metrics.RELAY_CONNECTIONS.labels(workspace_id).set(
+            counters.http_in_flight + counters.websockets_open + counters.terminals_open
+        )
+
+    async def sync_metrics(self, every: float = 5.0) -> None:
+        """Copy counters into ``app.metrics`` every ``every`` seconds, forever."""
+        while True:
+            await anyio.sleep(every)
+            for workspace_id, counters in list(self.workspaces.items()):
+                self.sync_one(workspace_id, counters)
+
+
+class Activity:
+    """Relay traffic as workspace activity: one background ``touch(workspace_id, source)`` per ``every`` s."""
+
+    def __init__(self, touch: Callable[[str, str], Any] | None, tasks: TaskGroup, every: float = 15.0) -> None:
+        self._touch = touch
+        self._tasks = tasks
+        self.every = every
+        self._last: dict[str, float] = {}
+        self.writes = 0
+
+    def note(self, workspace_id: str, source: str) -> None:
+        """Record traffic now (cheap: a dict lookup unless a write is due)."""
+        now = time.monotonic()
+        if now - self._last.get(workspace_id, -1e9) < self.every or self._touch is None:
+            return
+        self._last[workspace_id] = now
+        self.writes += 1
+        self._tasks.start_soon(self._write, workspace_id, source)
+
+    async def _write(self, workspace_id: str, source: str) -> None:
+        try:
+            await self._touch(workspace_id, source)  # type: ignore[misc]
+        except Exception:  # best effort: retried with the traffic that follows, 5 s later
+            self._last[workspace_id] = time.monotonic() - self.every + 5.0
+
+    def forget(self, workspace_id: str) -> None:
+        """Forget a stopped or deleted workspace."""
+        self._last.pop(workspace_id, None)
