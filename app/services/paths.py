@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, PayloadTooLarge
 
@@ -316,13 +315,20 @@ class Root:
             return None
         return link_target(parts[:-1], os.readlink(parts[-1], dir_fd=fd), shown)
 
-    def open_dir(self, parts: tuple[str, ...], *, follow: Follow = Follow.ALL) -> int:
-        """Open the directory ``parts`` (the root for ``()``) and return its descriptor."""
+    def open_dir(
+        self,
+        parts: tuple[str, ...],
+        *,
+        follow: Follow = Follow.ALL,
+        create: bool = False,
+        created: list[tuple[str, ...]] | None = None,
+    ) -> int:
+        """Open the directory ``parts`` (the root for ``()``), creating it and its parents if asked."""
         if not parts:
             return os.dup(self.fd)
-        with self.resolve(parts, follow=follow) as res:
+        with self.resolve(parts, follow=follow, create=create, created=created) as res:
             try:
-                return os.open(res.name, _DIR_FLAGS, dir_fd=res.parent_fd)
+                return self._open_dir(res.parent_fd, res.name, create, created, res.parts)
             except OSError as exc:
                 if exc.errno == errno.ENOTDIR:
                     raise Conflict(f"{res.path!r} is not a directory", code="not_a_directory") from None
@@ -383,6 +389,21 @@ def read_fd(fd: int, limit: int, path: str, size_hint: int = 0) -> bytes:
 
 def write_temp(root: Root, dir_fd: int, data: bytes, mode: int, *, sync: bool = True) -> str:
     """Write ``data`` to a fresh temp file in ``dir_fd`` (exclusive create, no-follow); return its name."""
+    name, fd = write_temp_open(root, dir_fd, data, mode)
+    try:
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    return name
+
+
+def write_temp_open(root: Root, dir_fd: int, data: bytes, mode: int) -> tuple[str, int]:
+    """Like ``write_temp`` without syncing; returns the name and the still-open descriptor."""
     for _ in range(8):
         name = f".codehub-{os.urandom(8).hex()}.tmp"
         try:
@@ -399,23 +420,9 @@ def write_temp(root: Root, dir_fd: int, data: bytes, mode: int, *, sync: bool = 
             view = view[written:]
         os.fchmod(fd, mode)
         root.adopt(fd)
-        if sync:
-            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)
         raise
-    os.close(fd)
-    return name
-
-
-def syncfs(fd: int) -> bool:
-    """Flush the filesystem holding ``fd`` (Linux ``syncfs``); False when unavailable."""
-    try:
-        import ctypes
-
-        libc: Any = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.syncfs(fd) == 0)
-    except (OSError, AttributeError):
-        return False
+    return name, fd
