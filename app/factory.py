@@ -24,6 +24,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from app import db
 from app.context import AppContext
 from app.controllers.admin_users import AdminUsersController
+from app.controllers.ai import AIController, ai_startup
 from app.controllers.auth import AuthController
 from app.controllers.dashboard import DASHBOARD_ROUTES
 from app.controllers.deps import BASE_DEPENDENCIES, requires_user
@@ -54,11 +55,18 @@ ROUTES: list[Any] = [
     AdminUsersController,
     WorkspacesController,
     EventsController,
+    AIController,
     LifecycleController,
     ServersController,
     *DASHBOARD_ROUTES,
 ]
-STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [ops_startup, events_startup, runtime_startup, relay_startup]
+STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [
+    ops_startup,
+    events_startup,
+    ai_startup,
+    runtime_startup,
+    relay_startup,
+]
 
 
 def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:

@@ -73,6 +73,7 @@ class AIRequest:
     text: str | None = None  # the question (explain) or the instruction (rewrite)
     actor_name: str | None = None
     client_addr: str | None = None
+    http_request_id: str | None = None  # the HTTP request's id, for the audit row (the AI id goes in details)
 
 
 class AIJob:
@@ -337,6 +338,7 @@ class AIService:
             "lines": None if ctx.whole_file else [ctx.start_line, ctx.end_line],
             "context_chars": ctx.chars,
             "masked_secrets": ctx.masker.count,
+            "ai_request_id": request.request_id,
             **run.extra,
         }
         try:
@@ -350,7 +352,7 @@ class AIService:
                     sha256=sha256_hex(response),
                     size=len(response.encode()),
                     outcome=run.outcome,
-                    request_id=request.request_id,
+                    request_id=request.http_request_id or request.request_id,
                     client_addr=request.client_addr,
                     details=details,
                 )

@@ -1,0 +1,313 @@
+"""``/api/ai``: explain and rewrite code of a workspace through the configured LLM server.
+
+Both answer JSON by default. With ``Accept: text/event-stream`` they stream SSE instead: a ``retry:`` hint,
+an ``ai.started`` frame without an id (``{request_id, kind, model, path, …}``; also in the
+``X-AI-Request-Id`` header), then the request's ``ai.token`` frames and one ``ai.done`` or ``ai.error``,
+framed exactly as ``/api/events`` frames them, with the hub's event ids. The same events are on topic
+``ai:<request id>``: the owner (or an admin) can follow or resume them at
+``/api/events?topic=ai:<id>`` (or ``/api/ai/requests/<id>/events``) with ``Last-Event-ID``.
+
+The HTTP client going away cancels the request upstream. The hub never writes files here: a rewrite
+returns a diff (validated by the patch validator) to apply with ``POST /api/patch/apply`` and its base hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from app.context import AppContext
+from app.controllers.deps import error_responses
+from app.controllers.events import LAST_EVENT_ID, LAST_EVENT_ID_HEADER
+from app.controllers.middleware import request_id_of
+from app.controllers.ops import RATE_LIMITER
+from app.errors import DomainError, NotFound
+from app.events import ai_topic
+from app.models import new_id
+from app.schemas import Body
+from app.services import patches
+from app.services.ai import AIJob, AIRequest, AIService, Kind
+from app.services.ai_owners import AIOwners, MemoryAIOwners, RedisAIOwners
+from app.services.auth import Principal
+from app.services.llm import LLMClient
+from app.services.ratelimit import SharedAILimiter
+from app.services.workspaces import WorkspaceService
+from app.streams.fanout import Item, encode_body, with_id
+from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
+
+AI_SERVICE = "ai_service"
+AI_OWNERS = "ai_owners"
+Line = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+Prompt = Annotated[str, msgspec.Meta(max_length=8000)]
+WorkspacePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class ExplainRequest(Body):
+    """``POST /api/ai/explain``: the file (and optional 1-based inclusive line range) to explain."""
+
+    workspace_id: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+    path: WorkspacePath
+    start_line: Line | None = None
+    end_line: Line | None = None
+    question: Prompt | None = None
+
+
+class RewriteRequest(Body):
+    """``POST /api/ai/rewrite``: the lines to rewrite and how."""
+
+    workspace_id: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+    path: WorkspacePath
+    instruction: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
+    start_line: Line | None = None
+    end_line: Line | None = None
+
+
+class Usage(msgspec.Struct):
+    """Token counts (``estimated`` when the server reported none)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool
+
+
+class ExplainAnswer(msgspec.Struct):
+    """The explanation, whole."""
+
+    request_id: str
+    explanation: str
+    model: str
+    usage: Usage
+
+
+class RewriteAnswer(msgspec.Struct):
+    """A rewrite as a git-style diff against the file as read (``base_sha256``); nothing is written."""
+
+    request_id: str
+    path: str
+    diff: str
+    base_sha256: str
+    validation: dict[str, Any] | None
+    model: str
+    usage: Usage
+
+
+def _wants_sse(request: Request) -> bool:
+    return MEDIA_TYPE in request.headers.get("accept", "")
+
+
+def _frame(job: AIJob, event: Any) -> bytes:
+    body = encode_body(ai_topic(job.request_id), event.type, event.data)
+    return Item(int(event.id), event.type, with_id(int(event.id), body)).frame
+
+
+async def _sse(job: AIJob, ctx: AppContext) -> AsyncIterator[bytes]:
+    try:
+        started = msgspec.json.encode({"topic": ai_topic(job.request_id), "type": "ai.started", "data": job.info})
+        yield retry_frame(ctx.settings.sse_retry_ms) + b"event: ai.started\ndata: " + started + b"\n\n"
+        while True:
+            event = None
+            with anyio.move_on_after(ctx.settings.sse_heartbeat):
+                try:
+                    event = await job.events.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+            if event is None:
+                yield b": ping\n\n"
+                continue
+            yield _frame(job, event)
+            if event.type != "ai.token":
+                return
+    finally:
+        job.cancel()  # the client went away (or the stream ended): stop the job and the upstream call
+
+
+async def _result(request: Request, job: AIJob) -> tuple[str, dict[str, Any]]:
+    """The job's result; the HTTP client disconnecting meanwhile cancels the job (and the upstream call)."""
+    outcome: tuple[str, dict[str, Any]] | DomainError | None = None
+
+    async def until_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(until_disconnect)
+        try:
+            outcome = await job.result()
+        except DomainError as exc:
+            outcome = exc
+        tg.cancel_scope.cancel()
+    if isinstance(outcome, DomainError):
+        raise outcome
+    if outcome is None:
+        raise DomainError("the client went away", code="client_closed")
+    return outcome
+
+
+class AIController(Controller):
+    """AI explain/rewrite (JSON, or SSE with ``Accept: text/event-stream``) and following a request's events."""
+
+    path = "/api/ai"
+    tags = ["ai"]
+
+    async def _start(
+        self,
+        kind: Kind,
+        request: Request,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+        data: ExplainRequest | RewriteRequest,
+    ) -> AIJob:
+        service: AIService = ctx.extras[AI_SERVICE]
+        service.llm.require_configured()
+        ws = await workspaces.get(principal, data.workspace_id)
+        text = data.question if isinstance(data, ExplainRequest) else data.instruction
+        ai_request = AIRequest(
+            request_id=new_id(16),
+            user_id=principal.user_id,
+            workspace_id=ws.id,
+            root=ctx.settings.resolved_workspaces_dir / ws.id,
+            path=data.path,
+            start_line=data.start_line,
+            end_line=data.end_line,
+            text=text,
+            actor_name=principal.username,
+            client_addr=request.client.host if request.client else None,
+            http_request_id=request_id_of(request.scope),
+        )
+        owners: AIOwners = ctx.extras[AI_OWNERS]
+        await owners.remember(ai_request.request_id, principal.user_id)
+        return await service.start(kind, ai_request, ctx.tasks)
+
+    async def _answer(self, kind: Kind, request: Request, ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
+        if _wants_sse(request):
+            headers = {**SSE_HEADERS, "X-AI-Request-Id": job.request_id}
+            return Stream(_sse(job, ctx), media_type=MEDIA_TYPE, headers=headers)
+        async with job:
+            text, done = await _result(request, job)
+        usage = msgspec.convert(done["usage"], Usage)
+        if kind == "explain":
+            answer: Any = ExplainAnswer(job.request_id, text, done["model"], usage)
+        else:
+            answer = RewriteAnswer(
+                job.request_id,
+                done["path"],
+                done["diff"],
+                done["base_sha256"],
+                done["validation"],
+                done["model"],
+                usage,
+            )
+        return Response(answer, headers={"X-AI-Request-Id": job.request_id})
+
+    @post(
+        "/explain",
+        operation_id="aiExplain",
+        status_code=200,
+        responses=error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503),
+    )
+    async def explain(
+        self,
+        request: Request,
+        data: ExplainRequest,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+    ) -> Response[Any] | Stream:
+        """Explain a file or line range: ``ExplainAnswer`` as JSON, or SSE ``ai.token`` … ``ai.done``."""
+        job = await self._start("explain", request, ctx, principal, workspaces, data)
+        return await self._answer("explain", request, ctx, job)
+
+    @post(
+        "/rewrite",
+        operation_id="aiRewrite",
+        status_code=200,
+        responses=error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503),
+    )
+    async def rewrite(
+        self,
+        request: Request,
+        data: RewriteRequest,
+        ctx: AppContext,
+        principal: Principal,
+        workspaces: WorkspaceService,
+    ) -> Response[Any] | Stream:
+        """Rewrite a line range: ``RewriteAnswer`` (diff + base hash) as JSON, or SSE ending in ``ai.done``."""
+        job = await self._start("rewrite", request, ctx, principal, workspaces, data)
+        return await self._answer("rewrite", request, ctx, job)
+
+    @get(
+        "/requests/{request_id:str}/events",
+        media_type=MEDIA_TYPE,
+        operation_id="aiRequestEvents",
+        responses=error_responses(401, 404),
+    )
+    async def request_events(
+        self,
+        ctx: AppContext,
+        principal: Principal,
+        request_id: Annotated[str, Parameter(max_length=32)],
+        last_event_id: LAST_EVENT_ID = None,
+        last_event_id_header: LAST_EVENT_ID_HEADER = None,
+    ) -> Stream:
+        """Follow (or resume, with ``Last-Event-ID``) one AI request's events from the start, as SSE."""
+        await authorize_ai_topic(ctx, principal, request_id)
+        cursor = last_event_id_header or last_event_id or None
+        body = event_stream(
+            ctx.events,
+            (ai_topic(request_id),),
+            last_event_id=cursor,
+            since_earliest=cursor is None,
+            retry_ms=ctx.settings.sse_retry_ms,
+        )
+        return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+async def authorize_ai_topic(ctx: AppContext, principal: Principal, request_id: str) -> None:
+    """404 unless ``principal`` started ``request_id`` (admins may follow any)."""
+    if principal.is_admin:
+        return
+    owner = await ctx.extras[AI_OWNERS].owner(request_id)
+    if owner != principal.user_id:
+        raise NotFound(f"no AI request {request_id!r}", code="ai_request_not_found")
+
+
+async def _validate(settings: Any, root: Any, diff: str) -> dict[str, Any]:
+    limits = patches.PatchLimits.from_settings(settings)
+    result = await anyio.to_thread.run_sync(lambda: patches.validate(root, diff, limits=limits))
+    return msgspec.to_builtins(result)
+
+
+async def ai_startup(ctx: AppContext) -> None:
+    """Lifespan hook: the shared LLM client, the AI service, ownership of AI topics; closed at shutdown."""
+    settings = ctx.settings
+    limiter = SharedAILimiter(settings, ctx.extras[RATE_LIMITER]) if RATE_LIMITER in ctx.extras else None
+    llm = LLMClient(settings, limiter=limiter)
+    ctx.extras[AI_SERVICE] = AIService(
+        llm, ctx.events, settings, audit=ctx.audit.record, validate=lambda root, diff: _validate(settings, root, diff)
+    )
+    if ctx.redis is not None:
+        ctx.extras[AI_OWNERS] = RedisAIOwners(ctx.redis, settings.redis_prefix, settings.event_ttl)
+    else:
+        ctx.extras[AI_OWNERS] = MemoryAIOwners(settings.event_ttl)
+    ctx.extras.setdefault("topic_authorizers", {})["ai"] = lambda principal, request_id: authorize_ai_topic(
+        ctx, principal, request_id
+    )
+
+    async def close_at_shutdown() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await llm.aclose()
+
+    ctx.tasks.start_soon(close_at_shutdown)
