@@ -7,6 +7,7 @@ sees real lifecycle events, logs and status. Screenshots go to ``test-artifacts/
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.services import need
-from tests.support.server import Hub, running_hub
+from tests.support.server import Hub, free_port, running_hub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
@@ -54,6 +55,26 @@ def ui_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def git_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small local repository to clone (``file://``; the hub allows it for admins in these tests)."""
+    repo = tmp_path_factory.mktemp("repo")
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "HOME": str(repo),
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    for i in range(50):
+        (repo / f"file{i}.txt").write_text(f"line {i}\n" * 200)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "init"], check=True, env=env)
+    return repo.as_uri()
+
+
+@pytest.fixture(scope="module")
 async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub over that database, with the local runtime running the fake IDE."""
     settings = make_settings(
@@ -61,6 +82,7 @@ async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
         database_url=ui_db_url,
         local_ide_command=f"{sys.executable} {FAKE_IDE} --port {{port}} {{dir}}",
         start_timeout=30.0,
+        allow_file_git_urls=True,
     )
     async with running_hub(settings) as hub:
         yield hub
@@ -69,8 +91,9 @@ async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
 @pytest.fixture(scope="module")
 async def browser(ui_hub: Hub) -> AsyncIterator[Any]:
     """Debian's Chromium, headless, launched by Playwright."""
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    expect.set_options(timeout=TIMEOUT_MS)
     async with async_playwright() as p:
         chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -101,6 +124,7 @@ async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[An
         assert not errors.uncaught, f"uncaught errors in the page: {errors.uncaught}"
     finally:
         await shot(page, f"{request.node.name}-final")
+        (ARTIFACTS / f"dashboard-{request.node.name}-console.txt").write_text("\n".join(errors.console))
         await context.close()
 
 
@@ -129,6 +153,24 @@ async def user_token(hub: Hub, username: str, *, admin: bool = False) -> str:
 def row(page: Any, name: str) -> Any:
     """The table row of the workspace named ``name``."""
     return page.locator("#ws-body tr", has=page.get_by_role("button", name=f"Show details of {name}", exact=True))
+
+
+WATCH_BARS = """() => {
+  window.__bars = [];
+  const seen = () => {
+    for (const bar of document.querySelectorAll("#ws-body .progress:not([hidden])")) {
+      const name = bar.closest("tr").querySelector("button.name").textContent;
+      window.__bars.push(`${name}:${bar.dataset.kind}:${bar.closest("td").querySelector(".phase").textContent}`);
+    }
+  };
+  new MutationObserver(seen).observe(document.querySelector("#ws-body"),
+    {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
+
+
+async def bars_seen(page: Any) -> list[str]:
+    """Progress bars that were visible since ``WATCH_BARS`` ran: ``name:kind:phase``."""
+    return await page.evaluate("() => window.__bars")
 
 
 async def has_route(hub: Hub, path: str) -> bool:
@@ -195,7 +237,7 @@ async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
         await expect(row(page, "from-api")).to_have_count(0)
 
     # Delete from the page, through the confirmation dialog.
-    await row(page, "demo").get_by_role("button", name="Delete demo").click()
+    await row(page, "demo").get_by_role("button", name="Delete demo", exact=True).click()
     await expect(page.locator("#confirm")).to_be_visible()
     await page.locator("#confirm-ok").click()
     await expect(row(page, "demo")).to_have_count(0)
@@ -213,29 +255,74 @@ async def test_start_logs_status_stop(ui_hub: Hub, page: Any) -> None:
 
     if not await has_route(ui_hub, "/api/workspaces/{workspace_id}/start"):
         pytest.skip("the lifecycle routes (POST /api/workspaces/{id}/start) are not in this build yet")
-    await user_token(ui_hub, "bob")
+    token = await user_token(ui_hub, "bob")
     await login(page, ui_hub, "bob")
     await page.get_by_label("Name", exact=True).fill("runner")
     await page.get_by_role("button", name="Create").click()
     ws = row(page, "runner")
     await expect(ws.locator(".badge")).to_have_text("created")
 
-    await ws.get_by_role("button", name="Start runner").click()
+    await page.evaluate(WATCH_BARS)
+    await ws.get_by_role("button", name="Start runner", exact=True).click()
     await expect(ws.locator(".badge")).to_have_text("running")
+    assert any(b.startswith("runner:start:") for b in await bars_seen(page))
+    await expect(ws.locator(".progress")).to_be_hidden()
+    workspace_id = await ws.get_attribute("data-id")
     await expect(ws.get_by_role("link", name="Open the IDE of runner in a new tab")).to_have_attribute(
-        "href", f"/w/{await ws.get_attribute('data-id')}/"
+        "href", f"/w/{workspace_id}/"
     )
+    await expect(page.locator("#log-mode")).to_have_text("following")
     await expect(page.locator("#logs .line").first).to_be_visible()
+    # New IDE output arrives live: a status call makes the hub probe the IDE, which logs the request.
+    lines = await page.locator("#logs .line").count()
+    async with ui_hub.client(token) as client:
+        assert (await client.get(f"/api/workspaces/{workspace_id}/status")).status_code == 200
+    await page.wait_for_function("n => document.querySelectorAll('#logs .line').length > n", arg=lines)
+    await expect(page.locator("#logs")).to_contain_text("GET /healthz")
+    # The charts draw the polled samples (one every 3 s).
+    await page.wait_for_function("() => window.codehub.details.cpu.points.length >= 3")
+    await expect(page.locator("#mem-now")).not_to_be_empty()
     await expect(page.locator('#status-list dd[data-key="uptime"]')).not_to_have_text("\u2013")
     await expect(page.locator("#why-up")).to_contain_text("Still up")
     await shot(page, "running")
 
-    await ws.get_by_role("button", name="Stop runner").click()
+    await ws.get_by_role("button", name="Stop runner", exact=True).click()
     await expect(ws.locator(".badge")).to_have_text("stopped")
+    await expect(page.locator("#log-mode")).to_contain_text("ended")
+    await expect(page.locator("#why-up")).to_be_hidden()
     await shot(page, "stopped")
 
+    # Started by someone else (the API): the page shows it running without a reload.
+    async with ui_hub.client(token) as client:
+        r = await client.post(f"/api/workspaces/{workspace_id}/start")
+        assert r.status_code in (200, 202), r.text
+        await expect(ws.locator(".badge")).to_have_text("running")
+        assert (await client.post(f"/api/workspaces/{workspace_id}/stop")).status_code == 200
+        await expect(ws.locator(".badge")).to_have_text("stopped")
 
-async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any) -> None:
+
+async def servers_panel(hub: Hub, page: Any) -> None:
+    """Servers with their counts; the test button reports the engine's answer (here: nothing listens)."""
+    from playwright.async_api import expect
+
+    async with hub.client() as client:
+        r = await client.post(
+            "/api/admin/servers", json={"name": "nowhere", "docker_url": f"tcp://127.0.0.1:{free_port()}"}
+        )
+        assert r.status_code == 201, r.text
+        server_id = r.json()["id"]
+        try:
+            await page.get_by_role("link", name="Servers").click()
+            server = page.locator("#servers-body tr", has_text="nowhere")
+            await expect(server.locator("td.num").first).to_have_text("0")
+            await server.get_by_role("button", name="Test nowhere").click()
+            await expect(server.locator(".check")).to_contain_text("failed")
+            await shot(page, "servers")
+        finally:
+            assert (await client.delete(f"/api/admin/servers/{server_id}")).status_code == 204
+
+
+async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any, git_repo: str) -> None:
     """Admins: every user's workspaces with the toggle, the servers panel, the audit list with filters."""
     from playwright.async_api import expect
 
@@ -249,10 +336,17 @@ async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any) -> 
     await expect(row(page, "carols")).to_have_count(1)
     await expect(row(page, "carols").locator(".owner-col")).to_have_text("carol")
 
-    await page.get_by_role("link", name="Servers").click()
-    await expect(page.locator("#servers-view")).to_be_visible()
-    await expect(page.locator("#servers-body tr, #servers-empty:not([hidden])").first).to_be_visible()
-    await shot(page, "servers")
+    await page.evaluate(WATCH_BARS)
+    await page.get_by_label("Name", exact=True).fill("cloned")
+    await page.get_by_label("Git URL").fill(git_repo)
+    await page.get_by_role("button", name="Create").click()
+    await expect(row(page, "cloned").locator(".badge")).to_have_text("created")
+    await page.wait_for_function("() => window.__bars.some(b => b.startsWith('cloned:clone:done'))")
+    await expect(row(page, "cloned").locator(".progress")).to_be_hidden()
+    await expect(row(page, "cloned").locator(".reason")).to_be_empty()
+
+    if await has_route(ui_hub, "/api/admin/servers"):
+        await servers_panel(ui_hub, page)
 
     await page.get_by_role("link", name="Audit").click()
     await expect(page.locator("#audit-view")).to_be_visible()
@@ -264,3 +358,29 @@ async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any) -> 
     else:
         await expect(page.locator("#audit-empty")).to_contain_text("not available")
     await shot(page, "audit")
+
+
+async def test_dark_and_narrow_layouts(ui_hub: Hub, browser: Any) -> None:
+    """The same page in dark mode on a phone-sized viewport (screenshots for a person to look at)."""
+    from playwright.async_api import expect
+
+    token = await user_token(ui_hub, "dana")
+    async with ui_hub.client(token) as client:
+        for name in ("phone-a", "phone-b"):
+            assert (await client.post("/api/workspaces", json={"name": name})).status_code == 201
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    try:
+        page = await context.new_page()
+        errors = PageErrors(page)
+        await login(page, ui_hub, "dana")
+        await expect(row(page, "phone-a")).to_have_count(1)
+        await row(page, "phone-a").get_by_role("button", name="Show details of phone-a", exact=True).click()
+        await expect(page.locator("#detail-name")).to_have_text("phone-a")
+        background = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", background
+        await shot(page, "dark-phone")
+        width = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+        assert not errors.uncaught, errors.uncaught
+    finally:
+        await context.close()

@@ -57,7 +57,10 @@ export class TimeChart {
     const hgt = height - pad.top - pad.bottom;
 
     const values = this.points.map((p) => p[1]);
-    let max = this.options.fixedMax ?? Math.max(1e-9, ...values, this.limit ?? 0);
+    const peak = Math.max(this.options.minMax ?? 1e-9, ...values);
+    // A limit far above the usage (a whole machine's memory) would flatten the line: leave it out of scale.
+    const showLimit = this.limit && this.limit <= peak * 1.6;
+    let max = this.options.fixedMax ?? Math.max(peak, showLimit ? this.limit : 0);
     if (!this.options.fixedMax) max *= 1.15;
 
     ctx.strokeStyle = grid;
@@ -72,18 +75,21 @@ export class TimeChart {
     ctx.fillStyle = text;
     ctx.font = "11px system-ui, sans-serif";
     ctx.textBaseline = "top";
+    let used = 0;
     if (this.points.length) {
-      ctx.fillText(`max ${this.options.format(max / (this.options.fixedMax ? 1 : 1.15))}`, pad.left + 2, 0);
+      const peakLabel = `peak ${this.options.format(Math.max(...values))}`;
+      ctx.fillText(peakLabel, pad.left + 2, 0);
+      used = ctx.measureText(peakLabel).width + 12;
     }
-    const minutes = Math.round(this.options.windowMs / 60000);
-    const label = `last ${minutes} min`;
-    ctx.fillText(label, pad.left + w - ctx.measureText(label).width - 2, 0);
+    const label = `${Math.round(this.options.windowMs / 60000)} min`;
+    const labelWidth = ctx.measureText(label).width;
+    if (used + labelWidth < w) ctx.fillText(label, pad.left + w - labelWidth - 2, 0);
 
     const now = Date.now();
     const x = (t) => pad.left + w - ((now - t) / this.options.windowMs) * w;
     const y = (v) => pad.top + hgt - (Math.min(v, max) / max) * hgt;
 
-    if (this.limit && this.limit <= max) {
+    if (showLimit) {
       ctx.setLineDash([4, 4]);
       ctx.strokeStyle = css("--warn", "#d97706");
       ctx.beginPath();

@@ -5,7 +5,7 @@
 export const EVENT_TYPES = [
   "workspace.created", "workspace.updated", "workspace.starting", "workspace.running", "workspace.stopping",
   "workspace.stopped", "workspace.failed", "workspace.deleted", "workspace.placed", "workspace.restarting",
-  "workspace.stop_pending", "workspace.idle", "clone.progress", "clone.done", "clone.failed", "pull.progress",
+  "workspace.stop_pending", "workspace.idle", "workspace.cloned", "workspace.progress", "clone.progress", "clone.done", "clone.failed", "pull.progress",
   "start.progress", "log.line", "stream.reset", "message",
 ];
 

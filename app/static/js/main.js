@@ -142,9 +142,7 @@ class App {
 
   topics() {
     if (!this.me) return [];
-    const topics = [this.isAdmin ? "admin" : `user:${this.me.id}`];
-    if (this.selected) topics.push(`workspace:${this.selected}:logs`);
-    return topics;
+    return [this.isAdmin ? "admin" : `user:${this.me.id}`];
   }
 
   updateTopics() {
@@ -174,7 +172,7 @@ class App {
       return;
     }
     if (ev.type === "log.line") {
-      this.details.handleLogEvent(ev);
+      this.details.logs.handleEvent(ev);
       return;
     }
     this.workspaces.handleEvent(ev);

@@ -207,6 +207,11 @@ export class WorkspaceList {
       return;
     }
     if (!ev.type.startsWith("workspace.")) return;
+    if (ev.type === "workspace.progress") {
+      const pct = data.percent ?? data.progress;
+      const step = [data.step, data.phase || data.status].filter(Boolean).join(": ");
+      this.progress.set(id, { kind: "start", percent: pct ?? null, phase: step || "starting" });
+    }
     const known = this.items.get(id);
     const patch = { id };
     for (const key of ["name", "owner_id", "server_id", "image"]) if (data[key] !== undefined) patch[key] = data[key];
