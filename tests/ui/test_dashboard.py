@@ -271,6 +271,13 @@ async def test_start_logs_status_stop(ui_hub: Hub, page: Any) -> None:
     await expect(ws.get_by_role("link", name="Open the IDE of runner in a new tab")).to_have_attribute(
         "href", f"/w/{workspace_id}/"
     )
+    # "Open" reaches the IDE through the hub's relay in a new tab, with the session cookie.
+    async with page.context.expect_page() as opened:
+        await ws.get_by_role("link", name="Open the IDE of runner in a new tab").click()
+    ide = await opened.value
+    await expect(ide.locator("body")).to_contain_text('"method": "GET"')
+    await expect(ide.locator("body")).to_contain_text(workspace_id)
+    await ide.close()
     await expect(page.locator("#log-mode")).to_have_text("following")
     await expect(page.locator("#logs .line").first).to_be_visible()
     # New IDE output arrives live: a status call makes the hub probe the IDE, which logs the request.

@@ -44,6 +44,13 @@ export function toast(message, { kind = "error", title = null, timeout = null } 
   return el;
 }
 
+/** Tell screen-reader users about a change they did not cause (a workspace became running). */
+export function announce(text) {
+  const el = $("#announcer");
+  el.textContent = "";
+  setTimeout(() => (el.textContent = text), 50);
+}
+
 /** Ask for confirmation in the modal dialog; resolves {ok, extra}. */
 export function confirmDialog({ title, text, action = "Delete", extra = null }) {
   const dialog = $("#confirm");

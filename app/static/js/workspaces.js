@@ -2,7 +2,7 @@
 // start/stop/restart/delete/open actions, and clone/start progress bars.
 
 import { api, getAll } from "./api.js";
-import { $, confirmDialog, h, setText, toast } from "./ui.js";
+import { $, announce, confirmDialog, h, setText, toast } from "./ui.js";
 
 const CAN = {
   start: new Set(["created", "stopped", "failed"]),
@@ -224,7 +224,9 @@ export class WorkspaceList {
       this.sortRows();
       this.renderEmpty();
     } else {
+      const before = known.state;
       this.upsert(patch);
+      if (state && state !== before) announce(`${known.name || id} is ${state}${patch.state_reason ? `: ${patch.state_reason}` : ""}`);
     }
     if (state && state !== "starting" && this.progress.get(id)?.kind === "start") this.progress.delete(id);
     if (ev.type === "workspace.stop_pending") {
