@@ -93,13 +93,16 @@ def _unquote(raw: bytes) -> tuple[bytes, bytes]:
 
 def _strip(name: bytes, p: int) -> bytes | None:
     """Drop ``p`` leading components (git's ``-p``); None when there are not enough."""
+    shown = name[:200].decode(errors="replace")
     if name.startswith(b"/"):
-        raise bad_diff(f"absolute path {name[:200].decode(errors='replace')!r} in the diff")
+        raise bad_diff(f"absolute path {shown!r} in the diff")
     for _ in range(p):
         cut = name.find(b"/")
         if cut < 0:
             return None
-        name = name[cut + 1 :].lstrip(b"/")
+        name = name[cut + 1 :]
+    if name.startswith(b"/"):
+        raise bad_diff(f"absolute path in {shown!r} once its prefix is removed")
     return name
 
 
