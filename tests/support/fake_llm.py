@@ -70,6 +70,7 @@ class FakeLLM:
     disconnects: int = 0  # chat requests the client abandoned before the answer was complete
     completed: int = 0  # streams sent to the end
     url: str = ""  # base URL ending in /v1, set once serving
+    record: bool = True  # keep ``requests`` (benches turn it off)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def script(self, *behaviors: Behavior) -> None:
@@ -96,7 +97,13 @@ class FakeLLM:
         except msgspec.DecodeError:
             payload = None
         path = scope["path"]
-        self.requests.append(RecordedRequest(scope["method"], path, headers, payload))
+        if self.record:
+            self.requests.append(RecordedRequest(scope["method"], path, headers, payload))
+        if path == "/_fake/behavior" and scope["method"] == "POST" and isinstance(payload, dict):
+            count = int(payload.pop("tokens", 0))
+            self.default = Behavior(**payload, tokens=[f" t{i}" for i in range(count)] if count else None)
+            await _send_json(send, 200, {"ok": True})
+            return
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             await _send_json(send, 401, _error_body("Incorrect API key provided", "invalid_request_error", 401))
         elif path == "/v1/models" and scope["method"] == "GET":
@@ -370,3 +377,20 @@ async def flaky_front(target_port: int, drop_first: int = 1) -> AsyncIterator[Fl
             yield front
         finally:
             tg.cancel_scope.cancel()
+
+
+def main() -> None:
+    """Run the fake alone (for benches): ``python -m tests.support.fake_llm PORT``.
+
+    ``POST /_fake/behavior`` with ``{"tokens": n, "token_delay": s, ...}`` (``Behavior`` fields) scripts it.
+    """
+    import sys
+
+    port = int(sys.argv[1])
+    uvicorn.run(
+        FakeLLM(record=False), host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""AI streaming benchmark: what the hub adds over calling the (fake) LLM server directly.
+
+    uv run python bench/ai.py                     # in-process event hub
+    uv run python bench/ai.py --redis-url redis://127.0.0.1:6379/0   # Redis event hub
+    uv run python bench/ai.py --requests 200 --streams 50 --tokens 200 --token-delay 0.01
+
+Processes (all on loopback): the fake OpenAI-compatible server (``tests/support/fake_llm.py``, uvicorn),
+the hub (``codehub serve``, one worker, SQLite), and this client. Measured, each direct (POST
+``/v1/chat/completions`` to the fake, ``stream: true``) and through the hub (``POST /api/ai/explain`` with
+``Accept: text/event-stream``; the hub builds the context, checks limits, publishes every token on
+``ai:<id>`` and frames SSE):
+
+1. time to first token, sequential requests, direct and hub alternating: p50/p90 and the hub's added p50
+   (target ≤ 5 ms);
+2. tokens/s with ``--streams`` concurrent streams, paced (``--token-delay`` per token, like a real model)
+   and unpaced (the fake as fast as it can go): hub ÷ direct (target ≥ 90 %), and the hub's CPU seconds.
+
+Token counts come from each stream's final usage (exact whatever the batching of ``ai.token`` events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = [
+    {"role": "system", "content": "You explain code."},
+    {"role": "user", "content": "Explain this code:\n```python\ndef add(a, b):\n    return a + b\n```"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prepare(data_dir: Path) -> tuple[str, str]:
+    """A migrated SQLite database with an admin; returns (database URL, admin token)."""
+    from app import db
+    from app.services.auth import AuthService
+    from app.settings import load_settings
+
+    url = f"sqlite+aiosqlite:///{data_dir / 'bench.db'}"
+    db.upgrade(url)
+
+    async def make_admin() -> str:
+        settings = load_settings(environ={}, data_dir=data_dir, database_url=url)
+        engine = db.create_engine(settings)
+        try:
+            auth = AuthService(db.create_sessionmaker(engine), settings)
+            user = await auth.create_user("bench", "bench-password-1", "admin")
+            return (await auth.issue_token(user.id, name="bench"))[1]
+        finally:
+            await engine.dispose()
+
+    return url, anyio.run(make_admin)
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+async def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient(timeout=2) as client:
+        with anyio.fail_after(60):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{url}: the server exited")
+                try:
+                    await client.get(url)
+                    return
+                except httpx.TransportError:
+                    await anyio.sleep(0.1)
+
+
+class Target:
+    """One way to ask for a streamed answer: direct to the fake, or through the hub."""
+
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        first: bytes,
+    ) -> None:
+        self.name, self.client, self.url, self.body, self.headers, self.first = name, client, url, body, headers, first
+
+    async def run(self) -> tuple[float, float, int]:
+        """One request: (seconds to first token, seconds to the end, completion tokens)."""
+        t0 = time.perf_counter()
+        ttft = 0.0
+        tail = b""
+        async with self.client.stream("POST", self.url, json=self.body, headers=self.headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise RuntimeError(f"{self.name}: {response.status_code} {response.text[:300]}")
+            async for chunk in response.aiter_bytes():
+                if not ttft and self.first in tail[-64:] + chunk:
+                    ttft = time.perf_counter() - t0
+                tail = (tail + chunk)[-4096:]
+        end = time.perf_counter() - t0
+        usage = tail.rsplit(b'"completion_tokens":', 1)
+        tokens = int(usage[1].split(b",", 1)[0].split(b"}", 1)[0]) if len(usage) == 2 else 0
+        return ttft, end, tokens
+
+
+async def set_behavior(fake_url: str, **behavior: Any) -> None:
+    async with httpx.AsyncClient() as client:
+        (await client.post(f"{fake_url}/_fake/behavior", json=behavior)).raise_for_status()
+
+
+async def ttft_run(direct: Target, hub: Target, n: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {"direct": [], "hub": []}
+    for _ in range(5):  # warm-up: pools, caches, imports
+        await direct.run()
+        await hub.run()
+    for i in range(n):
+        for target in (direct, hub) if i % 2 == 0 else (hub, direct):
+            ttft, _, _ = await target.run()
+            samples[target.name].append(ttft * 1000)
+    out: dict[str, Any] = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (statistics.median(values), values[int(len(values) * 0.9)])
+    out["added_p50_ms"] = out["hub"][0] - out["direct"][0]
+    return out
+
+
+async def throughput_run(target: Target, streams: int, hub_pid: int | None) -> dict[str, Any]:
+    results: list[tuple[float, float, int]] = []
+
+    async def one() -> None:
+        results.append(await target.run())
+
+    cpu0 = cpu_seconds(hub_pid) if hub_pid else 0.0
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(streams):
+            tg.start_soon(one)
+    wall = time.perf_counter() - t0
+    tokens = sum(r[2] for r in results)
+    return {
+        "tokens": tokens,
+        "wall": wall,
+        "tokens_per_s": tokens / wall,
+        "hub_cpu_s": (cpu_seconds(hub_pid) - cpu0) if hub_pid else None,
+        "ttft_p50_ms": statistics.median(r[0] for r in results) * 1000,
+    }
+
+
+async def bench(
+    args: argparse.Namespace,
+    token: str,
+    workspace_root: Path,
+    env: dict[str, str],
+    fake_url: str,
+    hub_url: str,
+    hub_pid: int,
+) -> None:
+    limits = httpx.Limits(max_connections=args.streams * 2, max_keepalive_connections=args.streams * 2)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        r = await client.post(
+            f"{hub_url}/api/workspaces",
+            json={"name": f"bench-{secrets.token_hex(3)}"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        r.raise_for_status()
+        ws = r.json()["id"]
+        (workspace_root / ws).mkdir(parents=True, exist_ok=True)
+        (workspace_root / ws / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+        direct = Target(
+            "direct",
+            client,
+            f"{fake_url}/v1/chat/completions",
+            {
+                "model": "bench",
+                "messages": PROMPT,
+                "stream": True,
+                "max_tokens": 4096,
+                "stream_options": {"include_usage": True},
+            },
+            {},
+            b'"content":"',
+        )
+        hub = Target(
+            "hub",
+            client,
+            f"{hub_url}/api/ai/explain",
+            {"workspace_id": ws, "path": "calc.py"},
+            {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+            b"event: ai.token",
+        )
+        direct.first = b'"content":" '  # the role chunk has content "" ; tokens start with a space
+
+        await set_behavior(fake_url, tokens=20, token_delay=0.0)
+        ttft = await ttft_run(direct, hub, args.requests)
+        print(f"\nTime to first token, {args.requests} sequential requests each (ms, p50 / p90):")
+        print(f"  direct {ttft['direct'][0]:7.2f} / {ttft['direct'][1]:7.2f}")
+        print(f"  hub    {ttft['hub'][0]:7.2f} / {ttft['hub'][1]:7.2f}")
+        print(f"  added by the hub (p50): {ttft['added_p50_ms']:.2f} ms   (target <= 5 ms)")
+
+        for label, delay, count in (("paced", args.token_delay, args.tokens), ("unpaced", 0.0, args.tokens)):
+            await set_behavior(fake_url, tokens=count, token_delay=delay)
+            await throughput_run(direct, min(args.streams, 10), None)  # warm-up
+            d = await throughput_run(direct, args.streams, None)
+            h = await throughput_run(hub, args.streams, hub_pid)
+            ratio = h["tokens_per_s"] / d["tokens_per_s"]
+            pace = f"{1 / delay:.0f} tok/s per stream" if delay else "as fast as the fake goes"
+            print(f"\n{args.streams} concurrent streams x {count} tokens, {label} ({pace}):")
+            print(
+                f"  direct {d['tokens_per_s']:9.0f} tok/s  (wall {d['wall']:.2f} s, first token p50 "
+                f"{d['ttft_p50_ms']:.1f} ms)"
+            )
+            print(
+                f"  hub    {h['tokens_per_s']:9.0f} tok/s  (wall {h['wall']:.2f} s, first token p50 "
+                f"{h['ttft_p50_ms']:.1f} ms, hub CPU {h['hub_cpu_s']:.2f} s = "
+                f"{h['hub_cpu_s'] / max(h['tokens'], 1) * 1e6:.0f} us/token)"
+            )
+            print(f"  hub / direct: {ratio * 100:.1f} %   (target >= 90 %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100, help="sequential requests per target (TTFT)")
+    parser.add_argument("--streams", type=int, default=50, help="concurrent streams (tokens/s)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    parser.add_argument("--token-delay", type=float, default=0.01, help="seconds per token in the paced run")
+    parser.add_argument("--redis-url", default="", help="run the hub's event hub on Redis")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="codehub-bench-ai-") as tmp:
+        data_dir = Path(tmp)
+        db_url, token = prepare(data_dir)
+        fake_port, hub_port = free_port(), free_port()
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("CODEHUB_")}
+        fake = start([sys.executable, "-m", "tests.support.fake_llm", str(fake_port)], base_env)
+        prefix = f"codehub-bench-{secrets.token_hex(4)}"
+        env = dict(
+            base_env,
+            CODEHUB_DATA_DIR=str(data_dir),
+            CODEHUB_DATABASE_URL=db_url,
+            CODEHUB_PORT=str(hub_port),
+            CODEHUB_REDIS_URL=args.redis_url,
+            CODEHUB_REDIS_PREFIX=prefix,
+            CODEHUB_LOG_LEVEL="warning",
+            CODEHUB_RUNTIME="local",
+            CODEHUB_DOCKER_URL="none",
+            CODEHUB_API_RATE_PER_MINUTE="0",
+            CODEHUB_LLM_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
+            CODEHUB_LLM_MODEL="bench",
+            CODEHUB_LLM_MAX_CONCURRENCY=str(args.streams * 2),
+            CODEHUB_LLM_RATE_PER_MINUTE="0",
+            CODEHUB_LLM_MAX_TOKENS="4096",
+            CODEHUB_HUB_ID=f"bench-{secrets.token_hex(3)}",
+        )
+        hub_cmd = [sys.executable, "-m", "app.cli", "serve"]
+        if os.environ.get("BENCH_AI_HUB_CMD"):  # e.g. a profiling wrapper
+            hub_cmd = [sys.executable, *os.environ["BENCH_AI_HUB_CMD"].split()]
+        hub = start(hub_cmd, env)
+        try:
+            fake_url, hub_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{hub_port}"
+
+            async def run() -> None:
+                await wait_http(f"{fake_url}/v1/models", fake)
+                await wait_http(f"{hub_url}/health", hub)
+                await bench(args, token, data_dir / "workspaces", env, fake_url, hub_url, hub.pid)
+
+            print(
+                f"hub: codehub serve (event hub: {'redis' if args.redis_url else 'in-process'}); "
+                f"fake LLM: uvicorn; {os.cpu_count()} CPUs"
+            )
+            anyio.run(run)
+        finally:
+            for proc in (hub, fake):
+                proc.send_signal(signal.SIGINT)
+                proc.wait(20)
+            if args.redis_url:
+                import redis
+
+                client = redis.Redis.from_url(args.redis_url)
+                keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+                if keys:
+                    client.delete(*keys)
+
+
+if __name__ == "__main__":
+    main()
