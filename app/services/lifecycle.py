@@ -40,6 +40,8 @@ CLONING = "cloning"
 REASON_LIMIT = 4000
 LOG_LINES_IN_REASON = 15
 ACTIVITY_WRITE_EVERY = 15.0
+HEARTBEAT_EVERY = 5.0
+STALE_AFTER = 5.0
 
 
 class Lifecycle:
@@ -65,6 +67,7 @@ class Lifecycle:
         self.starts: dict[str, anyio.Event] = {}
         self._clones: dict[str, anyio.Event] = {}
         self._activity: dict[str, float] = {}
+        self._beats: dict[str, float] = {}
 
     def workspace_dir(self, workspace_id: str) -> Path:
         """Host directory of a workspace's files."""
@@ -198,6 +201,7 @@ class Lifecycle:
                 await self.clone(row, row.git_url)
 
             async def progress(kind: str, data: dict[str, Any]) -> None:
+                await self.heartbeat(row)
                 await self.publish(row, "workspace.progress", step=kind, **data)
 
             endpoint = await runtime.start(
@@ -246,12 +250,27 @@ class Lifecycle:
             await self.drop_status(ws.id)
             await self.publish(ws, "workspace.failed", logs=(logs or [])[-LOG_LINES_IN_REASON:])
 
+    async def heartbeat(self, ws: Workspace) -> None:
+        """Keep a long start (clone, pull) fresh so reconcilers elsewhere do not take it for abandoned."""
+        now = anyio.current_time()
+        if now - self._beats.get(ws.id, -1e9) < HEARTBEAT_EVERY:
+            return
+        self._beats[ws.id] = now
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Workspace)
+                .where(Workspace.id == ws.id, Workspace.generation == ws.generation)
+                .values(updated_at=utcnow())
+            )
+            await session.commit()
+
     # -- git -----------------------------------------------------------------------------------------------
 
     async def clone(self, ws: Workspace, url: str) -> None:
         """Clone into the workspace directory, publishing ``clone.progress``; raises ``CloneFailed``."""
 
         async def progress(data: dict[str, Any]) -> None:
+            await self.heartbeat(ws)
             await self.publish(ws, "clone.progress", **data)
 
         await self.publish(ws, "clone.progress", phase="starting", percent=0, current=0, total=0)

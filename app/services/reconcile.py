@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.errors import Conflict, DomainError
 from app.events import ADMIN_TOPIC
 from app.models import Workspace, utcnow
-from app.services.lifecycle import Lifecycle
+from app.services.lifecycle import HEARTBEAT_EVERY, STALE_AFTER, Lifecycle
 from app.services.runtime.base import RuntimeState, WorkspaceRuntime
 from app.services.runtime.common import ide_healthy
 
@@ -118,7 +118,7 @@ class Reconciler:
                 full = await runtime.inspect(ws.id) or state
                 await self._finish(ws, "running", *_exit_outcome(full))
         elif ws.state == "starting":
-            if ws.id in lifecycle.starts or age < self.settings.start_timeout + 15:
+            if ws.id in lifecycle.starts or age < self.settings.start_timeout + STALE_AFTER + HEARTBEAT_EVERY:
                 return
             await self._stale_start(ws, state, runtime)
         elif ws.state == "stopping":

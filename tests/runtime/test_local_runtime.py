@@ -198,3 +198,43 @@ async def test_a_restarted_hub_finds_and_stops_its_processes(tmp_path: Path) -> 
             await second.stop(spec.id, grace=5)
             assert not group_alive(pid)
             assert await second.poll(spec.id) is not None
+
+
+async def test_status_caches_memory_and_redis() -> None:
+    import secrets
+
+    from redis.asyncio import Redis
+
+    from app.services.runtime.base import ResourceStatus
+    from app.services.runtime.cache import MemoryStatusCache, RedisStatusCache, cached_status
+    from tests.services import need_redis
+
+    status = ResourceStatus(cpu_percent=1.5, memory_used_bytes=10, memory_limit_bytes=20, pids=3, sampled_at="t")
+    calls = []
+
+    async def load() -> ResourceStatus:
+        calls.append(1)
+        return status
+
+    memory = MemoryStatusCache(max_entries=2)
+    assert await cached_status(memory, "w1", 30, load) == status
+    assert await cached_status(memory, "w1", 30, load) == status and len(calls) == 1
+    await memory.drop("w1")
+    await cached_status(memory, "w1", 30, load)
+    assert len(calls) == 2
+    await memory.set("w2", status, 30)
+    await memory.set("w3", status, 30)
+    assert len(memory._items) == 2
+    await memory.set("w4", status, -1)
+    assert await memory.get("w4") is None
+
+    redis = Redis.from_url(need_redis())
+    try:
+        cache = RedisStatusCache(redis, f"codehub-test-{secrets.token_hex(4)}")
+        assert await cache.get("w1") is None
+        await cache.set("w1", status, 30)
+        assert await cache.get("w1") == status
+        await cache.drop("w1")
+        assert await cache.get("w1") is None
+    finally:
+        await redis.aclose()
