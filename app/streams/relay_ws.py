@@ -207,6 +207,8 @@ class WebSocketRelay:
                 elif kind == "websocket.disconnect":
                     self.client_closed = True
                     code = message.get("code", 1005)
+                    if code == 1005 and "reason" not in message:
+                        code = 1006  # uvicorn reports a dropped connection as 1005 without a reason
                     counters.closed("client", code)
                     await self._close_ide(code, message.get("reason") or "")
                     break
