@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.errors import DomainError, PayloadTooLarge, Unprocessable
 from app.services import files
-from app.services.redact import SecretMasker
+from app.services.redact import SecretMasker, in_private_key
 
 _LANGUAGE_TABLE = """
 py=python pyi=python js=javascript mjs=javascript cjs=javascript jsx=jsx ts=typescript mts=typescript
@@ -39,6 +39,7 @@ _SKIPPED_FILE = re.compile(
 )
 _JS_EXTENSIONS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".d.ts", ".vue", ".svelte")
 MAX_RELATED = 8
+MAX_RELATED_BYTES = 262_144  # bigger related files are skipped, not read
 
 
 def language_of(path: str) -> str:
@@ -206,12 +207,14 @@ class _Builder:
         ):
             return
         self.seen.add(path)
-        found = self.read(self.root, path, self.max_bytes)
+        found = self.read(self.root, path, min(self.max_bytes, MAX_RELATED_BYTES))
         if found is None or not found.content.strip():
             return
         language = language_of(path)
         cap = min(self.left, max(2000, self.left // 2))
-        text, truncated, last = _head(self.masker.mask(found.content, language), cap)
+        head, cut, _ = _head(found.content, 2 * cap)  # mask only what can be sent
+        text, truncated, last = _head(self.masker.mask(head, language), cap)
+        truncated = truncated or cut
         self.related.append(Snippet(found.path, language, text, 1, last, reason, truncated))
         self.left -= len(text)
 
@@ -310,25 +313,28 @@ def build_context(
     end = min(end, len(lines))
     language = language_of(target.path)
     masker = SecretMasker()
-    selected = masker.mask("".join(lines[start - 1 : end]), language)
-    if len(selected) > budget and must_fit:
+    raw = "".join(lines[start - 1 : end])
+    head, _, _ = _head(raw, 2 * budget)
+    selected = masker.mask(head, language, in_key=in_private_key("".join(lines[: start - 1])))
+    if (len(selected) > budget or len(raw) > 2 * budget) and must_fit:
         raise PayloadTooLarge(
-            f"the selection ({len(selected)} characters) is larger than the AI context budget "
+            f"the selection ({max(len(raw), len(selected))} characters) is larger than the AI context budget "
             f"(CODEHUB_LLM_CONTEXT_CHARS={budget})",
             code="selection_too_large",
         )
     text, truncated, _ = _head(selected, budget)
+    truncated = truncated or len(head) < len(raw)
     selection = Snippet(target.path, language, text, start, end, "selection", truncated)
     left = budget - len(text)
     before = after = None
     if not whole and left > 200:
         lo, hi = _window(lines, start - 1, end, left // 2)
         if lo < start - 1:
-            text = masker.mask("".join(lines[lo : start - 1]), language)
+            text = masker.mask("".join(lines[lo : start - 1]), language, in_key=in_private_key("".join(lines[:lo])))
             before = Snippet(target.path, language, text, lo + 1, start - 1, "before", lo > 0)
             left -= len(text)
         if hi > end:
-            text = masker.mask("".join(lines[end:hi]), language)
+            text = masker.mask("".join(lines[end:hi]), language, in_key=in_private_key("".join(lines[:end])))
             after = Snippet(target.path, language, text, end + 1, hi, "after", hi < len(lines))
             left -= len(text)
     builder = _Builder(root, target, masker, left, max_bytes, read or _read)

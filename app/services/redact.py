@@ -76,6 +76,13 @@ _HIGH_ENTROPY_CHARS = re.compile(r"[A-Za-z0-9+/=_\-.~:]+")
 CONFIG_LANGUAGES = frozenset({"dotenv", "shell", "yaml", "ini", "toml", "properties", "conf", "dockerfile"})
 
 
+def in_private_key(prefix: str) -> bool:
+    """True when text following ``prefix`` is inside a private key block that ``prefix`` opened."""
+    begin = max((m.end() for m in _PRIVATE_BEGIN.finditer(prefix)), default=-1)
+    end = max((m.end() for m in _PRIVATE_END.finditer(prefix)), default=-1)
+    return begin > end
+
+
 def entropy(value: str) -> float:
     """Shannon entropy of ``value`` in bits per character."""
     if not value:
@@ -123,10 +130,12 @@ class SecretMasker:
             return text
         return _PLACEHOLDER_RE.sub(lambda m: self._values.get(m.group(0), m.group(0)), text)
 
-    def mask(self, text: str, language: str = "") -> str:
-        """Return ``text`` with secret-looking values replaced by placeholders (line structure kept)."""
+    def mask(self, text: str, language: str = "", *, in_key: bool = False) -> str:
+        """Return ``text`` with secret-looking values replaced by placeholders (line structure kept).
+
+        ``in_key``: the text starts inside a private key block (an excerpt cut from a larger file).
+        """
         lines = text.split("\n")
-        in_key = False
         config = language in CONFIG_LANGUAGES
         for i, line in enumerate(lines):
             if in_key:

@@ -194,3 +194,26 @@ def test_target_errors(tmp_path: Path) -> None:
     (tmp_path / "link.py").symlink_to("/etc/passwd")
     ctx = build_context(tmp_path, "a.py")
     assert "link.py" not in [s.path for s in ctx.related]
+
+
+def test_excerpts_that_start_inside_a_private_key_are_masked(tmp_path: Path) -> None:
+    body = [f"KEYMATERIAL{i:02d}abcdefghijklmnop" for i in range(12)]
+    text = (
+        "x = 1\n-----BEGIN OPENSSH PRIVATE KEY-----\n"
+        + "\n".join(body)
+        + "\n-----END OPENSSH PRIVATE KEY-----\ny = 2\n"
+    )
+    write(tmp_path, {"deploy/notes.md": text})
+    for start, end in ((6, 8), (14, 15), (1, 1)):
+        ctx = build_context(tmp_path, "deploy/notes.md", start_line=start, end_line=end, budget=5000)
+        assert "KEYMATERIAL" not in everything(ctx), (start, end)
+    assert "y = 2" in build_context(tmp_path, "deploy/notes.md", start_line=16, end_line=16).selection.text
+
+
+def test_big_related_files_are_skipped_not_read_whole(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {"a/main.py": "import a.big\nimport a.small\n", "a/big.py": "x = 1\n" * 100_000, "a/small.py": "y = 2\n"},
+    )
+    ctx = build_context(tmp_path, "a/main.py", budget=5000)
+    assert [s.path for s in ctx.related] == ["a/small.py"]
