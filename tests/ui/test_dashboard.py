@@ -236,6 +236,17 @@ async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
         assert r.status_code == 204
         await expect(row(page, "from-api")).to_have_count(0)
 
+    # The hub does not know our cursor (e.g. it restarted): it sends stream.reset, the page refetches the
+    # list and keeps following events whatever their ids.
+    async with page.expect_request(lambda r: "/api/workspaces?" in r.url):
+        await page.evaluate("() => { const s = window.codehub.stream; s.lastId = '999999999'; s.connect(); }")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    async with ui_hub.client(token) as client:
+        r = await client.post("/api/workspaces", json={"name": "after-reset"})
+        await expect(row(page, "after-reset")).to_have_count(1)
+        assert (await client.delete(f"/api/workspaces/{r.json()['id']}")).status_code == 204
+        await expect(row(page, "after-reset")).to_have_count(0)
+
     # Delete from the page, through the confirmation dialog.
     await row(page, "demo").get_by_role("button", name="Delete demo", exact=True).click()
     await expect(page.locator("#confirm")).to_be_visible()

@@ -130,8 +130,10 @@ export class EventStream {
     if (event.type !== "stream.reset") {
       if (!newer(event.id, this.lastId)) return;
       if (event.id) this.lastId = event.id;
-    } else if (event.id && newer(event.id, this.lastId)) {
-      this.lastId = event.id;
+    } else {
+      // The hub lost our place (history trimmed, or a restarted in-process hub counting from 1 again):
+      // accept whatever ids come next instead of dropping them as already seen.
+      this.lastId = event.id || null;
     }
     this.onEvent(event);
   }

@@ -209,7 +209,9 @@ export class WorkspaceList {
     if (!ev.type.startsWith("workspace.")) return;
     if (ev.type === "workspace.progress") {
       const pct = data.percent ?? data.progress;
-      const step = [data.step, data.phase || data.status].filter(Boolean).join(": ");
+      const step = [data.step && String(data.step).replace(/_/g, " "), data.phase || data.status]
+        .filter(Boolean)
+        .join(": ");
       this.progress.set(id, { kind: "start", percent: pct ?? null, phase: step || "starting" });
     }
     const known = this.items.get(id);
