@@ -1,0 +1,254 @@
+"""Runtime benchmark: create→running through the hub vs a raw ``docker run`` to the same readiness.
+
+    uv run python bench/runtime.py                          # 10 alternating pairs, then 20 concurrent
+    uv run python bench/runtime.py --pairs 5 --concurrent 10 --image codehub/code-server:local
+
+The hub runs as a subprocess (``codehub serve``: one uvicorn worker, SQLite, the local Docker engine, a
+unique hub id). "Ready" means the same thing on both sides: the IDE port answers an HTTP request on
+``/healthz``, polled with the hub's own helper (same 50 ms interval).
+
+- hub: ``POST /api/workspaces`` then ``POST …/start?wait=true`` (answers once running), timed together.
+- raw: ``docker run -d`` with the same image, limits and published port, then polling until it answers.
+
+Pairs alternate which side goes first. Reported: median and mean of each side and the ratio of medians
+(target ≤ 1.10). Then N workspaces created and started at once: all running?, p50/p99/max create→running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.services.runtime.common import wait_until_ready  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def hub_env(data: Path, hub_id: str, image: str, mount: str, port: int) -> dict[str, str]:
+    """Environment of the benchmarked hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEHUB_")}
+    env.update(
+        {
+            "CODEHUB_DATA_DIR": str(data),
+            "CODEHUB_RUNTIME": "docker",
+            "CODEHUB_DOCKER_URL": "unix:///var/run/docker.sock",
+            "CODEHUB_HUB_ID": hub_id,
+            "CODEHUB_DEFAULT_IMAGE": image,
+            "CODEHUB_WORKSPACE_MOUNT": mount,
+            "CODEHUB_DEFAULT_CPU": "0.5",
+            "CODEHUB_DEFAULT_MEMORY_MB": "512",
+            "CODEHUB_START_TIMEOUT": "120",
+            "CODEHUB_LOG_LEVEL": "warning",
+            "CODEHUB_MAX_WORKSPACES_PER_USER": "0",
+            "CODEHUB_API_RATE_PER_MINUTE": "0",
+            "CODEHUB_HOST": "127.0.0.1",
+            "CODEHUB_PORT": str(port),
+        }
+    )
+    return env
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def raw_run(image: str, mount_dir: Path, mount: str, name: str) -> float:
+    """``docker run -d`` (same limits and hardening as the hub) until the IDE answers; seconds."""
+    mount_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(mount_dir, 1000, 1000) if os.getuid() == 0 else None
+    begin = time.perf_counter()
+    cid = (
+        (
+            await anyio.run_process(
+                [
+                    "docker",
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "--label",
+                    "codehub.bench=raw",
+                    "--cpus",
+                    "0.5",
+                    "--memory",
+                    "512m",
+                    "--memory-swap",
+                    "512m",
+                    "--pids-limit",
+                    "1024",
+                    "--cap-drop",
+                    "ALL",
+                    "--security-opt",
+                    "no-new-privileges:true",
+                    "--user",
+                    "1000:1000",
+                    "-p",
+                    "127.0.0.1::8080",
+                    "-v",
+                    f"{mount_dir}:{mount}",
+                    "-w",
+                    mount,
+                    image,
+                ]
+            )
+        )
+        .stdout.decode()
+        .strip()
+    )
+    port_line = (await anyio.run_process(["docker", "port", cid, "8080/tcp"])).stdout.decode().split()[0]
+    url = "http://" + port_line
+
+    async def alive() -> bool:
+        return True
+
+    await wait_until_ready(url, within=120, alive=alive)
+    elapsed = time.perf_counter() - begin
+    await anyio.run_process(["docker", "rm", "-f", cid])
+    return elapsed
+
+
+async def hub_run(client: httpx.AsyncClient, name: str) -> tuple[float, str]:
+    """Create and start a workspace through the hub until it is running; (seconds, workspace id)."""
+    begin = time.perf_counter()
+    r = await client.post("/api/workspaces", json={"name": name})
+    r.raise_for_status()
+    workspace_id = r.json()["id"]
+    r = await client.post(f"/api/workspaces/{workspace_id}/start", params={"wait": "true"})
+    r.raise_for_status()
+    if r.json()["state"] != "running":
+        raise RuntimeError(f"{name}: {r.json()['state']}: {r.json()['state_reason']}")
+    return time.perf_counter() - begin, workspace_id
+
+
+async def main() -> int:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default="codehub/workspace:test")
+    parser.add_argument("--mount", default=None, help="mount point (default: /workspace or code-server's)")
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--concurrent", type=int, default=20)
+    args = parser.parse_args()
+    mount = args.mount or ("/home/coder/project" if "code-server" in args.image else "/workspace")
+    data = Path(tempfile.mkdtemp(prefix="codehub-bench-"))
+    hub_id = f"bench-{secrets.token_hex(4)}"
+    port = free_port()
+    env = hub_env(data, hub_id, args.image, mount, port)
+    codehub = [sys.executable, "-m", "app"]
+    subprocess.run([*codehub, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    made = subprocess.run(
+        [*codehub, "create-user", "bench", "--admin", "--password", "bench-password-1"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    token = made.stdout.strip().splitlines()[-1].split()[-1]
+    hub = subprocess.Popen([*codehub, "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as client:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        if (await client.get("/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+            await hub_run(client, "warmup")
+            await raw_run(args.image, data / "raw" / "warmup", mount, f"codehub-bench-raw-{hub_id}-w")
+
+            hub_times: list[float] = []
+            raw_times: list[float] = []
+            for i in range(args.pairs):
+                order = ("hub", "raw") if i % 2 == 0 else ("raw", "hub")
+                for side in order:
+                    if side == "hub":
+                        elapsed, workspace_id = await hub_run(client, f"pair-{i}")
+                        hub_times.append(elapsed)
+                        await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
+                    else:
+                        name = f"codehub-bench-raw-{hub_id}-{i}"
+                        raw_times.append(await raw_run(args.image, data / "raw" / str(i), mount, name))
+            ratio = statistics.median(hub_times) / statistics.median(raw_times)
+            print(f"image {args.image}, {args.pairs} alternating pairs (seconds to an HTTP answer):")
+            print(
+                f"  hub create+start : median {statistics.median(hub_times):.3f}  mean {statistics.mean(hub_times):.3f}"
+            )
+            print(
+                f"  raw docker run   : median {statistics.median(raw_times):.3f}  mean {statistics.mean(raw_times):.3f}"
+            )
+            print(f"  ratio hub/raw (medians): {ratio:.3f}  (target <= 1.10)")
+
+            times: list[float] = []
+            ids: list[str] = []
+
+            async def one(n: int) -> None:
+                elapsed, workspace_id = await hub_run(client, f"burst-{n}")
+                times.append(elapsed)
+                ids.append(workspace_id)
+
+            begin = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for n in range(args.concurrent):
+                    tg.start_soon(one, n)
+            wall = time.perf_counter() - begin
+            running = [w for w in ids if (await client.get(f"/api/workspaces/{w}")).json()["state"] == "running"]
+            print(f"{args.concurrent} workspaces created+started at once: {len(running)}/{args.concurrent} running")
+            print(
+                f"  create→running p50 {percentile(times, 0.5):.3f}  p99 {percentile(times, 0.99):.3f}  "
+                f"max {max(times):.3f}  (all within {wall:.3f} s)"
+            )
+            for workspace_id in ids:
+                await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
+
+            raw_burst: list[float] = []
+
+            async def raw_one(n: int) -> None:
+                name = f"codehub-bench-raw-{hub_id}-b{n}"
+                raw_burst.append(await raw_run(args.image, data / "raw" / f"b{n}", mount, name))
+
+            begin = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for n in range(args.concurrent):
+                    tg.start_soon(raw_one, n)
+            wall = time.perf_counter() - begin
+            print(
+                f"  same burst as raw docker run: p50 {percentile(raw_burst, 0.5):.3f}  "
+                f"p99 {percentile(raw_burst, 0.99):.3f}  max {max(raw_burst):.3f}  (all within {wall:.3f} s)"
+            )
+    finally:
+        hub.terminate()
+        hub.wait(30)
+        for label in (f"codehub.hub={hub_id}", "codehub.bench=raw"):
+            left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
+            if left.stdout.split():
+                subprocess.run(["docker", "rm", "-f", *left.stdout.split()], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(anyio.run(main))
