@@ -1,0 +1,112 @@
+"""The real thing: code-server (``codehub/code-server:local``) through the relay in headless Chromium.
+
+The browser opens ``/w/{id}/?access_token=…`` of a workspace that is not running: the token is exchanged for
+the session cookie, the relay starts the workspace (Docker, through the lifecycle) and shows the starting page,
+which follows the lifecycle over SSE and reloads; then code-server's workbench renders and its WebSocket
+connects through the relay. A screenshot goes to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from app.factory import create_app
+from tests.conftest import make_settings
+from tests.relay.conftest import RelayHub
+from tests.runtime.conftest import remove_hub_containers
+from tests.services import CODE_SERVER_IMAGE, need, need_docker
+from tests.support.server import admin_token, serve_asgi
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+async def cs_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
+    """A hub whose workspaces run the real code-server image on the local Docker engine."""
+    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
+    docker_url = need_docker(CODE_SERVER_IMAGE)
+    settings = make_settings(
+        tmp_path_factory.mktemp("data"),
+        database_url=relay_db,
+        runtime="docker",
+        docker_url=docker_url,
+        default_image=CODE_SERVER_IMAGE,
+        default_memory_mb=1024,
+        start_timeout=90,
+        stop_grace=2,
+        idle_timeout=0,
+    )
+    try:
+        token = await admin_token(settings)
+        app = create_app(settings)
+        async with serve_asgi(app) as base:
+            hub = RelayHub(base, settings, token, app=app, ws_url=base.replace("http://", "ws://"))
+            hub.alice = await hub.new_user("alice")
+            yield hub
+    finally:
+        remove_hub_containers(settings.hub_id)
+
+
+async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None:
+    from playwright.async_api import async_playwright
+
+    async with cs_hub.client(cs_hub.alice) as client:
+        ws_id = (await client.post("/api/workspaces", json={"name": "code"})).json()["id"]
+    sockets: list[Any] = []
+    frames = {"received": 0, "sent": 0}
+    statuses: list[tuple[int, str]] = []
+
+    def on_socket(socket: Any) -> None:
+        sockets.append(socket)
+        socket.on("framereceived", lambda _: frames.__setitem__("received", frames["received"] + 1))
+        socket.on("framesent", lambda _: frames.__setitem__("sent", frames["sent"] + 1))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = await browser.new_context(viewport={"width": 1400, "height": 900})
+            page = await context.new_page()
+            page.on("websocket", on_socket)
+            page.on("response", lambda r: r.request.is_navigation_request() and statuses.append((r.status, r.url)))
+            response = await page.goto(f"{cs_hub.url}/w/{ws_id}/?access_token={cs_hub.alice}", timeout=60_000)
+            assert response is not None
+            first = response.status
+            await page.wait_for_selector(".monaco-workbench", timeout=120_000)
+            await page.wait_for_selector(".explorer-folders-view, .monaco-workbench .part.sidebar", timeout=60_000)
+            with anyio.fail_after(60):
+                while not any(f"/w/{ws_id}/" in s.url and not s.is_closed() for s in sockets) or frames["received"] < 5:
+                    await anyio.sleep(0.25)
+            await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
+            await page.screenshot(path=str(ARTIFACTS / "relay-code-server.png"))
+            cookies = {c["name"]: c for c in await context.cookies()}
+        finally:
+            await browser.close()
+    assert first == 503  # the starting page (the workspace was stopped)
+    assert statuses[0][0] == 302 and "access_token" not in statuses[-1][1]  # token exchanged, then dropped
+    assert cookies["codehub_session"]["httpOnly"]
+    live = [s for s in sockets if f"/w/{ws_id}/" in s.url]
+    assert live and not all(s.is_closed() for s in live)
+    assert frames["sent"] > 0 and frames["received"] > 0
+    counters = cs_hub.relay.stats.of(ws_id)
+    assert counters.websockets_total >= 1 and counters.http_requests > 10 and counters.failed_upgrades == 0
