@@ -83,8 +83,10 @@ def commit(root: Root, changes: list[Change]) -> None:
             _stage(root, dirs, steps)
             for step in sorted(steps, key=lambda s: s.change.data is not None):
                 _commit_one(dirs, step)
-        except BaseException:
+        except BaseException as exc:
             _rollback(dirs, steps)
+            if isinstance(exc, OSError):
+                raise os_error(exc, "the patched files") from None
             raise
         _finish(dirs, steps)
     finally:
@@ -165,7 +167,9 @@ def _rollback(dirs: _Dirs, steps: list[_Step]) -> None:
         name = change.parts[-1]
         with contextlib.suppress(OSError, DomainError):
             fd = dirs.get(change.parts[:-1])
-            if step.backup is not None:
+            if step.backup is not None and step.backup_is_link and step.tmp is not None:
+                os.unlink(step.backup, dir_fd=fd)  # the original was never replaced (rename of links is a no-op)
+            elif step.backup is not None:
                 os.rename(step.backup, name, src_dir_fd=fd, dst_dir_fd=fd)
             elif step.done and change.data is not None:
                 os.unlink(name, dir_fd=fd)
