@@ -1,21 +1,25 @@
 """Local fan-out shared by both hub backends: routing, bounded per-subscriber buffers, subscriptions.
 
 A process receives each event once (from its own publish, or from Redis pub/sub) as an ``Item`` and hands
-the same object to every local subscriber of its topics through a bounded anyio memory object stream.
+the same object to every local subscriber of its topics through a bounded per-subscriber buffer.
 The JSON and the SSE frame of an item are encoded once, however many subscribers it reaches.
+
+The buffer is a deque plus one waiter future rather than an anyio memory object stream: at 5,000
+subscribers x 50 events/s the fan-out has ~4 us per delivery, and a memory stream ``receive()`` costs
+several times that (a checkpoint, an Event and task lookups per call; measured with bench/fanout.py).
+Items never travel through the future, so cancelling a waiting consumer cannot lose one.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
 import msgspec
-from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from app.errors import BadRequest
 from app.events import Event, now_iso
@@ -123,16 +127,50 @@ def reset_item(reason: str, topics: Sequence[str], **extra: Any) -> Item:
 
 
 class Subscriber:
-    """The fan-out side of one subscription: its topics and the sending end of its buffer."""
+    """The fan-out side of one subscription: its topics and a bounded buffer with one waiting consumer."""
 
-    __slots__ = ("end_reason", "receive", "send", "topics")
+    __slots__ = ("closed", "end_reason", "items", "limit", "topics", "waiter")
 
-    def __init__(self, topics: tuple[str, ...], buffer: int) -> None:
+    def __init__(self, topics: tuple[str, ...], limit: int) -> None:
         self.topics = topics
-        self.send: MemoryObjectSendStream[Item]
-        self.receive: MemoryObjectReceiveStream[Item]
-        self.send, self.receive = anyio.create_memory_object_stream[Item](buffer)
+        self.limit = limit
+        self.items: deque[Item] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
         self.end_reason: str | None = None
+
+    def offer(self, item: Item) -> bool:
+        """Queue ``item`` without waiting; False when the buffer is full (or closed)."""
+        if self.closed or len(self.items) >= self.limit:
+            return False
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    def close(self) -> None:
+        """No more items; the consumer drains what is queued, then sees the end."""
+        self.closed = True
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Sleep until an item is queued or the buffer is closed (returns at once if either holds)."""
+        if self.items or self.closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        try:
+            await waiter
+        finally:
+            if self.waiter is waiter:
+                self.waiter = None
 
 
 class Fanout:
@@ -163,8 +201,8 @@ class Fanout:
                     subs.discard(sub)
                     if not subs:
                         del self.routes[topic]
-        sub.send.close()
-        sub.receive.close()
+        sub.items.clear()
+        sub.close()
 
     def end(self, sub: Subscriber, reason: str) -> None:
         """Stop routing to ``sub``; it drains what it holds, then gets a ``stream.reset`` (reason)."""
@@ -178,7 +216,7 @@ class Fanout:
                 subs.discard(sub)
                 if not subs:
                     del self.routes[topic]
-        sub.send.close()
+        sub.close()
 
     def end_all(self, reason: str, topics: Iterable[str] | None = None) -> int:
         """End every subscriber (or those of ``topics``) with a reset; returns how many."""
@@ -211,14 +249,11 @@ class Fanout:
         slow: list[Subscriber] | None = None
         sent = 0
         for sub in subs:
-            try:
-                sub.send.send_nowait(item)
+            if sub.offer(item):
                 sent += 1
-            except WouldBlock:
+            elif not sub.closed:
                 slow = slow or []
                 slow.append(sub)
-            except (BrokenResourceError, ClosedResourceError):
-                pass
         self.counters["delivered"] += sent
         if slow:
             self.counters["dropped"] += len(slow)
@@ -228,8 +263,7 @@ class Fanout:
     def ping_all(self) -> None:
         """Queue a heartbeat for every subscriber that has room (busy ones need none)."""
         for sub in self.subscribers:
-            with contextlib.suppress(WouldBlock, BrokenResourceError, ClosedResourceError):
-                sub.send.send_nowait(PING)
+            sub.offer(PING)
 
     async def heartbeats(self, interval: float) -> None:
         """Ping all subscribers every ``interval`` seconds, forever (run in the hub's task group)."""
@@ -267,7 +301,7 @@ class Subscription:
     async def next_batch(self, limit: int = MAX_BATCH) -> list[Item] | None:
         """Wait for the next items in id order (``PING`` included); ``None`` once the stream has ended.
 
-        Never cancelled from inside, so a caller may hold it across long waits without losing items.
+        Safe to cancel: items wait in the buffer, never in flight.
         """
         if self._pending:
             out, self._pending = self._pending, []
@@ -282,28 +316,21 @@ class Subscription:
                 if self._on_replayed:
                     self._on_replayed(len(fresh))
                 return fresh
-        if self._ended:
-            return None
-        receive = self._sub.receive
-        while True:
-            try:
-                first = receive.receive_nowait()
-            except WouldBlock:
-                try:
-                    first = await receive.receive()
-                except (EndOfStream, ClosedResourceError):
+        sub = self._sub
+        while not self._ended:
+            if not sub.items:
+                if sub.closed:
                     return self._finish()
-            except (EndOfStream, ClosedResourceError):
-                return self._finish()
-            batch = [first]
-            try:
-                while len(batch) < limit:
-                    batch.append(receive.receive_nowait())
-            except (WouldBlock, EndOfStream, ClosedResourceError):
-                pass
+                await sub.wait()
+                continue
+            if len(sub.items) <= limit:
+                batch, sub.items = sub.items, deque()
+            else:
+                batch = [sub.items.popleft() for _ in range(limit)]
             fresh = self._fresh(batch)
             if fresh:
                 return fresh
+        return None
 
     async def aclose(self) -> None:
         """Stop a replay in progress (called when the subscription's context exits)."""
@@ -312,7 +339,7 @@ class Subscription:
             with anyio.CancelScope(shield=True):
                 await replay.aclose()
 
-    def _fresh(self, items: list[Item]) -> list[Item]:
+    def _fresh(self, items: Iterable[Item]) -> list[Item]:
         last = self.last
         out = []
         for item in items:
