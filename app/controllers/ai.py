@@ -32,7 +32,7 @@ from app.events import ai_topic
 from app.models import new_id
 from app.schemas import Body
 from app.services import patches
-from app.services.ai import AIEvent, AIJob, AIRequest, AIService, Kind
+from app.services.ai import PING_TYPE, AIJob, AIRequest, AIService, Kind
 from app.services.ai_owners import AIOwners, MemoryAIOwners, RedisAIOwners
 from app.services.auth import Principal
 from app.services.llm import LLMClient
@@ -107,43 +107,24 @@ def _frame(job: AIJob, event: Any) -> bytes:
     return Item(int(event.id), event.type, with_id(int(event.id), body)).frame
 
 
-async def _next(job: AIJob, heartbeat: float) -> AIEvent | None:
-    """The next event, None after ``heartbeat`` seconds without one; raises ``EndOfStream`` at the end."""
-    try:
-        return job.events.receive_nowait()
-    except anyio.WouldBlock:
-        pass
-    except anyio.ClosedResourceError:
-        raise anyio.EndOfStream from None
-    with anyio.move_on_after(heartbeat):
-        try:
-            return await job.events.receive()
-        except anyio.ClosedResourceError:
-            raise anyio.EndOfStream from None
-    return None
-
-
 async def _sse(job: AIJob, ctx: AppContext) -> AsyncIterator[bytes]:
     """The SSE body of a POST: started frame, then the job's events (all pending ones in one chunk)."""
     try:
         started = msgspec.json.encode({"topic": ai_topic(job.request_id), "type": "ai.started", "data": job.info})
         yield retry_frame(ctx.settings.sse_retry_ms) + b"event: ai.started\ndata: " + started + b"\n\n"
-        while True:
-            event = await _next(job, ctx.settings.sse_heartbeat)
-            if event is None:
-                yield b": ping\n\n"
-                continue
-            frames = [_frame(job, event)]
-            while event.type == "ai.token":
+        async for event in job.events:
+            frames = [b": ping\n\n" if event.type == PING_TYPE else _frame(job, event)]
+            while event.type in (PING_TYPE, "ai.token"):
                 try:
                     event = job.events.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-                frames.append(_frame(job, event))
+                if event.type != PING_TYPE:
+                    frames.append(_frame(job, event))
             yield frames[0] if len(frames) == 1 else b"".join(frames)
-            if event.type != "ai.token":
+            if event.type not in (PING_TYPE, "ai.token"):
                 return
-    except anyio.EndOfStream:
+    except anyio.ClosedResourceError:
         return
     finally:
         job.cancel()  # the client went away (or the stream ended): stop the job and the upstream call

@@ -6,7 +6,8 @@ with a stream; every failure a client should see as an HTTP status (404, 413, 41
 raised from ``start`` instead. The job then delivers ``ai.token`` events (``{text, index}``; ``index``
 counts token events 0, 1, 2…) and one final ``ai.done`` (usage; for rewrite the diff) or ``ai.error``
 (``{error, detail, status}``). Each is published on the topic first and carries the hub's event id, so a
-client can resume with ``Last-Event-ID``.
+client can resume with ``Last-Event-ID``. While the model is silent for ``sse_heartbeat`` seconds the
+job also delivers an unpublished ``ping`` event (for SSE heartbeats; ``result()`` skips it).
 
 Tokens are read and published by two tasks: while the hub keeps up, each token is its own event; while a
 publish is in flight (a slow hub, e.g. Redis under load), tokens that arrive meanwhile go out together in
@@ -46,6 +47,7 @@ Validator = Callable[[Path, str], Awaitable[dict[str, Any]]]
 _NOT_AUDITED = {"ai_rate_limited", "ai_concurrency_limit", "llm_not_configured"}
 _CANCELLED = {"error": "cancelled", "detail": "the request was cancelled", "status": 499}
 _INTERNAL = {"error": "internal", "detail": "the AI request failed inside the hub", "status": 500}
+PING_TYPE = "ping"
 log = structlog.get_logger("app.ai")
 
 
@@ -57,6 +59,9 @@ class AIEvent:
     type: str
     data: dict[str, Any]
     error: DomainError | None = None
+
+
+PING = AIEvent("", PING_TYPE, {})  # not published: tells an SSE consumer to send a heartbeat comment
 
 
 @dataclass(slots=True)
@@ -128,6 +133,7 @@ class _Run:
     usage: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    last_sent: float = 0.0
 
 
 class _Tokens:
@@ -215,6 +221,7 @@ class AIService:
         error: DomainError | None = None,
     ) -> None:
         event_id = await self.events.publish(ai_topic(run.request.request_id), type_, data)
+        run.last_sent = anyio.current_time()
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             send.send_nowait(AIEvent(event_id, type_, data, error))  # gone consumer: the topic still has it
 
@@ -280,14 +287,28 @@ class AIService:
             else:
                 tokens.finish()
 
+        async def heartbeats() -> None:  # one timer per job, not one per token
+            interval = self.settings.sse_heartbeat
+            while True:
+                wait = run.last_sent + interval - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                    continue
+                run.last_sent = anyio.current_time()
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    send.send_nowait(PING)
+
         async with anyio.create_task_group() as tg:
+            run.last_sent = anyio.current_time()
             tg.start_soon(read)
+            tg.start_soon(heartbeats)
             index = 0
             while (batch := await tokens.take()) is not None:
                 text = "".join(batch)
                 run.response.append(text)
                 await self._publish(run, send, "ai.token", {"text": text, "index": index})
                 index += 1
+            tg.cancel_scope.cancel()
         try:
             if tokens.error is not None:
                 raise tokens.error

@@ -159,7 +159,7 @@ class ChatStream:
         Raises ``BadGateway`` on an error event, a malformed chunk, a broken stream or a read timeout.
         """
         parser = SSEParser()
-        chunks = self._response.aiter_bytes()
+        chunks = self._response.aiter_raw()  # identity encoding was asked for: no decoder layer
         try:
             async for raw in chunks:
                 batch: list[str] = []
@@ -305,7 +305,10 @@ class LLMClient:
 
     async def _send(self, body: bytes) -> httpx.Response:
         request = self._http.build_request(
-            "POST", "chat/completions", content=body, headers={"content-type": "application/json"}
+            "POST",
+            "chat/completions",
+            content=body,
+            headers={"content-type": "application/json", "accept-encoding": "identity"},
         )
         for attempt in (1, 2):
             try:

@@ -342,3 +342,35 @@ async def test_e2e_rewrite_validate_apply(ai: AIHub) -> None:
         )
         status, body = await patch_call(client, ai, "apply", apply_body)  # the base hash no longer matches
         assert status in (409, 412), body
+
+
+async def test_per_user_concurrency_limit_over_http(ai: AIHub) -> None:
+    token, other = await ai.user("busy"), await ai.user("busy-other")
+    ws = await ai.workspace(token, {"m.py": "x = 1\n"})
+    ws_other = await ai.workspace(other, {"m.py": "x = 1\n"})
+    ai.fake.default = Behavior(reply="a b c d e f g h", token_delay=0.1)
+    limit = ai.hub.settings.llm_max_concurrency
+    async with ai.hub.client(token) as client, anyio.create_task_group() as tg:
+        started = anyio.Event()
+        opened = 0
+
+        async def hold() -> None:
+            nonlocal opened
+            async with client.stream(
+                "POST", "/api/ai/explain", json={"workspace_id": ws, "path": "m.py"}, headers=SSE
+            ) as response:
+                assert response.status_code == 200
+                opened += 1
+                if opened == limit:
+                    started.set()
+                await SSEStream(response).rest()
+
+        for _ in range(limit):
+            tg.start_soon(hold)
+        with anyio.fail_after(10):
+            await started.wait()
+        r = await client.post("/api/ai/explain", json={"workspace_id": ws, "path": "m.py"})
+        assert r.status_code == 429 and r.json()["error"] == "ai_concurrency_limit" and r.headers["retry-after"]
+        async with ai.hub.client(other) as other_client:  # limits are per user
+            r = await other_client.post("/api/ai/explain", json={"workspace_id": ws_other, "path": "m.py"})
+            assert r.status_code == 200, r.text
