@@ -25,14 +25,17 @@ from app import db
 from app.context import AppContext
 from app.controllers.admin_users import AdminUsersController
 from app.controllers.ai import AIController, ai_startup
+from app.controllers.audit import AdminAuditController, AuditController
 from app.controllers.auth import AuthController
 from app.controllers.dashboard import DASHBOARD_ROUTES
 from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.events import EventsController, events_startup
+from app.controllers.files import FilesController
 from app.controllers.health import health, ready
 from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
 from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint, ops_startup
+from app.controllers.patches import PatchController
 from app.controllers.servers import ServersController
 from app.controllers.workspaces import WorkspacesController
 from app.errors import DomainError
@@ -58,6 +61,10 @@ ROUTES: list[Any] = [
     AIController,
     LifecycleController,
     ServersController,
+    FilesController,
+    PatchController,
+    AuditController,
+    AdminAuditController,
     *DASHBOARD_ROUTES,
 ]
 STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [

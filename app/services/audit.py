@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from sqlalchemy import select, text
 
 from app.db import SessionMaker
+from app.errors import BadRequest
 from app.models import AuditEvent, utcnow
 
 GENESIS = "0" * 64
@@ -97,3 +98,83 @@ class AuditLog:
             row.hash = chain_hash(row.prev_hash, row)
             session.add(row)
         return row
+
+
+@dataclass(slots=True)
+class AuditFilter:
+    """Which records to list: all given conditions hold. ``action`` ending in ``*`` or ``.`` is a prefix."""
+
+    actor_id: int | None = None
+    actor_name: str | None = None
+    action: str | None = None
+    workspace_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """The outcome of walking the whole chain: where it first breaks, if it does."""
+
+    ok: bool
+    checked: int
+    first_bad_id: int | None = None
+    reason: str | None = None
+    head: str = GENESIS
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def audit_page(
+    sessionmaker: SessionMaker, flt: AuditFilter, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[AuditEvent], str | None]:
+    """Records matching ``flt``, newest first; pass the returned cursor for the next page."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
+    if cursor:
+        try:
+            query = query.where(AuditEvent.id < int(cursor))
+        except ValueError:
+            raise BadRequest("invalid cursor", code="bad_request") from None
+    if flt.actor_id is not None:
+        query = query.where(AuditEvent.actor_id == flt.actor_id)
+    if flt.actor_name:
+        query = query.where(AuditEvent.actor_name == flt.actor_name)
+    if flt.action:
+        if flt.action.endswith(("*", ".")):
+            query = query.where(AuditEvent.action.like(_like_prefix(flt.action.rstrip("*")), escape="\\"))
+        else:
+            query = query.where(AuditEvent.action == flt.action)
+    if flt.workspace_id:
+        query = query.where(AuditEvent.workspace_id == flt.workspace_id)
+    if flt.since is not None:
+        query = query.where(AuditEvent.at >= flt.since)
+    if flt.until is not None:
+        query = query.where(AuditEvent.at < flt.until)
+    async with sessionmaker() as session:
+        rows = list((await session.scalars(query)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (str(rows[-1].id) if more and rows else None)
+
+
+async def verify_chain(sessionmaker: SessionMaker, *, batch: int = 1000) -> ChainReport:
+    """Walk every record in order: each must carry the previous record's hash and its own correct hash."""
+    previous = GENESIS
+    checked = 0
+    last_id = 0
+    while True:
+        async with sessionmaker() as session:
+            query = select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)
+            rows = list((await session.scalars(query)).all())
+        if not rows:
+            return ChainReport(True, checked, head=previous)
+        for row in rows:
+            if row.prev_hash != previous:
+                return ChainReport(False, checked, row.id, "prev_hash does not match the previous record", previous)
+            if chain_hash(row.prev_hash, row) != row.hash:
+                return ChainReport(False, checked, row.id, "the record's contents do not match its hash", previous)
+            previous = row.hash
+            checked += 1
+            last_id = row.id

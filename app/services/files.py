@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -251,15 +252,15 @@ def write_file(
     path: str,
     data: bytes,
     *,
-    if_match: str | None = None,
+    if_match: str | Sequence[str] | None = None,
     if_none_match: bool = False,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> WriteResult:
     """Atomically write ``data`` (temp file in the same directory, fsync, rename, fsync the directory).
 
-    Creates parents. ``if_match``: the current sha256 must equal it (412 otherwise, also when the file
-    is missing); ``if_none_match``: create only (412 when it exists). Keeps the permissions of a
-    replaced file; new files get 0666 less the umask.
+    Creates parents. ``if_match``: the current sha256 must be (one of) it, ``"*"`` any (412 otherwise,
+    also when the file is missing); ``if_none_match``: create only (412 when it exists). Keeps the
+    permissions of a replaced file; new files get 0666 less the umask.
     """
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the content is larger than {max_bytes} bytes", code="file_too_large", limit=max_bytes)
@@ -278,15 +279,7 @@ def write_file(
             previous = None
             if existing is not None and (if_match is not None or existing.st_size <= max_bytes):
                 previous = _current_sha(root, res)
-            if if_match is not None:
-                if existing is None:
-                    raise PreconditionFailed(f"{res.path!r} does not exist", code="precondition_failed")
-                if previous != if_match.lower():
-                    raise PreconditionFailed(
-                        f"{res.path!r} changed (sha256 differs from If-Match)",
-                        code="precondition_failed",
-                        current_sha256=previous,
-                    )
+            _check_if_match(res.path, if_match, existing is not None, previous)
             mode = (existing.st_mode & 0o777) if existing is not None else 0o666 & ~umask()
             try:
                 tmp = write_temp(root, res.parent_fd, data, mode)
@@ -301,10 +294,32 @@ def write_file(
             return WriteResult(res.path, hashlib.sha256(data).hexdigest(), len(data), existing is None, previous)
 
 
+def _check_if_match(path: str, if_match: str | Sequence[str] | None, exists: bool, current: str | None) -> None:
+    """412 unless the file exists and its sha256 is one of ``if_match`` (``"*"``: exists at all)."""
+    if if_match is None:
+        return
+    wanted = {if_match.lower()} if isinstance(if_match, str) else {tag.lower() for tag in if_match}
+    if not exists:
+        raise PreconditionFailed(f"{path!r} does not exist", code="precondition_failed")
+    if "*" not in wanted and current not in wanted:
+        raise PreconditionFailed(
+            f"{path!r} changed (its sha256 is not the one in If-Match)",
+            code="precondition_failed",
+            current_sha256=current,
+        )
+
+
 def delete_path(
-    root_dir: str | os.PathLike[str], path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    root_dir: str | os.PathLike[str],
+    path: str,
+    *,
+    if_match: str | Sequence[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> DeleteResult:
-    """Delete a file, symlink (the link itself) or empty directory; 409 for a non-empty directory."""
+    """Delete a file, symlink (the link itself) or empty directory; 409 for a non-empty directory.
+
+    ``if_match`` as for ``write_file`` (a regular file's sha256), 412 on mismatch.
+    """
     parts = normalize(path)
     with Root(root_dir) as root, root.lock(), root.resolve(parts, follow=Follow.PARENTS) as res:
         st = res.lstat()
@@ -312,8 +327,9 @@ def delete_path(
             raise NotFound(f"{res.path!r} does not exist")
         kind = _entry_type(st.st_mode)
         sha = None
-        if kind == "file" and st.st_size <= max_bytes:
+        if kind == "file" and (st.st_size <= max_bytes or if_match is not None):
             sha = _current_sha(root, res)
+        _check_if_match(res.path, if_match, True, sha)
         try:
             if kind == "dir":
                 os.rmdir(res.name, dir_fd=res.parent_fd)
