@@ -254,6 +254,14 @@ async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
     await expect(row(page, "demo")).to_have_count(0)
     await expect(page.locator("#ws-empty")).to_be_visible()
 
+    if await has_route(ui_hub, "/api/audit"):
+        await page.get_by_role("link", name="Audit").click()
+        await expect(page.locator("#audit-form").get_by_label("Actor")).to_be_hidden()
+        await expect(page.locator("#audit-body")).to_contain_text("workspace.delete")
+        await expect(page.locator("#audit-body")).to_contain_text("alice")
+        await shot(page, "own-audit")
+        await page.get_by_role("link", name="Workspaces").click()
+
     await page.get_by_role("button", name="Log out").click()
     await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
     async with httpx.AsyncClient(base_url=ui_hub.url, cookies=await page.context.cookies()) as anon:
@@ -373,6 +381,12 @@ async def test_admin_sees_everyone_servers_and_audit(ui_hub: Hub, page: Any, git
         await page.locator("#audit-form").get_by_role("button", name="Filter").click()
         await expect(page.locator("#audit-body tr").first).to_contain_text("workspace.create")
         await expect(page.locator("#audit-body")).not_to_contain_text("auth.login")
+        await page.locator("#audit-form").get_by_label("Actor").fill("carol")
+        await page.locator("#audit-form").get_by_role("button", name="Filter").click()
+        await expect(page.locator("#audit-body tr")).to_have_count(1)
+        await expect(page.locator("#audit-body tr")).to_contain_text("carols")
+        await page.get_by_role("button", name="Verify chain").click()
+        await expect(page.locator("#audit-chain")).to_contain_text("chain intact")
     else:
         await expect(page.locator("#audit-empty")).to_contain_text("not available")
     await shot(page, "audit")

@@ -84,6 +84,27 @@ export class Audit {
     });
     this.form.addEventListener("reset", () => setTimeout(() => this.load(), 0));
     $("#audit-more").addEventListener("click", () => this.load({ more: true }));
+    $("#audit-verify").addEventListener("click", () => this.verify());
+  }
+
+  /** Admins: walk the hash chain and say whether it is intact. */
+  async verify() {
+    const out = $("#audit-chain");
+    out.className = "check";
+    setText(out, "verifying…");
+    try {
+      const r = await api("GET", "/api/admin/audit/verify");
+      out.className = `check ${r.ok ? "ok" : "bad"}`;
+      setText(
+        out,
+        r.ok
+          ? `chain intact (${r.checked} records)`
+          : `chain broken at record ${r.first_bad_id}${r.reason ? `: ${r.reason}` : ""}`,
+      );
+    } catch (err) {
+      out.className = "check bad";
+      setText(out, `not verified: ${err.message}`);
+    }
   }
 
   filters() {
@@ -91,7 +112,10 @@ export class Audit {
     const query = {};
     for (const key of ["action", "workspace"]) if (f.get(key)) query[key] = String(f.get(key)).trim();
     if (this.app.isAdmin && f.get("actor")) query.actor = String(f.get("actor")).trim();
-    if (query.workspace) query.workspace_id = query.workspace;
+    if (query.workspace) {
+      query.workspace_id = query.workspace;
+      delete query.workspace;
+    }
     return query;
   }
 
@@ -123,14 +147,14 @@ export class Audit {
   }
 
   row(r) {
-    const sha = pick(r, "sha256", "content_sha256", "hash");
+    const sha = pick(r, "sha256", "content_sha256"); // of the content/diff/command; `hash` is the chain link
     const outcome = r.outcome || "ok";
     return h(
       "tr",
       {},
       h("td", { class: "nowrap" }, fmtTime(pick(r, "at", "created_at", "time"))),
       h("td", {}, pick(r, "actor_name", "actor", "actor_id") ?? "–"),
-      h("td", { class: "mono" }, r.action || "–"),
+      h("td", { class: "mono", title: [r.request_id, r.client_addr].filter(Boolean).join(" · ") }, r.action || "–"),
       h("td", { class: "mono" }, r.workspace_id || "–"),
       h("td", { class: "mono trunc", title: r.target || "" }, r.target || ""),
       h("td", {}, h("span", { class: `badge outcome-${outcome}` }, outcome)),

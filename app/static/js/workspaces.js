@@ -121,7 +121,7 @@ export class WorkspaceList {
       { type: "button", class: "small ghost", onclick: () => this.action(id, "restart") },
       "Restart",
     );
-    const del = h("button", { type: "button", class: "small danger", onclick: () => this.remove_(id) }, "Delete");
+    const del = h("button", { type: "button", class: "small danger", onclick: () => this.confirmDelete(id) }, "Delete");
     const tr = h(
       "tr",
       { dataset: { id } },
@@ -315,7 +315,7 @@ export class WorkspaceList {
     }
   }
 
-  async remove_(id) {
+  async confirmDelete(id) {
     const ws = this.items.get(id);
     const { ok, extra } = await confirmDialog({
       title: `Delete ${ws?.name || id}?`,
