@@ -159,13 +159,13 @@ async def test_topics_are_authorized_at_subscribe_time(sse_hub: Hub) -> None:
 async def test_access_token_query_heartbeats_and_disconnect_cleanup(sse_hub: Hub) -> None:
     token = await sse_hub.new_user(f"u{secrets.token_hex(3)}")
     me = await user_id(sse_hub, token)
-    await wait_subscribers(sse_hub, 0)
+    baseline = await subscribers(sse_hub)  # internal listeners (e.g. the relay) subscribe too
     async with httpx.AsyncClient(base_url=sse_hub.url, timeout=30) as browser:
         params = {"topic": f"user:{me}", "access_token": token}
         async with open_sse(browser, "/api/events", params=params) as stream:
-            await wait_subscribers(sse_hub, 1)
+            await wait_subscribers(sse_hub, baseline + 1)
             comments: list[str] = []
             while not comments:
                 comments = (await stream.next(timeout=5)).comments
             assert comments == ["ping"]
-        await wait_subscribers(sse_hub, 0)
+        await wait_subscribers(sse_hub, baseline)
