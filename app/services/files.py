@@ -101,14 +101,73 @@ class MoveResult(msgspec.Struct, frozen=True):
     type: EntryType = "file"
 
 
+_KINDS: dict[int, EntryType] = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
+
+
 def _entry_type(mode: int) -> EntryType:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
+    return _KINDS.get(stat.S_IFMT(mode), "other")
+
+
+class _Listing:
+    """Entries gathered breadth-first, emitted depth-first (each directory: subdirectories, then files)."""
+
+    def __init__(self, max_entries: int, include_git: bool) -> None:
+        self.max_entries = max_entries
+        self.include_git = include_git
+        self.entries: list[Entry] = []
+        self.children: dict[int, list[int]] = {-1: []}
+        self.truncated = False
+
+    def scan(self, fd: int, dir_parts: tuple[str, ...], parent: int, descend: bool) -> list[tuple[str, ...]]:
+        """Add one directory's entries; return the subdirectories to list next (as parts)."""
+        prefix = "/".join(dir_parts) + "/" if dir_parts else ""
+        dirs: list[tuple[str, os.stat_result]] = []
+        others: list[tuple[str, os.stat_result]] = []
+        with os.scandir(fd) as it:
+            for dirent in it:
+                name = dirent.name
+                if name == ".git" and not self.include_git:
+                    continue
+                try:
+                    st = dirent.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                (dirs if stat.S_ISDIR(st.st_mode) else others).append((name, st))
+        dirs.sort(key=_first)
+        others.sort(key=_first)
+        siblings = self.children.setdefault(parent, [])
+        entries = self.entries
+        room = self.max_entries - len(entries)
+        if len(dirs) + len(others) > room:
+            self.truncated = True
+            dirs, others = dirs[:room], others[: max(room - len(dirs), 0)]
+        below: list[tuple[str, ...]] = []
+        for name, st in dirs:
+            siblings.append(len(entries))
+            entries.append(Entry(name, prefix + name, "dir", 0, st.st_mtime))
+            if descend:
+                below.append((*dir_parts, name))
+        for name, st in others:
+            siblings.append(len(entries))
+            entries.append(Entry(name, prefix + name, _entry_type(st.st_mode), st.st_size, st.st_mtime))
+        return below
+
+    def ordered(self) -> list[Entry]:
+        """Depth-first order."""
+        out: list[Entry] = []
+        stack = list(reversed(self.children[-1]))
+        children = self.children
+        while stack:
+            index = stack.pop()
+            out.append(self.entries[index])
+            kids = children.get(index)
+            if kids:
+                stack.extend(reversed(kids))
+        return out
+
+
+def _first(item: tuple[str, os.stat_result]) -> str:
+    return item[0]
 
 
 def list_tree(
@@ -123,80 +182,35 @@ def list_tree(
 
     Links are listed, never followed (the start directory may be an in-root link). ``.git`` is hidden
     unless ``include_git``. The cut keeps the shallowest entries; ``truncated`` says one happened.
+    One ``lstat`` per entry (from ``scandir``) and one ``openat`` per listed directory.
     """
     if depth < 1:
         raise BadRequest("depth must be at least 1", code="bad_request")
     parts = normalize(path, allow_root=True)
-    keyed: list[tuple[tuple[tuple[int, str], ...], Entry]] = []
-    truncated = False
+    listing = _Listing(max_entries, include_git)
     with Root(root_dir) as root:
-        start = root.open_dir(parts)
-        level: list[tuple[int | None, tuple[str, ...], tuple[tuple[int, str], ...]]] = [(start, parts, ())]
-        for current_depth in range(1, depth + 1):
-            following: list[tuple[int | None, tuple[str, ...], tuple[tuple[int, str], ...]]] = []
-            for index, (fd, dir_parts, key) in enumerate(level):
-                if truncated:
+        level: list[tuple[tuple[str, ...], int]] = [(parts, -1)]
+        fd: int | None = root.open_dir(parts)
+        for current in range(1, depth + 1):
+            following: list[tuple[tuple[str, ...], int]] = []
+            for dir_parts, parent in level:
+                if listing.truncated:
                     break
                 if fd is None:
                     fd = _reopen(root, dir_parts)
                     if fd is None:
                         continue
+                first = len(listing.entries)
                 try:
-                    truncated = _scan(
-                        fd,
-                        dir_parts,
-                        key,
-                        keyed,
-                        following,
-                        include_git,
-                        max_entries,
-                        descend=current_depth < depth,
-                    )
+                    below = listing.scan(fd, dir_parts, parent, descend=current < depth)
                 finally:
                     os.close(fd)
-                    level[index] = (None, dir_parts, key)
-            if truncated or not following:
+                    fd = None
+                following.extend((sub, first + k) for k, sub in enumerate(below))
+            if listing.truncated or not following:
                 break
             level = following
-    keyed.sort(key=lambda item: item[0])
-    return Tree(path=join(parts), depth=depth, entries=[entry for _, entry in keyed], truncated=truncated)
-
-
-def _scan(
-    fd: int,
-    dir_parts: tuple[str, ...],
-    key: tuple[tuple[int, str], ...],
-    keyed: list[tuple[tuple[tuple[int, str], ...], Entry]],
-    following: list[tuple[int | None, tuple[str, ...], tuple[tuple[int, str], ...]]],
-    include_git: bool,
-    max_entries: int,
-    *,
-    descend: bool,
-) -> bool:
-    """Add one directory's entries (sorted) to ``keyed``; return True when the cap was hit."""
-    prefix = join(dir_parts) + "/" if dir_parts else ""
-    found: list[tuple[int, str, os.stat_result]] = []
-    with os.scandir(fd) as it:
-        for dirent in it:
-            name = dirent.name
-            if name == ".git" and not include_git:
-                continue
-            try:
-                st = dirent.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            found.append((0 if stat.S_ISDIR(st.st_mode) else 1, name, st))
-    found.sort(key=lambda item: (item[0], item[1]))
-    for rank, name, st in found:
-        if len(keyed) >= max_entries:
-            return True
-        kind = _entry_type(st.st_mode)
-        entry_key = (*key, (rank, name))
-        size = 0 if kind == "dir" else st.st_size
-        keyed.append((entry_key, Entry(name, prefix + name, kind, size, st.st_mtime)))
-        if descend and kind == "dir":
-            following.append((None, (*dir_parts, name), entry_key))
-    return False
+    return Tree(path=join(parts), depth=depth, entries=listing.ordered(), truncated=listing.truncated)
 
 
 def _reopen(root: Root, parts: tuple[str, ...]) -> int | None:
