@@ -81,12 +81,15 @@ export class TimeChart {
       ctx.fillText(peakLabel, pad.left + 2, 0);
       used = ctx.measureText(peakLabel).width + 12;
     }
-    const label = `${Math.round(this.options.windowMs / 60000)} min`;
+    const now = Date.now();
+    // The x axis spans what we have (at least a minute), up to the full window.
+    const first = this.points.length ? this.points[0][0] : now;
+    const span = Math.min(this.options.windowMs, Math.max(60000, now - first));
+    const label = `${Math.round(span / 60000)} min`;
     const labelWidth = ctx.measureText(label).width;
     if (used + labelWidth < w) ctx.fillText(label, pad.left + w - labelWidth - 2, 0);
 
-    const now = Date.now();
-    const x = (t) => pad.left + w - ((now - t) / this.options.windowMs) * w;
+    const x = (t) => pad.left + w - ((now - t) / span) * w;
     const y = (v) => pad.top + hgt - (Math.min(v, max) / max) * hgt;
 
     if (showLimit) {
