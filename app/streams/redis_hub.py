@@ -198,30 +198,30 @@ class RedisHub:
             return 0, []
         if cursor is None:
             return None, []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self._seq_key)
-            results = await pipe.execute()
-        if cursor < 0 or cursor > int(results[0] or 0):
+        seq, trimmed = await self._trimmed(names, max(cursor, 0))
+        if cursor < 0 or cursor > seq:
             return 0, [reset_item(UNKNOWN_CURSOR, names)]
-        trimmed = await self._trimmed(names, cursor)
         return cursor, [reset_item(HISTORY_TRIMMED, trimmed)] if trimmed else []
 
-    async def _trimmed(self, names: Sequence[str], cursor: int) -> list[str]:
-        """Topics that may have lost an event with id > ``cursor`` (trimmed by MAXLEN or expired).
+    async def _trimmed(self, names: Sequence[str], cursor: int) -> tuple[int, list[str]]:
+        """The current id and the topics that may have lost an event with id > ``cursor`` (trimmed by
+        MAXLEN or expired), in one round trip.
 
         Trimming removes the oldest entries; if the oldest kept entry is at or just after the cursor, or
         nothing was ever removed, nothing after the cursor is missing. (Redis 7.0 does not update
         ``max-deleted-entry-id`` when trimming, so it cannot be used.)
         """
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._seq_key)
             pipe.hmget(self._topics_key, list(names))
             for name in names:
                 pipe.xinfo_stream(self._stream(name))
             results = await pipe.execute(raise_on_error=False)
-        if isinstance(results[0], Exception):
-            raise results[0]
+        for result in results[:2]:
+            if isinstance(result, Exception):
+                raise result
         out = []
-        for name, last, info in zip(names, results[0], results[1:], strict=True):
+        for name, last, info in zip(names, results[1], results[2:], strict=True):
             if isinstance(info, Exception):
                 if last is not None and int(last) > cursor:
                     out.append(name)
@@ -230,7 +230,7 @@ class RedisHub:
             removed = info.get("entries-added", info["length"]) > info["length"]
             if removed and first > cursor + 1:
                 out.append(name)
-        return out
+        return int(results[0] or 0), out
 
     async def _replay(self, names: Sequence[str], after: int) -> AsyncIterator[list[Item]]:
         try:
@@ -353,7 +353,7 @@ class RedisHub:
         topics = list(self.fanout.routes)
         if not topics or seq_now == last:
             return
-        trimmed = await self._trimmed(topics, last)
+        _, trimmed = await self._trimmed(topics, last)
         if trimmed:
             self.fanout.end_all(HISTORY_TRIMMED, trimmed)
         async for page in self._pages(topics, last):
