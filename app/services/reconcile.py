@@ -127,6 +127,10 @@ class Reconciler:
             code = await runtime.stop(ws.id, grace=self.settings.stop_grace)
             await self._finish(ws, "stopping", "stopped", ws.state_reason or "stopped", code)
         elif state is not None and state.running and ws.state_reason != "cloning":
+            async with self._sessionmaker() as session:
+                now = await session.get(Workspace, ws.id, populate_existing=True)
+            if now is None or now.generation != ws.generation:
+                return  # a transition happened since the row was read: next pass decides
             log.warning("workspace %s is %s but its container runs: stopping it", ws.id, ws.state)
             await runtime.stop(ws.id, grace=self.settings.stop_grace)
 
