@@ -16,7 +16,7 @@ def bad_diff(reason: str) -> BadRequest:
     return BadRequest(reason, code="bad_diff")
 
 
-def parse_hunk(lines: list[bytes], i: int, match: re.Match[bytes], where: str) -> tuple[Hunk, int]:
+def parse_hunk(lines: list[bytes], i: int, match: re.Match[bytes], shown: str, number: int) -> tuple[Hunk, int]:
     """Read the hunk whose header ``match`` is on line ``i``; return it and the index after its body.
 
     ``lines`` keep their ``\\n``. The body must hold exactly the lines the header counts; a following
@@ -27,6 +27,7 @@ def parse_hunk(lines: list[bytes], i: int, match: re.Match[bytes], where: str) -
     old_count = 1 if match[2] is None else int(match[2])
     new_count = 1 if match[4] is None else int(match[4])
     header_line = i + 1
+    where = _Where(shown, number, header_line)
     i += 1
     old_left, new_left = old_count, new_count
     old_lines: list[bytes] = []
@@ -77,6 +78,18 @@ def parse_hunk(lines: list[bytes], i: int, match: re.Match[bytes], where: str) -
     return Hunk(old_start, old_count, new_start, new_count, old_lines, new_lines, leading, trailing, header_line), i
 
 
+class _Where:
+    """Names a hunk in error messages (formatted only when one is raised)."""
+
+    __slots__ = ("line", "number", "shown")
+
+    def __init__(self, shown: str, number: int, line: int) -> None:
+        self.shown, self.number, self.line = shown, number, line
+
+    def __str__(self) -> str:
+        return f"hunk {self.number} of {self.shown!r} (line {self.line})"
+
+
 def _context(lines: list[bytes], start: int, end: int) -> tuple[int, int, bool]:
     """Context lines before the first and after the last change of a hunk body, and whether it changes."""
     leading = 0
@@ -98,7 +111,7 @@ def _context(lines: list[bytes], start: int, end: int) -> tuple[int, int, bool]:
     return leading, trailing, True
 
 
-def _no_newline(line: bytes, previous: int, old_lines: list[bytes], new_lines: list[bytes], where: str) -> None:
+def _no_newline(line: bytes, previous: int, old_lines: list[bytes], new_lines: list[bytes], where: object) -> None:
     """Apply a ``\\ No newline at end of file`` marker to the line before it (whose first byte is given)."""
     if len(line) < 12 or not line.startswith(b"\\ ") or previous not in (32, 10, 43, 45):
         raise bad_diff(f"{where}: misplaced line {line[:60]!r}")

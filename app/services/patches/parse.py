@@ -362,7 +362,7 @@ class _Parser:
                 raise PayloadTooLarge(
                     f"the diff has more than {self.limits.max_patch_hunks} hunks", code="diff_too_large"
                 )
-            hunk, i = parse_hunk(lines, i, match, f"hunk {len(hunks) + 1} of {shown!r} (line {i + 1})")
+            hunk, i = parse_hunk(lines, i, match, shown, len(hunks) + 1)
             hunks.append(hunk)
         self.i = i
         return hunks
