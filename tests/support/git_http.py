@@ -21,8 +21,13 @@ def make_repo(root: Path, name: str, *, branches: dict[str, dict[str, str]]) -> 
     """A bare repository ``root/name`` with one commit per file on each branch (first branch: main)."""
     work = root / f"{name}-work"
     bare = root / name
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@x"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
 
     def git(*args: str, cwd: Path = work) -> None:
         subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
