@@ -39,16 +39,21 @@ _encode = msgspec.json.encode
 
 
 class Item:
-    """One event as it travels inside a process: its sequence number, type and encoded JSON."""
+    """One event as it travels inside a process: its sequence number, type, JSON and SSE frame.
 
-    __slots__ = ("_event", "_frame", "raw", "seq", "type")
+    The frame is built once here (no ``id:`` line for synthetic events such as resets): every SSE
+    subscriber writes the same bytes.
+    """
+
+    __slots__ = ("_event", "frame", "raw", "seq", "type")
 
     def __init__(self, seq: int, type: str, raw: bytes, event: Event | None = None) -> None:
         self.seq = seq
         self.type = type
         self.raw = raw
         self._event = event
-        self._frame: bytes | None = None
+        head = b"id: %d\nevent: %s\ndata: " % (seq, type.encode()) if seq else b"event: %s\ndata: " % type.encode()
+        self.frame = head + raw + b"\n\n"
 
     @property
     def event(self) -> Event:
@@ -57,24 +62,19 @@ class Item:
             self._event = _decode_event(self.raw)
         return self._event
 
-    @property
-    def frame(self) -> bytes:
-        """The SSE frame of this item (no ``id:`` line for synthetic events such as resets)."""
-        if self._frame is None:
-            head = f"id: {self.seq}\nevent: {self.type}\n" if self.seq else f"event: {self.type}\n"
-            self._frame = head.encode() + b"data: " + self.raw + b"\n\n"
-        return self._frame
-
 
 class _Ping(Item):
     __slots__ = ()
 
-    @property
-    def frame(self) -> bytes:
-        return b": ping\n\n"
+    def __init__(self) -> None:
+        self.seq = 0
+        self.type = "ping"
+        self.raw = b""
+        self._event = None
+        self.frame = b": ping\n\n"
 
 
-PING = _Ping(0, "ping", b"")
+PING = _Ping()
 
 
 def encode_body(topic: str, type: str, data: dict[str, Any], at: str | None = None) -> bytes:
@@ -248,9 +248,16 @@ class Fanout:
             subs = found[0] if len(found) == 1 else set().union(*found)
         slow: list[Subscriber] | None = None
         sent = 0
-        for sub in subs:
-            if sub.offer(item):
+        for sub in subs:  # Subscriber.offer, inlined: this loop runs once per event per subscriber
+            items = sub.items
+            if len(items) < sub.limit and not sub.closed:
+                items.append(item)
                 sent += 1
+                waiter = sub.waiter
+                if waiter is not None:
+                    sub.waiter = None
+                    if not waiter.done():
+                        waiter.set_result(None)
             elif not sub.closed:
                 slow = slow or []
                 slow.append(sub)
