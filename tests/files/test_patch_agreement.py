@@ -129,6 +129,8 @@ def test_agreement_with_git_on_this_repository(tmp_path: Path) -> None:
     for index, (a, b) in enumerate(pairs):
         fmt = FORMATS[index % len(FORMATS)]
         diff = checker.diff(a, b, fmt)
+        if any(mode in diff[0] for mode in (b" 120000", b" 160000")):
+            continue  # symlink and submodule entries are refused on purpose (git would apply them)
         checker.compare(diff, checker.tree(a), f"{a[:7]}..{b[:7]} {fmt}")
         checker.compare(diff, checker.tree(b), f"{a[:7]}..{b[:7]} {fmt} on {b[:7]}")
     tally = checker.tally
