@@ -363,7 +363,13 @@ def move_path(root_dir: str | os.PathLike[str], source: str, target: str, *, ove
         st = src.lstat()
         if st is None:
             raise NotFound(f"{src.path!r} does not exist")
-        with root.resolve(dst_parts, follow=Follow.PARENTS, create=True) as dst:
+        if stat.S_ISDIR(st.st_mode) and dst_parts[: len(src.parts)] == src.parts:
+            raise bad_path(join(dst_parts), "cannot move a directory into itself")
+        try:
+            dst = root.resolve(dst_parts, follow=Follow.PARENTS)
+        except NotFound:  # parents are made only once nothing can refuse the move any more
+            dst = root.resolve(dst_parts, follow=Follow.PARENTS, create=True)
+        with dst:
             if dst.parts == src.parts:
                 raise BadRequest("source and target are the same path", code="bad_path")
             if stat.S_ISDIR(st.st_mode) and dst.parts[: len(src.parts)] == src.parts:

@@ -174,6 +174,9 @@ def test_move(root: Path) -> None:
     assert (root / "docs" / "a.txt").read_text() == "b\n"
     with pytest.raises(BadRequest):
         files.move_path(root, "src", "src/pkg/inner")
+    with pytest.raises(BadRequest):
+        files.move_path(root, "src", "src/new/inner")
+    assert not (root / "src" / "new").exists()
     with pytest.raises(NotFound):
         files.move_path(root, "nope", "x")
     assert files.move_path(root, "src", "lib").type == "dir"
