@@ -13,6 +13,7 @@ returns a diff (validated by the patch validator) to apply with ``POST /api/patc
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -43,6 +44,7 @@ from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
 
 AI_SERVICE = "ai_service"
 AI_OWNERS = "ai_owners"
+AI_WORKSPACE_CACHE = "ai_workspace_cache"
 Line = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 Prompt = Annotated[str, msgspec.Meta(max_length=8000)]
 WorkspacePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -154,6 +156,26 @@ async def _result(request: Request, job: AIJob) -> tuple[str, dict[str, Any]]:
     return outcome
 
 
+async def _authorized_workspace(
+    ctx: AppContext, principal: Principal, workspaces: WorkspaceService, workspace_id: str
+) -> str:
+    """The workspace id once ``principal`` may use it (404 otherwise).
+
+    A granted check is remembered for ``token_cache_ttl`` seconds per user and workspace, the same
+    staleness the token cache accepts: a burst of AI requests does not queue on the database.
+    """
+    cache: dict[tuple[int, str], float] = ctx.extras.setdefault(AI_WORKSPACE_CACHE, {})
+    key = (principal.user_id, workspace_id)
+    now = time.monotonic()
+    if cache.get(key, 0.0) > now:
+        return workspace_id
+    ws = await workspaces.get(principal, workspace_id)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = now + ctx.settings.token_cache_ttl
+    return ws.id
+
+
 class AIController(Controller):
     """AI explain/rewrite (JSON, or SSE with ``Accept: text/event-stream``) and following a request's events."""
 
@@ -171,13 +193,13 @@ class AIController(Controller):
     ) -> AIJob:
         service: AIService = ctx.extras[AI_SERVICE]
         service.llm.require_configured()
-        ws = await workspaces.get(principal, data.workspace_id)
+        workspace_id = await _authorized_workspace(ctx, principal, workspaces, data.workspace_id)
         text = data.question if isinstance(data, ExplainRequest) else data.instruction
         ai_request = AIRequest(
             request_id=new_id(16),
             user_id=principal.user_id,
-            workspace_id=ws.id,
-            root=ctx.settings.resolved_workspaces_dir / ws.id,
+            workspace_id=workspace_id,
+            root=ctx.settings.resolved_workspaces_dir / workspace_id,
             path=data.path,
             start_line=data.start_line,
             end_line=data.end_line,
