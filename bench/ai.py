@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
 import socket
@@ -39,6 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+STAMP = re.compile(rb"@(\d{10}\.\d{6})")
 PROMPT = [
     {"role": "system", "content": "You explain code."},
     {"role": "user", "content": "Explain this code:\n```python\ndef add(a, b):\n    return a + b\n```"},
@@ -110,8 +112,11 @@ class Target:
     ) -> None:
         self.name, self.client, self.url, self.body, self.headers, self.first = name, client, url, body, headers, first
 
-    async def run(self) -> tuple[float, float, int]:
-        """One request: (seconds to first token, seconds to the end, completion tokens)."""
+    async def run(self, delays: list[float] | None = None) -> tuple[float, float, int]:
+        """One request: (seconds to first token, seconds to the end, completion tokens).
+
+        With ``delays``, appends each stamped token's delay from the fake's emission to its arrival here.
+        """
         t0 = time.perf_counter()
         ttft = 0.0
         tail = b""
@@ -120,6 +125,9 @@ class Target:
                 await response.aread()
                 raise RuntimeError(f"{self.name}: {response.status_code} {response.text[:300]}")
             async for chunk in response.aiter_bytes():
+                if delays is not None:
+                    now = time.time()
+                    delays.extend(now - float(stamp) for stamp in STAMP.findall(tail[-32:] + chunk))
                 if not ttft and self.first in tail[-64:] + chunk:
                     ttft = time.perf_counter() - t0
                 tail = (tail + chunk)[-4096:]
@@ -152,12 +160,14 @@ async def ttft_run(direct: Target, hub: Target, n: int) -> dict[str, Any]:
 
 
 async def throughput_run(target: Target, streams: int, pids: dict[str, int]) -> dict[str, Any]:
-    """``streams`` concurrent requests: aggregate tokens/s over the wall time (ramp-up included) and while
-    streaming (each stream's tokens over its first-token-to-end time, summed), plus CPU of ``pids``."""
+    """``streams`` concurrent requests: tokens/s over the wall time (ramp-up included) and while streaming
+    (each stream's tokens over its first-token-to-end time, summed), per-token delay from the fake's
+    emission to arrival here, and CPU of ``pids``."""
     results: list[tuple[float, float, int]] = []
+    delays: list[float] = []
 
     async def one() -> None:
-        results.append(await target.run())
+        results.append(await target.run(delays))
 
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.perf_counter()
@@ -166,6 +176,7 @@ async def throughput_run(target: Target, streams: int, pids: dict[str, int]) -> 
             tg.start_soon(one)
     wall = time.perf_counter() - t0
     tokens = sum(r[2] for r in results)
+    delays.sort()
     return {
         "tokens": tokens,
         "wall": wall,
@@ -173,6 +184,7 @@ async def throughput_run(target: Target, streams: int, pids: dict[str, int]) -> 
         "streaming_tokens_per_s": sum(r[2] / (r[1] - r[0]) for r in results if r[1] > r[0]),
         "cpu_s": {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()},
         "ttft_p50_ms": statistics.median(r[0] for r in results) * 1000,
+        "delay_ms": (delays[len(delays) // 2] * 1000, delays[int(len(delays) * 0.99)] * 1000) if delays else None,
     }
 
 
@@ -228,7 +240,7 @@ async def bench(
         print(f"  added by the hub (p50): {ttft['added_p50_ms']:.2f} ms   (target <= 5 ms)")
 
         for label, delay, count in (("paced", args.token_delay, args.tokens), ("unpaced", 0.0, args.tokens)):
-            await set_behavior(fake_url, tokens=count, token_delay=delay)
+            await set_behavior(fake_url, tokens=count, token_delay=delay, stamp=True)
             await throughput_run(direct, min(args.streams, 10), {})  # warm-up
             d = await throughput_run(direct, args.streams, {"fake": fake_pid})
             h = await throughput_run(hub, args.streams, {"fake": fake_pid, "hub": hub_pid})
@@ -236,16 +248,16 @@ async def bench(
             print(f"\n{args.streams} concurrent streams x {count} tokens, {label} ({pace}):")
             for name, r in (("direct", d), ("hub", h)):
                 cpu = ", ".join(f"{k} {v / max(r['tokens'], 1) * 1e6:.0f}" for k, v in r["cpu_s"].items())
+                streaming = f", {r['streaming_tokens_per_s']:6.0f} while streaming" if delay else ""
                 print(
-                    f"  {name:6} {r['tokens_per_s']:7.0f} tok/s over {r['wall']:.2f} s, "
-                    f"{r['streaming_tokens_per_s']:7.0f} tok/s while streaming; first token p50 "
-                    f"{r['ttft_p50_ms']:.0f} ms; CPU us/token: {cpu}"
+                    f"  {name:6} {r['tokens_per_s']:6.0f} tok/s over {r['wall']:.2f} s{streaming}; first token "
+                    f"p50 {r['ttft_p50_ms']:.0f} ms; token delay p50/p99 {r['delay_ms'][0]:.1f}/"
+                    f"{r['delay_ms'][1]:.1f} ms; CPU us/token: {cpu}"
                 )
-            print(
-                f"  hub / direct: {h['tokens_per_s'] / d['tokens_per_s'] * 100:.1f} % overall, "
-                f"{h['streaming_tokens_per_s'] / d['streaming_tokens_per_s'] * 100:.1f} % while streaming"
-                "   (target >= 90 %)"
-            )
+            ratio = f"{h['tokens_per_s'] / d['tokens_per_s'] * 100:.1f} % overall"
+            if delay:
+                ratio += f", {h['streaming_tokens_per_s'] / d['streaming_tokens_per_s'] * 100:.1f} % while streaming"
+            print(f"  hub / direct: {ratio}   (target >= 90 %)")
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ class Behavior:
     model: str | None = None  # model name in answers; default: the requested one
     usage: bool = True  # honour stream_options.include_usage (False: like servers that ignore it)
     done: bool = True  # end streams with data: [DONE]
+    stamp: bool = False  # append "@<unix time>" to each streamed token (benches measure relay delay)
 
 
 @dataclass
@@ -239,7 +240,7 @@ class FakeLLM:
                 return  # uvicorn closes the connection: the chunked body never completes
             if behavior.token_delay:
                 await anyio.sleep(behavior.token_delay)
-            await emit(chunk({"content": token}))
+            await emit(chunk({"content": f"{token}@{time.time():.6f}" if behavior.stamp else token}))
         tail = chunk({}, finish)
         if include_usage:
             tail += (
