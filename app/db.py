@@ -38,7 +38,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # No overflow: under sustained concurrency, overflow connections are closed at checkin and reopened (a
+    # Postgres backend fork each, measured: 117 -> 660 req/s on the list bench); requests queue for one of 20.
+    return create_async_engine(url, pool_size=20, max_overflow=0, pool_pre_ping=True)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:

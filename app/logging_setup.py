@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
 
 from app.settings import Settings
+
+
+def _json(event: dict[str, Any], **_: Any) -> str:
+    # msgspec: a few times faster than json.dumps on every access-log line; unknown objects become str().
+    return msgspec.json.encode(event, enc_hook=str).decode()
 
 
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog logging through one renderer chosen by ``log_format``."""
     level = getattr(logging, settings.log_level.upper())
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if settings.log_format == "json" else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
+        if settings.log_format == "json"
+        else structlog.dev.ConsoleRenderer()
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

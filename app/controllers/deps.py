@@ -45,10 +45,11 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: ``/api`` requests must carry valid credentials (handlers opt out with ``opt={"public": True}``).
 
-    Other paths (docs, dashboard, relay, terminal) decide for themselves.
+    Other paths (docs, dashboard, relay, terminal) decide for themselves. Guards are ``async def``: Litestar
+    runs a sync guard in a worker thread, a thread hop on every request.
     """
     if handler.opt.get("public") or not connection.scope["path"].startswith("/api"):
         return
@@ -56,9 +57,9 @@ def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
         raise Unauthorized("authentication required: Bearer token, session cookie or ?access_token=")
 
 
-def requires_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def requires_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: the caller must be an admin."""
-    requires_user(connection, handler)
+    await requires_user(connection, handler)
     if not connection.scope["user"].is_admin:
         raise Forbidden("admin role required", code="admin_required")
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import SessionMaker
 from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, Unprocessable
@@ -92,6 +94,26 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("cursor is not one this API returned", code="bad_cursor") from None
 
 
+@functools.cache
+def _list_statement(all_users: bool, with_states: bool, with_cursor: bool) -> Select[Any]:
+    """The page query, built once per shape with bound parameters (SQLAlchemy then reuses its compiled form).
+
+    Plain columns instead of ORM entities: no identity map or instance state for rows that are only shaped
+    into JSON (about half the CPU of a 50-row page).
+    """
+    query = select(*Workspace.__table__.columns)
+    if not all_users:
+        query = query.where(Workspace.owner_id == bindparam("owner"))
+    if with_states:
+        query = query.where(Workspace.state.in_(bindparam("states", expanding=True)))
+    if with_cursor:
+        created, ws_id = bindparam("created"), bindparam("ws_id")
+        query = query.where(
+            or_(Workspace.created_at < created, and_(Workspace.created_at == created, Workspace.id < ws_id))
+        )
+    return query.order_by(Workspace.created_at.desc(), Workspace.id.desc()).limit(bindparam("limit"))
+
+
 class WorkspaceService:
     """Workspace records. The runtime (start/stop) builds on this; it never touches containers itself."""
 
@@ -99,6 +121,12 @@ class WorkspaceService:
         self._sessionmaker = sessionmaker
         self._settings = settings
         self._events = events
+        engine: AsyncEngine = sessionmaker.kw["bind"]
+        # Reads of one statement need no transaction. On Postgres autocommit saves the BEGIN and ROLLBACK
+        # round trips; pysqlite opens no transaction for a SELECT anyway (and switching costs thread hops).
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
+        )
 
     async def get(self, principal: Principal, workspace_id: str) -> Workspace:
         """A workspace the principal may see (owner or admin); 404 otherwise, never 403."""
@@ -116,29 +144,23 @@ class WorkspaceService:
         states: Sequence[str] = (),
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Workspace], str | None]:
-        """A page of workspaces, newest first; admins may ask for everyone's."""
+    ) -> tuple[list[Any], str | None]:
+        """A page of workspaces, newest first; admins may ask for everyone's.
+
+        The rows are read-only records with the ``Workspace`` columns as attributes (not ORM objects): the
+        hot path of the dashboard and API clients, one statement, no transaction (see ``_list_statement``).
+        """
         if all_users and not principal.is_admin:
             raise Forbidden("only admins may list all workspaces")
         bad = [s for s in states if s not in STATES]
         if bad:
             raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STATES)}", code="bad_state")
-        query = select(Workspace)
-        if not all_users:
-            query = query.where(Workspace.owner_id == principal.user_id)
-        if states:
-            query = query.where(Workspace.state.in_(states))
+        params: dict[str, Any] = {"owner": principal.user_id, "states": list(states), "limit": limit + 1}
         if cursor:
-            created, ws_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    Workspace.created_at < created,
-                    and_(Workspace.created_at == created, Workspace.id < ws_id),
-                )
-            )
-        query = query.order_by(Workspace.created_at.desc(), Workspace.id.desc()).limit(limit + 1)
-        async with self._sessionmaker() as session:
-            rows = list(await session.scalars(query))
+            params["created"], params["ws_id"] = _decode_cursor(cursor)
+        statement = _list_statement(all_users, bool(states), bool(cursor))
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(statement, params)).all()
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return rows[:limit], next_cursor
 

@@ -1,0 +1,175 @@
+"""Run every benchmark in bench/ and print one table (``just bench``).
+
+Discovers ``bench/<name>.py`` for the known benches (api, fanout, runtime, patches, relay, ai) and any other
+script in bench/ that prints a ``BENCH_RESULT`` line (files starting with ``_``, helpers like
+``upstream.py`` and this file are skipped). Each runs as a subprocess with a timeout; its last
+``BENCH_RESULT {json}`` line (protocol: bench/README.md) becomes rows of the table. A script that prints
+no such line still appears, with its exit status and the tail of its output.
+
+Usage: ``uv run python bench/run_all.py [--only api,patches] [--timeout 900] [--json results.json]
+[-- extra args passed to every bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai")
+PREFIX = "BENCH_RESULT "
+SKIP = {"run_all"}
+
+
+def discover() -> list[str]:
+    """Bench names in run order: the known ones that exist, then other scripts speaking the protocol."""
+    names = [name for name in KNOWN if (BENCH_DIR / f"{name}.py").is_file()]
+    for path in sorted(BENCH_DIR.glob("*.py")):
+        name = path.stem
+        if name in names or name in SKIP or name.startswith("_"):
+            continue
+        if PREFIX.strip() in path.read_text(errors="replace"):
+            names.append(name)
+    return names
+
+
+def parse_result(output: str) -> dict[str, Any] | None:
+    """The last well-formed ``BENCH_RESULT`` object in ``output``, or None."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(PREFIX):
+            try:
+                result = json.loads(line[len(PREFIX) :])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(result, dict) and isinstance(result.get("rows"), list):
+                return result
+    return None
+
+
+def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
+    """Run ``bench/<name>.py``; returns its result (or a failure record) with the elapsed time."""
+    started = time.monotonic()
+    cmd = [sys.executable, str(BENCH_DIR / f"{name}.py"), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    print(f"--- {name}: {' '.join(cmd[1:])}", flush=True)
+    lines: list[str] = []
+    timed_out = threading.Event()
+
+    def kill(proc: subprocess.Popen[str]) -> None:
+        timed_out.set()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    except OSError as exc:
+        return {"bench": name, "rows": [], "status": f"could not start: {exc}", "seconds": 0.0, "tail": []}
+    watchdog = threading.Timer(timeout, kill, args=(proc,))
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # stream progress so a long run is visibly alive
+            lines.append(line.rstrip("\n"))
+            if not line.startswith(PREFIX):
+                print(f"    {line.rstrip()}", flush=True)
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        status = f"timeout after {timeout:.0f} s"
+    else:
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    output = "\n".join(lines)
+    result = parse_result(output) or {"bench": name, "rows": []}
+    result.update(bench=name, status=status, seconds=round(time.monotonic() - started, 1))
+    if not result["rows"]:
+        result["tail"] = lines[-15:]
+    return result
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """One plain-text table of every row of every bench (references marked ``ref``)."""
+    header = ("bench", "measurement", "value", "unit", "target", "")
+    body: list[tuple[str, ...]] = []
+    for result in results:
+        if not result["rows"]:
+            body.append((result["bench"], f"(no BENCH_RESULT line: {result['status']})", "", "", "", "?"))
+            continue
+        for row in result["rows"]:
+            mark = {True: "ok", False: "MISSED", None: ""}.get(row.get("ok"), "")
+            if row.get("reference"):
+                mark = "ref"
+            body.append(
+                (
+                    result["bench"],
+                    str(row.get("name", "")),
+                    _fmt(row.get("value")),
+                    str(row.get("unit", "")),
+                    str(row.get("target", "") or ""),
+                    mark,
+                )
+            )
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i != 2 else cell.rjust(widths[i]) for i, cell in enumerate(r))
+        for r in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run every bench/ script and print one table.")
+    parser.add_argument("--only", help="comma-separated bench names (default: all discovered)")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per bench (default 1200)")
+    parser.add_argument("--json", help="also write every result to this file")
+    parser.add_argument("extra", nargs="*", help="after --: arguments passed to every bench")
+    args = parser.parse_args()
+    names = discover()
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            print(f"unknown bench(es): {', '.join(missing)}; found: {', '.join(names)}", file=sys.stderr)
+            return 2
+        names = wanted
+    print(f"benches: {', '.join(names)}", flush=True)
+    results = [run_one(name, args.timeout, args.extra) for name in names]
+    print()
+    print(table(results))
+    for result in results:
+        if result.get("tail"):
+            print(f"\n{result['bench']} ({result['status']}), last lines:")
+            print("\n".join(f"  {line}" for line in result["tail"]))
+    print("\n" + ", ".join(f"{r['bench']} {r['status']} in {r['seconds']:.0f} s" for r in results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
