@@ -330,7 +330,10 @@ class Root:
             try:
                 return self._open_dir(res.parent_fd, res.name, create, created, res.parts)
             except OSError as exc:
-                if exc.errno == errno.ENOTDIR:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    st = _lstat(res.parent_fd, res.name)
+                    if st is not None and stat.S_ISLNK(st.st_mode):
+                        raise bad_path(res.path, "is a symbolic link") from None
                     raise Conflict(f"{res.path!r} is not a directory", code="not_a_directory") from None
                 raise os_error(exc, res.path) from None
 

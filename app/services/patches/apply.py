@@ -36,7 +36,7 @@ from app.services.patches.model import (
     ValidateResult,
 )
 from app.services.patches.parse import parse_diff
-from app.services.paths import Follow, Root, join, normalize, read_fd, umask
+from app.services.paths import Follow, Resolved, Root, join, normalize, os_error, read_fd, umask
 
 
 class _Reject(Exception):
@@ -61,61 +61,78 @@ _WAS_DELETED = object()
 
 
 class _Tree:
-    """Reads of the working tree, once per path, following no symbolic link."""
+    """Reads of the working tree, once per path, following no symbolic link (directory fds are reused)."""
 
     def __init__(self, root: Root, limits: PatchLimits) -> None:
         self.root = root
         self.limits = limits
         self.files: dict[tuple[str, ...], _DiskFile | None] = {}
+        self.dirs: dict[tuple[str, ...], int | None] = {}
 
-    def _lstat(self, parts: tuple[str, ...]) -> tuple[os.stat_result | None, Any]:
+    def close(self) -> None:
+        for fd in self.dirs.values():
+            if fd is not None:
+                os.close(fd)
+        self.dirs.clear()
+
+    def _dir(self, parts: tuple[str, ...]) -> int | None:
+        """A descriptor of directory ``parts``, None when it does not exist."""
+        if parts in self.dirs:
+            return self.dirs[parts]
+        if len(self.dirs) >= 256:
+            self.close()
         try:
-            res = self.root.resolve(parts, follow=Follow.NONE)
+            fd: int | None = self.root.open_dir(parts, follow=Follow.NONE)
         except NotFound:
-            return None, None
+            fd = None
         except DomainError as exc:
             raise _Reject(_reason(exc)) from None
-        return res.lstat(), res
+        self.dirs[parts] = fd
+        return fd
+
+    def _lstat(self, parts: tuple[str, ...]) -> tuple[os.stat_result | None, int | None]:
+        fd = self._dir(parts[:-1])
+        if fd is None:
+            return None, None
+        try:
+            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False), fd
+        except FileNotFoundError:
+            return None, fd
+        except OSError as exc:
+            raise _Reject(_reason(os_error(exc, join(parts)))) from None
 
     def read(self, parts: tuple[str, ...]) -> _DiskFile | None:
         if parts in self.files:
             return self.files[parts]
-        st, res = self._lstat(parts)
-        if res is None:
+        st, fd = self._lstat(parts)
+        if st is None or fd is None:
             self.files[parts] = None
             return None
-        with res:
-            if st is None:
-                self.files[parts] = None
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                raise _Reject("is a symbolic link; patches do not follow links")
-            if stat.S_ISDIR(st.st_mode):
-                raise _Reject("is a directory")
-            try:
-                fd, fst = self.root.open_regular(res)
-            except DomainError as exc:
-                raise _Reject(_reason(exc)) from None
-            try:
-                data = read_fd(fd, self.limits.max_file_bytes, res.path, fst.st_size)
-            finally:
-                os.close(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise _Reject("is a symbolic link; patches do not follow links")
+        if stat.S_ISDIR(st.st_mode):
+            raise _Reject("is a directory")
+        try:
+            file_fd, fst = self.root.open_regular(Resolved(fd, parts[-1], parts))
+        except DomainError as exc:
+            raise _Reject(_reason(exc)) from None
+        try:
+            data = read_fd(file_fd, self.limits.max_file_bytes, join(parts), fst.st_size)
+        finally:
+            os.close(file_fd)
         found = _DiskFile(data, fst.st_mode, hashlib.sha256(data).hexdigest())
         self.files[parts] = found
         return found
 
     def exists(self, parts: tuple[str, ...]) -> bool:
-        st, res = self._lstat(parts)
-        if res is not None:
-            res.close()
-        return st is not None
+        return self._lstat(parts)[0] is not None
 
     def check_parents(self, parts: tuple[str, ...]) -> None:
         """A new file's parents must be directories (or missing), never links or files."""
         for depth in range(1, len(parts)):
-            st, res = self._lstat(parts[:depth])
-            if res is not None:
-                res.close()
+            if parts[:depth] in self.dirs and self.dirs[parts[:depth]] is not None:
+                continue
+            st, _fd = self._lstat(parts[:depth])
             if st is None:
                 return
             if not stat.S_ISDIR(st.st_mode):
@@ -139,13 +156,14 @@ def _perms(patch: FilePatch, old_mode: int | None) -> int:
     return perms
 
 
-def _check(root: Root, patches: list[FilePatch], limits: PatchLimits) -> tuple[list[FileCheck], dict[int, Any]]:
+def _check(
+    root: Root, patches: list[FilePatch], limits: PatchLimits, tree: _Tree
+) -> tuple[list[FileCheck], dict[int, Any]]:
     """Apply every patch in memory; return per-file checks and the results of those that apply."""
     table: dict[tuple[str, ...], object] = {}
     for patch in patches:
         if patch.old_parts is not None and (patch.is_delete > 0 or patch.is_rename):
             table[patch.old_parts] = _TO_BE_DELETED
-    tree = _Tree(root, limits)
     checks: list[FileCheck] = []
     results: dict[int, _Result] = {}
     for index, patch in enumerate(patches):
@@ -250,15 +268,16 @@ def validate(
     limits = limits or PatchLimits()
     patches, _digest, _size = parsed(diff, limits, strip)
     with Root(root_dir) as root:
-        checks, _ = _check(root, patches, limits)
+        tree = _Tree(root, limits)
+        try:
+            checks, _ = _check(root, patches, limits, tree)
+        finally:
+            tree.close()
     return ValidateResult(ok=all(check.applies for check in checks), files=checks)
 
 
-def _base_mismatches(
-    root: Root, patches: list[FilePatch], base_hashes: dict[str, str], limits: PatchLimits
-) -> list[dict[str, str | None]]:
+def _base_mismatches(tree: _Tree, patches: list[FilePatch], base_hashes: dict[str, str]) -> list[dict[str, str | None]]:
     touched = {p.old_parts for p in patches if p.old_parts} | {p.new_parts for p in patches if p.new_parts}
-    tree = _Tree(root, limits)
     mismatches: list[dict[str, str | None]] = []
     for path, expected in base_hashes.items():
         parts = normalize(path)
@@ -286,8 +305,12 @@ def apply(
     limits = limits or PatchLimits()
     patches, digest, size = parsed(diff, limits, strip)
     with Root(root_dir) as root, root.lock():
-        mismatches = _base_mismatches(root, patches, base_hashes or {}, limits)
-        checks, results = _check(root, patches, limits)
+        tree = _Tree(root, limits)
+        try:
+            mismatches = _base_mismatches(tree, patches, base_hashes or {})
+            checks, results = _check(root, patches, limits, tree)
+        finally:
+            tree.close()
         failing = [check for check in checks if not check.applies]
         if mismatches or failing:
             files = [msgspec.to_builtins(check) for check in checks]
