@@ -560,10 +560,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per run")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for stragglers")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--server", default="app", choices=["app", "raw", "litestar-sse", "app-profile"])
+    parser.add_argument("--server", default="app", choices=["app", "raw", "litestar-sse", "app-profile", "app-diag"])
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the no-HTTP runs")
     parser.add_argument("--redis-url", default=os.environ.get("CODEHUB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--nice", type=int, default=0, help="priority change for the bench's processes (e.g. -10 on a busy shared box)"
+    )
     parser.add_argument("--json", help="also write the result rows to this file")
     parser.add_argument("--role", default="orchestrator", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -579,6 +582,8 @@ def main() -> None:
         anyio.run(ceiling_main, args.count, args.redis_url, args.prefix, backend_options=uvloop)
         return
     args.subscribers = [int(s) for s in args.subscribers.split(",") if s]
+    if args.nice:
+        os.nice(args.nice)  # inherited by the hub, the clients and the ceiling process
     if not args.port:
         import socket
 

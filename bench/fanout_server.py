@@ -2,7 +2,8 @@
 
 - ``raw``: a raw ASGI app (no Litestar, no auth): the same hub and SSE framing, batched frames;
 - ``litestar-sse``: Litestar's ``ServerSentEvent`` with one ``ServerSentEventMessage`` per event;
-- ``app-profile``: the real app (``create_app``) under cProfile; the top functions go to a file at exit.
+- ``app-profile``: the real app (``create_app``) under cProfile; the top functions go to a file at exit;
+- ``app-diag``: the real app, recording event-loop lag and garbage-collector pauses (to a file at exit).
 
     python bench/fanout_server.py raw 8123      # settings from CODEHUB_* (Redis URL and prefix)
 """
@@ -15,6 +16,7 @@ import pstats
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -101,6 +103,60 @@ def litestar_sse_app(settings: Settings) -> Any:
     return Litestar([ready, events], lifespan=[lifespan], logging_config=None)
 
 
+DIAG: dict[str, list[float]] = {"lag": [], "gc": []}
+
+
+def diagnosed(inner: Any) -> Any:
+    """Wrap an ASGI app: sample event-loop lag every 5 ms and time every garbage collection."""
+    import gc
+
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            DIAG["gc"].append((time.perf_counter() - started[0]) * 1000)
+
+    gc.callbacks.append(on_gc)
+
+    async def lag_monitor() -> None:
+        import anyio
+
+        while True:
+            before = time.perf_counter()
+            await anyio.sleep(0.005)
+            DIAG["lag"].append((time.perf_counter() - before - 0.005) * 1000)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await inner(scope, receive, send)
+            return
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lag_monitor)
+            await inner(scope, receive, send)
+            tg.cancel_scope.cancel()
+
+    return app
+
+
+def write_diag() -> None:
+    lines = []
+    for name, values in DIAG.items():
+        values = sorted(values)
+        if values:
+            pick = [values[int(q * (len(values) - 1))] for q in (0.5, 0.9, 0.99, 1.0)]
+            lines.append(
+                f"{name}: n={len(values)} p50/p90/p99/max ms = "
+                + " / ".join(f"{v:.1f}" for v in pick)
+                + f"  total {sum(values):.0f} ms"
+            )
+    target = Path(tempfile.gettempdir()) / "codehub-fanout-diag.txt"
+    target.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     settings = load_settings()
@@ -113,9 +169,14 @@ def main() -> None:
         from app.factory import create_app
 
         app = create_app(settings)
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.process_time)  # CPU time: immune to other processes on the machine
         profiler.enable()
         # uvicorn re-raises SIGTERM after its graceful shutdown: exit through ``finally`` instead of dying.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    elif kind == "app-diag":
+        from app.factory import create_app
+
+        app = diagnosed(create_app(settings))
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     else:
         raise SystemExit(f"unknown server kind {kind!r}")
@@ -130,6 +191,8 @@ def main() -> None:
             timeout_graceful_shutdown=2,
         )
     finally:
+        if kind == "app-diag":
+            write_diag()
         if profiler is not None:
             profiler.disable()
             out = io.StringIO()
