@@ -62,7 +62,13 @@ def entity_tags(header: str | None) -> list[str]:
 
 
 async def workspace_root(ctx: AppContext, ws: Workspace) -> Path:
-    """The workspace's directory (created when missing: a workspace that never ran has no files yet)."""
+    """The workspace's directory (created when missing: a workspace that never ran has no files yet).
+
+    Reaching the files of a workspace counts as activity for its idle stop.
+    """
+    lifecycle = ctx.extras.get("lifecycle")
+    if lifecycle is not None:
+        await lifecycle.touch(ws.id, "files")
     root = ctx.settings.resolved_workspaces_dir / ws.id
     await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
     return root
