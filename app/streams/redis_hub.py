@@ -44,6 +44,14 @@ log = logging.getLogger("codehub.events")
 
 PUBLISH_LUA = """
 local n = redis.call('INCR', KEYS[1])
+local topics = {}
+for i = 6, #ARGV do topics[#topics + 1] = ARGV[i] end
+-- ids must grow in every stream: if the counter was lost while streams were kept, jump past them
+local jumped = false
+for _, last in ipairs(redis.call('HMGET', KEYS[2], unpack(topics))) do
+  if last and tonumber(last) >= n then n = tonumber(last) + 1; jumped = true end
+end
+if jumped then redis.call('SET', KEYS[1], n) end
 local sn = tostring(n)
 local id = sn .. '-0'
 local event = '{"id":"' .. sn .. '",' .. ARGV[4]
@@ -71,9 +79,13 @@ def _unavailable(exc: BaseException | None = None) -> ServiceUnavailable:
     return ServiceUnavailable(f"{detail}: {exc}" if exc else detail, code="events_unavailable")
 
 
-def _entry_item(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Item, list[str]]:
-    head = fields[b"h"].decode().split(" ")
-    return Item(int(entry_id.split(b"-", 1)[0]), head[0], fields[b"e"]), head[1:]
+def _entry_items(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[Item, list[str]]]:
+    out = []
+    for entry_id, fields in entries:
+        if b"h" in fields and b"e" in fields:  # entries not written by the publish script are skipped
+            head = fields[b"h"].decode(errors="replace").split(" ")
+            out.append((Item(int(entry_id.split(b"-", 1)[0]), head[0], fields[b"e"]), head[1:]))
+    return out
 
 
 class RedisHub:
@@ -253,12 +265,12 @@ class RedisHub:
                         pipe.xrange(self._stream(name), min=f"({cursors[name]}-0", max="+", count=REPLAY_PAGE)
                     results = await pipe.execute()
                 for name, entries in zip(need, results, strict=True):
-                    buffers[name].extend(_entry_item(eid, fields) for eid, fields in entries)
+                    buffers[name].extend(_entry_items(entries))
                     if entries:
-                        cursors[name] = buffers[name][-1][0].seq
+                        cursors[name] = int(entries[-1][0].split(b"-", 1)[0])
                     if len(entries) < REPLAY_PAGE:
                         open_topics.discard(name)
-            bound = min((buffers[name][-1][0].seq for name in open_topics), default=None)
+            bound = min((cursors[name] for name in open_topics), default=None)
             merged: dict[int, tuple[Item, list[str]]] = {}
             for name in names:
                 buffer = buffers[name]
@@ -283,7 +295,9 @@ class RedisHub:
                 await anyio.sleep(delay)
             try:
                 await self._listen()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # the reader must outlive anything: Redis errors and our own bugs alike
+                if not isinstance(exc, REDIS_ERRORS):
+                    log.exception("event hub reader failed; restarting it")
                 if self._listening:
                     self._went_down()
                     log.warning("event hub lost its Redis pub/sub connection (%s); reconnecting", exc)
@@ -334,7 +348,10 @@ class RedisHub:
 
     def _on_message(self, data: bytes) -> None:
         head, _, raw = data.partition(b"\n")
-        parts = head.decode().split(" ")
+        parts = head.decode(errors="replace").split(" ")
+        if len(parts) < 3 or not parts[0].isdecimal():
+            log.warning("event hub: ignoring a malformed message on %s: %r", self._channel, data[:80])
+            return
         seq = int(parts[0])
         if self._last_seen is None or seq > self._last_seen:
             self._last_seen = seq

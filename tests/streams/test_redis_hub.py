@@ -164,3 +164,36 @@ async def test_a_hub_started_while_redis_is_down_connects_when_it_comes_up(tmp_p
             async with hub.subscribe(["t:a"]) as sub:
                 event_id = await hub.publish("t:a", "x", {})
                 assert [e.id for e in await take(sub, 1)] == [event_id]
+
+
+async def test_garbage_on_the_channel_or_in_a_stream_does_not_stop_the_reader(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    async with redis_hub(tmp_path, redis_prefix) as hub, hub.subscribe(["t:a"]) as sub:
+        first = await hub.publish("t:a", "x", {})
+        admin = aredis.Redis.from_url(REDIS_URL)
+        try:
+            await admin.publish(f"{redis_prefix}:events", b"not an event")
+            await admin.publish(f"{redis_prefix}:events", b"\xff\xfe")
+            await admin.xadd(f"{redis_prefix}:events:t:t:a", {"x": "y"}, id=f"{first}-1")
+        finally:
+            await admin.aclose()
+        second = await hub.publish("t:a", "x", {})
+        assert [e.id for e in await take(sub, 2)] == [first, second]
+        async with hub.subscribe(["t:a"], since_earliest=True) as replay:
+            assert [e.id for e in await take(replay, 2)] == [first, second]
+        assert hub.stats()["up"]
+
+
+async def test_a_lost_counter_does_not_break_publishing(tmp_path: Path, redis_prefix: str) -> None:
+    async with redis_hub(tmp_path, redis_prefix) as hub:
+        before = [int(await hub.publish("t:a", "x", {})) for _ in range(3)]
+        admin = aredis.Redis.from_url(REDIS_URL)
+        try:
+            await admin.delete(f"{redis_prefix}:events:seq")  # e.g. evicted, or deleted by hand
+        finally:
+            await admin.aclose()
+        after = int(await hub.publish("t:a", "x", {}, also=["t:b"]))
+        assert after > before[-1]
+        async with hub.subscribe(["t:a"], since_earliest=True) as replay:
+            assert [int(e.id) for e in await take(replay, 4)] == [*before, after]
