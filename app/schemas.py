@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -151,6 +152,17 @@ class WorkspaceOut(msgspec.Struct):
     stopped_at: datetime | None
     last_activity_at: datetime | None
     last_activity_source: str | None
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Any]) -> list[WorkspaceOut]:
+        """Shape plain result rows of the ``workspaces`` columns (``WorkspaceService.list``) by position:
+        a few times faster than attribute access on each row of a 50-row page."""
+        if not rows:
+            return []
+        keys = list(rows[0]._fields)
+        positions = [keys.index(name) if name != "url" else -1 for name in cls.__struct_fields__]
+        id_at = keys.index("id")
+        return [cls(*[row[i] if i >= 0 else f"/w/{row[id_at]}/" for i in positions]) for row in rows]
 
     @classmethod
     def of(cls, ws: Workspace) -> WorkspaceOut:

@@ -74,7 +74,7 @@ class WorkspacesController(Controller):
         rows, next_cursor = await workspaces.list(
             principal, all_users=all_users, states=states or (), limit=limit, cursor=cursor
         )
-        return WorkspacePage([WorkspaceOut.of(ws) for ws in rows], next_cursor)
+        return WorkspacePage(WorkspaceOut.of_rows(rows), next_cursor)
 
     @get("/{workspace_id:str}", operation_id="getWorkspace", responses=error_responses(401, 404))
     async def get_workspace(
