@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +41,7 @@ from app.services.ai_prompts import explain_messages, rewrite_messages
 from app.services.ai_rewrite import extract_code, replace_range, unified_diff
 from app.services.audit import AuditEntry
 from app.services.llm import ChatStream, LLMClient, Message
+from app.services.paths import normalize
 from app.settings import Settings
 
 Kind = Literal["explain", "rewrite"]
@@ -161,6 +164,19 @@ class _Tokens:
         return taken or None
 
 
+INLINE_CONTEXT_BYTES = 262_144
+
+
+def _small_file(root: Path, path: str) -> bool:
+    """True when the target is a regular file of at most ``INLINE_CONTEXT_BYTES`` (only used to choose where
+    the context is built; the build itself reads through the safe-path layer and raises its errors)."""
+    try:
+        info = os.stat(root.joinpath(*normalize(path)))
+    except (OSError, DomainError):
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= INLINE_CONTEXT_BYTES
+
+
 def sha256_hex(text: str) -> str:
     """Hex sha256 of UTF-8 text."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -210,6 +226,8 @@ class AIService:
             max_bytes=self.settings.max_file_bytes,
             must_fit=must_fit,
         )
+        if _small_file(request.root, request.path):
+            return build()  # a few small reads: cheaper here than a thread hop and the GIL contention of many
         return await anyio.to_thread.run_sync(build)
 
     async def _publish(

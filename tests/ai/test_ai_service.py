@@ -15,7 +15,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from app.errors import BadGateway, NotFound, TooManyRequests, Unprocessable
+from app.errors import BadGateway, DomainError, NotFound, TooManyRequests, Unprocessable
 from app.services.ai import AIEvent, AIJob, AIRequest, AIService, Kind
 from app.services.audit import AuditEntry
 from app.services.llm import LLMClient
@@ -260,3 +260,16 @@ async def test_rewrite_failures(fake_llm: FakeLLM, tmp_path: Path) -> None:
     assert cut[-1].type == "ai.error" and cut[-1].data["error"] == "ai_answer_truncated"
     assert empty[-1].type == "ai.error" and empty[-1].data["error"] == "ai_no_code"
     assert [a.outcome for a in h.audits] == ["error:ai_answer_truncated", "error:ai_no_code"]
+
+
+async def test_big_targets_are_read_in_a_worker_thread(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    (tmp_path / "big.py").write_text("".join(f"v{i} = {i}\n" for i in range(40_000)))  # > 256 KiB
+    (tmp_path / "small.py").write_text("x = 1\n")
+    (tmp_path / "link.py").symlink_to("/etc/hostname")
+    async with harness(fake_llm, tmp_path) as h:
+        big = await h.run("explain", "big.py", start_line=20_000, end_line=20_001)
+        small = await h.run("explain", "small.py")
+        with pytest.raises(DomainError):
+            await h.start("explain", "link.py")  # the stat says "small", the safe read still refuses
+    assert big[-1].type == small[-1].type == "ai.done"
+    assert "v20000 = 20000" in fake_llm.chat_requests[0].text
