@@ -110,6 +110,7 @@ class RequestContextMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         rid_header = (b"x-request-id", request_id.encode())
+        started = time.perf_counter()
         try:
             scope["user"] = await self._principal(scope)
         except DomainError as exc:
@@ -118,6 +119,7 @@ class RequestContextMiddleware:
                 body = msgspec.json.encode(exc.to_body())
                 for message in _json_error(exc.status, body, request_id, [(b"www-authenticate", b"Bearer")]):
                     await send(message)
+                self._record(scope, exc.status, started, time.perf_counter())
                 return
         if scope["user"] is not None:
             structlog.contextvars.bind_contextvars(user_id=scope["user"].user_id)
@@ -127,7 +129,6 @@ class RequestContextMiddleware:
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         status = 0
         headers_at = 0.0
 
@@ -143,18 +144,21 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            ended = time.perf_counter()
-            route = scope.get("path_template") or "unmatched"
             # An event stream lasts as long as the client stays: its latency is the time to the headers.
-            metrics.observe_http(scope["method"], route, status, (headers_at or ended) - started)
-            access_log.info(
-                "request",
-                method=scope["method"],
-                path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
-                route=route,
-                status=status,
-                duration_ms=round((ended - started) * 1000, 2),
-            )
+            self._record(scope, status, started, time.perf_counter(), headers_at)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, started: float, ended: float, headers_at: float = 0.0) -> None:
+        route = scope.get("path_template") or "unmatched"
+        metrics.observe_http(scope["method"], route, status, (headers_at or ended) - started)
+        access_log.info(
+            "request",
+            method=scope["method"],
+            path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+            route=route,
+            status=status,
+            duration_ms=round((ended - started) * 1000, 2),
+        )
 
     async def _principal(self, scope: Scope) -> Principal | None:
         if scope["path"] in NO_PRINCIPAL_PATHS:

@@ -8,6 +8,7 @@ so it still answers, reporting ``codehub_dependency_up{name="database"} 0``, whi
 from __future__ import annotations
 
 import hmac
+import importlib.metadata
 from typing import Any
 
 import anyio
@@ -51,7 +52,11 @@ async def ops_startup(ctx: AppContext) -> None:
     ctx.extras[API_LIMIT] = api_limit(ctx.settings)
     stats = getattr(ctx.events, "stats", None)
     forget = metrics.HUB_STATS.add(stats) if stats is not None else None
-    metrics.INFO.labels("0.1.0", getattr(ctx.events, "backend", "unknown")).set(1)
+    try:
+        version = importlib.metadata.version("code-hub")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    metrics.INFO.labels(version, getattr(ctx.events, "backend", "unknown")).set(1)
 
     async def undo_at_shutdown() -> None:
         try:

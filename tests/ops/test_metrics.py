@@ -84,3 +84,23 @@ async def test_metrics_answer_while_the_database_is_down(tmp_path: Path, postgre
         assert r.status_code == 200
         assert sample_value(r.text, "codehub_dependency_up", name="database") == 0
         assert (await anon.get("/ready")).status_code == 503
+
+
+async def test_refused_tokens_are_counted_and_logged_by_route(hub: Hub) -> None:
+    async with hub.client("not-a-token") as client:
+        before = sample_value(
+            (await client.get("/metrics")).text,
+            "codehub_http_requests_total",
+            method="GET",
+            route="/api/workspaces/{workspace_id}",
+            status="401",
+        )
+        assert (await client.get("/api/workspaces/abc123")).status_code == 401
+        after = sample_value(
+            (await client.get("/metrics")).text,
+            "codehub_http_requests_total",
+            method="GET",
+            route="/api/workspaces/{workspace_id}",
+            status="401",
+        )
+    assert (after or 0) == (before or 0) + 1
