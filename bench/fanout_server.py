@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import signal
 import sys
@@ -174,7 +175,12 @@ def main() -> None:
         # uvicorn re-raises SIGTERM after its graceful shutdown: exit through ``finally`` instead of dying.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     elif kind == "app-diag":
+        import gc
+
         from app.factory import create_app
+
+        if os.environ.get("BENCH_GC_THRESHOLD"):
+            gc.set_threshold(*(int(v) for v in os.environ["BENCH_GC_THRESHOLD"].split(",")))
 
         app = diagnosed(create_app(settings))
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
