@@ -209,7 +209,7 @@ async def ceiling_main(count: int, redis_url: str, prefix: str) -> None:
     """Role ``ceiling``: the same hub without HTTP, ``count`` in-process consumers of one subscription."""
     from app.settings import load_settings
     from app.streams.fanout import PING
-    from app.streams.hub import open_hub
+    from app.streams.hub import open_hub, tune_gc_for_streaming
 
     settings = load_settings(environ={}, redis_url=redis_url, redis_prefix=prefix, log_level="warning")
     tally = Tally()
@@ -235,6 +235,7 @@ async def ceiling_main(count: int, redis_url: str, prefix: str) -> None:
             last.append(-1)
             tg.start_soon(consume, slot)
         await ready.wait()
+        tune_gc_for_streaming()  # as the app's events_startup does
         print(f"connected {count} 0", flush=True)
         _, target, timeout = (await read_command()).split()
         await wait_drained(lambda: last, int(target), float(timeout))
