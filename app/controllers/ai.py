@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import anyio
 import msgspec
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -43,6 +44,7 @@ from app.streams.fanout import Item, encode_body, with_id
 from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
 
 AI_SERVICE = "ai_service"
+log = structlog.get_logger("app.ai")
 AI_OWNERS = "ai_owners"
 AI_WORKSPACE_CACHE = "ai_workspace_cache"
 Line = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
@@ -209,8 +211,24 @@ class AIController(Controller):
             http_request_id=request_id_of(request.scope),
         )
         owners: AIOwners = ctx.extras[AI_OWNERS]
-        await owners.remember(ai_request.request_id, principal.user_id)
-        return await service.start(kind, ai_request, ctx.tasks)
+        outcome: AIJob | DomainError | None = None
+
+        async def remember() -> None:  # overlaps the upstream call (a Redis round trip on Redis deployments)
+            try:
+                await owners.remember(ai_request.request_id, principal.user_id)
+            except Exception:  # the owner then cannot follow the topic (fails closed); the request still runs
+                log.warning("ai.owner_not_recorded", request_id=ai_request.request_id, exc_info=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(remember)
+            try:
+                outcome = await service.start(kind, ai_request, ctx.tasks)
+            except DomainError as exc:
+                outcome = exc
+        if isinstance(outcome, DomainError):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
     async def _answer(self, kind: Kind, request: Request, ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
         if _wants_sse(request):
