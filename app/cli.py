@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app import db
     from app.factory import create_app
+    from app.streams.relay_splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
@@ -47,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             log_config=None,
             lifespan="on",
+            ws=SpliceProtocol,
         )
         return 0
     uvicorn.run(
@@ -59,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         ws_max_size=16 * 1024 * 1024,
         proxy_headers=False,
+        ws=SpliceProtocol,
     )
     return 0
 

@@ -1,7 +1,7 @@
 """A tiny, fast upstream for the relay bench: HTTP 1 KiB answers (keep-alive) and a WebSocket echo, one port.
 
 Raw asyncio protocol on uvloop: httptools parses HTTP, websockets' sans-I/O ``ServerProtocol`` speaks
-WebSocket on connections whose first request asks to upgrade. Fast enough that proxies, not this server,
+WebSocket on connections whose request asks to upgrade. Fast enough that proxies, not this server,
 are what a bench measures.
 
 Usage: ``python bench/upstream.py --port PORT [--size 1024]``; prints ``ready`` once listening.
@@ -17,28 +17,26 @@ import httptools
 import uvloop
 from websockets.frames import Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 
 class Upstream(asyncio.Protocol):
-    """One connection: plain HTTP until (unless) its first request is a WebSocket upgrade."""
+    """One connection: plain HTTP until (unless) a request asks to upgrade to WebSocket."""
 
     def __init__(self, response: bytes) -> None:
         self.response = response
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.ws: ServerProtocol | None = None
-        self.first = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.first:
-            self.first = False
-            head = data.split(b"\r\n\r\n", 1)[0].lower()
-            if b"upgrade: websocket" in head:
-                self.ws = ServerProtocol(max_size=None)
+        if self.ws is None and b"ebsocket" in data and b"upgrade: websocket" in data.lower():
+            # a proxy may send the upgrade on a keep-alive connection it used for plain requests before
+            self.ws = ServerProtocol(max_size=None)
         if self.ws is not None:
             self.ws.receive_data(data)
             self._pump_ws()
@@ -59,6 +57,8 @@ class Upstream(asyncio.Protocol):
         for event in ws.events_received():
             if isinstance(event, Request):
                 ws.send_response(ws.accept(event))
+            elif ws.state is not State.OPEN:
+                continue  # closing: frames that arrived with the close are not echoed
             elif event.opcode is Opcode.TEXT:
                 ws.send_text(event.data)
             elif event.opcode is Opcode.BINARY:

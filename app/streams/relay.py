@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -28,12 +28,13 @@ from app.services.audit import AuditEntry
 from app.services.auth import Principal
 from app.streams import relay_pages as pages
 from app.streams.relay_access import (
-    SESSION_COOKIE,
     Credentials,
     Route,
     RouteCache,
     header,
     origin_allowed,
+    rewrite_location,
+    rewrite_set_cookie,
     session_cookie,
     strip_session_cookie,
     without_access_token,
@@ -89,12 +90,11 @@ class Relay:
             await lifecycle.touch(workspace_id, source)
 
     async def hold(self) -> None:
-        """Live as long as the app; close idle upstream connections at shutdown."""
+        """Live as long as the app (expiring requests the IDE leaves unanswered); close the pool at shutdown."""
         try:
-            await anyio.sleep_forever()
+            await self.pool.expire()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.pool.aclose()
+            self.pool.close()
 
     # -- entry ---------------------------------------------------------------------------------------------
 
@@ -343,7 +343,8 @@ class Relay:
             query = without_access_token(query)
         target = (rest + (b"?" + query if query else b"")).decode("latin-1")
         relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
-        await relay.run(route.endpoint, target, up_headers, host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode())
+        host = host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
+        await relay.run(route.endpoint, target, up_headers, host, prefix)
 
     # -- lifecycle events ----------------------------------------------------------------------------------
 
@@ -376,52 +377,6 @@ class Relay:
         if item.type in _LIFECYCLE_END or item.type == "workspace.stopping":
             self.stats.forget(workspace_id)
             self.activity.forget(workspace_id)
-
-
-def rewrite_location(value: bytes, prefix: bytes, host: bytes, upstream: str) -> bytes:
-    """Keep redirects under ``/w/{id}/``: absolute paths get the prefix, absolute URLs naming the IDE's
-    address or the public host are pointed at the public host with the prefix; relative ones stay."""
-    if value.startswith(b"/") and not value.startswith(b"//"):
-        return value if value == prefix or value.startswith(prefix + b"/") else prefix + value
-    text = value.decode("latin-1")
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return value
-    if not parts.netloc:
-        return value
-    public = host.decode("latin-1")
-    if parts.netloc not in (upstream, public):
-        return value
-    path = parts.path or "/"
-    prefix_text = prefix.decode()
-    if not (path == prefix_text or path.startswith(prefix_text + "/")):
-        path = prefix_text + path
-    return urlunsplit((parts.scheme, public, path, parts.query, parts.fragment)).encode("latin-1")
-
-
-def rewrite_set_cookie(value: bytes, prefix: bytes) -> bytes | None:
-    """Scope an IDE cookie to ``/w/{id}/`` (its Path prefixed, its Domain removed); None drops it (the IDE
-    may not set the hub's session cookie)."""
-    parts = [p.strip() for p in value.split(b";")]
-    name = parts[0].partition(b"=")[0].strip()
-    if name == SESSION_COOKIE.encode():
-        return None
-    out = [parts[0]]
-    for attr in parts[1:]:
-        key, _, val = attr.partition(b"=")
-        lowered = key.strip().lower()
-        if lowered == b"domain":
-            continue
-        if lowered == b"path":
-            path = val.strip() or b"/"
-            if not path.startswith(b"/"):
-                path = b"/"
-            if not (path == prefix or path.startswith(prefix + b"/")):
-                path = prefix + path
-            attr = b"Path=" + path
-        out.append(attr)
-    return b"; ".join(out)
 
 
 class WorkspaceFront:

@@ -7,13 +7,14 @@
   and dropped at once when a lifecycle event for the workspace arrives (``forget``).
 - ``origin_allowed``: WebSocket upgrades must come from the hub's own origin (``public_url`` or the request's
   Host) or one of ``allowed_origins`` — cross-site WebSocket hijacking rides on cookies otherwise.
+- ``rewrite_location`` / ``rewrite_set_cookie``: what the IDE sends back stays under ``/w/{id}/``.
 """
 
 from __future__ import annotations
 
 import time
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
@@ -210,3 +211,49 @@ def origin_allowed(origin: bytes | None, host: bytes | None, settings: Settings)
     if given in allowed:
         return True
     return host is not None and _netloc(parts.scheme, host.decode("latin-1")) == _netloc(parts.scheme, parts.netloc)
+
+
+def rewrite_location(value: bytes, prefix: bytes, host: bytes, upstream: str) -> bytes:
+    """Keep redirects under ``/w/{id}/``: absolute paths get the prefix, absolute URLs naming the IDE's
+    address or the public host are pointed at the public host with the prefix; relative ones stay."""
+    if value.startswith(b"/") and not value.startswith(b"//"):
+        return value if value == prefix or value.startswith(prefix + b"/") else prefix + value
+    text = value.decode("latin-1")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return value
+    if not parts.netloc:
+        return value
+    public = host.decode("latin-1")
+    if parts.netloc not in (upstream, public):
+        return value
+    path = parts.path or "/"
+    prefix_text = prefix.decode()
+    if not (path == prefix_text or path.startswith(prefix_text + "/")):
+        path = prefix_text + path
+    return urlunsplit((parts.scheme, public, path, parts.query, parts.fragment)).encode("latin-1")
+
+
+def rewrite_set_cookie(value: bytes, prefix: bytes) -> bytes | None:
+    """Scope an IDE cookie to ``/w/{id}/`` (its Path prefixed, its Domain removed); None drops it (the IDE
+    may not set the hub's session cookie)."""
+    parts = [p.strip() for p in value.split(b";")]
+    name = parts[0].partition(b"=")[0].strip()
+    if name == SESSION_COOKIE.encode():
+        return None
+    out = [parts[0]]
+    for attr in parts[1:]:
+        key, _, val = attr.partition(b"=")
+        lowered = key.strip().lower()
+        if lowered == b"domain":
+            continue
+        if lowered == b"path":
+            path = val.strip() or b"/"
+            if not path.startswith(b"/"):
+                path = b"/"
+            if not (path == prefix or path.startswith(prefix + b"/")):
+                path = prefix + path
+            attr = b"Path=" + path
+        out.append(attr)
+    return b"; ".join(out)

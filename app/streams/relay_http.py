@@ -1,16 +1,17 @@
-"""The relay's upstream HTTP/1.1 leg: a keep-alive pool on anyio TCP streams, responses parsed by httptools.
+"""The relay's upstream HTTP/1.1 leg: a keep-alive pool of ``Link`` connections, responses parsed by httptools.
 
-Why not httpx or aiohttp here: measured with ``bench/relay.py --clients`` (1 KiB answers, 50 concurrent,
+Why not httpx or aiohttp here: measured with ``bench/relay_clients.py`` (1 KiB answers, 50 concurrent,
 one uvicorn worker), a minimal relay over one shared ``httpx.AsyncClient`` does ~400 req/s (its pool under
-concurrency, encode/httpx#3215), over a tuned ``aiohttp.ClientSession`` ~6,500 — both below
-configurable-http-proxy on this machine — while this module's ~150 lines do ~13,000. A relay needs no
-cookies, redirects, decompression or proxies from its client, only framing, which httptools (already
-installed with ``uvicorn[standard]``) does in C.
+concurrency, encode/httpx#3215) and one over a tuned ``aiohttp.ClientSession`` ~6,500, both below
+configurable-http-proxy on this machine, while this module does about twice that. A relay needs no
+cookies, redirects, decompression or proxies from its client, only framing, which httptools (installed
+with ``uvicorn[standard]``) does in C.
 
 Bodies stream both ways: a request body is written as the client sends it (a ``content-length`` is kept,
 otherwise it is re-chunked), the response is passed on chunk by chunk as it is read, so memory per request
 stays at one read buffer. A pooled connection that turns out dead before any response byte is retried once
-on a new connection (requests without a body only).
+on a new connection (requests without a body only). Requests the IDE leaves unanswered for
+``header_timeout`` are aborted by one sweep a second (``UpstreamPool.expire``), not a timer each.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 
 import anyio
 import httptools
-from anyio.abc import SocketStream
 
-READ_SIZE = 65536
+from app.streams.relay_io import Link, open_link
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -39,7 +40,7 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+_IO_ERRORS = (OSError,)  # LinkClosed is a ConnectionError
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -66,16 +67,29 @@ class ClientGone(Exception):
 class _Parsed:
     """httptools callbacks collecting one response."""
 
-    __slots__ = ("chunks", "done", "headers", "headers_done")
+    __slots__ = ("chunks", "done", "framed", "headers", "headers_done", "keep_alive", "parser")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.headers_done = False
         self.done = False
+        self.framed = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    @classmethod
+    def new(cls) -> tuple[_Parsed, Any]:
+        """Callbacks and their parser."""
+        parsed = cls()
+        parser = parsed.parser = httptools.HttpResponseParser(parsed)
+        return parsed, parser
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -85,16 +99,18 @@ class _Parsed:
 
     def on_message_complete(self) -> None:
         self.done = True
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
+        self.parser = None
 
 
 class Conn:
-    """One upstream TCP connection."""
+    """One upstream connection and where it goes."""
 
-    __slots__ = ("idle_since", "key", "stream")
+    __slots__ = ("idle_since", "key", "link")
 
-    def __init__(self, key: tuple[str, int], stream: SocketStream) -> None:
+    def __init__(self, key: tuple[str, int], link: Link) -> None:
         self.key = key
-        self.stream = stream
+        self.link = link
         self.idle_since = 0.0
 
 
@@ -118,6 +134,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.header_timeout = header_timeout
         self._idle: dict[tuple[str, int], deque[Conn]] = {}
+        self.waiting: dict[Exchange, tuple[float, Conn]] = {}
         self.opened = 0
         self.reused = 0
         self.open_now = 0
@@ -125,17 +142,16 @@ class UpstreamPool:
     async def connect(self, key: tuple[str, int]) -> Conn:
         """A new connection (``UpstreamError`` when refused, unreachable or too slow)."""
         try:
-            with anyio.fail_after(self.connect_timeout):
-                stream = await anyio.connect_tcp(key[0], key[1])
+            link = await open_link(key[0], key[1], self.connect_timeout)
         except TimeoutError:
             raise UpstreamError(f"connecting to {key[0]}:{key[1]} timed out", timeout=True) from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}") from None
         self.opened += 1
         self.open_now += 1
-        return Conn(key, stream)
+        return Conn(key, link)
 
-    async def take(self, key: tuple[str, int]) -> Conn | None:
+    def take(self, key: tuple[str, int]) -> Conn | None:
         """An idle connection to ``key`` that is young enough, or None."""
         idle = self._idle.get(key)
         if not idle:
@@ -143,34 +159,47 @@ class UpstreamPool:
         limit = time.monotonic() - self.idle_ttl
         while idle:
             conn = idle.pop()
-            if conn.idle_since >= limit:
+            if conn.idle_since >= limit and not conn.link.closed:
                 self.reused += 1
                 return conn
-            await self.discard(conn)
+            self.discard(conn)
         return None
 
-    async def give_back(self, conn: Conn) -> None:
+    def give_back(self, conn: Conn) -> None:
         """Keep ``conn`` for reuse (or close the oldest when the host already has enough idle ones)."""
         idle = self._idle.setdefault(conn.key, deque())
         if len(idle) >= self.max_idle_per_host:
-            await self.discard(idle.popleft())
+            self.discard(idle.popleft())
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    async def discard(self, conn: Conn) -> None:
-        """Close ``conn`` at once (it returns immediately, even in a cancelled scope)."""
+    def discard(self, conn: Conn) -> None:
+        """Close ``conn`` at once."""
         self.open_now -= 1
-        await anyio.aclose_forcefully(conn.stream)
+        conn.link.abort()
 
-    async def drop_host(self, key: tuple[str, int]) -> None:
+    def drop_host(self, key: tuple[str, int]) -> None:
         """Close every idle connection to ``key`` (its IDE stopped or moved)."""
         for conn in self._idle.pop(key, ()):
-            await self.discard(conn)
+            self.discard(conn)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close every idle connection."""
         for key in list(self._idle):
-            await self.drop_host(key)
+            self.drop_host(key)
+
+    async def expire(self, every: float = 1.0) -> None:
+        """Forever: abort requests whose IDE has not started answering within ``header_timeout``.
+
+        One sweep a second instead of a timer per request: ``anyio.fail_after`` costs about as much as the
+        rest of a small relayed request (measured with ``bench/relay.py``)."""
+        while True:
+            await anyio.sleep(every)
+            now = time.monotonic()
+            for exchange, (deadline, conn) in list(self.waiting.items()):
+                if deadline <= now:
+                    exchange.timed_out = True
+                    conn.link.abort()  # its reader gets LinkClosed
 
     def stats(self) -> dict[str, int]:
         """Connection counters."""
@@ -201,7 +230,7 @@ class Exchange:
     the client connection) and ``ClientGone`` when the client left first.
     """
 
-    __slots__ = ("body_kind", "bytes_down", "bytes_up", "client_gone", "head", "key", "method", "pool")
+    __slots__ = ("body_kind", "bytes_down", "bytes_up", "client_gone", "head", "key", "method", "pool", "timed_out")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], method: str, head: bytes, body_kind: str) -> None:
         self.pool = pool
@@ -212,6 +241,7 @@ class Exchange:
         self.bytes_up = 0
         self.bytes_down = 0
         self.client_gone = False
+        self.timed_out = False
 
     async def run(self, receive: Receive, send: Send, fix_headers: FixHeaders) -> int:
         """Send the request, relay the response; ``fix_headers(status, headers)`` shapes response headers."""
@@ -219,56 +249,59 @@ class Exchange:
         try:
             return await self._respond(conn, parsed, parser, receive, send, fix_headers)
         except BaseException:
-            await self.pool.discard(conn)
+            self.pool.discard(conn)
             raise
 
     async def _request_and_headers(self, receive: Receive) -> tuple[Conn, _Parsed, Any]:
         for attempt in (0, 1):
-            conn = await self.pool.take(self.key) if attempt == 0 else None
+            conn = self.pool.take(self.key) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
                 conn = await self.pool.connect(self.key)
             try:
                 if self.body_kind == "none":
-                    await conn.stream.send(self.head)
+                    await conn.link.send(self.head)
                     parsed, parser = await self._read_headers(conn)
                 else:
                     parsed, parser = await self._with_body(conn, receive)
                 return conn, parsed, parser
             except _IO_ERRORS as exc:
-                await self.pool.discard(conn)
+                self.pool.discard(conn)
+                if self.timed_out:
+                    raise UpstreamError("the IDE did not answer in time", timeout=True) from None
                 if reused and self.body_kind == "none" and self.bytes_down == 0:
                     continue  # a stale keep-alive connection: retry once on a fresh one
                 raise UpstreamError(f"the IDE closed the connection ({type(exc).__name__})") from None
             except httptools.HttpParserError as exc:
-                await self.pool.discard(conn)
+                self.pool.discard(conn)
                 raise UpstreamError(f"the IDE sent a malformed response: {exc}") from None
             except BaseException:
-                await self.pool.discard(conn)
+                self.pool.discard(conn)
                 raise
         raise AssertionError("unreachable")
 
     async def _read_headers(self, conn: Conn) -> tuple[_Parsed, Any]:
-        parsed = _Parsed()
-        parser = httptools.HttpResponseParser(parsed)
+        parsed, parser = _Parsed.new()
+        waiting = self.pool.waiting
+        waiting[self] = (time.monotonic() + self.pool.header_timeout, conn)
         try:
-            with anyio.fail_after(self.pool.header_timeout):
-                while True:
-                    while not parsed.headers_done:
-                        data = await conn.stream.receive(READ_SIZE)
-                        self.bytes_down += len(data)
-                        parser.feed_data(data)
-                    status = parser.get_status_code()
-                    if status < 100 or status >= 200 or status == 101:
-                        return parsed, parser
-                    # an interim answer (103 Early Hints): skip it, the real response follows
-                    rest = b"".join(parsed.chunks)
-                    parsed = _Parsed()
-                    parser = httptools.HttpResponseParser(parsed)
-                    if rest:
-                        parser.feed_data(rest)
-        except TimeoutError:
-            raise UpstreamError("the IDE did not answer in time", timeout=True) from None
+            while True:
+                while not parsed.headers_done:
+                    data = await conn.link.read()
+                    if not data:
+                        raise ConnectionResetError("the IDE closed the connection before answering")
+                    self.bytes_down += len(data)
+                    parser.feed_data(data)
+                status = parser.get_status_code()
+                if status < 100 or status >= 200 or status == 101:
+                    return parsed, parser
+                # an interim answer (103 Early Hints): skip it, the real response follows
+                rest = b"".join(parsed.chunks)
+                parsed, parser = _Parsed.new()
+                if rest:
+                    parser.feed_data(rest)
+        finally:
+            del waiting[self]
 
     async def _with_body(self, conn: Conn, receive: Receive) -> tuple[_Parsed, Any]:
         """Stream the request body while waiting for the response head (the IDE may answer early)."""
@@ -279,7 +312,7 @@ class Exchange:
 
         with _flat_errors():
             async with anyio.create_task_group() as tg:
-                await conn.stream.send(self.head)
+                await conn.link.send(self.head)
                 tg.start_soon(read_head)
                 await self._send_body(conn, receive)
         return result[0]
@@ -294,27 +327,24 @@ class Exchange:
             body = message.get("body", b"")
             if body:
                 self.bytes_up += len(body)
-                await conn.stream.send(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
+                await conn.link.send(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
             if not message.get("more_body", False):
                 break
         if chunked:
-            await conn.stream.send(b"0\r\n\r\n")
+            await conn.link.send(b"0\r\n\r\n")
 
     async def _respond(
         self, conn: Conn, parsed: _Parsed, parser: Any, receive: Receive, send: Send, fix_headers: FixHeaders
     ) -> int:
         status = parser.get_status_code()
-        framed = any(
-            name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower())
-            for name, value in parsed.headers
-        )
+        framed = parsed.framed
         if self.method == "HEAD" or status in (204, 304):
             parsed.done = True
             parsed.chunks.clear()
         await send({"type": "http.response.start", "status": status, "headers": fix_headers(status, parsed.headers)})
         if parsed.done:
             await send({"type": "http.response.body", "body": b"".join(parsed.chunks)})
-            await self._finish(conn, parser, framed)
+            self._finish(conn, parsed, framed)
             return status
         with _flat_errors():
             async with anyio.create_task_group() as tg:
@@ -323,7 +353,7 @@ class Exchange:
                 tg.cancel_scope.cancel()
         if self.client_gone:
             raise ClientGone
-        await self._finish(conn, parser, framed)
+        self._finish(conn, parsed, framed)
         return status
 
     async def _stream_body(self, conn: Conn, parsed: _Parsed, parser: Any, send: Send, framed: bool) -> None:
@@ -338,14 +368,14 @@ class Exchange:
                 await send({"type": "http.response.body", "body": b""})
                 return
             try:
-                data = await conn.stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                if framed:
-                    raise UpstreamBroken("the IDE closed the connection in the middle of a response") from None
-                parsed.done = True  # a response delimited by the connection closing
-                continue
+                data = await conn.link.read()
             except _IO_ERRORS as exc:
                 raise UpstreamBroken(f"the IDE connection broke in the middle of a response ({exc!r})") from None
+            if not data:
+                if framed:
+                    raise UpstreamBroken("the IDE closed the connection in the middle of a response")
+                parsed.done = True  # a response delimited by the connection closing
+                continue
             self.bytes_down += len(data)
             try:
                 parser.feed_data(data)
@@ -361,11 +391,11 @@ class Exchange:
                 scope.cancel()
                 return
 
-    async def _finish(self, conn: Conn, parser: Any, framed: bool) -> None:
-        if framed and parser.should_keep_alive():
-            await self.pool.give_back(conn)
+    def _finish(self, conn: Conn, parsed: _Parsed, framed: bool) -> None:
+        if framed and parsed.keep_alive:
+            self.pool.give_back(conn)
         else:
-            await self.pool.discard(conn)
+            self.pool.discard(conn)
 
 
 @contextmanager

@@ -1,37 +1,55 @@
-"""The relay's WebSocket leg: an ASGI WebSocket (the browser) joined to the IDE over an anyio TCP stream.
+"""The relay's WebSocket leg: an ASGI WebSocket (the browser) joined to the IDE over a ``Link``.
 
-The IDE side speaks WebSocket through ``websockets``' sans-I/O ``ClientProtocol``: no hidden tasks, no
-extra buffering, frames handed over as they are parsed. Why not httpx-ws: a relay over it does about a
-third of the messages per second (``bench/relay.py --clients``), below configurable-http-proxy.
+Toward the IDE the relay is a WebSocket client of its own (``relay_wsframes``: handshake and frame codec,
+no extensions). Why not httpx-ws or the ``websockets`` asyncio client: measured with
+``bench/relay_clients.py``, a minimal relay over httpx-ws does about half the messages per second of one over
+the ``websockets`` client, and even that stays below configurable-http-proxy; the per-message cost that is
+left is mostly uvicorn's own WebSocket handling toward the browser.
 
 One anyio task group per connection: the browser-to-IDE pump runs as a child task, the IDE-to-browser pump
 in the handler's own task; whichever side ends first ends the other. Close codes and reasons cross in both
 directions (1005 "no status" stays without a status; a browser that vanished closes the IDE side with
 1001; an IDE that vanished closes the browser side with 1014 "bad gateway"). Pings are answered on each
-leg by its own protocol (uvicorn toward the browser, ``ClientProtocol`` toward the IDE).
+leg (uvicorn toward the browser, this module toward the IDE).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import Any
 
 import anyio
-from anyio.abc import SocketStream
-from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+import httptools
 
+from app.streams.relay_access import rewrite_set_cookie
+from app.streams.relay_io import Link, open_link
+from app.streams.relay_splice import SPLICE
 from app.streams.relay_stats import WorkspaceCounters
+from app.streams.relay_wsframes import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameReader,
+    HandshakeRefused,
+    ProtocolViolation,
+    check_handshake,
+    close_frame,
+    frame,
+    handshake_request,
+    parse_close,
+)
 
-READ_SIZE = 65536
 MAX_MESSAGE = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 3.0
 IDE_GONE = 1014
+KEEP_FOR_SPLICE = (
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+)
 SKIP_UPSTREAM = frozenset(
     {
         b"host",
@@ -76,6 +94,22 @@ async def deny(scope: dict[str, Any], send: Send, status: int, body: str) -> Non
         await send({"type": "websocket.close", "code": 1008, "reason": body[:120]})
 
 
+class _Head:
+    """httptools callbacks for the IDE's handshake answer."""
+
+    __slots__ = ("headers", "headers_done")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+
 class WebSocketRelay:
     """One relayed WebSocket: handshake with the IDE, then frames both ways until either side closes."""
 
@@ -92,209 +126,278 @@ class WebSocketRelay:
         self.send = send
         self.counters = counters
         self.on_traffic = on_traffic
-        self.proto: ClientProtocol | None = None
-        self.stream: SocketStream | None = None
+        self.link: Link | None = None
         self.client_closed = False
-        self._pending: list[Any] = []
-        self._sending = False
+        self.close_sent = False
 
-    async def run(self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes) -> None:
+    async def run(
+        self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes, prefix: bytes
+    ) -> None:
         """Relay until done; ``target`` is the IDE path with query, ``headers`` already cleaned of credentials."""
         message = await self.receive()
         if message["type"] != "websocket.connect":
             return
+        if SPLICE in self.scope.get("extensions", {}):
+            await self._run_spliced(key, target, headers, host, prefix)
+            return
         try:
-            response = await self._handshake(key, target, headers, host)
+            subprotocol, cookies, leftover = await self._handshake(key, target, headers, host)
         except Denied as exc:
             self.counters.failed_upgrades += 1
             await deny(self.scope, self.send, exc.status, exc.body)
-            await self._close_stream()
+            self._close_link()
             return
-        assert self.proto is not None
         self.counters.websockets_open += 1
         self.counters.websockets_total += 1
         try:
-            accept: dict[str, Any] = {"type": "websocket.accept", "subprotocol": self.proto.subprotocol}
-            cookies = [(b"set-cookie", v.encode("latin-1")) for v in response.headers.get_all("Set-Cookie")]
-            if cookies:
-                accept["headers"] = cookies
+            accept: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
+            kept = [(b"set-cookie", c) for c in (rewrite_set_cookie(v, prefix) for v in cookies) if c is not None]
+            if kept:
+                accept["headers"] = kept
             await self.send(accept)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._browser_to_ide, tg.cancel_scope)
-                await self._ide_to_browser()
+                await self._ide_to_browser(leftover)
                 tg.cancel_scope.cancel()
         finally:
             self.counters.websockets_open -= 1
-            await self._close_stream()
+            self._close_link()
+
+    async def _run_spliced(
+        self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes, prefix: bytes
+    ) -> None:
+        """Handshake with the IDE for the browser, then let the server join the two sockets."""
+        try:
+            head, leftover = await self._splice_handshake(key, target, headers, host, prefix)
+        except Denied as exc:
+            self.counters.failed_upgrades += 1
+            await deny(self.scope, self.send, exc.status, exc.body)
+            self._close_link()
+            return
+        counters = self.counters
+        counters.websockets_open += 1
+        counters.websockets_total += 1
+        try:
+            splice = {"type": SPLICE, "link": self.link, "response": head, "leftover": leftover}
+            await self.send({**splice, "on_up": self._up, "on_down": self._down})
+            while (await self.receive())["type"] != "websocket.disconnect":
+                pass
+            counters.closed("spliced", 0)  # frames are not parsed: the close code is the peers' business
+        finally:
+            counters.websockets_open -= 1
+            self._close_link()
+
+    def _up(self, size: int) -> None:
+        self.counters.bytes_up += size
+        self.on_traffic()
+
+    def _down(self, size: int) -> None:
+        self.counters.bytes_down += size
+        self.on_traffic()
+
+    async def _splice_handshake(
+        self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes, prefix: bytes
+    ) -> tuple[bytes, bytes]:
+        """Send the browser's own handshake (key, extensions, subprotocols) to the IDE; returns the 101 head
+        for the browser (cookies kept under the prefix) and any bytes that followed it."""
+        try:
+            link = self.link = await open_link(key[0], key[1], 10)
+        except (OSError, TimeoutError) as exc:
+            raise Denied(502, f"the IDE is not answering ({exc.__class__.__name__})") from None
+        parts = [b"GET ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host]
+        parts.append(b"\r\nupgrade: websocket\r\nconnection: Upgrade\r\n")
+        for name, value in self.scope["headers"]:
+            if name in KEEP_FOR_SPLICE:
+                parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            if name not in SKIP_UPSTREAM:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        head = _Head()
+        parser = httptools.HttpResponseParser(head)
+        try:
+            with anyio.fail_after(30):
+                await link.send(b"".join(parts))
+                while True:
+                    data = await link.read()
+                    if not data:
+                        raise ConnectionResetError
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as upgrade:
+                        leftover = data[upgrade.args[0] :]
+                        break
+                    if head.headers_done:
+                        status = parser.get_status_code()
+                        raise Denied(status if status >= 400 else 502, f"the IDE refused the WebSocket ({status})")
+        except TimeoutError:
+            raise Denied(504, "the IDE did not complete the WebSocket handshake in time") from None
+        except (OSError, httptools.HttpParserError):
+            raise Denied(502, "the IDE closed the connection during the WebSocket handshake") from None
+        if parser.get_status_code() != 101:
+            raise Denied(502, "the IDE sent an invalid WebSocket handshake")
+        out = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for name, value in head.headers:
+            if name == b"set-cookie":
+                fixed = rewrite_set_cookie(value, prefix)
+                if fixed is None:
+                    continue
+                value = fixed
+            out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out), leftover
 
     async def _handshake(
         self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes
-    ) -> Response:
+    ) -> tuple[str | None, list[bytes], bytes]:
         offered = [
-            Subprotocol(p.strip())
+            p.strip()
             for name, value in self.scope["headers"]
             if name == b"sec-websocket-protocol"
             for p in value.decode("latin-1").split(",")
             if p.strip()
         ]
         try:
-            with anyio.fail_after(10):
-                self.stream = await anyio.connect_tcp(key[0], key[1])
+            link = self.link = await open_link(key[0], key[1], 10)
         except (OSError, TimeoutError) as exc:
             raise Denied(502, f"the IDE is not answering ({exc.__class__.__name__})") from None
-        host_text = key[0] if ":" not in key[0] else f"[{key[0]}]"
-        proto = self.proto = ClientProtocol(
-            parse_uri(f"ws://{host_text}:{key[1]}{target}"), subprotocols=offered or None, max_size=MAX_MESSAGE
+        request, ws_key = handshake_request(
+            target, host, [(n, v) for n, v in headers if n not in SKIP_UPSTREAM], offered
         )
-        request = proto.connect()
-        del request.headers["Host"]
-        request.headers["Host"] = host.decode("latin-1")
-        for name, value in headers:
-            if name not in SKIP_UPSTREAM:
-                request.headers[name.decode("latin-1")] = value.decode("latin-1")
-        proto.send_request(request)
+        head = _Head()
+        parser = httptools.HttpResponseParser(head)
+        leftover = b""
         try:
             with anyio.fail_after(30):
-                await self._flush()
+                await link.send(request)
                 while True:
-                    data = await self.stream.receive(READ_SIZE)
-                    proto.receive_data(data)
-                    for event in proto.events_received():
-                        if isinstance(event, Response):
-                            if proto.handshake_exc is not None:
-                                raise Denied(event.status_code if event.status_code >= 400 else 502, _why(event))
-                            self._pending = proto.events_received()
-                            return event
+                    data = await link.read()
+                    if not data:
+                        raise ConnectionResetError
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as upgrade:
+                        leftover = data[upgrade.args[0] :]
+                        break
+                    if head.headers_done:
+                        break
+            subprotocol = check_handshake(parser.get_status_code(), head.headers, ws_key, offered)
         except TimeoutError:
             raise Denied(504, "the IDE did not complete the WebSocket handshake in time") from None
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, InvalidHandshake):
+        except HandshakeRefused as exc:
+            raise Denied(exc.status if exc.status >= 400 else 502, exc.detail) from None
+        except (OSError, httptools.HttpParserError):
             raise Denied(502, "the IDE closed the connection during the WebSocket handshake") from None
-
-    async def _flush(self) -> None:
-        """Write what the protocol queued. Both pumps call this; while one is writing, the other leaves its
-        bytes to it (the writer loops until the queue is empty), so the stream never has two senders."""
-        assert self.proto is not None and self.stream is not None
-        if self._sending:
-            return
-        self._sending = True
-        try:
-            while out := self.proto.data_to_send():
-                data = b"".join(out)
-                if data:
-                    await self.stream.send(data)
-        finally:
-            self._sending = False
+        cookies = [value for name, value in head.headers if name == b"set-cookie"]
+        return subprotocol, cookies, leftover
 
     async def _browser_to_ide(self, scope: anyio.CancelScope) -> None:
-        proto = self.proto
-        assert proto is not None
+        link = self.link
+        assert link is not None
         counters = self.counters
+        receive = self.receive
+        note = self.on_traffic
         try:
             while True:
-                message = await self.receive()
+                message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
                     text = message.get("text")
                     if text is not None:
-                        data = text.encode()
-                        proto.send_text(data)
+                        payload = text.encode()
+                        data = frame(TEXT, payload)
                     else:
-                        data = message.get("bytes") or b""
-                        proto.send_binary(data)
-                    counters.bytes_up += len(data)
-                    self.on_traffic()
-                    await self._flush()
+                        payload = message.get("bytes") or b""
+                        data = frame(BINARY, payload)
+                    counters.bytes_up += len(payload)
+                    note()
+                    await link.send(data)
                 elif kind == "websocket.disconnect":
                     self.client_closed = True
                     code = message.get("code", 1005)
                     if code == 1005 and "reason" not in message:
                         code = 1006  # uvicorn reports a dropped connection as 1005 without a reason
                     counters.closed("client", code)
-                    await self._close_ide(code, message.get("reason") or "")
+                    self._close_ide(code, message.get("reason") or "")
                     break
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, InvalidState):
+        except OSError:
             pass
         await anyio.sleep(CLOSE_TIMEOUT)  # the other pump ends first when the IDE answers the close
         scope.cancel()
 
-    async def _close_ide(self, code: int, reason: str) -> None:
-        """Pass the browser's close on, then give the IDE ``CLOSE_TIMEOUT`` seconds to answer it."""
-        proto = self.proto
-        assert proto is not None
-        try:
-            if code == 1005:
-                proto.send_close()
-            elif code == 1006:
-                proto.send_close(1001, "the browser went away")
-            else:
-                try:
-                    proto.send_close(code, reason)
-                except ProtocolError:
-                    proto.send_close(1000, reason)
-            await self._flush()
-        except (InvalidState, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+    def _close_ide(self, code: int, reason: str) -> None:
+        """Pass the browser's close on; the IDE then has ``CLOSE_TIMEOUT`` seconds to answer it."""
+        if self.close_sent or self.link is None:
             return
+        self.close_sent = True
+        if code == 1005:
+            self.link.write_now(close_frame(None))
+        elif code == 1006:
+            self.link.write_now(close_frame(1001, "the browser went away"))
+        elif (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code < 5000:
+            self.link.write_now(close_frame(code, reason))
+        else:
+            self.link.write_now(close_frame(1000, reason))
 
-    async def _ide_to_browser(self) -> None:
-        proto = self.proto
-        assert proto is not None and self.stream is not None
+    async def _ide_to_browser(self, data: bytes) -> None:
+        link = self.link
+        assert link is not None
         counters = self.counters
-        parts: list[bytes] = []
-        opcode = Opcode.TEXT
-        events: list[Any] = self._pending
+        reader = FrameReader(MAX_MESSAGE)
         while True:
-            for event in events:
-                if not isinstance(event, Frame):
-                    continue
-                op = event.opcode
-                if op is Opcode.TEXT or op is Opcode.BINARY:
-                    opcode = op
-                    if event.fin:
-                        await self._to_browser(op, event.data)
-                        continue
-                    parts = [event.data]
-                elif op is Opcode.CONT:
-                    parts.append(event.data)
-                    if event.fin:
-                        await self._to_browser(opcode, b"".join(parts))
-                        parts = []
-                elif op is Opcode.CLOSE:
-                    await self._ide_closed()
+            if data:
+                counters.bytes_down += len(data)
+                try:
+                    if await self._deliver(reader.feed(data)):
+                        return
+                except ProtocolViolation as exc:
+                    counters.closed("hub", exc.code)
+                    self._close_ide(exc.code, exc.reason)
+                    await self._close_browser(IDE_GONE, "the IDE broke the WebSocket protocol")
                     return
-            await self._flush()  # pongs the protocol queued
+                self.on_traffic()
             try:
-                data = await self.stream.receive(READ_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                data = await link.read()
+            except OSError:
+                data = b""
+            if not data:
                 if not self.client_closed:
                     counters.closed("ide", 1006)
                     await self._close_browser(IDE_GONE, "the IDE connection was lost")
                 return
-            counters.bytes_down += len(data)
-            proto.receive_data(data)
-            events = proto.events_received()
-            self.on_traffic()
 
-    async def _to_browser(self, opcode: Opcode, data: bytes) -> None:
-        if self.client_closed:
-            return
-        message = {"type": "websocket.send", "text": data.decode()} if opcode is Opcode.TEXT else None
+    async def _deliver(self, messages: list[tuple[int, bytes]]) -> bool:
+        """Pass messages to the browser and answer control frames; True once the IDE closed."""
+        for opcode, payload in messages:
+            if opcode == TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    raise ProtocolViolation(1007, "invalid UTF-8 in a text message") from None
+                if not self.client_closed:
+                    await self._to_browser({"type": "websocket.send", "text": text})
+            elif opcode == BINARY:
+                if not self.client_closed:
+                    await self._to_browser({"type": "websocket.send", "bytes": payload})
+            elif opcode == PING:
+                assert self.link is not None
+                self.link.write_now(frame(PONG, payload))
+            elif opcode == CLOSE:
+                code, reason = parse_close(payload)
+                if not self.client_closed:
+                    self.counters.closed("ide", code)
+                if not self.close_sent:  # answer the IDE's close with the same code
+                    self._close_ide(1005 if code == 1005 else code, reason)
+                if not self.client_closed:
+                    await self._close_browser(1000 if code == 1005 else code, reason)
+                return True
+        return False
+
+    async def _to_browser(self, message: dict[str, Any]) -> None:
         try:
-            await self.send(message or {"type": "websocket.send", "bytes": data})
+            await self.send(message)
         except OSError:  # uvicorn's ClientDisconnected: the other pump gets the disconnect and closes the IDE
             self.client_closed = True
-
-    async def _ide_closed(self) -> None:
-        proto = self.proto
-        assert proto is not None
-        rcvd = proto.close_rcvd
-        code = rcvd.code if rcvd is not None else 1005
-        reason = rcvd.reason if rcvd is not None else ""
-        if not self.client_closed:
-            self.counters.closed("ide", code)
-        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await self._flush()  # the protocol's answer to the IDE's close
-        if not self.client_closed:
-            await self._close_browser(1000 if code in (1005, 1006) else code, reason)
 
     async def _close_browser(self, code: int, reason: str) -> None:
         try:
@@ -302,12 +405,6 @@ class WebSocketRelay:
         except OSError:  # the browser is already gone (uvicorn raises ClientDisconnected)
             self.client_closed = True
 
-    async def _close_stream(self) -> None:
-        if self.stream is not None:
-            stream, self.stream = self.stream, None
-            await anyio.aclose_forcefully(stream)
-
-
-def _why(response: Response) -> str:
-    body = bytes(response.body or b"")[:200].decode("utf-8", "replace").strip()
-    return f"the IDE refused the WebSocket: {response.status_code} {response.reason_phrase} {body}".strip()
+    def _close_link(self) -> None:
+        if self.link is not None:
+            self.link.abort()

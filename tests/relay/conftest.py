@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy import update
 from app import db
 from app.factory import create_app
 from app.models import Workspace
+from app.streams.relay_splice import SpliceProtocol
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.support.server import Hub, admin_token, free_port, serve_asgi
@@ -63,6 +64,7 @@ class RelayHub(Hub):
     alice: str = ""
     bob: str = ""
     ws_url: str = field(default="")
+    mode: str = "splice"
 
     @property
     def relay(self) -> Any:
@@ -104,11 +106,15 @@ def upstream() -> Iterator[str]:
         yield address
 
 
-@pytest.fixture(scope="module")
-async def relay_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
-    """A hub (local runtime whose IDE is the programmable upstream) with users alice and bob."""
+@asynccontextmanager
+async def start_relay_hub(relay_db: str, data_dir: Path, mode: str = "splice") -> AsyncIterator[RelayHub]:
+    """A hub (local runtime whose IDE is the programmable upstream) with users alice and bob.
+
+    ``mode`` ``splice`` serves WebSockets as ``codehub serve`` does (``SpliceProtocol``: sockets joined after
+    the handshake); ``frames`` uses uvicorn's plain sans-I/O protocol, so the relay passes messages.
+    """
     settings = make_settings(
-        tmp_path_factory.mktemp("data"),
+        data_dir,
         database_url=relay_db,
         runtime="local",
         local_ide_command=upstream_command(),
@@ -117,8 +123,16 @@ async def relay_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     token = await admin_token(settings)
     app = create_app(settings)
-    async with serve_asgi(app) as url:
-        hub = RelayHub(url, settings, token, app=app, ws_url=url.replace("http://", "ws://"))
+    ws: Any = SpliceProtocol if mode == "splice" else "websockets-sansio"
+    async with serve_asgi(app, ws=ws) as url:
+        hub = RelayHub(url, settings, token, app=app, ws_url=url.replace("http://", "ws://"), mode=mode)
         hub.alice = await hub.new_user("alice")
         hub.bob = await hub.new_user("bob")
+        yield hub
+
+
+@pytest.fixture(scope="module")
+async def relay_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
+    """The relay hub, serving WebSockets as in production (spliced)."""
+    async with start_relay_hub(relay_db, tmp_path_factory.mktemp("data")) as hub:
         yield hub

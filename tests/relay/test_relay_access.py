@@ -8,8 +8,14 @@ import httpx
 import pytest
 
 from app.settings import load_settings
-from app.streams.relay import rewrite_location, rewrite_set_cookie
-from app.streams.relay_access import Credentials, origin_allowed, strip_session_cookie, without_access_token
+from app.streams.relay_access import (
+    Credentials,
+    origin_allowed,
+    rewrite_location,
+    rewrite_set_cookie,
+    strip_session_cookie,
+    without_access_token,
+)
 from tests.relay.conftest import RelayHub
 from tests.runtime.helpers import wait_state
 

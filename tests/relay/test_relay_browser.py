@@ -9,7 +9,7 @@ connects through the relay. A screenshot goes to ``test-artifacts/`` (gitignored
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ import anyio
 import pytest
 
 from app.factory import create_app
+from app.streams.relay_splice import SpliceProtocol
 from tests.conftest import make_settings
+from tests.databases import fresh_database
 from tests.relay.conftest import RelayHub
 from tests.runtime.conftest import remove_hub_containers
 from tests.services import CODE_SERVER_IMAGE, need, need_docker
@@ -39,9 +41,17 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
+@pytest.fixture(scope="module", params=["splice", "frames"])
+def mode_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A WebSocket mode (spliced as ``codehub serve`` runs, or relayed messages) and a database for its hub."""
+    with fresh_database("sqlite", tmp_path_factory.mktemp("csdb")) as url:
+        yield request.param, url
+
+
 @pytest.fixture(scope="module")
-async def cs_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
+async def cs_hub(mode_db: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
     """A hub whose workspaces run the real code-server image on the local Docker engine."""
+    mode, relay_db = mode_db
     need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
     need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
     docker_url = need_docker(CODE_SERVER_IMAGE)
@@ -59,8 +69,8 @@ async def cs_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     try:
         token = await admin_token(settings)
         app = create_app(settings)
-        async with serve_asgi(app) as base:
-            hub = RelayHub(base, settings, token, app=app, ws_url=base.replace("http://", "ws://"))
+        async with serve_asgi(app, ws=SpliceProtocol if mode == "splice" else "websockets-sansio") as base:
+            hub = RelayHub(base, settings, token, app=app, ws_url=base.replace("http://", "ws://"), mode=mode)
             hub.alice = await hub.new_user("alice")
             yield hub
     finally:
@@ -98,7 +108,7 @@ async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None
                 while not any(f"/w/{ws_id}/" in s.url and not s.is_closed() for s in sockets) or frames["received"] < 5:
                     await anyio.sleep(0.25)
             await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
-            await page.screenshot(path=str(ARTIFACTS / "relay-code-server.png"))
+            await page.screenshot(path=str(ARTIFACTS / f"relay-code-server-{cs_hub.mode}.png"))
             cookies = {c["name"]: c for c in await context.cookies()}
         finally:
             await browser.close()

@@ -4,13 +4,15 @@ started by the lifecycle on the local Docker engine, and ``docker exec`` with a 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from websockets.asyncio.client import connect
 
 from app.factory import create_app
+from app.streams.relay_splice import SpliceProtocol
 from tests.conftest import make_settings
+from tests.databases import fresh_database
 from tests.relay.conftest import RelayHub
 from tests.relay.test_terminal import terminal_refusals, terminal_session
 from tests.runtime.conftest import remove_hub_containers
@@ -21,10 +23,18 @@ from tests.support.server import admin_token, serve_asgi
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="module", params=["splice", "frames"])
+def mode_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A WebSocket mode (spliced as ``codehub serve`` runs, or relayed messages) and a database for its hub."""
+    with fresh_database("sqlite", tmp_path_factory.mktemp("dockerdb")) as url:
+        yield request.param, url
+
+
 @pytest.fixture(scope="module")
-async def docker_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
+async def docker_hub(mode_db: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
     """A hub running the test image on the local engine; its containers are removed at the end."""
     docker_url = need_docker(TEST_IMAGE)
+    mode, relay_db = mode_db
     settings = make_settings(
         tmp_path_factory.mktemp("data"),
         database_url=relay_db,
@@ -41,8 +51,8 @@ async def docker_hub(relay_db: str, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         token = await admin_token(settings)
         app = create_app(settings)
-        async with serve_asgi(app) as base:
-            hub = RelayHub(base, settings, token, app=app, ws_url=base.replace("http://", "ws://"))
+        async with serve_asgi(app, ws=SpliceProtocol if mode == "splice" else "websockets-sansio") as base:
+            hub = RelayHub(base, settings, token, app=app, ws_url=base.replace("http://", "ws://"), mode=mode)
             hub.alice = await hub.new_user("alice")
             hub.bob = await hub.new_user("bob")
             yield hub

@@ -1,9 +1,13 @@
 """WebSockets through the relay against the programmable upstream: frames both ways, close codes in both
-directions, subprotocols and query, pings, either side vanishing, 200 at once, origin checks."""
+directions, subprotocols and query, pings, either side vanishing, 200 at once, origin checks.
+
+Every test runs twice: with the sockets spliced after the handshake (``SpliceProtocol``, as ``codehub serve``
+runs) and with the relay passing messages (any other ASGI server)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
@@ -11,9 +15,33 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.relay.conftest import RelayHub, upstream_process
+from tests.databases import fresh_database
+from tests.relay.conftest import RelayHub, start_relay_hub, upstream_process
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module", params=["splice", "frames"])
+def mode_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A WebSocket mode and a fresh database for its hub."""
+    with fresh_database("sqlite", tmp_path_factory.mktemp("wsdb")) as url:
+        yield request.param, url
+
+
+@pytest.fixture(scope="module")
+async def relay_hub(mode_db: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
+    """The relay hub in both WebSocket modes."""
+    mode, url = mode_db
+    async with start_relay_hub(url, tmp_path_factory.mktemp("data"), mode) as hub:
+        yield hub
+
+
+def abnormal(closed: ConnectionClosed, hub: RelayHub) -> None:
+    """How a vanished IDE looks to the browser: close 1014 from the relay, or (spliced) the TCP drop itself."""
+    if hub.mode == "frames":
+        assert closed.rcvd is not None and closed.rcvd.code == 1014
+    else:
+        assert closed.rcvd is None
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +109,17 @@ async def test_ide_close_code_reaches_browser(relay_hub: RelayHub, ws_id: str) -
             await ws.recv()
     assert info.value.rcvd is not None and (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "see you")
     await wait_no_open(relay_hub, ws_id)
-    assert relay_hub.relay.stats.of(ws_id).close_codes.get("ide:4001", 0) >= 1
+    key = "ide:4001" if relay_hub.mode == "frames" else "spliced:0"
+    assert relay_hub.relay.stats.of(ws_id).close_codes.get(key, 0) >= 1
 
 
 async def test_browser_close_code_reaches_ide(relay_hub: RelayHub, ws_id: str, upstream: str) -> None:
-    async with open_ws(relay_hub, f"/w/{ws_id}/browser-close") as ws:
+    path = f"/browser-close-{relay_hub.mode}"
+    async with open_ws(relay_hub, f"/w/{ws_id}{path}") as ws:
         await ws.send("x")
         assert await ws.recv() == "x"
         await ws.close(4002, "tab closed")
-    close = await upstream_closes(upstream, "/browser-close")
+    close = await upstream_closes(upstream, path)
     assert (close["code"], close["reason"]) == (4002, "tab closed")
     await wait_no_open(relay_hub, ws_id)
 
@@ -121,7 +151,7 @@ async def test_ide_vanishing_closes_browser_promptly(relay_hub: RelayHub, ws_id:
         await ws.send("crash")
         with anyio.fail_after(5), pytest.raises(ConnectionClosed) as info:
             await ws.recv()
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1014
+    abnormal(info.value, relay_hub)
     await wait_no_open(relay_hub, ws_id)
 
 
@@ -134,17 +164,17 @@ async def test_ide_process_killed_mid_stream(relay_hub: RelayHub) -> None:
             proc.kill()
             with anyio.fail_after(5), pytest.raises(ConnectionClosed) as info:
                 await ws.recv()
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1014
+        abnormal(info.value, relay_hub)
         await wait_no_open(relay_hub, ws_id)
 
 
 async def test_browser_vanishing_closes_ide_promptly(relay_hub: RelayHub, ws_id: str, upstream: str) -> None:
-    ws = await open_ws(relay_hub, f"/w/{ws_id}/vanish")
+    ws = await open_ws(relay_hub, f"/w/{ws_id}/vanish-{relay_hub.mode}")
     await ws.send("x")
     assert await ws.recv() == "x"
     ws.transport.abort()  # no close frame: the TCP connection just drops
-    close = await upstream_closes(upstream, "/vanish")
-    assert close["code"] == 1001
+    close = await upstream_closes(upstream, f"/vanish-{relay_hub.mode}")
+    assert close["code"] == (1001 if relay_hub.mode == "frames" else 1005)  # spliced: the IDE sees the drop
     await wait_no_open(relay_hub, ws_id)
 
 
