@@ -26,24 +26,32 @@ from collections import Counter
 PLACEHOLDER = "MASKED_SECRET_"
 _PLACEHOLDER_RE = re.compile(PLACEHOLDER + r"\d+")
 
-_TOKEN_PATTERNS = [
-    re.compile(p)
-    for p in (
-        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
-        r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",
-        r"\bgithub_pat_[A-Za-z0-9_]{20,}\b",
-        r"\bglpat-[A-Za-z0-9_\-]{20,}\b",
-        r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b",
-        r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b",
-        r"\bAIza[0-9A-Za-z_\-]{35}\b",
-        r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,}\b",
-        r"\bhf_[A-Za-z0-9]{30,}\b",
-        r"\bnpm_[A-Za-z0-9]{36}\b",
-        r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+# Secrets recognisable without a name: (literals one of which must occur, pattern). The secret is the
+# ``v`` group. The literal check keeps the cost of a pattern that cannot match to one substring search.
+_ANYWHERE = [
+    (tuple(literals), re.compile(pattern))
+    for literals, pattern in (
+        (
+            ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"),
+            r"\b(?P<v>(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16})\b",
+        ),
+        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,})\b"),
+        (("github_pat_",), r"\b(?P<v>github_pat_[A-Za-z0-9_]{20,})\b"),
+        (("glpat-",), r"\b(?P<v>glpat-[A-Za-z0-9_\-]{20,})\b"),
+        (("xox",), r"\b(?P<v>xox[abposr]-[A-Za-z0-9\-]{10,})\b"),
+        (("_live_", "_test_"), r"\b(?P<v>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b"),
+        (("AIza",), r"\b(?P<v>AIza[0-9A-Za-z_\-]{35})\b"),
+        (("sk-",), r"\b(?P<v>sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,})\b"),
+        (("hf_",), r"\b(?P<v>hf_[A-Za-z0-9]{30,})\b"),
+        (("npm_",), r"\b(?P<v>npm_[A-Za-z0-9]{36})\b"),
+        (("eyJ",), r"\b(?P<v>eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"),
+        (("://",), r"://[^\s:/@'\"]+:(?P<v>[^\s@/'\"]+)@"),
+        (
+            ("earer", "EARER", "asic", "ASIC"),
+            r"\b(?:Bearer|bearer|BEARER|Basic|basic|BASIC)\s+(?P<v>(?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9._~+/\-]{12,}=*)",
+        ),
     )
 ]
-_URL_CREDENTIALS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]+:([^\s@/'\"]+)@")
-_AUTH_SCHEME = re.compile(r"(?i)\b(?:bearer|basic)\s+((?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9._~+/\-]{12,}=*)")
 _PRIVATE_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _PRIVATE_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 
@@ -64,6 +72,30 @@ _WEAK_NAME = re.compile(
     r"(?:^|[_.\-])(?:key|auth|salt|seed|nonce|signature|sig|cookie|hmac|cert)(?:$|[_.\-])", re.IGNORECASE
 )
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_CANDIDATE_WORDS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+    "salt",
+    "seed",
+    "nonce",
+    "sig",
+    "cookie",
+    "hmac",
+    "cert",
+)
+
+
+def _candidate(text: str) -> bool:
+    """Whether ``text`` holds a word a secret-ish name needs (cheap: substring searches, no regex)."""
+    low = text.lower()
+    return any(word in low for word in _CANDIDATE_WORDS)
+
+
 _OPERATOR = re.compile(r"""["']?\s*(?::\s*[A-Za-z_][\w\[\]., |]*?\s*(?==))?(?::=|=>|===?|=|:(?!:))\s*""")
 _STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'((?:[^\'\\\n]|\\.)*)\'|`([^`\n]*)`')
 _BARE = re.compile(r"[^\s,;#'\"`]+")
@@ -135,20 +167,40 @@ class SecretMasker:
 
         ``in_key``: the text starts inside a private key block (an excerpt cut from a larger file).
         """
+        if in_key or "PRIVATE KEY" in text:
+            text = self._mask_key_blocks(text, in_key)
+        for literals, pattern in _ANYWHERE:
+            if any(literal in text for literal in literals):
+                text = pattern.sub(self._replace_anywhere, text)
+        if _candidate(text):
+            config = language in CONFIG_LANGUAGES
+            lines = text.split("\n")
+            for i, line in enumerate(lines):
+                if _candidate(line):
+                    env_line = bool(_ENV_LINE.match(line) and " = " not in line)
+                    lines[i] = self._mask_assignments(line, config or env_line)
+            text = "\n".join(lines)
+        return self.mask_known(text)
+
+    def _mask_key_blocks(self, text: str, in_key: bool) -> str:
         lines = text.split("\n")
-        config = language in CONFIG_LANGUAGES
         for i, line in enumerate(lines):
             if in_key:
                 if _PRIVATE_END.search(line):
                     in_key = False
                 elif line.strip():
                     lines[i] = self._mask_whole(line)
-                continue
-            if _PRIVATE_BEGIN.search(line):
+            elif _PRIVATE_BEGIN.search(line):
                 in_key = not _PRIVATE_END.search(line)
-                continue
-            lines[i] = self._mask_line(line, config)
-        return self.mask_known("\n".join(lines))
+        return "\n".join(lines)
+
+    def _replace_anywhere(self, m: re.Match[str]) -> str:
+        value = m.group("v")
+        if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
+            return m.group(0)
+        start, end = m.start("v") - m.start(0), m.end("v") - m.start(0)
+        whole = m.group(0)
+        return whole[:start] + self._placeholder(value) + whole[end:]
 
     def mask_known(self, text: str) -> str:
         """Mask every value already known as a secret wherever it appears (a password quoted in prose)."""
@@ -162,24 +214,6 @@ class SecretMasker:
         start = line.index(stripped)
         return line[:start] + self._placeholder(stripped) + line[start + len(stripped) :]
 
-    def _sub_group(self, pattern: re.Pattern[str], line: str, group: int) -> str:
-        def replace(m: re.Match[str]) -> str:
-            value = m.group(group)
-            if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
-                return m.group(0)
-            start, end = m.start(group) - m.start(0), m.end(group) - m.start(0)
-            whole = m.group(0)
-            return whole[:start] + self._placeholder(value) + whole[end:]
-
-        return pattern.sub(replace, line)
-
-    def _mask_line(self, line: str, config: bool) -> str:
-        for pattern in _TOKEN_PATTERNS:
-            line = self._sub_group(pattern, line, 0)
-        line = self._sub_group(_URL_CREDENTIALS, line, 1)
-        line = self._sub_group(_AUTH_SCHEME, line, 1)
-        return self._mask_assignments(line, config or bool(_ENV_LINE.match(line) and " = " not in line))
-
     def _mask_assignments(self, line: str, config: bool) -> str:
         pos = 0
         while True:
@@ -187,7 +221,7 @@ class SecretMasker:
             if ident is None:
                 return line
             pos = ident.end()
-            strength = name_strength(ident.group(0))
+            strength = name_strength(ident.group(0)) if _candidate(ident.group(0)) else 0
             if not strength:
                 continue
             op = _OPERATOR.match(line, pos)
