@@ -279,10 +279,31 @@ class ProcStats:
 
 
 class Child:
-    """A child process of this script with line-based stdin/stdout."""
+    """A child process of this script with line-based stdin/stdout, in its own session.
+
+    Linux autogroup scheduling shares CPU between sessions, not processes: in one session the hub would
+    share one slice with its own load generators; in separate sessions each gets a slice, as a hub service
+    and its remote clients would. ``--nice`` sets each child's autogroup nice (a process nice only counts
+    inside its group).
+    """
+
+    nice = 0
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        if Child.nice:
+            try:
+                Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(Child.nice))
+            except OSError as exc:
+                print(f"  (could not set the autogroup nice of {self.proc.pid}: {exc})", flush=True)
 
     async def line(self, timeout: float) -> str:
         with anyio.fail_after(timeout):
@@ -566,7 +587,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("CODEHUB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
-        "--nice", type=int, default=0, help="priority change for the bench's processes (e.g. -10 on a busy shared box)"
+        "--nice", type=int, default=0, help="autogroup nice of the bench's processes (e.g. -10 on a busy shared box)"
     )
     parser.add_argument("--json", help="also write the result rows to this file")
     parser.add_argument("--role", default="orchestrator", help=argparse.SUPPRESS)
@@ -583,8 +604,7 @@ def main() -> None:
         anyio.run(ceiling_main, args.count, args.redis_url, args.prefix, backend_options=uvloop)
         return
     args.subscribers = [int(s) for s in args.subscribers.split(",") if s]
-    if args.nice:
-        os.nice(args.nice)  # inherited by the hub, the clients and the ceiling process
+    Child.nice = args.nice
     if not args.port:
         import socket
 
