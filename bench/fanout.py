@@ -616,6 +616,44 @@ def main() -> None:
         rows = anyio.run(orchestrate, args, db_url, token, Path(tmp), backend_options=uvloop)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    print("BENCH_RESULT " + json.dumps({"bench": "fanout", "rows": result_rows(rows, args.server)}), flush=True)
+
+
+P99_TARGET_MS = {1000: 50.0, 5000: 500.0}
+DELIVERED_TARGET_PCT = {5000: 95.0}
+
+
+def result_rows(rows: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
+    """The run's rows in the bench/README.md protocol (targets of issue 3 for 1,000 and 5,000 subscribers)."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        subs = row["subscribers"]
+        if row["run"] != "sse":
+            where = f"{subs:,} subs, no HTTP (one Redis subscription, in-process consumers)"
+            out.append({"name": f"{where}: p99", "value": row["p99_ms"], "unit": "ms", "reference": True})
+            continue
+        where = f"{subs:,} subs via GET /api/events ({server})" if server != "app" else f"{subs:,} subs via SSE"
+        p99_target = P99_TARGET_MS.get(subs)
+        pct_target = DELIVERED_TARGET_PCT.get(subs)
+        out += [
+            {
+                "name": f"{where}: delivered of offered",
+                "value": row["delivered_pct"],
+                "unit": "%",
+                **({"target": f">= {pct_target:g} %", "ok": row["delivered_pct"] >= pct_target} if pct_target else {}),
+            },
+            {"name": f"{where}: p50", "value": row["p50_ms"], "unit": "ms"},
+            {
+                "name": f"{where}: p99",
+                "value": row["p99_ms"],
+                "unit": "ms",
+                **({"target": f"< {p99_target:g} ms", "ok": row["p99_ms"] < p99_target} if p99_target else {}),
+            },
+            {"name": f"{where}: lost", "value": row["lost"], "unit": "events", "target": "0", "ok": row["lost"] == 0},
+            {"name": f"{where}: hub RSS", "value": row["rss_mb"], "unit": "MB"},
+            {"name": f"{where}: hub CPU per delivery", "value": row["cpu_us_per_delivery"], "unit": "us"},
+        ]
+    return out
 
 
 if __name__ == "__main__":
