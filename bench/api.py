@@ -7,7 +7,9 @@ connections (``wrk``): req/s. Beside it, on the same server in the same run: a t
 (our middleware, no database). Production settings otherwise: JSON access log at info (to /dev/null),
 metrics, rate limit (a huge per-token limit, so the limiter runs and never refuses).
 
-Targets: p99 < 20 ms at 500 req/s on Postgres; saturation >= 25 % of the trivial route.
+Targets: p99 < 20 ms at 500 req/s on Postgres; saturation >= 25 % of the trivial route. The server's CPU
+time per request (from /proc, during each wrk run) is printed too: on a shared machine it is the figure that
+does not depend on what else runs.
 
 Run: ``uv run python bench/api.py [--duration 10] [--db sqlite,postgres,postgres+redis]``. Last line:
 ``BENCH_RESULT {json}`` (see bench/README.md).
@@ -172,8 +174,15 @@ def hey(url: str, token: str, duration: float, concurrency: int, per_worker_qps:
     return {"p50": pct("50"), "p99": pct("99"), "rps": float(rps.group(1)) if rps else 0.0, "errors": bad}
 
 
-def wrk(url: str, token: str, duration: float, connections: int) -> dict[str, float]:
-    """Saturation with wrk: req/s and non-2xx responses."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, token: str, duration: float, connections: int, pid: int | None = None) -> dict[str, float]:
+    """Saturation with wrk: req/s, non-2xx responses, p99, and the server's CPU µs per request (``pid``)."""
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration:g}s", "--latency"]
     cmd += ["-H", f"Authorization: Bearer {token}", url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
@@ -181,7 +190,10 @@ def wrk(url: str, token: str, duration: float, connections: int) -> dict[str, fl
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     p99 = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    total = re.search(r"(\d+) requests in", out)
+    cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
     return {
+        "cpu_us": cpu / int(total.group(1)) * 1e6 if pid and total and int(total.group(1)) else float("nan"),
         "rps": float(rps.group(1)) if rps else 0.0,
         "errors": int(bad.group(1)) if bad else 0,
         "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
@@ -218,17 +230,17 @@ def run_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         if kind.endswith("+redis"):
             env.update(CODEHUB_REDIS_URL=REDIS_URL, CODEHUB_REDIS_PREFIX=f"codehub-bench-{secrets.token_hex(3)}")
-        with server(env) as (base, _pid):
+        with server(env) as (base, pid):
             check_page(base, token)
             wrk(f"{base}{LIST_PATH}", token, 2, args.connections)  # warm up
             fixed = hey(f"{base}{LIST_PATH}", token, args.duration, args.connections, args.rate / args.connections)
-            sat = wrk(f"{base}{LIST_PATH}", token, args.duration, args.connections)
-            trivial = wrk(f"{base}{TRIVIAL_PATH}", token, args.duration, args.connections)
-            health = wrk(f"{base}/health", token, args.duration, args.connections)
+            sat = wrk(f"{base}{LIST_PATH}", token, args.duration, args.connections, pid)
+            trivial = wrk(f"{base}{TRIVIAL_PATH}", token, args.duration, args.connections, pid)
+            health = wrk(f"{base}/health", token, args.duration, args.connections, pid)
     return {"kind": kind, "fixed": fixed, "saturation": sat, "trivial": trivial, "health": health}
 
 
-def rows_of(result: dict[str, Any], rate: float) -> list[dict[str, Any]]:
+def rows_of(result: dict[str, Any], rate: float, connections: int) -> list[dict[str, Any]]:
     """BENCH_RESULT rows of one configuration."""
     kind, fixed, sat, trivial = result["kind"], result["fixed"], result["saturation"], result["trivial"]
     share = sat["rps"] / trivial["rps"] if trivial["rps"] else 0.0
@@ -248,7 +260,7 @@ def rows_of(result: dict[str, Any], rate: float) -> list[dict[str, Any]]:
             "unit": "req/s",
         },
         {
-            "name": f"{kind}: list saturation, 50 conns (non-2xx {sat['errors']})",
+            "name": f"{kind}: list saturation, {connections} conns (non-2xx {sat['errors']})",
             "value": round(sat["rps"]),
             "unit": "req/s",
         },
@@ -266,6 +278,19 @@ def rows_of(result: dict[str, Any], rate: float) -> list[dict[str, Any]]:
             "reference": True,
         },
         {"name": f"{kind}: hub /health (middleware, no DB)", "value": round(result["health"]["rps"]), "unit": "req/s"},
+        {"name": f"{kind}: server CPU per list request", "value": round(sat["cpu_us"]), "unit": "us"},
+        {
+            "name": f"{kind}: server CPU per trivial request",
+            "value": round(trivial["cpu_us"]),
+            "unit": "us",
+            "reference": True,
+        },
+        {"name": f"{kind}: server CPU per /health request", "value": round(result["health"]["cpu_us"]), "unit": "us"},
+        {
+            "name": f"{kind}: CPU-normalised list / trivial (load-independent)",
+            "value": round(100 * trivial["cpu_us"] / sat["cpu_us"], 1) if sat["cpu_us"] else None,
+            "unit": "%",
+        },
     ]
 
 
@@ -291,7 +316,7 @@ def main() -> None:
                 continue
         print(f"== {kind}", flush=True)
         result = run_config(kind, args)
-        for row in rows_of(result, args.rate):
+        for row in rows_of(result, args.rate, args.connections):
             rows.append(row)
             mark = {True: "ok", False: "MISSED", None: ""}[row.get("ok")]
             print(f"  {row['name']:<58} {row['value']:>10} {row['unit']:<6} {row.get('target', '')} {mark}", flush=True)
