@@ -12,6 +12,8 @@ the hub (``codehub serve``, one worker, SQLite), and this client. Measured, each
 
 1. time to first token, sequential requests, direct and hub alternating: p50/p90 and the hub's added p50
    (target ≤ 5 ms);
+   The request explains 60 lines of a 400-line module (this repo's ``app/services/llm.py``) with its
+   imports and neighbours as context (about 24,000 characters, masked);
 2. tokens/s with ``--streams`` concurrent streams, paced (``--token-delay`` per token, like a real model)
    and unpaced (the fake as fast as it can go): hub ÷ direct (target ≥ 90 %), and the hub's CPU seconds.
 
@@ -41,9 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STAMP = re.compile(rb"@(\d{10}\.\d{6})")
-PROMPT = [
+PROMPT = [  # what a caller of the model would send itself: about the same size as the hub's prompt
     {"role": "system", "content": "You explain code."},
-    {"role": "user", "content": "Explain this code:\n```python\ndef add(a, b):\n    return a + b\n```"},
+    {
+        "role": "user",
+        "content": "Explain this code:\n```python\n" + (ROOT / "app/services/llm.py").read_text()[:22_000] + "\n```",
+    },
 ]
 
 
@@ -207,7 +212,11 @@ async def bench(
         r.raise_for_status()
         ws = r.json()["id"]
         (workspace_root / ws).mkdir(parents=True, exist_ok=True)
-        (workspace_root / ws / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+        # a realistic request: a 60-line selection of a 400-line module, with imports and neighbours
+        (workspace_root / ws / "app" / "services").mkdir(parents=True)
+        for name in ("llm.py", "llm_limits.py", "redact.py", "ai_prompts.py"):
+            source = ROOT / "app" / "services" / name
+            (workspace_root / ws / "app" / "services" / name).write_text(source.read_text())
         direct = Target(
             "direct",
             client,
@@ -226,7 +235,7 @@ async def bench(
             "hub",
             client,
             f"{hub_url}/api/ai/explain",
-            {"workspace_id": ws, "path": "calc.py"},
+            {"workspace_id": ws, "path": "app/services/llm.py", "start_line": 150, "end_line": 210},
             {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
             b"event: ai.token",
         )

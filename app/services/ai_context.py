@@ -9,6 +9,7 @@ through ``app.services.files`` (safe resolution inside the workspace root). Bloc
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Callable
@@ -212,7 +213,7 @@ class _Builder:
             return
         language = language_of(path)
         cap = min(self.left, max(2000, self.left // 2))
-        head, cut, _ = _head(found.content, 2 * cap)  # mask only what can be sent
+        head, cut, _ = _head(found.content, cap + cap // 4 + 200)  # mask only what can be sent
         text, truncated, last = _head(self.masker.mask(head, language), cap)
         truncated = truncated or cut
         self.related.append(Snippet(found.path, language, text, 1, last, reason, truncated))
@@ -238,7 +239,9 @@ class _Builder:
         else:
             candidates = []
         for candidate in dict.fromkeys(candidates):
-            if (normal := _normal(candidate)) and normal not in self.seen:
+            normal = _normal(candidate)
+            # a stat first: most candidates (stdlib, third-party modules) do not exist in the workspace
+            if normal and normal not in self.seen and os.path.isfile(os.path.join(self.root, normal)):
                 self.add(normal, "import")
 
     def neighbours(self) -> None:

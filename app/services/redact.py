@@ -71,7 +71,11 @@ _NOT_SECRET_NAME = re.compile(
 _WEAK_NAME = re.compile(
     r"(?:^|[_.\-])(?:key|auth|salt|seed|nonce|signature|sig|cookie|hmac|cert)(?:$|[_.\-])", re.IGNORECASE
 )
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_SECRETISH_IDENT = re.compile(  # an identifier holding one of the words of secret-ish names
+    r"(?<![A-Za-z0-9_.\-])(?=[A-Za-z_])[A-Za-z0-9_.\-]*?"
+    r"(?:pass|pwd|secret|token|key|credential|auth|salt|seed|nonce|sig|cookie|hmac|cert)[A-Za-z0-9_.\-]*",
+    re.IGNORECASE,
+)
 _CANDIDATE_WORDS = (
     "pass",
     "pwd",
@@ -92,8 +96,7 @@ _CANDIDATE_WORDS = (
 
 def _candidate(text: str) -> bool:
     """Whether ``text`` holds a word a secret-ish name needs (cheap: substring searches, no regex)."""
-    low = text.lower()
-    return any(word in low for word in _CANDIDATE_WORDS)
+    return any(map(text.lower().__contains__, _CANDIDATE_WORDS))
 
 
 _OPERATOR = re.compile(r"""["']?\s*(?::\s*[A-Za-z_][\w\[\]., |]*?\s*(?==))?(?::=|=>|===?|=|:(?!:))\s*""")
@@ -217,11 +220,11 @@ class SecretMasker:
     def _mask_assignments(self, line: str, config: bool) -> str:
         pos = 0
         while True:
-            ident = _IDENT.search(line, pos)
+            ident = _SECRETISH_IDENT.search(line, pos)
             if ident is None:
                 return line
             pos = ident.end()
-            strength = name_strength(ident.group(0)) if _candidate(ident.group(0)) else 0
+            strength = name_strength(ident.group(0))
             if not strength:
                 continue
             op = _OPERATOR.match(line, pos)
