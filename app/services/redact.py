@@ -19,6 +19,8 @@ and biased towards masking:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 from collections import Counter
@@ -26,32 +28,58 @@ from collections import Counter
 PLACEHOLDER = "MASKED_SECRET_"
 _PLACEHOLDER_RE = re.compile(PLACEHOLDER + r"\d+")
 
-# Secrets recognisable without a name: (literals one of which must occur, pattern). The secret is the
-# ``v`` group. The literal check keeps the cost of a pattern that cannot match to one substring search.
+# Secrets recognisable without a name: (literals, pattern matched where a literal occurs, the literal must
+# start a word). The secret is the ``v`` group. Matching only at literal occurrences (``str.find``) keeps a
+# scan of ordinary code to a few substring searches.
 _ANYWHERE = [
-    (tuple(literals), re.compile(pattern))
-    for literals, pattern in (
+    (tuple(literals), re.compile(pattern), word_start)
+    for literals, pattern, word_start in (
         (
             ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"),
-            r"\b(?P<v>(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16})\b",
+            r"(?P<v>(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16})\b",
+            True,
         ),
-        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,})\b"),
-        (("github_pat_",), r"\b(?P<v>github_pat_[A-Za-z0-9_]{20,})\b"),
-        (("glpat-",), r"\b(?P<v>glpat-[A-Za-z0-9_\-]{20,})\b"),
-        (("xox",), r"\b(?P<v>xox[abposr]-[A-Za-z0-9\-]{10,})\b"),
-        (("_live_", "_test_"), r"\b(?P<v>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b"),
-        (("AIza",), r"\b(?P<v>AIza[0-9A-Za-z_\-]{35})\b"),
-        (("sk-",), r"\b(?P<v>sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,})\b"),
-        (("hf_",), r"\b(?P<v>hf_[A-Za-z0-9]{30,})\b"),
-        (("npm_",), r"\b(?P<v>npm_[A-Za-z0-9]{36})\b"),
-        (("eyJ",), r"\b(?P<v>eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"),
-        (("://",), r"://[^\s:/@'\"]+:(?P<v>[^\s@/'\"]+)@"),
+        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"(?P<v>gh[pousr]_[A-Za-z0-9]{30,})\b", True),
+        (("github_pat_",), r"(?P<v>github_pat_[A-Za-z0-9_]{20,})\b", True),
+        (("glpat-",), r"(?P<v>glpat-[A-Za-z0-9_\-]{20,})\b", True),
+        (("xox",), r"(?P<v>xox[abposr]-[A-Za-z0-9\-]{10,})\b", True),
+        (("sk_live_", "sk_test_", "rk_live_", "rk_test_"), r"(?P<v>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b", True),
+        (("AIza",), r"(?P<v>AIza[0-9A-Za-z_\-]{35})\b", True),
+        (("sk-",), r"(?P<v>sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,})\b", True),
+        (("hf_",), r"(?P<v>hf_[A-Za-z0-9]{30,})\b", True),
+        (("npm_",), r"(?P<v>npm_[A-Za-z0-9]{36})\b", True),
+        (("eyJ",), r"(?P<v>eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})", True),
+        (("://",), r"://[^\s:/@'\"]+:(?P<v>[^\s@/'\"]+)@", False),
         (
-            ("earer", "EARER", "asic", "ASIC"),
-            r"\b(?:Bearer|bearer|BEARER|Basic|basic|BASIC)\s+(?P<v>(?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9._~+/\-]{12,}=*)",
+            ("Bearer", "bearer", "BEARER", "Basic", "basic", "BASIC"),
+            r"[A-Za-z]+\s+(?P<v>(?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9._~+/\-]{12,}=*)",
+            True,
         ),
     )
 ]
+
+
+def _anywhere_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of the secrets ``_ANYWHERE`` finds in ``text``, in order, without overlaps."""
+    spans = []
+    for literals, pattern, word_start in _ANYWHERE:
+        for literal in literals:
+            at = text.find(literal)
+            while at != -1:
+                before = text[at - 1] if at else " "
+                if not (word_start and (before.isalnum() or before == "_")):
+                    match = pattern.match(text, at)
+                    if match is not None:
+                        spans.append(match.span("v"))
+                at = text.find(literal, at + 1)
+    spans.sort()
+    kept: list[tuple[int, int]] = []
+    for span in spans:
+        if not kept or span[0] >= kept[-1][1]:
+            kept.append(span)
+    return kept
+
+
 _PRIVATE_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _PRIVATE_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 
@@ -92,6 +120,19 @@ _CANDIDATE_WORDS = (
     "hmac",
     "cert",
 )
+
+
+def _candidate_lines(text: str, lines: list[str]) -> list[int]:
+    """Indexes of the lines of ``text`` holding a word of a secret-ish name (substring scans of the whole text)."""
+    low = text.lower()
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+    hits: set[int] = set()
+    for word in _CANDIDATE_WORDS:
+        at = low.find(word)
+        while at != -1:
+            hits.add(bisect.bisect_right(starts, at) - 1)
+            at = low.find(word, at + len(word))
+    return sorted(hits)
 
 
 def _candidate(text: str) -> bool:
@@ -172,16 +213,15 @@ class SecretMasker:
         """
         if in_key or "PRIVATE KEY" in text:
             text = self._mask_key_blocks(text, in_key)
-        for literals, pattern in _ANYWHERE:
-            if any(literal in text for literal in literals):
-                text = pattern.sub(self._replace_anywhere, text)
+        if spans := _anywhere_spans(text):
+            text = self._replace_spans(text, spans)
         if _candidate(text):
             config = language in CONFIG_LANGUAGES
             lines = text.split("\n")
-            for i, line in enumerate(lines):
-                if _candidate(line):
-                    env_line = bool(_ENV_LINE.match(line) and " = " not in line)
-                    lines[i] = self._mask_assignments(line, config or env_line)
+            for i in _candidate_lines(text, lines):
+                line = lines[i]
+                env_line = bool(_ENV_LINE.match(line) and " = " not in line)
+                lines[i] = self._mask_assignments(line, config or env_line)
             text = "\n".join(lines)
         return self.mask_known(text)
 
@@ -197,13 +237,16 @@ class SecretMasker:
                 in_key = not _PRIVATE_END.search(line)
         return "\n".join(lines)
 
-    def _replace_anywhere(self, m: re.Match[str]) -> str:
-        value = m.group("v")
-        if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
-            return m.group(0)
-        start, end = m.start("v") - m.start(0), m.end("v") - m.start(0)
-        whole = m.group(0)
-        return whole[:start] + self._placeholder(value) + whole[end:]
+    def _replace_spans(self, text: str, spans: list[tuple[int, int]]) -> str:
+        out, pos = [], 0
+        for start, end in spans:
+            value = text[start:end]
+            if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
+                continue
+            out += [text[pos:start], self._placeholder(value)]
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
 
     def mask_known(self, text: str) -> str:
         """Mask every value already known as a secret wherever it appears (a password quoted in prose)."""
