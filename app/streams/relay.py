@@ -29,6 +29,7 @@ from app.services.auth import Principal
 from app.streams import relay_pages as pages
 from app.streams.relay_access import (
     Credentials,
+    PrincipalCache,
     Route,
     RouteCache,
     header,
@@ -68,6 +69,7 @@ _DROP_UP = HOP_BY_HOP | {
     b"x-forwarded-port",
     b"x-real-ip",
 }
+_DROP_DOWN = HOP_BY_HOP | {b"date", b"server"}  # the ASGI server sets its own
 _LIFECYCLE_END = ("workspace.stopped", "workspace.deleted", "workspace.failed")
 
 
@@ -79,8 +81,9 @@ class Relay:
         self.settings = ctx.settings
         self.pool = UpstreamPool()
         self.routes = RouteCache(ctx.sessionmaker)
+        self.principals = PrincipalCache(ctx.auth.resolve, ctx.settings.token_cache_ttl)
         self.stats = RelayStats()
-        self.activity = Activity(self._touch, ctx.tasks)
+        self.activity = Activity(self._touch)
         public = urlsplit(ctx.settings.public_url) if ctx.settings.public_url else None
         self.public_scheme = public.scheme if public else None
 
@@ -138,12 +141,12 @@ class Relay:
         await self._http(scope, receive, send, route, rest, headers, creds)
 
     async def principal(self, creds: Credentials) -> Principal | None:
-        """Who the credentials prove (the query or header token first, then the cookie), or None."""
-        for token in dict.fromkeys(t for t in (creds.token, creds.cookie) if t):
-            try:
-                return await self.ctx.auth.resolve(token)
-            except DomainError:
-                continue
+        """Who the credentials prove (the header or query token first, then the cookie), or None."""
+        for token in (creds.token, creds.cookie if creds.cookie != creds.token else None):
+            if token:
+                principal = await self.principals.get(token)
+                if principal is not None:
+                    return principal
         return None
 
     async def _exchange(
@@ -153,10 +156,7 @@ class Relay:
         extra: list[tuple[bytes, bytes]] = []
         current = None
         if creds.cookie:
-            try:
-                current = await self.ctx.auth.resolve(creds.cookie)
-            except DomainError:
-                current = None
+            current = await self.principals.get(creds.cookie)
         if current is None or current.user_id != principal.user_id:
             _, raw = await self.ctx.auth.issue_session(principal.user_id)
             extra.append((b"set-cookie", session_cookie(self.settings, raw)))
@@ -257,7 +257,7 @@ class Relay:
             if name == b"connection":
                 listed.update(t.strip().lower() for t in value.split(b","))
         for name, value in headers:
-            if name in HOP_BY_HOP or name in listed:
+            if name in _DROP_DOWN or name in listed:
                 continue
             if name == b"location":
                 value = rewrite_location(value, prefix, host, upstream)
@@ -418,5 +418,6 @@ async def relay_startup(ctx: AppContext) -> None:
     ctx.extras[RELAY] = relay
     ctx.extras[RELAY_STATS] = relay.stats
     ctx.tasks.start_soon(relay.hold)
+    ctx.tasks.start_soon(relay.activity.flush_loop)
     ctx.tasks.start_soon(relay.follow_lifecycle)
     ctx.tasks.start_soon(relay.stats.sync_metrics)

@@ -56,11 +56,11 @@ class SpliceProtocol(WebSocketsSansIOProtocol):
         link: Link = message["link"]
         self._link, self._on_up = link, message["on_up"]
         self.transport.write(message["response"])
-        link.splice(self.transport, message["on_down"])
         leftover = message.get("leftover") or b""
-        if leftover:
+        if leftover:  # bytes that came with the IDE's answer, before anything the link buffered since
             self.transport.write(leftover)
             message["on_down"](len(leftover))
+        link.splice(self.transport, message["on_down"])
 
     def data_received(self, data: bytes) -> None:
         link = self._link

@@ -4,17 +4,16 @@
 WebSockets, failed upgrades, close codes, bytes each way, open terminals. ``sync_metrics`` copies them into
 the Prometheus objects of ``app.metrics`` every few seconds, so a relayed frame costs an integer addition,
 not a locked metric update. ``Activity`` turns relay traffic into at most one ``lifecycle.touch`` per
-workspace per ``every`` seconds, run in the background so no request waits on the database.
+workspace per ``every`` seconds, written in the background so no request waits on the database.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from app import metrics
 
@@ -140,30 +139,45 @@ class RelayStats:
 
 
 class Activity:
-    """Relay traffic as workspace activity: one background ``touch(workspace_id, source)`` per ``every`` s."""
+    """Relay traffic as workspace activity: at most one ``touch(workspace_id, source)`` per ``every`` seconds.
 
-    def __init__(self, touch: Callable[[str, str], Any] | None, tasks: TaskGroup, every: float = 15.0) -> None:
+    ``note`` is synchronous and cheap (a dict lookup), so it may be called from protocol callbacks (spliced
+    WebSockets) as well as from tasks; ``flush_loop`` does the writes in the background, one second later
+    at most, so no request ever waits on the database.
+    """
+
+    def __init__(self, touch: Callable[[str, str], Awaitable[Any]], every: float = 15.0) -> None:
         self._touch = touch
-        self._tasks = tasks
         self.every = every
         self._last: dict[str, float] = {}
+        self._due: dict[str, str] = {}
         self.writes = 0
 
     def note(self, workspace_id: str, source: str) -> None:
-        """Record traffic now (cheap: a dict lookup unless a write is due)."""
+        """Record traffic now."""
         now = time.monotonic()
-        if now - self._last.get(workspace_id, -1e9) < self.every or self._touch is None:
+        if now - self._last.get(workspace_id, -1e9) < self.every:
             return
         self._last[workspace_id] = now
-        self.writes += 1
-        self._tasks.start_soon(self._write, workspace_id, source)
+        self._due[workspace_id] = source
 
-    async def _write(self, workspace_id: str, source: str) -> None:
-        try:
-            await self._touch(workspace_id, source)  # type: ignore[misc]
-        except Exception:  # best effort: retried with the traffic that follows, 5 s later
-            self._last[workspace_id] = time.monotonic() - self.every + 5.0
+    async def flush(self) -> None:
+        """Write what is due (a failed write is retried with the traffic that follows, 5 s later)."""
+        due, self._due = self._due, {}
+        for workspace_id, source in due.items():
+            try:
+                await self._touch(workspace_id, source)
+                self.writes += 1
+            except Exception:  # best effort: the database may be briefly away
+                self._last[workspace_id] = time.monotonic() - self.every + 5.0
+
+    async def flush_loop(self, tick: float = 1.0) -> None:
+        """``flush`` every ``tick`` seconds, forever."""
+        while True:
+            await anyio.sleep(tick)
+            await self.flush()
 
     def forget(self, workspace_id: str) -> None:
         """Forget a stopped or deleted workspace."""
         self._last.pop(workspace_id, None)
+        self._due.pop(workspace_id, None)

@@ -100,6 +100,10 @@ async def test_text_and_binary_both_ways_at_once(relay_hub: RelayHub, ws_id: str
     await wait_no_open(relay_hub, ws_id)
     counters = relay_hub.relay.stats.of(ws_id)
     assert counters.bytes_up > 2_000_000 and counters.bytes_down > 2_000_000
+    async with relay_hub.client(relay_hub.alice) as client:  # WebSocket traffic counts as activity
+        with anyio.fail_after(10):
+            while (await client.get(f"/api/workspaces/{ws_id}")).json()["last_activity_source"] != "relay":
+                await anyio.sleep(0.1)
 
 
 async def test_ide_close_code_reaches_browser(relay_hub: RelayHub, ws_id: str) -> None:
