@@ -247,10 +247,14 @@ async def test_audit_records_hashes_and_counts_only(ai: AIHub) -> None:
         assert r.status_code == 200
     assert secret not in ai.fake.chat_requests[-1].text
     engine = db.create_engine(ai.hub.settings)
+    rows: list[dict[str, Any]] = []
     try:
-        async with engine.connect() as conn:
-            found = await conn.execute(select(AuditEvent).where(AuditEvent.workspace_id == ws))
-            rows = [dict(row._mapping) for row in found]
+        with anyio.fail_after(5):  # the row is written as the job ends, just after ai.done went out
+            while not any(row["action"] == "ai.explain" for row in rows):
+                await anyio.sleep(0.02)
+                async with engine.connect() as conn:
+                    found = await conn.execute(select(AuditEvent).where(AuditEvent.workspace_id == ws))
+                    rows = [dict(row._mapping) for row in found]
     finally:
         await engine.dispose()
     [row] = [row for row in rows if row["action"] == "ai.explain"]
