@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import secrets
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 from sqlalchemy import select
 
 from app import db
-from app.errors import DomainError
 from app.models import AuditEvent
-from app.services import patches
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.services import need_redis
@@ -293,20 +289,9 @@ async def test_sse_heartbeats_while_the_model_is_slow(ai: AIHub) -> None:
 
 
 async def patch_call(client: Any, ai: AIHub, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """POST /api/patch/<action>; while that API is not mounted, the same call on the patch service."""
+    """POST /api/patch/<action> over HTTP."""
     r = await client.post(f"/api/patch/{action}", json=body)
-    if not (r.status_code in (404, 405) and r.json().get("error") in ("not_found", "method_not_allowed")):
-        return r.status_code, r.json()
-    warnings.warn("the patch API is not mounted yet: calling app.services.patches directly", stacklevel=2)
-    root = ai.root(body["workspace_id"])
-    try:
-        if action == "validate":
-            result = await anyio.to_thread.run_sync(patches.validate, root, body["diff"])
-        else:
-            result = await anyio.to_thread.run_sync(patches.apply, root, body["diff"], body.get("base_hashes"))
-    except DomainError as exc:
-        return exc.status, exc.to_body()
-    return 200, msgspec.to_builtins(result)
+    return r.status_code, r.json()
 
 
 async def test_e2e_rewrite_validate_apply(ai: AIHub) -> None:
