@@ -29,6 +29,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield url
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated SQLite database of the test's own."""
+    with fresh_database("sqlite", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Iterator[str]:
+    """A new migrated Postgres database of the test's own (skips without Postgres)."""
+    with fresh_database("postgres", tmp_path) as url:
+        yield url
+
+
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: only what is given, never the developer's CODEHUB_* environment."""
     base: dict[str, object] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Lifecycle:
         self._clones: dict[str, anyio.Event] = {}
         self._activity: dict[str, float] = {}
         self._beats: dict[str, float] = {}
+        self.listeners: list[Callable[[Workspace, str], None]] = []
 
     def workspace_dir(self, workspace_id: str) -> Path:
         """Host directory of a workspace's files."""
@@ -106,8 +108,10 @@ class Lifecycle:
         return ws
 
     async def publish(self, ws: Workspace, type_: str, **extra: Any) -> None:
-        """Publish a lifecycle event (a hub outage is logged, never raised)."""
+        """Publish a lifecycle event (a hub outage is logged, never raised), then tell ``listeners``."""
         await publish_lifecycle(self.events, ws, type_, **extra)
+        for listener in self.listeners:
+            listener(ws, type_)
 
     async def drop_status(self, workspace_id: str) -> None:
         """Forget cached resource numbers (every lifecycle change)."""

@@ -1,7 +1,7 @@
 """Lifespan hook that wires the runtimes into the app: engines, lifecycle, servers, background loops.
 
 It registers (in ``ctx.extras``): ``engines``, ``servers``, ``lifecycle``, ``workspace_ops``, ``reconciler``,
-and the hooks the workspace controller calls: ``place_new`` (choose a server before the row is created),
+``log_pumps``, and the hooks the workspace controller calls: ``place_new`` (choose a server before the row is created),
 ``after_create`` (announce the placement, start the clone) and ``delete`` (container first, then row).
 Other parts record activity with ``await ctx.extras["lifecycle"].touch(workspace_id, "relay")``.
 """
@@ -18,6 +18,7 @@ from app.models import Workspace
 from app.services.auth import Principal
 from app.services.engines import Engines, make_status_cache
 from app.services.lifecycle import Lifecycle
+from app.services.log_pump import LogPumps
 from app.services.reconcile import Reconciler
 from app.services.servers import ServerService
 from app.services.workspace_ops import WorkspaceOps
@@ -37,6 +38,8 @@ async def runtime_startup(ctx: AppContext) -> None:
     servers = ServerService(ctx.sessionmaker, engines, ctx.events)
     lifecycle = Lifecycle(ctx.sessionmaker, ctx.settings, ctx.events, engines, ctx.workspaces, servers, ctx.tasks)
     reconciler = Reconciler(lifecycle)
+    log_pumps = LogPumps(lifecycle, ctx.sessionmaker, ctx.tasks, ctx.redis)
+    lifecycle.listeners.append(log_pumps.on_lifecycle)
 
     async def place_new(principal: Principal, server_id: str | None) -> str | None:
         if server_id is not None or engines.mode == "docker":
@@ -59,9 +62,11 @@ async def runtime_startup(ctx: AppContext) -> None:
         lifecycle=lifecycle,
         workspace_ops=WorkspaceOps(lifecycle),
         reconciler=reconciler,
+        log_pumps=log_pumps,
         place_new=place_new,
         after_create=after_create,
         delete=delete,
     )
     ctx.tasks.start_soon(reconciler.loop, ctx.tasks)
     ctx.tasks.start_soon(reconciler.idle_loop)
+    ctx.tasks.start_soon(log_pumps.loop)

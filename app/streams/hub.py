@@ -64,6 +64,10 @@ class Hub(Protocol):
         """Raise ``ServiceUnavailable`` when the hub cannot deliver events."""
         ...
 
+    async def last_event(self, topic: str) -> Event | None:
+        """The newest event history holds for ``topic`` (None when none)."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and debugging."""
         ...
@@ -200,6 +204,11 @@ class InProcessHub:
 
     def _count_replayed(self, n: int) -> None:
         self._replayed += n
+
+    async def last_event(self, topic: str) -> Event | None:
+        """The newest event history holds for ``topic`` (None when none)."""
+        history = self._history.get(check_topic(topic))
+        return history[-1].event if history else None
 
     async def check(self) -> None:
         """Readiness: the in-process hub is always up."""

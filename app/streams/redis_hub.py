@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.errors import ServiceUnavailable
+from app.events import Event
 from app.settings import Settings
 from app.streams.fanout import (
     HISTORY_TRIMMED,
@@ -33,6 +34,7 @@ from app.streams.fanout import (
     Fanout,
     Item,
     Subscription,
+    check_topic,
     encode_body,
     parse_cursor,
     reset_item,
@@ -202,6 +204,15 @@ class RedisHub:
 
     def _count_replayed(self, n: int) -> None:
         self._counters["replayed"] += n
+
+    async def last_event(self, topic: str) -> Event | None:
+        """The newest event history holds for ``topic`` (None when none); ``ServiceUnavailable`` when down."""
+        try:
+            entries = await self.redis.xrevrange(self._stream(check_topic(topic)), count=1)
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        items = _entry_items(entries)
+        return items[0][0].event if items else None
 
     async def _plan(
         self, names: tuple[str, ...], cursor: int | None, since_earliest: bool

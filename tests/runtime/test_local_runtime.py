@@ -16,11 +16,13 @@ from app.services.runtime.base import (
     ExecExit,
     ExecOutput,
     ExecRequest,
+    LogLine,
     StartFailed,
     UnknownWorkspace,
     WorkspaceNotRunning,
     WorkspaceSpec,
 )
+from app.services.runtime.common import unix_from_iso
 from app.services.runtime.local import LocalRuntime
 from app.services.runtime.local_support import group_alive
 from tests.runtime.conftest import fake_ide_command, new_workspace_id
@@ -133,6 +135,37 @@ async def test_follow_logs_streams_new_lines(runtime: LocalRuntime, tmp_path: Pa
             await client.get(f"{endpoint.url}/followed")
         with anyio.fail_after(10):
             await found.wait()
+
+
+async def test_follow_logs_of_a_process_another_runtime_started(runtime: LocalRuntime, tmp_path: Path) -> None:
+    """Another hub process (or this one after a restart) follows the IDE through its log file."""
+    spec = make_spec(tmp_path)
+    endpoint = await runtime.start(spec, ready_timeout=20)
+    async with LocalRuntime(tmp_path / "run", fake_ide_command()) as other:
+        seen: list[LogLine] = []
+        ended = anyio.Event()
+
+        async def follow() -> None:
+            async for line in other.follow_logs(spec.id, tail=100):
+                seen.append(line)
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            with anyio.fail_after(10):
+                while not any("fake-ide listening" in line.text for line in seen):
+                    await anyio.sleep(0.05)
+            async with httpx.AsyncClient() as client:
+                await client.get(f"{endpoint.url}/from-the-file")
+            with anyio.fail_after(10):
+                while not any(line.text == "GET /from-the-file" for line in seen):
+                    await anyio.sleep(0.05)
+            await runtime.stop(spec.id, grace=5)
+            with anyio.fail_after(10):
+                await ended.wait()
+        assert seen == await runtime.logs(spec.id, tail=1000)
+        since = [line async for line in other.follow_logs(spec.id, tail=100, since=unix_from_iso(seen[-2].at))]
+        assert since == seen[-1:]
 
 
 async def test_terminal_on_a_pty(runtime: LocalRuntime, tmp_path: Path) -> None:

@@ -172,6 +172,16 @@ async def test_heartbeats_reach_next_batch_but_not_the_event_iterator(make_hub: 
                 break
 
 
+async def test_last_event_is_the_newest_of_a_topic(make_hub: HubFactory) -> None:
+    async with make_hub() as hub:
+        assert await hub.last_event("workspace:q:logs") is None
+        await hub.publish("workspace:q:logs", "log.line", {"at": "1", "text": "a"})
+        newest = await hub.publish("workspace:q", "workspace.updated", {}, also=["workspace:q:logs"])
+        await hub.publish("workspace:q", "workspace.updated", {"later": True})
+        last = await hub.last_event("workspace:q:logs")
+        assert last is not None and last.id == newest and last.topic == "workspace:q"
+
+
 async def test_bad_topics_and_types_are_refused(make_hub: HubFactory) -> None:
     async with make_hub() as hub:
         with pytest.raises(BadRequest):

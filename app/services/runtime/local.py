@@ -53,6 +53,7 @@ from app.services.runtime.common import (
 from app.services.runtime.docker_exec import DEFAULT_SHELL
 
 MAX_LOG_FILE = 5 * 1024 * 1024
+FOLLOW_FILE_POLL = 0.25
 
 
 class _Proc:
@@ -353,10 +354,16 @@ class LocalRuntime:
     async def follow_logs(
         self, workspace_id: str, *, tail: int = 0, since: float | None = None
     ) -> AsyncIterator[LogLine]:
-        """Lines as the IDE writes them, until it exits."""
+        """Lines as the IDE writes them, until it exits.
+
+        An IDE this process did not start (another hub process, or this one before a restart) is
+        followed through its log file.
+        """
         proc = self._procs.get(workspace_id)
         if proc is None:
-            raise UnknownWorkspace(f"no process for workspace {workspace_id}")
+            async for line in self._follow_file(workspace_id, tail=tail, since=since):
+                yield line
+            return
         for line in await self.logs(workspace_id, tail=tail, since=since) if tail else []:
             yield line
         seen = proc.written
@@ -371,6 +378,31 @@ class LocalRuntime:
             if proc.exited.is_set():
                 return
             await changed.wait()
+
+    async def _follow_file(self, workspace_id: str, *, tail: int, since: float | None) -> AsyncIterator[LogLine]:
+        pid_path, log_path = self._paths(workspace_id)
+        record = ls.read_pidfile(pid_path)
+        if record is None or not log_path.exists():
+            raise UnknownWorkspace(f"no process for workspace {workspace_id}")
+        floor = iso_from_unix(record.started_at if since is None else max(since, record.started_at))
+        offset, partial, first = 0, b"", True
+        while True:
+            size = log_path.stat().st_size if log_path.exists() else 0
+            if size < offset:  # the writer truncated the file (it keeps it under MAX_LOG_FILE)
+                offset, partial = 0, b""
+            if size == offset:
+                if not ls.alive(record):
+                    return
+                await anyio.sleep(FOLLOW_FILE_POLL)
+                continue
+            chunk = await anyio.to_thread.run_sync(_read_from, log_path, offset)
+            offset += len(chunk)
+            *raws, partial = (partial + chunk).split(b"\n")
+            lines = [line for line in map(_parse_log_line, raws) if line.at > floor]
+            if first:
+                lines, first = lines[-tail:] if tail else [], False
+            for line in lines:
+                yield line
 
     async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
         """Run a command to completion in the workspace directory."""
@@ -447,11 +479,17 @@ def purge_dir_sync(path: Path) -> None:
     purge_dir(path)
 
 
+def _parse_log_line(raw: bytes) -> LogLine:
+    stamp, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+    return LogLine(stamp, rest)
+
+
 def _read_log_file(path: Path) -> list[LogLine]:
-    lines = []
     with path.open("rb") as handle:
-        for raw in handle:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            stamp, _, rest = text.partition(" ")
-            lines.append(LogLine(stamp, rest))
-    return lines
+        return [_parse_log_line(raw) for raw in handle]
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(MAX_LOG_FILE)

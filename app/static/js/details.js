@@ -16,7 +16,7 @@ export class Details {
     this.timer = null;
     this.generation = 0;
     this.status = null;
-    this.logs = new LogPane();
+    this.logs = new LogPane(() => app.updateTopics());
     this.cpu = new TimeChart($("#cpu-chart"), {
       windowMs: WINDOW_MS,
       minMax: 5,
@@ -57,9 +57,10 @@ export class Details {
     this.poll(this.generation);
   }
 
-  /** After a stream reset: fetch the status again (the log follow has its own connection). */
+  /** After a stream reset: fetch the status and the log tail again. */
   resync() {
     if (this.id) this.poll(this.generation);
+    this.logs.streamLive();
   }
 
   workspaceChanged(ws) {

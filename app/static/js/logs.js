@@ -1,13 +1,16 @@
-// The log pane of the selected workspace. While it runs: one EventSource on
-// GET /api/workspaces/{id}/logs?follow=true&tail=200 (the tail, then new lines, then `end` when it
-// stops). Otherwise: the last lines from GET …/logs?tail=200. Lines are de-duplicated by (time, text),
-// so a reconnect that replays the tail does not repeat them.
+// The log pane of the selected workspace. First the last lines (GET /api/workspaces/{id}/logs?tail=200),
+// then new lines as `log.line` events of topic `workspace:<id>:logs` on the page's ONE event stream: the
+// pane asks the page to add that topic once the tail is in, and the stream reconnects with its last event
+// id, so lines published in between are replayed. Each time the stream (re)opens the tail is fetched again
+// (a reconnect without a cursor would otherwise leave a gap). Lines are de-duplicated by (time, text), so
+// the tail and the events may overlap freely.
 
 import { api } from "./api.js";
 import { $, h, parseTime, setText } from "./ui.js";
 
 const TAIL = 200;
 const MAX_LINES = 2000;
+const ENDED = new Set(["stopped", "failed", "deleted"]);
 
 function linesOf(data) {
   if (!data) return [];
@@ -22,10 +25,14 @@ function normalize(line) {
 }
 
 export class LogPane {
-  constructor() {
+  /** @param {() => void} onTopicChange called when `topic()` changes (the page updates its stream) */
+  constructor(onTopicChange = () => {}) {
     this.pane = $("#logs");
+    this.onTopicChange = onTopicChange;
     this.id = null;
-    this.source = null;
+    this.state = null;
+    this.topicId = null;
+    this.ended = false;
     this.keys = new Set();
     this.generation = 0;
     $("#log-clear").addEventListener("click", () => this.clear());
@@ -40,62 +47,53 @@ export class LogPane {
     setText($("#log-mode"), text);
   }
 
+  /** The logs topic the page's event stream should carry (null: none). */
+  topic() {
+    return this.topicId ? `workspace:${this.topicId}:logs` : null;
+  }
+
+  setTopic(id) {
+    if (id === this.topicId) return;
+    this.topicId = id;
+    this.onTopicChange();
+  }
+
   /** Show the logs of workspace `id` in state `state` (null: nothing). */
-  show(id, state) {
-    this.close();
+  async show(id, state) {
     this.id = id;
+    this.state = state;
     this.generation += 1;
+    const generation = this.generation;
+    this.ended = false;
     this.clear();
     this.mode("");
-    if (!id) return;
-    if (state === "running") this.follow();
-    else this.loadTail();
+    if (!id) {
+      this.setTopic(null);
+      return;
+    }
+    await this.loadTail(); // the previous workspace's topic stays until then: one reconnect per switch
+    if (generation === this.generation) this.setTopic(id);
   }
 
-  /** The selected workspace changed state: start following once it runs. */
+  /** The selected workspace changed state. */
   stateChanged(state) {
-    if (this.id && state === "running" && !this.source) this.follow();
+    const was = this.state;
+    this.state = state;
+    if (!this.id || state === was) return;
+    if (state === "running") this.ended = false;
+    else if (ENDED.has(state) && was) this.ended = true;
+    this.refreshMode();
   }
 
-  close() {
-    if (this.source) this.source.close();
-    this.source = null;
+  refreshMode() {
+    if (this.state === "running") this.mode("following");
+    else if (this.ended) this.mode(`ended: the workspace ${this.state}`);
+    else this.mode(this.pane.childElementCount ? "last lines" : "no output yet");
   }
 
-  follow() {
-    this.close();
-    const id = this.id;
-    const generation = this.generation;
-    const url = `/api/workspaces/${encodeURIComponent(id)}/logs?follow=true&tail=${TAIL}`;
-    const source = new EventSource(url, { withCredentials: true });
-    this.source = source;
-    this.mode("connecting…");
-    const current = () => this.source === source && this.generation === generation;
-    const onLine = (message) => {
-      if (!current()) return;
-      try {
-        for (const line of linesOf(JSON.parse(message.data))) this.append(line);
-      } catch {
-        this.append(message.data);
-      }
-    };
-    source.addEventListener("log", onLine);
-    source.addEventListener("log.line", onLine);
-    source.addEventListener("end", () => {
-      if (!current()) return;
-      this.close();
-      this.mode("ended: the workspace stopped");
-    });
-    source.onopen = () => current() && this.mode("following");
-    source.onerror = () => {
-      if (!current()) return;
-      if (source.readyState !== EventSource.CLOSED) {
-        this.mode("reconnecting…");
-        return;
-      }
-      this.close();
-      this.loadTail(); // not running (409) or gone: show what is left, and why
-    };
+  /** The page's event stream (re)opened: fetch the tail again to cover what a reconnect may have missed. */
+  streamLive() {
+    if (this.id && this.topicId === this.id) this.loadTail();
   }
 
   async loadTail() {
@@ -109,14 +107,14 @@ export class LogPane {
       if (generation !== this.generation) return;
       const lines = linesOf(data);
       for (const line of lines) this.append(line);
-      this.mode(lines.length ? "last lines" : "no output yet");
+      this.refreshMode();
     } catch (err) {
       if (generation !== this.generation) return;
       this.mode(err.status === 404 || err.status === 405 ? "logs not available" : err.message);
     }
   }
 
-  /** A `log.line` event from the page's event stream (if the hub publishes them). */
+  /** A `log.line` event from the page's event stream (topic `workspace:<id>:logs`). */
   handleEvent(ev) {
     const data = ev.data || {};
     const topic = ev.topic || "";

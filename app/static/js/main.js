@@ -142,7 +142,8 @@ class App {
 
   topics() {
     if (!this.me) return [];
-    return [this.isAdmin ? "admin" : `user:${this.me.id}`];
+    const logs = this.details.logs.topic();
+    return [this.isAdmin ? "admin" : `user:${this.me.id}`, ...(logs ? [logs] : [])];
   }
 
   updateTopics() {
@@ -187,6 +188,7 @@ class App {
     live.title = detail || "Live event stream";
     if (state === "down" && detail && was !== "down") toast(detail, { title: "Live updates interrupted" });
     if (state === "live" && was !== "live" && was !== "connecting" && was !== "off") this.workspaces.load();
+    if (state === "live") this.details.logs.streamLive();
     if (state === "unavailable" && !this.pollTimer) {
       this.pollTimer = setInterval(() => this.workspaces.load(), FALLBACK_POLL_MS);
     } else if (state === "live" && this.pollTimer) {
