@@ -171,14 +171,14 @@ class Relay:
         """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed) and Host."""
         out: list[tuple[bytes, bytes]] = []
         host = b""
-        listed: set[bytes] = set()
+        listed: set[bytes] | None = None
         for name, value in headers:
-            if name == b"connection":
-                listed.update(t.strip().lower() for t in value.split(b","))
-            elif name == b"host":
-                host = value
-        for name, value in headers:
-            if name in _DROP_UP or name in listed:
+            if name in _DROP_UP:
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")} - _DROP_UP
+                    listed = (listed or set()) | tokens if tokens else listed
                 continue
             if name == b"cookie":
                 if creds.cookie is not None:
@@ -188,6 +188,8 @@ class Relay:
             elif name == b"authorization" and creds.source == "bearer":
                 continue
             out.append((name, value))
+        if listed:  # headers the client named in Connection are hop-by-hop too
+            out = [(name, value) for name, value in out if name not in listed]
         client = scope.get("client")
         scheme = self.public_scheme or ("https" if scope.get("scheme") in ("https", "wss") else "http")
         out.append((b"x-forwarded-for", client[0].encode() if client else b""))

@@ -21,7 +21,7 @@ import anyio
 from app.db import SessionMaker
 from app.errors import DomainError
 from app.models import Workspace
-from app.services.auth import TOKEN_PREFIX, Principal, hash_token
+from app.services.auth import TOKEN_PREFIX, Principal
 from app.settings import Settings
 
 SESSION_COOKIE = "codehub_session"  # the name app.controllers.middleware sets at login
@@ -121,7 +121,7 @@ class PrincipalCache:
 
     async def get(self, token: str) -> Principal | None:
         """The principal ``token`` proves, or None when it proves nothing."""
-        key = hash_token(token)
+        key = token
         known = self._known.get(key)
         if known is not None and known[0] > time.monotonic():
             return known[1]

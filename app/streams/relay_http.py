@@ -230,7 +230,18 @@ class Exchange:
     the client connection) and ``ClientGone`` when the client left first.
     """
 
-    __slots__ = ("body_kind", "bytes_down", "bytes_up", "client_gone", "head", "key", "method", "pool", "timed_out")
+    __slots__ = (
+        "body_kind",
+        "body_sent",
+        "bytes_down",
+        "bytes_up",
+        "client_gone",
+        "head",
+        "key",
+        "method",
+        "pool",
+        "timed_out",
+    )
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], method: str, head: bytes, body_kind: str) -> None:
         self.pool = pool
@@ -242,6 +253,7 @@ class Exchange:
         self.bytes_down = 0
         self.client_gone = False
         self.timed_out = False
+        self.body_sent = body_kind == "none"
 
     async def run(self, receive: Receive, send: Send, fix_headers: FixHeaders) -> int:
         """Send the request, relay the response; ``fix_headers(status, headers)`` shapes response headers."""
@@ -304,17 +316,21 @@ class Exchange:
             del waiting[self]
 
     async def _with_body(self, conn: Conn, receive: Receive) -> tuple[_Parsed, Any]:
-        """Stream the request body while waiting for the response head (the IDE may answer early)."""
+        """Stream the request body while waiting for the response head. An IDE that answers before it has
+        read the whole body (413, 401...) stops the upload; that connection is then not reused."""
         result: list[tuple[_Parsed, Any]] = []
 
         async def read_head() -> None:
             result.append(await self._read_headers(conn))
+            if not self.body_sent:
+                tg.cancel_scope.cancel()
 
         with _flat_errors():
             async with anyio.create_task_group() as tg:
                 await conn.link.send(self.head)
                 tg.start_soon(read_head)
                 await self._send_body(conn, receive)
+                self.body_sent = True
         return result[0]
 
     async def _send_body(self, conn: Conn, receive: Receive) -> None:
@@ -392,7 +408,7 @@ class Exchange:
                 return
 
     def _finish(self, conn: Conn, parsed: _Parsed, framed: bool) -> None:
-        if framed and parsed.keep_alive:
+        if framed and parsed.keep_alive and self.body_sent:
             self.pool.give_back(conn)
         else:
             self.pool.discard(conn)

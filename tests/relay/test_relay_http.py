@@ -207,6 +207,29 @@ async def test_client_disconnect_mid_upload(relay_hub: RelayHub, ws_id: str) -> 
         assert (await client.get(f"/w/{ws_id}/healthz")).text == "ok"
 
 
+async def test_early_answer_stops_the_upload(relay_hub: RelayHub, ws_id: str) -> None:
+    """An IDE that refuses a body before reading it: the client gets the answer, the upload stops."""
+    counters = relay_hub.relay.stats.of(ws_id)
+    before = counters.bytes_up
+
+    async def chunks():
+        for _ in range(200):
+            yield b"x" * MB
+
+    async with relay_hub.client(relay_hub.alice) as client:
+        with anyio.fail_after(30):
+            try:
+                r = await client.post(f"/w/{ws_id}/early", content=chunks(), headers={"Content-Length": str(200 * MB)})
+                assert r.status_code == 413 and r.json() == {"error": "too big"}
+            except (httpx.WriteError, httpx.RemoteProtocolError):
+                pass  # the client may notice the closed upload before it reads the answer
+        assert counters.bytes_up - before < 100 * MB  # the relay stopped forwarding the body
+        with anyio.fail_after(5):
+            while relay_hub.relay.stats.of(ws_id).http_in_flight:
+                await anyio.sleep(0.05)
+        assert (await client.get(f"/w/{ws_id}/healthz")).text == "ok"
+
+
 async def test_upstream_down_is_a_502_page(relay_hub: RelayHub) -> None:
     dead = await relay_hub.workspace(relay_hub.alice, "http-dead", f"127.0.0.1:{free_port()}")
     async with relay_hub.client(relay_hub.alice) as client:

@@ -1,8 +1,9 @@
 """A programmable IDE stand-in for relay tests (raw ASGI on uvicorn, run as its own process).
 
 HTTP: ``/healthz`` → ok; ``/download?size=N[&chunked=1]`` streams N bytes; ``/upload`` hashes the body as it
-arrives; ``/slow?delay=S`` answers late; ``/trickle?parts=N&delay=S`` sends parts slowly; ``/crash?after=N``
-promises 10 MB, sends N bytes and breaks the connection; ``/redirect?to=X``; ``/cookie``; ``/status/N``;
+arrives; ``/early`` answers 413 without reading the body; ``/slow?delay=S`` answers late;
+``/trickle?parts=N&delay=S`` sends parts slowly; ``/crash?after=N`` promises 10 MB, sends N bytes and breaks
+the connection; ``/redirect?to=X``; ``/cookie``; ``/status/N``;
 ``/stats`` (what this process saw: aborted downloads, WebSocket closes); anything else echoes the request
 as JSON. WebSocket at any path: echo; ``close:CODE:REASON`` closes with that code; ``crash`` drops the TCP
 connection; ``hello`` answers with the handshake it saw (headers, query, subprotocols).
@@ -82,6 +83,8 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
                 await anyio.sleep(0)
             tg.cancel_scope.cancel()
+    elif path == "/early":
+        await _json(send, {"error": "too big"}, status=413)
     elif path == "/slow":
         await anyio.sleep(float(q.get("delay", "1")))
         await _json(send, {"slow": True})
