@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -19,6 +22,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 SessionMaker = async_sessionmaker[AsyncSession]
 PING_IDLE_AFTER = 10.0
+# Key of the Postgres advisory lock that serializes ``codehub migrate`` across hub replicas ("codehub" in hex).
+MIGRATION_LOCK_KEY = 0x636F6465687562
 
 
 class MigrationRequired(RuntimeError):
@@ -86,14 +91,34 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@contextmanager
+def migration_lock(database_url: str) -> Iterator[None]:
+    """On Postgres, hold a session advisory lock (on a connection of its own) so that concurrent migration runs
+    of several hub replicas take turns: the later ones find the schema at head and do nothing. A no-op on SQLite.
+    The lock goes away with the connection, so a crashed run never leaves it held."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        yield
+        return
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Run migrations up to ``revision`` (blocking; call from a thread inside async code)."""
-    command.upgrade(alembic_config(database_url), revision)
+    """Run migrations up to ``revision`` under ``migration_lock`` (blocking; call from a thread in async code)."""
+    with migration_lock(database_url):
+        command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:
-    """Run migrations down to ``revision`` (blocking)."""
-    command.downgrade(alembic_config(database_url), revision)
+    """Run migrations down to ``revision`` under ``migration_lock`` (blocking)."""
+    with migration_lock(database_url):
+        command.downgrade(alembic_config(database_url), revision)
 
 
 def head_revision() -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -42,3 +46,28 @@ async def test_unmigrated_database_fails_fast(tmp_path) -> None:
     with pytest.raises(db.MigrationRequired, match="codehub migrate"):
         await db.check_migrated(engine)
     await engine.dispose()
+
+
+def test_concurrent_migrate_runs_are_serialized(tmp_path) -> None:
+    """Two `codehub migrate` processes at once on a fresh Postgres database (several hub replicas starting
+    together): the advisory lock makes them take turns, both succeed and the schema ends at head."""
+    with fresh_database("postgres", tmp_path, migrate=False) as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CODEHUB_")}
+        env.update(CODEHUB_DATA_DIR=str(tmp_path), CODEHUB_DATABASE_URL=url, CODEHUB_LOG_LEVEL="warning")
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "app", "migrate"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=180)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        engine = create_engine(_sync_url(url))
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == db.head_revision()
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        engine.dispose()
