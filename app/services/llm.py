@@ -28,6 +28,7 @@ import anyio
 import httpx
 import msgspec
 
+from app import metrics
 from app.errors import BadGateway, ServiceUnavailable, TooManyRequests
 from app.services.llm_limits import InProcessLimiter, RequestLimiter
 from app.settings import Settings
@@ -133,13 +134,15 @@ class SSEParser:
 class ChatStream:
     """One streamed completion: iterate tokens (or batches of tokens), then read ``usage``/``finish_reason``."""
 
-    def __init__(self, response: httpx.Response, model: str) -> None:
+    def __init__(self, response: httpx.Response, model: str, started: float | None = None) -> None:
         self._response = response
         self.model = model
         self.finish_reason: str | None = None
         self.tokens = 0
+        self.finished = False
         self._usage: Usage | None = None
         self._done = False
+        self._started = time.perf_counter() if started is None else started
 
     @property
     def usage(self) -> Usage:
@@ -166,6 +169,8 @@ class ChatStream:
                 for event, data in parser.feed(raw):
                     self._handle(event, data, batch)
                 if batch:
+                    if not self.tokens:
+                        metrics.LLM_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - self._started)
                     self.tokens += len(batch)
                     yield batch
                 if self._done:
@@ -178,6 +183,7 @@ class ChatStream:
             raise BadGateway(f"the LLM server broke the stream: {exc}", code="llm_stream_broken") from None
         if not self._done and self.finish_reason is None:
             raise BadGateway("the LLM server ended the stream before finishing", code="llm_stream_broken")
+        self.finished = True
         with anyio.move_on_after(1.0):  # read to the end so the connection goes back to the pool
             async for _ in chunks:
                 pass
@@ -368,13 +374,26 @@ class LLMClient:
         iteration. Leaving the block closes the upstream request.
         """
         self.require_configured()
-        async with self.limiter.acquire(user_key):
-            response = await self._send(self._body(messages, True, max_tokens, temperature))
-            try:
-                yield ChatStream(response, self.settings.llm_model)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+        started = time.perf_counter()
+        outcome, chat = "error", None
+        try:
+            async with self.limiter.acquire(user_key):
+                response = await self._send(self._body(messages, True, max_tokens, temperature))
+                try:
+                    chat = ChatStream(response, self.settings.llm_model, started)
+                    yield chat
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            outcome = "ok" if chat is not None and chat.finished else "cancelled"
+        except TooManyRequests:
+            outcome = "rate_limited"
+            raise
+        except (anyio.get_cancelled_exc_class(), GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            _record(outcome, started, chat.usage if chat is not None else None)
 
     async def complete(
         self,
@@ -386,31 +405,49 @@ class LLMClient:
     ) -> Completion:
         """A non-streamed chat completion (``stream: false``) with the same limits and error mapping."""
         self.require_configured()
-        async with self.limiter.acquire(user_key):
-            response = await self._send(self._body(messages, False, max_tokens, temperature))
-            try:
-                body = await response.aread()
-            except httpx.TimeoutException:
-                raise BadGateway(
-                    "the LLM server did not answer in time (CODEHUB_LLM_TIMEOUT)", code="llm_timeout"
-                ) from None
-            except httpx.TransportError as exc:
-                raise BadGateway(f"the LLM server broke the answer: {exc}", code="llm_stream_broken") from None
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+        started = time.perf_counter()
+        outcome, usage = "error", None
         try:
-            chunk = _decode_chunk(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise BadGateway("the LLM server sent a malformed answer", code="llm_error") from None
+            async with self.limiter.acquire(user_key):
+                response = await self._send(self._body(messages, False, max_tokens, temperature))
+                try:
+                    body = await response.aread()
+                except httpx.TimeoutException:
+                    raise BadGateway(
+                        "the LLM server did not answer in time (CODEHUB_LLM_TIMEOUT)", code="llm_timeout"
+                    ) from None
+                except httpx.TransportError as exc:
+                    raise BadGateway(f"the LLM server broke the answer: {exc}", code="llm_stream_broken") from None
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            try:
+                chunk = _decode_chunk(body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise BadGateway("the LLM server sent a malformed answer", code="llm_error") from None
+            usage = chunk.usage or Usage(estimated=True)
+            outcome = "ok"
+        except TooManyRequests:
+            outcome = "rate_limited"
+            raise
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
+        finally:
+            _record(outcome, started, usage)
         choice = chunk.choices[0] if chunk.choices else _Choice()
         text = (choice.message.content if choice.message else None) or ""
         return Completion(
-            text=text,
-            usage=chunk.usage or Usage(estimated=True),
-            finish_reason=choice.finish_reason,
-            model=chunk.model or self.settings.llm_model,
+            text=text, usage=usage, finish_reason=choice.finish_reason, model=chunk.model or self.settings.llm_model
         )
+
+
+def _record(outcome: str, started: float, usage: Usage | None) -> None:
+    """Count one LLM request into the metrics (latency by outcome; tokens as reported or estimated)."""
+    metrics.LLM_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+    if usage is not None:
+        metrics.LLM_TOKENS.labels("prompt").inc(usage.prompt_tokens)
+        metrics.LLM_TOKENS.labels("completion").inc(usage.completion_tokens)
 
 
 @asynccontextmanager

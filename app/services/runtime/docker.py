@@ -21,6 +21,7 @@ import aiohttp
 import anyio
 from aiodocker.exceptions import DockerError
 
+from app import metrics
 from app.services.runtime import common, docker_exec
 from app.services.runtime import docker_support as ds
 from app.services.runtime.base import (
@@ -144,8 +145,10 @@ class DockerRuntime:
         with ds.engine_errors(self.docker_url):
             container = await self._create(spec, progress)
             try:
-                await container.start()
-                info = await container.show()
+                with metrics.docker_call("start"):
+                    await container.start()
+                with metrics.docker_call("inspect"):
+                    info = await container.show()
                 if not info["State"].get("Running"):
                     raise ProcessExited
                 endpoint = self._endpoint_of(info, spec.ide_port)
@@ -153,12 +156,14 @@ class DockerRuntime:
                     await progress("container_started", {"container_id": container.id})
 
                 async def alive() -> bool:
-                    return bool((await container.show())["State"]["Running"])
+                    with metrics.docker_call("inspect"):
+                        return bool((await container.show())["State"]["Running"])
 
                 await wait_until_ready(endpoint.url, within=ready_timeout, alive=alive)
                 return endpoint
             except ProcessExited:
-                state = (await container.show())["State"]
+                with metrics.docker_call("inspect"):
+                    state = (await container.show())["State"]
                 lines = await self._tail_text(container)
                 raise StartFailed(
                     f"the IDE exited with code {state.get('ExitCode')} before answering HTTP", logs=lines
@@ -180,7 +185,8 @@ class DockerRuntime:
         name = container_name(spec.id)
         for attempt in range(3):
             try:
-                return await self.docker.containers.create(config, name=name)
+                with metrics.docker_call("create"):
+                    return await self.docker.containers.create(config, name=name)
             except DockerError as exc:
                 if exc.status == 409 and attempt < 2:
                     await self._delete_quietly(name)
@@ -196,19 +202,20 @@ class DockerRuntime:
     async def _pull_image(self, image: str, progress: Progress | None) -> None:
         last = 0.0
         try:
-            async for item in self.docker.images.pull(image, stream=True):
-                now = time.monotonic()
-                if progress and now - last >= 0.5:
-                    last = now
-                    await progress(
-                        "pull",
-                        {
-                            "image": image,
-                            "status": item.get("status", ""),
-                            "layer": item.get("id", ""),
-                            "detail": item.get("progressDetail", {}),
-                        },
-                    )
+            with metrics.docker_call("pull"):
+                async for item in self.docker.images.pull(image, stream=True):
+                    now = time.monotonic()
+                    if progress and now - last >= 0.5:
+                        last = now
+                        await progress(
+                            "pull",
+                            {
+                                "image": image,
+                                "status": item.get("status", ""),
+                                "layer": item.get("id", ""),
+                                "detail": item.get("progressDetail", {}),
+                            },
+                        )
         except DockerError as exc:
             raise ImageNotFound(
                 f"image {image} is not on this Docker host and pulling it failed: {exc.message}"
@@ -225,18 +232,20 @@ class DockerRuntime:
 
     async def _tail_text(self, container: Any, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
         try:
-            chunks = await container.log(stdout=True, stderr=True, tail=tail)
+            with metrics.docker_call("logs"):
+                chunks = await container.log(stdout=True, stderr=True, tail=tail)
         except DockerError:
             return []
         return "".join(chunks).splitlines()[-tail:]
 
     async def _kill_quietly(self, container: Any) -> None:
-        with suppress(DockerError):
+        with suppress(DockerError), metrics.docker_call("kill"):
             await container.kill()
 
     async def _delete_quietly(self, name: str) -> None:
         try:
-            await self.docker.containers.container(name).delete(force=True, v=True)
+            with metrics.docker_call("remove"):
+                await self.docker.containers.container(name).delete(force=True, v=True)
         except DockerError as exc:
             if exc.status != 404:
                 raise
@@ -248,7 +257,8 @@ class DockerRuntime:
     async def _show(self, workspace_id: str) -> dict[str, Any] | None:
         with ds.engine_errors(self.docker_url):
             try:
-                return await self.docker.containers.container(container_name(workspace_id)).show()
+                with metrics.docker_call("inspect"):
+                    return await self.docker.containers.container(container_name(workspace_id)).show()
             except DockerError as exc:
                 if exc.status == 404:
                     return None
@@ -260,7 +270,8 @@ class DockerRuntime:
         container = self.docker.containers.container(container_name(workspace_id))
         with ds.engine_errors(self.docker_url):
             try:
-                await container.stop(t=math.ceil(grace))
+                with metrics.docker_call("stop"):
+                    await container.stop(t=math.ceil(grace))
             except DockerError as exc:
                 if exc.status == 404:
                     return None
@@ -284,7 +295,7 @@ class DockerRuntime:
     async def list_states(self, hub_id: str) -> list[RuntimeState]:
         """Every container labelled with this hub id (from one list call, no inspects)."""
         filters = json.dumps({"label": [f"{LABEL_HUB}={hub_id}"]})
-        with ds.engine_errors(self.docker_url):
+        with ds.engine_errors(self.docker_url), metrics.docker_call("list"):
             items = await self.docker.containers.list(all=True, filters=filters)
         return [ds.state_of_list_item(item._container) for item in items]
 
@@ -303,7 +314,8 @@ class DockerRuntime:
             container = self.docker.containers.container(container_name(workspace_id))
             with ds.engine_errors(self.docker_url):
                 try:
-                    samples = await container.stats(stream=False)
+                    with metrics.docker_call("stats"):
+                        samples = await container.stats(stream=False)
                 except DockerError as exc:
                     raise WorkspaceNotRunning(f"workspace {workspace_id} is not running") from exc
             if not samples or not samples[0].get("pids_stats"):
@@ -320,7 +332,8 @@ class DockerRuntime:
             params["since"] = f"{since:.6f}"
         with ds.engine_errors(self.docker_url):
             try:
-                chunks = await container.log(stdout=True, stderr=True, **params)
+                with metrics.docker_call("logs"):
+                    chunks = await container.log(stdout=True, stderr=True, **params)
             except DockerError as exc:
                 if exc.status == 404:
                     raise UnknownWorkspace(f"no container for workspace {workspace_id}") from exc
@@ -421,7 +434,7 @@ class DockerRuntime:
         """Version, API version and round-trip time of the engine."""
         begin = time.perf_counter()
         try:
-            with anyio.fail_after(10):
+            with anyio.fail_after(10), metrics.docker_call("version"):
                 version = await self.docker.version()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             return EngineInfo(ok=False, error=str(exc) or type(exc).__name__)

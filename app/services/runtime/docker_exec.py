@@ -18,6 +18,7 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
+from app import metrics
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, WorkspaceNotRunning
 from app.services.runtime.common import OutputCap
 
@@ -32,7 +33,8 @@ TIMEOUT_EXIT = 137
 async def _running(docker: aiodocker.Docker, name: str) -> tuple[Any, dict[str, Any]]:
     container = docker.containers.container(name)
     try:
-        info = await container.show()
+        with metrics.docker_call("inspect"):
+            info = await container.show()
     except DockerError as exc:
         if exc.status == 404:
             raise WorkspaceNotRunning(f"container {name} does not exist") from exc
@@ -44,8 +46,9 @@ async def _running(docker: aiodocker.Docker, name: str) -> tuple[Any, dict[str, 
 
 async def _signal_group(container: Any, pid: int, script: str) -> None:
     try:
-        kill = await container.exec(["sh", "-c", script, "sh", str(pid)], stdout=False, stderr=False)
-        await kill.start(detach=True)
+        with metrics.docker_call("exec"):
+            kill = await container.exec(["sh", "-c", script, "sh", str(pid)], stdout=False, stderr=False)
+            await kill.start(detach=True)
     except DockerError:
         pass
 
@@ -53,7 +56,8 @@ async def _signal_group(container: Any, pid: int, script: str) -> None:
 async def _exit_code(exec_: Any, wait: float = 2.0) -> int | None:
     deadline = time.monotonic() + wait
     while True:
-        info = await exec_.inspect()
+        with metrics.docker_call("exec_inspect"):
+            info = await exec_.inspect()
         if not info.get("Running") and info.get("ExitCode") is not None:
             return int(info["ExitCode"])
         if time.monotonic() >= deadline:
@@ -71,13 +75,14 @@ async def exec_stream(docker: aiodocker.Docker, name: str, request: ExecRequest)
     workdir = request.workdir or None
     if workdir and not workdir.startswith("/"):
         workdir = posixpath.join((info.get("Config") or {}).get("WorkingDir") or "/", workdir)
-    exec_ = await container.exec(
-        ["sh", "-c", PID_WRAPPER, "sh", *request.argv],
-        stdout=True,
-        stderr=True,
-        environment=request.env or None,
-        workdir=workdir,
-    )
+    with metrics.docker_call("exec"):
+        exec_ = await container.exec(
+            ["sh", "-c", PID_WRAPPER, "sh", *request.argv],
+            stdout=True,
+            stderr=True,
+            environment=request.env or None,
+            workdir=workdir,
+        )
     begin = time.monotonic()
     deadline = begin + request.timeout_s
     cap = OutputCap(request.max_output_bytes)
@@ -203,9 +208,15 @@ async def open_terminal(
     container, _ = await _running(docker, name)
     environment = {"TERM": "xterm-256color", **(env or {})}
     argv = list(command or DEFAULT_SHELL)
-    exec_ = await container.exec(
-        ["sh", "-c", PID_WRAPPER, "sh", *argv], stdout=True, stderr=True, stdin=True, tty=True, environment=environment
-    )
+    with metrics.docker_call("exec"):
+        exec_ = await container.exec(
+            ["sh", "-c", PID_WRAPPER, "sh", *argv],
+            stdout=True,
+            stderr=True,
+            stdin=True,
+            tty=True,
+            environment=environment,
+        )
     stream = exec_.start(detach=False)
     await stream.__aenter__()
     terminal = DockerTerminal(container, exec_, stream)
