@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import func, update
 
+from app import metrics
 from app.db import SessionMaker
 from app.errors import Conflict, DomainError, NotFound
 from app.events import EventPublisher
@@ -187,17 +189,23 @@ class Lifecycle:
         return row
 
     async def _run_start(self, row: Workspace, done: anyio.Event) -> None:
+        started = time.perf_counter()
+        outcome: str | None = None
         try:
-            await self._start_now(row)
+            outcome = await self._start_now(row)
         except Exception as exc:  # never let one start take the app's task group down
+            outcome = "failed"
             log.exception("start of workspace %s failed unexpectedly", row.id)
             await self._fail(row, f"internal error while starting: {exc}")
         finally:
+            if outcome is not None:
+                metrics.START_SECONDS.labels(row.runtime or "unknown", outcome).observe(time.perf_counter() - started)
             done.set()
             if self.starts.get(row.id) is done:
                 del self.starts[row.id]
 
-    async def _start_now(self, row: Workspace) -> None:
+    async def _start_now(self, row: Workspace) -> str | None:
+        """Start ``row``; the outcome for the start metrics (ok, failed, timeout; None when superseded)."""
         directory = self.workspace_dir(row.id)
         try:
             runtime = await self.engines.for_workspace(row)
@@ -213,10 +221,11 @@ class Lifecycle:
             )
         except StartFailed as exc:
             await self._fail(row, exc.detail, exc.logs)
-            return
+            # runtimes raise the "did not answer HTTP in time" StartFailed while handling a TimeoutError
+            return "timeout" if isinstance(exc.__context__, TimeoutError) else "failed"
         except DomainError as exc:
             await self._fail(row, exc.detail)
-            return
+            return "failed"
         now = utcnow()
         ws = await self.cas(
             row.id,
@@ -234,9 +243,10 @@ class Lifecycle:
             log.info("start of %s was superseded; removing its container", row.id)
             with anyio.CancelScope(shield=True):
                 await runtime.remove(row.id, container_id=endpoint.container_id)
-            return
+            return None
         await self.drop_status(ws.id)
         await self.publish(ws, "workspace.running", container_id=endpoint.container_id)
+        return "ok"
 
     async def _fail(self, row: Workspace, reason: str, logs: list[str] | None = None) -> None:
         text = reason
