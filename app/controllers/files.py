@@ -20,7 +20,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MO
 from app.context import AppContext
 from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
-from app.errors import BadRequest, DomainError, PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge
 from app.models import Workspace
 from app.services import files
 from app.services.auth import Principal
@@ -173,7 +173,7 @@ class FilesController(Controller):
             raise BadRequest("only If-None-Match: * is supported on PUT", code="bad_request")
         limit = ctx.settings.max_file_bytes
         entry = audit_entry(request, "file.write", principal, workspace_id=ws.id, target=safe_target(path))
-        try:
+        async with ctx.audit.recording(entry):
             data = await read_body(request, limit)
             entry.sha256, entry.size = hashlib.sha256(data).hexdigest(), len(data)
             root = await workspace_root(ctx, ws)
@@ -182,13 +182,8 @@ class FilesController(Controller):
                     root, path, data, if_match=if_match, if_none_match=bool(none_match), max_bytes=limit
                 )
             )
-        except DomainError as exc:
-            entry.outcome = exc.code
-            await ctx.audit.record(entry)
-            raise
-        entry.target = safe_target(result.path)
-        entry.details = {"created": result.created, "previous_sha256": result.previous_sha256}
-        await ctx.audit.record(entry)
+            entry.target = safe_target(result.path)
+            entry.details = {"created": result.created, "previous_sha256": result.previous_sha256}
         status = HTTP_201_CREATED if result.created else HTTP_200_OK
         return Response(result, status_code=status, headers={"ETag": f'"{result.sha256}"'})
 
@@ -212,18 +207,13 @@ class FilesController(Controller):
         if_match = entity_tags(request.headers.get("if-match")) or None
         entry = audit_entry(request, "file.delete", principal, workspace_id=ws.id, target=safe_target(path))
         limit = ctx.settings.max_file_bytes
-        try:
+        async with ctx.audit.recording(entry):
             root = await workspace_root(ctx, ws)
             result = await anyio.to_thread.run_sync(
                 lambda: files.delete_path(root, path, if_match=if_match, max_bytes=limit)
             )
-        except DomainError as exc:
-            entry.outcome = exc.code
-            await ctx.audit.record(entry)
-            raise
-        entry.target, entry.sha256, entry.size = safe_target(result.path), result.sha256, result.size
-        entry.details = {"type": result.type}
-        await ctx.audit.record(entry)
+            entry.target, entry.sha256, entry.size = safe_target(result.path), result.sha256, result.size
+            entry.details = {"type": result.type}
         return result
 
     @post(
@@ -251,16 +241,11 @@ class FilesController(Controller):
             target=safe_target(data.from_path),
             details={"to": safe_target(data.to_path), "overwrite": data.overwrite},
         )
-        try:
+        async with ctx.audit.recording(entry):
             root = await workspace_root(ctx, ws)
             result = await anyio.to_thread.run_sync(
                 lambda: files.move_path(root, data.from_path, data.to_path, overwrite=data.overwrite)
             )
-        except DomainError as exc:
-            entry.outcome = exc.code
-            await ctx.audit.record(entry)
-            raise
-        entry.target = safe_target(result.from_path)
-        entry.details = {"to": safe_target(result.to_path), "type": result.type, "overwrite": data.overwrite}
-        await ctx.audit.record(entry)
+            entry.target = safe_target(result.from_path)
+            entry.details = {"to": safe_target(result.to_path), "type": result.type, "overwrite": data.overwrite}
         return result

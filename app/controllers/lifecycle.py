@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-import anyio
 import msgspec
-from anyio.abc import TaskGroup
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -25,10 +22,10 @@ from app.services.auth import Principal
 from app.services.lifecycle import Lifecycle
 from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
 from app.services.workspace_ops import WorkspaceOps, parse_since
+from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
 
-MEDIA_TYPE = "text/event-stream"
 # The route media type (JSON) would win over the stream's own, so the header is set explicitly.
-SSE_HEADERS = {"content-type": MEDIA_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_RESPONSE_HEADERS = {"content-type": MEDIA_TYPE, **SSE_HEADERS}
 Command = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)]
 Arg = Annotated[str, msgspec.Meta(max_length=65_536)]
 
@@ -105,48 +102,9 @@ def _ops(ctx: AppContext) -> WorkspaceOps:
     return ctx.extras["workspace_ops"]
 
 
-def _frame(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-async def sse(tasks: TaskGroup, items: AsyncIterator[tuple[str, Any]], heartbeat: float) -> AsyncIterator[bytes]:
-    """Frame ``(event, data)`` pairs as SSE with ``: ping`` heartbeats while the source is quiet.
-
-    The source is pumped by a task in the app's task group (an async generator must not own a task group);
-    when the client leaves, the stream closes, the pump stops and closes the source.
-    """
-    send, receive = anyio.create_memory_object_stream[tuple[str, Any]](64)
-    scope = anyio.CancelScope()
-
-    async def pump() -> None:
-        with scope:
-            try:
-                async with send:
-                    async for item in items:
-                        await send.send(item)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await items.aclose()  # type: ignore[attr-defined]
-
-    tasks.start_soon(pump)
-    try:
-        async with receive:
-            while True:
-                item = None
-                with anyio.move_on_after(heartbeat):
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                yield b": ping\n\n" if item is None else _frame(*item)
-    finally:
-        scope.cancel()
-
-
-def _wants_sse(request: Request) -> bool:
-    return MEDIA_TYPE in (request.headers.get("accept") or "")
+def _event_stream(ctx: AppContext, items: AsyncIterator[tuple[str, Any]]) -> Stream:
+    body = item_stream(ctx.tasks, items, heartbeat=ctx.settings.sse_heartbeat, retry_ms=ctx.settings.sse_retry_ms)
+    return Stream(body, media_type=MEDIA_TYPE, headers=SSE_RESPONSE_HEADERS)
 
 
 class LifecycleController(Controller):
@@ -159,6 +117,12 @@ class LifecycleController(Controller):
         await ctx.audit.record(
             audit_entry(request, f"workspace.{action}", principal, workspace_id=ws.id, target=ws.name)
         )
+
+    async def _started(
+        self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any
+    ) -> Response[WorkspaceOut]:
+        await self._transition(request, ctx, principal, action, ws)
+        return Response(WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK)
 
     @post(
         "/start",
@@ -176,9 +140,7 @@ class LifecycleController(Controller):
     ) -> Response[WorkspaceOut]:
         """Start: 202 with state ``starting`` (follow the events), or with ``?wait=true`` the outcome."""
         ws = await _lifecycle(ctx).start(principal, workspace_id, wait=wait)
-        await self._transition(request, ctx, principal, "start", ws)
-        code = HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK
-        return Response(WorkspaceOut.of(ws), status_code=code)
+        return await self._started(request, ctx, principal, "start", ws)
 
     @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))
     async def stop(self, request: Request, workspace_id: str, ctx: AppContext, principal: Principal) -> WorkspaceOut:
@@ -203,8 +165,7 @@ class LifecycleController(Controller):
     ) -> Response[WorkspaceOut]:
         """Stop if running, then start."""
         ws = await _lifecycle(ctx).restart(principal, workspace_id, wait=wait)
-        await self._transition(request, ctx, principal, "restart", ws)
-        return Response(WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK)
+        return await self._started(request, ctx, principal, "restart", ws)
 
     @post(
         "/execute",
@@ -236,7 +197,7 @@ class LifecycleController(Controller):
                 details={"exec_id": exec_id},
             )
         )
-        if _wants_sse(request):
+        if wants_event_stream(request.headers.get("accept")):
 
             async def events() -> AsyncIterator[tuple[str, Any]]:
                 async for item in items:
@@ -245,8 +206,7 @@ class LifecycleController(Controller):
                     elif isinstance(item, ExecExit):
                         yield "exec.exit", {"exec_id": exec_id, **msgspec.structs.asdict(item)}
 
-            body = sse(ctx.tasks, events(), ctx.settings.sse_heartbeat)
-            return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+            return _event_stream(ctx, events())
         out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         async for item in items:
             if isinstance(item, ExecOutput):
@@ -292,4 +252,4 @@ class LifecycleController(Controller):
                 yield "log", {"at": line.at, "text": line.text}
             yield "end", {"reason": "the workspace stopped"}
 
-        return Stream(sse(ctx.tasks, events(), ctx.settings.sse_heartbeat), media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+        return _event_stream(ctx, events())

@@ -94,22 +94,21 @@ class PatchController(Controller):
             details={"base_hashes": len(data.base_hashes or {})},
         )
         limits = patches.PatchLimits.from_settings(ctx.settings)
-        try:
-            root = await workspace_root(ctx, ws)
-            result = await anyio.to_thread.run_sync(
-                lambda: patches.apply(root, data.diff, data.base_hashes, limits=limits, strip=data.strip)
-            )
-        except DomainError as exc:
-            entry.outcome = exc.code
-            if isinstance(exc.extra.get("files"), list):
-                entry.details["files"] = len(exc.extra["files"])
-            await ctx.audit.record(entry)
-            raise
-        touched = [f.path for f in result.files]
-        entry.target = safe_target(touched[0] if len(touched) == 1 else f"{len(touched)} files: {', '.join(touched)}")
-        entry.details["files"] = [
-            {"path": safe_target(f.path, 512), "operation": f.operation, "sha256": f.sha256, "size": f.size}
-            for f in result.files
-        ]
-        await ctx.audit.record(entry)
+        async with ctx.audit.recording(entry):
+            try:
+                root = await workspace_root(ctx, ws)
+                result = await anyio.to_thread.run_sync(
+                    lambda: patches.apply(root, data.diff, data.base_hashes, limits=limits, strip=data.strip)
+                )
+            except DomainError as exc:
+                if isinstance(exc.extra.get("files"), list):
+                    entry.details["files"] = len(exc.extra["files"])
+                raise
+            touched = [f.path for f in result.files]
+            several = f"{len(touched)} files: {', '.join(touched)}"
+            entry.target = safe_target(touched[0] if len(touched) == 1 else several)
+            entry.details["files"] = [
+                {"path": safe_target(f.path, 512), "operation": f.operation, "sha256": f.sha256, "size": f.size}
+                for f in result.files
+            ]
         return result

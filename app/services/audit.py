@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +14,7 @@ import anyio
 from sqlalchemy import select, text
 
 from app.db import SessionMaker
-from app.errors import BadRequest
+from app.errors import BadRequest, DomainError
 from app.models import AuditEvent, utcnow
 
 GENESIS = "0" * 64
@@ -98,6 +100,18 @@ class AuditLog:
             row.hash = chain_hash(row.prev_hash, row)
             session.add(row)
         return row
+
+    @asynccontextmanager
+    async def recording(self, entry: AuditEntry) -> AsyncIterator[AuditEntry]:
+        """Record ``entry`` when the block ends: as it is then, or with the code of the ``DomainError`` it
+        raised as the outcome (other errors are not recorded: they are bugs, not outcomes)."""
+        try:
+            yield entry
+        except DomainError as exc:
+            entry.outcome = exc.code
+            await self.record(entry)
+            raise
+        await self.record(entry)
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from app.models import Workspace, utcnow
 from app.services import git
 from app.services.auth import Principal
 from app.services.engines import Engines
-from app.services.runtime.base import StartFailed, WorkspaceSpec
+from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
 from app.services.servers import ServerService
 from app.services.workspaces import WorkspaceService, publish_lifecycle
@@ -226,8 +226,20 @@ class Lifecycle:
         except DomainError as exc:
             await self._fail(row, exc.detail)
             return "failed"
+        ws = await self.cas_running(row, endpoint)
+        if ws is None:
+            log.info("start of %s was superseded; removing its container", row.id)
+            with anyio.CancelScope(shield=True):
+                await runtime.remove(row.id, container_id=endpoint.container_id)
+            return None
+        await self.drop_status(ws.id)
+        await self.publish(ws, "workspace.running", container_id=endpoint.container_id)
+        return "ok"
+
+    async def cas_running(self, row: Workspace, endpoint: Endpoint) -> Workspace | None:
+        """``starting`` → ``running`` at ``endpoint`` for the start of ``row``'s generation (None: superseded)."""
         now = utcnow()
-        ws = await self.cas(
+        return await self.cas(
             row.id,
             ("starting",),
             generation=row.generation,
@@ -239,14 +251,6 @@ class Lifecycle:
             last_activity_at=now,
             last_activity_source="start",
         )
-        if ws is None:
-            log.info("start of %s was superseded; removing its container", row.id)
-            with anyio.CancelScope(shield=True):
-                await runtime.remove(row.id, container_id=endpoint.container_id)
-            return None
-        await self.drop_status(ws.id)
-        await self.publish(ws, "workspace.running", container_id=endpoint.container_id)
-        return "ok"
 
     async def _fail(self, row: Workspace, reason: str, logs: list[str] | None = None) -> None:
         text = reason

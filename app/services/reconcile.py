@@ -142,18 +142,7 @@ class Reconciler:
             except DomainError:
                 healthy = False
             if healthy:
-                now = utcnow()
-                row = await self.lifecycle.cas(
-                    ws.id,
-                    ("starting",),
-                    generation=ws.generation,
-                    state="running",
-                    container_id=endpoint.container_id,
-                    endpoint=f"{endpoint.host}:{endpoint.port}",
-                    started_at=now,
-                    last_activity_at=now,
-                    last_activity_source="start",
-                )
+                row = await self.lifecycle.cas_running(ws, endpoint)
                 if row is not None:
                     await self.lifecycle.publish(row, "workspace.running", adopted=True)
                 return

@@ -7,18 +7,43 @@ stream), and a final ``stream.reset`` frame when the hub ends the stream (slow c
 
 A frame is ``id: <id>\\nevent: <type>\\ndata: <the full event JSON>\\n\\n``; synthetic resets carry no ``id:`` so
 the browser keeps its ``Last-Event-ID`` and resumes from it on reconnect.
+
+``item_stream`` frames streams that do not come from the hub (exec output, a direct log follow) the same
+way: ``retry:`` first, ``event:``/``data:`` frames without ids, pending frames in one chunk, ``: ping``
+while the source is quiet, and the source closed when the client leaves.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
 
 from app.errors import ServiceUnavailable
 from app.streams.fanout import HUB_UNAVAILABLE, Subscription, reset_item
 from app.streams.hub import Hub
 
+log = logging.getLogger(__name__)
+
 MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING_FRAME = b": ping\n\n"
+ITEM_BUFFER = 64
+MAX_ITEMS_PER_CHUNK = 256
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """True when an ``Accept`` header asks for ``text/event-stream``."""
+    return MEDIA_TYPE in (accept or "")
+
+
+def frame(event: str, data: Any) -> bytes:
+    """One frame without an id: ``event: <event>``, ``data: <data as JSON>``."""
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), msgspec.json.encode(data))
 
 
 def retry_frame(retry_ms: int) -> bytes:
@@ -61,3 +86,55 @@ async def event_stream(
                 yield batch[0].frame if len(batch) == 1 else b"".join([item.frame for item in batch])
     except ServiceUnavailable:
         yield reset_item(HUB_UNAVAILABLE, list(topics)).frame
+
+
+async def item_stream(
+    tasks: TaskGroup, items: AsyncIterator[tuple[str, Any]], *, heartbeat: float, retry_ms: int
+) -> AsyncIterator[bytes]:
+    """The body of an SSE response over ``(event, data)`` pairs that do not come from the hub.
+
+    ``retry:`` first, then frames (all pending ones in one chunk), ``: ping`` every ``heartbeat`` seconds
+    of silence. The source is read by a task in ``tasks`` (an async generator must not own a task
+    group): when the client leaves, the response closes this generator, the task stops and closes the
+    source. A source that fails ends the stream (logged); it never takes ``tasks`` down with it.
+    """
+    send, receive = anyio.create_memory_object_stream[tuple[str, Any]](ITEM_BUFFER)
+    scope = anyio.CancelScope()
+
+    async def pump() -> None:
+        with scope:
+            try:
+                async with send:
+                    async for item in items:
+                        await send.send(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            except Exception as exc:  # e.g. the engine went away mid-stream
+                log.warning("event stream source failed: %s", getattr(exc, "code", None) or type(exc).__name__)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()  # type: ignore[attr-defined]
+
+    tasks.start_soon(pump)
+    try:
+        yield retry_frame(retry_ms)
+        async with receive:
+            while True:
+                item = None
+                with anyio.move_on_after(heartbeat):
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                if item is None:
+                    yield PING_FRAME
+                    continue
+                frames = [frame(*item)]
+                while len(frames) < MAX_ITEMS_PER_CHUNK:
+                    try:
+                        frames.append(frame(*receive.receive_nowait()))
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                yield frames[0] if len(frames) == 1 else b"".join(frames)
+    finally:
+        scope.cancel()

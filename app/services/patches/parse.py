@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from app.errors import BadRequest, PayloadTooLarge
+from app.services.patches.engine import NL, split_lines
 from app.services.patches.hunks import HUNK_HEADER as _HUNK
 from app.services.patches.hunks import bad_diff, parse_hunk
 from app.services.patches.model import FilePatch, Hunk, PatchLimits
@@ -22,7 +23,6 @@ _EPOCH = re.compile(rb"\t(1969-12-31|1970-01-01) (\d\d):(\d\d):00(?:\.0+)? ([-+]
 _ESCAPES = {ord("a"): 7, ord("b"): 8, ord("t"): 9, ord("n"): 10, ord("v"): 11, ord("f"): 12, ord("r"): 13}
 _REGULAR_MODES = {0o100644, 0o100755, 0o100664}
 DEV_NULL = ("/dev/null",)
-NL = b"\n"
 
 
 def parse_diff(diff: str | bytes, limits: PatchLimits | None = None, *, strip: int | None = None) -> list[FilePatch]:
@@ -40,21 +40,7 @@ def parse_diff(diff: str | bytes, limits: PatchLimits | None = None, *, strip: i
         data = diff
     if len(data) > limits.max_patch_bytes:
         raise PayloadTooLarge(f"the diff is larger than {limits.max_patch_bytes} bytes", code="diff_too_large")
-    return _Parser(split_keepends(data), limits, strip).run()
-
-
-def split_keepends(data: bytes) -> list[bytes]:
-    """Split at ``\n`` only, keeping it (fast path through ``splitlines`` when no lone ``\r`` exists)."""
-    if not data:
-        return []
-    if b"\r" not in data or data.count(b"\r") == data.count(b"\r\n"):
-        return data.splitlines(keepends=True)
-    parts = data.split(NL)
-    last = parts.pop()
-    lines = [part + NL for part in parts]
-    if last:
-        lines.append(last)
-    return lines
+    return _Parser(split_lines(data), limits, strip).run()
 
 
 def _unquote(raw: bytes) -> tuple[bytes, bytes]:
