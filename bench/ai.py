@@ -23,6 +23,7 @@ Token counts come from each stream's final usage (exact whatever the batching of
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -201,7 +202,9 @@ async def bench(
     hub_url: str,
     fake_pid: int,
     hub_pid: int,
-) -> None:
+) -> list[dict[str, object]]:
+    """Run both measurements; returns the rows of the ``BENCH_RESULT`` line (bench/README.md)."""
+    rows: list[dict[str, object]] = []
     limits = httpx.Limits(max_connections=args.streams * 2, max_keepalive_connections=args.streams * 2)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         r = await client.post(
@@ -247,6 +250,12 @@ async def bench(
         print(f"  direct {ttft['direct'][0]:7.2f} / {ttft['direct'][1]:7.2f}")
         print(f"  hub    {ttft['hub'][0]:7.2f} / {ttft['hub'][1]:7.2f}")
         print(f"  added by the hub (p50): {ttft['added_p50_ms']:.2f} ms   (target <= 5 ms)")
+        added = ttft["added_p50_ms"]
+        rows += [
+            row("time to first token p50, direct", ttft["direct"][0], "ms", reference=True),
+            row("time to first token p50, hub", ttft["hub"][0], "ms"),
+            row("time to first token added by the hub (p50)", added, "ms", "<= 5 ms", added <= 5),
+        ]
 
         for label, delay, count in (("paced", args.token_delay, args.tokens), ("unpaced", 0.0, args.tokens)):
             await set_behavior(fake_url, tokens=count, token_delay=delay, stamp=True)
@@ -267,6 +276,28 @@ async def bench(
             if delay:
                 ratio += f", {h['streaming_tokens_per_s'] / d['streaming_tokens_per_s'] * 100:.1f} % while streaming"
             print(f"  hub / direct: {ratio}   (target >= 90 %)")
+            rows += [
+                row(f"{label}: {args.streams} streams, direct", d["tokens_per_s"], "tok/s", reference=True),
+                row(f"{label}: {args.streams} streams, hub", h["tokens_per_s"], "tok/s"),
+            ]
+            share = h["tokens_per_s"] / d["tokens_per_s"] * 100
+            rows.append(row(f"{label}: hub / direct tokens/s, overall", share, "%", ">= 90 %", share >= 90))
+            if delay:
+                share = h["streaming_tokens_per_s"] / d["streaming_tokens_per_s"] * 100
+                rows.append(row(f"{label}: hub / direct tokens/s, while streaming", share, "%", ">= 90 %", share >= 90))
+    return rows
+
+
+def row(
+    name: str, value: float, unit: str, target: str | None = None, ok: bool | None = None, *, reference: bool = False
+) -> dict[str, object]:
+    """One row of the ``BENCH_RESULT`` line."""
+    item: dict[str, object] = {"name": name, "value": round(value, 3), "unit": unit}
+    if target is not None:
+        item.update(target=target, ok=ok)
+    if reference:
+        item["reference"] = True
+    return item
 
 
 def main() -> None:
@@ -307,13 +338,14 @@ def main() -> None:
         if os.environ.get("BENCH_AI_HUB_CMD"):  # e.g. a profiling wrapper
             hub_cmd = [sys.executable, *os.environ["BENCH_AI_HUB_CMD"].split()]
         hub = start(hub_cmd, env)
+        rows: list[dict[str, object]] = []
         try:
             fake_url, hub_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{hub_port}"
 
             async def run() -> None:
                 await wait_http(f"{fake_url}/v1/models", fake)
                 await wait_http(f"{hub_url}/health", hub)
-                await bench(args, token, data_dir / "workspaces", fake_url, hub_url, fake.pid, hub.pid)
+                rows.extend(await bench(args, token, data_dir / "workspaces", fake_url, hub_url, fake.pid, hub.pid))
 
             print(
                 f"hub: codehub serve (event hub: {'redis' if args.redis_url else 'in-process'}); "
@@ -331,6 +363,7 @@ def main() -> None:
                 keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
                 if keys:
                     client.delete(*keys)
+    print("BENCH_RESULT " + json.dumps({"bench": "ai", "rows": rows}), flush=True)
 
 
 if __name__ == "__main__":

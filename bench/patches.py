@@ -6,6 +6,7 @@ is to stay within 2x of ``git apply --check`` + ``git apply`` on a copy of the s
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -28,6 +29,19 @@ HUNKS_PER_FILE = 25
 GAP = 24
 TREE_FILES = 50_000
 ROUNDS = 7
+RESULTS: list[dict[str, object]] = []  # rows of the BENCH_RESULT line (bench/README.md)
+
+
+def result(
+    name: str, value: float, unit: str, target: str | None = None, ok: bool | None = None, *, reference: bool = False
+) -> None:
+    """Add one row to the ``BENCH_RESULT`` line."""
+    row: dict[str, object] = {"name": name, "value": round(value, 3), "unit": unit}
+    if target is not None:
+        row.update(target=target, ok=ok)
+    if reference:
+        row["reference"] = True
+    RESULTS.append(row)
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -109,6 +123,12 @@ def bench_patches(base: Path) -> list[tuple[str, str]]:
         assert _same(mine, theirs), "results differ from git apply"
     gw, gc = (statistics.median(t[k] for t in gits) for k in (0, 1))
     ow, oc = (statistics.median(t[k] for t in ours) for k in (0, 1))
+    result("patch: git apply --check + git apply, wall (median)", gw * 1000, "ms", reference=True)
+    result("patch: git apply --check + git apply, cpu (median)", gc * 1000, "ms", reference=True)
+    result(f"patch: validate + apply {hunks} hunks, wall (median)", ow * 1000, "ms")
+    result(f"patch: validate + apply {hunks} hunks, cpu (median)", oc * 1000, "ms")
+    result("patch: ours / git, wall", ow / gw, "x", "<= 2x git apply", ow / gw <= 2)
+    result("patch: ours / git, cpu", oc / gc, "x", "<= 2x git apply", oc / gc <= 2)
     return [
         ("diff", f"{FILES} files, {hunks} hunks, {len(diff) / 1e6:.1f} MB, {ROUNDS} rounds"),
         ("git apply --check + git apply: wall / cpu", f"{gw * 1000:.0f} ms / {gc * 1000:.0f} ms"),
@@ -139,6 +159,10 @@ def bench_tree(base: Path) -> list[tuple[str, str]]:
     one = timed(lambda: files.list_tree(root, "dir00/sub000", depth=1))[0]
     walk = timed(lambda: sum(len(n) for _, _, n in os.walk(root)))[0]
     count = len(files.list_tree(root, "", depth=10, max_entries=100_000).entries)
+    result(f"tree: full listing of {count} entries, depth 10 (median)", statistics.median(full) * 1000, "ms")
+    result("tree: default cap 10,000 entries (median)", statistics.median(capped) * 1000, "ms")
+    result("tree: one directory of 100 files", one * 1000, "ms")
+    result("tree: os.walk of the same tree (no stat)", walk * 1000, "ms", reference=True)
     return [
         ("tree: workspace", f"{TREE_FILES} files in 510 dirs"),
         ("tree: full listing, depth 10 (median)", f"{statistics.median(full) * 1e3:.0f} ms, {count} entries"),
@@ -154,6 +178,7 @@ def main() -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    print("BENCH_RESULT " + json.dumps({"bench": "patches", "rows": RESULTS}), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Pairs alternate which side goes first. Reported: median and mean of each side an
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
@@ -167,6 +168,7 @@ async def main() -> int:
     )
     token = made.stdout.strip().splitlines()[-1].split()[-1]
     hub = subprocess.Popen([*codehub, "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    rows: list[dict[str, object]] = []
     try:
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as client:
@@ -202,6 +204,13 @@ async def main() -> int:
                 f"  raw docker run   : median {statistics.median(raw_times):.3f}  mean {statistics.mean(raw_times):.3f}"
             )
             print(f"  ratio hub/raw (medians): {ratio:.3f}  (target <= 1.10)")
+            rows += [
+                result_row(f"hub create+start, median of {args.pairs}", statistics.median(hub_times), "s"),
+                result_row(
+                    f"raw docker run, median of {args.pairs}", statistics.median(raw_times), "s", reference=True
+                ),
+                result_row("hub / raw docker run (medians)", round(ratio, 3), "x", "<= 1.10", ratio <= 1.10),
+            ]
 
             times: list[float] = []
             ids: list[str] = []
@@ -222,6 +231,17 @@ async def main() -> int:
                 f"  create→running p50 {percentile(times, 0.5):.3f}  p99 {percentile(times, 0.99):.3f}  "
                 f"max {max(times):.3f}  (all within {wall:.3f} s)"
             )
+            rows += [
+                result_row(
+                    f"{args.concurrent} at once: running",
+                    len(running),
+                    "workspaces",
+                    f"= {args.concurrent}",
+                    len(running) == args.concurrent,
+                ),
+                result_row(f"{args.concurrent} at once: create→running p50", percentile(times, 0.5), "s"),
+                result_row(f"{args.concurrent} at once: create→running p99", percentile(times, 0.99), "s"),
+            ]
             for workspace_id in ids:
                 await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
 
@@ -240,6 +260,14 @@ async def main() -> int:
                 f"  same burst as raw docker run: p50 {percentile(raw_burst, 0.5):.3f}  "
                 f"p99 {percentile(raw_burst, 0.99):.3f}  max {max(raw_burst):.3f}  (all within {wall:.3f} s)"
             )
+            rows += [
+                result_row(
+                    f"{args.concurrent} at once: raw docker run p50", percentile(raw_burst, 0.5), "s", reference=True
+                ),
+                result_row(
+                    f"{args.concurrent} at once: raw docker run p99", percentile(raw_burst, 0.99), "s", reference=True
+                ),
+            ]
     finally:
         hub.terminate()
         hub.wait(30)
@@ -247,7 +275,26 @@ async def main() -> int:
             left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
             if left.stdout.split():
                 subprocess.run(["docker", "rm", "-f", *left.stdout.split()], capture_output=True)
+    print("BENCH_RESULT " + json.dumps({"bench": "runtime", "rows": rows}), flush=True)
     return 0
+
+
+def result_row(
+    name: str,
+    value: float | None,
+    unit: str,
+    target: str | None = None,
+    ok: bool | None = None,
+    *,
+    reference: bool = False,
+) -> dict[str, object]:
+    """One row of the ``BENCH_RESULT`` line (bench/README.md)."""
+    row: dict[str, object] = {"name": name, "value": None if value is None else round(value, 4), "unit": unit}
+    if target is not None:
+        row.update(target=target, ok=ok)
+    if reference:
+        row["reference"] = True
+    return row
 
 
 if __name__ == "__main__":
