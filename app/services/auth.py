@@ -70,6 +70,7 @@ class AuthService:
         self._sessionmaker = sessionmaker
         self._settings = settings
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self._pending: dict[str, anyio.Event] = {}
 
     async def create_user(self, username: str, password: str, role: str = "user") -> User:
         """Create a user; 409 when the name is taken."""
@@ -208,10 +209,27 @@ class AuthService:
         if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
             raise Unauthorized("invalid or expired token", code="invalid_token")
         digest = hash_token(raw)
-        now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # Single flight: when a popular token's entry expires, the requests that arrive meanwhile wait for one
+        # lookup instead of each querying (a burst of identical queries was the p99 of every API route).
+        pending = self._pending.get(digest)
+        if pending is not None:
+            await pending.wait()
+            cached = self._cache.get(digest)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+        done = self._pending[digest] = anyio.Event()
+        try:
+            return await self._lookup(digest)
+        finally:
+            if self._pending.get(digest) is done:
+                del self._pending[digest]
+            done.set()
+
+    async def _lookup(self, digest: str) -> Principal:
+        now = time.monotonic()
         async with self._sessionmaker() as session:
             row = (
                 await session.execute(
