@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -15,6 +17,43 @@ from app.settings import Settings
 def _json(event: dict[str, Any], **_: Any) -> str:
     # msgspec: a few times faster than json.dumps on every access-log line; unknown objects become str().
     return msgspec.json.encode(event, enc_hook=str).decode()
+
+
+ACCESS_LOGGER = "codehub.access"
+_access_line: Callable[[dict[str, Any]], bool] | None = None
+
+
+def write_access_line(fields: dict[str, Any]) -> bool:
+    """Write one JSON access line straight to the JSON handler's stream; False when the caller must log it
+    through structlog instead (console format, another handler installed, the access logger filtered).
+
+    The same object structlog would render (context variables, ``event``, ``level``, ``logger``,
+    ``timestamp``) at a fraction of the cost: no LogRecord, no processor chain, one encode.
+    """
+    return _access_line(fields) if _access_line is not None else False
+
+
+def _json_access_writer(handler: logging.StreamHandler[Any]) -> Callable[[dict[str, Any]], bool]:
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    get_context = structlog.contextvars.get_contextvars
+    encoder = msgspec.json.Encoder(enc_hook=str)
+
+    def write(fields: dict[str, Any]) -> bool:
+        if root.handlers != [handler] or access.disabled or not access.isEnabledFor(logging.INFO):
+            return False
+        event = get_context()
+        event.update(fields)
+        event["event"] = "request"
+        event["level"] = "info"
+        event["logger"] = ACCESS_LOGGER
+        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line = encoder.encode(event).decode() + "\n"
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line)
+        return True
+
+    return write
 
 
 def configure_logging(settings: Settings) -> None:
@@ -54,6 +93,8 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    global _access_line
+    _access_line = _json_access_writer(handler) if settings.log_format == "json" else None
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.errors import DomainError, Unauthorized
+from app.logging_setup import ACCESS_LOGGER, write_access_line
 from app.services.auth import Principal
 
 SESSION_COOKIE = "codehub_session"
@@ -22,7 +23,7 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WORKSPACE_PATH_RE = re.compile(r"/(?:api/workspaces|w)/([A-Za-z0-9_-]{1,64})(?:/|$)")
 # Paths that never resolve a user token: /metrics has its own token and must answer while the database is down.
 NO_PRINCIPAL_PATHS = frozenset({"/metrics"})
-access_log = structlog.get_logger("codehub.access")
+access_log = structlog.get_logger(ACCESS_LOGGER)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -151,14 +152,15 @@ class RequestContextMiddleware:
     def _record(scope: Scope, status: int, started: float, ended: float, headers_at: float = 0.0) -> None:
         route = scope.get("path_template") or "unmatched"
         metrics.observe_http(scope["method"], route, status, (headers_at or ended) - started)
-        access_log.info(
-            "request",
-            method=scope["method"],
-            path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
-            route=route,
-            status=status,
-            duration_ms=round((ended - started) * 1000, 2),
-        )
+        fields = {
+            "method": scope["method"],
+            "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round((ended - started) * 1000, 2),
+        }
+        if not write_access_line(fields):
+            access_log.info("request", **fields)
 
     async def _principal(self, scope: Scope) -> Principal | None:
         if scope["path"] in NO_PRINCIPAL_PATHS:
