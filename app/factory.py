@@ -156,6 +156,8 @@ def _make_lifespan(settings: Settings) -> Callable[[Litestar], Any]:
                     redis=redis,
                 )
                 ctx.ready_checks["database"] = lambda: db.ping(engine)
+                # Other processes' workspace changes invalidate this one's cached list pages.
+                tasks.start_soon(ctx.workspaces.pages.follow_events, hub)
                 if redis is not None:
                     ctx.ready_checks["redis"] = redis.ping
                 await _bootstrap_admin(ctx)

@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     session_ttl: Seconds = 14 * 24 * 3600.0
     cookie_secure: bool = False
     token_cache_ttl: Seconds = 5.0
+    workspace_list_cache_ttl: Seconds = 1.0
     admin_username: str = ""
     admin_password: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -173,6 +174,8 @@ SETTING_HELP: dict[str, str] = {
     "session_ttl": "Lifetime (s) of the login session cookie.",
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
     "token_cache_ttl": "Seconds a verified token is cached in-process (revocation elsewhere waits this long).",
+    "workspace_list_cache_ttl": "Seconds a GET /api/workspaces page is cached in-process; writes invalidate it at "
+    "once, activity timestamps may lag this long (0 disables).",
     "admin_username": "Bootstrap: create this admin at start when no user exists.",
     "admin_password": "Bootstrap: password of that admin.",
     "log_level": "debug, info, warning or error.",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, patch, post
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
 from app.controllers.auth import audit_entry
-from app.controllers.deps import error_responses
+from app.controllers.deps import error_responses, provide_principal
 from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
 from app.services.auth import Principal
 from app.services.workspaces import WorkspaceService
@@ -61,20 +62,25 @@ class WorkspacesController(Controller):
     @get("/", operation_id="listWorkspaces", responses=error_responses(400, 401, 403))
     async def list_workspaces(
         self,
-        principal: Principal,
-        workspaces: WorkspaceService,
+        request: Request,
         all_users: Annotated[bool, QueryParameter(name="all", description="admins: everyone's workspaces")] = False,
         states: Annotated[
             list[str] | None, QueryParameter(name="state", description="filter by state (repeatable)")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
-    ) -> WorkspacePage:
-        """A page of workspaces, newest first."""
-        rows, next_cursor = await workspaces.list(
-            principal, all_users=all_users, states=states or (), limit=limit, cursor=cursor
+    ) -> Response[WorkspacePage]:
+        """A page of workspaces, newest first.
+
+        Cached per process (encoded) until a write of the owner, at most ``CODEHUB_WORKSPACE_LIST_CACHE_TTL`` s.
+        """
+        # No injected dependencies: two of them make Litestar resolve them in a task group on every request.
+        principal = await provide_principal(request)
+        workspaces: WorkspaceService = request.app.state.ctx.workspaces
+        body = await workspaces.list_encoded(
+            principal, _encode_page, all_users=all_users, states=states or (), limit=limit, cursor=cursor
         )
-        return WorkspacePage(WorkspaceOut.of_rows(rows), next_cursor)
+        return Response(body, media_type="application/json")
 
     @get("/{workspace_id:str}", operation_id="getWorkspace", responses=error_responses(401, 404))
     async def get_workspace(
@@ -135,3 +141,7 @@ class WorkspacesController(Controller):
                 details={"purge": purge},
             )
         )
+
+
+def _encode_page(rows: list[Any], next_cursor: str | None) -> bytes:
+    return msgspec.json.encode(WorkspacePage(WorkspaceOut.of_rows(rows), next_cursor))

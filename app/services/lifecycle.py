@@ -107,6 +107,8 @@ class Lifecycle:
             result = await session.scalars(query.values(**values).returning(Workspace))
             ws = result.one_or_none()
             await session.commit()
+        if ws is not None:
+            self.workspaces.changed(ws.owner_id)
         return ws
 
     async def publish(self, ws: Workspace, type_: str, **extra: Any) -> None:

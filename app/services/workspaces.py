@@ -6,11 +6,12 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +21,7 @@ from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, U
 from app.events import EventPublisher, lifecycle_topics
 from app.models import Server, Workspace, utcnow
 from app.services.auth import Principal
+from app.services.page_cache import EVERYONE, PageCache
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,12 @@ class WorkspaceService:
         self._reader = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
         )
+        self.pages = PageCache(settings.workspace_list_cache_ttl)
+        self._filling: dict[Any, anyio.Event] = {}
+
+    def changed(self, owner_id: int) -> None:
+        """A workspace of ``owner_id`` was written (call after the commit): drop their cached list pages."""
+        self.pages.changed(owner_id)
 
     async def get(self, principal: Principal, workspace_id: str) -> Workspace:
         """A workspace the principal may see (owner or admin); 404 otherwise, never 403."""
@@ -163,6 +171,46 @@ class WorkspaceService:
             rows = (await conn.execute(statement, params)).all()
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return rows[:limit], next_cursor
+
+    async def list_encoded(
+        self,
+        principal: Principal,
+        render: Callable[[list[Any], str | None], bytes],
+        *,
+        all_users: bool = False,
+        states: Sequence[str] = (),
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> bytes:
+        """``render(*self.list(...))``, served from the page cache while no write of the owner happened and
+        for at most ``workspace_list_cache_ttl`` seconds (see ``app.services.page_cache``)."""
+        if all_users and not principal.is_admin:
+            raise Forbidden("only admins may list all workspaces")
+        owner = EVERYONE if all_users else principal.user_id
+        key = (owner, tuple(states), limit, cursor)
+        body = self.pages.get(key, owner)
+        if body is not None:
+            return body
+        # Single flight: requests for a page being computed wait for it rather than each querying.
+        pending = self._filling.get(key)
+        if pending is not None:
+            await pending.wait()
+            body = self.pages.get(key, owner)
+            if body is not None:
+                return body
+        done = self._filling[key] = anyio.Event()
+        try:
+            generation = self.pages.generation(owner)
+            rows, next_cursor = await self.list(
+                principal, all_users=all_users, states=states, limit=limit, cursor=cursor
+            )
+            body = render(rows, next_cursor)
+            self.pages.put(key, generation, body)
+            return body
+        finally:
+            if self._filling.get(key) is done:
+                del self._filling[key]
+            done.set()
 
     def _check_resources(self, cpu: float | None, memory_mb: int | None) -> None:
         if cpu is not None and cpu > self._settings.max_cpu:
@@ -217,6 +265,7 @@ class WorkspaceService:
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"you already have a workspace named {name!r}", code="name_taken") from None
+        self.changed(ws.owner_id)
         await publish_lifecycle(self._events, ws, "workspace.created")
         return ws, clone_url
 
@@ -245,6 +294,7 @@ class WorkspaceService:
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"you already have a workspace named {name!r}", code="name_taken") from None
+        self.changed(ws.owner_id)
         await publish_lifecycle(self._events, ws, "workspace.updated")
         return ws
 
@@ -256,6 +306,7 @@ class WorkspaceService:
             if row is not None:
                 await session.delete(row)
                 await session.commit()
+        self.changed(ws.owner_id)
         ws.state = "deleted"
         await publish_lifecycle(self._events, ws, "workspace.deleted")
         return ws
