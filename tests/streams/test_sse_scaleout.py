@@ -6,7 +6,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,7 +16,6 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import make_settings
-from tests.databases import fresh_database
 from tests.services import need_redis
 from tests.streams.conftest import delete_prefix
 from tests.streams.sse_client import open_sse
@@ -24,18 +23,6 @@ from tests.streams.test_redis_hub import private_redis
 from tests.support.server import Hub, admin_token, free_port, running_hub
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def postgres_url(tmp_path: Path) -> Iterator[str]:
-    with fresh_database("postgres", tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    with fresh_database("sqlite", tmp_path) as url:
-        yield url
 
 
 def settings_env(settings: Settings, port: int) -> dict[str, str]:
