@@ -24,6 +24,7 @@ from tests.runtime.conftest import fake_ide_command, remove_hub_containers
 from tests.runtime.helpers import create, wait_state
 from tests.runtime.test_lifecycle_docker import docker_settings
 from tests.services import need_redis
+from tests.streams.conftest import delete_prefix
 from tests.streams.sse_client import open_sse
 from tests.support.server import admin_token, serve_asgi
 
@@ -142,9 +143,18 @@ async def test_local_lines_reach_the_topic_once_across_a_pump_restart(tmp_path: 
         tg.cancel_scope.cancel()
 
 
-async def test_two_hubs_on_one_redis_publish_each_line_once(tmp_path: Path, postgres_url: str) -> None:
-    redis_url = need_redis()
-    settings = local_settings(tmp_path, postgres_url, redis_url=redis_url)
+@pytest.fixture
+async def redis() -> AsyncIterator[dict[str, str]]:
+    """Settings for the test Redis under a key prefix of the test's own, deleted at the end."""
+    values = {"redis_url": need_redis(), "redis_prefix": f"codehub-test-lp-{secrets.token_hex(4)}"}
+    yield values
+    await delete_prefix(values["redis_url"], values["redis_prefix"])
+
+
+async def test_two_hubs_on_one_redis_publish_each_line_once(
+    tmp_path: Path, postgres_url: str, redis: dict[str, str]
+) -> None:
+    settings = local_settings(tmp_path, postgres_url, **redis)
     async with clients(settings, 2) as (apps, [a, b]), anyio.create_task_group() as tg:
         ws = await create(a, "shared")
         await a.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
@@ -166,10 +176,10 @@ async def test_two_hubs_on_one_redis_publish_each_line_once(tmp_path: Path, post
         tg.cancel_scope.cancel()
 
 
-async def test_docker_pump_moves_to_the_other_hub_without_repeating_lines(tmp_path: Path, sqlite_url: str) -> None:
-    redis_url = need_redis()
-    hub_id = f"t-lp-{secrets.token_hex(4)}"
-    settings = docker_settings(tmp_path / "data", sqlite_url, redis_url=redis_url, hub_id=hub_id)
+async def test_docker_pump_moves_to_the_other_hub_without_repeating_lines(
+    tmp_path: Path, sqlite_url: str, redis: dict[str, str]
+) -> None:
+    settings = docker_settings(tmp_path / "data", sqlite_url, hub_id=f"t-lp-{secrets.token_hex(4)}", **redis)
     try:
         await _docker_takeover(settings)
     finally:
