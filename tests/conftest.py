@@ -52,6 +52,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "docker_url": "none",
         "hub_id": f"t-{secrets.token_hex(4)}",
         "redis_prefix": f"codehub-test-{secrets.token_hex(4)}",
+        # tests poll and share tokens across a module: rate limits are tested on purpose in tests/ops only
+        "api_rate_per_minute": 0,
+        "login_rate_per_minute": 0,
     }
     base.update(overrides)
     return load_settings(environ={}, **base)
