@@ -45,12 +45,26 @@ def test_a_write_after_the_generation_was_read_keeps_the_page_out() -> None:
     assert cache.get("all", EVERYONE) is None and cache.get("k", 7) == b"new"
 
 
+def test_the_cache_holds_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.services.page_cache.MAX_BYTES", 10)
+    cache = PageCache(ttl=60)
+    cache.put("a", 0, b"12345")
+    cache.put("a", 0, b"123456")  # replaces: 6 bytes held
+    cache.put("b", 0, b"1234")
+    assert cache.get("a", 1) == b"123456" and cache.get("b", 1) == b"1234"
+    cache.put("c", 0, b"1")  # 11 > 10: starts over
+    assert cache.get("a", 1) is None and cache.get("c", 1) == b"1"
+
+
 def test_ttl_bounds_a_page_and_zero_disables() -> None:
     cache = PageCache(ttl=0.05)
     cache.put("k", 0, b"page")
     assert cache.get("k", 1) == b"page"
     time.sleep(0.06)
     assert cache.get("k", 1) is None
+    assert cache.expired("k", 1) == b"page"  # what concurrent requests get while one refreshes it
+    cache.changed(1)
+    assert cache.expired("k", 1) is None  # never after a write
     off = PageCache(ttl=0)
     off.put("k", 0, b"page")
     assert off.get("k", 1) is None

@@ -21,7 +21,7 @@ from app.events import ADMIN_TOPIC
 log = logging.getLogger(__name__)
 
 EVERYONE = -1  # the generation key of admins' ``all=true`` pages: bumped by every write
-MAX_ENTRIES = 10_000
+MAX_BYTES = 32 * 1024 * 1024  # all pages together; the cache starts over beyond that
 
 
 class PageCache:
@@ -31,6 +31,7 @@ class PageCache:
         self.ttl = ttl
         self._generations: dict[int, int] = {}
         self._pages: dict[Hashable, tuple[float, int, bytes]] = {}
+        self._bytes = 0
 
     def generation(self, owner: int) -> int:
         """The owner's current generation (``EVERYONE`` for pages across all owners); read it before querying."""
@@ -39,20 +40,25 @@ class PageCache:
     def get(self, key: Hashable, owner: int) -> bytes | None:
         """The page stored under ``key`` if still fresh and no write of ``owner`` happened since its query."""
         entry = self._pages.get(key)
-        if entry is None:
+        if entry is None or entry[1] != self._generations.get(owner, 0):
             return None
-        expires, generation, body = entry
-        if expires < time.monotonic() or generation != self._generations.get(owner, 0):
-            del self._pages[key]
-            return None
-        return body
+        return entry[2] if entry[0] >= time.monotonic() else None
+
+    def expired(self, key: Hashable, owner: int) -> bytes | None:
+        """The page under ``key`` even past its TTL, as long as no write of ``owner`` happened since its query:
+        served while one request refreshes it (the TTL only bounds changes that publish no event)."""
+        entry = self._pages.get(key)
+        return entry[2] if entry is not None and entry[1] == self._generations.get(owner, 0) else None
 
     def put(self, key: Hashable, generation: int, body: bytes) -> None:
         """Store a page computed after reading ``generation``."""
         if self.ttl <= 0:
             return
-        if len(self._pages) >= MAX_ENTRIES:
-            self._pages.clear()
+        old = self._pages.get(key)
+        self._bytes += len(body) - (len(old[2]) if old is not None else 0)
+        if self._bytes > MAX_BYTES:
+            self.clear()
+            self._bytes = len(body)
         self._pages[key] = (time.monotonic() + self.ttl, generation, body)
 
     def changed(self, owner: int) -> None:
@@ -63,6 +69,7 @@ class PageCache:
     def clear(self) -> None:
         """Forget every page (the event stream was interrupted: changes may have been missed)."""
         self._pages.clear()
+        self._bytes = 0
 
     async def follow_events(self, events: Any) -> None:
         """Apply lifecycle events of every hub process (``admin`` topic) forever; run it in the app's tasks."""

@@ -191,9 +191,13 @@ class WorkspaceService:
         body = self.pages.get(key, owner)
         if body is not None:
             return body
-        # Single flight: requests for a page being computed wait for it rather than each querying.
+        # Single flight: requests for a page being computed get the expired page when no write happened since
+        # (a TTL refresh), else wait for the new one rather than each querying.
         pending = self._filling.get(key)
         if pending is not None:
+            body = self.pages.expired(key, owner)
+            if body is not None:
+                return body
             await pending.wait()
             body = self.pages.get(key, owner)
             if body is not None:
