@@ -130,7 +130,7 @@ def start_hub(stack: ExitStack, tmp: Path, upstream: int) -> dict[str, Any]:
     token = made.stdout.decode().strip().splitlines()[-1]
     proc = spawn(stack, [PY, "-m", "app", "serve"], tmp / "hub.log", cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/health")
+    wait_http(f"{base}/health", timeout=120)
     auth = {"Authorization": f"Bearer {token}"}
     r = httpx.post(f"{base}/api/workspaces", json={"name": "bench"}, headers=auth, timeout=10)
     r.raise_for_status()

@@ -1,9 +1,10 @@
 """The relay: every request under ``/w/{id}/…`` goes to that workspace's IDE (code-server), HTTP and WebSocket.
 
 ``WorkspaceFront`` wraps the Litestar app's ASGI handler (see ``app.factory``) and takes ``/w/…`` and
-``/ws/workspaces/…`` before Litestar routes anything: measured with ``bench/relay.py``, routing a mount
-through Litestar plus its per-request middleware costs a third of the relay's throughput, and the relay
-needs none of it. Everything else passes through untouched.
+``/ws/workspaces/…`` before Litestar routes anything. Measured with a trivial handler on this machine,
+an ``asgi`` mount at ``/w`` serves ~30 % fewer requests per second than the same handler in front of the
+router, and with the request-context middleware (one access-log line per request) ~75 % fewer; the
+relay needs neither (it resolves credentials itself). Everything else passes through untouched.
 
 Per request: credentials (Bearer, ``?access_token=``, session cookie) → the workspace's route (cached;
 owner and admins only, 404 for everyone else) → running: forward (``relay_http`` / ``relay_ws``);

@@ -80,30 +80,31 @@ async def wait_no_open(hub: RelayHub, ws_id: str) -> None:
 
 
 async def test_text_and_binary_both_ways_at_once(relay_hub: RelayHub, ws_id: str) -> None:
-    async with open_ws(relay_hub, f"/w/{ws_id}/echo") as ws:
-        received: list[str | bytes] = []
+    with anyio.fail_after(60):  # a stuck relay fails here, with a traceback, instead of hanging the run
+        async with open_ws(relay_hub, f"/w/{ws_id}/echo") as ws:
+            received: list[str | bytes] = []
 
-        async def reader(conn: ClientConnection) -> None:
-            for _ in range(400):
-                received.append(await conn.recv())
+            async def reader(conn: ClientConnection) -> None:
+                for _ in range(400):
+                    received.append(await conn.recv())
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(reader, ws)
-            for i in range(200):
-                await ws.send(f"text {i} ü")
-                await ws.send(bytes([i % 256]) * (i * 37 + 1))
-        assert received[0::2] == [f"text {i} ü" for i in range(200)]
-        assert received[1::2] == [bytes([i % 256]) * (i * 37 + 1) for i in range(200)]
-        big = bytes(range(256)) * 8192  # 2 MiB, several reads on each leg
-        await ws.send(big)
-        assert await ws.recv() == big
-    await wait_no_open(relay_hub, ws_id)
-    counters = relay_hub.relay.stats.of(ws_id)
-    assert counters.bytes_up > 2_000_000 and counters.bytes_down > 2_000_000
-    async with relay_hub.client(relay_hub.alice) as client:  # WebSocket traffic counts as activity
-        with anyio.fail_after(10):
-            while (await client.get(f"/api/workspaces/{ws_id}")).json()["last_activity_source"] != "relay":
-                await anyio.sleep(0.1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader, ws)
+                for i in range(200):
+                    await ws.send(f"text {i} ü")
+                    await ws.send(bytes([i % 256]) * (i * 37 + 1))
+            assert received[0::2] == [f"text {i} ü" for i in range(200)]
+            assert received[1::2] == [bytes([i % 256]) * (i * 37 + 1) for i in range(200)]
+            big = bytes(range(256)) * 8192  # 2 MiB, several reads on each leg
+            await ws.send(big)
+            assert await ws.recv() == big
+        await wait_no_open(relay_hub, ws_id)
+        counters = relay_hub.relay.stats.of(ws_id)
+        assert counters.bytes_up > 2_000_000 and counters.bytes_down > 2_000_000
+        async with relay_hub.client(relay_hub.alice) as client:  # WebSocket traffic counts as activity
+            with anyio.fail_after(10):
+                while (await client.get(f"/api/workspaces/{ws_id}")).json()["last_activity_source"] != "relay":
+                    await anyio.sleep(0.1)
 
 
 async def test_ide_close_code_reaches_browser(relay_hub: RelayHub, ws_id: str) -> None:
