@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -56,6 +57,23 @@ def _json_access_writer(handler: logging.StreamHandler[Any]) -> Callable[[dict[s
     return write
 
 
+_SECRET_RE = re.compile(r"(access_token=)[^&\s\"']+|chub_[A-Za-z0-9_-]{8,}")
+
+
+class RedactSecrets(logging.Filter):
+    """Masks API tokens in log lines written by other libraries (uvicorn logs WebSocket paths with their query
+    string, which may carry ``?access_token=``). Our own log calls never include tokens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message when it contains a token; never drops a record."""
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            if "access_token=" in message or "chub_" in message:
+                record.msg = _SECRET_RE.sub(lambda m: (m.group(1) or "") + "[redacted]", message)
+                record.args = None
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog logging through one renderer chosen by ``log_format``."""
     level = getattr(logging, settings.log_level.upper())
@@ -80,6 +98,7 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
