@@ -371,6 +371,64 @@ def report(results: dict[str, Any]) -> None:
     path = out / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
+    print("BENCH_RESULT " + json.dumps({"bench": "relay", "rows": bench_rows(results)}))
+
+
+def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run as rows of the BENCH_RESULT protocol (bench/README.md)."""
+    http, ws, checks = results["http"], results["websocket"], results["targets"]
+    rows: list[dict[str, Any]] = []
+    for name in http:
+        ref = name != "hub"
+        rows.append(
+            {
+                "name": f"HTTP 1 KiB, 50 conns: {name}",
+                "value": round(http[name]["rps"]),
+                "unit": "req/s",
+                "reference": ref,
+                **({} if ref else {"target": ">= 1.5x chp", "ok": checks.get("http_rps_ge_1.5x_chp")}),
+            }
+        )
+        rows.append(
+            {
+                "name": f"HTTP p99: {name}",
+                "value": http[name]["p99_ms"],
+                "unit": "ms",
+                "reference": ref,
+                **({} if ref else {"target": "< chp", "ok": checks.get("http_p99_below_chp")}),
+            }
+        )
+    for name in ws:
+        ref = name != "hub"
+        rows.append(
+            {
+                "name": f"WebSocket ping-pong, 50 conns: {name}",
+                "value": round(ws[name]["msgs_per_s"]),
+                "unit": "msg/s",
+                "reference": ref,
+                **({} if ref else {"target": ">= chp", "ok": checks.get("ws_msgs_ge_chp")}),
+            }
+        )
+    hub_idle = results["idle_memory"]["hub"]
+    rows.append(
+        {
+            "name": "memory per idle relayed WebSocket (1,000 open)",
+            "value": hub_idle["kib_per_ws"],
+            "unit": "KiB",
+            "target": "< 100 KiB",
+            "ok": checks["idle_ws_below_100_kib"],
+        }
+    )
+    rows.append(
+        {
+            "name": "open relays after close",
+            "value": hub_idle.get("relay_connections_after_close"),
+            "unit": "",
+            "target": "0",
+            "ok": checks["relay_counter_back_to_0"],
+        }
+    )
+    return rows
 
 
 if __name__ == "__main__":
