@@ -47,13 +47,13 @@ from app.services.runtime.common import (
     collect_exec,
     free_port,
     iso_from_unix,
-    purge_dir,
     wait_until_ready,
 )
+from app.services.runtime.common import (
+    purge_dir as delete_tree,
+)
 from app.services.runtime.docker_exec import DEFAULT_SHELL
-
-MAX_LOG_FILE = 5 * 1024 * 1024
-FOLLOW_FILE_POLL = 0.25
+from app.services.runtime.local_logs import MAX_LOG_FILE, follow_log_file, read_log_file
 
 
 class _Proc:
@@ -345,7 +345,7 @@ class LocalRuntime:
             log_path = self._paths(workspace_id)[1]
             if not log_path.exists():
                 raise UnknownWorkspace(f"no process for workspace {workspace_id}")
-            lines = await anyio.to_thread.run_sync(_read_log_file, log_path)
+            lines = await anyio.to_thread.run_sync(read_log_file, log_path)
         if since is not None:
             stamp = iso_from_unix(since)
             lines = [line for line in lines if line.at > stamp]
@@ -361,7 +361,7 @@ class LocalRuntime:
         """
         proc = self._procs.get(workspace_id)
         if proc is None:
-            async for line in self._follow_file(workspace_id, tail=tail, since=since):
+            async for line in follow_log_file(workspace_id, *self._paths(workspace_id), tail=tail, since=since):
                 yield line
             return
         for line in await self.logs(workspace_id, tail=tail, since=since) if tail else []:
@@ -378,31 +378,6 @@ class LocalRuntime:
             if proc.exited.is_set():
                 return
             await changed.wait()
-
-    async def _follow_file(self, workspace_id: str, *, tail: int, since: float | None) -> AsyncIterator[LogLine]:
-        pid_path, log_path = self._paths(workspace_id)
-        record = ls.read_pidfile(pid_path)
-        if record is None or not log_path.exists():
-            raise UnknownWorkspace(f"no process for workspace {workspace_id}")
-        floor = iso_from_unix(record.started_at if since is None else max(since, record.started_at))
-        offset, partial, first = 0, b"", True
-        while True:
-            size = log_path.stat().st_size if log_path.exists() else 0
-            if size < offset:  # the writer truncated the file (it keeps it under MAX_LOG_FILE)
-                offset, partial = 0, b""
-            if size == offset:
-                if not ls.alive(record):
-                    return
-                await anyio.sleep(FOLLOW_FILE_POLL)
-                continue
-            chunk = await anyio.to_thread.run_sync(_read_from, log_path, offset)
-            offset += len(chunk)
-            *raws, partial = (partial + chunk).split(b"\n")
-            lines = [line for line in map(_parse_log_line, raws) if line.at > floor]
-            if first:
-                lines, first = lines[-tail:] if tail else [], False
-            for line in lines:
-                yield line
 
     async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
         """Run a command to completion in the workspace directory."""
@@ -455,7 +430,7 @@ class LocalRuntime:
         pid_path.unlink(missing_ok=True)
         if purge_dir is not None:
             log_path.unlink(missing_ok=True)
-            await anyio.to_thread.run_sync(purge_dir_sync, purge_dir)
+            await anyio.to_thread.run_sync(delete_tree, purge_dir)
 
     async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
         """``die`` events of this hub's local processes, live."""
@@ -472,24 +447,3 @@ class LocalRuntime:
     async def info(self) -> EngineInfo:
         """The local engine always answers."""
         return EngineInfo(ok=True, version="local", api_version="", latency_ms=0.0)
-
-
-def purge_dir_sync(path: Path) -> None:
-    """Delete a workspace directory."""
-    purge_dir(path)
-
-
-def _parse_log_line(raw: bytes) -> LogLine:
-    stamp, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
-    return LogLine(stamp, rest)
-
-
-def _read_log_file(path: Path) -> list[LogLine]:
-    with path.open("rb") as handle:
-        return [_parse_log_line(raw) for raw in handle]
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        return handle.read(MAX_LOG_FILE)
