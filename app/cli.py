@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app import db
     from app.factory import create_app
+    from app.streams.hub import tune_gc_for_streaming
     from app.streams.relay_splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -51,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
             ws=SpliceProtocol,
         )
         return 0
+    tune_gc_for_streaming()  # a server process holds thousands of long-lived streams; tests and CLI do not
     uvicorn.run(
         create_app(settings),
         host=settings.host,

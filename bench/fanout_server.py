@@ -162,6 +162,10 @@ def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     settings = load_settings()
     profiler = None
+    if kind.startswith("app"):
+        from app.streams.hub import tune_gc_for_streaming
+
+        tune_gc_for_streaming()  # as `codehub serve` does
     if kind == "raw":
         app = raw_app(settings)
     elif kind == "litestar-sse":

@@ -23,7 +23,7 @@ from app.errors import BadRequest, Forbidden, NotFound
 from app.events import ADMIN_TOPIC, workspace_topic
 from app.services.auth import Principal
 from app.services.workspaces import WorkspaceService
-from app.streams.hub import subscription_topics, tune_gc_for_streaming
+from app.streams.hub import subscription_topics
 from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream
 
 WORKSPACE_SUFFIXES = ("", "logs", "exec")
@@ -139,8 +139,6 @@ class EventsController(Controller):
 
 
 async def events_startup(ctx: AppContext) -> None:
-    """Lifespan hook: with Redis, ``/ready`` also fails while the hub cannot deliver events; and the
-    process's garbage collector is tuned for thousands of open streams (see ``tune_gc_for_streaming``)."""
+    """Lifespan hook: with Redis, ``/ready`` also fails while the hub cannot deliver events."""
     if ctx.settings.redis_url:
         ctx.ready_checks["events"] = ctx.events.check
-    tune_gc_for_streaming()
