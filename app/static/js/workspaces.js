@@ -28,6 +28,8 @@ export class WorkspaceList {
     this.busy = new Set(); // ids with a request in flight
     this.users = new Map(); // owner id -> user name (admins)
     this.refetchTimers = new Map();
+    // ids changed by events while a list fetch is in flight: its older snapshot must not undo them
+    this.inFlight = new Set();
     $("#create-form").addEventListener("submit", (e) => this.create(e));
   }
 
@@ -42,18 +44,22 @@ export class WorkspaceList {
   async load() {
     const showAll = this.app.isAdmin && this.app.showAll;
     let rows;
+    const touched = new Set();
+    this.inFlight.add(touched);
     try {
       rows = await getAll("/api/workspaces", { all: showAll || undefined, limit: 200 });
     } catch {
       return;
+    } finally {
+      this.inFlight.delete(touched);
     }
     if (this.app.isAdmin && showAll && !this.users.size) await this.loadUsers();
     const seen = new Set();
     for (const ws of rows) {
       seen.add(ws.id);
-      this.upsert(ws);
+      if (!touched.has(ws.id)) this.upsert(ws);
     }
-    for (const id of [...this.items.keys()]) if (!seen.has(id)) this.remove(id);
+    for (const id of [...this.items.keys()]) if (!seen.has(id) && !touched.has(id)) this.remove(id);
     this.sortRows();
     this.renderEmpty();
   }
@@ -72,6 +78,7 @@ export class WorkspaceList {
   }
 
   upsert(ws) {
+    for (const touched of this.inFlight) touched.add(ws.id);
     const prev = this.items.get(ws.id) || {};
     const merged = { ...prev, ...ws };
     this.items.set(ws.id, merged);
@@ -81,6 +88,7 @@ export class WorkspaceList {
   }
 
   remove(id) {
+    for (const touched of this.inFlight) touched.add(id);
     const row = this.rows.get(id);
     if (row) row.tr.remove();
     this.rows.delete(id);
