@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app import db
     from app.factory import create_app
+    from app.streams.direct_http import DirectHttpProtocol  # live SSE frames are written by the fan-out
     from app.streams.hub import tune_gc_for_streaming
     from app.streams.relay_splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
 
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             lifespan="on",
             ws=SpliceProtocol,
+            http=DirectHttpProtocol,
         )
         return 0
     tune_gc_for_streaming()  # a server process holds thousands of long-lived streams; tests and CLI do not
@@ -64,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=16 * 1024 * 1024,
         proxy_headers=False,
         ws=SpliceProtocol,
+        http=DirectHttpProtocol,
     )
     return 0
 

@@ -266,8 +266,13 @@ class ProcStats:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def cpu_seconds(self) -> float:
+        """User plus system CPU seconds used so far."""
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds used so far; system time is mostly socket writes here."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick
+        return int(fields[11]) / self.tick, int(fields[12]) / self.tick
 
     def sample(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -337,10 +342,12 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def publish_for(hub: Any, rate: float, duration: float, proc: ProcStats) -> tuple[int, float, float, float]:
-    """Publish ``rate`` events/s for ``duration`` s; returns (count, start, end, hub CPU seconds used)."""
+async def publish_for(
+    hub: Any, rate: float, duration: float, proc: ProcStats
+) -> tuple[int, float, float, tuple[float, float]]:
+    """Publish ``rate`` events/s for ``duration`` s; returns (count, start, end, hub (user, system) CPU s)."""
     total = int(rate * duration)
-    cpu0 = proc.cpu_seconds()
+    user0, sys0 = proc.cpu_times()
     start = time.time()
     began = time.monotonic()
     for n in range(total):
@@ -351,7 +358,8 @@ async def publish_for(hub: Any, rate: float, duration: float, proc: ProcStats) -
         if n % 10 == 0:
             proc.sample()
     end = time.time()
-    return total, start, end, proc.cpu_seconds() - cpu0
+    user1, sys1 = proc.cpu_times()
+    return total, start, end, (user1 - user0, sys1 - sys0)
 
 
 def summarize(
@@ -362,9 +370,10 @@ def summarize(
     window: tuple[float, float],
     published: int,
     proc: ProcStats,
-    cpu: float,
+    cpu_split: tuple[float, float],
 ) -> dict[str, Any]:
     start, end = window
+    cpu = sum(cpu_split)
     in_window = sum(v for k, v in result["received_at"].items() if start * RECV_BUCKET <= k < end * RECV_BUCKET)
     offered = subs * rate
     delivered = in_window / (end - start)
@@ -386,12 +395,14 @@ def summarize(
         "rss_mb": round(proc.peak_rss_mb, 1),
         "cpu_pct": round(100 * cpu / (end - start), 1),
         "cpu_us_per_delivery": round(1e6 * cpu / max(1, result["events"]), 2),
+        "cpu_system_pct": round(100 * cpu_split[1] / cpu, 1) if cpu else 0.0,
     }
     print(
         f"{label:<9} {row['subscribers']:>5} subs  delivered {row['delivered_per_s']:>7}/s of {offered:>7.0f}/s "
         f"({row['delivered_pct']:5.1f} %)  p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
         f"max {row['max_ms']:7.1f} ms  lost {row['lost']}  dup {row['duplicates']}  resets {row['resets']}  "
-        f"RSS {row['rss_mb']:.0f} MB  CPU {row['cpu_pct']:.0f} % ({row['cpu_us_per_delivery']:.1f} us/delivery)",
+        f"RSS {row['rss_mb']:.0f} MB  CPU {row['cpu_pct']:.0f} % ({row['cpu_us_per_delivery']:.1f} us/delivery, "
+        f"{row['cpu_system_pct']:.0f} % of it in the kernel)",
         flush=True,
     )
     return row

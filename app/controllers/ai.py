@@ -40,6 +40,7 @@ from app.services.auth import Principal
 from app.services.llm import LLMClient
 from app.services.ratelimit import SharedAILimiter
 from app.services.workspaces import WorkspaceService
+from app.streams.direct_http import direct_writer
 from app.streams.fanout import Item, encode_body, with_id
 from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
 
@@ -295,6 +296,7 @@ class AIController(Controller):
     )
     async def request_events(
         self,
+        request: Request,
         ctx: AppContext,
         principal: Principal,
         request_id: Annotated[str, Parameter(max_length=32)],
@@ -310,6 +312,7 @@ class AIController(Controller):
             last_event_id=cursor,
             since_earliest=cursor is None,
             retry_ms=ctx.settings.sse_retry_ms,
+            direct=direct_writer(request.scope),
         )
         return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
 

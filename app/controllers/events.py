@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.response import Stream
 
@@ -23,6 +23,7 @@ from app.errors import BadRequest, Forbidden, NotFound
 from app.events import ADMIN_TOPIC, workspace_topic
 from app.services.auth import Principal
 from app.services.workspaces import WorkspaceService
+from app.streams.direct_http import direct_writer
 from app.streams.hub import subscription_topics
 from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream
 
@@ -54,7 +55,12 @@ async def authorize_topic(topic: str, principal: Principal, ctx: AppContext, wor
 
 
 def _stream(
-    ctx: AppContext, topics: tuple[str, ...], header_id: str | None, last_event_id: str | None, since: str | None
+    request: Request,
+    ctx: AppContext,
+    topics: tuple[str, ...],
+    header_id: str | None,
+    last_event_id: str | None,
+    since: str | None,
 ) -> Stream:
     if since not in (None, "", "earliest"):
         raise BadRequest("since must be 'earliest'", code="bad_since")
@@ -65,6 +71,7 @@ def _stream(
         last_event_id=cursor,
         since_earliest=since == "earliest" and cursor is None,
         retry_ms=ctx.settings.sse_retry_ms,
+        direct=direct_writer(request.scope),
     )
     return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
 
@@ -93,6 +100,7 @@ class EventsController(Controller):
     )
     async def events(
         self,
+        request: Request,
         ctx: AppContext,
         principal: Principal,
         workspaces: WorkspaceService,
@@ -105,7 +113,7 @@ class EventsController(Controller):
         names = subscription_topics(topics)
         for topic in names:
             await authorize_topic(topic, principal, ctx, workspaces)
-        return _stream(ctx, names, last_event_id_header, last_event_id, since)
+        return _stream(request, ctx, names, last_event_id_header, last_event_id, since)
 
     @get(
         "/api/workspaces/{workspace_id:str}/events",
@@ -115,6 +123,7 @@ class EventsController(Controller):
     )
     async def workspace_events(
         self,
+        request: Request,
         ctx: AppContext,
         principal: Principal,
         workspaces: WorkspaceService,
@@ -125,7 +134,7 @@ class EventsController(Controller):
     ) -> Stream:
         """Lifecycle events of one workspace, as SSE."""
         await workspaces.get(principal, workspace_id)
-        return _stream(ctx, (workspace_topic(workspace_id),), last_event_id_header, last_event_id, since)
+        return _stream(request, ctx, (workspace_topic(workspace_id),), last_event_id_header, last_event_id, since)
 
     @get(
         "/api/admin/events/stats",

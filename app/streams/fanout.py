@@ -1,4 +1,4 @@
-"""Local fan-out shared by both hub backends: routing, bounded per-subscriber buffers, subscriptions.
+"""Local fan-out shared by both hub backends: routing, bounded per-subscriber buffers, direct sinks.
 
 A process receives each event once (from its own publish, or from Redis pub/sub) as an ``Item`` and hands
 the same object to every local subscriber of its topics through a bounded per-subscriber buffer.
@@ -8,7 +8,8 @@ The buffer is a deque plus one waiter future rather than an anyio memory object 
 subscribers x 50 events/s the whole hub has a few microseconds per delivery, and a memory stream
 ``receive()`` (a checkpoint, an Event and task lookups per call) measured ~30 us per delivery against ~6 us
 for this buffer, same machine and load. Items never travel through the future, so cancelling a waiting
-consumer cannot lose one.
+consumer cannot lose one. A subscriber in direct mode (a ``Sink``, see ``app.streams.direct_http``) wakes no
+consumer at all: ``Fanout.flush`` writes its items once per event-loop iteration.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -46,7 +47,7 @@ class Item:
     subscriber writes the same bytes.
     """
 
-    __slots__ = ("_event", "frame", "raw", "seq", "type")
+    __slots__ = ("_event", "chunk", "frame", "raw", "seq", "type")
 
     def __init__(self, seq: int, type: str, raw: bytes, event: Event | None = None) -> None:
         self.seq = seq
@@ -54,7 +55,8 @@ class Item:
         self.raw = raw
         self._event = event
         head = b"id: %d\nevent: %s\ndata: " % (seq, type.encode()) if seq else b"event: %s\ndata: " % type.encode()
-        self.frame = head + raw + b"\n\n"
+        self.frame = frame = head + raw + b"\n\n"
+        self.chunk = b"%x\r\n%s\r\n" % (len(frame), frame)  # the frame as one HTTP/1.1 chunk (direct writes)
 
     @property
     def event(self) -> Event:
@@ -73,6 +75,7 @@ class _Ping(Item):
         self.raw = b""
         self._event = None
         self.frame = b": ping\n\n"
+        self.chunk = b"8\r\n: ping\n\n\r\n"
 
 
 PING = _Ping()
@@ -127,10 +130,22 @@ def reset_item(reason: str, topics: Sequence[str], **extra: Any) -> Item:
     return Item(0, RESET, _encode(event), event)
 
 
-class Subscriber:
-    """The fan-out side of one subscription: its topics and a bounded buffer with one waiting consumer."""
+class Sink(Protocol):
+    """Where a subscriber's items go when its consumer does not wake per item (see ``Fanout.flush``)."""
 
-    __slots__ = ("closed", "end_reason", "items", "limit", "topics", "waiter")
+    def write(self, items: list[Item]) -> bool:
+        """Write ``items`` now; False when the consumer has fallen too far behind (slow consumer)."""
+        ...
+
+
+class Subscriber:
+    """The fan-out side of one subscription: its topics and a bounded buffer with one waiting consumer.
+
+    With a ``sink`` set (direct mode) the consumer task sleeps until the stream ends, and the fan-out
+    writes the items itself, once per event-loop iteration, all of a subscriber's pending items in one write.
+    """
+
+    __slots__ = ("closed", "dirty", "end_reason", "items", "last", "limit", "sink", "topics", "waiter")
 
     def __init__(self, topics: tuple[str, ...], limit: int) -> None:
         self.topics = topics
@@ -139,22 +154,24 @@ class Subscriber:
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.end_reason: str | None = None
+        self.last = 0  # the newest id delivered (ids at or below it are duplicates)
+        self.sink: Sink | None = None
+        self.dirty = False
 
     def offer(self, item: Item) -> bool:
         """Queue ``item`` without waiting; False when the buffer is full (or closed)."""
         if self.closed or len(self.items) >= self.limit:
             return False
         self.items.append(item)
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
         return True
 
     def close(self) -> None:
         """No more items; the consumer drains what is queued, then sees the end."""
         self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -165,6 +182,14 @@ class Subscriber:
         """Sleep until an item is queued or the buffer is closed (returns at once if either holds)."""
         if self.items or self.closed:
             return
+        await self._sleep()
+
+    async def wait_closed(self) -> None:
+        """Sleep until the buffer is closed (direct mode: items do not wake the consumer)."""
+        while not self.closed:
+            await self._sleep()
+
+    async def _sleep(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self.waiter = waiter
         try:
@@ -172,6 +197,20 @@ class Subscriber:
         finally:
             if self.waiter is waiter:
                 self.waiter = None
+
+
+def fresh_items(sub: Subscriber, items: Iterable[Item]) -> list[Item]:
+    """``items`` newer than what ``sub`` has delivered (heartbeats always), advancing its cursor."""
+    last = sub.last
+    out = []
+    for item in items:
+        if item.seq > last:
+            last = item.seq
+            out.append(item)
+        elif item is PING:
+            out.append(item)
+    sub.last = last
+    return out
 
 
 class Fanout:
@@ -182,6 +221,8 @@ class Fanout:
         self.routes: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
         self.counters = {"received": 0, "delivered": 0, "dropped": 0, "resets": 0, "subscribed": 0}
+        self._dirty: list[Subscriber] = []
+        self._flush_scheduled = False
 
     def add(self, topics: tuple[str, ...]) -> Subscriber:
         """Register a subscriber; from now on it receives every item of its topics."""
@@ -251,7 +292,13 @@ class Fanout:
         sent = 0
         for sub in subs:  # Subscriber.offer, inlined: this loop runs once per event per subscriber
             items = sub.items
-            if len(items) < sub.limit and not sub.closed:
+            if sub.sink is not None:
+                items.append(item)
+                sent += 1
+                if not sub.dirty:
+                    sub.dirty = True
+                    self._dirty.append(sub)
+            elif len(items) < sub.limit and not sub.closed:
                 items.append(item)
                 sent += 1
                 waiter = sub.waiter
@@ -263,15 +310,53 @@ class Fanout:
                 slow = slow or []
                 slow.append(sub)
         self.counters["delivered"] += sent
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
         if slow:
-            self.counters["dropped"] += len(slow)
-            for sub in slow:
-                self.end(sub, SLOW_CONSUMER)
+            self._end_slow(slow)
+
+    def flush(self) -> None:
+        """Write the pending items of every direct-mode subscriber, each subscriber's in one write.
+
+        Scheduled once per event-loop iteration by ``dispatch``: events that arrive together (a burst, or
+        a backlog after the loop was busy) reach each socket as one write, and no consumer task wakes.
+        """
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        slow: list[Subscriber] | None = None
+        for sub in dirty:
+            sub.dirty = False
+            sink = sub.sink
+            if sink is None or not sub.items:  # left direct mode: its consumer drains the buffer
+                continue
+            items, sub.items = sub.items, deque()
+            fresh = fresh_items(sub, items)
+            if fresh and not sink.write(fresh):
+                slow = slow or []
+                slow.append(sub)
+        if slow:
+            self._end_slow(slow)
+
+    def _end_slow(self, slow: list[Subscriber]) -> None:
+        self.counters["dropped"] += len(slow)
+        for sub in slow:
+            self.end(sub, SLOW_CONSUMER)
 
     def ping_all(self) -> None:
         """Queue a heartbeat for every subscriber that has room (busy ones need none)."""
+        direct = False
         for sub in self.subscribers:
-            sub.offer(PING)
+            if sub.sink is None:
+                sub.offer(PING)
+            elif not sub.items:
+                sub.items.append(PING)
+                if not sub.dirty:
+                    sub.dirty = direct = True
+                    self._dirty.append(sub)
+        if direct and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     async def heartbeats(self, interval: float) -> None:
         """Ping all subscribers every ``interval`` seconds, forever (run in the hub's task group)."""
@@ -280,98 +365,6 @@ class Fanout:
             self.ping_all()
 
     def stats(self) -> dict[str, int]:
-        """Counters of this process's fan-out."""
-        return {"subscribers": len(self.subscribers), "topics": len(self.routes), **self.counters}
-
-
-ReplayPages = AsyncIterator[list[Item]]
-
-
-class Subscription:
-    """Consumer side: pending resets, then replayed history, then live items; each id delivered once."""
-
-    def __init__(
-        self,
-        sub: Subscriber,
-        resets: list[Item],
-        replay: ReplayPages | None,
-        after: int,
-        on_replayed: Callable[[int], None] | None = None,
-    ) -> None:
-        self.topics = sub.topics
-        self.last = after
-        self._sub = sub
-        self._pending = resets
-        self._replay = replay
-        self._on_replayed = on_replayed
-        self._ended = False
-
-    async def next_batch(self, limit: int = MAX_BATCH) -> list[Item] | None:
-        """Wait for the next items in id order (``PING`` included); ``None`` once the stream has ended.
-
-        Safe to cancel: items wait in the buffer, never in flight.
-        """
-        if self._pending:
-            out, self._pending = self._pending, []
-            return out
-        while self._replay is not None:
-            page = await anext(self._replay, None)
-            if page is None:
-                self._replay = None
-                break
-            fresh = self._fresh(page)
-            if fresh:
-                if self._on_replayed:
-                    self._on_replayed(len(fresh))
-                return fresh
-        sub = self._sub
-        while not self._ended:
-            if not sub.items:
-                if sub.closed:
-                    return self._finish()
-                await sub.wait()
-                continue
-            if len(sub.items) <= limit:
-                batch, sub.items = sub.items, deque()
-            else:
-                batch = [sub.items.popleft() for _ in range(limit)]
-            fresh = self._fresh(batch)
-            if fresh:
-                return fresh
-        return None
-
-    async def aclose(self) -> None:
-        """Stop a replay in progress (called when the subscription's context exits)."""
-        replay, self._replay = self._replay, None
-        if replay is not None and hasattr(replay, "aclose"):
-            with anyio.CancelScope(shield=True):
-                await replay.aclose()
-
-    def _fresh(self, items: Iterable[Item]) -> list[Item]:
-        last = self.last
-        out = []
-        for item in items:
-            if item.seq > last:
-                last = item.seq
-                out.append(item)
-            elif item is PING:
-                out.append(item)
-        self.last = last
-        return out
-
-    def _finish(self) -> list[Item] | None:
-        self._ended = True
-        reason = self._sub.end_reason
-        if reason is None:
-            return None
-        return [reset_item(reason, self.topics)]
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        """Iterate events (heartbeats skipped); a final ``stream.reset`` is yielded when the hub ended us."""
-        while True:
-            batch = await self.next_batch()
-            if batch is None:
-                return
-            for item in batch:
-                if item is not PING:
-                    yield item.event
+        """Counters of this process's fan-out (``direct``: subscribers whose frames it writes itself)."""
+        direct = sum(1 for sub in self.subscribers if sub.sink is not None)
+        return {"subscribers": len(self.subscribers), "direct": direct, "topics": len(self.routes), **self.counters}

@@ -30,7 +30,6 @@ from app.streams.fanout import (
     UNKNOWN_CURSOR,
     Fanout,
     Item,
-    Subscription,
     check_topic,
     encode_body,
     parse_cursor,
@@ -38,6 +37,7 @@ from app.streams.fanout import (
     topic_list,
     with_id,
 )
+from app.streams.subscription import Subscription
 
 SUBSCRIBER_BUFFER = 1000
 REPLAY_PAGE = 500

@@ -33,7 +33,6 @@ from app.streams.fanout import (
     UNKNOWN_CURSOR,
     Fanout,
     Item,
-    Subscription,
     check_topic,
     encode_body,
     parse_cursor,
@@ -41,6 +40,7 @@ from app.streams.fanout import (
     topic_list,
 )
 from app.streams.hub import REPLAY_PAGE, SUBSCRIBER_BUFFER, subscription_topics
+from app.streams.subscription import Subscription
 
 log = logging.getLogger("codehub.events")
 

@@ -24,7 +24,8 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from app.errors import ServiceUnavailable
-from app.streams.fanout import HUB_UNAVAILABLE, Subscription, reset_item
+from app.streams.direct_http import DirectWriter
+from app.streams.fanout import HUB_UNAVAILABLE, reset_item
 from app.streams.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING_FRAME = b": ping\n\n"
 ITEM_BUFFER = 64
+DIRECT_BUFFER_BYTES = 1 << 20  # unsent bytes (beyond the kernel's socket buffer) that make a slow consumer
 MAX_ITEMS_PER_CHUNK = 256
 
 
@@ -51,18 +53,6 @@ def retry_frame(retry_ms: int) -> bytes:
     return b"retry: %d\n\n" % retry_ms
 
 
-async def subscription_frames(subscription: Subscription) -> AsyncIterator[bytes]:
-    """SSE chunks of an open subscription: one chunk per batch of pending events, until it ends."""
-    while True:
-        batch = await subscription.next_batch()
-        if batch is None:
-            return
-        if len(batch) == 1:
-            yield batch[0].frame
-        else:
-            yield b"".join([item.frame for item in batch])
-
-
 async def event_stream(
     hub: Hub,
     topics: Sequence[str],
@@ -70,19 +60,26 @@ async def event_stream(
     last_event_id: str | None = None,
     since_earliest: bool = False,
     retry_ms: int = 2000,
+    direct: DirectWriter | None = None,
 ) -> AsyncIterator[bytes]:
     """The body of an SSE response: subscribe (inside the stream), replay, then live frames.
 
-    Topics must already be validated and authorized. When the hub is unavailable the stream sends a
-    ``stream.reset`` (``hub_unavailable``) and ends, so EventSource reconnects after ``retry_ms``
-    instead of giving up on an error status. The subscription is removed when the client disconnects
-    (the response cancels this generator; the ``async with`` exits).
+    Topics must already be validated and authorized. With ``direct`` (the server's
+    ``codehub.direct_write`` extension) live frames bypass this generator once it has caught up: the
+    fan-out writes them to the socket (``app.streams.direct_http``); the generator resumes for the end.
+    When the hub is unavailable the stream sends a ``stream.reset`` (``hub_unavailable``) and ends, so
+    EventSource reconnects after ``retry_ms`` instead of giving up on an error status. The subscription
+    is removed when the client disconnects (the response cancels this generator; the ``async with`` exits).
     """
     yield retry_frame(retry_ms)
     try:
         async with hub.subscribe(topics, last_event_id, since_earliest) as subscription:
-            # The loop of subscription_frames, inlined: one generator hop less per chunk.
-            while (batch := await subscription.next_batch()) is not None:
+            while True:
+                sink = direct.sink(DIRECT_BUFFER_BYTES) if direct is not None else None
+                if sink is not None and await subscription.run_direct(sink):
+                    direct = None  # the hub ended the stream: what is left goes through ASGI
+                if (batch := await subscription.next_batch()) is None:
+                    return
                 yield batch[0].frame if len(batch) == 1 else b"".join([item.frame for item in batch])
     except ServiceUnavailable:
         yield reset_item(HUB_UNAVAILABLE, list(topics)).frame

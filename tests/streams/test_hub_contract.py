@@ -7,7 +7,8 @@ import pytest
 
 from app.errors import BadRequest
 from app.events import Event
-from app.streams.fanout import PING, Subscription
+from app.streams.fanout import PING
+from app.streams.subscription import Subscription
 from tests.streams.conftest import HubFactory
 
 pytestmark = pytest.mark.anyio

@@ -15,6 +15,7 @@ from app import db
 from app.factory import create_app
 from app.services.auth import AuthService
 from app.settings import Settings
+from app.streams.direct_http import DirectHttpProtocol
 
 
 def free_port() -> int:
@@ -25,8 +26,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve_asgi(app, *, port: int | None = None, ws: str = "websockets-sansio") -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    """Serve ``app`` with uvicorn until the block ends; yields ``http://127.0.0.1:<port>``."""
+async def serve_asgi(
+    app, *, port: int | None = None, ws: str = "websockets-sansio", http=DirectHttpProtocol
+) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """Serve ``app`` with uvicorn until the block ends; yields ``http://127.0.0.1:<port>``.
+
+    HTTP is served as ``codehub serve`` does (``DirectHttpProtocol``: live SSE frames written by the fan-out);
+    pass ``http="httptools"`` for plain uvicorn (SSE through ASGI only)."""
     port = port or free_port()
     config = uvicorn.Config(
         app,
@@ -36,6 +42,7 @@ async def serve_asgi(app, *, port: int | None = None, ws: str = "websockets-sans
         access_log=False,
         lifespan="on",
         ws=ws,
+        http=http,
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
