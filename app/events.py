@@ -6,8 +6,8 @@ every topic of a deployment, so one ``Last-Event-ID`` resumes a connection carry
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
@@ -28,9 +28,19 @@ class Event(msgspec.Struct, frozen=True):
         return int(self.id)
 
 
+_second: tuple[int, str] = (0, "")  # the last whole second and its text: one strftime per second
+
+
 def now_iso() -> str:
     """Current UTC time as ISO 8601 with microseconds and a ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second
+    now = time.time()
+    second, text = _second  # one read of one tuple: safe from any thread
+    if second != int(now):
+        second = int(now)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class EventPublisher(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -11,6 +12,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 ENV_PREFIX = "CODEHUB_"
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, once per path: settings are read on every request and do not change."""
+    return path.resolve()
 
 
 class SettingsError(ValueError):
@@ -109,7 +116,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def resolved_workspaces_dir(self) -> Path:
         """Where workspace directories live (a path all Docker servers can bind, in multi-host setups)."""
-        return Path(self.workspaces_dir) if self.workspaces_dir else (self.data_dir / "workspaces").resolve()
+        return Path(self.workspaces_dir) if self.workspaces_dir else _resolved(self.data_dir / "workspaces")
 
     @property
     def is_sqlite(self) -> bool:

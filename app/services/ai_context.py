@@ -18,6 +18,7 @@ from pathlib import Path
 
 from app.errors import DomainError, PayloadTooLarge, Unprocessable
 from app.services import files
+from app.services.ai_context_cache import MASKED_FILES, MASKED_TARGETS, MaskedFiles, MaskedHead, MaskedTargets
 from app.services.redact import SecretMasker, in_private_key
 
 _LANGUAGE_TABLE = """
@@ -175,6 +176,26 @@ def go_imports(text: str, module: str | None) -> list[str]:
     return [imp[len(module) + 1 :] for imp in lines if imp.startswith(module + "/")]
 
 
+_CANDIDATES: dict[tuple[str, str, str], list[str]] = {}
+
+
+def _import_candidates(language: str, text: str, path: str, sha256: str) -> list[str]:
+    """Normalized, unique import candidates of a Python or JS/TS file, remembered per file content."""
+    key = (language, path, sha256)
+    found = _CANDIDATES.get(key)
+    if found is None:
+        raw = python_imports(text, path) if language == "python" else js_imports(text, path)
+        found = _unique_normal(raw)
+        if len(_CANDIDATES) >= 1024:
+            _CANDIDATES.clear()
+        _CANDIDATES[key] = found
+    return found
+
+
+def _unique_normal(paths: list[str]) -> list[str]:
+    return [normal for normal in dict.fromkeys(_normal(p) for p in paths) if normal]
+
+
 def _normal(path: str) -> str | None:
     path = posixpath.normpath(path).lstrip("/")
     return None if path in (".", "") or path.startswith("..") else path
@@ -189,8 +210,11 @@ class _Builder:
         budget: int,
         max_bytes: int,
         read: Callable[[Path, str, int], files.TextFile | None],
+        cache: MaskedFiles | None,
     ) -> None:
         self.root, self.target, self.masker, self.max_bytes, self.read = root, target, masker, max_bytes, read
+        self.cache = cache
+        self.head_limit = budget + budget // 4 + 200  # the most ``add`` ever sends of a file, for any budget left
         self.left = budget
         self.seen = {target.path}
         self.related: list[Snippet] = []
@@ -208,24 +232,33 @@ class _Builder:
         ):
             return
         self.seen.add(path)
-        found = self.read(self.root, path, min(self.max_bytes, MAX_RELATED_BYTES))
-        if found is None or not found.content.strip():
-            return
         language = language_of(path)
         cap = min(self.left, max(2000, self.left // 2))
-        head, cut, _ = _head(found.content, cap + cap // 4 + 200)  # mask only what can be sent
-        text, truncated, last = _head(self.masker.mask(head, language), cap)
-        truncated = truncated or cut
-        self.related.append(Snippet(found.path, language, text, 1, last, reason, truncated))
+        need = cap + cap // 4 + 200  # mask only what can be sent
+        max_bytes = min(self.max_bytes, MAX_RELATED_BYTES)
+        found = (
+            self.cache.get(self.root, path, self.head_limit, max_bytes, language)
+            if self.cache is not None
+            else self.read(self.root, path, max_bytes)
+        )
+        if isinstance(found, MaskedHead):
+            canonical, masked, cut = found.path, found.for_masker(self.masker), found.raw_chars > need
+        elif found is not None:
+            head, cut, _ = _head(found.content, need)
+            canonical, masked = found.path, self.masker.mask(head, language)
+        else:
+            return
+        if not masked.strip():
+            return
+        text, truncated, last = _head(masked, cap)
+        self.related.append(Snippet(canonical, language, text, 1, last, reason, truncated or cut))
         self.left -= len(text)
 
     def imports(self) -> None:
         language = language_of(self.target.path)
         text, path = self.target.content, self.target.path
-        if language == "python":
-            candidates = python_imports(text, path)
-        elif language in ("javascript", "jsx", "typescript", "tsx", "vue", "svelte"):
-            candidates = js_imports(text, path)
+        if language in ("python", "javascript", "jsx", "typescript", "tsx", "vue", "svelte"):
+            candidates = _import_candidates(language, text, path, self.target.sha256)
         elif language == "go":
             gomod = self.read(self.root, "go.mod", 65536)
             match = re.search(r"^module\s+(\S+)", gomod.content, re.MULTILINE) if gomod else None
@@ -236,12 +269,13 @@ class _Builder:
                     for e in _list_dir(self.root, directory)
                     if e.type == "file" and e.name.endswith(".go") and not e.name.endswith("_test.go")
                 ]
+            candidates = _unique_normal(candidates)
         else:
             candidates = []
-        for candidate in dict.fromkeys(candidates):
-            normal = _normal(candidate)
+        base = f"{self.root}/"
+        for normal in candidates:
             # a stat first: most candidates (stdlib, third-party modules) do not exist in the workspace
-            if normal and normal not in self.seen and os.path.isfile(os.path.join(self.root, normal)):
+            if normal not in self.seen and os.path.isfile(base + normal):
                 self.add(normal, "import")
 
     def neighbours(self) -> None:
@@ -298,10 +332,14 @@ def build_context(
     max_bytes: int = 10_485_760,
     must_fit: bool = False,
     read: Callable[[Path, str, int], files.TextFile | None] | None = None,
+    cache: MaskedFiles | None = MASKED_FILES,
+    targets: MaskedTargets | None = MASKED_TARGETS,
 ) -> CodeContext:
     """Build the masked context for ``path`` (lines ``start_line``..``end_line``, 1-based, inclusive).
 
-    ``must_fit`` (rewrites): a selection larger than the budget raises 413 instead of being cut.
+    ``must_fit`` (rewrites): a selection larger than the budget raises 413 instead of being cut. Related
+    files come masked from ``cache`` (``app.services.ai_context_cache``) unless a ``read`` function is given,
+    and the target's lines from ``targets`` (by content hash).
     Raises the files API errors for the target itself (404, 415 binary, 413 too big) and 422 for a bad range.
     """
     target = files.read_text(root, path, max_bytes=max_bytes)
@@ -317,8 +355,19 @@ def build_context(
     language = language_of(target.path)
     masker = SecretMasker()
     raw = "".join(lines[start - 1 : end])
+    cached = targets.get(target, lines, language) if targets is not None else None
+
+    def mask_lines(lo: int, hi: int, text: str | None = None) -> str:
+        """Lines lo..hi (0-based, exclusive) masked; ``text`` when they were cut mid-line."""
+        if cached is not None and text is None:
+            return cached.join(masker, lo, hi)
+        chunk = "".join(lines[lo:hi]) if text is None else text
+        return masker.mask(chunk, language, in_key=in_private_key("".join(lines[:lo])))
+
     head, _, _ = _head(raw, 2 * budget)
-    selected = masker.mask(head, language, in_key=in_private_key("".join(lines[: start - 1])))
+    head_lines = len(split_lines(head))
+    whole_lines = head.endswith("\n") or len(head) == len(raw)
+    selected = mask_lines(start - 1, start - 1 + head_lines, None if whole_lines else head)
     if (len(selected) > budget or len(raw) > 2 * budget) and must_fit:
         raise PayloadTooLarge(
             f"the selection ({max(len(raw), len(selected))} characters) is larger than the AI context budget "
@@ -333,14 +382,14 @@ def build_context(
     if not whole and left > 200:
         lo, hi = _window(lines, start - 1, end, left // 2)
         if lo < start - 1:
-            text = masker.mask("".join(lines[lo : start - 1]), language, in_key=in_private_key("".join(lines[:lo])))
+            text = mask_lines(lo, start - 1)
             before = Snippet(target.path, language, text, lo + 1, start - 1, "before", lo > 0)
             left -= len(text)
         if hi > end:
-            text = masker.mask("".join(lines[end:hi]), language, in_key=in_private_key("".join(lines[:end])))
+            text = mask_lines(end, hi)
             after = Snippet(target.path, language, text, end + 1, hi, "after", hi < len(lines))
             left -= len(text)
-    builder = _Builder(root, target, masker, left, max_bytes, read or _read)
+    builder = _Builder(root, target, masker, left, max_bytes, read or _read, None if read else cache)
     builder.imports()
     builder.neighbours()
     for snippet in (selection, before, after, *builder.related):

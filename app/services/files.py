@@ -232,8 +232,29 @@ def _read(root_dir: str | os.PathLike[str], path: str, max_bytes: int) -> tuple[
         return res.path, data, st
 
 
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content may have: device, inode, size, mtime and ctime (ns)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stat_regular(root_dir: str | os.PathLike[str], path: str) -> tuple[str, os.stat_result]:
+    """Canonical path and stat of a regular file, resolved as ``read_text`` does (same errors), not read."""
+    parts = normalize(path)
+    with Root(root_dir) as root, root.resolve(parts, follow=Follow.ALL) as res:
+        fd, st = root.open_regular(res)
+        os.close(fd)
+        return res.path, st
+
+
 def read_text(root_dir: str | os.PathLike[str], path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> TextFile:
     """Read a UTF-8 text file: 415 ``binary_file`` for NUL bytes or invalid UTF-8, 413 over ``max_bytes``."""
+    return read_text_stat(root_dir, path, max_bytes=max_bytes)[0]
+
+
+def read_text_stat(
+    root_dir: str | os.PathLike[str], path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> tuple[TextFile, os.stat_result]:
+    """``read_text`` plus the stat of the very file read (for caches keyed by ``file_identity``)."""
     canonical, data, st = _read(root_dir, path, max_bytes)
     if b"\x00" in data:
         raise UnsupportedMediaType(f"{canonical!r} is binary; use raw=true", code="binary_file")
@@ -241,7 +262,7 @@ def read_text(root_dir: str | os.PathLike[str], path: str, *, max_bytes: int = D
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UnsupportedMediaType(f"{canonical!r} is not UTF-8 text; use raw=true", code="binary_file") from None
-    return TextFile(canonical, text, hashlib.sha256(data).hexdigest(), len(data), st.st_mtime)
+    return TextFile(canonical, text, hashlib.sha256(data).hexdigest(), len(data), st.st_mtime), st
 
 
 def read_raw(root_dir: str | os.PathLike[str], path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> RawFile:

@@ -26,7 +26,7 @@ import re
 from collections import Counter
 
 PLACEHOLDER = "MASKED_SECRET_"
-_PLACEHOLDER_RE = re.compile(PLACEHOLDER + r"\d+")
+PLACEHOLDER_RE = re.compile(PLACEHOLDER + r"\d+")
 
 # Secrets recognisable without a name: (literals, pattern matched where a literal occurs, the literal must
 # start a word). The secret is the ``v`` group. Matching only at literal occurrences (``str.find``) keeps a
@@ -193,7 +193,12 @@ class SecretMasker:
         """Distinct secret values masked so far."""
         return len(self._values)
 
-    def _placeholder(self, value: str) -> str:
+    def values_in_order(self) -> tuple[str, ...]:
+        """The masked values, the n-th standing behind placeholder n."""
+        return tuple(self._placeholders)
+
+    def placeholder(self, value: str) -> str:
+        """The placeholder of ``value`` (a new one the first time the value is seen)."""
         if value not in self._placeholders:
             token = f"{PLACEHOLDER}{len(self._placeholders) + 1}"
             self._placeholders[value] = token
@@ -204,7 +209,7 @@ class SecretMasker:
         """Replace the placeholders this masker made by the original values."""
         if not self._values:
             return text
-        return _PLACEHOLDER_RE.sub(lambda m: self._values.get(m.group(0), m.group(0)), text)
+        return PLACEHOLDER_RE.sub(lambda m: self._values.get(m.group(0), m.group(0)), text)
 
     def mask(self, text: str, language: str = "", *, in_key: bool = False) -> str:
         """Return ``text`` with secret-looking values replaced by placeholders (line structure kept).
@@ -241,9 +246,9 @@ class SecretMasker:
         out, pos = [], 0
         for start, end in spans:
             value = text[start:end]
-            if _REFERENCE.match(value) or _PLACEHOLDER_RE.fullmatch(value):
+            if _REFERENCE.match(value) or PLACEHOLDER_RE.fullmatch(value):
                 continue
-            out += [text[pos:start], self._placeholder(value)]
+            out += [text[pos:start], self.placeholder(value)]
             pos = end
         out.append(text[pos:])
         return "".join(out)
@@ -258,7 +263,7 @@ class SecretMasker:
     def _mask_whole(self, line: str) -> str:
         stripped = line.strip().rstrip("\r")
         start = line.index(stripped)
-        return line[:start] + self._placeholder(stripped) + line[start + len(stripped) :]
+        return line[:start] + self.placeholder(stripped) + line[start + len(stripped) :]
 
     def _mask_assignments(self, line: str, config: bool) -> str:
         pos = 0
@@ -288,7 +293,7 @@ class SecretMasker:
                 continue
             value = line[span[0] : span[1]]
             if self._secret_value(value, strength):
-                token = self._placeholder(value)
+                token = self.placeholder(value)
                 line = line[: span[0]] + token + line[span[1] :]
                 pos = span[0] + len(token)
             else:
@@ -296,7 +301,7 @@ class SecretMasker:
 
     @staticmethod
     def _secret_value(value: str, strength: int) -> bool:
-        if _PLACEHOLDER_RE.search(value) or _REFERENCE.match(value.strip()):
+        if PLACEHOLDER_RE.search(value) or _REFERENCE.match(value.strip()):
             return False
         if strength == 2:
             return len(value.strip()) >= 3
