@@ -41,11 +41,15 @@ class MaskedHead:
 
     def for_masker(self, masker: SecretMasker) -> str:
         """The masked text with its placeholders renumbered in ``masker`` (which learns the values)."""
-        text = self.text
-        if self.values:
-            values, skip = self.values, len(PLACEHOLDER)
-            text = PLACEHOLDER_RE.sub(lambda m: masker.placeholder(values[int(m.group(0)[skip:]) - 1]), text)
-        return masker.mask_known(text)
+        return renumber(self.text, self.values, masker)
+
+
+def renumber(text: str, values: tuple[str, ...], masker: SecretMasker) -> str:
+    """``text`` masked by a fresh masker (placeholder n for ``values[n - 1]``) as ``masker`` would mask it."""
+    if values:
+        skip = len(PLACEHOLDER)
+        text = PLACEHOLDER_RE.sub(lambda m: masker.placeholder(values[int(m.group(0)[skip:]) - 1]), text)
+    return masker.mask_known(text)
 
 
 def mask_head(found: files.TextFile, identity: tuple[int, ...], limit: int, language: str) -> MaskedHead | None:
@@ -118,7 +122,7 @@ class MaskedLines:
 
     def join(self, masker: SecretMasker, start: int, end: int) -> str:
         """Lines ``start``..``end`` (0-based, end exclusive), placeholders renumbered in ``masker``."""
-        return MaskedHead("", (), 0, 0, "".join(self.lines[start:end]), self.values).for_masker(masker)
+        return renumber("".join(self.lines[start:end]), self.values, masker)
 
 
 class MaskedTargets:

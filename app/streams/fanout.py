@@ -47,7 +47,7 @@ class Item:
     subscriber writes the same bytes.
     """
 
-    __slots__ = ("_event", "chunk", "frame", "raw", "seq", "type")
+    __slots__ = ("_chunk", "_event", "frame", "raw", "seq", "type")
 
     def __init__(self, seq: int, type: str, raw: bytes, event: Event | None = None) -> None:
         self.seq = seq
@@ -55,8 +55,15 @@ class Item:
         self.raw = raw
         self._event = event
         head = b"id: %d\nevent: %s\ndata: " % (seq, type.encode()) if seq else b"event: %s\ndata: " % type.encode()
-        self.frame = frame = head + raw + b"\n\n"
-        self.chunk = b"%x\r\n%s\r\n" % (len(frame), frame)  # the frame as one HTTP/1.1 chunk (direct writes)
+        self.frame = head + raw + b"\n\n"
+        self._chunk: bytes | None = None
+
+    @property
+    def chunk(self) -> bytes:
+        """The frame as one HTTP/1.1 chunk, for direct writes (built on first use: history keeps items)."""
+        if self._chunk is None:
+            self._chunk = b"%x\r\n%s\r\n" % (len(self.frame), self.frame)
+        return self._chunk
 
     @property
     def event(self) -> Event:
@@ -75,7 +82,7 @@ class _Ping(Item):
         self.raw = b""
         self._event = None
         self.frame = b": ping\n\n"
-        self.chunk = b"8\r\n: ping\n\n\r\n"
+        self._chunk = None
 
 
 PING = _Ping()
@@ -310,11 +317,15 @@ class Fanout:
                 slow = slow or []
                 slow.append(sub)
         self.counters["delivered"] += sent
-        if self._dirty and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if self._dirty:
+            self._schedule_flush()
         if slow:
             self._end_slow(slow)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the pending items of every direct-mode subscriber, each subscriber's in one write.
@@ -345,18 +356,16 @@ class Fanout:
 
     def ping_all(self) -> None:
         """Queue a heartbeat for every subscriber that has room (busy ones need none)."""
-        direct = False
         for sub in self.subscribers:
             if sub.sink is None:
                 sub.offer(PING)
-            elif not sub.items:
+            elif not sub.items:  # direct mode: pending items already show the client we are alive
                 sub.items.append(PING)
                 if not sub.dirty:
-                    sub.dirty = direct = True
+                    sub.dirty = True
                     self._dirty.append(sub)
-        if direct and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if self._dirty:
+            self._schedule_flush()
 
     async def heartbeats(self, interval: float) -> None:
         """Ping all subscribers every ``interval`` seconds, forever (run in the hub's task group)."""
