@@ -64,8 +64,8 @@ class ClientGone(Exception):
     """The client disconnected while its request body was being relayed."""
 
 
-class _Parsed:
-    """httptools callbacks collecting one response."""
+class ParsedResponse:
+    """httptools callbacks collecting one response (also used by ``app.streams.http_transport``)."""
 
     __slots__ = ("chunks", "done", "framed", "headers", "headers_done", "keep_alive", "parser")
 
@@ -79,7 +79,7 @@ class _Parsed:
         self.parser: Any = None
 
     @classmethod
-    def new(cls) -> tuple[_Parsed, Any]:
+    def new(cls) -> tuple[ParsedResponse, Any]:
         """Callbacks and their parser."""
         parsed = cls()
         parser = parsed.parser = httptools.HttpResponseParser(parsed)
@@ -98,6 +98,11 @@ class _Parsed:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # an interim answer (103 Early Hints): the real one follows
+            self.headers.clear()
+            self.headers_done = self.framed = False
+            return
         self.done = True
         self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
         self.parser = None
@@ -139,10 +144,11 @@ class UpstreamPool:
         self.reused = 0
         self.open_now = 0
 
-    async def connect(self, key: tuple[str, int]) -> Conn:
-        """A new connection (``UpstreamError`` when refused, unreachable or too slow)."""
+    async def connect(self, key: tuple[str, int], within: float | None = None) -> Conn:
+        """A new connection (``UpstreamError`` when refused, unreachable or slower than ``within`` seconds,
+        by default ``connect_timeout``)."""
         try:
-            link = await open_link(key[0], key[1], self.connect_timeout)
+            link = await open_link(key[0], key[1], self.connect_timeout if within is None else within)
         except TimeoutError:
             raise UpstreamError(f"connecting to {key[0]}:{key[1]} timed out", timeout=True) from None
         except OSError as exc:
@@ -264,7 +270,7 @@ class Exchange:
             self.pool.discard(conn)
             raise
 
-    async def _request_and_headers(self, receive: Receive) -> tuple[Conn, _Parsed, Any]:
+    async def _request_and_headers(self, receive: Receive) -> tuple[Conn, ParsedResponse, Any]:
         for attempt in (0, 1):
             conn = self.pool.take(self.key) if attempt == 0 else None
             reused = conn is not None
@@ -292,33 +298,25 @@ class Exchange:
                 raise
         raise AssertionError("unreachable")
 
-    async def _read_headers(self, conn: Conn) -> tuple[_Parsed, Any]:
-        parsed, parser = _Parsed.new()
+    async def _read_headers(self, conn: Conn) -> tuple[ParsedResponse, Any]:
+        parsed, parser = ParsedResponse.new()
         waiting = self.pool.waiting
         waiting[self] = (time.monotonic() + self.pool.header_timeout, conn)
         try:
-            while True:
-                while not parsed.headers_done:
-                    data = await conn.link.read()
-                    if not data:
-                        raise ConnectionResetError("the IDE closed the connection before answering")
-                    self.bytes_down += len(data)
-                    parser.feed_data(data)
-                status = parser.get_status_code()
-                if status < 100 or status >= 200 or status == 101:
-                    return parsed, parser
-                # an interim answer (103 Early Hints): skip it, the real response follows
-                rest = b"".join(parsed.chunks)
-                parsed, parser = _Parsed.new()
-                if rest:
-                    parser.feed_data(rest)
+            while not parsed.headers_done:  # interim answers (103) are skipped by the parser's callbacks
+                data = await conn.link.read()
+                if not data:
+                    raise ConnectionResetError("the IDE closed the connection before answering")
+                self.bytes_down += len(data)
+                parser.feed_data(data)
+            return parsed, parser
         finally:
             del waiting[self]
 
-    async def _with_body(self, conn: Conn, receive: Receive) -> tuple[_Parsed, Any]:
+    async def _with_body(self, conn: Conn, receive: Receive) -> tuple[ParsedResponse, Any]:
         """Stream the request body while waiting for the response head. An IDE that answers before it has
         read the whole body (413, 401...) stops the upload; that connection is then not reused."""
-        result: list[tuple[_Parsed, Any]] = []
+        result: list[tuple[ParsedResponse, Any]] = []
 
         async def read_head() -> None:
             result.append(await self._read_headers(conn))
@@ -350,7 +348,7 @@ class Exchange:
             await conn.link.send(b"0\r\n\r\n")
 
     async def _respond(
-        self, conn: Conn, parsed: _Parsed, parser: Any, receive: Receive, send: Send, fix_headers: FixHeaders
+        self, conn: Conn, parsed: ParsedResponse, parser: Any, receive: Receive, send: Send, fix_headers: FixHeaders
     ) -> int:
         status = parser.get_status_code()
         framed = parsed.framed
@@ -372,7 +370,7 @@ class Exchange:
         self._finish(conn, parsed, framed)
         return status
 
-    async def _stream_body(self, conn: Conn, parsed: _Parsed, parser: Any, send: Send, framed: bool) -> None:
+    async def _stream_body(self, conn: Conn, parsed: ParsedResponse, parser: Any, send: Send, framed: bool) -> None:
         while True:
             if parsed.chunks:
                 body = b"".join(parsed.chunks) if len(parsed.chunks) > 1 else parsed.chunks[0]
@@ -407,7 +405,7 @@ class Exchange:
                 scope.cancel()
                 return
 
-    def _finish(self, conn: Conn, parsed: _Parsed, framed: bool) -> None:
+    def _finish(self, conn: Conn, parsed: ParsedResponse, framed: bool) -> None:
         if framed and parsed.keep_alive and self.body_sent:
             self.pool.give_back(conn)
         else:

@@ -248,3 +248,28 @@ async def test_upstream_restart_behind_pooled_connections(relay_hub: RelayHub) -
             proc.kill()
             proc.wait()
             assert (await client.get(f"/w/{ws}/healthz")).status_code == 502
+
+
+async def test_interim_answer_in_the_same_read_as_the_final_one(relay_hub: RelayHub) -> None:
+    """An IDE sending ``103 Early Hints`` and its ``200`` in one write: the client gets the ``200`` only."""
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive()
+            await stream.send(
+                b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+            )
+            await anyio.sleep(1)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, answer)
+        ws = await relay_hub.workspace(relay_hub.alice, "http-hints", f"127.0.0.1:{port}")
+        async with relay_hub.client(relay_hub.alice) as client:
+            r = await client.get(f"/w/{ws}/page")
+        tg.cancel_scope.cancel()
+    assert (r.status_code, r.text) == (200, "hello") and "link" not in r.headers
