@@ -205,8 +205,11 @@ async def bench(
 ) -> list[dict[str, object]]:
     """Run both measurements; returns the rows of the ``BENCH_RESULT`` line (bench/README.md)."""
     rows: list[dict[str, object]] = []
-    limits = httpx.Limits(max_connections=args.streams * 2, max_keepalive_connections=args.streams * 2)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    from app.streams.http_transport import LinkTransport
+
+    # the client reads both targets the same way, one socket read at a time: with httpx's own transport
+    # the client's per-chunk cost, not the server, would bound the direct run (one chunk per token)
+    async with httpx.AsyncClient(timeout=120, transport=LinkTransport()) as client:
         r = await client.post(
             f"{hub_url}/api/workspaces",
             json={"name": f"bench-{secrets.token_hex(3)}"},

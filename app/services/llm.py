@@ -1,7 +1,9 @@
 """Client for OpenAI-compatible chat completion servers (vLLM, llama.cpp server, OpenAI).
 
-One shared ``httpx.AsyncClient`` per hub process; answers are streamed (``stream: true``) and the SSE
-body is parsed incrementally as bytes arrive. What the hub's own client sees when something fails:
+One shared ``httpx.AsyncClient`` per hub process (the hub gives it ``app.streams.http_transport.LinkTransport``
+for ``http://`` servers, which hands over a streamed body one socket read at a time); answers are streamed
+(``stream: true``) and the SSE body is parsed incrementally as bytes arrive.
+What the hub's own client sees when something fails:
 
 - no base URL or model configured → ``ServiceUnavailable`` ``llm_not_configured`` naming the setting
 - cannot connect, even after the one retry → ``ServiceUnavailable`` ``llm_unreachable``
@@ -67,6 +69,13 @@ def _retry_after(value: str | None) -> float:
     return min(max(when - time.time(), 0.0), 3600.0)
 
 
+def httpx_transport() -> httpx.AsyncHTTPTransport:
+    """httpx's own transport, pooled for an LLM server (the default; the hub's fallback for ``https://``)."""
+    # keep-alive shorter than uvicorn's (vLLM's) 5 s, so we rarely pick a connection it is closing
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=4.0)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 class LLMClient:
     """Talks to one OpenAI-compatible server with the hub's limits; create once, ``aclose()`` at shutdown."""
 
@@ -91,9 +100,7 @@ class LLMClient:
             base_url=settings.llm_base_url.rstrip("/") + "/" if settings.llm_base_url else "http://unset/",
             headers=headers,
             timeout=httpx.Timeout(connect=connect, read=settings.llm_timeout, write=connect, pool=connect),
-            # keep-alive shorter than uvicorn's (vLLM's) 5 s, so we rarely pick a connection it is closing
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=4.0),
-            transport=transport,
+            transport=transport or httpx_transport(),
         )
 
     @property

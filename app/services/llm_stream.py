@@ -148,13 +148,20 @@ class ChatStream:
         try:
             async for raw in chunks:
                 batch: list[str] = []
+                failed: BadGateway | None = None
                 for event, data in parser.feed(raw):
-                    self._handle(event, data, batch)
+                    try:
+                        self._handle(event, data, batch)
+                    except BadGateway as exc:  # the tokens before it in the same read still count
+                        failed = exc
+                        break
                 if batch:
                     if not self.tokens:
                         metrics.LLM_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - self._started)
                     self.tokens += len(batch)
                     yield batch
+                if failed is not None:
+                    raise failed
                 if self._done:
                     break
         except httpx.TimeoutException:

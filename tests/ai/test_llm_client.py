@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -10,14 +10,24 @@ import anyio
 import pytest
 
 from app.errors import BadGateway, ServiceUnavailable, TooManyRequests
-from app.services.llm import LLMClient, SSEParser, upstream_message
+from app.services.llm import LLMClient, SSEParser, httpx_transport, upstream_message
 from app.services.llm_limits import InProcessLimiter, TokenBucket
 from app.settings import load_settings
+from app.streams.http_transport import LinkTransport
 from tests.support.fake_llm import Behavior, FakeLLM, bind_loopback, flaky_front
 
 pytestmark = pytest.mark.anyio
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+_TRANSPORT = ["link"]
+
+
+@pytest.fixture(autouse=True, params=["link", "httpx"])
+def transport_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on the hub's transport (``LinkTransport``) and on httpx's own: same behaviour."""
+    _TRANSPORT[0] = request.param
+    yield request.param
+    _TRANSPORT[0] = "link"
 
 
 @asynccontextmanager
@@ -30,7 +40,8 @@ async def llm_client(url: str, **overrides: Any) -> AsyncIterator[LLMClient]:
         "llm_max_concurrency": 8,
     }
     values.update(overrides)
-    client = LLMClient(load_settings(environ={}, **values))
+    transport = LinkTransport(fallback=httpx_transport()) if _TRANSPORT[0] == "link" else None
+    client = LLMClient(load_settings(environ={}, **values), transport=transport)
     try:
         yield client
     finally:
