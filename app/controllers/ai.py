@@ -37,12 +37,12 @@ from app.services import patches
 from app.services.ai import PING_TYPE, AIJob, AIRequest, AIService, Kind
 from app.services.ai_owners import AIOwners, MemoryAIOwners, RedisAIOwners
 from app.services.auth import Principal
-from app.services.llm import LLMClient, httpx_transport
+from app.services.llm import LLMClient
 from app.services.ratelimit import SharedAILimiter
 from app.services.workspaces import WorkspaceService
 from app.streams.direct_http import direct_writer
 from app.streams.fanout import Item, encode_body, with_id
-from app.streams.http_transport import LinkTransport
+from app.streams.http_transport import LinkTransport, direct_http
 from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
 
 AI_SERVICE = "ai_service"
@@ -337,7 +337,8 @@ async def ai_startup(ctx: AppContext) -> None:
     """Lifespan hook: the shared LLM client, the AI service, ownership of AI topics; closed at shutdown."""
     settings = ctx.settings
     limiter = SharedAILimiter(settings, ctx.extras[RATE_LIMITER]) if RATE_LIMITER in ctx.extras else None
-    llm = LLMClient(settings, limiter=limiter, transport=LinkTransport(fallback=httpx_transport()))
+    transport = LinkTransport() if direct_http(settings.llm_base_url) else None
+    llm = LLMClient(settings, limiter=limiter, transport=transport)
     ctx.extras[AI_SERVICE] = AIService(
         llm, ctx.events, settings, audit=ctx.audit.record, validate=lambda root, diff: _validate(settings, root, diff)
     )

@@ -1,8 +1,8 @@
 """Client for OpenAI-compatible chat completion servers (vLLM, llama.cpp server, OpenAI).
 
 One shared ``httpx.AsyncClient`` per hub process (the hub gives it ``app.streams.http_transport.LinkTransport``
-for ``http://`` servers, which hands over a streamed body one socket read at a time); answers are streamed
-(``stream: true``) and the SSE body is parsed incrementally as bytes arrive.
+for ``http://`` servers without a proxy: a streamed body comes one socket read at a time); answers are
+streamed (``stream: true``) and the SSE body is parsed incrementally as bytes arrive.
 What the hub's own client sees when something fails:
 
 - no base URL or model configured → ``ServiceUnavailable`` ``llm_not_configured`` naming the setting
@@ -69,13 +69,6 @@ def _retry_after(value: str | None) -> float:
     return min(max(when - time.time(), 0.0), 3600.0)
 
 
-def httpx_transport() -> httpx.AsyncHTTPTransport:
-    """httpx's own transport, pooled for an LLM server (the default; the hub's fallback for ``https://``)."""
-    # keep-alive shorter than uvicorn's (vLLM's) 5 s, so we rarely pick a connection it is closing
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=4.0)
-    return httpx.AsyncHTTPTransport(limits=limits)
-
-
 class LLMClient:
     """Talks to one OpenAI-compatible server with the hub's limits; create once, ``aclose()`` at shutdown."""
 
@@ -100,7 +93,9 @@ class LLMClient:
             base_url=settings.llm_base_url.rstrip("/") + "/" if settings.llm_base_url else "http://unset/",
             headers=headers,
             timeout=httpx.Timeout(connect=connect, read=settings.llm_timeout, write=connect, pool=connect),
-            transport=transport or httpx_transport(),
+            # keep-alive shorter than uvicorn's (vLLM's) 5 s, so we rarely pick a connection it is closing
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=4.0),
+            transport=transport,  # None: httpx's own, with proxies from the environment (HTTP_PROXY...)
         )
 
     @property

@@ -9,8 +9,12 @@ relay does, and yields everything one read brought (several chunks, joined) at o
 timer per timeout period (``_Watchdog``), not one cancel scope per read.
 
 Only plain ``http://`` goes this way (the usual on-prem vLLM); anything else (``https://``) is handed to
-the ``fallback`` transport. Errors are httpx's own (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
-``WriteTimeout``, ``ReadError``, ``RemoteProtocolError``), so callers cannot tell the two apart. A kept-alive
+the ``fallback`` transport. ``direct_http(url)`` tells whether a URL suits it: plain http and no proxy
+from the environment (``HTTP_PROXY``/``ALL_PROXY`` without a matching ``NO_PROXY``), which this transport
+does not speak; otherwise leave httpx its own transport.
+
+Errors are httpx's own (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``,
+``ReadError``, ``RemoteProtocolError``), so callers cannot tell the two transports apart. A kept-alive
 connection that turns out closed before any byte of the answer is retried once on a new connection.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +105,17 @@ def _head(request: httpx.Request, body: bytes) -> bytes:
     if chunked:
         return head + (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     return head + body
+
+
+def direct_http(url: str) -> bool:
+    """True for an ``http://`` URL that no proxy from the environment applies to (``LinkTransport`` material)."""
+    parsed = httpx.URL(url) if url else None
+    if parsed is None or parsed.scheme != "http" or not parsed.host:
+        return False
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get("http") or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass_environment(parsed.host, proxies))
 
 
 class LinkTransport(httpx.AsyncBaseTransport):

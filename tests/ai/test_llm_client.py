@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from app.errors import BadGateway, ServiceUnavailable, TooManyRequests
-from app.services.llm import LLMClient, SSEParser, httpx_transport, upstream_message
+from app.services.llm import LLMClient, SSEParser, upstream_message
 from app.services.llm_limits import InProcessLimiter, TokenBucket
 from app.settings import load_settings
 from app.streams.http_transport import LinkTransport
@@ -40,7 +40,7 @@ async def llm_client(url: str, **overrides: Any) -> AsyncIterator[LLMClient]:
         "llm_max_concurrency": 8,
     }
     values.update(overrides)
-    transport = LinkTransport(fallback=httpx_transport()) if _TRANSPORT[0] == "link" else None
+    transport = LinkTransport() if _TRANSPORT[0] == "link" else None
     client = LLMClient(load_settings(environ={}, **values), transport=transport)
     try:
         yield client

@@ -15,7 +15,7 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.streams.http_transport import LinkTransport
+from app.streams.http_transport import LinkTransport, direct_http
 
 pytestmark = pytest.mark.anyio
 
@@ -227,3 +227,14 @@ async def test_other_schemes_go_to_the_fallback_transport() -> None:
     async with client(fallback=httpx.MockTransport(answer)) as http:
         response = await http.get("https://llm.example/v1/models")
     assert response.text == "from the fallback" and seen == ["https://llm.example/v1/models"]
+
+
+def test_direct_http_only_for_plain_http_without_an_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert direct_http("http://vllm.internal:8000/v1")
+    assert not direct_http("https://api.openai.com/v1") and not direct_http("")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp:3128")
+    assert not direct_http("http://vllm.internal:8000/v1")
+    monkeypatch.setenv("NO_PROXY", "vllm.internal,localhost")
+    assert direct_http("http://vllm.internal:8000/v1") and not direct_http("http://other:8000/v1")
