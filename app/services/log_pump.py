@@ -6,8 +6,8 @@ pump ends); without Redis the pump table of this process is the lease. Pumps sta
 transition and, every sweep, for running workspaces without a live pump anywhere (hub restart, a
 lapsed lease, a dead process); they end with the workspace's output (stop, failure, delete).
 
-A pump resumes from the last line history holds for the topic (the runtime's ``since``, then lines at
-or before that time are skipped), so a restarted pump publishes no line twice. Lines that arrive
+A pump resumes from the last line history holds for the topic (the runtime's ``since``, then lines
+history already holds are skipped: ``ResumePoint``), so a restarted pump publishes no line twice. Lines that arrive
 together go out as one event: ``{at, text}`` for one line, ``{at, text, lines: [{at, text}, …]}`` for
 several (``text`` joined by newlines, ``at`` of the first), one hub publish per batch.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -68,6 +69,37 @@ def last_line_at(data: dict[str, Any]) -> str | None:
         if isinstance(at, str) and at:
             return at
     return None
+
+
+class ResumePoint:
+    """Where a restarted pump picks up: the time of the last line history holds and the texts at that time.
+
+    Timestamps have microseconds, and a fast printer puts several lines in one: lines before the cursor
+    are skipped, lines at it only when the last event carried them, and once a line after the cursor has
+    come nothing more is filtered (a live stream repeats nothing).
+    """
+
+    def __init__(self, data: dict[str, Any] | None) -> None:
+        self.at = last_line_at(data) if data else None
+        lines = data.get("lines") if data else None
+        items = lines if isinstance(lines, list) else [data] if data else []
+        self._held = Counter(
+            str(line.get("text")) for line in items if isinstance(line, dict) and line.get("at") == self.at
+        )
+
+    def fresh(self, line: LogLine) -> bool:
+        """True when ``line`` is not in history yet (call for each line, in order)."""
+        if self.at is None or not line.at:
+            return True
+        if line.at > self.at:
+            self.at = None
+            return True
+        if line.at < self.at:
+            return False
+        if self._held[line.text] > 0:  # at the cursor's microsecond, and the last event carried it
+            self._held[line.text] -= 1
+            return False
+        return True
 
 
 def batch_data(lines: list[LogLine]) -> dict[str, Any]:
@@ -176,9 +208,9 @@ class LogPumps:
             return
         runtime = await self.lifecycle.engines.for_workspace(ws)
         topic = workspace_logs_topic(workspace_id)
-        last = await self._cursor(topic)
-        # A little early: the runtime's ``since`` may round; lines at or before the cursor are skipped below.
-        since = unix_from_iso(last) - 0.001 if last else None
+        resume = ResumePoint(await self._last_data(topic))
+        # A little early: the runtime's ``since`` may round; lines history holds are skipped below.
+        since = unix_from_iso(resume.at) - 0.001 if resume.at else None
         source = runtime.follow_logs(workspace_id, tail=RESUME_TAIL, since=since)
         send, receive = anyio.create_memory_object_stream[LogLine](READ_BUFFER)
         try:
@@ -187,24 +219,23 @@ class LogPumps:
                 async with receive:
                     async for first in receive:
                         batch = _drain(first, receive)
-                        if last:
-                            batch = [line for line in batch if not line.at or line.at > last]
+                        if resume.at:
+                            batch = [line for line in batch if resume.fresh(line)]
                         if not batch:
                             continue
                         await self.events.publish(topic, "log.line", batch_data(batch))
                         self.published += len(batch)
-                        last = max((line.at for line in batch), default=None) or last
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:  # the reader's error (engine gone, workspace not found), unwrapped
                 raise group.exceptions[0] from None
             raise
 
-    async def _cursor(self, topic: str) -> str | None:
+    async def _last_data(self, topic: str) -> dict[str, Any] | None:
         last_event = getattr(self.events, "last_event", None)
         if last_event is None:
             return None
         event = await last_event(topic)
-        return None if event is None else last_line_at(event.data)
+        return None if event is None else event.data
 
     # -- the sweep -------------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from app.factory import create_app
-from app.services.log_pump import LogPumps
+from app.services.log_pump import LogPumps, ResumePoint, batch_data
+from app.services.runtime.base import LogLine
 from tests.conftest import make_settings
 from tests.runtime.conftest import fake_ide_command, remove_hub_containers
 from tests.runtime.helpers import create, wait_state
@@ -216,3 +217,17 @@ async def _docker_takeover(settings: Any) -> None:
         assert texts.count("before-1") == texts.count("after-200") == 1
         await b.delete(f"/api/workspaces/{ws['id']}")
         tg.cancel_scope.cancel()
+
+
+def test_resume_point_skips_only_what_history_holds_even_within_one_microsecond() -> None:
+    t1, t2, t3 = "2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00.000002Z", "2026-01-01T00:00:00.000003Z"
+    held = batch_data([LogLine(t1, "a"), LogLine(t2, "b"), LogLine(t2, "c")])  # the last event in history
+    resume = ResumePoint(held)
+    replayed = [LogLine(t1, "a"), LogLine(t2, "b"), LogLine(t2, "c"), LogLine(t2, "d"), LogLine(t3, "e")]
+    assert [line.text for line in replayed if resume.fresh(line)] == ["d", "e"]
+    # past the cursor nothing is filtered: a live stream printing faster than the clock ticks keeps every line
+    assert resume.fresh(LogLine(t1, "late clock")) and resume.fresh(LogLine(t3, "e"))
+    nothing = ResumePoint(None)
+    assert nothing.at is None and nothing.fresh(LogLine(t1, "a"))
+    single = ResumePoint(batch_data([LogLine(t2, "b")]))
+    assert [x.text for x in (LogLine(t2, "b"), LogLine(t2, "b")) if single.fresh(x)] == ["b"]
