@@ -139,7 +139,7 @@ class LinkTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(request, key, timeouts.get("connect"))
             watchdog = _Watchdog(conn)
             try:
-                parsed, parser, received = await self._exchange(request, conn, watchdog, message, timeouts)
+                parsed, parser = await self._exchange(request, conn, watchdog, message, timeouts)
             except _Stale:
                 self.pool.discard(conn)
                 watchdog.stop()
@@ -156,7 +156,7 @@ class LinkTransport(httpx.AsyncBaseTransport):
             if request.method == "HEAD" or status in (204, 304):
                 parsed.done, parsed.keep_alive = True, False
                 parsed.chunks.clear()
-            body = _Body(self.pool, conn, parsed, parser, watchdog, request, timeouts.get("read"), received)
+            body = _Body(self.pool, conn, parsed, parser, watchdog, request, timeouts.get("read"))
             return httpx.Response(
                 status,
                 headers=parsed.headers,
@@ -179,7 +179,7 @@ class LinkTransport(httpx.AsyncBaseTransport):
         watchdog: _Watchdog,
         message: bytes,
         timeouts: dict[str, float | None],
-    ) -> tuple[ParsedResponse, Any, int]:
+    ) -> tuple[ParsedResponse, Any]:
         """Write the request, read up to the end of the (final) response head."""
         link, read_timeout = conn.link, timeouts.get("read")
         try:
@@ -192,16 +192,14 @@ class LinkTransport(httpx.AsyncBaseTransport):
             data = b""
         if not data:
             raise _Stale
-        received = len(data)
         parsed, parser = ParsedResponse.new()
         parser.feed_data(data)
         while not parsed.headers_done:  # interim answers (103) are skipped by the parser's callbacks
             data = await _read(link, watchdog, read_timeout)
             if not data:
                 raise httpx.RemoteProtocolError("the server closed the connection mid-head", request=request)
-            received += len(data)
             parser.feed_data(data)
-        return parsed, parser, received
+        return parsed, parser
 
     async def aclose(self) -> None:
         """Close idle connections and the fallback transport."""
@@ -239,12 +237,10 @@ class _Body(httpx.AsyncByteStream):
         watchdog: _Watchdog,
         request: httpx.Request,
         read_timeout: float | None,
-        received: int,
     ) -> None:
         self._pool, self._conn, self._parsed, self._parser = pool, conn, parsed, parser
         self._watchdog, self._request, self._read_timeout = watchdog, request, read_timeout
         self._released = False
-        self.received = received
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parsed, link, watchdog = self._parsed, self._conn.link, self._watchdog
@@ -270,7 +266,6 @@ class _Body(httpx.AsyncByteStream):
                         )
                     parsed.done = True  # delimited by the connection closing
                     continue
-                self.received += len(data)
                 self._parser.feed_data(data)
         except Exception as exc:
             self._release(keep=False)
