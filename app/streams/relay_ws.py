@@ -111,6 +111,22 @@ class _Head:
         self.headers_done = True
 
 
+async def _upgrade_exchange(link: Link, request: bytes, parser: Any, head: _Head) -> bytes | None:
+    """Send a WebSocket handshake and read the answer's head: the bytes after it when the IDE upgraded,
+    None when it answered without upgrading (``ConnectionResetError`` when it closed first)."""
+    await link.send(request)
+    while True:
+        data = await link.read()
+        if not data:
+            raise ConnectionResetError
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return data[upgrade.args[0] :]
+        if head.headers_done:
+            return None
+
+
 class WebSocketRelay:
     """One relayed WebSocket: handshake with the IDE, then frames both ways until either side closes."""
 
@@ -227,19 +243,10 @@ class WebSocketRelay:
         parser = httptools.HttpResponseParser(head)
         try:
             with anyio.fail_after(30):
-                await link.send(b"".join(parts))
-                while True:
-                    data = await link.read()
-                    if not data:
-                        raise ConnectionResetError
-                    try:
-                        parser.feed_data(data)
-                    except httptools.HttpParserUpgrade as upgrade:
-                        leftover = data[upgrade.args[0] :]
-                        break
-                    if head.headers_done:
-                        status = parser.get_status_code()
-                        raise Denied(status if status >= 400 else 502, f"the IDE refused the WebSocket ({status})")
+                leftover = await _upgrade_exchange(link, b"".join(parts), parser, head)
+            if leftover is None:
+                status = parser.get_status_code()
+                raise Denied(status if status >= 400 else 502, f"the IDE refused the WebSocket ({status})")
         except TimeoutError:
             raise Denied(504, "the IDE did not complete the WebSocket handshake in time") from None
         except (OSError, httptools.HttpParserError):
@@ -276,21 +283,9 @@ class WebSocketRelay:
         )
         head = _Head()
         parser = httptools.HttpResponseParser(head)
-        leftover = b""
         try:
             with anyio.fail_after(30):
-                await link.send(request)
-                while True:
-                    data = await link.read()
-                    if not data:
-                        raise ConnectionResetError
-                    try:
-                        parser.feed_data(data)
-                    except httptools.HttpParserUpgrade as upgrade:
-                        leftover = data[upgrade.args[0] :]
-                        break
-                    if head.headers_done:
-                        break
+                leftover = await _upgrade_exchange(link, request, parser, head) or b""
             subprotocol = check_handshake(parser.get_status_code(), head.headers, ws_key, offered)
         except TimeoutError:
             raise Denied(504, "the IDE did not complete the WebSocket handshake in time") from None
