@@ -25,9 +25,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app import db
     from app.factory import create_app
-    from app.streams.direct_http import DirectHttpProtocol  # live SSE frames are written by the fan-out
-    from app.streams.hub import tune_gc_for_streaming
-    from app.streams.relay_splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
+    from app.streams.events.direct_http import DirectHttpProtocol  # live SSE frames are written by the fan-out
+    from app.streams.events.hub import tune_gc_for_streaming
+    from app.streams.relay.splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
@@ -83,7 +83,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 async def _with_auth(fn):  # type: ignore[no-untyped-def]
     from app import db
-    from app.services.auth import AuthService
+    from app.services.auth.users import AuthService
 
     settings = load_settings()
     engine = db.create_engine(settings)

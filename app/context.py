@@ -10,9 +10,9 @@ from anyio.abc import TaskGroup
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import SessionMaker
-from app.services.audit import AuditLog
-from app.services.auth import AuthService
-from app.services.workspaces import WorkspaceService
+from app.services.audit.log import AuditLog
+from app.services.auth.users import AuthService
+from app.services.workspaces.records import WorkspaceService
 from app.settings import Settings
 
 ReadyCheck = Callable[[], Awaitable[None]]

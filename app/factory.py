@@ -40,13 +40,13 @@ from app.controllers.servers import ServersController
 from app.controllers.workspaces import WorkspacesController
 from app.errors import DomainError
 from app.logging_setup import configure_logging
-from app.services.audit import AuditLog
-from app.services.auth import AuthService
+from app.services.audit.log import AuditLog
+from app.services.auth.users import AuthService
 from app.services.runtime_setup import runtime_startup
-from app.services.workspaces import WorkspaceService
+from app.services.workspaces.records import WorkspaceService
 from app.settings import Settings, load_settings
-from app.streams.hub import open_hub
-from app.streams.relay import WorkspaceFront, relay_startup
+from app.streams.events.backend import open_hub
+from app.streams.relay.front import WorkspaceFront, relay_startup
 
 log = logging.getLogger("codehub")
 
@@ -204,6 +204,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
-    # /w/{id}/… (relay) and /ws/workspaces/{id} (terminal) skip Litestar's routing: see app.streams.relay
+    # /w/{id}/… (relay) and /ws/workspaces/{id} (terminal) skip Litestar's routing: see app.streams.relay.front
     app.asgi_handler = WorkspaceFront(app.asgi_handler)
     return app

@@ -204,7 +204,7 @@ HUB_STATS = HubStatsCollector()
 REGISTRY.register(HUB_STATS)
 
 
-# -- values set at scrape time by ``app.services.monitoring.refresh`` ------------------------------------
+# -- values set at scrape time by ``app.services.workspaces.monitoring.refresh`` ------------------------------------
 
 
 def set_workspace_counts(counts: Mapping[str, int], states: tuple[str, ...]) -> None:

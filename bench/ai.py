@@ -12,7 +12,7 @@ the hub (``codehub serve``, one worker, SQLite), and this client. Measured, each
 
 1. time to first token, sequential requests, direct and hub alternating: p50/p90 and the hub's added p50
    (target ≤ 5 ms);
-   The request explains 60 lines of a 400-line module (this repo's ``app/services/llm.py``) with its
+   The request explains 60 lines of a 400-line module (this repo's ``app/services/ai/llm.py``) with its
    imports and neighbours as context (about 24,000 characters, masked);
 2. tokens/s with ``--streams`` concurrent streams, hub ÷ direct (target ≥ 90 %), and CPU per token:
    paced (``--token-delay`` per token, like a model on a GPU: vLLM streams at tens of tokens/s per
@@ -23,7 +23,7 @@ the hub (``codehub serve``, one worker, SQLite), and this client. Measured, each
    per request (auth, context, prompt, audit), not by tokens/s; reported without a target.
 
 The client reads both sides the same way, a socket read at a time
-(``app.streams.http_transport.LinkTransport``); with httpx's own transport the client's per-chunk cost
+(``app.streams.net.http_transport.LinkTransport``); with httpx's own transport the client's per-chunk cost
 bounds the direct run (the fake sends one chunk per token) and the hub, whose events carry several
 tokens when they arrive together, would look faster than the fake itself.
 
@@ -58,7 +58,7 @@ PROMPT = [  # what a caller of the model would send itself: about the same size 
     {"role": "system", "content": "You explain code."},
     {
         "role": "user",
-        "content": "Explain this code:\n```python\n" + (ROOT / "app/services/llm.py").read_text()[:22_000] + "\n```",
+        "content": "Explain this code:\n```python\n" + (ROOT / "app/services/ai/llm.py").read_text()[:22_000] + "\n```",
     },
 ]
 
@@ -78,7 +78,7 @@ def cpu_seconds(pid: int) -> float:
 def prepare(data_dir: Path) -> tuple[str, str]:
     """A migrated SQLite database with an admin; returns (database URL, admin token)."""
     from app import db
-    from app.services.auth import AuthService
+    from app.services.auth.users import AuthService
     from app.settings import load_settings
 
     url = f"sqlite+aiosqlite:///{data_dir / 'bench.db'}"
@@ -215,7 +215,7 @@ async def bench(
 ) -> list[dict[str, object]]:
     """Run both measurements; returns the rows of the ``BENCH_RESULT`` line (bench/README.md)."""
     rows: list[dict[str, object]] = []
-    from app.streams.http_transport import LinkTransport
+    from app.streams.net.http_transport import LinkTransport
 
     # the client reads both targets the same way, one socket read at a time: with httpx's own transport
     # the client's per-chunk cost, not the server, would bound the direct run (one chunk per token)
@@ -253,7 +253,7 @@ async def bench(
             "hub",
             client,
             f"{hub_url}/api/ai/explain",
-            {"workspace_id": ws, "path": "app/services/llm.py", "start_line": 150, "end_line": 210},
+            {"workspace_id": ws, "path": "app/services/ai/llm.py", "start_line": 150, "end_line": 210},
             {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
             b"event: ai.token",
         )

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from app import db  # noqa: E402
 from app.models import User, Workspace, utcnow  # noqa: E402
-from app.services.auth import AuthService  # noqa: E402
+from app.services.auth.users import AuthService  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 
 POSTGRES_URL = os.environ.get("CODEHUB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -208,8 +208,9 @@ async def client_main(port: int, count: int, token: str, path: str) -> None:
 async def ceiling_main(count: int, redis_url: str, prefix: str) -> None:
     """Role ``ceiling``: the same hub without HTTP, ``count`` in-process consumers of one subscription."""
     from app.settings import load_settings
-    from app.streams.fanout import PING
-    from app.streams.hub import open_hub, tune_gc_for_streaming
+    from app.streams.events.backend import open_hub
+    from app.streams.events.fanout import PING
+    from app.streams.events.hub import tune_gc_for_streaming
 
     settings = load_settings(environ={}, redis_url=redis_url, redis_prefix=prefix, log_level="warning")
     tally = Tally()
@@ -492,7 +493,7 @@ async def run_ceiling(args: argparse.Namespace, hub: Any, redis_url: str, prefix
 def prepare_database(data_dir: Path) -> tuple[str, str]:
     """A migrated SQLite database with an admin; returns (database URL, admin token)."""
     from app import db
-    from app.services.auth import AuthService
+    from app.services.auth.users import AuthService
     from app.settings import load_settings
 
     url = f"sqlite+aiosqlite:///{data_dir / 'bench.db'}"
@@ -548,7 +549,7 @@ async def wait_ready(url: str, server: Child) -> None:
 
 async def orchestrate(args: argparse.Namespace, db_url: str, token: str, data_dir: Path) -> list[dict[str, Any]]:
     from app.settings import load_settings
-    from app.streams.hub import open_hub
+    from app.streams.events.backend import open_hub
 
     prefix = f"codehub-bench-{secrets.token_hex(4)}"
     port = args.port

@@ -31,9 +31,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.settings import Settings, load_settings
-from app.streams.fanout import PING
-from app.streams.hub import open_hub
-from app.streams.sse import event_stream
+from app.streams.events.backend import open_hub
+from app.streams.events.fanout import PING
+from app.streams.events.sse import event_stream
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -163,7 +163,7 @@ def main() -> None:
     settings = load_settings()
     profiler = None
     if kind.startswith("app"):
-        from app.streams.hub import tune_gc_for_streaming
+        from app.streams.events.hub import tune_gc_for_streaming
 
         tune_gc_for_streaming()  # as `codehub serve` does
     if kind == "raw":

@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.services import files, patches
-from app.services.patches import PatchLimits
+from app.services import files
+from app.services.files import patches
+from app.services.files.patches import PatchLimits
 
 FILES = 200
 HUNKS_PER_FILE = 25

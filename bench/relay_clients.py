@@ -41,7 +41,8 @@ def http_app(kind: str, upstream: str) -> Any:
     import aiohttp
     import httpx
 
-    from app.streams.relay_http import Exchange, UpstreamPool
+    from app.streams.net.pool import UpstreamPool
+    from app.streams.relay.http import Exchange
 
     state: dict[str, Any] = {}
     host, port = upstream.split(":")
@@ -102,8 +103,8 @@ def ws_app(kind: str, upstream: str) -> Any:
     from httpx_ws import aconnect_ws
     from websockets.asyncio.client import connect
 
-    from app.streams.relay_stats import WorkspaceCounters
-    from app.streams.relay_ws import WebSocketRelay
+    from app.streams.relay.stats import WorkspaceCounters
+    from app.streams.relay.ws import WebSocketRelay
 
     host, port = upstream.split(":")
 
@@ -164,7 +165,7 @@ def serve(kind: str, upstream: str, port: int, ws: bool) -> None:
 
     ws_impl: Any = "websockets-sansio"
     if kind == "relay_ws-splice":
-        from app.streams.relay_splice import SpliceProtocol
+        from app.streams.relay.splice import SpliceProtocol
 
         ws_impl = SpliceProtocol
     app = ws_app(kind, upstream) if ws else http_app(kind, upstream)

@@ -18,10 +18,10 @@ from sqlalchemy import event, update
 from app import db
 from app.logging_setup import configure_logging, write_access_line
 from app.models import Workspace
-from app.services.auth import AuthService, Principal
-from app.services.page_cache import EVERYONE, PageCache
-from app.services.workspaces import WorkspaceService, publish_lifecycle
-from app.streams.hub import open_hub
+from app.services.auth.users import AuthService, Principal
+from app.services.workspaces.page_cache import EVERYONE, PageCache
+from app.services.workspaces.records import WorkspaceService, publish_lifecycle
+from app.streams.events.backend import open_hub
 from tests.conftest import make_settings
 from tests.support.server import Hub
 
@@ -46,7 +46,7 @@ def test_a_write_after_the_generation_was_read_keeps_the_page_out() -> None:
 
 
 def test_the_cache_holds_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.services.page_cache.MAX_BYTES", 10)
+    monkeypatch.setattr("app.services.workspaces.page_cache.MAX_BYTES", 10)
     cache = PageCache(ttl=60)
     cache.put("a", 0, b"12345")
     cache.put("a", 0, b"123456")  # replaces: 6 bytes held

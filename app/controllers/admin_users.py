@@ -12,7 +12,7 @@ from app.context import AppContext
 from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import UserCreate, UserOut, UserUpdate
-from app.services.auth import Principal
+from app.services.auth.users import Principal
 
 
 class AdminUsersController(Controller):

@@ -33,17 +33,17 @@ from app.errors import DomainError, NotFound
 from app.events import ai_topic
 from app.models import new_id
 from app.schemas import Body
-from app.services import patches
-from app.services.ai import PING_TYPE, AIJob, AIRequest, AIService, Kind
-from app.services.ai_owners import AIOwners, MemoryAIOwners, RedisAIOwners
-from app.services.auth import Principal
-from app.services.llm import LLMClient
-from app.services.ratelimit import SharedAILimiter
-from app.services.workspaces import WorkspaceService
-from app.streams.direct_http import direct_writer
-from app.streams.fanout import Item, encode_body, with_id
-from app.streams.http_transport import LinkTransport, direct_http
-from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
+from app.services.ai.llm import LLMClient
+from app.services.ai.owners import AIOwners, MemoryAIOwners, RedisAIOwners
+from app.services.ai.service import PING_TYPE, AIJob, AIRequest, AIService, Kind
+from app.services.auth.ratelimit import SharedAILimiter
+from app.services.auth.users import Principal
+from app.services.files import patches
+from app.services.workspaces.records import WorkspaceService
+from app.streams.events.direct_http import direct_writer
+from app.streams.events.fanout import Item, encode_body, with_id
+from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
+from app.streams.net.http_transport import LinkTransport, direct_http
 
 AI_SERVICE = "ai_service"
 log = structlog.get_logger("app.ai")

@@ -12,8 +12,8 @@ from litestar.params import Parameter, QueryParameter
 from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.models import AuditEvent
-from app.services.audit import AuditFilter, audit_page, verify_chain
-from app.services.auth import Principal
+from app.services.audit.log import AuditFilter, audit_page, verify_chain
+from app.services.auth.users import Principal
 
 
 class AuditRecord(msgspec.Struct):

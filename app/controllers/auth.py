@@ -15,9 +15,9 @@ from app.controllers.ops import RATE_LIMITER
 from app.errors import Unauthorized
 from app.models import utcnow
 from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
-from app.services.audit import AuditEntry
-from app.services.auth import Principal
-from app.services.ratelimit import enforce, login_limit
+from app.services.audit.log import AuditEntry
+from app.services.auth.ratelimit import enforce, login_limit
+from app.services.auth.users import Principal
 
 
 def audit_entry(request: Request, action: str, principal: Principal | None = None, **fields: object) -> AuditEntry:

@@ -14,8 +14,8 @@ from litestar.openapi.spec import Example
 from app.context import AppContext
 from app.errors import Forbidden, Unauthorized
 from app.schemas import ErrorBody
-from app.services.auth import Principal
-from app.services.workspaces import WorkspaceService
+from app.services.auth.users import Principal
+from app.services.workspaces.records import WorkspaceService
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed request",

@@ -21,11 +21,11 @@ from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.errors import BadRequest, Forbidden, NotFound
 from app.events import ADMIN_TOPIC, workspace_topic
-from app.services.auth import Principal
-from app.services.workspaces import WorkspaceService
-from app.streams.direct_http import direct_writer
-from app.streams.hub import subscription_topics
-from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, event_stream
+from app.services.auth.users import Principal
+from app.services.workspaces.records import WorkspaceService
+from app.streams.events.direct_http import direct_writer
+from app.streams.events.hub import subscription_topics
+from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, event_stream
 
 WORKSPACE_SUFFIXES = ("", "logs", "exec")
 

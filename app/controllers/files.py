@@ -23,8 +23,8 @@ from app.controllers.deps import error_responses
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import Workspace
 from app.services import files
-from app.services.auth import Principal
-from app.services.workspaces import WorkspaceService
+from app.services.auth.users import Principal
+from app.services.workspaces.records import WorkspaceService
 
 FilePath = Annotated[str, QueryParameter(name="path", max_length=4096, description="path inside the workspace")]
 DirPath = Annotated[str, QueryParameter(name="path", max_length=4096, description="directory; empty = the root")]

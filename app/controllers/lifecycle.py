@@ -17,12 +17,12 @@ from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.errors import ServiceUnavailable
 from app.schemas import Body, WorkspaceOut
-from app.services.audit import sha256_hex
-from app.services.auth import Principal
-from app.services.lifecycle import Lifecycle
+from app.services.audit.log import sha256_hex
+from app.services.auth.users import Principal
 from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
-from app.services.workspace_ops import WorkspaceOps, parse_since
-from app.streams.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
+from app.services.workspaces.lifecycle import Lifecycle
+from app.services.workspaces.ops import WorkspaceOps, parse_since
+from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
 
 # The route media type (JSON) would win over the stream's own, so the header is set explicitly.
 SSE_RESPONSE_HEADERS = {"content-type": MEDIA_TYPE, **SSE_HEADERS}

@@ -16,7 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from app import metrics
 from app.errors import DomainError, Unauthorized
 from app.logging_setup import ACCESS_LOGGER, write_access_line
-from app.services.auth import Principal
+from app.services.auth.users import Principal
 
 SESSION_COOKIE = "codehub_session"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -20,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from app import metrics
 from app.context import AppContext
 from app.errors import TooManyRequests, Unauthorized
-from app.services import monitoring
-from app.services.ratelimit import RateLimiter, api_limit, create_rate_limiter, enforce
+from app.services.auth.ratelimit import RateLimiter, api_limit, create_rate_limiter, enforce
+from app.services.workspaces import monitoring
 
 METRICS_PATH = "/metrics"
 RATE_LIMITER = "rate_limiter"

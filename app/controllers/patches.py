@@ -20,9 +20,9 @@ from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.controllers.files import safe_target, workspace_root
 from app.errors import DomainError
-from app.services import patches
-from app.services.auth import Principal
-from app.services.workspaces import WorkspaceService
+from app.services.auth.users import Principal
+from app.services.files import patches
+from app.services.workspaces.records import WorkspaceService
 
 # A static ceiling for the JSON body (escaping can double a diff); the diff itself is held to
 # ``max_patch_bytes`` by the service (413).

@@ -14,8 +14,8 @@ from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, requires_admin
 from app.errors import ServiceUnavailable
 from app.schemas import Body, ShortId, WorkspaceOut
-from app.services.auth import Principal
-from app.services.servers import ServerLoad, ServerService
+from app.services.auth.users import Principal
+from app.services.workspaces.servers import ServerLoad, ServerService
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 

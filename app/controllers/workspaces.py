@@ -13,8 +13,8 @@ from app.context import AppContext
 from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, provide_principal
 from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
-from app.services.auth import Principal
-from app.services.workspaces import WorkspaceService
+from app.services.auth.users import Principal
+from app.services.workspaces.records import WorkspaceService
 
 
 class WorkspacesController(Controller):

@@ -15,13 +15,13 @@ from anyio.abc import TaskStatus
 
 from app.context import AppContext
 from app.models import Workspace
-from app.services.auth import Principal
-from app.services.engines import Engines, make_status_cache
-from app.services.lifecycle import Lifecycle
-from app.services.log_pump import LogPumps
-from app.services.reconcile import Reconciler
-from app.services.servers import ServerService
-from app.services.workspace_ops import WorkspaceOps
+from app.services.auth.users import Principal
+from app.services.runtime.engines import Engines, make_status_cache
+from app.services.workspaces.lifecycle import Lifecycle
+from app.services.workspaces.log_pump import LogPumps
+from app.services.workspaces.ops import WorkspaceOps
+from app.services.workspaces.reconcile import Reconciler
+from app.services.workspaces.servers import ServerService
 
 
 async def _hold_engines(ctx: AppContext, *, task_status: TaskStatus[Engines] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -16,9 +16,9 @@ import pytest
 from anyio.abc import TaskGroup
 
 from app.errors import BadGateway, DomainError, NotFound, TooManyRequests, Unprocessable
-from app.services.ai import AIEvent, AIJob, AIRequest, AIService, Kind
-from app.services.audit import AuditEntry
-from app.services.llm import LLMClient
+from app.services.ai.llm import LLMClient
+from app.services.ai.service import AIEvent, AIJob, AIRequest, AIService, Kind
+from app.services.audit.log import AuditEntry
 from app.settings import load_settings
 from tests.ai.test_context import SECRETS, secret_workspace
 from tests.support.fake_llm import Behavior, FakeLLM

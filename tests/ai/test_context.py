@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from app.services.ai_context import CodeContext, build_context, go_imports, js_imports, language_of, python_imports
-from app.services.redact import SecretMasker
+from app.services.ai.context import CodeContext, build_context, go_imports, js_imports, language_of, python_imports
+from app.services.ai.redact import SecretMasker
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

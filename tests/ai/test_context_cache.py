@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from app.services.ai_context import CodeContext, build_context
-from app.services.ai_context_cache import MaskedFiles, MaskedTargets
+from app.services.ai.context import CodeContext, build_context
+from app.services.ai.context_cache import MaskedFiles, MaskedTargets
 
 SECRET_A = "sk-live-0123456789abcdefghijABCDEFGHIJ"  # an OpenAI-style key, recognisable anywhere
 SECRET_B = "Zq8#vX2!pL9@wR4$"

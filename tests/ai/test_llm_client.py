@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from app.errors import BadGateway, ServiceUnavailable, TooManyRequests
-from app.services.llm import LLMClient, SSEParser, upstream_message
-from app.services.llm_limits import InProcessLimiter, TokenBucket
+from app.services.ai.limits import InProcessLimiter, TokenBucket
+from app.services.ai.llm import LLMClient, SSEParser, upstream_message
 from app.settings import load_settings
-from app.streams.http_transport import LinkTransport
+from app.streams.net.http_transport import LinkTransport
 from tests.support.fake_llm import Behavior, FakeLLM, bind_loopback, flaky_front
 
 pytestmark = pytest.mark.anyio

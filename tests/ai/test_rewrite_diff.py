@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.ai_rewrite import extract_code, replace_range, unified_diff
+from app.services.ai.rewrite import extract_code, replace_range, unified_diff
 
 
 def git_apply(tmp_path: Path, name: str, old: bytes, diff: str) -> bytes:

@@ -9,7 +9,7 @@ from types import FrameType
 
 import pytest
 
-from app.services.patches import clear_cache
+from app.services.files.patches import clear_cache
 from tests.files.support import Sandbox, make_sandbox
 
 

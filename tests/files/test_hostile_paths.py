@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.errors import DomainError
-from app.services import files, patches
-from app.services.paths import normalize
+from app.services import files
+from app.services.files import patches
+from app.services.files.paths import normalize
 from tests.files.support import SENTINEL, Sandbox
 
 # Paths that must be refused outright (4xx), whatever the operation.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import DomainError
-from app.services import patches
+from app.services.files import patches
 from tests.files import history
 from tests.files.support import GIT_ENV, files_of, git
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.errors import BadRequest, Conflict, DomainError
-from app.services import patches
-from app.services.patches import commit as commit_module
+from app.services.files import patches
+from app.services.files.patches import commit as commit_module
 from tests.files.support import GIT_ENV, files_of, snapshot
 
 

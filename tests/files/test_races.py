@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from app.errors import BadRequest, DomainError
-from app.services import files, patches
+from app.services import files
+from app.services.files import patches
 from tests.files.support import SENTINEL, Sandbox
 
 

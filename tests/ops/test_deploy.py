@@ -202,7 +202,7 @@ async def test_dashboard_and_alerts_query_only_exposed_metrics(hub: Hub) -> None
 
 
 def test_metrics_service_has_no_litestar_import() -> None:
-    for module in ("app/metrics.py", "app/services/ratelimit.py", "app/services/monitoring.py"):
+    for module in ("app/metrics.py", "app/services/auth/ratelimit.py", "app/services/workspaces/monitoring.py"):
         assert "litestar" not in (ROOT / module).read_text(), module
 
 

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.errors import TooManyRequests
-from app.services.ratelimit import Limit, MemoryRateLimiter, RedisRateLimiter, SharedAILimiter, enforce
+from app.services.auth.ratelimit import Limit, MemoryRateLimiter, RedisRateLimiter, SharedAILimiter, enforce
 from app.settings import load_settings
 from tests.conftest import make_settings
 from tests.services import need_redis
@@ -165,7 +165,7 @@ async def test_api_requests_are_limited_per_token(
 
 async def _second_token(hub) -> str:  # type: ignore[no-untyped-def]
     from app import db
-    from app.services.auth import AuthService
+    from app.services.auth.users import AuthService
 
     engine = db.create_engine(hub.settings)
     try:

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from app import db
 from app.factory import create_app
 from app.models import Workspace
-from app.streams.relay_splice import SpliceProtocol
+from app.streams.relay.splice import SpliceProtocol
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.support.server import Hub, admin_token, free_port, serve_asgi

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.settings import load_settings
-from app.streams.relay_access import (
+from app.streams.relay.access import (
     Credentials,
     origin_allowed,
     rewrite_location,

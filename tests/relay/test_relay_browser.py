@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from app.factory import create_app
-from app.streams.relay_splice import SpliceProtocol
+from app.streams.relay.splice import SpliceProtocol
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.relay.conftest import RelayHub

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.git import parse_progress, redact, split_credentials
+from app.services.workspaces.git import parse_progress, redact, split_credentials
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.runtime.conftest import fake_ide_command

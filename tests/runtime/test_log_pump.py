@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from app.factory import create_app
-from app.services.log_pump import LogPumps, ResumePoint, batch_data
 from app.services.runtime.base import LogLine
+from app.services.workspaces.log_pump import LogPumps, ResumePoint, batch_data
 from tests.conftest import make_settings
 from tests.runtime.conftest import fake_ide_command, remove_hub_containers
 from tests.runtime.helpers import create, wait_state

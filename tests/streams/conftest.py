@@ -12,7 +12,8 @@ import pytest
 import redis.asyncio as aredis
 
 from app.settings import Settings, load_settings
-from app.streams.hub import Hub, open_hub
+from app.streams.events.backend import open_hub
+from app.streams.events.hub import Hub
 from tests.services import need_redis
 
 HubFactory = Callable[..., AbstractAsyncContextManager[Hub]]

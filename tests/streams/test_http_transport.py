@@ -15,7 +15,7 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from app.streams.http_transport import LinkTransport, direct_http
+from app.streams.net.http_transport import LinkTransport, direct_http
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,8 @@ import pytest
 
 from app.errors import BadRequest
 from app.events import Event
-from app.streams.fanout import PING
-from app.streams.subscription import Subscription
+from app.streams.events.fanout import PING
+from app.streams.events.subscription import Subscription
 from tests.streams.conftest import HubFactory
 
 pytestmark = pytest.mark.anyio

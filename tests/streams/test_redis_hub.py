@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aredis
 
 from app.errors import ServiceUnavailable
-from app.streams.hub import open_hub
-from app.streams.redis_hub import RedisHub
+from app.streams.events.backend import open_hub
+from app.streams.events.redis_hub import RedisHub
 from tests.services import REDIS_URL
 from tests.streams.conftest import hub_settings
 from tests.streams.test_hub_contract import rest, take

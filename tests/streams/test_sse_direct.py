@@ -1,4 +1,4 @@
-"""Direct SSE writes (``app.streams.direct_http``) on a real uvicorn server, byte for byte.
+"""Direct SSE writes (``app.streams.events.direct_http``) on a real uvicorn server, byte for byte.
 
 Under ``DirectHttpProtocol`` the fan-out writes live frames straight to the socket as HTTP/1.1 chunks; under
 plain uvicorn the same frames go through ASGI. Both must give the same stream: tested here with a raw
@@ -19,8 +19,8 @@ import pytest
 from anyio.abc import SocketStream
 
 from app.factory import create_app
-from app.streams.fanout import SLOW_CONSUMER, Fanout, Item
-from app.streams.subscription import Subscription
+from app.streams.events.fanout import SLOW_CONSUMER, Fanout, Item
+from app.streams.events.subscription import Subscription
 from tests.conftest import make_settings
 from tests.databases import fresh_database
 from tests.support.server import admin_token, serve_asgi

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from app.errors import ServiceUnavailable
-from app.streams.sse import event_stream
+from app.streams.events.sse import event_stream
 from tests.streams.conftest import HubFactory
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from app.streams.sse import item_stream, wants_event_stream
+from app.streams.events.sse import item_stream, wants_event_stream
 
 pytestmark = pytest.mark.anyio
 

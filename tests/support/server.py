@@ -13,9 +13,9 @@ import uvicorn
 
 from app import db
 from app.factory import create_app
-from app.services.auth import AuthService
+from app.services.auth.users import AuthService
 from app.settings import Settings
-from app.streams.direct_http import DirectHttpProtocol
+from app.streams.events.direct_http import DirectHttpProtocol
 
 
 def free_port() -> int:

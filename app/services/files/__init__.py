@@ -1,0 +1,48 @@
+"""Files of a workspace: safe paths, file operations, and unified-diff patches.
+
+Owns every read and write of workspace files: ``paths`` (text checks and descriptor-relative I/O under a
+root), the file operations re-exported here (tree, read, write, move, delete, all with ETag = sha256), and
+``patches`` (parse, validate, all-or-nothing apply).
+"""
+
+from app.services.files.operations import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TREE_ENTRIES,
+    DeleteResult,
+    Entry,
+    MoveResult,
+    RawFile,
+    TextFile,
+    Tree,
+    WriteResult,
+    delete_path,
+    file_identity,
+    list_tree,
+    move_path,
+    read_raw,
+    read_text,
+    read_text_stat,
+    stat_regular,
+    write_file,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_TREE_ENTRIES",
+    "DeleteResult",
+    "Entry",
+    "MoveResult",
+    "RawFile",
+    "TextFile",
+    "Tree",
+    "WriteResult",
+    "delete_path",
+    "file_identity",
+    "list_tree",
+    "move_path",
+    "read_raw",
+    "read_text",
+    "read_text_stat",
+    "stat_regular",
+    "write_file",
+]

@@ -1,0 +1,428 @@
+"""Workspace lifecycle: start, stop, restart, delete; every transition persisted, then published.
+
+States: ``created → starting → running → stopping → stopped``, and ``failed`` with a reason. Each
+transition is one compare-and-set ``UPDATE … WHERE state IN (…)`` that also bumps ``generation``; only
+the caller whose update matched goes on, so two hub processes never start two containers for one
+workspace. A start runs in the app's task group and finishes with another CAS on its generation: if a
+stop or delete came in between, the start removes exactly the container it made.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from sqlalchemy import func, update
+
+from app import metrics
+from app.db import SessionMaker
+from app.errors import Conflict, DomainError, NotFound
+from app.events import EventPublisher
+from app.models import Workspace, utcnow
+from app.services.auth.users import Principal
+from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
+from app.services.runtime.common import purge_dir as purge_tree
+from app.services.runtime.engines import Engines
+from app.services.workspaces import git
+from app.services.workspaces.records import WorkspaceService, publish_lifecycle
+from app.services.workspaces.servers import ServerService
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STARTABLE = ("created", "stopped", "failed")
+STOPPABLE = ("starting", "running", "failed")
+CLONING = "cloning"
+REASON_LIMIT = 4000
+LOG_LINES_IN_REASON = 15
+ACTIVITY_WRITE_EVERY = 15.0
+HEARTBEAT_EVERY = 5.0
+STALE_AFTER = 5.0
+
+
+class Lifecycle:
+    """The state machine of workspaces over the runtimes in ``Engines``."""
+
+    def __init__(
+        self,
+        sessionmaker: SessionMaker,
+        settings: Settings,
+        events: EventPublisher,
+        engines: Engines,
+        workspaces: WorkspaceService,
+        servers: ServerService,
+        tasks: TaskGroup,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.settings = settings
+        self.events = events
+        self.engines = engines
+        self.workspaces = workspaces
+        self.servers = servers
+        self._tasks = tasks
+        self.starts: dict[str, anyio.Event] = {}
+        self._clones: dict[str, anyio.Event] = {}
+        self._activity: dict[str, float] = {}
+        self._beats: dict[str, float] = {}
+        self.listeners: list[Callable[[Workspace, str], None]] = []
+
+    def workspace_dir(self, workspace_id: str) -> Path:
+        """Host directory of a workspace's files."""
+        return self.settings.resolved_workspaces_dir / workspace_id
+
+    async def row(self, workspace_id: str) -> Workspace:
+        """The current row, no visibility check (404 when gone)."""
+        async with self._sessionmaker() as session:
+            ws = await session.get(Workspace, workspace_id)
+        if ws is None:
+            raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+        return ws
+
+    async def cas(
+        self,
+        workspace_id: str,
+        states: tuple[str, ...],
+        *,
+        generation: int | None = None,
+        bump: bool = False,
+        **values: Any,
+    ) -> Workspace | None:
+        """``UPDATE … WHERE id AND state IN states [AND generation]``; the updated row, or None if no match."""
+        query = update(Workspace).where(Workspace.id == workspace_id, Workspace.state.in_(states))
+        if generation is not None:
+            query = query.where(Workspace.generation == generation)
+        if "state" in values and values["state"] == "starting":
+            query = query.where(func.coalesce(Workspace.state_reason, "") != CLONING)
+        values["updated_at"] = utcnow()
+        if bump:
+            values["generation"] = Workspace.generation + 1
+        async with self._sessionmaker() as session:
+            result = await session.scalars(query.values(**values).returning(Workspace))
+            ws = result.one_or_none()
+            await session.commit()
+        if ws is not None:
+            self.workspaces.changed(ws.owner_id)
+        return ws
+
+    async def publish(self, ws: Workspace, type_: str, **extra: Any) -> None:
+        """Publish a lifecycle event (a hub outage is logged, never raised), then tell ``listeners``."""
+        await publish_lifecycle(self.events, ws, type_, **extra)
+        for listener in self.listeners:
+            listener(ws, type_)
+
+    async def drop_status(self, workspace_id: str) -> None:
+        """Forget cached resource numbers (every lifecycle change)."""
+        try:
+            await self.engines.cache.drop(workspace_id)
+        except Exception as exc:  # a Redis hiccup must not fail a transition
+            log.warning("status cache drop failed for %s: %s", workspace_id, exc)
+
+    def spec_for(self, ws: Workspace) -> WorkspaceSpec:
+        """What the runtime needs to start ``ws``."""
+        return WorkspaceSpec(
+            id=ws.id,
+            owner=str(ws.owner_id),
+            image=ws.image,
+            hub_id=self.settings.hub_id,
+            workspace_dir=str(self.workspace_dir(ws.id)),
+            mount=self.settings.workspace_mount,
+            cpu=ws.cpu,
+            memory_mb=ws.memory_mb,
+            env={"CODEHUB_WORKSPACE_ID": ws.id},
+            labels={"codehub.generation": str(ws.generation)},
+            command=tuple(shlex.split(self.settings.workspace_command)),
+        )
+
+    # -- start ---------------------------------------------------------------------------------------------
+
+    async def start(self, principal: Principal, workspace_id: str, *, wait: bool = False) -> Workspace:
+        """Move to ``starting`` and start in the background (``wait``: until running or failed)."""
+        ws = await self.workspaces.get(principal, workspace_id)
+        return await self.start_row(ws, wait=wait)
+
+    async def start_row(self, ws: Workspace, *, wait: bool = False) -> Workspace:
+        """Start a workspace row (no visibility check)."""
+        if ws.state == "running":
+            return ws
+        clone = self._clones.get(ws.id)
+        if clone is not None:
+            await clone.wait()
+            ws = await self.row(ws.id)
+        elif ws.state == "created" and ws.state_reason == CLONING:
+            raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
+        kind = ws.runtime or ("docker" if ws.server_id else self.engines.kind_for_new())
+        server_id = ws.server_id
+        if kind == "docker" and server_id is None:
+            server_id = await self.servers.choose()
+        row = await self.cas(
+            ws.id,
+            STARTABLE,
+            bump=True,
+            state="starting",
+            state_reason=None,
+            server_id=server_id,
+            runtime=kind,
+            exit_code=None,
+            container_id=None,
+            endpoint=None,
+        )
+        if row is None:
+            current = await self.row(ws.id)
+            if current.state == "running":
+                return current
+            raise Conflict(f"the workspace is {current.state}", code="workspace_busy", state=current.state)
+        await self.drop_status(row.id)
+        if server_id != ws.server_id:
+            await self.publish(row, "workspace.placed", server_id=server_id)
+        await self.publish(row, "workspace.starting")
+        done = anyio.Event()
+        self.starts[row.id] = done
+        self._tasks.start_soon(self._run_start, row, done)
+        if wait:
+            await done.wait()
+            return await self.row(row.id)
+        return row
+
+    async def _run_start(self, row: Workspace, done: anyio.Event) -> None:
+        started = time.perf_counter()
+        outcome: str | None = None
+        try:
+            outcome = await self._start_now(row)
+        except Exception as exc:  # never let one start take the app's task group down
+            outcome = "failed"
+            log.exception("start of workspace %s failed unexpectedly", row.id)
+            await self._fail(row, f"internal error while starting: {exc}")
+        finally:
+            if outcome is not None:
+                metrics.START_SECONDS.labels(row.runtime or "unknown", outcome).observe(time.perf_counter() - started)
+            done.set()
+            if self.starts.get(row.id) is done:
+                del self.starts[row.id]
+
+    async def _start_now(self, row: Workspace) -> str | None:
+        """Start ``row``; the outcome for the start metrics (ok, failed, timeout; None when superseded)."""
+        directory = self.workspace_dir(row.id)
+        try:
+            runtime = await self.engines.for_workspace(row)
+            if row.git_url and await anyio.to_thread.run_sync(git.is_empty, directory):
+                await self.clone(row, row.git_url)
+
+            async def progress(kind: str, data: dict[str, Any]) -> None:
+                await self.heartbeat(row)
+                await self.publish(row, "workspace.progress", step=kind, **data)
+
+            endpoint = await runtime.start(
+                self.spec_for(row), ready_timeout=self.settings.start_timeout, progress=progress
+            )
+        except StartFailed as exc:
+            await self._fail(row, exc.detail, exc.logs)
+            # runtimes raise the "did not answer HTTP in time" StartFailed while handling a TimeoutError
+            return "timeout" if isinstance(exc.__context__, TimeoutError) else "failed"
+        except DomainError as exc:
+            await self._fail(row, exc.detail)
+            return "failed"
+        ws = await self.cas_running(row, endpoint)
+        if ws is None:
+            log.info("start of %s was superseded; removing its container", row.id)
+            with anyio.CancelScope(shield=True):
+                await runtime.remove(row.id, container_id=endpoint.container_id)
+            return None
+        await self.drop_status(ws.id)
+        await self.publish(ws, "workspace.running", container_id=endpoint.container_id)
+        return "ok"
+
+    async def cas_running(self, row: Workspace, endpoint: Endpoint) -> Workspace | None:
+        """``starting`` → ``running`` at ``endpoint`` for the start of ``row``'s generation (None: superseded)."""
+        now = utcnow()
+        return await self.cas(
+            row.id,
+            ("starting",),
+            generation=row.generation,
+            state="running",
+            container_id=endpoint.container_id,
+            endpoint=f"{endpoint.host}:{endpoint.port}",
+            started_at=now,
+            stopped_at=None,
+            last_activity_at=now,
+            last_activity_source="start",
+        )
+
+    async def _fail(self, row: Workspace, reason: str, logs: list[str] | None = None) -> None:
+        text = reason
+        if logs:
+            text += "\nlast output:\n" + "\n".join(logs[-LOG_LINES_IN_REASON:])
+        ws = await self.cas(
+            row.id,
+            ("starting",),
+            generation=row.generation,
+            state="failed",
+            state_reason=text[:REASON_LIMIT],
+            stopped_at=utcnow(),
+        )
+        if ws is not None:
+            await self.drop_status(ws.id)
+            await self.publish(ws, "workspace.failed", logs=(logs or [])[-LOG_LINES_IN_REASON:])
+
+    async def heartbeat(self, ws: Workspace) -> None:
+        """Keep a long start (clone, pull) fresh so reconcilers elsewhere do not take it for abandoned."""
+        now = anyio.current_time()
+        if now - self._beats.get(ws.id, -1e9) < HEARTBEAT_EVERY:
+            return
+        self._beats[ws.id] = now
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Workspace)
+                .where(Workspace.id == ws.id, Workspace.generation == ws.generation)
+                .values(updated_at=utcnow())
+            )
+            await session.commit()
+
+    # -- git -----------------------------------------------------------------------------------------------
+
+    async def clone(self, ws: Workspace, url: str) -> None:
+        """Clone into the workspace directory, publishing ``clone.progress``; raises ``CloneFailed``."""
+
+        async def progress(data: dict[str, Any]) -> None:
+            await self.heartbeat(ws)
+            await self.publish(ws, "clone.progress", **data)
+
+        await self.publish(ws, "clone.progress", phase="starting", percent=0, current=0, total=0)
+        await git.clone(url, self.workspace_dir(ws.id), ref=ws.git_ref, depth=ws.git_depth, progress=progress)
+        await self.publish(ws, "clone.progress", phase="done", percent=100, current=0, total=0)
+
+    async def clone_at_create(self, ws: Workspace, clone_url: str) -> Workspace:
+        """Mark the new workspace as cloning and clone in the background (credentials stay in memory)."""
+        row = await self.cas(ws.id, ("created",), state_reason=CLONING)
+        if row is None:
+            return ws
+        done = anyio.Event()
+        self._clones[ws.id] = done
+
+        async def run() -> None:
+            try:
+                await self.clone(row, clone_url)
+            except DomainError as exc:
+                failed = await self.cas(ws.id, ("created",), state="failed", state_reason=exc.detail[:REASON_LIMIT])
+                if failed is not None:
+                    await self.publish(failed, "workspace.failed")
+            except Exception as exc:
+                log.exception("clone of workspace %s failed unexpectedly", ws.id)
+                failed = await self.cas(ws.id, ("created",), state="failed", state_reason=f"clone failed: {exc}")
+                if failed is not None:
+                    await self.publish(failed, "workspace.failed")
+            else:
+                ready = await self.cas(ws.id, ("created",), state_reason=None)
+                if ready is not None:
+                    await self.publish(ready, "workspace.cloned")
+            finally:
+                done.set()
+                self._clones.pop(ws.id, None)
+
+        self._tasks.start_soon(run)
+        return row
+
+    # -- stop, restart, delete -----------------------------------------------------------------------------
+
+    async def stop(self, principal: Principal, workspace_id: str, *, reason: str = "stopped by request") -> Workspace:
+        """Stop (SIGTERM, then SIGKILL after ``stop_grace``); idempotent on a stopped workspace."""
+        ws = await self.workspaces.get(principal, workspace_id)
+        return await self.stop_row(ws, reason=reason)
+
+    async def stop_row(self, ws: Workspace, *, reason: str) -> Workspace:
+        """Stop a workspace row (no visibility check)."""
+        row = await self.cas(ws.id, STOPPABLE, bump=True, state="stopping", state_reason=reason)
+        if row is None:
+            current = await self.row(ws.id)
+            if current.state in ("stopped", "created"):
+                return current
+            raise Conflict(f"the workspace is {current.state}", code="workspace_busy", state=current.state)
+        await self.drop_status(row.id)
+        await self.publish(row, "workspace.stopping", reason=reason)
+        exit_code = None
+        try:
+            runtime = await self.engines.for_workspace(row)
+            exit_code = await runtime.stop(row.id, grace=self.settings.stop_grace)
+        except DomainError as exc:
+            failed = await self.cas(
+                row.id,
+                ("stopping",),
+                generation=row.generation,
+                state="failed",
+                state_reason=f"could not stop: {exc.detail}"[:REASON_LIMIT],
+            )
+            if failed is not None:
+                await self.publish(failed, "workspace.failed")
+            raise
+        final = await self.cas(
+            row.id,
+            ("stopping",),
+            generation=row.generation,
+            state="stopped",
+            stopped_at=utcnow(),
+            exit_code=exit_code,
+        )
+        if final is None:
+            return await self.row(row.id)
+        await self.drop_status(final.id)
+        await self.publish(final, "workspace.stopped", reason=reason, exit_code=exit_code)
+        return final
+
+    async def restart(self, principal: Principal, workspace_id: str, *, wait: bool = False) -> Workspace:
+        """Stop if needed, then start."""
+        ws = await self.workspaces.get(principal, workspace_id)
+        if ws.state in STOPPABLE:
+            ws = await self.stop_row(ws, reason="restart")
+        return await self.start_row(ws, wait=wait)
+
+    async def delete(self, principal: Principal, workspace_id: str, *, purge: bool = False) -> Workspace:
+        """Remove the container (and with ``purge`` the files), then the row; publishes ``workspace.deleted``."""
+        ws = await self.workspaces.get(principal, workspace_id)
+        clone = self._clones.get(ws.id)
+        if clone is not None:
+            await clone.wait()
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Workspace)
+                .where(Workspace.id == ws.id)
+                .values(generation=Workspace.generation + 1, updated_at=utcnow())
+            )
+            await session.commit()
+        purge_dir = self.workspace_dir(ws.id) if purge else None
+        if ws.runtime is not None or ws.server_id is not None:
+            runtime = await self.engines.for_workspace(ws)
+            await runtime.remove(ws.id, purge_dir=purge_dir)
+        elif purge_dir is not None:
+            await anyio.to_thread.run_sync(purge_tree, purge_dir)
+        await self.drop_status(ws.id)
+        self._activity.pop(ws.id, None)
+        return await self.workspaces.delete_record(principal, ws.id)
+
+    # -- activity ------------------------------------------------------------------------------------------
+
+    async def touch(self, workspace_id: str, source: str) -> None:
+        """Record activity (relay, terminal, exec, api); written at most every 15 s per workspace."""
+        now = anyio.current_time()
+        if now - self._activity.get(workspace_id, -1e9) < ACTIVITY_WRITE_EVERY:
+            return
+        self._activity[workspace_id] = now
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(Workspace)
+                .where(Workspace.id == workspace_id, Workspace.state == "running")
+                .values(last_activity_at=utcnow(), last_activity_source=source)
+            )
+            await session.commit()
+
+
+def uptime_seconds(ws: Workspace, now: datetime | None = None) -> float | None:
+    """Seconds since the workspace started running (None unless running)."""
+    if ws.state != "running" or ws.started_at is None:
+        return None
+    return round(((now or utcnow()) - ws.started_at).total_seconds(), 3)

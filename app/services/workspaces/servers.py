@@ -1,0 +1,153 @@
+"""Docker servers (admin): register, list with load, test, delete, and place workspaces on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db import SessionMaker
+from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.events import EventPublisher
+from app.models import Server, Workspace, utcnow
+from app.services.runtime.base import EngineInfo
+from app.services.runtime.engines import Engines
+from app.services.workspaces.records import publish_lifecycle
+
+ACTIVE_STATES = ("starting", "running", "stopping")
+PLACEABLE_STATES = ("created", "stopped", "failed")
+
+
+@dataclass(slots=True)
+class ServerLoad:
+    """A server row with how many workspaces are placed there and how many are running."""
+
+    server: Server
+    placed: int
+    running: int
+
+    @property
+    def has_room(self) -> bool:
+        """True while fewer workspaces are placed than the server takes."""
+        return self.server.enabled and self.placed < self.server.max_workspaces
+
+
+class ServerService:
+    """Admin operations on Docker servers and workspace placement."""
+
+    def __init__(self, sessionmaker: SessionMaker, engines: Engines, events: EventPublisher) -> None:
+        self._sessionmaker = sessionmaker
+        self._engines = engines
+        self._events = events
+
+    async def create(
+        self,
+        *,
+        name: str,
+        docker_url: str,
+        max_workspaces: int = 50,
+        public_host: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> ServerLoad:
+        """Register a server (``unix://`` or ``tcp://`` engine URL); names are unique."""
+        if not docker_url.startswith(("unix://", "tcp://", "http://", "https://")):
+            raise Unprocessable("docker_url must start with unix:// or tcp://", code="bad_docker_url")
+        server = Server(
+            name=name,
+            docker_url=docker_url,
+            max_workspaces=max_workspaces,
+            public_host=public_host,
+            labels=labels or {},
+        )
+        async with self._sessionmaker() as session:
+            session.add(server)
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise Conflict(f"a server named {name!r} exists", code="name_taken") from None
+        self._engines.mode = "docker" if self._engines.settings.runtime != "local" else self._engines.mode
+        return ServerLoad(server, 0, 0)
+
+    async def loads(self) -> list[ServerLoad]:
+        """Every server with its placed and running counts, by name."""
+        running = func.sum(case((Workspace.state.in_(ACTIVE_STATES), 1), else_=0))
+        query = (
+            select(Server, func.count(Workspace.id), running)
+            .outerjoin(Workspace, Workspace.server_id == Server.id)
+            .group_by(Server.id)
+            .order_by(Server.name)
+        )
+        async with self._sessionmaker() as session:
+            rows = (await session.execute(query)).all()
+        return [ServerLoad(server, int(placed or 0), int(active or 0)) for server, placed, active in rows]
+
+    async def get(self, server_id: str) -> ServerLoad:
+        """One server with its counts (404 when unknown)."""
+        for load in await self.loads():
+            if load.server.id == server_id:
+                return load
+        raise NotFound(f"no server {server_id!r}", code="server_not_found")
+
+    async def test(self, server_id: str) -> EngineInfo:
+        """Ask the server's engine for its version and time the round trip."""
+        await self.get(server_id)
+        runtime = await self._engines.for_server(server_id)
+        return await runtime.info()
+
+    async def delete(self, server_id: str) -> None:
+        """Unregister a server; 409 while workspaces are placed on it."""
+        load = await self.get(server_id)
+        if load.placed:
+            raise Conflict(
+                f"{load.placed} workspaces are placed on server {load.server.name!r}; move or delete them first",
+                code="server_in_use",
+            )
+        async with self._sessionmaker() as session:
+            row = await session.get(Server, server_id)
+            if row is not None:
+                await session.delete(row)
+                await session.commit()
+        await self._engines.forget(server_id)
+
+    async def choose(self, server_id: str | None = None) -> str:
+        """The server for a new placement: the one asked for, else the least-loaded with room (503 if none)."""
+        if server_id is not None:
+            try:
+                load = await self.get(server_id)
+            except NotFound:
+                raise Unprocessable(f"no server {server_id!r}", code="unknown_server") from None
+            if not load.server.enabled:
+                raise Unprocessable(f"server {load.server.name!r} is disabled", code="server_disabled")
+            return server_id
+        loads = [load for load in await self.loads() if load.has_room]
+        if not loads:
+            total = len(await self.loads())
+            raise ServiceUnavailable(
+                f"no Docker server has room for another workspace ({total} registered, all full or disabled); "
+                "an admin can raise max_workspaces or register a server",
+                code="no_capacity",
+            )
+        best = min(loads, key=lambda ld: (ld.running, ld.placed / max(ld.server.max_workspaces, 1), ld.server.name))
+        return best.server.id
+
+    async def place(self, workspace_id: str, server_id: str) -> Workspace:
+        """Move a workspace that is not running to another server."""
+        await self.choose(server_id)
+        async with self._sessionmaker() as session:
+            result = await session.scalars(
+                update(Workspace)
+                .where(Workspace.id == workspace_id, Workspace.state.in_(PLACEABLE_STATES))
+                .values(server_id=server_id, runtime="docker", container_id=None, endpoint=None, updated_at=utcnow())
+                .returning(Workspace)
+            )
+            ws = result.one_or_none()
+            await session.commit()
+            if ws is None:
+                current = await session.get(Workspace, workspace_id)
+        if ws is None:
+            if current is None:
+                raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+            raise Conflict(f"workspace is {current.state}; stop it before placing it", code="workspace_busy")
+        await publish_lifecycle(self._events, ws, "workspace.placed", server_id=server_id)
+        return ws

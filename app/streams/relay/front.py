@@ -1,0 +1,419 @@
+"""The relay: every request under ``/w/{id}/…`` goes to that workspace's IDE (code-server), HTTP and WebSocket.
+
+``WorkspaceFront`` wraps the Litestar app's ASGI handler (see ``app.factory``) and takes ``/w/…`` and
+``/ws/workspaces/…`` before Litestar routes anything. Measured with a trivial handler on this machine,
+an ``asgi`` mount at ``/w`` serves ~30 % fewer requests per second than the same handler in front of the
+router, and with the request-context middleware (one access-log line per request) ~75 % fewer; the
+relay needs neither (it resolves credentials itself). Everything else passes through untouched.
+
+Per request: credentials (Bearer, ``?access_token=``, session cookie) → the workspace's route (cached;
+owner and admins only, 404 for everyone else) → running: forward (``relay_http`` / ``relay_ws``);
+not running: a page navigation starts it and shows the starting page, a failed one shows why, anything
+else gets 503. The IDE sees the client's ``Host`` and ``Origin`` (code-server's origin check compares them),
+``X-Forwarded-For/Proto/Host/Prefix``, the path without ``/w/{id}``, and never the hub's credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from app.context import AppContext
+from app.errors import DomainError
+from app.events import ADMIN_TOPIC
+from app.services.audit.log import AuditEntry
+from app.services.auth.users import Principal
+from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
+from app.streams.relay import pages
+from app.streams.relay.access import (
+    Credentials,
+    PrincipalCache,
+    Route,
+    RouteCache,
+    header,
+    origin_allowed,
+    rewrite_location,
+    rewrite_set_cookie,
+    session_cookie,
+    strip_session_cookie,
+    without_access_token,
+)
+from app.streams.relay.http import Exchange, request_body_kind
+from app.streams.relay.stats import Activity, RelayStats
+from app.streams.relay.terminal import serve_terminal
+from app.streams.relay.ws import WebSocketRelay, deny
+
+log = logging.getLogger(__name__)
+
+RELAY = "relay"
+RELAY_STATS = "relay_stats"
+WORKSPACE_ID_RE = re.compile(rb"[a-z0-9]{1,16}")
+_DROP_UP = HOP_BY_HOP | {
+    b"host",
+    b"expect",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-prefix",
+    b"x-forwarded-port",
+    b"x-real-ip",
+}
+_DROP_DOWN = HOP_BY_HOP | {b"date", b"server"}  # the ASGI server sets its own
+_LIFECYCLE_END = ("workspace.stopped", "workspace.deleted", "workspace.failed")
+
+
+class Relay:
+    """The relay of one hub process (``ctx.extras["relay"]``): upstream pool, route cache, counters."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.pool = UpstreamPool()
+        self.routes = RouteCache(ctx.sessionmaker)
+        self.principals = PrincipalCache(ctx.auth.resolve, ctx.settings.token_cache_ttl)
+        self.stats = RelayStats()
+        self.activity = Activity(self._touch)
+        public = urlsplit(ctx.settings.public_url) if ctx.settings.public_url else None
+        self.public_scheme = public.scheme if public else None
+
+    async def _touch(self, workspace_id: str, source: str) -> None:
+        lifecycle = self.ctx.extras.get("lifecycle")
+        if lifecycle is not None:
+            await lifecycle.touch(workspace_id, source)
+
+    async def hold(self) -> None:
+        """Live as long as the app (expiring requests the IDE leaves unanswered); close the pool at shutdown."""
+        try:
+            await self.pool.expire()
+        finally:
+            self.pool.close()
+
+    # -- entry ---------------------------------------------------------------------------------------------
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one HTTP request or WebSocket under ``/w/``."""
+        is_ws = scope["type"] == "websocket"
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        slash = raw_path.find(b"/", 3)
+        ws_id = raw_path[3:] if slash < 0 else raw_path[3:slash]
+        if not WORKSPACE_ID_RE.fullmatch(ws_id):
+            await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
+            return
+        if slash < 0 and not is_ws:
+            query = scope.get("query_string", b"")
+            location = raw_path + b"/" + (b"?" + query if query else b"")
+            await pages.redirect(send, location, status=302 if scope["method"] in ("GET", "HEAD") else 308)
+            return
+        rest = raw_path[slash:] if slash >= 0 else b"/"
+        workspace_id = ws_id.decode()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        creds = Credentials(headers, scope.get("query_string", b""))
+        principal = await self.principal(creds)
+        if principal is None:
+            await (deny(scope, send, 401, "sign in first") if is_ws else pages.sign_in(send))
+            return
+        route = await self.routes.get(workspace_id)
+        if not route.exists or (route.owner_id != principal.user_id and not principal.is_admin):
+            await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
+            return
+        if is_ws:
+            await self._websocket(scope, receive, send, route, rest, headers, creds)
+            return
+        if creds.source == "query" and scope["method"] in ("GET", "HEAD"):
+            await self._exchange(send, principal, creds, raw_path, scope.get("query_string", b""))
+            return
+        if route.endpoint is None:
+            route = await self.routes.load(workspace_id)
+            if route.endpoint is None:
+                await self._not_running(scope, send, route, principal)
+                return
+        await self._http(scope, receive, send, route, rest, headers, creds)
+
+    async def principal(self, creds: Credentials) -> Principal | None:
+        """Who the credentials prove (the header or query token first, then the cookie), or None."""
+        for token in (creds.token, creds.cookie if creds.cookie != creds.token else None):
+            if token:
+                principal = await self.principals.get(token)
+                if principal is not None:
+                    return principal
+        return None
+
+    async def _exchange(
+        self, send: Any, principal: Principal, creds: Credentials, raw_path: bytes, query: bytes
+    ) -> None:
+        """``?access_token=`` on a page load: set the session cookie, redirect to the URL without the token."""
+        extra: list[tuple[bytes, bytes]] = []
+        current = None
+        if creds.cookie:
+            current = await self.principals.get(creds.cookie)
+        if current is None or current.user_id != principal.user_id:
+            _, raw = await self.ctx.auth.issue_session(principal.user_id)
+            extra.append((b"set-cookie", session_cookie(self.settings, raw)))
+        rest = without_access_token(query)
+        await pages.redirect(send, raw_path + (b"?" + rest if rest else b""), extra=extra)
+
+    # -- upstream request shaping --------------------------------------------------------------------------
+
+    def _upstream_headers(
+        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], creds: Credentials, prefix: bytes
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed) and Host."""
+        out: list[tuple[bytes, bytes]] = []
+        host = b""
+        listed: set[bytes] | None = None
+        for name, value in headers:
+            if name in _DROP_UP:
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")} - _DROP_UP
+                    listed = (listed or set()) | tokens if tokens else listed
+                continue
+            if name == b"cookie":
+                if creds.cookie is not None:
+                    value = strip_session_cookie(value)
+                    if not value:
+                        continue
+            elif name == b"authorization" and creds.source == "bearer":
+                continue
+            out.append((name, value))
+        if listed:  # headers the client named in Connection are hop-by-hop too
+            out = [(name, value) for name, value in out if name not in listed]
+        client = scope.get("client")
+        scheme = self.public_scheme or ("https" if scope.get("scheme") in ("https", "wss") else "http")
+        out.append((b"x-forwarded-for", client[0].encode() if client else b""))
+        out.append((b"x-forwarded-proto", scheme.encode()))
+        if host:
+            out.append((b"x-forwarded-host", host))
+        out.append((b"x-forwarded-prefix", prefix))
+        return out, host
+
+    # -- HTTP ----------------------------------------------------------------------------------------------
+
+    async def _http(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        route: Route,
+        rest: bytes,
+        headers: list[tuple[bytes, bytes]],
+        creds: Credentials,
+    ) -> None:
+        assert route.endpoint is not None
+        prefix = b"/w/" + route.id.encode()
+        up_headers, host = self._upstream_headers(scope, headers, creds, prefix)
+        if not host:
+            host = f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
+        query = scope.get("query_string", b"")
+        if creds.query is not None:
+            query = without_access_token(query)
+        body_kind = request_body_kind(headers)
+        method = scope["method"]
+        parts = [method.encode(), b" ", rest, b"?" + query if query else b"", b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for name, value in up_headers:
+            parts += (name, b": ", value, b"\r\n")
+        if body_kind == "chunked":
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        counters = self.stats.of(route.id)
+        counters.http_requests += 1
+        counters.http_in_flight += 1
+        exchange = Exchange(self.pool, route.endpoint, method, b"".join(parts), body_kind)
+        upstream_netloc = f"{route.endpoint[0]}:{route.endpoint[1]}"
+        try:
+            await exchange.run(receive, send, lambda _s, h: self._response_headers(h, prefix, host, upstream_netloc))
+        except UpstreamError as exc:
+            counters.upstream_errors += 1
+            self.routes.forget(route.id)
+            await pages.bad_gateway(send, exc.detail, status=504 if exc.timeout else 502)
+        except ClientGone:
+            pass
+        except UpstreamBroken as exc:
+            counters.upstream_errors += 1
+            log.warning("relay to workspace %s aborted: %s", route.id, exc)
+            raise
+        finally:
+            counters.http_in_flight -= 1
+            counters.bytes_up += exchange.bytes_up
+            counters.bytes_down += exchange.bytes_down
+            self.activity.note(route.id, "relay")
+
+    def _response_headers(
+        self, headers: list[tuple[bytes, bytes]], prefix: bytes, host: bytes, upstream: str
+    ) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        listed: set[bytes] = set()
+        for name, value in headers:
+            if name == b"connection":
+                listed.update(t.strip().lower() for t in value.split(b","))
+        for name, value in headers:
+            if name in _DROP_DOWN or name in listed:
+                continue
+            if name == b"location":
+                value = rewrite_location(value, prefix, host, upstream)
+            elif name == b"set-cookie":
+                fixed = rewrite_set_cookie(value, prefix)
+                if fixed is None:
+                    continue
+                value = fixed
+            out.append((name, value))
+        return out
+
+    async def _not_running(self, scope: dict[str, Any], send: Any, route: Route, principal: Principal) -> None:
+        """A page load starts a stopped workspace and shows the starting page; sub-requests get 503."""
+        headers = scope["headers"]
+        accept = header(headers, b"accept") or b""
+        navigation = scope["method"] == "GET" and (
+            header(headers, b"sec-fetch-mode") == b"navigate" or b"text/html" in accept
+        )
+        if not navigation:
+            await pages.not_running(send, route.state)
+            return
+        if route.state == "failed":
+            await pages.failed(send, route.id, route.name, route.reason)
+            return
+        note = ""
+        if route.state in ("stopped", "created"):
+            note = await self._auto_start(scope, route, principal)
+        await pages.starting(send, route.id, route.name, route.state, note)
+
+    async def _auto_start(self, scope: dict[str, Any], route: Route, principal: Principal) -> str:
+        lifecycle = self.ctx.extras.get("lifecycle")
+        if lifecycle is None:
+            return "this hub process cannot start workspaces"
+        try:
+            ws = await lifecycle.start(principal, route.id)
+        except DomainError as exc:
+            return exc.detail
+        self.routes.forget(route.id)
+        client = scope.get("client")
+        entry = AuditEntry(
+            action="workspace.start",
+            actor_id=principal.user_id,
+            actor_name=principal.username,
+            workspace_id=route.id,
+            target=ws.name,
+            request_id=scope.get("state", {}).get("request_id"),
+            client_addr=client[0] if client else None,
+            details={"via": "relay"},
+        )
+        try:
+            await self.ctx.audit.record(entry)
+        except Exception:  # the start happened; a failed audit write must not hide it
+            log.exception("audit of the relay start of %s failed", route.id)
+        return ""
+
+    # -- WebSocket -----------------------------------------------------------------------------------------
+
+    async def _websocket(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        route: Route,
+        rest: bytes,
+        headers: list[tuple[bytes, bytes]],
+        creds: Credentials,
+    ) -> None:
+        counters = self.stats.of(route.id)
+        if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), self.settings):
+            counters.failed_upgrades += 1
+            await deny(scope, send, 403, "cross-origin WebSocket refused")
+            return
+        if route.endpoint is None:
+            route = await self.routes.load(route.id)
+            if route.endpoint is None:
+                counters.failed_upgrades += 1
+                await deny(scope, send, 503, f"the workspace is {route.state}")
+                return
+        prefix = b"/w/" + route.id.encode()
+        up_headers, host = self._upstream_headers(scope, headers, creds, prefix)
+        query = scope.get("query_string", b"")
+        if creds.query is not None:
+            query = without_access_token(query)
+        target = (rest + (b"?" + query if query else b"")).decode("latin-1")
+        relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
+        host = host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
+        await relay.run(route.endpoint, target, up_headers, host, prefix)
+
+    # -- lifecycle events ----------------------------------------------------------------------------------
+
+    async def follow_lifecycle(self) -> None:
+        """Drop cached routes (and idle connections, counters) when workspaces change state; forever."""
+        while True:
+            try:
+                async with self.ctx.events.subscribe([ADMIN_TOPIC]) as subscription:
+                    self.routes.clear()
+                    while True:
+                        batch = await subscription.next_batch()
+                        if batch is None:
+                            break
+                        for item in batch:
+                            if item.type.startswith("workspace.") or item.type == "stream.reset":
+                                self._on_event(item)
+            except Exception as exc:  # the hub is down: the route TTL still bounds staleness
+                log.warning("relay lost the lifecycle events (%s); retrying", exc)
+            self.routes.clear()
+            await anyio.sleep(2.0)
+
+    def _on_event(self, item: Any) -> None:
+        if item.type == "stream.reset":
+            self.routes.clear()
+            return
+        workspace_id = item.event.data.get("workspace_id")
+        if not isinstance(workspace_id, str):
+            return
+        self.routes.forget(workspace_id)
+        if item.type in _LIFECYCLE_END or item.type == "workspace.stopping":
+            self.stats.forget(workspace_id)
+            self.activity.forget(workspace_id)
+
+
+class WorkspaceFront:
+    """ASGI wrapper: ``/w/…`` to the relay, ``/ws/workspaces/…`` to the terminal, the rest to Litestar."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if path.startswith("/w/") and scope["type"] in ("http", "websocket"):
+            ctx = scope["app"].state.get("ctx")
+            relay = ctx.extras.get(RELAY) if ctx is not None else None
+            if relay is None:
+                await _starting_hub(scope, send)
+                return
+            await relay.handle(scope, receive, send)
+            return
+        if path.startswith("/ws/workspaces/") and scope["type"] == "websocket":
+            ctx = scope["app"].state.get("ctx")
+            if ctx is None or RELAY not in ctx.extras:
+                await _starting_hub(scope, send)
+                return
+            await serve_terminal(ctx, ctx.extras[RELAY], scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _starting_hub(scope: dict[str, Any], send: Any) -> None:
+    if scope["type"] == "websocket":
+        await deny(scope, send, 503, "the hub is starting")
+    else:
+        await pages.send_page(send, 503, "Starting", "<h1>The hub is starting</h1>", extra=[(b"retry-after", b"1")])
+
+
+async def relay_startup(ctx: AppContext) -> None:
+    """Build the relay (``ctx.extras["relay"]``, counters in ``ctx.extras["relay_stats"]``) and its loops."""
+    relay = Relay(ctx)
+    ctx.extras[RELAY] = relay
+    ctx.extras[RELAY_STATS] = relay.stats
+    ctx.tasks.start_soon(relay.hold)
+    ctx.tasks.start_soon(relay.activity.flush_loop)
+    ctx.tasks.start_soon(relay.follow_lifecycle)
+    ctx.tasks.start_soon(relay.stats.sync_metrics)

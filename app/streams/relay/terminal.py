@@ -1,0 +1,188 @@
+"""The web terminal: ``WS /ws/workspaces/{id}`` runs an interactive shell in a running workspace.
+
+The runtime opens the shell (``open_terminal``: ``docker exec`` with a TTY, or a pty for local processes);
+this module joins it to the WebSocket. Protocol:
+
+- browser → hub: binary frames are keystrokes; text frames are keystrokes too, unless they are a JSON
+  control message: ``{"type": "resize", "cols": 120, "rows": 40}`` or ``{"type": "input", "data": "ls\\r"}``.
+- hub → browser: binary frames of terminal output, as the shell writes it (xterm.js takes bytes).
+- when the shell exits: a text frame ``{"type": "exit", "exit_code": N}``, then close 1000 ``exit N``.
+  Closing the WebSocket hangs up the shell (SIGHUP to its process group).
+
+Initial size from the query (``?cols=&rows=``). Access as for the relay: owner and admins, cookie / Bearer /
+``?access_token=``, Origin checked; refusals happen before the upgrade (401, 403, 404, 409).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import anyio
+import msgspec
+
+from app.errors import DomainError
+from app.models import Workspace
+from app.services.audit.log import AuditEntry
+from app.streams.relay.access import Credentials, header, origin_allowed
+from app.streams.relay.ws import deny
+
+if TYPE_CHECKING:
+    from app.context import AppContext
+    from app.streams.relay.front import Relay
+
+log = logging.getLogger(__name__)
+
+MAX_COLS = 1000
+MAX_ROWS = 500
+
+
+class Control(msgspec.Struct, forbid_unknown_fields=False):
+    """A JSON control message from the browser."""
+
+    type: str
+    cols: int = 0
+    rows: int = 0
+    data: str = ""
+
+
+_decode_control = msgspec.json.Decoder(Control).decode
+
+
+def _size(query: bytes) -> tuple[int, int]:
+    values = dict(parse_qsl(query.decode("latin-1")))
+    try:
+        cols = int(values.get("cols", 80))
+        rows = int(values.get("rows", 24))
+    except ValueError:
+        return 80, 24
+    return max(1, min(cols, MAX_COLS)), max(1, min(rows, MAX_ROWS))
+
+
+async def serve_terminal(ctx: AppContext, relay: Relay, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Authorize, open the shell, accept the WebSocket and pump until either side ends."""
+    workspace_id = scope["path"].removeprefix("/ws/workspaces/").strip("/")
+    headers = scope["headers"]
+    creds = Credentials(headers, scope.get("query_string", b""))
+    principal = await relay.principal(creds)
+    if principal is None:
+        await deny(scope, send, 401, "sign in first")
+        return
+    if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), ctx.settings):
+        await deny(scope, send, 403, "cross-origin WebSocket refused")
+        return
+    try:
+        ws: Workspace = await ctx.workspaces.get(principal, workspace_id)
+    except DomainError:
+        await deny(scope, send, 404, "no such workspace")
+        return
+    if ws.state != "running":
+        await deny(scope, send, 409, f"the workspace is {ws.state}")
+        return
+    engines = ctx.extras.get("engines")
+    if engines is None:
+        await deny(scope, send, 503, "this hub process has no runtime")
+        return
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    cols, rows = _size(scope.get("query_string", b""))
+    try:
+        runtime = await engines.for_workspace(ws)
+        terminal = await runtime.open_terminal(ws.id, cols=cols, rows=rows)
+    except DomainError as exc:
+        await deny(scope, send, 409 if exc.status == 409 else 502, exc.detail)
+        return
+    client = scope.get("client")
+    await ctx.audit.record(
+        AuditEntry(
+            action="terminal.open",
+            actor_id=principal.user_id,
+            actor_name=principal.username,
+            workspace_id=ws.id,
+            target=ws.name,
+            request_id=scope.get("state", {}).get("request_id"),
+            client_addr=client[0] if client else None,
+        )
+    )
+    counters = relay.stats.of(ws.id)
+    counters.terminals_open += 1
+    try:
+        await send({"type": "websocket.accept"})
+        await _pump(terminal, receive, send, lambda: relay.activity.note(ws.id, "terminal"), counters)
+    finally:
+        counters.terminals_open -= 1
+        with anyio.CancelScope(shield=True):
+            await terminal.close()
+
+
+async def _pump(terminal: Any, receive: Any, send: Any, note: Any, counters: Any) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def keys() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    counters.closed("client", message.get("code", 1005))
+                    tg.cancel_scope.cancel()
+                    return
+                data = message.get("bytes")
+                text = message.get("text")
+                if text is not None:
+                    control = _control(text)
+                    if control is not None:
+                        if control.type == "resize" and control.cols > 0 and control.rows > 0:
+                            await terminal.resize(min(control.cols, MAX_COLS), min(control.rows, MAX_ROWS))
+                            continue
+                        data = control.data.encode()
+                    else:
+                        data = text.encode()
+                if data:
+                    counters.bytes_up += len(data)
+                    note()
+                    await terminal.send(data)
+
+        tg.start_soon(keys)
+        while True:
+            output = await terminal.receive()
+            if not output:
+                break
+            counters.bytes_down += len(output)
+            note()
+            try:
+                await send({"type": "websocket.send", "bytes": output})
+            except OSError:  # the browser left; ``keys`` sees the disconnect
+                await anyio.sleep_forever()
+        code = await _exit_code(terminal)
+        counters.closed("shell", 1000)
+        try:
+            exit_message = msgspec.json.encode({"type": "exit", "exit_code": code}).decode()
+            await send({"type": "websocket.send", "text": exit_message})
+            await send({"type": "websocket.close", "code": 1000, "reason": f"exit {code}"})
+        except OSError:
+            pass
+        tg.cancel_scope.cancel()
+
+
+def _control(text: str) -> Control | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        control = _decode_control(text)
+    except msgspec.DecodeError:
+        return None
+    return control if control.type in ("resize", "input") else None
+
+
+async def _exit_code(terminal: Any) -> int | None:
+    """The shell's exit status (Docker reports it a moment after the stream ends)."""
+    getter = getattr(terminal, "exit_code", None)
+    if getter is None:
+        return None
+    for _ in range(20):
+        code = await getter()
+        if code is not None:
+            return code
+        await anyio.sleep(0.05)
+    return None
