@@ -11,6 +11,9 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from app.errors import NotFound
+from app.services.auth.users import Principal
+
 DEFAULT_TTL = 7 * 24 * 3600.0
 MEMORY_CAP = 100_000
 
@@ -25,6 +28,14 @@ class AIOwners(Protocol):
     async def owner(self, request_id: str) -> int | None:
         """The user who started ``request_id``, or None when unknown (or expired)."""
         ...
+
+
+async def authorize_follower(owners: AIOwners, principal: Principal, request_id: str) -> None:
+    """404 unless ``principal`` started ``request_id`` (admins may follow any)."""
+    if principal.is_admin:
+        return
+    if await owners.owner(request_id) != principal.user_id:
+        raise NotFound(f"no AI request {request_id!r}", code="ai_request_not_found")
 
 
 class MemoryAIOwners:

@@ -48,6 +48,8 @@ __all__ = ["Event", "Hub", "InProcessHub", "Subscription", "subscription_topics"
 class Hub(Protocol):
     """What the app uses of a hub (both backends implement it)."""
 
+    backend: str
+
     async def publish(self, topic: str, type: str, data: dict[str, Any], *, also: Sequence[str] = ()) -> str:
         """Publish one event to ``topic`` (and ``also``); returns its id."""
         ...
