@@ -1,41 +1,62 @@
-"""The application context: long-lived resources built once in the app's lifespan and shared by handlers."""
+"""The application context: the long-lived services ``app.composition`` builds, shared by request handlers."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from anyio.abc import TaskGroup
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import SessionMaker
+from app.services.ai.owners import AIOwners
+from app.services.ai.service import AIService
 from app.services.audit.log import AuditLog
+from app.services.auth.ratelimit import Limit, RateLimiter
 from app.services.auth.users import AuthService
+from app.services.runtime.engines import Engines
+from app.services.workspaces.lifecycle import Lifecycle
+from app.services.workspaces.log_pump import LogPumps
+from app.services.workspaces.ops import WorkspaceOps
+from app.services.workspaces.provisioning import Provisioning
 from app.services.workspaces.records import WorkspaceService
+from app.services.workspaces.servers import ServerService
 from app.settings import Settings
+from app.streams.events.hub import Hub
+from app.streams.relay.front import Relay
 
-ReadyCheck = Callable[[], Awaitable[None]]
+ReadyCheck = Callable[[], Awaitable[object]]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class AppContext:
-    """Everything a request handler may need beyond the request: settings, database, event hub, services.
+    """Everything a request handler may need beyond the request, built once per app by ``app.composition``.
 
-    ``tasks`` is the lifespan's task group: background loops (reconciler, idle checker) run there and are
-    cancelled at shutdown. ``ready_checks`` are run by ``GET /ready`` (each raises when its service is down).
-    ``extras`` lets later parts (runtimes, LLM client, relay pool) hang their
-    long-lived objects without widening this class for each.
+    ``tasks`` is the task group background loops (reconciler, idle stops, log pumps, relay upkeep) and
+    request-spawned jobs (starts, clones, AI requests) run in; it is cancelled at shutdown. ``ready_checks``
+    are run by ``GET /ready`` (each raises when its service is down).
     """
 
     settings: Settings
     engine: AsyncEngine
     sessionmaker: SessionMaker
-    events: Any
+    redis: Redis | None
+    events: Hub
     tasks: TaskGroup
+    ready_checks: dict[str, ReadyCheck]
+    rate_limiter: RateLimiter
+    api_limit: Limit
     auth: AuthService
     audit: AuditLog
     workspaces: WorkspaceService
-    redis: Any = None
-    ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    engines: Engines
+    servers: ServerService
+    lifecycle: Lifecycle
+    provisioning: Provisioning
+    workspace_ops: WorkspaceOps
+    log_pumps: LogPumps
+    ai: AIService
+    ai_owners: AIOwners
+    relay: Relay
+    ai_workspace_grants: dict[tuple[int, str], float] = field(default_factory=dict)

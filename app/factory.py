@@ -1,52 +1,45 @@
-"""The app factory: routes, middleware, error mapping, OpenAPI, and the lifespan that builds the context.
+"""The app factory: routes, middleware, error mapping, OpenAPI, and the lifespan that serves the context.
 
-To add a part: append its route handlers to ``ROUTES`` and, if it owns long-lived objects or background
-loops, a ``(ctx) -> None`` coroutine to ``STARTUP`` (it runs inside the lifespan, after the context exists;
-start loops with ``ctx.tasks.start_soon``).
+To add a part: append its route handlers to ``ROUTES``; long-lived objects and background loops are built
+and started in ``app.composition``, and handlers reach them as typed fields of ``AppContext``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, cast
 
-import anyio
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.types import ASGIApp
 
-from app import db
-from app.context import AppContext
+from app.composition import compose
 from app.controllers.admin_users import AdminUsersController
-from app.controllers.ai import AIController, ai_startup
+from app.controllers.ai import AIController
 from app.controllers.audit import AdminAuditController, AuditController
 from app.controllers.auth import AuthController
 from app.controllers.dashboard import DASHBOARD_ROUTES
 from app.controllers.deps import BASE_DEPENDENCIES, requires_user
-from app.controllers.events import EventsController, events_startup
+from app.controllers.events import EventsController
 from app.controllers.files import FilesController
 from app.controllers.health import health, ready
 from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
-from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint, ops_startup
+from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
 from app.controllers.patches import PatchController
 from app.controllers.servers import ServersController
 from app.controllers.workspaces import WorkspacesController
 from app.errors import DomainError
 from app.logging_setup import configure_logging
-from app.services.audit.log import AuditLog
-from app.services.auth.users import AuthService
-from app.services.runtime_setup import runtime_startup
-from app.services.workspaces.records import WorkspaceService
 from app.settings import Settings, load_settings
-from app.streams.events.backend import open_hub
-from app.streams.relay.front import WorkspaceFront, relay_startup
+from app.streams.relay.front import WorkspaceFront
 
 log = logging.getLogger("codehub")
 
@@ -66,13 +59,6 @@ ROUTES: list[Any] = [
     AuditController,
     AdminAuditController,
     *DASHBOARD_ROUTES,
-]
-STARTUP: list[Callable[[AppContext], Awaitable[None]]] = [
-    ops_startup,
-    events_startup,
-    ai_startup,
-    runtime_startup,
-    relay_startup,
 ]
 
 
@@ -122,57 +108,18 @@ def _on_unexpected(request: Request, exc: Exception) -> Response[Any]:
     return _error_response(500, {"error": "internal_error", "detail": "internal error"})
 
 
-async def _bootstrap_admin(ctx: AppContext) -> None:
-    settings = ctx.settings
-    if settings.admin_username and settings.admin_password and await ctx.auth.count_users() == 0:
-        await ctx.auth.create_user(settings.admin_username, settings.admin_password, "admin")
-        log.info("created the first admin %r from CODEHUB_ADMIN_USERNAME", settings.admin_username)
-
-
-def _make_lifespan(settings: Settings) -> Callable[[Litestar], Any]:
+def _make_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = db.create_engine(settings)
-        try:
-            await db.check_migrated(engine)
-            sessionmaker = db.create_sessionmaker(engine)
-            redis = None
-            if settings.redis_url:
-                from redis.asyncio import Redis
-
-                redis = Redis.from_url(
-                    settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
-                )
-            async with open_hub(settings) as hub, anyio.create_task_group() as tasks:
-                ctx = AppContext(
-                    settings=settings,
-                    engine=engine,
-                    sessionmaker=sessionmaker,
-                    events=hub,
-                    tasks=tasks,
-                    auth=AuthService(sessionmaker, settings),
-                    audit=AuditLog(sessionmaker),
-                    workspaces=WorkspaceService(sessionmaker, settings, hub),
-                    redis=redis,
-                )
-                ctx.ready_checks["database"] = lambda: db.ping(engine)
-                # Other processes' workspace changes invalidate this one's cached list pages.
-                tasks.start_soon(ctx.workspaces.pages.follow_events, hub)
-                if redis is not None:
-                    ctx.ready_checks["redis"] = redis.ping
-                await _bootstrap_admin(ctx)
-                for startup in STARTUP:
-                    await startup(ctx)
-                app.state.ctx = ctx
-                try:
-                    yield
-                finally:
-                    app.state.ctx = None
-                    tasks.cancel_scope.cancel()
-            if redis is not None:
-                await redis.aclose()
-        finally:
-            await engine.dispose()
+        async with compose(settings) as ctx:
+            routed = app.asgi_handler
+            # /w/… (relay) and /ws/workspaces/… (terminal) skip Litestar's routing: see app.streams.relay.front
+            app.asgi_handler = cast(ASGIApp, WorkspaceFront(routed, ctx.relay))
+            app.state.ctx = ctx
+            try:
+                yield
+            finally:
+                app.asgi_handler = routed
 
     return lifespan
 
@@ -181,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the Litestar application for ``settings`` (default: from the environment)."""
     settings = settings or load_settings()
     configure_logging(settings)
-    app = Litestar(
+    return Litestar(
         route_handlers=ROUTES,
         lifespan=[_make_lifespan(settings)],
         guards=[requires_user],
@@ -193,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: _on_unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings, "ctx": None}),
+        state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="code-hub",
             version="0.1.0",
@@ -204,6 +151,3 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
-    # /w/{id}/… (relay) and /ws/workspaces/{id} (terminal) skip Litestar's routing: see app.streams.relay.front
-    app.asgi_handler = WorkspaceFront(app.asgi_handler)
-    return app

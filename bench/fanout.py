@@ -236,7 +236,7 @@ async def ceiling_main(count: int, redis_url: str, prefix: str) -> None:
             last.append(-1)
             tg.start_soon(consume, slot)
         await ready.wait()
-        tune_gc_for_streaming()  # as the app's events_startup does
+        tune_gc_for_streaming()  # as `codehub serve` does
         print(f"connected {count} 0", flush=True)
         _, target, timeout = (await read_command()).split()
         await wait_drained(lambda: last, int(target), float(timeout))

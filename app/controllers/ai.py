@@ -28,27 +28,19 @@ from app.context import AppContext
 from app.controllers.deps import error_responses
 from app.controllers.events import LAST_EVENT_ID, LAST_EVENT_ID_HEADER
 from app.controllers.middleware import request_id_of
-from app.controllers.ops import RATE_LIMITER
-from app.errors import DomainError, NotFound
+from app.errors import DomainError
 from app.events import ai_topic
 from app.models import new_id
 from app.schemas import Body
-from app.services.ai.llm import LLMClient
-from app.services.ai.owners import AIOwners, MemoryAIOwners, RedisAIOwners
-from app.services.ai.service import PING_TYPE, AIJob, AIRequest, AIService, Kind
-from app.services.auth.ratelimit import SharedAILimiter
+from app.services.ai.owners import authorize_follower
+from app.services.ai.service import PING_TYPE, AIJob, AIRequest, Kind
 from app.services.auth.users import Principal
-from app.services.files import patches
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
 from app.streams.events.fanout import Item, encode_body, with_id
 from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
-from app.streams.net.http_transport import LinkTransport, direct_http
 
-AI_SERVICE = "ai_service"
 log = structlog.get_logger("app.ai")
-AI_OWNERS = "ai_owners"
-AI_WORKSPACE_CACHE = "ai_workspace_cache"
 Line = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 Prompt = Annotated[str, msgspec.Meta(max_length=8000)]
 WorkspacePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -168,7 +160,7 @@ async def _authorized_workspace(
     A granted check is remembered for ``token_cache_ttl`` seconds per user and workspace, the same
     staleness the token cache accepts: a burst of AI requests does not queue on the database.
     """
-    cache: dict[tuple[int, str], float] = ctx.extras.setdefault(AI_WORKSPACE_CACHE, {})
+    cache = ctx.ai_workspace_grants
     key = (principal.user_id, workspace_id)
     now = time.monotonic()
     if cache.get(key, 0.0) > now:
@@ -195,7 +187,7 @@ class AIController(Controller):
         workspaces: WorkspaceService,
         data: ExplainRequest | RewriteRequest,
     ) -> AIJob:
-        service: AIService = ctx.extras[AI_SERVICE]
+        service = ctx.ai
         service.llm.require_configured()
         workspace_id = await _authorized_workspace(ctx, principal, workspaces, data.workspace_id)
         text = data.question if isinstance(data, ExplainRequest) else data.instruction
@@ -212,7 +204,7 @@ class AIController(Controller):
             client_addr=request.client.host if request.client else None,
             http_request_id=request_id_of(request.scope),
         )
-        owners: AIOwners = ctx.extras[AI_OWNERS]
+        owners = ctx.ai_owners
         outcome: AIJob | DomainError | None = None
 
         async def remember() -> None:  # overlaps the upstream call (a Redis round trip on Redis deployments)
@@ -305,7 +297,7 @@ class AIController(Controller):
         last_event_id_header: LAST_EVENT_ID_HEADER = None,
     ) -> Stream:
         """Follow (or resume, with ``Last-Event-ID``) one AI request's events from the start, as SSE."""
-        await authorize_ai_topic(ctx, principal, request_id)
+        await authorize_follower(ctx.ai_owners, principal, request_id)
         cursor = last_event_id_header or last_event_id or None
         body = event_stream(
             ctx.events,
@@ -316,45 +308,3 @@ class AIController(Controller):
             direct=direct_writer(request.scope),
         )
         return Stream(body, media_type=MEDIA_TYPE, headers=SSE_HEADERS)
-
-
-async def authorize_ai_topic(ctx: AppContext, principal: Principal, request_id: str) -> None:
-    """404 unless ``principal`` started ``request_id`` (admins may follow any)."""
-    if principal.is_admin:
-        return
-    owner = await ctx.extras[AI_OWNERS].owner(request_id)
-    if owner != principal.user_id:
-        raise NotFound(f"no AI request {request_id!r}", code="ai_request_not_found")
-
-
-async def _validate(settings: Any, root: Any, diff: str) -> dict[str, Any]:
-    limits = patches.PatchLimits.from_settings(settings)
-    result = await anyio.to_thread.run_sync(lambda: patches.validate(root, diff, limits=limits))
-    return msgspec.to_builtins(result)
-
-
-async def ai_startup(ctx: AppContext) -> None:
-    """Lifespan hook: the shared LLM client, the AI service, ownership of AI topics; closed at shutdown."""
-    settings = ctx.settings
-    limiter = SharedAILimiter(settings, ctx.extras[RATE_LIMITER]) if RATE_LIMITER in ctx.extras else None
-    transport = LinkTransport() if direct_http(settings.llm_base_url) else None
-    llm = LLMClient(settings, limiter=limiter, transport=transport)
-    ctx.extras[AI_SERVICE] = AIService(
-        llm, ctx.events, settings, audit=ctx.audit.record, validate=lambda root, diff: _validate(settings, root, diff)
-    )
-    if ctx.redis is not None:
-        ctx.extras[AI_OWNERS] = RedisAIOwners(ctx.redis, settings.redis_prefix, settings.event_ttl)
-    else:
-        ctx.extras[AI_OWNERS] = MemoryAIOwners(settings.event_ttl)
-    ctx.extras.setdefault("topic_authorizers", {})["ai"] = lambda principal, request_id: authorize_ai_topic(
-        ctx, principal, request_id
-    )
-
-    async def close_at_shutdown() -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await llm.aclose()
-
-    ctx.tasks.start_soon(close_at_shutdown)

@@ -11,7 +11,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.context import AppContext
 from app.controllers.deps import error_responses
 from app.controllers.middleware import SESSION_COOKIE, request_id_of
-from app.controllers.ops import RATE_LIMITER
 from app.errors import Unauthorized
 from app.models import utcnow
 from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
@@ -47,10 +46,8 @@ class AuthController(Controller):
     )
     async def login(self, request: Request, data: LoginRequest, ctx: AppContext) -> Response[LoginResponse]:
         """Exchange username and password for a session token, also set as the HttpOnly cookie."""
-        limiter = ctx.extras.get(RATE_LIMITER)
-        if limiter is not None:
-            client = request.client.host if request.client else "-"
-            await enforce(limiter, f"{data.username.strip().lower()[:64]}|{client}", login_limit(ctx.settings))
+        client = request.client.host if request.client else "-"
+        await enforce(ctx.rate_limiter, f"{data.username.strip().lower()[:64]}|{client}", login_limit(ctx.settings))
         try:
             user = await ctx.auth.authenticate_password(data.username, data.password)
         except Unauthorized:

@@ -2,11 +2,8 @@
 
 Topics are authorized once, at subscribe time: a user may read ``user:<own id>``, ``workspace:<id>``,
 ``workspace:<id>:logs`` and ``workspace:<id>:exec`` of workspaces they own, and ``ai:<id>`` of their AI
-requests; admins may read every topic, ``admin`` included. Unknown workspaces are 404, other refusals 403.
-
-AI ownership is decided by a hook: the AI part registers
-``ctx.extras["topic_authorizers"]["ai"] = async (principal, request_id) -> None`` (raising ``NotFound`` or
-``Forbidden``); without it users get 404 for ``ai:`` topics. Other topic kinds can register the same way.
+requests (``ctx.ai_owners`` knows who started which); admins may read every topic, ``admin`` included.
+Unknown workspaces and AI requests are 404, other refusals 403.
 """
 
 from __future__ import annotations
@@ -19,8 +16,9 @@ from litestar.response import Stream
 
 from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
-from app.errors import BadRequest, Forbidden, NotFound
+from app.errors import BadRequest, Forbidden
 from app.events import ADMIN_TOPIC, workspace_topic
+from app.services.ai.owners import authorize_follower
 from app.services.auth.users import Principal
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
@@ -39,16 +37,13 @@ async def authorize_topic(topic: str, principal: Principal, ctx: AppContext, wor
             raise BadRequest(f"unknown workspace topic {topic!r}", code="bad_topic")
         await workspaces.get(principal, workspace_id)
         return
-    hooks: dict[str, Any] = ctx.extras.get("topic_authorizers", {})
-    if kind in hooks:
-        await hooks[kind](principal, rest)
+    if kind == "ai":
+        await authorize_follower(ctx.ai_owners, principal, rest)
         return
     if principal.is_admin:
         return
     if kind == "user" and rest == str(principal.user_id):
         return
-    if kind == "ai":
-        raise NotFound(f"no AI request {rest!r}", code="ai_request_not_found")
     if topic == ADMIN_TOPIC:
         raise Forbidden("the admin topic is for admins", code="admin_required")
     raise Forbidden(f"not allowed to subscribe to {topic!r}", code="topic_forbidden")
@@ -145,9 +140,3 @@ class EventsController(Controller):
     async def stats(self, ctx: AppContext) -> dict[str, Any]:
         """This hub process's event counters (subscribers, published, delivered, dropped, …)."""
         return ctx.events.stats()
-
-
-async def events_startup(ctx: AppContext) -> None:
-    """Lifespan hook: with Redis, ``/ready`` also fails while the hub cannot deliver events."""
-    if ctx.settings.redis_url:
-        ctx.ready_checks["events"] = ctx.events.check

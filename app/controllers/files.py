@@ -66,9 +66,7 @@ async def workspace_root(ctx: AppContext, ws: Workspace) -> Path:
 
     Reaching the files of a workspace counts as activity for its idle stop.
     """
-    lifecycle = ctx.extras.get("lifecycle")
-    if lifecycle is not None:
-        await lifecycle.touch(ws.id, "files")
+    await ctx.lifecycle.touch(ws.id, "files")
     root = ctx.settings.resolved_workspaces_dir / ws.id
     await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
     return root

@@ -20,8 +20,7 @@ from app.schemas import Body, WorkspaceOut
 from app.services.audit.log import sha256_hex
 from app.services.auth.users import Principal
 from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
-from app.services.workspaces.lifecycle import Lifecycle
-from app.services.workspaces.ops import WorkspaceOps, parse_since
+from app.services.workspaces.ops import parse_since
 from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
 
 # The route media type (JSON) would win over the stream's own, so the header is set explicitly.
@@ -90,18 +89,6 @@ class StatusOut(msgspec.Struct, omit_defaults=False):
     runtime_error: str | None = None
 
 
-def _lifecycle(ctx: AppContext) -> Lifecycle:
-    lifecycle = ctx.extras.get("lifecycle")
-    if lifecycle is None:
-        raise ServiceUnavailable("the runtime is not ready", code="runtime_not_ready")
-    return lifecycle
-
-
-def _ops(ctx: AppContext) -> WorkspaceOps:
-    _lifecycle(ctx)
-    return ctx.extras["workspace_ops"]
-
-
 def _event_stream(ctx: AppContext, items: AsyncIterator[tuple[str, Any]]) -> Stream:
     body = item_stream(ctx.tasks, items, heartbeat=ctx.settings.sse_heartbeat, retry_ms=ctx.settings.sse_retry_ms)
     return Stream(body, media_type=MEDIA_TYPE, headers=SSE_RESPONSE_HEADERS)
@@ -139,13 +126,13 @@ class LifecycleController(Controller):
         wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
     ) -> Response[WorkspaceOut]:
         """Start: 202 with state ``starting`` (follow the events), or with ``?wait=true`` the outcome."""
-        ws = await _lifecycle(ctx).start(principal, workspace_id, wait=wait)
+        ws = await ctx.lifecycle.start(principal, workspace_id, wait=wait)
         return await self._started(request, ctx, principal, "start", ws)
 
     @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))
     async def stop(self, request: Request, workspace_id: str, ctx: AppContext, principal: Principal) -> WorkspaceOut:
         """Stop (SIGTERM, SIGKILL after the grace period); stopped workspaces answer as they are."""
-        ws = await _lifecycle(ctx).stop(principal, workspace_id, reason=f"stopped by {principal.username}")
+        ws = await ctx.lifecycle.stop(principal, workspace_id, reason=f"stopped by {principal.username}")
         await self._transition(request, ctx, principal, "stop", ws)
         return WorkspaceOut.of(ws)
 
@@ -164,7 +151,7 @@ class LifecycleController(Controller):
         wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
     ) -> Response[WorkspaceOut]:
         """Stop if running, then start."""
-        ws = await _lifecycle(ctx).restart(principal, workspace_id, wait=wait)
+        ws = await ctx.lifecycle.restart(principal, workspace_id, wait=wait)
         return await self._started(request, ctx, principal, "restart", ws)
 
     @post(
@@ -184,7 +171,7 @@ class LifecycleController(Controller):
             env=data.env,
             max_output_bytes=ctx.settings.exec_max_output_bytes,
         )
-        exec_id, items = await _ops(ctx).exec_stream(principal, workspace_id, exec_request)
+        exec_id, items = await ctx.workspace_ops.exec_stream(principal, workspace_id, exec_request)
         command = data.command if isinstance(data.command, str) else "\0".join(data.command)
         await ctx.audit.record(
             audit_entry(
@@ -226,7 +213,7 @@ class LifecycleController(Controller):
     @get("/status", operation_id="workspaceStatus", responses=error_responses(401, 404, 503))
     async def status(self, workspace_id: str, ctx: AppContext, principal: Principal) -> StatusOut:
         """State, reason, placement, uptime, CPU/memory/pids (cached briefly), IDE health, last activity."""
-        body = await _ops(ctx).status(principal, workspace_id)
+        body = await ctx.workspace_ops.status(principal, workspace_id)
         return msgspec.convert(body, StatusOut, from_attributes=False, strict=False)
 
     @get("/logs", operation_id="workspaceLogs", responses=error_responses(401, 404, 409, 422, 503))
@@ -240,7 +227,7 @@ class LifecycleController(Controller):
         follow: Annotated[bool, Parameter(description="stream new lines as SSE `log` events")] = False,
     ) -> Any:
         """The IDE's output with timestamps; ``?follow=true`` streams new lines until the workspace stops."""
-        ops = _ops(ctx)
+        ops = ctx.workspace_ops
         after = parse_since(since)
         if not follow:
             lines = await ops.logs(principal, workspace_id, tail=tail, since=after)

@@ -14,7 +14,8 @@ import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import DomainError, Unauthorized
+from app.context import AppContext
+from app.errors import DomainError
 from app.logging_setup import ACCESS_LOGGER, write_access_line
 from app.services.auth.users import Principal
 
@@ -168,7 +169,5 @@ class RequestContextMiddleware:
         raw = credentials_from_scope(scope)
         if not raw:
             return None
-        ctx: Any = scope["app"].state.get("ctx")
-        if ctx is None:
-            raise Unauthorized("the hub is starting", code="starting")
+        ctx: AppContext = scope["app"].state.ctx
         return await ctx.auth.resolve(raw)

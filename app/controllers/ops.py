@@ -1,4 +1,4 @@
-"""Operations edges: ``GET /metrics`` (Prometheus), the per-token API rate limit, and their startup wiring.
+"""Operations edges: ``GET /metrics`` (Prometheus) and the per-token API rate limit.
 
 ``/metrics`` is open unless ``CODEHUB_METRICS_TOKEN`` is set (Prometheus scrapers rarely carry user tokens;
 set it with ``authorization: {credentials: …}`` in the scrape config). It never touches a user's token,
@@ -8,29 +8,19 @@ so it still answers, reporting ``codehub_dependency_up{name="database"} 0``, whi
 from __future__ import annotations
 
 import hmac
-import importlib.metadata
 from typing import Any
 
-import anyio
 import msgspec
 from litestar import Request, Response, get
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from app import metrics
 from app.context import AppContext
 from app.errors import TooManyRequests, Unauthorized
-from app.services.auth.ratelimit import RateLimiter, api_limit, create_rate_limiter, enforce
+from app.services.auth.ratelimit import enforce
 from app.services.workspaces import monitoring
 
 METRICS_PATH = "/metrics"
-RATE_LIMITER = "rate_limiter"
-API_LIMIT = "api_limit"
-
-
-def rate_limiter_of(ctx: AppContext) -> RateLimiter:
-    """The process's rate limiter (Redis-backed when Redis is configured), built by ``ops_startup``."""
-    return ctx.extras[RATE_LIMITER]
 
 
 @get(METRICS_PATH, opt={"public": True}, include_in_schema=False, name="metrics")
@@ -43,32 +33,6 @@ async def metrics_endpoint(request: Request[Any, Any, Any], ctx: AppContext) -> 
             raise Unauthorized("GET /metrics needs the CODEHUB_METRICS_TOKEN bearer token", code="metrics_token")
     await monitoring.refresh(ctx.sessionmaker, ctx.ready_checks)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-async def ops_startup(ctx: AppContext) -> None:
-    """Build the rate limiter, expose the event hub's counters, and undo both at shutdown."""
-    limiter, close = create_rate_limiter(ctx.settings)
-    ctx.extras[RATE_LIMITER] = limiter
-    ctx.extras[API_LIMIT] = api_limit(ctx.settings)
-    stats = getattr(ctx.events, "stats", None)
-    forget = metrics.HUB_STATS.add(stats) if stats is not None else None
-    try:
-        version = importlib.metadata.version("code-hub")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    metrics.INFO.labels(version, getattr(ctx.events, "backend", "unknown")).set(1)
-
-    async def undo_at_shutdown() -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            if forget is not None:
-                forget()
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
-
-    ctx.tasks.start_soon(undo_at_shutdown)
 
 
 class ApiRateLimitMiddleware:
@@ -84,11 +48,10 @@ class ApiRateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user")
         if user is not None and scope["type"] == "http" and scope["path"].startswith("/api/"):
-            ctx: Any = scope["app"].state.get("ctx")
-            limit = ctx.extras.get(API_LIMIT) if ctx is not None else None
-            if limit is not None and limit.enabled:
+            ctx: AppContext = scope["app"].state.ctx
+            if ctx.api_limit.enabled:
                 try:
-                    await enforce(ctx.extras[RATE_LIMITER], user.token_id, limit)
+                    await enforce(ctx.rate_limiter, user.token_id, ctx.api_limit)
                 except TooManyRequests as exc:
                     await _send_error(send, exc)
                     return

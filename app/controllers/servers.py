@@ -12,10 +12,9 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.context import AppContext
 from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, requires_admin
-from app.errors import ServiceUnavailable
 from app.schemas import Body, ShortId, WorkspaceOut
 from app.services.auth.users import Principal
-from app.services.workspaces.servers import ServerLoad, ServerService
+from app.services.workspaces.servers import ServerLoad
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
@@ -82,13 +81,6 @@ class PlaceBody(Body):
     server_id: ShortId
 
 
-def _servers(ctx: AppContext) -> ServerService:
-    servers = ctx.extras.get("servers")
-    if servers is None:
-        raise ServiceUnavailable("the runtime is not ready", code="runtime_not_ready")
-    return servers
-
-
 class ServersController(Controller):
     """Register, list, test and remove Docker servers; place workspaces (admin only)."""
 
@@ -104,7 +96,7 @@ class ServersController(Controller):
     )
     async def create(self, request: Request, data: ServerCreate, ctx: AppContext, principal: Principal) -> ServerOut:
         """Register a Docker engine (``unix://…`` or ``tcp://…``)."""
-        load = await _servers(ctx).create(
+        load = await ctx.servers.create(
             name=data.name,
             docker_url=data.docker_url,
             max_workspaces=data.max_workspaces,
@@ -117,7 +109,7 @@ class ServersController(Controller):
     @get("/servers", operation_id="adminListServers", responses=error_responses(401, 403))
     async def list_servers(self, ctx: AppContext) -> list[ServerOut]:
         """Every server with how many workspaces are placed there and how many run."""
-        return [ServerOut.of(load) for load in await _servers(ctx).loads()]
+        return [ServerOut.of(load) for load in await ctx.servers.loads()]
 
     @post(
         "/servers/{server_id:str}/test",
@@ -127,7 +119,7 @@ class ServersController(Controller):
     )
     async def test(self, server_id: str, ctx: AppContext) -> ServerTest:
         """Ask the engine for its version; ``ok=false`` with the error when it does not answer."""
-        info = await _servers(ctx).test(server_id)
+        info = await ctx.servers.test(server_id)
         return ServerTest(info.ok, info.version, info.api_version, info.latency_ms, info.error)
 
     @delete(
@@ -138,7 +130,7 @@ class ServersController(Controller):
     )
     async def delete_server(self, request: Request, server_id: str, ctx: AppContext, principal: Principal) -> None:
         """Unregister a server (409 while workspaces are placed on it)."""
-        await _servers(ctx).delete(server_id)
+        await ctx.servers.delete(server_id)
         await ctx.audit.record(audit_entry(request, "server.delete", principal, target=server_id))
 
     @post(
@@ -151,7 +143,7 @@ class ServersController(Controller):
         self, request: Request, workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
     ) -> WorkspaceOut:
         """Move a stopped (or created/failed) workspace to another server."""
-        ws = await _servers(ctx).place(workspace_id, data.server_id)
+        ws = await ctx.servers.place(workspace_id, data.server_id)
         await ctx.audit.record(
             audit_entry(request, "workspace.place", principal, workspace_id=ws.id, target=data.server_id)
         )

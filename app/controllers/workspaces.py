@@ -38,10 +38,7 @@ class WorkspacesController(Controller):
         workspaces: WorkspaceService,
     ) -> WorkspaceOut:
         """Create a workspace record in state ``created``."""
-        server_id = data.server_id
-        place_new = ctx.extras.get("place_new")
-        if place_new is not None:
-            server_id = await place_new(principal, server_id)
+        server_id = await ctx.provisioning.place_new(data.server_id)
         ws, clone_url = await workspaces.create(
             principal,
             name=data.name,
@@ -54,9 +51,7 @@ class WorkspacesController(Controller):
             memory_mb=data.memory_mb,
         )
         await ctx.audit.record(audit_entry(request, "workspace.create", principal, workspace_id=ws.id, target=ws.name))
-        hook = ctx.extras.get("after_create")
-        if hook is not None:
-            ws = await hook(principal, ws, clone_url)
+        ws = await ctx.provisioning.after_create(ws, clone_url)
         return WorkspaceOut.of(ws)
 
     @get("/", operation_id="listWorkspaces", responses=error_responses(400, 401, 403))
@@ -122,15 +117,10 @@ class WorkspacesController(Controller):
         workspace_id: str,
         ctx: AppContext,
         principal: Principal,
-        workspaces: WorkspaceService,
         purge: Annotated[bool, Parameter(description="also delete the workspace's files")] = False,
     ) -> None:
-        """Delete a workspace (its container first, once runtimes exist)."""
-        hook = ctx.extras.get("delete")
-        if hook is not None:
-            ws = await hook(principal, workspace_id, purge=purge)
-        else:
-            ws = await workspaces.delete_record(principal, workspace_id)
+        """Delete a workspace (its container first)."""
+        ws = await ctx.provisioning.delete(principal, workspace_id, purge=purge)
         await ctx.audit.record(
             audit_entry(
                 request,

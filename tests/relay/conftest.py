@@ -69,7 +69,7 @@ class RelayHub(Hub):
     @property
     def relay(self) -> Any:
         """The hub's ``Relay``."""
-        return self.app.state.ctx.extras["relay"]
+        return self.app.state.ctx.relay
 
     async def set_row(self, workspace_id: str, **values: Any) -> None:
         """Change a workspace row directly (as the lifecycle would) and drop the relay's cached route."""

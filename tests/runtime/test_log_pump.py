@@ -81,7 +81,7 @@ async def burst(client: httpx.AsyncClient, workspace_id: str, pid: str, tag: str
 
 def pumps_of(app: Any) -> LogPumps:
     """The log pumps of a running app."""
-    return app.state.ctx.extras["log_pumps"]
+    return app.state.ctx.log_pumps
 
 
 async def wait_for(check: Any, timeout: float = 20) -> None:

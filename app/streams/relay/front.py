@@ -1,10 +1,11 @@
 """The relay: every request under ``/w/{id}/…`` goes to that workspace's IDE (code-server), HTTP and WebSocket.
 
-``WorkspaceFront`` wraps the Litestar app's ASGI handler (see ``app.factory``) and takes ``/w/…`` and
-``/ws/workspaces/…`` before Litestar routes anything. Measured with a trivial handler on this machine,
-an ``asgi`` mount at ``/w`` serves ~30 % fewer requests per second than the same handler in front of the
-router, and with the request-context middleware (one access-log line per request) ~75 % fewer; the
-relay needs neither (it resolves credentials itself). Everything else passes through untouched.
+``WorkspaceFront`` wraps the Litestar app's ASGI handler (``app.factory``'s lifespan installs it once the
+relay exists) and takes ``/w/…`` and ``/ws/workspaces/…`` before Litestar routes anything. Measured with
+a trivial handler on this machine, an ``asgi`` mount at ``/w`` serves ~30 % fewer requests per second
+than the same handler in front of the router, and with the request-context middleware (one access-log
+line per request) ~75 % fewer; the relay needs neither (it resolves credentials itself). Everything else
+passes through untouched.
 
 Per request: credentials (Bearer, ``?access_token=``, session cookie) → the workspace's route (cached;
 owner and admins only, 404 for everyone else) → running: forward (``relay_http`` / ``relay_ws``);
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
-from app.context import AppContext
 from app.errors import DomainError
 from app.events import ADMIN_TOPIC
 from app.services.audit.log import AuditEntry
@@ -42,15 +43,14 @@ from app.streams.relay.access import (
     strip_session_cookie,
     without_access_token,
 )
-from app.streams.relay.http import Exchange, request_body_kind
+from app.streams.relay.deps import RelayDeps
+from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
 from app.streams.relay.stats import Activity, RelayStats
-from app.streams.relay.terminal import serve_terminal
+from app.streams.relay.terminal import TerminalDeps, serve_terminal
 from app.streams.relay.ws import WebSocketRelay, deny
 
 log = logging.getLogger(__name__)
 
-RELAY = "relay"
-RELAY_STATS = "relay_stats"
 WORKSPACE_ID_RE = re.compile(rb"[a-z0-9]{1,16}")
 _DROP_UP = HOP_BY_HOP | {
     b"host",
@@ -68,23 +68,18 @@ _LIFECYCLE_END = ("workspace.stopped", "workspace.deleted", "workspace.failed")
 
 
 class Relay:
-    """The relay of one hub process (``ctx.extras["relay"]``): upstream pool, route cache, counters."""
+    """The relay of one hub process: upstream pool, route cache, counters."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
+    def __init__(self, deps: RelayDeps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
         self.pool = UpstreamPool()
-        self.routes = RouteCache(ctx.sessionmaker)
-        self.principals = PrincipalCache(ctx.auth.resolve, ctx.settings.token_cache_ttl)
+        self.routes = RouteCache(deps.sessionmaker)
+        self.principals = PrincipalCache(deps.auth.resolve, deps.settings.token_cache_ttl)
         self.stats = RelayStats()
-        self.activity = Activity(self._touch)
-        public = urlsplit(ctx.settings.public_url) if ctx.settings.public_url else None
+        self.activity = Activity(deps.lifecycle.touch)
+        public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
         self.public_scheme = public.scheme if public else None
-
-    async def _touch(self, workspace_id: str, source: str) -> None:
-        lifecycle = self.ctx.extras.get("lifecycle")
-        if lifecycle is not None:
-            await lifecycle.touch(workspace_id, source)
 
     async def hold(self) -> None:
         """Live as long as the app (expiring requests the IDE leaves unanswered); close the pool at shutdown."""
@@ -152,7 +147,7 @@ class Relay:
         if creds.cookie:
             current = await self.principals.get(creds.cookie)
         if current is None or current.user_id != principal.user_id:
-            _, raw = await self.ctx.auth.issue_session(principal.user_id)
+            _, raw = await self.deps.auth.issue_session(principal.user_id)
             extra.append((b"set-cookie", session_cookie(self.settings, raw)))
         rest = without_access_token(query)
         await pages.redirect(send, raw_path + (b"?" + rest if rest else b""), extra=extra)
@@ -284,11 +279,8 @@ class Relay:
         await pages.starting(send, route.id, route.name, route.state, note)
 
     async def _auto_start(self, scope: dict[str, Any], route: Route, principal: Principal) -> str:
-        lifecycle = self.ctx.extras.get("lifecycle")
-        if lifecycle is None:
-            return "this hub process cannot start workspaces"
         try:
-            ws = await lifecycle.start(principal, route.id)
+            ws = await self.deps.lifecycle.start(principal, route.id)
         except DomainError as exc:
             return exc.detail
         self.routes.forget(route.id)
@@ -304,7 +296,7 @@ class Relay:
             details={"via": "relay"},
         )
         try:
-            await self.ctx.audit.record(entry)
+            await self.deps.audit.record(entry)
         except Exception:  # the start happened; a failed audit write must not hide it
             log.exception("audit of the relay start of %s failed", route.id)
         return ""
@@ -348,7 +340,7 @@ class Relay:
         """Drop cached routes (and idle connections, counters) when workspaces change state; forever."""
         while True:
             try:
-                async with self.ctx.events.subscribe([ADMIN_TOPIC]) as subscription:
+                async with self.deps.events.subscribe([ADMIN_TOPIC]) as subscription:
                     self.routes.clear()
                     while True:
                         batch = await subscription.next_batch()
@@ -376,44 +368,20 @@ class Relay:
 
 
 class WorkspaceFront:
-    """ASGI wrapper: ``/w/…`` to the relay, ``/ws/workspaces/…`` to the terminal, the rest to Litestar."""
+    """ASGI wrapper: ``/w/…`` to the relay, ``/ws/workspaces/…`` to the terminal, the rest to ``app``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], relay: Relay) -> None:
         self.app = app
+        self.relay = relay
+        self.terminal = TerminalDeps(relay.deps, relay.principal, relay.stats, relay.activity)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """Route one ASGI connection."""
         path = scope.get("path", "")
         if path.startswith("/w/") and scope["type"] in ("http", "websocket"):
-            ctx = scope["app"].state.get("ctx")
-            relay = ctx.extras.get(RELAY) if ctx is not None else None
-            if relay is None:
-                await _starting_hub(scope, send)
-                return
-            await relay.handle(scope, receive, send)
+            await self.relay.handle(scope, receive, send)
             return
         if path.startswith("/ws/workspaces/") and scope["type"] == "websocket":
-            ctx = scope["app"].state.get("ctx")
-            if ctx is None or RELAY not in ctx.extras:
-                await _starting_hub(scope, send)
-                return
-            await serve_terminal(ctx, ctx.extras[RELAY], scope, receive, send)
+            await serve_terminal(self.terminal, scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-async def _starting_hub(scope: dict[str, Any], send: Any) -> None:
-    if scope["type"] == "websocket":
-        await deny(scope, send, 503, "the hub is starting")
-    else:
-        await pages.send_page(send, 503, "Starting", "<h1>The hub is starting</h1>", extra=[(b"retry-after", b"1")])
-
-
-async def relay_startup(ctx: AppContext) -> None:
-    """Build the relay (``ctx.extras["relay"]``, counters in ``ctx.extras["relay_stats"]``) and its loops."""
-    relay = Relay(ctx)
-    ctx.extras[RELAY] = relay
-    ctx.extras[RELAY_STATS] = relay.stats
-    ctx.tasks.start_soon(relay.hold)
-    ctx.tasks.start_soon(relay.activity.flush_loop)
-    ctx.tasks.start_soon(relay.follow_lifecycle)
-    ctx.tasks.start_soon(relay.stats.sync_metrics)

@@ -77,7 +77,7 @@ class WorkspaceCounters:
 
 
 class RelayStats:
-    """Counters of every workspace with relay traffic in this process (``ctx.extras["relay_stats"]``)."""
+    """Counters of every workspace with relay traffic in this process (the relay's ``stats``)."""
 
     def __init__(self) -> None:
         self.workspaces: dict[str, WorkspaceCounters] = {}

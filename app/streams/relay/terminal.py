@@ -16,7 +16,9 @@ Initial size from the query (``?cols=&rows=``). Access as for the relay: owner a
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
@@ -25,12 +27,13 @@ import msgspec
 from app.errors import DomainError
 from app.models import Workspace
 from app.services.audit.log import AuditEntry
+from app.services.auth.users import Principal
 from app.streams.relay.access import Credentials, header, origin_allowed
+from app.streams.relay.deps import RelayDeps
+from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.ws import deny
 
-if TYPE_CHECKING:
-    from app.context import AppContext
-    from app.streams.relay.front import Relay
+PrincipalLookup = Callable[[Credentials], Awaitable[Principal | None]]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,16 @@ class Control(msgspec.Struct, forbid_unknown_fields=False):
 _decode_control = msgspec.json.Decoder(Control).decode
 
 
+@dataclass(frozen=True, slots=True)
+class TerminalDeps:
+    """The hub's services, and what the terminal shares with the relay: who credentials prove, counters."""
+
+    hub: RelayDeps
+    principal: PrincipalLookup
+    stats: RelayStats
+    activity: Activity
+
+
 def _size(query: bytes) -> tuple[int, int]:
     values = dict(parse_qsl(query.decode("latin-1")))
     try:
@@ -60,42 +73,38 @@ def _size(query: bytes) -> tuple[int, int]:
     return max(1, min(cols, MAX_COLS)), max(1, min(rows, MAX_ROWS))
 
 
-async def serve_terminal(ctx: AppContext, relay: Relay, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Authorize, open the shell, accept the WebSocket and pump until either side ends."""
     workspace_id = scope["path"].removeprefix("/ws/workspaces/").strip("/")
     headers = scope["headers"]
     creds = Credentials(headers, scope.get("query_string", b""))
-    principal = await relay.principal(creds)
+    principal = await deps.principal(creds)
     if principal is None:
         await deny(scope, send, 401, "sign in first")
         return
-    if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), ctx.settings):
+    if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), deps.hub.settings):
         await deny(scope, send, 403, "cross-origin WebSocket refused")
         return
     try:
-        ws: Workspace = await ctx.workspaces.get(principal, workspace_id)
+        ws: Workspace = await deps.hub.workspaces.get(principal, workspace_id)
     except DomainError:
         await deny(scope, send, 404, "no such workspace")
         return
     if ws.state != "running":
         await deny(scope, send, 409, f"the workspace is {ws.state}")
         return
-    engines = ctx.extras.get("engines")
-    if engines is None:
-        await deny(scope, send, 503, "this hub process has no runtime")
-        return
     message = await receive()
     if message["type"] != "websocket.connect":
         return
     cols, rows = _size(scope.get("query_string", b""))
     try:
-        runtime = await engines.for_workspace(ws)
+        runtime = await deps.hub.engines.for_workspace(ws)
         terminal = await runtime.open_terminal(ws.id, cols=cols, rows=rows)
     except DomainError as exc:
         await deny(scope, send, 409 if exc.status == 409 else 502, exc.detail)
         return
     client = scope.get("client")
-    await ctx.audit.record(
+    await deps.hub.audit.record(
         AuditEntry(
             action="terminal.open",
             actor_id=principal.user_id,
@@ -106,11 +115,11 @@ async def serve_terminal(ctx: AppContext, relay: Relay, scope: dict[str, Any], r
             client_addr=client[0] if client else None,
         )
     )
-    counters = relay.stats.of(ws.id)
+    counters = deps.stats.of(ws.id)
     counters.terminals_open += 1
     try:
         await send({"type": "websocket.accept"})
-        await _pump(terminal, receive, send, lambda: relay.activity.note(ws.id, "terminal"), counters)
+        await _pump(terminal, receive, send, lambda: deps.activity.note(ws.id, "terminal"), counters)
     finally:
         counters.terminals_open -= 1
         with anyio.CancelScope(shield=True):
