@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -55,6 +56,41 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class WorkspaceState(StrEnum):
+    """Where a workspace is in its lifecycle; stored (and sent) as the value."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DELETED = "deleted"  # never stored: the state ``workspace.deleted`` events and the relay report for a gone row
+
+
+STORED_STATES = tuple(state for state in WorkspaceState if state is not WorkspaceState.DELETED)
+
+
+class RuntimeKind(StrEnum):
+    """The runtimes the hub ships; ``Workspace.runtime`` holds the kind a workspace started on."""
+
+    DOCKER = "docker"
+    LOCAL = "local"
+
+
+class StateColumn(TypeDecorator[WorkspaceState]):
+    """A ``WorkspaceState`` stored as its plain string value."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> WorkspaceState | None:
+        return None if value is None else WorkspaceState(value)
 
 
 NAMING = {
@@ -137,7 +173,7 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_id)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(63))
-    state: Mapped[str] = mapped_column(String(16), default="created")
+    state: Mapped[WorkspaceState] = mapped_column(StateColumn, default=WorkspaceState.CREATED)
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     server_id: Mapped[str | None] = mapped_column(
         ForeignKey("servers.id", ondelete="SET NULL"), nullable=True, index=True

@@ -128,9 +128,6 @@ class WorkspaceUpdate(Body):
     memory_mb: Annotated[int, msgspec.Meta(ge=64)] | None = None
 
 
-WorkspaceState = Literal["created", "starting", "running", "stopping", "stopped", "failed"]
-
-
 class WorkspaceOut(msgspec.Struct):
     """A workspace as shown by the API."""
 

@@ -16,6 +16,7 @@ from app.context import AppContext
 from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.errors import ServiceUnavailable
+from app.models import WorkspaceState
 from app.schemas import Body, WorkspaceOut
 from app.services.audit.log import sha256_hex
 from app.services.auth.users import Principal
@@ -109,7 +110,9 @@ class LifecycleController(Controller):
         self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any
     ) -> Response[WorkspaceOut]:
         await self._transition(request, ctx, principal, action, ws)
-        return Response(WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == "starting" else HTTP_200_OK)
+        return Response(
+            WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == WorkspaceState.STARTING else HTTP_200_OK
+        )
 
     @post(
         "/start",

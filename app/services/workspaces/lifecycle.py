@@ -25,7 +25,7 @@ from app import metrics
 from app.db import SessionMaker
 from app.errors import Conflict, DomainError, NotFound
 from app.events import EventPublisher
-from app.models import Workspace, utcnow
+from app.models import Workspace, WorkspaceState, utcnow
 from app.services.auth.users import Principal
 from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
@@ -37,8 +37,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STARTABLE = ("created", "stopped", "failed")
-STOPPABLE = ("starting", "running", "failed")
+STARTABLE = (WorkspaceState.CREATED, WorkspaceState.STOPPED, WorkspaceState.FAILED)
+STOPPABLE = (WorkspaceState.STARTING, WorkspaceState.RUNNING, WorkspaceState.FAILED)
 CLONING = "cloning"
 REASON_LIMIT = 4000
 LOG_LINES_IN_REASON = 15
@@ -88,7 +88,7 @@ class Lifecycle:
     async def cas(
         self,
         workspace_id: str,
-        states: tuple[str, ...],
+        states: tuple[WorkspaceState, ...],
         *,
         generation: int | None = None,
         bump: bool = False,
@@ -98,7 +98,7 @@ class Lifecycle:
         query = update(Workspace).where(Workspace.id == workspace_id, Workspace.state.in_(states))
         if generation is not None:
             query = query.where(Workspace.generation == generation)
-        if "state" in values and values["state"] == "starting":
+        if "state" in values and values["state"] == WorkspaceState.STARTING:
             query = query.where(func.coalesce(Workspace.state_reason, "") != CLONING)
         values["updated_at"] = utcnow()
         if bump:
@@ -149,13 +149,13 @@ class Lifecycle:
 
     async def start_row(self, ws: Workspace, *, wait: bool = False) -> Workspace:
         """Start a workspace row (no visibility check)."""
-        if ws.state == "running":
+        if ws.state == WorkspaceState.RUNNING:
             return ws
         clone = self._clones.get(ws.id)
         if clone is not None:
             await clone.wait()
             ws = await self.row(ws.id)
-        elif ws.state == "created" and ws.state_reason == CLONING:
+        elif ws.state == WorkspaceState.CREATED and ws.state_reason == CLONING:
             raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
         kind = ws.runtime or ("docker" if ws.server_id else self.engines.kind_for_new())
         server_id = ws.server_id
@@ -165,7 +165,7 @@ class Lifecycle:
             ws.id,
             STARTABLE,
             bump=True,
-            state="starting",
+            state=WorkspaceState.STARTING,
             state_reason=None,
             server_id=server_id,
             runtime=kind,
@@ -175,7 +175,7 @@ class Lifecycle:
         )
         if row is None:
             current = await self.row(ws.id)
-            if current.state == "running":
+            if current.state == WorkspaceState.RUNNING:
                 return current
             raise Conflict(f"the workspace is {current.state}", code="workspace_busy", state=current.state)
         await self.drop_status(row.id)
@@ -243,9 +243,9 @@ class Lifecycle:
         now = utcnow()
         return await self.cas(
             row.id,
-            ("starting",),
+            (WorkspaceState.STARTING,),
             generation=row.generation,
-            state="running",
+            state=WorkspaceState.RUNNING,
             container_id=endpoint.container_id,
             endpoint=f"{endpoint.host}:{endpoint.port}",
             started_at=now,
@@ -260,9 +260,9 @@ class Lifecycle:
             text += "\nlast output:\n" + "\n".join(logs[-LOG_LINES_IN_REASON:])
         ws = await self.cas(
             row.id,
-            ("starting",),
+            (WorkspaceState.STARTING,),
             generation=row.generation,
-            state="failed",
+            state=WorkspaceState.FAILED,
             state_reason=text[:REASON_LIMIT],
             stopped_at=utcnow(),
         )
@@ -299,7 +299,7 @@ class Lifecycle:
 
     async def clone_at_create(self, ws: Workspace, clone_url: str) -> Workspace:
         """Mark the new workspace as cloning and clone in the background (credentials stay in memory)."""
-        row = await self.cas(ws.id, ("created",), state_reason=CLONING)
+        row = await self.cas(ws.id, (WorkspaceState.CREATED,), state_reason=CLONING)
         if row is None:
             return ws
         done = anyio.Event()
@@ -309,16 +309,23 @@ class Lifecycle:
             try:
                 await self.clone(row, clone_url)
             except DomainError as exc:
-                failed = await self.cas(ws.id, ("created",), state="failed", state_reason=exc.detail[:REASON_LIMIT])
+                failed = await self.cas(
+                    ws.id,
+                    (WorkspaceState.CREATED,),
+                    state=WorkspaceState.FAILED,
+                    state_reason=exc.detail[:REASON_LIMIT],
+                )
                 if failed is not None:
                     await self.publish(failed, "workspace.failed")
             except Exception as exc:
                 log.exception("clone of workspace %s failed unexpectedly", ws.id)
-                failed = await self.cas(ws.id, ("created",), state="failed", state_reason=f"clone failed: {exc}")
+                failed = await self.cas(
+                    ws.id, (WorkspaceState.CREATED,), state=WorkspaceState.FAILED, state_reason=f"clone failed: {exc}"
+                )
                 if failed is not None:
                     await self.publish(failed, "workspace.failed")
             else:
-                ready = await self.cas(ws.id, ("created",), state_reason=None)
+                ready = await self.cas(ws.id, (WorkspaceState.CREATED,), state_reason=None)
                 if ready is not None:
                     await self.publish(ready, "workspace.cloned")
             finally:
@@ -337,10 +344,10 @@ class Lifecycle:
 
     async def stop_row(self, ws: Workspace, *, reason: str) -> Workspace:
         """Stop a workspace row (no visibility check)."""
-        row = await self.cas(ws.id, STOPPABLE, bump=True, state="stopping", state_reason=reason)
+        row = await self.cas(ws.id, STOPPABLE, bump=True, state=WorkspaceState.STOPPING, state_reason=reason)
         if row is None:
             current = await self.row(ws.id)
-            if current.state in ("stopped", "created"):
+            if current.state in (WorkspaceState.STOPPED, WorkspaceState.CREATED):
                 return current
             raise Conflict(f"the workspace is {current.state}", code="workspace_busy", state=current.state)
         await self.drop_status(row.id)
@@ -352,9 +359,9 @@ class Lifecycle:
         except DomainError as exc:
             failed = await self.cas(
                 row.id,
-                ("stopping",),
+                (WorkspaceState.STOPPING,),
                 generation=row.generation,
-                state="failed",
+                state=WorkspaceState.FAILED,
                 state_reason=f"could not stop: {exc.detail}"[:REASON_LIMIT],
             )
             if failed is not None:
@@ -362,9 +369,9 @@ class Lifecycle:
             raise
         final = await self.cas(
             row.id,
-            ("stopping",),
+            (WorkspaceState.STOPPING,),
             generation=row.generation,
-            state="stopped",
+            state=WorkspaceState.STOPPED,
             stopped_at=utcnow(),
             exit_code=exit_code,
         )
@@ -415,7 +422,7 @@ class Lifecycle:
         async with self._sessionmaker() as session:
             await session.execute(
                 update(Workspace)
-                .where(Workspace.id == workspace_id, Workspace.state == "running")
+                .where(Workspace.id == workspace_id, Workspace.state == WorkspaceState.RUNNING)
                 .values(last_activity_at=utcnow(), last_activity_source=source)
             )
             await session.commit()
@@ -423,6 +430,6 @@ class Lifecycle:
 
 def uptime_seconds(ws: Workspace, now: datetime | None = None) -> float | None:
     """Seconds since the workspace started running (None unless running)."""
-    if ws.state != "running" or ws.started_at is None:
+    if ws.state != WorkspaceState.RUNNING or ws.started_at is None:
         return None
     return round(((now or utcnow()) - ws.started_at).total_seconds(), 3)

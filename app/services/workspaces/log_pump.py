@@ -30,7 +30,7 @@ from sqlalchemy import select
 from app.db import SessionMaker
 from app.errors import DomainError
 from app.events import workspace_logs_topic
-from app.models import Workspace
+from app.models import Workspace, WorkspaceState
 from app.services.runtime.base import LogLine
 from app.services.runtime.common import unix_from_iso
 from app.services.workspaces.lifecycle import Lifecycle
@@ -204,7 +204,7 @@ class LogPumps:
 
     async def _pump(self, workspace_id: str) -> None:
         ws = await self.lifecycle.row(workspace_id)
-        if ws.state != "running":
+        if ws.state != WorkspaceState.RUNNING:
             return
         runtime = await self.lifecycle.engines.for_workspace(ws)
         topic = workspace_logs_topic(workspace_id)
@@ -243,7 +243,9 @@ class LogPumps:
         """Renew this process's leases, end pumps of workspaces no longer running, start missing ones."""
         await self._renew_leases()
         async with self._sessionmaker() as session:
-            running = set((await session.scalars(select(Workspace.id).where(Workspace.state == "running"))).all())
+            running = set(
+                (await session.scalars(select(Workspace.id).where(Workspace.state == WorkspaceState.RUNNING))).all()
+            )
         for wid in list(self.pumps):
             if wid not in running:
                 self.stop(wid)

@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 
 from app import metrics
 from app.db import SessionMaker
-from app.models import Workspace
-from app.services.workspaces.records import STATES
+from app.models import STORED_STATES, Workspace
 
 CHECK_TIMEOUT = 3.0
 
@@ -41,7 +40,7 @@ async def _workspaces(sessionmaker: SessionMaker) -> None:
             counts = await count_workspaces(sessionmaker)
     except Exception:  # database down: keep the last values; codehub_dependency_up says why
         return
-    metrics.set_workspace_counts(counts, STATES)
+    metrics.set_workspace_counts(counts, STORED_STATES)
 
 
 async def refresh(sessionmaker: SessionMaker, checks: Mapping[str, Callable[[], Awaitable[object]]]) -> None:

@@ -12,7 +12,7 @@ import msgspec
 
 from app.errors import DomainError, Unprocessable
 from app.events import workspace_exec_topic
-from app.models import Workspace, new_id, utcnow
+from app.models import Workspace, WorkspaceState, new_id, utcnow
 from app.services.auth.users import Principal
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, LogLine, WorkspaceNotRunning
 from app.services.runtime.common import ide_healthy
@@ -31,7 +31,7 @@ class WorkspaceOps:
 
     async def _running(self, principal: Principal, workspace_id: str) -> Workspace:
         ws = await self.lifecycle.workspaces.get(principal, workspace_id)
-        if ws.state != "running":
+        if ws.state != WorkspaceState.RUNNING:
             raise WorkspaceNotRunning(f"the workspace is {ws.state}, not running", state=ws.state)
         return ws
 
@@ -61,7 +61,7 @@ class WorkspaceOps:
             "idle_timeout_s": settings.idle_timeout or None,
             "idle_stop_at": None,
         }
-        if ws.state != "running":
+        if ws.state != WorkspaceState.RUNNING:
             return body
         since = ws.last_activity_at or ws.started_at
         if settings.idle_timeout and since is not None:

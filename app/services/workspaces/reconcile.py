@@ -21,10 +21,10 @@ from sqlalchemy import select
 
 from app.errors import Conflict, DomainError
 from app.events import ADMIN_TOPIC
-from app.models import Workspace, utcnow
+from app.models import Workspace, WorkspaceState, utcnow
 from app.services.runtime.base import RuntimeState, WorkspaceRuntime
 from app.services.runtime.common import ide_healthy
-from app.services.workspaces.lifecycle import HEARTBEAT_EVERY, STALE_AFTER, Lifecycle
+from app.services.workspaces.lifecycle import CLONING, HEARTBEAT_EVERY, STALE_AFTER, Lifecycle
 
 log = logging.getLogger(__name__)
 CLEAN_EXITS = (0, 143)
@@ -111,22 +111,23 @@ class Reconciler:
         """Bring one row in line with what the engine says of its container."""
         lifecycle = self.lifecycle
         age = (utcnow() - ws.updated_at).total_seconds()
-        if ws.state == "running":
+        if ws.state == WorkspaceState.RUNNING:
             if state is None:
-                await self._finish(ws, "running", "stopped", "the container was removed outside the hub", None)
+                removed = "the container was removed outside the hub"
+                await self._finish(ws, WorkspaceState.RUNNING, WorkspaceState.STOPPED, removed, None)
             elif not state.running:
                 full = await runtime.inspect(ws.id) or state
-                await self._finish(ws, "running", *_exit_outcome(full))
-        elif ws.state == "starting":
+                await self._finish(ws, WorkspaceState.RUNNING, *_exit_outcome(full))
+        elif ws.state == WorkspaceState.STARTING:
             if ws.id in lifecycle.starts or age < self.settings.start_timeout + STALE_AFTER + HEARTBEAT_EVERY:
                 return
             await self._stale_start(ws, state, runtime)
-        elif ws.state == "stopping":
+        elif ws.state == WorkspaceState.STOPPING:
             if age < self.settings.stop_grace + 30:
                 return
             code = await runtime.stop(ws.id, grace=self.settings.stop_grace)
-            await self._finish(ws, "stopping", "stopped", ws.state_reason or "stopped", code)
-        elif state is not None and state.running and ws.state_reason != "cloning":
+            await self._finish(ws, WorkspaceState.STOPPING, WorkspaceState.STOPPED, ws.state_reason or "stopped", code)
+        elif state is not None and state.running and ws.state_reason != CLONING:
             async with self._sessionmaker() as session:
                 now = await session.get(Workspace, ws.id, populate_existing=True)
             if now is None or now.generation != ws.generation:
@@ -148,9 +149,13 @@ class Reconciler:
                 return
         if state is not None:
             await runtime.remove(ws.id, container_id=state.container_id)
-        await self._finish(ws, "starting", "failed", "the hub stopped during the start; start it again", None)
+        await self._finish(
+            ws, WorkspaceState.STARTING, WorkspaceState.FAILED, "the hub stopped during the start; start it again", None
+        )
 
-    async def _finish(self, ws: Workspace, expected: str, state: str, reason: str, exit_code: int | None) -> None:
+    async def _finish(
+        self, ws: Workspace, expected: WorkspaceState, state: WorkspaceState, reason: str, exit_code: int | None
+    ) -> None:
         row = await self.lifecycle.cas(
             ws.id,
             (expected,),
@@ -168,7 +173,7 @@ class Reconciler:
         """An engine event for a workspace: re-check its row if it is supposed to run."""
         async with self._sessionmaker() as session:
             ws = await session.get(Workspace, workspace_id)
-        if ws is None or ws.state != "running":
+        if ws is None or ws.state != WorkspaceState.RUNNING:
             return
         await self.check(ws, await runtime.inspect(workspace_id), runtime)
 
@@ -212,7 +217,7 @@ class Reconciler:
         warning = min(self.settings.idle_warning, timeout)
         now = utcnow()
         async with self._sessionmaker() as session:
-            rows = list(await session.scalars(select(Workspace).where(Workspace.state == "running")))
+            rows = list(await session.scalars(select(Workspace).where(Workspace.state == WorkspaceState.RUNNING)))
         for ws in rows:
             last = ws.last_activity_at or ws.started_at or ws.updated_at
             idle_for = (now - last).total_seconds()
@@ -244,11 +249,11 @@ class Reconciler:
             await anyio.sleep(step)
 
 
-def _exit_outcome(state: RuntimeState) -> tuple[str, str, int | None]:
+def _exit_outcome(state: RuntimeState) -> tuple[WorkspaceState, str, int | None]:
     """(state, reason, exit code) for a container that stopped on its own."""
     code = state.exit_code
     if state.oom_killed:
-        return "failed", f"the IDE ran out of memory (exit code {code})", code
+        return WorkspaceState.FAILED, f"the IDE ran out of memory (exit code {code})", code
     if code in CLEAN_EXITS:
-        return "stopped", f"the IDE exited (code {code})", code
-    return "failed", f"the IDE exited with code {code}", code
+        return WorkspaceState.STOPPED, f"the IDE exited (code {code})", code
+    return WorkspaceState.FAILED, f"the IDE exited with code {code}", code

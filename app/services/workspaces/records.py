@@ -19,14 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import SessionMaker
 from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.events import EventPublisher, lifecycle_topics
-from app.models import Server, Workspace, utcnow
+from app.models import STORED_STATES, Server, Workspace, WorkspaceState, utcnow
 from app.services.auth.users import Principal
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-STATES = ("created", "starting", "running", "stopping", "stopped", "failed")
 
 
 def workspace_event_data(ws: Workspace, **extra: Any) -> dict[str, Any]:
@@ -160,9 +158,9 @@ class WorkspaceService:
         """
         if all_users and not principal.is_admin:
             raise Forbidden("only admins may list all workspaces")
-        bad = [s for s in states if s not in STATES]
+        bad = [s for s in states if s not in STORED_STATES]
         if bad:
-            raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STATES)}", code="bad_state")
+            raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STORED_STATES)}", code="bad_state")
         params: dict[str, Any] = {"owner": principal.user_id, "states": list(states), "limit": limit + 1}
         if cursor:
             params["created"], params["ws_id"] = _decode_cursor(cursor)
@@ -262,7 +260,7 @@ class WorkspaceService:
                 server_id=server_id,
                 cpu=cpu or self._settings.default_cpu,
                 memory_mb=memory_mb or self._settings.default_memory_mb,
-                state="created",
+                state=WorkspaceState.CREATED,
             )
             session.add(ws)
             try:
@@ -311,6 +309,6 @@ class WorkspaceService:
                 await session.delete(row)
                 await session.commit()
         self.changed(ws.owner_id)
-        ws.state = "deleted"
+        ws.state = WorkspaceState.DELETED
         await publish_lifecycle(self._events, ws, "workspace.deleted")
         return ws

@@ -10,13 +10,13 @@ from sqlalchemy.exc import IntegrityError
 from app.db import SessionMaker
 from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.events import EventPublisher
-from app.models import Server, Workspace, utcnow
+from app.models import Server, Workspace, WorkspaceState, utcnow
 from app.services.runtime.base import EngineInfo
 from app.services.runtime.engines import Engines
 from app.services.workspaces.records import publish_lifecycle
 
-ACTIVE_STATES = ("starting", "running", "stopping")
-PLACEABLE_STATES = ("created", "stopped", "failed")
+ACTIVE_STATES = (WorkspaceState.STARTING, WorkspaceState.RUNNING, WorkspaceState.STOPPING)
+PLACEABLE_STATES = (WorkspaceState.CREATED, WorkspaceState.STOPPED, WorkspaceState.FAILED)
 
 
 @dataclass(slots=True)

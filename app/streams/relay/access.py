@@ -20,7 +20,7 @@ import anyio
 
 from app.db import SessionMaker
 from app.errors import DomainError
-from app.models import Workspace
+from app.models import Workspace, WorkspaceState
 from app.services.auth.users import TOKEN_PREFIX, Principal
 from app.settings import Settings
 
@@ -36,10 +36,12 @@ class Route:
     def __init__(self, ws: Workspace | None, workspace_id: str) -> None:
         self.id = workspace_id
         self.owner_id = ws.owner_id if ws else None
-        self.state = ws.state if ws else "deleted"
+        self.state = ws.state if ws else WorkspaceState.DELETED
         self.reason = ws.state_reason if ws else None
         self.name = ws.name if ws else ""
-        self.endpoint = parse_endpoint(ws.endpoint) if ws and ws.state == "running" and ws.endpoint else None
+        self.endpoint = (
+            parse_endpoint(ws.endpoint) if ws and ws.state == WorkspaceState.RUNNING and ws.endpoint else None
+        )
         self.loaded_at = time.monotonic()
 
     @property

@@ -26,6 +26,7 @@ import anyio
 
 from app.errors import DomainError
 from app.events import ADMIN_TOPIC
+from app.models import WorkspaceState
 from app.services.audit.log import AuditEntry
 from app.services.auth.users import Principal
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
@@ -270,11 +271,11 @@ class Relay:
         if not navigation:
             await pages.not_running(send, route.state)
             return
-        if route.state == "failed":
+        if route.state == WorkspaceState.FAILED:
             await pages.failed(send, route.id, route.name, route.reason)
             return
         note = ""
-        if route.state in ("stopped", "created"):
+        if route.state in (WorkspaceState.STOPPED, WorkspaceState.CREATED):
             note = await self._auto_start(scope, route, principal)
         await pages.starting(send, route.id, route.name, route.state, note)
 

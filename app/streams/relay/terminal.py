@@ -25,7 +25,7 @@ import anyio
 import msgspec
 
 from app.errors import DomainError
-from app.models import Workspace
+from app.models import Workspace, WorkspaceState
 from app.services.audit.log import AuditEntry
 from app.services.auth.users import Principal
 from app.streams.relay.access import Credentials, header, origin_allowed
@@ -90,7 +90,7 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     except DomainError:
         await deny(scope, send, 404, "no such workspace")
         return
-    if ws.state != "running":
+    if ws.state != WorkspaceState.RUNNING:
         await deny(scope, send, 409, f"the workspace is {ws.state}")
         return
     message = await receive()
