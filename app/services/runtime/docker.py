@@ -22,6 +22,7 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from app import metrics
+from app.models import RuntimeKind
 from app.services.runtime import common, docker_exec
 from app.services.runtime import docker_support as ds
 from app.services.runtime.base import (
@@ -55,6 +56,7 @@ from app.services.runtime.common import (
     resolve_container_user,
     wait_until_ready,
 )
+from app.services.runtime.registry import RuntimeOptions, register_runtime
 
 MIB = 1024 * 1024
 # Root inside the container (images that start as root and drop to a user, like code-server's
@@ -68,7 +70,7 @@ LOG_TAIL_ON_FAILURE = 40
 class DockerRuntime:
     """Workspaces as containers on one Docker engine (``unix://…`` or ``tcp://…``)."""
 
-    kind = "docker"
+    kind: str = RuntimeKind.DOCKER
 
     def __init__(
         self,
@@ -444,3 +446,21 @@ class DockerRuntime:
             api_version=str(version.get("ApiVersion", "")),
             latency_ms=round((time.perf_counter() - begin) * 1000, 2),
         )
+
+
+def docker_for_server(options: RuntimeOptions) -> DockerRuntime:
+    """The runtime of one registered server (a Docker engine at ``Server.docker_url``)."""
+    server, settings = options.server, options.settings
+    if server is None:
+        raise ValueError("a Docker runtime serves one registered server")
+    return DockerRuntime(
+        server.docker_url,
+        public_host=server.public_host,
+        container_user=settings.container_user,
+        pull=settings.pull_images,
+        status_cache=options.cache,
+        status_ttl=settings.status_cache_ttl,
+    )
+
+
+register_runtime(RuntimeKind.DOCKER, docker_for_server, on_servers=True)

@@ -1,9 +1,10 @@
-"""Which runtime serves a workspace: one Docker runtime per registered server, or the local-process runtime.
+"""Which runtime serves a workspace: kinds come from the registry; ``Engines`` opens them and decides.
 
-``Engines`` is entered once for the app's lifetime (in the task that will also leave it). ``boot`` opens the
-local-process runtime, decides the mode (``docker`` when an engine answers or servers are registered, unless
-``CODEHUB_RUNTIME`` says otherwise) and registers the local Docker engine as the default server the first
-time it answers.
+Kinds that run on servers get one runtime per registered server, opened on first use; every other kind
+one runtime for the hub, opened by ``boot``. ``Engines`` is entered once for the app's lifetime (in the task
+that will also leave it). ``boot`` picks the kind new workspaces get (the server kind when an engine answers
+or servers are registered, unless ``CODEHUB_RUNTIME`` names a kind) and registers the local Docker engine as
+the default server the first time it answers.
 """
 
 from __future__ import annotations
@@ -12,23 +13,26 @@ import logging
 import os
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from sqlalchemy import func, select
 
+import app.services.runtime.local  # noqa: F401  (registers the local kind)
 from app.db import SessionMaker
 from app.errors import ServiceUnavailable
-from app.models import Server, Workspace
+from app.models import RuntimeKind, Server, Workspace
 from app.services.runtime.base import WorkspaceRuntime
 from app.services.runtime.cache import MemoryStatusCache, RedisStatusCache, StatusCache
 from app.services.runtime.docker import DockerRuntime
-from app.services.runtime.local import LocalRuntime
+from app.services.runtime.registry import RuntimeOptions, registered_runtimes, runtime_entry
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/var/run/docker.sock"
 LOCAL_SERVER_NAME = "local"
+SERVER_KIND: str = RuntimeKind.DOCKER  # registered servers are Docker engines (``Server.docker_url``)
+HUB_KIND: str = RuntimeKind.LOCAL  # what new workspaces get while no server is registered
 
 
 def local_docker_url(settings: Settings) -> str | None:
@@ -48,15 +52,15 @@ def make_status_cache(settings: Settings, redis: Any) -> StatusCache:
 
 
 class Engines:
-    """Runtimes by server id, opened on first use and closed when the app stops."""
+    """The runtimes of every kind, the kind new workspaces get, and which runtime serves a workspace."""
 
     def __init__(self, settings: Settings, sessionmaker: SessionMaker, cache: StatusCache) -> None:
         self.settings = settings
         self.cache = cache
-        self.mode: Literal["docker", "local"] = "local"
-        self.local: LocalRuntime | None = None
+        self.default_kind = HUB_KIND
         self._sessionmaker = sessionmaker
-        self._docker: dict[str, DockerRuntime] = {}
+        self._hub_runtimes: dict[str, WorkspaceRuntime] = {}
+        self._server_runtimes: dict[str, WorkspaceRuntime] = {}
         self._stack = AsyncExitStack()
         self._lock = anyio.Lock()
 
@@ -67,21 +71,18 @@ class Engines:
     async def __aexit__(self, *exc: object) -> None:
         # No shield around the stack: the local runtime's task group must be left from its own scope.
         await self._stack.aclose()
-        self._docker.clear()
+        self._server_runtimes.clear()
+        self._hub_runtimes.clear()
 
     async def boot(self) -> None:
-        """Open the local runtime, pick the mode, register the local Docker engine once it answers."""
+        """Open the hub-wide runtimes, pick the default kind, register the local Docker engine once it answers."""
         settings = self.settings
-        self.local = await self._stack.enter_async_context(
-            LocalRuntime(
-                settings.data_dir.resolve() / "run",
-                settings.local_ide_command,
-                status_cache=self.cache,
-                status_ttl=settings.status_cache_ttl,
-            )
-        )
-        if settings.runtime == "local":
-            self.mode = "local"
+        for entry in registered_runtimes():
+            if not entry.on_servers:
+                runtime = entry.factory(RuntimeOptions(settings, self.cache))
+                self._hub_runtimes[entry.kind] = await self._stack.enter_async_context(runtime)
+        if settings.runtime not in ("auto", SERVER_KIND):
+            self.default_kind = runtime_entry(settings.runtime).kind
             return
         url = local_docker_url(settings)
         if url:
@@ -93,8 +94,8 @@ class Engines:
                 log.warning("no Docker engine answers at %s: %s", url, info.error)
         async with self._sessionmaker() as session:
             servers = await session.scalar(select(func.count(Server.id)).where(Server.enabled.is_(True)))
-        self.mode = "docker" if settings.runtime == "docker" or servers else "local"
-        log.info("workspaces run as %s (%d Docker servers registered)", self.mode, servers or 0)
+        self.default_kind = SERVER_KIND if settings.runtime == SERVER_KIND or servers else HUB_KIND
+        log.info("workspaces run as %s (%d Docker servers registered)", self.default_kind, servers or 0)
 
     async def _register_local_server(self, url: str) -> None:
         async with self._sessionmaker() as session:
@@ -108,51 +109,69 @@ class Engines:
             await session.commit()
         log.info("registered the local Docker engine %s as server %r", url, name)
 
-    async def for_server(self, server_id: str) -> DockerRuntime:
-        """The Docker runtime of a registered server (503 if the server is gone)."""
-        runtime = self._docker.get(server_id)
+    # -- decisions -----------------------------------------------------------------------------------------
+
+    @property
+    def server_kind(self) -> str:
+        """The kind of the runtimes on registered servers (what a workspace placed on one runs as)."""
+        return SERVER_KIND
+
+    def needs_server(self, kind: str) -> bool:
+        """True when workspaces of ``kind`` are placed on a server."""
+        return runtime_entry(kind).on_servers
+
+    def new_workspaces_need_server(self) -> bool:
+        """True when a workspace created now must be placed on a server."""
+        return self.needs_server(self.default_kind)
+
+    def kind_to_start(self, ws: Workspace) -> str:
+        """The kind ``ws`` starts as: the one it ran as, the server kind when placed, else the default."""
+        if ws.runtime:
+            return ws.runtime
+        return self.server_kind if ws.server_id else self.default_kind
+
+    def server_added(self) -> None:
+        """A server was registered: new workspaces go to servers unless a hub-wide kind was configured."""
+        if self.settings.runtime in ("auto", SERVER_KIND):
+            self.default_kind = SERVER_KIND
+
+    # -- runtimes ------------------------------------------------------------------------------------------
+
+    async def for_server(self, server_id: str) -> WorkspaceRuntime:
+        """The runtime of a registered server (503 if the server is gone)."""
+        runtime = self._server_runtimes.get(server_id)
         if runtime is not None:
             return runtime
         async with self._lock:
-            runtime = self._docker.get(server_id)
+            runtime = self._server_runtimes.get(server_id)
             if runtime is not None:
                 return runtime
             async with self._sessionmaker() as session:
                 server = await session.get(Server, server_id)
             if server is None:
                 raise ServiceUnavailable(f"server {server_id} is not registered", code="server_gone")
-            runtime = DockerRuntime(
-                server.docker_url,
-                public_host=server.public_host,
-                container_user=self.settings.container_user,
-                pull=self.settings.pull_images,
-                status_cache=self.cache,
-                status_ttl=self.settings.status_cache_ttl,
-            )
+            runtime = runtime_entry(self.server_kind).factory(RuntimeOptions(self.settings, self.cache, server))
             await self._stack.enter_async_context(runtime)
-            self._docker[server_id] = runtime
+            self._server_runtimes[server_id] = runtime
             return runtime
 
     async def forget(self, server_id: str) -> None:
         """Drop a deleted server's runtime (its client is closed with the others at shutdown)."""
-        self._docker.pop(server_id, None)
-
-    def kind_for_new(self) -> Literal["docker", "local"]:
-        """Runtime kind a workspace started now gets."""
-        return self.mode
+        self._server_runtimes.pop(server_id, None)
 
     async def for_workspace(self, ws: Workspace) -> WorkspaceRuntime:
         """The runtime that runs (or will run) ``ws``."""
-        kind = ws.runtime or self.mode
-        if kind == "local":
-            assert self.local is not None, "Engines.boot() has not run"
-            return self.local
+        kind = ws.runtime or self.default_kind
+        if not self.needs_server(kind):
+            runtime = self._hub_runtimes.get(kind)
+            assert runtime is not None, "Engines.boot() has not run"
+            return runtime
         if ws.server_id is None:
             raise ServiceUnavailable("the workspace is not placed on a server", code="not_placed")
         return await self.for_server(ws.server_id)
 
     async def all_runtimes(self) -> list[tuple[str | None, WorkspaceRuntime]]:
-        """(server id, runtime) of every enabled server plus (None, local runtime)."""
+        """(server id, runtime) of every enabled server plus (None, runtime) of each hub-wide kind."""
         async with self._sessionmaker() as session:
             ids = list(await session.scalars(select(Server.id).where(Server.enabled.is_(True))))
         found: list[tuple[str | None, WorkspaceRuntime]] = []
@@ -161,6 +180,5 @@ class Engines:
                 found.append((server_id, await self.for_server(server_id)))
             except ServiceUnavailable:
                 continue
-        if self.local is not None:
-            found.append((None, self.local))
+        found.extend((None, runtime) for runtime in self._hub_runtimes.values())
         return found

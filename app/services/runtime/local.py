@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from app.models import RuntimeKind
 from app.services.runtime import local_exec
 from app.services.runtime import local_support as ls
 from app.services.runtime.base import (
@@ -54,6 +55,7 @@ from app.services.runtime.common import (
 )
 from app.services.runtime.docker_exec import DEFAULT_SHELL
 from app.services.runtime.local_logs import MAX_LOG_FILE, follow_log_file, read_log_file
+from app.services.runtime.registry import RuntimeOptions, register_runtime
 
 
 class _Proc:
@@ -81,7 +83,7 @@ class _Proc:
 class LocalRuntime:
     """Workspaces as local processes. Enter it (``async with``) once; leaving stops every IDE."""
 
-    kind = "local"
+    kind: str = RuntimeKind.LOCAL
 
     def __init__(
         self,
@@ -447,3 +449,17 @@ class LocalRuntime:
     async def info(self) -> EngineInfo:
         """The local engine always answers."""
         return EngineInfo(ok=True, version="local", api_version="", latency_ms=0.0)
+
+
+def local_for_hub(options: RuntimeOptions) -> LocalRuntime:
+    """The hub's one local-process runtime; its state lives in ``<data_dir>/run``."""
+    settings = options.settings
+    return LocalRuntime(
+        settings.data_dir.resolve() / "run",
+        settings.local_ide_command,
+        status_cache=options.cache,
+        status_ttl=settings.status_cache_ttl,
+    )
+
+
+register_runtime(RuntimeKind.LOCAL, local_for_hub)

@@ -157,9 +157,9 @@ class Lifecycle:
             ws = await self.row(ws.id)
         elif ws.state == WorkspaceState.CREATED and ws.state_reason == CLONING:
             raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
-        kind = ws.runtime or ("docker" if ws.server_id else self.engines.kind_for_new())
+        kind = self.engines.kind_to_start(ws)
         server_id = ws.server_id
-        if kind == "docker" and server_id is None:
+        if server_id is None and self.engines.needs_server(kind):
             server_id = await self.servers.choose()
         row = await self.cas(
             ws.id,

@@ -20,10 +20,10 @@ class Provisioning:
     async def place_new(self, server_id: str | None) -> str | None:
         """The server a new workspace goes to, chosen before its row exists.
 
-        The one asked for (checked), else the least loaded when workspaces run on Docker; None for local
-        processes.
+        The one asked for (checked), else the least loaded when new workspaces run on servers; None for a
+        hub-wide runtime (local processes).
         """
-        if server_id is not None or self._engines.mode == "docker":
+        if server_id is not None or self._engines.new_workspaces_need_server():
             return await self._servers.choose(server_id)
         return None
 

@@ -61,11 +61,9 @@ class Reconciler:
         self, server_id: str | None, runtime: WorkspaceRuntime, states: list[RuntimeState]
     ) -> None:
         by_id = {state.workspace_id: state for state in states}
-        query = select(Workspace)
-        if server_id is None:
-            query = query.where(Workspace.runtime == "local")
-        else:
-            query = query.where(Workspace.server_id == server_id, Workspace.runtime == "docker")
+        query = select(Workspace).where(Workspace.runtime == runtime.kind)
+        if server_id is not None:
+            query = query.where(Workspace.server_id == server_id)
         async with self._sessionmaker() as session:
             rows = list(await session.scalars(query))
             known = {ws.id for ws in rows}

@@ -66,7 +66,7 @@ class ServerService:
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"a server named {name!r} exists", code="name_taken") from None
-        self._engines.mode = "docker" if self._engines.settings.runtime != "local" else self._engines.mode
+        self._engines.server_added()
         return ServerLoad(server, 0, 0)
 
     async def loads(self) -> list[ServerLoad]:
@@ -138,7 +138,13 @@ class ServerService:
             result = await session.scalars(
                 update(Workspace)
                 .where(Workspace.id == workspace_id, Workspace.state.in_(PLACEABLE_STATES))
-                .values(server_id=server_id, runtime="docker", container_id=None, endpoint=None, updated_at=utcnow())
+                .values(
+                    server_id=server_id,
+                    runtime=self._engines.server_kind,
+                    container_id=None,
+                    endpoint=None,
+                    updated_at=utcnow(),
+                )
                 .returning(Workspace)
             )
             ws = result.one_or_none()
