@@ -1,6 +1,7 @@
 """The runtime contract: what the lifecycle needs of an engine that runs workspaces.
 
-Modeled on JupyterHub's Spawner (start / stop / poll), widened with status, logs, exec and a TTY hook.
+Modeled on JupyterHub's Spawner (start / stop / inspect), widened with status, logs, exec and a TTY hook.
+The protocol holds what the hub calls; runtimes may offer more (``poll``, ``exec``) for tests and tools.
 One runtime object serves one engine (a Docker host, or this machine's processes) and is keyed by
 workspace id, so it holds no per-workspace state the database does not also know: a hub restarted
 after a crash can poll, stop and remove what it started before.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -224,6 +225,15 @@ class WorkspaceRuntime(Protocol):
     """One engine that runs workspaces. Every method is keyed by workspace id."""
 
     kind: str
+    """The registered kind, stored as ``Workspace.runtime`` for the workspaces it runs."""
+
+    async def __aenter__(self) -> Self:
+        """Open the engine's client (and whatever the runtime supervises)."""
+        ...
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close it."""
+        ...
 
     async def start(
         self, spec: WorkspaceSpec, *, ready_timeout: float = 60.0, progress: Progress | None = None
@@ -237,10 +247,6 @@ class WorkspaceRuntime(Protocol):
 
     async def stop(self, workspace_id: str, *, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code (None if nothing ran)."""
-        ...
-
-    async def poll(self, workspace_id: str) -> int | None:
-        """None while running, else the exit status. Raises ``UnknownWorkspace`` if nothing exists."""
         ...
 
     async def inspect(self, workspace_id: str) -> RuntimeState | None:
@@ -265,10 +271,6 @@ class WorkspaceRuntime(Protocol):
 
     def follow_logs(self, workspace_id: str, *, tail: int = 0, since: float | None = None) -> AsyncIterator[LogLine]:
         """Lines as they are written, until the workspace stops or the consumer leaves."""
-        ...
-
-    async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
-        """Run a command to completion (killed after its timeout), output capped."""
         ...
 
     def exec_stream(self, workspace_id: str, request: ExecRequest) -> AsyncIterator[ExecItem]:
