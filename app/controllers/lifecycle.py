@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -21,7 +20,7 @@ from app.schemas import Body, WorkspaceOut
 from app.services.audit.log import sha256_hex
 from app.services.auth.users import Principal
 from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
-from app.services.workspaces.ops import parse_since
+from app.services.workspaces.ops import WorkspaceStatus, parse_since
 from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
 
 # The route media type (JSON) would win over the stream's own, so the header is set explicitly.
@@ -62,32 +61,6 @@ class LogsOut(msgspec.Struct):
     """The IDE's last output lines."""
 
     lines: list[LogLineOut]
-
-
-class StatusOut(msgspec.Struct, omit_defaults=False):
-    """What a workspace is doing right now and why it is (still) up."""
-
-    id: str
-    state: str
-    reason: str | None
-    server_id: str | None
-    runtime: str | None
-    container_id: str | None
-    started_at: datetime | None
-    stopped_at: datetime | None
-    uptime_s: float | None
-    exit_code: int | None
-    cpu_percent: float | None
-    memory_used_bytes: int | None
-    memory_limit_bytes: int | None
-    pids: int | None
-    sampled_at: str | None
-    ide_healthy: bool | None
-    last_activity_at: datetime | None
-    last_activity_source: str | None
-    idle_timeout_s: float | None
-    idle_stop_at: datetime | None
-    runtime_error: str | None = None
 
 
 def _event_stream(ctx: AppContext, items: AsyncIterator[tuple[str, Any]]) -> Stream:
@@ -214,10 +187,9 @@ class LifecycleController(Controller):
         raise ServiceUnavailable("the command stream ended without an exit status", code="exec_lost")
 
     @get("/status", operation_id="workspaceStatus", responses=error_responses(401, 404, 503))
-    async def status(self, workspace_id: str, ctx: AppContext, principal: Principal) -> StatusOut:
+    async def status(self, workspace_id: str, ctx: AppContext, principal: Principal) -> WorkspaceStatus:
         """State, reason, placement, uptime, CPU/memory/pids (cached briefly), IDE health, last activity."""
-        body = await ctx.workspace_ops.status(principal, workspace_id)
-        return msgspec.convert(body, StatusOut, from_attributes=False, strict=False)
+        return await ctx.workspace_ops.status(principal, workspace_id)
 
     @get("/logs", operation_id="workspaceLogs", responses=error_responses(401, 404, 409, 422, 503))
     async def logs(

@@ -23,6 +23,32 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TAIL = 10_000
 
 
+class WorkspaceStatus(msgspec.Struct, kw_only=True):
+    """What a workspace is doing right now and why it is (still) up; resource numbers only while running."""
+
+    id: str
+    state: str
+    reason: str | None
+    server_id: str | None
+    runtime: str | None
+    container_id: str | None
+    started_at: datetime | None
+    stopped_at: datetime | None
+    uptime_s: float | None
+    exit_code: int | None
+    cpu_percent: float | None = None
+    memory_used_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    pids: int | None = None
+    sampled_at: str | None = None
+    ide_healthy: bool | None = None
+    last_activity_at: datetime | None
+    last_activity_source: str | None
+    idle_timeout_s: float | None
+    idle_stop_at: datetime | None = None
+    runtime_error: str | None = None
+
+
 class WorkspaceOps:
     """Status, logs and exec of a workspace the caller may see."""
 
@@ -35,48 +61,45 @@ class WorkspaceOps:
             raise WorkspaceNotRunning(f"the workspace is {ws.state}, not running", state=ws.state)
         return ws
 
-    async def status(self, principal: Principal, workspace_id: str) -> dict[str, Any]:
+    async def status(self, principal: Principal, workspace_id: str) -> WorkspaceStatus:
         """State, placement, uptime, resource numbers, IDE health and why it is still up."""
         ws = await self.lifecycle.workspaces.get(principal, workspace_id)
-        settings = self.lifecycle.settings
-        body: dict[str, Any] = {
-            "id": ws.id,
-            "state": ws.state,
-            "reason": ws.state_reason,
-            "server_id": ws.server_id,
-            "runtime": ws.runtime,
-            "container_id": ws.container_id,
-            "started_at": ws.started_at,
-            "stopped_at": ws.stopped_at,
-            "uptime_s": uptime_seconds(ws),
-            "exit_code": ws.exit_code,
-            "cpu_percent": None,
-            "memory_used_bytes": None,
-            "memory_limit_bytes": None,
-            "pids": None,
-            "sampled_at": None,
-            "ide_healthy": None,
-            "last_activity_at": ws.last_activity_at,
-            "last_activity_source": ws.last_activity_source,
-            "idle_timeout_s": settings.idle_timeout or None,
-            "idle_stop_at": None,
-        }
+        idle_timeout = self.lifecycle.settings.idle_timeout
+        status = WorkspaceStatus(
+            id=ws.id,
+            state=ws.state,
+            reason=ws.state_reason,
+            server_id=ws.server_id,
+            runtime=ws.runtime,
+            container_id=ws.container_id,
+            started_at=ws.started_at,
+            stopped_at=ws.stopped_at,
+            uptime_s=uptime_seconds(ws),
+            exit_code=ws.exit_code,
+            last_activity_at=ws.last_activity_at,
+            last_activity_source=ws.last_activity_source,
+            idle_timeout_s=float(idle_timeout) if idle_timeout else None,
+        )
         if ws.state != WorkspaceState.RUNNING:
-            return body
+            return status
         since = ws.last_activity_at or ws.started_at
-        if settings.idle_timeout and since is not None:
-            body["idle_stop_at"] = since + timedelta(seconds=settings.idle_timeout)
+        if idle_timeout and since is not None:
+            status.idle_stop_at = since + timedelta(seconds=idle_timeout)
         try:
             runtime = await self.lifecycle.engines.for_workspace(ws)
             numbers = await runtime.status(ws.id)
             endpoint = await runtime.endpoint(ws.id)
         except DomainError as exc:
-            body["ide_healthy"] = False
-            body["runtime_error"] = exc.detail
-            return body
-        body.update(msgspec.structs.asdict(numbers))
-        body["ide_healthy"] = await ide_healthy(endpoint.url)
-        return body
+            status.ide_healthy = False
+            status.runtime_error = exc.detail
+            return status
+        status.cpu_percent = float(numbers.cpu_percent)
+        status.memory_used_bytes = numbers.memory_used_bytes
+        status.memory_limit_bytes = numbers.memory_limit_bytes
+        status.pids = numbers.pids
+        status.sampled_at = numbers.sampled_at
+        status.ide_healthy = await ide_healthy(endpoint.url)
+        return status
 
     async def logs(
         self, principal: Principal, workspace_id: str, *, tail: int = 200, since: float | None = None
