@@ -32,8 +32,9 @@ from app.errors import DomainError
 from app.events import ai_topic
 from app.models import new_id
 from app.schemas import Body
+from app.services.ai.llm import Usage
 from app.services.ai.owners import authorize_follower
-from app.services.ai.service import PING_TYPE, AIJob, AIRequest, Kind
+from app.services.ai.service import PING_TYPE, AIJob, AIRequest, AIResult, Kind, RewriteResult
 from app.services.auth.users import Principal
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
@@ -64,15 +65,6 @@ class RewriteRequest(Body):
     instruction: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
     start_line: Line | None = None
     end_line: Line | None = None
-
-
-class Usage(msgspec.Struct):
-    """Token counts (``estimated`` when the server reported none)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    estimated: bool
 
 
 class ExplainAnswer(msgspec.Struct):
@@ -128,9 +120,9 @@ async def _sse(job: AIJob, ctx: AppContext) -> AsyncIterator[bytes]:
         job.cancel()  # the client went away (or the stream ended): stop the job and the upstream call
 
 
-async def _result(request: Request, job: AIJob) -> tuple[str, dict[str, Any]]:
+async def _result(request: Request, job: AIJob) -> tuple[str, AIResult]:
     """The job's result; the HTTP client disconnecting meanwhile cancels the job (and the upstream call)."""
-    outcome: tuple[str, dict[str, Any]] | DomainError | None = None
+    outcome: tuple[str, AIResult] | DomainError | None = None
 
     async def until_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -224,25 +216,19 @@ class AIController(Controller):
         assert outcome is not None
         return outcome
 
-    async def _answer(self, kind: Kind, request: Request, ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
+    async def _answer(self, request: Request, ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
         if _wants_sse(request):
             headers = {**SSE_HEADERS, "X-AI-Request-Id": job.request_id}
             return Stream(_sse(job, ctx), media_type=MEDIA_TYPE, headers=headers)
         async with job:
             text, done = await _result(request, job)
-        usage = msgspec.convert(done["usage"], Usage)
-        if kind == "explain":
-            answer: Any = ExplainAnswer(job.request_id, text, done["model"], usage)
-        else:
+        answer: ExplainAnswer | RewriteAnswer
+        if isinstance(done, RewriteResult):
             answer = RewriteAnswer(
-                job.request_id,
-                done["path"],
-                done["diff"],
-                done["base_sha256"],
-                done["validation"],
-                done["model"],
-                usage,
+                job.request_id, done.path, done.diff, done.base_sha256, done.validation, done.model, done.usage
             )
+        else:
+            answer = ExplainAnswer(job.request_id, text, done.model, done.usage)
         return Response(answer, headers={"X-AI-Request-Id": job.request_id})
 
     @post(
@@ -261,7 +247,7 @@ class AIController(Controller):
     ) -> Response[Any] | Stream:
         """Explain a file or line range: ``ExplainAnswer`` as JSON, or SSE ``ai.token`` … ``ai.done``."""
         job = await self._start("explain", request, ctx, principal, workspaces, data)
-        return await self._answer("explain", request, ctx, job)
+        return await self._answer(request, ctx, job)
 
     @post(
         "/rewrite",
@@ -279,7 +265,7 @@ class AIController(Controller):
     ) -> Response[Any] | Stream:
         """Rewrite a line range: ``RewriteAnswer`` (diff + base hash) as JSON, or SSE ending in ``ai.done``."""
         job = await self._start("rewrite", request, ctx, principal, workspaces, data)
-        return await self._answer("rewrite", request, ctx, job)
+        return await self._answer(request, ctx, job)
 
     @get(
         "/requests/{request_id:str}/events",

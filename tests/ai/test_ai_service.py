@@ -126,7 +126,7 @@ async def test_result_collects_text_and_done(fake_llm: FakeLLM, tmp_path: Path) 
     (tmp_path / "m.py").write_text("x = 1\n")
     async with harness(fake_llm, tmp_path) as h, await h.start("explain", "m.py") as job:
         text, done = await job.result()
-    assert text == "Hello from the fake model." and done["finish_reason"] == "stop"
+    assert text == "Hello from the fake model." and done.finish_reason == "stop"
 
 
 async def test_secrets_never_reach_the_model(fake_llm: FakeLLM, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from app.errors import BadGateway, DomainError, Unprocessable
 from app.events import EventPublisher, ai_topic
 from app.services.ai.context import CodeContext, build_context
-from app.services.ai.llm import ChatStream, LLMClient, Message
+from app.services.ai.llm import ChatStream, LLMClient, Message, Usage
 from app.services.ai.prompts import explain_messages, rewrite_messages
 from app.services.ai.rewrite import extract_code, replace_range, unified_diff
 from app.services.audit.log import AuditEntry
@@ -54,14 +54,32 @@ PING_TYPE = "ping"
 log = structlog.get_logger("app.ai")
 
 
+class AIResult(msgspec.Struct, kw_only=True):
+    """The data of ``ai.done`` for explain: token usage, the model that answered and why it stopped."""
+
+    usage: Usage
+    model: str
+    finish_reason: str | None
+
+
+class RewriteResult(AIResult, kw_only=True):
+    """``ai.done`` of a rewrite: also the diff against the file as read, its base hash and the validation."""
+
+    path: str
+    diff: str
+    base_sha256: str
+    validation: dict[str, Any] | None
+
+
 @dataclass(slots=True)
 class AIEvent:
-    """One published step of an AI request, with the hub's event id."""
+    """One published step of an AI request, with the hub's event id (``ai.done`` also carries its result)."""
 
     id: str
     type: str
     data: dict[str, Any]
     error: DomainError | None = None
+    result: AIResult | None = None
 
 
 PING = AIEvent("", PING_TYPE, {})  # not published: tells an SSE consumer to send a heartbeat comment
@@ -112,14 +130,14 @@ class AIJob:
     async def __aexit__(self, *exc: object) -> None:
         self.cancel()
 
-    async def result(self) -> tuple[str, dict[str, Any]]:
-        """Wait for the end: the streamed text and the ``ai.done`` data; raises the error of an ``ai.error``."""
+    async def result(self) -> tuple[str, AIResult]:
+        """Wait for the end: the streamed text and the ``ai.done`` result; raises the error of an ``ai.error``."""
         parts: list[str] = []
         async for event in self.events:
             if event.type == "ai.token":
                 parts.append(event.data["text"])
-            elif event.type == "ai.done":
-                return "".join(parts), event.data
+            elif event.type == "ai.done" and event.result is not None:
+                return "".join(parts), event.result
             elif event.type == "ai.error":
                 raise event.error or BadGateway(event.data["detail"], code=event.data["error"])
         raise BadGateway("the AI request ended without a result", code="llm_error")
@@ -133,7 +151,7 @@ class _Run:
     prompt_sha256: str = ""
     response: list[str] = field(default_factory=list)
     outcome: str = ""
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage | None = None
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     last_sent: float = 0.0
@@ -237,11 +255,12 @@ class AIService:
         type_: str,
         data: dict[str, Any],
         error: DomainError | None = None,
+        result: AIResult | None = None,
     ) -> None:
         event_id = await self.events.publish(ai_topic(run.request.request_id), type_, data)
         run.last_sent = anyio.current_time()
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            send.send_nowait(AIEvent(event_id, type_, data, error))  # gone consumer: the topic still has it
+            send.send_nowait(AIEvent(event_id, type_, data, error, result))  # gone consumer: the topic still has it
 
     async def _job(self, run: _Run, *, task_status: TaskStatus[AIJob]) -> None:
         send, receive = anyio.create_memory_object_stream[AIEvent](math.inf)
@@ -337,15 +356,13 @@ class AIService:
                 run, send, "ai.error", {"error": exc.code, "detail": exc.detail, "status": exc.status}, exc
             )
             return
-        await self._publish(run, send, "ai.done", done)
+        await self._publish(run, send, "ai.done", msgspec.to_builtins(done), result=done)
         run.outcome = "ok"
 
-    async def _done(self, run: _Run, ctx: CodeContext, stream: ChatStream) -> dict[str, Any]:
-        usage = msgspec.structs.asdict(stream.usage)
-        run.usage, run.model = usage, stream.model
-        done: dict[str, Any] = {"usage": usage, "model": stream.model, "finish_reason": stream.finish_reason}
+    async def _done(self, run: _Run, ctx: CodeContext, stream: ChatStream) -> AIResult:
+        run.usage, run.model = stream.usage, stream.model
         if run.kind == "explain":
-            return done
+            return AIResult(usage=stream.usage, model=stream.model, finish_reason=stream.finish_reason)
         if stream.finish_reason == "length":
             raise BadGateway(
                 "the model's answer was cut off at CODEHUB_LLM_MAX_TOKENS; select fewer lines",
@@ -358,22 +375,28 @@ class AIService:
         diff = unified_diff(ctx.file.path, ctx.file.content, new_text)
         validation = await self.validate(run.request.root, diff) if self.validate and diff else None
         run.extra = {"diff_sha256": sha256_hex(diff), "diff_bytes": len(diff.encode())}
-        done.update(path=ctx.file.path, diff=diff, base_sha256=ctx.file.sha256, validation=validation)
-        return done
+        return RewriteResult(
+            usage=stream.usage,
+            model=stream.model,
+            finish_reason=stream.finish_reason,
+            path=ctx.file.path,
+            diff=diff,
+            base_sha256=ctx.file.sha256,
+            validation=validation,
+        )
 
     async def _audit(self, run: _Run, ctx: CodeContext) -> None:
         if self.audit is None:
             return
-        request, response = run.request, "".join(run.response)
-        usage = run.usage or {"completion_tokens": len(run.response)}
+        request, response, usage = run.request, "".join(run.response), run.usage
         details = {
             "model": run.model,
             "prompt_sha256": run.prompt_sha256,
             "response_sha256": sha256_hex(response),
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "total_tokens": usage.get("total_tokens"),
-            "usage_estimated": usage.get("estimated", True),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else len(run.response),
+            "total_tokens": usage.total_tokens if usage else None,
+            "usage_estimated": usage.estimated if usage else True,
             "lines": None if ctx.whole_file else [ctx.start_line, ctx.end_line],
             "context_chars": ctx.chars,
             "masked_secrets": ctx.masker.count,
