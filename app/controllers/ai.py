@@ -120,7 +120,7 @@ async def _sse(job: AIJob, ctx: AppContext) -> AsyncIterator[bytes]:
         job.cancel()  # the client went away (or the stream ended): stop the job and the upstream call
 
 
-async def _result(request: Request, job: AIJob) -> tuple[str, AIResult]:
+async def _result(request: Request[Any, Any, Any], job: AIJob) -> tuple[str, AIResult]:
     """The job's result; the HTTP client disconnecting meanwhile cancels the job (and the upstream call)."""
     outcome: tuple[str, AIResult] | DomainError | None = None
 
@@ -216,7 +216,7 @@ class AIController(Controller):
         assert outcome is not None
         return outcome
 
-    async def _answer(self, request: Request, ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
+    async def _answer(self, request: Request[Any, Any, Any], ctx: AppContext, job: AIJob) -> Response[Any] | Stream:
         if _wants_sse(request):
             headers = {**SSE_HEADERS, "X-AI-Request-Id": job.request_id}
             return Stream(_sse(job, ctx), media_type=MEDIA_TYPE, headers=headers)
