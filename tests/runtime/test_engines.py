@@ -1,0 +1,49 @@
+"""The runtime registry and the kind and placement decisions of ``Engines`` (no engine is contacted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.errors import ServiceUnavailable
+from app.models import RuntimeKind, Workspace
+from app.services.runtime.cache import MemoryStatusCache
+from app.services.runtime.docker import DockerRuntime
+from app.services.runtime.engines import Engines
+from app.services.runtime.local import LocalRuntime
+from app.services.runtime.registry import RuntimeOptions, runtime_entry
+from app.settings import Settings
+
+
+def engines(tmp_path: Path, runtime: str = "auto") -> Engines:
+    settings = Settings(data_dir=tmp_path, runtime=runtime)  # type: ignore[arg-type]
+    return Engines(settings, sessionmaker=None, cache=MemoryStatusCache())  # type: ignore[arg-type]
+
+
+def test_docker_and_local_register_themselves(tmp_path: Path) -> None:
+    docker, local = runtime_entry(RuntimeKind.DOCKER), runtime_entry(RuntimeKind.LOCAL)
+    assert docker.on_servers and not local.on_servers
+    options = RuntimeOptions(Settings(data_dir=tmp_path), MemoryStatusCache())
+    assert isinstance(local.factory(options), LocalRuntime)
+    with pytest.raises(ValueError):
+        docker.factory(options)  # a Docker runtime needs its server
+    with pytest.raises(ServiceUnavailable) as caught:
+        runtime_entry("nope")
+    assert caught.value.code == "unknown_runtime"
+    assert DockerRuntime.kind == "docker" and LocalRuntime.kind == "local"
+
+
+def test_kind_and_placement_decisions(tmp_path: Path) -> None:
+    hub = engines(tmp_path)
+    assert hub.default_kind == "local" and not hub.new_workspaces_need_server()
+    assert hub.kind_to_start(Workspace(runtime=None, server_id=None)) == "local"
+    assert hub.kind_to_start(Workspace(runtime=None, server_id="s1")) == "docker"
+    assert hub.kind_to_start(Workspace(runtime="local", server_id="s1")) == "local"
+    assert hub.needs_server("docker") and not hub.needs_server("local")
+    hub.server_added()
+    assert hub.default_kind == "docker" and hub.new_workspaces_need_server()
+
+    pinned = engines(tmp_path, runtime="local")
+    pinned.server_added()
+    assert pinned.default_kind == "local" and not pinned.new_workspaces_need_server()
