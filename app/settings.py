@@ -34,6 +34,7 @@ class SettingDoc:
 
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+WorkspaceEgress = Literal["open", "none"]
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -52,6 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     container_user: str = "auto"
     pull_images: bool = False
     workspace_command: str = ""
+    workspace_egress: WorkspaceEgress = "open"
     stop_grace: Seconds = 10.0
     exec_max_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     exec_max_output_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4_194_304
@@ -138,6 +140,8 @@ SETTING_HELP: dict[str, str] = {
     "container_user": "uid:gid workspace containers run as; auto = the hub's (1000:1000 if root); image = image's.",
     "pull_images": "Pull a missing workspace image on start (with progress events); off = fail with a reason.",
     "workspace_command": "Container command (shell words) replacing the image's CMD; empty = image default.",
+    "workspace_egress": "Docker workspaces' outbound traffic: open, or none (an internal network: nothing is routed "
+    "beyond the engine's host; needs the engine on the hub's machine). Workspaces never reach one another.",
     "stop_grace": "Seconds a stopping IDE gets after SIGTERM before SIGKILL.",
     "exec_max_timeout": "Largest timeout_s an execute request may ask for.",
     "exec_max_output_bytes": "Most output (stdout+stderr bytes) an execute request returns; the rest is cut.",

@@ -2,8 +2,10 @@
 
 Hardening: no privileged mode, every capability dropped but ``IDE_CAPABILITIES``, ``no-new-privileges``,
 CPU / memory (no extra swap) / pids limits, no restart policy (the hub owns the lifecycle), rotated
-json-file logs. The IDE port is published on the loopback address of a local engine (or the server's
-address for a remote one) with a host port the engine picks.
+json-file logs. Network isolation (``docker_network``): every container joins the hub's bridge with
+inter-container traffic off, internal for ``CODEHUB_WORKSPACE_EGRESS=none``; the IDE port is published on
+the loopback address of a local engine (or the server's address for a remote one, never on every address)
+with a host port the engine picks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiodocker.exceptions import DockerError
 from app import metrics
 from app.models import RuntimeKind
 from app.services.runtime import common, docker_exec
+from app.services.runtime import docker_network as dn
 from app.services.runtime import docker_support as ds
 from app.services.runtime.base import (
     LABEL_HUB,
@@ -57,6 +60,7 @@ from app.services.runtime.common import (
     wait_until_ready,
 )
 from app.services.runtime.registry import RuntimeOptions, register_runtime
+from app.settings import WorkspaceEgress
 
 MIB = 1024 * 1024
 # Root inside the container (images that start as root and drop to a user, like code-server's
@@ -81,6 +85,7 @@ class DockerRuntime:
         pull: bool = False,
         status_cache: StatusCache | None = None,
         status_ttl: float = DEFAULT_TTL,
+        egress: WorkspaceEgress = "open",
     ) -> None:
         self.docker_url = docker_url
         self._user = resolve_container_user(container_user)
@@ -88,7 +93,9 @@ class DockerRuntime:
         self._cache = status_cache
         self._status_ttl = status_ttl
         self._docker: aiodocker.Docker | None = None
-        self.endpoint_host, self._bind_ip = ds.publish_address(docker_url, public_host)
+        self.endpoint_host, self._publish_host = ds.publish_address(docker_url, public_host)
+        self._on_engine_host = ds.is_loopback(self.endpoint_host)
+        self._networks = dn.WorkspaceNetworks(egress)
 
     async def __aenter__(self) -> DockerRuntime:
         self._docker = aiodocker.Docker(url=self.docker_url, timeout=aiohttp.ClientTimeout(total=120, connect=10))
@@ -107,9 +114,10 @@ class DockerRuntime:
             raise RuntimeError("DockerRuntime used outside `async with`")
         return self._docker
 
-    def container_config(self, spec: WorkspaceSpec) -> dict[str, Any]:
-        """The engine's create-container body for a workspace."""
+    def container_config(self, spec: WorkspaceSpec, *, network: str, publish_ip: str) -> dict[str, Any]:
+        """The engine's create-container body for a workspace on ``network``, publishing on ``publish_ip``."""
         port = f"{spec.ide_port}/tcp"
+        published = {} if self._networks.egress == "none" else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
         config: dict[str, Any] = {
             "Image": spec.image,
             "Hostname": spec.id,
@@ -119,7 +127,8 @@ class DockerRuntime:
             "ExposedPorts": {port: {}},
             "HostConfig": {
                 "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
-                "PortBindings": {port: [{"HostIp": self._bind_ip, "HostPort": ""}]},
+                "NetworkMode": network,
+                "PortBindings": published,
                 "NanoCpus": int(spec.cpu * 1e9),
                 "Memory": spec.memory_mb * MIB,
                 "MemorySwap": spec.memory_mb * MIB,
@@ -142,6 +151,11 @@ class DockerRuntime:
         self, spec: WorkspaceSpec, *, ready_timeout: float = 60.0, progress: Progress | None = None
     ) -> Endpoint:
         """Create and start the container (replacing a leftover), then wait for the IDE's HTTP."""
+        if self._networks.egress == "none" and not self._on_engine_host:
+            raise StartFailed(
+                "CODEHUB_WORKSPACE_EGRESS=none needs the Docker engine on the hub's machine: the hub dials the "
+                f"IDE on the container's internal network, which {self.docker_url} does not route to it"
+            )
         await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.workspace_dir), self._user)
         await self._drop_status(spec.id)
         with ds.engine_errors(self.docker_url):
@@ -183,9 +197,11 @@ class DockerRuntime:
                 raise
 
     async def _create(self, spec: WorkspaceSpec, progress: Progress | None) -> Any:
-        config = self.container_config(spec)
         name = container_name(spec.id)
+        publish_ip = await dn.publish_ip(self._publish_host)
         for attempt in range(3):
+            network = await self._networks.ensure(self.docker, spec.hub_id)
+            config = self.container_config(spec, network=network, publish_ip=publish_ip)
             try:
                 with metrics.docker_call("create"):
                     return await self.docker.containers.create(config, name=name)
@@ -193,44 +209,19 @@ class DockerRuntime:
                 if exc.status == 409 and attempt < 2:
                     await self._delete_quietly(name)
                     continue
+                if exc.status == 404 and network in exc.message and attempt < 2:
+                    self._networks.forget(network)
+                    continue
                 if exc.status == 404 and "image" in exc.message.lower():
                     if not self._pull or attempt:
                         raise ImageNotFound(ds.missing_image(spec.image, self._pull)) from exc
-                    await self._pull_image(spec.image, progress)
+                    await ds.pull_image(self.docker, spec.image, progress)
                     continue
                 raise StartFailed(f"Docker refused to create the container: {exc.message}") from exc
         raise StartFailed(f"container name {name} stays taken")
 
-    async def _pull_image(self, image: str, progress: Progress | None) -> None:
-        last = 0.0
-        try:
-            with metrics.docker_call("pull"):
-                async for item in self.docker.images.pull(image, stream=True):
-                    now = time.monotonic()
-                    if progress and now - last >= 0.5:
-                        last = now
-                        await progress(
-                            "pull",
-                            {
-                                "image": image,
-                                "status": item.get("status", ""),
-                                "layer": item.get("id", ""),
-                                "detail": item.get("progressDetail", {}),
-                            },
-                        )
-        except DockerError as exc:
-            raise ImageNotFound(
-                f"image {image} is not on this Docker host and pulling it failed: {exc.message}"
-            ) from exc
-        if progress:
-            await progress("pull", {"image": image, "status": "done"})
-
     def _endpoint_of(self, info: dict[str, Any], ide_port: int) -> Endpoint:
-        ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
-        bindings = ports.get(f"{ide_port}/tcp") or []
-        if not bindings:
-            raise WorkspaceNotRunning(f"container {info.get('Name', '')} publishes no IDE port")
-        return Endpoint(self.endpoint_host, int(bindings[0]["HostPort"]), info["Id"])
+        return dn.ide_endpoint(info, ide_port, self.endpoint_host, self._on_engine_host)
 
     async def _tail_text(self, container: Any, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
         try:
@@ -460,6 +451,7 @@ def docker_for_server(options: RuntimeOptions) -> DockerRuntime:
         pull=settings.pull_images,
         status_cache=options.cache,
         status_ttl=settings.status_cache_ttl,
+        egress=settings.workspace_egress,
     )
 
 

@@ -1,22 +1,27 @@
-"""Parsing and small policies of the Docker runtime: engine answers → runtime structs, publish address."""
+"""Parsing and small policies of the Docker runtime: engine answers → runtime structs, publish address, pulls."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
+import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from app import metrics
 from app.services.runtime.base import (
     LABEL_HUB,
     LABEL_OWNER,
     LABEL_WORKSPACE,
+    ImageNotFound,
     LogLine,
+    Progress,
     ResourceStatus,
     RuntimeState,
     RuntimeUnavailable,
@@ -40,21 +45,55 @@ def engine_errors(url: str) -> Iterator[None]:
 
 
 def publish_address(docker_url: str, public_host: str | None) -> tuple[str, str]:
-    """(host the hub dials, host IP the port is published on) for an engine."""
+    """(host the hub dials, host the IDE port is published on) for an engine.
+
+    Loopback for a local engine, else the address the hub dials (``public_host``, or the engine URL's
+    host): never every address, so a workspace port is only open where the hub needs it.
+    """
     if public_host:
-        return public_host, public_host if is_ip(public_host) else "0.0.0.0"
+        return public_host, public_host
     if docker_url.startswith(("tcp://", "http://", "https://")):
         host = urlparse(docker_url).hostname or "127.0.0.1"
-        return host, host if is_ip(host) else "0.0.0.0"
+        return host, host
     return "127.0.0.1", "127.0.0.1"
 
 
 def is_ip(value: str) -> bool:
+    """True when ``value`` is an IPv4 or IPv6 address (not a name)."""
     try:
         ipaddress.ip_address(value)
         return True
     except ValueError:
         return False
+
+
+def is_loopback(value: str) -> bool:
+    """True when ``value`` is a loopback IP address."""
+    return is_ip(value) and ipaddress.ip_address(value).is_loopback
+
+
+async def pull_image(docker: aiodocker.Docker, image: str, progress: Progress | None) -> None:
+    """Pull ``image``, reporting progress at most twice a second; ``ImageNotFound`` when that fails."""
+    last = 0.0
+    try:
+        with metrics.docker_call("pull"):
+            async for item in docker.images.pull(image, stream=True):
+                now = time.monotonic()
+                if progress and now - last >= 0.5:
+                    last = now
+                    await progress(
+                        "pull",
+                        {
+                            "image": image,
+                            "status": item.get("status", ""),
+                            "layer": item.get("id", ""),
+                            "detail": item.get("progressDetail", {}),
+                        },
+                    )
+    except DockerError as exc:
+        raise ImageNotFound(f"image {image} is not on this Docker host and pulling it failed: {exc.message}") from exc
+    if progress:
+        await progress("pull", {"image": image, "status": "done"})
 
 
 def missing_image(image: str, pull: bool) -> str:
