@@ -24,7 +24,7 @@ from app.services.runtime.base import (
 from app.services.runtime.cache import MemoryStatusCache
 from app.services.runtime.common import resolve_container_user
 from app.services.runtime.docker import IDE_CAPABILITIES, DockerRuntime
-from tests.runtime.conftest import new_workspace_id
+from tests.runtime.conftest import make_spec
 from tests.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
 pytestmark = pytest.mark.anyio
@@ -37,24 +37,6 @@ async def runtime() -> AsyncIterator[DockerRuntime]:
     url = need_docker(TEST_IMAGE)
     async with DockerRuntime(url, status_cache=MemoryStatusCache(), status_ttl=30) as rt:
         yield rt
-
-
-def make_spec(hub_id: str, tmp: Path, **overrides: object) -> WorkspaceSpec:
-    """A small workspace of the test image."""
-    values: dict[str, object] = {
-        "id": new_workspace_id(),
-        "owner": "7",
-        "image": TEST_IMAGE,
-        "hub_id": hub_id,
-        "workspace_dir": str(tmp / "ws"),
-        "mount": "/workspace",
-        "cpu": 0.5,
-        "memory_mb": 256,
-        "pids_limit": 128,
-        "env": {"FOO": "bar"},
-    }
-    values.update(overrides)
-    return WorkspaceSpec(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
