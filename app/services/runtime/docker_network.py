@@ -110,11 +110,13 @@ def ide_endpoint(info: dict[str, Any], ide_port: int, published_on: str, on_engi
 
 
 async def publish_ip(host: str) -> str:
-    """The IP address to publish the IDE port on for ``host`` (never 0.0.0.0: a name is resolved)."""
+    """The IP address to publish the IDE port on for ``host``: a name is resolved (IPv4 first, as Docker's
+    bridges are), never replaced by every address."""
     if is_ip(host):
         return host
     try:
         found = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise StartFailed(f"cannot resolve {host} to publish the IDE port on: {exc}") from exc
-    return str(found[0][4][0])
+    addresses = [str(item[4][0]) for item in found]
+    return next((address for address in addresses if ":" not in address), addresses[0])
