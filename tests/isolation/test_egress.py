@@ -64,6 +64,29 @@ async def test_egress_none_uses_an_internal_network_and_publishes_nothing(closed
     assert await runtime.endpoint(frank_spec.id) == frank, "a running workspace's endpoint is found again"
 
 
+async def test_docker_publishes_no_port_on_an_internal_network(closed_pair, hub_id: str) -> None:
+    """Why the hub dials the container's address with egress none: a port binding asked for on an internal
+    network is accepted and silently left out (``NetworkSettings.Ports`` stays empty)."""
+    runtime, _, _ = closed_pair
+    config = {
+        "Image": TEST_IMAGE,
+        "Labels": {"codehub.hub": hub_id},
+        "ExposedPorts": {"8080/tcp": {}},
+        "HostConfig": {
+            "NetworkMode": network_name(hub_id, "none"),
+            "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+        },
+    }
+    container = await runtime.docker.containers.create(config, name=f"codehub-t-iso-publish-{secrets.token_hex(4)}")
+    try:
+        await container.start()
+        info = await container.show()
+        assert info["HostConfig"]["PortBindings"], "the binding was asked for"
+        assert not any(info["NetworkSettings"]["Ports"].values()), "and nothing is published"
+    finally:
+        await container.delete(force=True)
+
+
 async def test_egress_none_workspaces_cannot_reach_one_another(closed_pair) -> None:
     runtime, (erin_spec, erin), (_, frank) = closed_pair
     own = network_of(await container_info(runtime, erin.container_id))["IPAddress"]
