@@ -1,10 +1,11 @@
 """The composition root: what a hub process is made of, built in dependency order and closed in reverse.
 
-``compose(settings)`` opens, in order: the database (checked to be migrated), Redis (when configured),
-the event hub, the rate limiter, the LLM client and the record services; then the task group that every
-background loop and request-spawned job runs in, and inside it the runtimes, the workspace state machine
-and what hangs on it, the AI service and the relay. When the block ends the task group is cancelled
-first, so loops and jobs stop while what they use still works; everything else then closes in reverse.
+``compose(settings)`` opens, in order: the database (checked to be migrated), Redis (when configured), the
+event hub, the rate limiter, the LLM client, the revocation channel and the record services; then the task
+group that every background loop and request-spawned job runs in, and inside it the runtimes, the workspace
+state machine and what hangs on it, the AI service and the relay. When the block ends the task group is
+cancelled first, so loops and jobs stop while what they use still works; everything else then closes in
+reverse.
 ``app.factory``'s lifespan serves the ``AppContext`` it yields.
 """
 
@@ -30,6 +31,7 @@ from app.services.ai.owners import AIOwners, MemoryAIOwners, RedisAIOwners
 from app.services.ai.service import AIService, Validator
 from app.services.audit.log import AuditLog
 from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_limiter
+from app.services.auth.revocations import RedisRevocations
 from app.services.auth.users import AuthService
 from app.services.files import patches
 from app.services.runtime.cache import StatusCache
@@ -77,7 +79,10 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             transport=LinkTransport() if direct_http(settings.llm_base_url) else None,
         )
         stack.push_async_callback(llm.aclose)
-        auth = AuthService(sessionmaker, settings)
+        revocations = RedisRevocations(settings) if settings.redis_url else None
+        if revocations is not None:
+            stack.push_async_callback(revocations.aclose)
+        auth = AuthService(sessionmaker, settings, revocations)
         audit = AuditLog(sessionmaker)
         workspaces = WorkspaceService(sessionmaker, settings, hub)
         await _bootstrap_admin(settings, auth)
@@ -133,6 +138,8 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
 
         # Other processes' workspace changes invalidate this one's cached list pages.
         tasks.start_soon(workspaces.pages.follow_events, hub)
+        if revocations is not None:  # other processes' revocations drop this one's cached tokens
+            tasks.start_soon(revocations.follow, auth.tokens)
         tasks.start_soon(reconciler.loop, tasks)
         tasks.start_soon(reconciler.idle_loop)
         tasks.start_soon(log_pumps.loop)

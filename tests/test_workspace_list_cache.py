@@ -18,7 +18,8 @@ from sqlalchemy import event, update
 from app import db
 from app.logging_setup import configure_logging, write_access_line
 from app.models import Workspace
-from app.services.auth.users import AuthService, Principal
+from app.services.auth.access import Principal
+from app.services.auth.users import AuthService
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.services.workspaces.records import WorkspaceService, publish_lifecycle
 from app.streams.events.backend import open_hub

@@ -9,10 +9,9 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import UserCreate, UserOut, UserUpdate
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 
 
 class AdminUsersController(Controller):
@@ -42,7 +41,9 @@ class AdminUsersController(Controller):
         """Create a user with a password and a role."""
         user = await ctx.auth.create_user(data.username, data.password, data.role)
         await ctx.audit.record(
-            audit_entry(request, "admin.user.create", principal, target=user.username, details={"role": user.role})
+            audit_entry(
+                request.scope, "admin.user.create", principal, target=user.username, details={"role": user.role}
+            )
         )
         return UserOut.of(user)
 
@@ -54,6 +55,8 @@ class AdminUsersController(Controller):
         user = await ctx.auth.update_user(user_id, role=data.role, disabled=data.disabled, password=data.password)
         changed = [k for k in ("role", "disabled", "password") if getattr(data, k) is not None]
         await ctx.audit.record(
-            audit_entry(request, "admin.user.update", principal, target=user.username, details={"changed": changed})
+            audit_entry(
+                request.scope, "admin.user.update", principal, target=user.username, details={"changed": changed}
+            )
         )
         return UserOut.of(user)

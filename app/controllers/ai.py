@@ -27,7 +27,6 @@ from litestar.response import Stream
 from app.context import AppContext
 from app.controllers.deps import error_responses
 from app.controllers.events import LAST_EVENT_ID, LAST_EVENT_ID_HEADER
-from app.controllers.middleware import request_id_of
 from app.errors import DomainError
 from app.events import ai_topic
 from app.models import new_id
@@ -35,7 +34,7 @@ from app.schemas import Body
 from app.services.ai.llm import Usage
 from app.services.ai.owners import authorize_follower
 from app.services.ai.service import PING_TYPE, AIJob, AIRequest, AIResult, Kind, RewriteResult
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, request_id_of
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
 from app.streams.events.fanout import Item, encode_body, with_id

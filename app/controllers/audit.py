@@ -13,7 +13,7 @@ from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.models import AuditEvent
 from app.services.audit.log import AuditFilter, audit_page, verify_chain
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 
 
 class AuditRecord(msgspec.Struct):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import Cookie
@@ -10,24 +11,25 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from app.context import AppContext
 from app.controllers.deps import error_responses
-from app.controllers.middleware import SESSION_COOKIE, request_id_of
 from app.errors import Unauthorized
 from app.models import utcnow
 from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
-from app.services.audit.log import AuditEntry
+from app.services.auth.access import Principal, audit_entry, session_cookie_attributes
 from app.services.auth.ratelimit import enforce, login_limit
-from app.services.auth.users import Principal
+from app.settings import Settings
 
 
-def audit_entry(request: Request, action: str, principal: Principal | None = None, **fields: object) -> AuditEntry:
-    """An audit entry pre-filled with the caller, request id and client address."""
-    return AuditEntry(
-        action=action,
-        actor_id=principal.user_id if principal else None,
-        actor_name=principal.username if principal else None,
-        request_id=request_id_of(request.scope),
-        client_addr=request.client.host if request.client else None,
-        **fields,  # type: ignore[arg-type]
+def session_cookie(settings: Settings, raw: str, *, ending: bool = False) -> Cookie:
+    """The session cookie (``app.services.auth.access`` owns its attributes) as Litestar sets it."""
+    spec = session_cookie_attributes(settings, ending=ending)
+    return Cookie(
+        key=spec.name,
+        value=raw,
+        path=spec.path,
+        max_age=spec.max_age,
+        httponly=spec.http_only,
+        samesite=spec.same_site,
+        secure=spec.secure,
     )
 
 
@@ -44,40 +46,32 @@ class AuthController(Controller):
         operation_id="login",
         responses=error_responses(400, 401, 429),
     )
-    async def login(self, request: Request, data: LoginRequest, ctx: AppContext) -> Response[LoginResponse]:
+    async def login(
+        self, request: Request[Any, Any, Any], data: LoginRequest, ctx: AppContext
+    ) -> Response[LoginResponse]:
         """Exchange username and password for a session token, also set as the HttpOnly cookie."""
         client = request.client.host if request.client else "-"
         await enforce(ctx.rate_limiter, f"{data.username.strip().lower()[:64]}|{client}", login_limit(ctx.settings))
         try:
             user = await ctx.auth.authenticate_password(data.username, data.password)
         except Unauthorized:
-            await ctx.audit.record(audit_entry(request, "auth.login", outcome="denied", target=data.username[:64]))
+            denied = audit_entry(request.scope, "auth.login", outcome="denied", target=data.username[:64])
+            await ctx.audit.record(denied)
             raise
         token, raw = await ctx.auth.issue_session(user.id)
         principal = Principal(user.id, user.username, user.role, token.id, token.kind)
-        await ctx.audit.record(audit_entry(request, "auth.login", principal))
-        cookie = Cookie(
-            key=SESSION_COOKIE,
-            value=raw,
-            httponly=True,
-            samesite="lax",
-            path="/",
-            secure=ctx.settings.cookie_secure,
-            max_age=int(ctx.settings.session_ttl),
-        )
+        await ctx.audit.record(audit_entry(request.scope, "auth.login", principal))
+        cookie = session_cookie(ctx.settings, raw)
         return Response(LoginResponse(raw, UserOut.of(user), token.expires_at), cookies=[cookie])
 
     @post("/logout", status_code=HTTP_204_NO_CONTENT, operation_id="logout", responses=error_responses(401))
-    async def logout(self, request: Request, ctx: AppContext, principal: Principal) -> Response[None]:
+    async def logout(self, request: Request[Any, Any, Any], ctx: AppContext, principal: Principal) -> Response[None]:
         """End the current session (revoke the session token) and clear the cookie."""
         if principal.token_kind == "session":
             await ctx.auth.revoke_token(principal.user_id, principal.token_id)
-        await ctx.audit.record(audit_entry(request, "auth.logout", principal))
-        return Response(
-            None,
-            status_code=HTTP_204_NO_CONTENT,
-            cookies=[Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)],
-        )
+        await ctx.audit.record(audit_entry(request.scope, "auth.logout", principal))
+        ending = session_cookie(ctx.settings, "", ending=True)
+        return Response(None, status_code=HTTP_204_NO_CONTENT, cookies=[ending])
 
     @get("/me", operation_id="me", responses=error_responses(401))
     async def me(self, ctx: AppContext, principal: Principal) -> UserOut:
@@ -96,12 +90,12 @@ class AuthController(Controller):
         responses=error_responses(400, 401),
     )
     async def create_token(
-        self, request: Request, data: TokenCreate, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], data: TokenCreate, ctx: AppContext, principal: Principal
     ) -> TokenOut:
         """Create an API token; the raw value is in this response only."""
         expires = utcnow() + timedelta(days=data.expires_in_days) if data.expires_in_days else None
         token, raw = await ctx.auth.issue_token(principal.user_id, name=data.name, expires_at=expires)
-        await ctx.audit.record(audit_entry(request, "token.create", principal, target=token.id))
+        await ctx.audit.record(audit_entry(request.scope, "token.create", principal, target=token.id))
         return TokenOut.of(token, raw)
 
     @delete(
@@ -110,7 +104,9 @@ class AuthController(Controller):
         operation_id="revokeToken",
         responses=error_responses(401, 404),
     )
-    async def revoke_token(self, request: Request, token_id: str, ctx: AppContext, principal: Principal) -> None:
+    async def revoke_token(
+        self, request: Request[Any, Any, Any], token_id: str, ctx: AppContext, principal: Principal
+    ) -> None:
         """Revoke one of my tokens."""
         await ctx.auth.revoke_token(principal.user_id, token_id)
-        await ctx.audit.record(audit_entry(request, "token.revoke", principal, target=token_id))
+        await ctx.audit.record(audit_entry(request.scope, "token.revoke", principal, target=token_id))

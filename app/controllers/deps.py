@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from app.context import AppContext
 from app.errors import Forbidden, Unauthorized
 from app.schemas import ErrorBody
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 from app.services.workspaces.records import WorkspaceService
 
 ERROR_DESCRIPTIONS = {

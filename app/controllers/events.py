@@ -19,7 +19,7 @@ from app.controllers.deps import error_responses, requires_admin
 from app.errors import BadRequest, Forbidden
 from app.events import ADMIN_TOPIC, workspace_topic
 from app.services.ai.owners import authorize_follower
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
 from app.streams.events.hub import subscription_topics

@@ -18,12 +18,11 @@ from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MODIFIED
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import Workspace
 from app.services import files
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 from app.services.workspaces.records import WorkspaceService
 
 FilePath = Annotated[str, QueryParameter(name="path", max_length=4096, description="path inside the workspace")]
@@ -170,7 +169,7 @@ class FilesController(Controller):
         if none_match and none_match != ["*"]:
             raise BadRequest("only If-None-Match: * is supported on PUT", code="bad_request")
         limit = ctx.settings.max_file_bytes
-        entry = audit_entry(request, "file.write", principal, workspace_id=ws.id, target=safe_target(path))
+        entry = audit_entry(request.scope, "file.write", principal, workspace_id=ws.id, target=safe_target(path))
         async with ctx.audit.recording(entry):
             data = await read_body(request, limit)
             entry.sha256, entry.size = hashlib.sha256(data).hexdigest(), len(data)
@@ -203,7 +202,7 @@ class FilesController(Controller):
         """Delete a file, a link (not its target) or an empty directory; ``If-Match`` as for PUT."""
         ws = await workspaces.get(principal, workspace_id)
         if_match = entity_tags(request.headers.get("if-match")) or None
-        entry = audit_entry(request, "file.delete", principal, workspace_id=ws.id, target=safe_target(path))
+        entry = audit_entry(request.scope, "file.delete", principal, workspace_id=ws.id, target=safe_target(path))
         limit = ctx.settings.max_file_bytes
         async with ctx.audit.recording(entry):
             root = await workspace_root(ctx, ws)

@@ -12,13 +12,12 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.errors import ServiceUnavailable
 from app.models import WorkspaceState
 from app.schemas import Body, WorkspaceOut
 from app.services.audit.log import sha256_hex
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 from app.services.runtime.base import ExecExit, ExecOutput, ExecRequest
 from app.services.workspaces.ops import WorkspaceStatus, parse_since
 from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, item_stream, wants_event_stream
@@ -76,7 +75,7 @@ class LifecycleController(Controller):
 
     async def _transition(self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any) -> None:
         await ctx.audit.record(
-            audit_entry(request, f"workspace.{action}", principal, workspace_id=ws.id, target=ws.name)
+            audit_entry(request.scope, f"workspace.{action}", principal, workspace_id=ws.id, target=ws.name)
         )
 
     async def _started(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -15,45 +13,15 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.context import AppContext
-from app.errors import DomainError
+from app.errors import DomainError, Unauthorized
 from app.logging_setup import ACCESS_LOGGER, write_access_line
-from app.services.auth.users import Principal
+from app.services.auth.access import Credentials, Principal, header, identify
 
-SESSION_COOKIE = "codehub_session"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WORKSPACE_PATH_RE = re.compile(r"/(?:api/workspaces|w)/([A-Za-z0-9_-]{1,64})(?:/|$)")
 # Paths that never resolve a user token: /metrics has its own token and must answer while the database is down.
 NO_PRINCIPAL_PATHS = frozenset({"/metrics"})
 access_log = structlog.get_logger(ACCESS_LOGGER)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-def credentials_from_scope(scope: Scope) -> str | None:
-    """The raw token a request presents: Bearer header, then ``?access_token=``, then the session cookie."""
-    auth = _header(scope, b"authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else auth
-    query = scope.get("query_string", b"")
-    if b"access_token=" in query:
-        for key, value in parse_qsl(query.decode("latin-1")):
-            if key == "access_token":
-                return value
-    cookie_header = _header(scope, b"cookie")
-    if cookie_header and SESSION_COOKIE in cookie_header:
-        try:
-            jar = SimpleCookie(cookie_header)
-        except CookieError:
-            return None
-        if SESSION_COOKIE in jar:
-            return jar[SESSION_COOKIE].value
-    return None
 
 
 def workspace_id_of(scope: Scope) -> str | None:
@@ -75,11 +43,6 @@ def _is_event_stream(headers: Any) -> bool:
         if key.lower() == b"content-type":
             return value.startswith(b"text/event-stream")
     return False
-
-
-def request_id_of(scope: Scope) -> str:
-    """The request id stored by ``RequestContextMiddleware``."""
-    return scope.get("state", {}).get("request_id", "")
 
 
 def _json_error(status: int, body: bytes, request_id: str, extra: list[tuple[bytes, bytes]]) -> list[Message]:
@@ -106,8 +69,8 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        given = (header(scope.get("headers", []), b"x-request-id") or b"").decode("latin-1")
+        request_id = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -166,8 +129,11 @@ class RequestContextMiddleware:
     async def _principal(self, scope: Scope) -> Principal | None:
         if scope["path"] in NO_PRINCIPAL_PATHS:
             return None
-        raw = credentials_from_scope(scope)
-        if not raw:
+        credentials = Credentials.of(scope)
+        if credentials.token is None:
             return None
         ctx: AppContext = scope["app"].state.ctx
-        return await ctx.auth.resolve(raw)
+        principal = await identify(credentials, ctx.auth.principal_of)
+        if principal is None:
+            raise Unauthorized("invalid or expired token", code="invalid_token")
+        return principal

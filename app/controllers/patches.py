@@ -16,11 +16,10 @@ from litestar import Controller, Request, post
 from litestar.status_codes import HTTP_200_OK
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses
 from app.controllers.files import safe_target, workspace_root
 from app.errors import DomainError
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 from app.services.files import patches
 from app.services.workspaces.records import WorkspaceService
 

@@ -10,10 +10,9 @@ from litestar import Controller, Request, delete, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import Body, ShortId, WorkspaceOut
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 from app.services.workspaces.servers import ServerLoad
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -103,7 +102,7 @@ class ServersController(Controller):
             public_host=data.public_host,
             labels=data.labels,
         )
-        await ctx.audit.record(audit_entry(request, "server.create", principal, target=data.name))
+        await ctx.audit.record(audit_entry(request.scope, "server.create", principal, target=data.name))
         return ServerOut.of(load)
 
     @get("/servers", operation_id="adminListServers", responses=error_responses(401, 403))
@@ -131,7 +130,7 @@ class ServersController(Controller):
     async def delete_server(self, request: Request, server_id: str, ctx: AppContext, principal: Principal) -> None:
         """Unregister a server (409 while workspaces are placed on it)."""
         await ctx.servers.delete(server_id)
-        await ctx.audit.record(audit_entry(request, "server.delete", principal, target=server_id))
+        await ctx.audit.record(audit_entry(request.scope, "server.delete", principal, target=server_id))
 
     @post(
         "/workspaces/{workspace_id:str}/place",
@@ -145,6 +144,6 @@ class ServersController(Controller):
         """Move a stopped (or created/failed) workspace to another server."""
         ws = await ctx.servers.place(workspace_id, data.server_id)
         await ctx.audit.record(
-            audit_entry(request, "workspace.place", principal, workspace_id=ws.id, target=data.server_id)
+            audit_entry(request.scope, "workspace.place", principal, workspace_id=ws.id, target=data.server_id)
         )
         return WorkspaceOut.of(ws)

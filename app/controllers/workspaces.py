@@ -10,10 +10,9 @@ from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
-from app.controllers.auth import audit_entry
 from app.controllers.deps import error_responses, provide_principal
 from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, audit_entry
 from app.services.workspaces.records import WorkspaceService
 
 
@@ -50,7 +49,9 @@ class WorkspacesController(Controller):
             cpu=data.cpu,
             memory_mb=data.memory_mb,
         )
-        await ctx.audit.record(audit_entry(request, "workspace.create", principal, workspace_id=ws.id, target=ws.name))
+        await ctx.audit.record(
+            audit_entry(request.scope, "workspace.create", principal, workspace_id=ws.id, target=ws.name)
+        )
         ws = await ctx.provisioning.after_create(ws, clone_url)
         return WorkspaceOut.of(ws)
 
@@ -102,7 +103,9 @@ class WorkspacesController(Controller):
         ws = await workspaces.update(
             principal, workspace_id, name=data.name, image=data.image, cpu=data.cpu, memory_mb=data.memory_mb
         )
-        await ctx.audit.record(audit_entry(request, "workspace.update", principal, workspace_id=ws.id, target=ws.name))
+        await ctx.audit.record(
+            audit_entry(request.scope, "workspace.update", principal, workspace_id=ws.id, target=ws.name)
+        )
         return WorkspaceOut.of(ws)
 
     @delete(

@@ -7,9 +7,9 @@ import anyio
 import httpx
 import pytest
 
+from app.services.auth.access import Credentials
 from app.settings import load_settings
 from app.streams.relay.access import (
-    Credentials,
     origin_allowed,
     rewrite_location,
     rewrite_set_cookie,

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from app.errors import NotFound
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 
 DEFAULT_TTL = 7 * 24 * 3600.0
 MEMORY_CAP = 100_000

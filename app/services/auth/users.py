@@ -6,8 +6,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio.to_thread
@@ -19,29 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from app.db import SessionMaker
 from app.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from app.models import ApiToken, User, utcnow
+from app.services.auth.access import TOKEN_PREFIX, Principal, Revocation, TokenCache
+from app.services.auth.revocations import RedisRevocations
 from app.settings import Settings
 
-TOKEN_PREFIX = "chub_"
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 ROLES = ("admin", "user")
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("codehub-dummy-password")
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who a request is: the user and the token (or session) that proved it."""
-
-    user_id: int
-    username: str
-    role: str
-    token_id: str
-    token_kind: str
-
-    @property
-    def is_admin(self) -> bool:
-        """True for admins."""
-        return self.role == "admin"
 
 
 def hash_token(raw: str) -> str:
@@ -64,13 +47,16 @@ def check_password_strength(password: str) -> None:
 
 
 class AuthService:
-    """User and token operations; verified tokens are cached in-process for ``token_cache_ttl`` seconds."""
+    """User and token operations. Verified tokens are cached in-process (``tokens``) for ``token_cache_ttl``
+    seconds; revocations drop them at once here and, through ``revocations``, in the other hub processes."""
 
-    def __init__(self, sessionmaker: SessionMaker, settings: Settings) -> None:
+    def __init__(
+        self, sessionmaker: SessionMaker, settings: Settings, revocations: RedisRevocations | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._settings = settings
-        self._cache: dict[str, tuple[float, Principal]] = {}
-        self._pending: dict[str, anyio.Event] = {}
+        self._revocations = revocations
+        self.tokens = TokenCache(settings.token_cache_ttl)
 
     async def create_user(self, username: str, password: str, role: str = "user") -> User:
         """Create a user; 409 when the name is taken."""
@@ -140,7 +126,7 @@ class AuthService:
             if password is not None:
                 user.password_hash = password_hash
             await session.commit()
-        self._forget_user(user_id)
+        await self._revoked(Revocation(user_id=user_id))
         return user
 
     async def authenticate_password(self, username: str, password: str) -> User:
@@ -153,7 +139,7 @@ class AuthService:
             user = await session.scalar(select(User).where(User.username == name)) if name else None
         stored = user.password_hash if user is not None else _DUMMY_HASH
         try:
-            ok = await anyio.to_thread.run_sync(_hasher.verify, stored, password)
+            ok: bool = await anyio.to_thread.run_sync(_hasher.verify, stored, password)
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or user is None or user.disabled:
@@ -201,35 +187,28 @@ class AuthService:
                 raise NotFound("no such token")
             token.revoked_at = utcnow()
             await session.commit()
-        self._cache = {k: v for k, v in self._cache.items() if v[1].token_id != token_id}
+        await self._revoked(Revocation(token_id=token_id))
         return token
+
+    async def _revoked(self, revocation: Revocation) -> None:
+        self.tokens.apply(revocation)
+        if self._revocations is not None:
+            await self._revocations.announce(revocation)
 
     async def resolve(self, raw: str) -> Principal:
         """The principal a raw token proves; 401 when unknown, expired, revoked or its user disabled."""
-        if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        principal = await self.principal_of(raw)
+        if principal is None:
             raise Unauthorized("invalid or expired token", code="invalid_token")
-        digest = hash_token(raw)
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        # Single flight: when a popular token's entry expires, the requests that arrive meanwhile wait for one
-        # lookup instead of each querying (a burst of identical queries was the p99 of every API route).
-        pending = self._pending.get(digest)
-        if pending is not None:
-            await pending.wait()
-            cached = self._cache.get(digest)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
-        done = self._pending[digest] = anyio.Event()
-        try:
-            return await self._lookup(digest)
-        finally:
-            if self._pending.get(digest) is done:
-                del self._pending[digest]
-            done.set()
+        return principal
 
-    async def _lookup(self, digest: str) -> Principal:
-        now = time.monotonic()
+    async def principal_of(self, raw: str) -> Principal | None:
+        """The principal a raw token proves, or None (cached, see ``app.services.auth.access.TokenCache``)."""
+        if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+            return None
+        return await self.tokens.get(hash_token(raw), self._lookup)
+
+    async def _lookup(self, digest: str) -> Principal | None:
         async with self._sessionmaker() as session:
             row = (
                 await session.execute(
@@ -237,19 +216,12 @@ class AuthService:
                 )
             ).first()
             if row is None or not hmac.compare_digest(row[0].token_hash, digest):
-                raise Unauthorized("invalid or expired token", code="invalid_token")
+                return None
             token, user = row
             current = utcnow()
             if token.revoked_at is not None or user.disabled or (token.expires_at and token.expires_at <= current):
-                raise Unauthorized("invalid or expired token", code="invalid_token")
+                return None
             if token.last_used_at is None or (current - token.last_used_at).total_seconds() > 60:
                 await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=current))
                 await session.commit()
-        principal = Principal(user.id, user.username, user.role, token.id, token.kind)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._settings.token_cache_ttl, principal)
-        return principal
-
-    def _forget_user(self, user_id: int) -> None:
-        self._cache = {k: v for k, v in self._cache.items() if v[1].user_id != user_id}
+        return Principal(user.id, user.username, user.role, token.id, token.kind)

@@ -26,7 +26,7 @@ from app.db import SessionMaker
 from app.errors import Conflict, DomainError, NotFound
 from app.events import EventPublisher
 from app.models import Workspace, WorkspaceState, utcnow
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
 from app.services.runtime.engines import Engines

@@ -13,7 +13,7 @@ import msgspec
 from app.errors import DomainError, Unprocessable
 from app.events import workspace_exec_topic
 from app.models import Workspace, WorkspaceState, new_id, utcnow
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, LogLine, WorkspaceNotRunning
 from app.services.runtime.common import ide_healthy
 from app.services.workspaces.lifecycle import Lifecycle, uptime_seconds

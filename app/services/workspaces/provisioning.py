@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.models import Workspace
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal
 from app.services.runtime.engines import Engines
 from app.services.workspaces.lifecycle import Lifecycle
 from app.services.workspaces.servers import ServerService

@@ -6,12 +6,11 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +19,8 @@ from app.db import SessionMaker
 from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.events import EventPublisher, lifecycle_topics
 from app.models import STORED_STATES, Server, Workspace, WorkspaceState, utcnow
-from app.services.auth.users import Principal
+from app.services.auth.access import Principal, may_access
+from app.services.singleflight import SingleFlight
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.settings import Settings
 
@@ -128,7 +128,7 @@ class WorkspaceService:
             engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
         )
         self.pages = PageCache(settings.workspace_list_cache_ttl)
-        self._filling: dict[Any, anyio.Event] = {}
+        self._filling: SingleFlight[Hashable, tuple[int, bytes]] = SingleFlight()
 
     def changed(self, owner_id: int) -> None:
         """A workspace of ``owner_id`` was written (call after the commit): drop their cached list pages."""
@@ -138,7 +138,7 @@ class WorkspaceService:
         """A workspace the principal may see (owner or admin); 404 otherwise, never 403."""
         async with self._sessionmaker() as session:
             ws = await session.get(Workspace, workspace_id) if len(workspace_id) <= 16 else None
-        if ws is None or (ws.owner_id != principal.user_id and not principal.is_admin):
+        if ws is None or not may_access(principal, ws.owner_id):
             raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
         return ws
 
@@ -189,30 +189,25 @@ class WorkspaceService:
         body = self.pages.get(key, owner)
         if body is not None:
             return body
-        # Single flight: requests for a page being computed get the expired page when no write happened since
-        # (a TTL refresh), else wait for the new one rather than each querying.
-        pending = self._filling.get(key)
-        if pending is not None:
+        # Requests for a page being computed get the expired page when no write happened since (a TTL refresh),
+        # else share the new one, unless it was queried before a write they must see (read-your-writes).
+        if self._filling.running(key):
             body = self.pages.expired(key, owner)
             if body is not None:
                 return body
-            await pending.wait()
-            body = self.pages.get(key, owner)
-            if body is not None:
-                return body
-        done = self._filling[key] = anyio.Event()
-        try:
+        seen = self.pages.generation(owner)
+
+        async def fill() -> tuple[int, bytes]:
             generation = self.pages.generation(owner)
             rows, next_cursor = await self.list(
                 principal, all_users=all_users, states=states, limit=limit, cursor=cursor
             )
             body = render(rows, next_cursor)
             self.pages.put(key, generation, body)
-            return body
-        finally:
-            if self._filling.get(key) is done:
-                del self._filling[key]
-            done.set()
+            return generation, body
+
+        _, body = await self._filling.run(key, fill, lambda filled: filled[0] >= seen)
+        return body
 
     def _check_resources(self, cpu: float | None, memory_mb: int | None) -> None:
         if cpu is not None and cpu > self._settings.max_cpu:

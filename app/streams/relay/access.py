@@ -1,8 +1,9 @@
-"""Who may reach a workspace through the relay, and where its IDE answers.
+"""Where a workspace's IDE answers, and what the relay rewrites on the way (who may pass is decided by
+``app.services.auth.access``).
 
-- Credentials: ``Authorization: Bearer``, ``?access_token=`` (exchanged for the session cookie on page
-  loads) or the ``codehub_session`` cookie. They are stripped before a request goes to the IDE: the
-  workspace runs its owner's code and must never see a visitor's (an admin's) session.
+- Credentials are stripped before a request goes to the IDE (``strip_session_cookie``,
+  ``without_access_token``): the workspace runs its owner's code and must never see a visitor's (an
+  admin's) session.
 - ``RouteCache``: owner, state and endpoint per workspace, read from the database at most every few seconds
   and dropped at once when a lifecycle event for the workspace arrives (``forget``).
 - ``origin_allowed``: WebSocket upgrades must come from the hub's own origin (``public_url`` or the request's
@@ -13,18 +14,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import anyio
-
 from app.db import SessionMaker
-from app.errors import DomainError
 from app.models import Workspace, WorkspaceState
-from app.services.auth.users import TOKEN_PREFIX, Principal
+from app.services.auth.access import SESSION_COOKIE
+from app.services.singleflight import SingleFlight
 from app.settings import Settings
 
-SESSION_COOKIE = "codehub_session"  # the name app.controllers.middleware sets at login
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -67,7 +64,7 @@ class RouteCache:
         self.ttl = ttl
         self.idle_ttl = idle_ttl
         self._routes: dict[str, Route] = {}
-        self._loading: dict[str, anyio.Event] = {}
+        self._reads: SingleFlight[str, Route] = SingleFlight()
 
     async def get(self, workspace_id: str) -> Route:
         """The route of ``workspace_id`` (``exists`` is False for unknown ids)."""
@@ -76,29 +73,21 @@ class RouteCache:
             ttl = self.ttl if route.endpoint else self.idle_ttl
             if time.monotonic() - route.loaded_at < ttl:
                 return route
-        waiting = self._loading.get(workspace_id)
-        if waiting is not None:
-            await waiting.wait()
-            route = self._routes.get(workspace_id)
-            if route is not None:
-                return route
-        return await self.load(workspace_id)
+        return await self._reads.run(workspace_id, lambda: self._read(workspace_id))
 
     async def load(self, workspace_id: str) -> Route:
-        """Read the route from the database now."""
-        done = self._loading[workspace_id] = anyio.Event()
-        try:
-            async with self._sessionmaker() as session:
-                ws = await session.get(Workspace, workspace_id)
-            route = Route(ws, workspace_id)
-            if len(self._routes) > 50_000:
-                self._routes.clear()
-            self._routes[workspace_id] = route
-            return route
-        finally:
-            done.set()
-            if self._loading.get(workspace_id) is done:
-                del self._loading[workspace_id]
+        """Read the route from the database now (or share a read that ends after this call began)."""
+        asked = time.monotonic()
+        return await self._reads.run(workspace_id, lambda: self._read(workspace_id), lambda r: r.loaded_at >= asked)
+
+    async def _read(self, workspace_id: str) -> Route:
+        async with self._sessionmaker() as session:
+            ws = await session.get(Workspace, workspace_id)
+        route = Route(ws, workspace_id)
+        if len(self._routes) > 50_000:
+            self._routes.clear()
+        self._routes[workspace_id] = route
+        return route
 
     def forget(self, workspace_id: str) -> None:
         """Drop the cached route (its lifecycle changed)."""
@@ -107,92 +96,6 @@ class RouteCache:
     def clear(self) -> None:
         """Drop every cached route (events may have been missed)."""
         self._routes.clear()
-
-
-class PrincipalCache:
-    """Tokens the relay has checked, for ``ttl`` seconds (the auth service's own cache time, so revocation
-    takes as long as everywhere else). Concurrent first uses of one token share one check: when the entry
-    of a busy session expires, 50 requests in flight must not become 50 database reads (that was the
-    relay's p99 in ``bench/relay.py``)."""
-
-    def __init__(self, resolve: Callable[[str], Awaitable[Principal]], ttl: float) -> None:
-        self._resolve = resolve
-        self.ttl = ttl
-        self._known: dict[str, tuple[float, Principal | None]] = {}
-        self._loading: dict[str, anyio.Event] = {}
-
-    async def get(self, token: str) -> Principal | None:
-        """The principal ``token`` proves, or None when it proves nothing."""
-        key = token
-        known = self._known.get(key)
-        if known is not None and known[0] > time.monotonic():
-            return known[1]
-        waiting = self._loading.get(key)
-        if waiting is not None:
-            await waiting.wait()
-            known = self._known.get(key)
-            if known is not None:
-                return known[1]
-        done = self._loading[key] = anyio.Event()
-        try:
-            try:
-                principal: Principal | None = await self._resolve(token)
-            except DomainError:
-                principal = None
-            if len(self._known) > 10_000:
-                self._known.clear()
-            self._known[key] = (time.monotonic() + self.ttl, principal)
-            return principal
-        finally:
-            done.set()
-            if self._loading.get(key) is done:
-                del self._loading[key]
-
-
-def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower-case), or None."""
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-class Credentials:
-    """The hub token a request carries and where it came from (``bearer``, ``query`` or ``cookie``)."""
-
-    __slots__ = ("cookie", "query", "source", "token")
-
-    def __init__(self, headers: list[tuple[bytes, bytes]], query_string: bytes) -> None:
-        self.token: str | None = None
-        self.source = ""
-        self.query: str | None = None
-        self.cookie: str | None = None
-        for key, value in headers:
-            if key == b"cookie" and SESSION_COOKIE.encode() in value:
-                self.cookie = self.cookie or _session_cookie(value.decode("latin-1"))
-            elif key == b"authorization" and self.token is None:
-                scheme, _, raw = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and raw.strip().startswith(TOKEN_PREFIX):
-                    self.token, self.source = raw.strip(), "bearer"
-        if b"access_token=" in query_string:
-            for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-                if key == "access_token":
-                    self.query = value
-                    break
-        if self.token is None and self.query:
-            self.token, self.source = self.query, "query"
-        if self.token is None and self.cookie:
-            self.token, self.source = self.cookie, "cookie"
-
-
-def _session_cookie(cookie_header: str) -> str | None:
-    """The session cookie's value. Tokens are URL-safe, so a plain split is enough (and several times faster
-    than ``SimpleCookie``, which would parse the IDE's cookies on every relayed request too)."""
-    for part in cookie_header.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == SESSION_COOKIE:
-            return value.strip('"')
-    return None
 
 
 def strip_session_cookie(value: bytes) -> bytes:
@@ -209,14 +112,6 @@ def without_access_token(query_string: bytes) -> bytes:
         return query_string
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     return urlencode([(k, v) for k, v in pairs if k != "access_token"]).encode("latin-1")
-
-
-def session_cookie(settings: Settings, raw: str) -> bytes:
-    """The ``Set-Cookie`` value that logs the browser in (same attributes as ``POST /api/auth/login``)."""
-    parts = [f"{SESSION_COOKIE}={raw}", "Path=/", f"Max-Age={int(settings.session_ttl)}", "HttpOnly", "SameSite=Lax"]
-    if settings.cookie_secure:
-        parts.append("Secure")
-    return "; ".join(parts).encode("latin-1")
 
 
 def _netloc(scheme: str, host: str) -> str:

@@ -27,20 +27,23 @@ import anyio
 from app.errors import DomainError
 from app.events import ADMIN_TOPIC
 from app.models import WorkspaceState
-from app.services.audit.log import AuditEntry
-from app.services.auth.users import Principal
+from app.services.auth.access import (
+    Credentials,
+    Principal,
+    audit_entry,
+    header,
+    identify,
+    may_access,
+    session_set_cookie,
+)
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
 from app.streams.relay import pages
 from app.streams.relay.access import (
-    Credentials,
-    PrincipalCache,
     Route,
     RouteCache,
-    header,
     origin_allowed,
     rewrite_location,
     rewrite_set_cookie,
-    session_cookie,
     strip_session_cookie,
     without_access_token,
 )
@@ -76,7 +79,6 @@ class Relay:
         self.settings = deps.settings
         self.pool = UpstreamPool()
         self.routes = RouteCache(deps.sessionmaker)
-        self.principals = PrincipalCache(deps.auth.resolve, deps.settings.token_cache_ttl)
         self.stats = RelayStats()
         self.activity = Activity(deps.lifecycle.touch)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
@@ -108,13 +110,13 @@ class Relay:
         rest = raw_path[slash:] if slash >= 0 else b"/"
         workspace_id = ws_id.decode()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        creds = Credentials(headers, scope.get("query_string", b""))
-        principal = await self.principal(creds)
+        creds = Credentials.of(scope)
+        principal = await identify(creds, self.deps.auth.principal_of)
         if principal is None:
             await (deny(scope, send, 401, "sign in first") if is_ws else pages.sign_in(send))
             return
         route = await self.routes.get(workspace_id)
-        if not route.exists or (route.owner_id != principal.user_id and not principal.is_admin):
+        if not route.exists or not may_access(principal, route.owner_id):
             await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
             return
         if is_ws:
@@ -130,15 +132,6 @@ class Relay:
                 return
         await self._http(scope, receive, send, route, rest, headers, creds)
 
-    async def principal(self, creds: Credentials) -> Principal | None:
-        """Who the credentials prove (the header or query token first, then the cookie), or None."""
-        for token in (creds.token, creds.cookie if creds.cookie != creds.token else None):
-            if token:
-                principal = await self.principals.get(token)
-                if principal is not None:
-                    return principal
-        return None
-
     async def _exchange(
         self, send: Any, principal: Principal, creds: Credentials, raw_path: bytes, query: bytes
     ) -> None:
@@ -146,10 +139,10 @@ class Relay:
         extra: list[tuple[bytes, bytes]] = []
         current = None
         if creds.cookie:
-            current = await self.principals.get(creds.cookie)
+            current = await self.deps.auth.principal_of(creds.cookie)
         if current is None or current.user_id != principal.user_id:
             _, raw = await self.deps.auth.issue_session(principal.user_id)
-            extra.append((b"set-cookie", session_cookie(self.settings, raw)))
+            extra.append((b"set-cookie", session_set_cookie(self.settings, raw)))
         rest = without_access_token(query)
         await pages.redirect(send, raw_path + (b"?" + rest if rest else b""), extra=extra)
 
@@ -285,16 +278,8 @@ class Relay:
         except DomainError as exc:
             return exc.detail
         self.routes.forget(route.id)
-        client = scope.get("client")
-        entry = AuditEntry(
-            action="workspace.start",
-            actor_id=principal.user_id,
-            actor_name=principal.username,
-            workspace_id=route.id,
-            target=ws.name,
-            request_id=scope.get("state", {}).get("request_id"),
-            client_addr=client[0] if client else None,
-            details={"via": "relay"},
+        entry = audit_entry(
+            scope, "workspace.start", principal, workspace_id=route.id, target=ws.name, details={"via": "relay"}
         )
         try:
             await self.deps.audit.record(entry)
@@ -374,7 +359,7 @@ class WorkspaceFront:
     def __init__(self, app: Callable[..., Awaitable[None]], relay: Relay) -> None:
         self.app = app
         self.relay = relay
-        self.terminal = TerminalDeps(relay.deps, relay.principal, relay.stats, relay.activity)
+        self.terminal = TerminalDeps(relay.deps, relay.stats, relay.activity)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""

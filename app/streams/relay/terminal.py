@@ -16,7 +16,6 @@ Initial size from the query (``?cols=&rows=``). Access as for the relay: owner a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,14 +25,11 @@ import msgspec
 
 from app.errors import DomainError
 from app.models import Workspace, WorkspaceState
-from app.services.audit.log import AuditEntry
-from app.services.auth.users import Principal
-from app.streams.relay.access import Credentials, header, origin_allowed
+from app.services.auth.access import Credentials, audit_entry, header, identify
+from app.streams.relay.access import origin_allowed
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.ws import deny
-
-PrincipalLookup = Callable[[Credentials], Awaitable[Principal | None]]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +51,9 @@ _decode_control = msgspec.json.Decoder(Control).decode
 
 @dataclass(frozen=True, slots=True)
 class TerminalDeps:
-    """The hub's services, and what the terminal shares with the relay: who credentials prove, counters."""
+    """The hub's services, and what the terminal shares with the relay: counters and activity."""
 
     hub: RelayDeps
-    principal: PrincipalLookup
     stats: RelayStats
     activity: Activity
 
@@ -77,8 +72,7 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     """Authorize, open the shell, accept the WebSocket and pump until either side ends."""
     workspace_id = scope["path"].removeprefix("/ws/workspaces/").strip("/")
     headers = scope["headers"]
-    creds = Credentials(headers, scope.get("query_string", b""))
-    principal = await deps.principal(creds)
+    principal = await identify(Credentials.of(scope), deps.hub.auth.principal_of)
     if principal is None:
         await deny(scope, send, 401, "sign in first")
         return
@@ -103,18 +97,7 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     except DomainError as exc:
         await deny(scope, send, 409 if exc.status == 409 else 502, exc.detail)
         return
-    client = scope.get("client")
-    await deps.hub.audit.record(
-        AuditEntry(
-            action="terminal.open",
-            actor_id=principal.user_id,
-            actor_name=principal.username,
-            workspace_id=ws.id,
-            target=ws.name,
-            request_id=scope.get("state", {}).get("request_id"),
-            client_addr=client[0] if client else None,
-        )
-    )
+    await deps.hub.audit.record(audit_entry(scope, "terminal.open", principal, workspace_id=ws.id, target=ws.name))
     counters = deps.stats.of(ws.id)
     counters.terminals_open += 1
     try:

@@ -1,0 +1,240 @@
+"""Identity and access, for every door of the hub (API, relay, terminal), on raw ASGI scopes and headers.
+
+- ``Credentials``: the hub token a request carries: ``Authorization: Bearer chub_…``, then
+  ``?access_token=``, then the ``codehub_session`` cookie. A Bearer value without the token prefix is not
+  the hub's (an app inside a workspace may use its own) and is left alone. ``identify`` takes the first
+  of them that proves someone, falling back to the cookie.
+- The session cookie: its name and attributes (``session_cookie_attributes``) and the ``Set-Cookie`` value
+  that logs a browser in (``session_set_cookie``).
+- ``TokenCache``: the one in-process cache of verified tokens. Revoking a token, ending a session or
+  changing a user drops the entries at once, and no lookup that started before the change refills them;
+  other hub processes learn through ``app.services.auth.revocations``.
+- ``may_access``: the owner of a thing, or an admin.
+- ``audit_entry``: an audit entry pre-filled from the request (caller, request id, client address).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from app.services.audit.log import AuditEntry
+from app.services.singleflight import SingleFlight
+from app.settings import Settings
+
+TOKEN_PREFIX = "chub_"
+SESSION_COOKIE = "codehub_session"
+MAX_CACHED_TOKENS = 10_000
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is: the user and the token (or session) that proved it."""
+
+    user_id: int
+    username: str
+    role: str
+    token_id: str
+    token_kind: str
+
+    @property
+    def is_admin(self) -> bool:
+        """True for admins."""
+        return self.role == "admin"
+
+
+def may_access(principal: Principal, owner_id: int | None) -> bool:
+    """True when ``principal`` owns the thing (``owner_id``) or is an admin."""
+    return principal.is_admin or (owner_id is not None and owner_id == principal.user_id)
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class Credentials:
+    """The hub token a request carries and where it came from (``bearer``, ``query`` or ``cookie``).
+
+    ``query`` and ``cookie`` are what the request carried there, even when ``token`` came from elsewhere:
+    the relay strips both before a request reaches a workspace.
+    """
+
+    __slots__ = ("cookie", "query", "source", "token")
+
+    def __init__(self, headers: Headers, query_string: bytes) -> None:
+        self.token: str | None = None
+        self.source = ""
+        self.query: str | None = None
+        self.cookie: str | None = None
+        for key, value in headers:
+            if key == b"cookie" and SESSION_COOKIE.encode() in value:
+                self.cookie = self.cookie or _session_cookie(value.decode("latin-1"))
+            elif key == b"authorization" and self.token is None:
+                scheme, _, raw = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and raw.strip().startswith(TOKEN_PREFIX):
+                    self.token, self.source = raw.strip(), "bearer"
+        if b"access_token=" in query_string:
+            for name, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+                if name == "access_token":
+                    self.query = text
+                    break
+        if self.token is None and self.query:
+            self.token, self.source = self.query, "query"
+        if self.token is None and self.cookie:
+            self.token, self.source = self.cookie, "cookie"
+
+    @classmethod
+    def of(cls, scope: Mapping[str, Any]) -> Credentials:
+        """The credentials of an ASGI HTTP or WebSocket scope."""
+        return cls(scope.get("headers", []), scope.get("query_string", b""))
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The tokens to try, in order: the chosen one, then the session cookie when it differs."""
+        if self.token is None:
+            return ()
+        if self.cookie and self.cookie != self.token:
+            return self.token, self.cookie
+        return (self.token,)
+
+
+def _session_cookie(cookie_header: str) -> str | None:
+    """The session cookie's value. Tokens are URL-safe, so a plain split is enough (and several times faster
+    than ``SimpleCookie``, which would parse the IDE's cookies on every relayed request too)."""
+    for part in cookie_header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == SESSION_COOKIE:
+            return value.strip('"')
+    return None
+
+
+async def identify(
+    credentials: Credentials, principal_of: Callable[[str], Awaitable[Principal | None]]
+) -> Principal | None:
+    """Who the credentials prove: the first candidate token that proves someone, or None."""
+    for token in credentials.candidates:
+        principal = await principal_of(token)
+        if principal is not None:
+            return principal
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CookieAttributes:
+    """The name and attributes of the session cookie (the value is the session token)."""
+
+    name: str
+    path: str
+    max_age: int
+    http_only: bool
+    same_site: Literal["lax", "strict", "none"]
+    secure: bool
+
+
+def session_cookie_attributes(settings: Settings, *, ending: bool = False) -> CookieAttributes:
+    """The session cookie's attributes; ``ending`` ones make the browser drop it (logout)."""
+    return CookieAttributes(
+        name=SESSION_COOKIE,
+        path="/",
+        max_age=0 if ending else int(settings.session_ttl),
+        http_only=True,
+        same_site="lax",
+        secure=settings.cookie_secure,
+    )
+
+
+def session_set_cookie(settings: Settings, raw: str) -> bytes:
+    """The ``Set-Cookie`` header value that logs the browser in with session token ``raw``."""
+    spec = session_cookie_attributes(settings)
+    parts = [f"{spec.name}={raw}", f"Path={spec.path}", f"Max-Age={spec.max_age}"]
+    if spec.http_only:
+        parts.append("HttpOnly")
+    parts.append(f"SameSite={spec.same_site.capitalize()}")
+    if spec.secure:
+        parts.append("Secure")
+    return "; ".join(parts).encode("latin-1")
+
+
+class Revocation(msgspec.Struct, frozen=True):
+    """Tokens that stopped proving anyone: one token (revoked, or a session ended) or all of a user's
+    (disabled, role or password changed)."""
+
+    token_id: str | None = None
+    user_id: int | None = None
+
+
+class TokenCache:
+    """Principals of verified tokens by token digest, for ``ttl`` seconds (``ttl <= 0`` caches nothing).
+
+    Concurrent lookups of one token share one (``SingleFlight``). Every revocation bumps an epoch: a lookup
+    that started before it neither fills the cache nor answers a caller that arrived after it.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._known: dict[str, tuple[float, Principal]] = {}
+        self._epoch = 0
+        self._lookups: SingleFlight[str, tuple[int, Principal | None]] = SingleFlight()
+
+    async def get(self, digest: str, lookup: Callable[[str], Awaitable[Principal | None]]) -> Principal | None:
+        """The principal token ``digest`` proves (``lookup`` asks the database on a miss), or None."""
+        known = self._known.get(digest)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        asked = self._epoch
+
+        async def load() -> tuple[int, Principal | None]:
+            epoch = self._epoch
+            principal = await lookup(digest)
+            if principal is not None and epoch == self._epoch and self.ttl > 0:
+                if len(self._known) >= MAX_CACHED_TOKENS:
+                    self._known.clear()
+                self._known[digest] = (time.monotonic() + self.ttl, principal)
+            return epoch, principal
+
+        _, principal = await self._lookups.run(digest, load, lambda result: result[0] >= asked)
+        return principal
+
+    def apply(self, revocation: Revocation) -> None:
+        """Drop what ``revocation`` names."""
+        self._epoch += 1
+        self._known = {
+            digest: entry
+            for digest, entry in self._known.items()
+            if entry[1].token_id != revocation.token_id and entry[1].user_id != revocation.user_id
+        }
+
+    def clear(self) -> None:
+        """Drop every entry (revocations may have been missed)."""
+        self._epoch += 1
+        self._known.clear()
+
+
+def request_id_of(scope: Mapping[str, Any]) -> str:
+    """The request id ``RequestContextMiddleware`` stored in the scope ("" outside the API)."""
+    state = scope.get("state")
+    return str(state.get("request_id", "")) if state else ""
+
+
+def audit_entry(scope: Mapping[str, Any], action: str, principal: Principal | None = None, **fields: Any) -> AuditEntry:
+    """An audit entry pre-filled with the caller, the request id and the client address of ``scope``."""
+    client = scope.get("client")
+    return AuditEntry(
+        action=action,
+        actor_id=principal.user_id if principal else None,
+        actor_name=principal.username if principal else None,
+        request_id=request_id_of(scope) or None,
+        client_addr=client[0] if client else None,
+        **fields,
+    )
