@@ -184,7 +184,8 @@ SETTING_HELP: dict[str, str] = {
     "event_ttl": "Seconds a topic's event history is kept after its last event (0 = kept until trimmed).",
     "session_ttl": "Lifetime (s) of the login session cookie.",
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
-    "token_cache_ttl": "Seconds a verified token is cached in-process (revocation elsewhere waits this long).",
+    "token_cache_ttl": "Seconds a verified token is cached in-process; revocations reach other processes at once "
+    "over Redis, this bounds a lost message.",
     "workspace_list_cache_ttl": "Seconds a GET /api/workspaces page is cached in-process; writes invalidate it at "
     "once, activity timestamps may lag this long (0 disables).",
     "admin_username": "Bootstrap: create this admin at start when no user exists.",
