@@ -231,7 +231,7 @@ class FilesController(Controller):
         """Move or rename a file, link or directory; 409 when ``to`` exists (unless ``overwrite``)."""
         ws = await workspaces.get(principal, workspace_id)
         entry = audit_entry(
-            request,
+            request.scope,
             "file.move",
             principal,
             workspace_id=ws.id,

@@ -150,7 +150,7 @@ class LifecycleController(Controller):
         command = data.command if isinstance(data.command, str) else "\0".join(data.command)
         await ctx.audit.record(
             audit_entry(
-                request,
+                request.scope,
                 "workspace.execute",
                 principal,
                 workspace_id=workspace_id,

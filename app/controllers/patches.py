@@ -84,7 +84,7 @@ class PatchController(Controller):
         ws = await workspaces.get(principal, data.workspace_id)
         raw = data.diff.encode("utf-8", errors="surrogatepass")
         entry = audit_entry(
-            request,
+            request.scope,
             "patch.apply",
             principal,
             workspace_id=ws.id,

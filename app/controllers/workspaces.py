@@ -126,7 +126,7 @@ class WorkspacesController(Controller):
         ws = await ctx.provisioning.delete(principal, workspace_id, purge=purge)
         await ctx.audit.record(
             audit_entry(
-                request,
+                request.scope,
                 "workspace.delete",
                 principal,
                 workspace_id=ws.id,
