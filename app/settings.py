@@ -49,7 +49,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     default_image: str = "codercom/code-server:latest"
     workspace_mount: str = "/home/coder/project"
     workspaces_dir: str = ""
-    local_ide_command: str = "code-server --auth none --bind-addr 127.0.0.1:{port} --disable-telemetry {dir}"
+    local_ide_command: str = "code-server --auth password --bind-addr 127.0.0.1:{port} --disable-telemetry {dir}"
     container_user: str = "auto"
     pull_images: bool = False
     workspace_command: str = ""
@@ -103,6 +103,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     metrics_token: str = ""
+    secret_key: str = ""
     login_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     login_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 10
     api_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 600.0
@@ -136,7 +137,8 @@ SETTING_HELP: dict[str, str] = {
     "default_image": "Image for new workspaces.",
     "workspace_mount": "Mount point of the workspace directory inside the container.",
     "workspaces_dir": "Host directory holding workspace files; empty = <data dir>/workspaces.",
-    "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in.",
+    "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in (its IDE "
+    "must require the start's secret: see docs/isolation.md).",
     "container_user": "uid:gid workspace containers run as; auto = the hub's (1000:1000 if root); image = image's.",
     "pull_images": "Pull a missing workspace image on start (with progress events); off = fail with a reason.",
     "workspace_command": "Container command (shell words) replacing the image's CMD; empty = image default.",
@@ -193,6 +195,8 @@ SETTING_HELP: dict[str, str] = {
     "log_level": "debug, info, warning or error.",
     "log_format": "json (one object per line) or console (human-readable).",
     "metrics_token": "Bearer token GET /metrics requires; empty = /metrics is open (keep it off the internet).",
+    "secret_key": "Key (32+ characters) each IDE start's secret is derived from; empty = generated once into "
+    "<data dir>/secret_key. Hub processes sharing a database must share it.",
     "login_rate_per_minute": "Login attempts per username and client address per minute (0 = unlimited).",
     "login_rate_burst": "Login attempts allowed back to back before the per-minute rate applies.",
     "api_rate_per_minute": "Authenticated API requests per token per minute (0 = unlimited).",
@@ -268,6 +272,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError("CODEHUB_DEFAULT_MEMORY_MB is larger than CODEHUB_MAX_MEMORY_MB")
     if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,63}", settings.hub_id):
         raise SettingsError("CODEHUB_HUB_ID must be 1-63 letters, digits, '.', '_' or '-'")
+    if settings.secret_key and len(settings.secret_key) < 32:
+        raise SettingsError("CODEHUB_SECRET_KEY must be at least 32 characters")
     for origin in settings.allowed_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise SettingsError(f"CODEHUB_ALLOWED_ORIGINS entry {origin!r} is not an origin like https://host[:port]")

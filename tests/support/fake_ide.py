@@ -4,12 +4,18 @@ request) and a WebSocket echo on every path. Stdlib + ``websockets`` only.
 Usage: ``python fake_ide.py --port PORT [DIR]``. Logs one line per request to stdout; exits on SIGTERM.
 Environment knobs for tests: ``FAKE_IDE_DELAY`` (seconds before listening), ``FAKE_IDE_EXIT``
 (exit with this code instead of listening).
+
+Given the start's secret (``CODEHUB_IDE_SECRET``, as the local runtime passes it), it checks it as code-server
+does with ``HASHED_PASSWORD``: every request but ``/healthz`` and every WebSocket upgrade needs the cookie
+``code-server-session=<secret>`` (401 otherwise), and the echo leaves that cookie out, as code-server never
+hands it back either.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import os
 import signal
@@ -19,6 +25,31 @@ from http import HTTPStatus
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+SESSION_COOKIE = "code-server-session"
+SECRET = os.environ.get("CODEHUB_IDE_SECRET", "")
+
+
+def session_cookie(headers: Headers) -> str | None:
+    """The first ``code-server-session`` value of the request's cookies (names trimmed, as code-server does)."""
+    for value in headers.get_all("Cookie"):
+        for part in value.split(";"):
+            name, _, cookie = part.partition("=")
+            if name.strip() == SESSION_COOKIE:
+                return cookie.strip()
+    return None
+
+
+def without_session_cookie(headers: Headers) -> list[tuple[str, str]]:
+    """The request's headers minus the IDE session cookie."""
+    out = []
+    for name, value in headers.raw_items():
+        if name.lower() == "cookie":
+            value = "; ".join(p.strip() for p in value.split(";") if p.partition("=")[0].strip() != SESSION_COOKIE)
+            if not value:
+                continue
+        out.append((name, value))
+    return out
 
 
 def log(message: str) -> None:
@@ -35,7 +66,12 @@ async def echo(connection: ServerConnection) -> None:
 
 
 def respond(connection: ServerConnection, request: Request) -> Response | None:
-    """Answer plain HTTP requests; let WebSocket upgrades through."""
+    """Answer plain HTTP requests; let WebSocket upgrades through (with the secret, when one is set)."""
+    if request.path != "/healthz" and SECRET and not hmac.compare_digest(session_cookie(request.headers) or "", SECRET):
+        log(f"refused {request.path}")
+        body = b"Unauthorized"
+        headers = Headers([("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return Response(HTTPStatus.UNAUTHORIZED, "Unauthorized", headers, body)
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return None
     log(f"GET {request.path}")
@@ -44,7 +80,12 @@ def respond(connection: ServerConnection, request: Request) -> Response | None:
         content_type = "text/plain"
     else:
         body = json.dumps(
-            {"method": "GET", "path": request.path, "headers": dict(request.headers.raw_items()), "cwd": os.getcwd()}
+            {
+                "method": "GET",
+                "path": request.path,
+                "headers": dict(without_session_cookie(request.headers)),
+                "cwd": os.getcwd(),
+            }
         ).encode()
         content_type = "application/json"
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])

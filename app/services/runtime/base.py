@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import msgspec
 
 from app.errors import BadGateway, Conflict, NotFound, ServiceUnavailable
+from app.services.runtime.ide_secret import IdeSecret
 
 IDE_PORT = 8080
 LABEL_WORKSPACE = "codehub.workspace"
@@ -41,6 +42,8 @@ class WorkspaceSpec(msgspec.Struct, frozen=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     command: tuple[str, ...] = ()
     ide_port: int = IDE_PORT
+    ide_secret: IdeSecret | None = None
+    """The start's credential: the IDE must refuse requests without it (None: an IDE without auth, in tests)."""
 
     @property
     def container_name(self) -> str:

@@ -59,6 +59,7 @@ from app.services.runtime.common import (
     resolve_container_user,
     wait_until_ready,
 )
+from app.services.runtime.ide_secret import password_auth_overrides
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 from app.settings import WorkspaceEgress
 
@@ -118,12 +119,13 @@ class DockerRuntime:
         """The engine's create-container body for a workspace on ``network``, publishing on ``publish_ip``."""
         port = f"{spec.ide_port}/tcp"
         published = {} if self._networks.egress == "none" else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
+        env = {**spec.env, **(spec.ide_secret.ide_env(generic=False) if spec.ide_secret else {})}
         config: dict[str, Any] = {
             "Image": spec.image,
             "Hostname": spec.id,
             "WorkingDir": spec.mount,
             "Labels": {**spec.labels, LABEL_WORKSPACE: spec.id, LABEL_OWNER: spec.owner, LABEL_HUB: spec.hub_id},
-            "Env": [f"{key}={value}" for key, value in spec.env.items()],
+            "Env": [f"{key}={value}" for key, value in env.items()],
             "ExposedPorts": {port: {}},
             "HostConfig": {
                 "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
@@ -201,7 +203,10 @@ class DockerRuntime:
         publish_ip = await dn.publish_ip(self._publish_host)
         for attempt in range(3):
             network = await self._networks.ensure(self.docker, spec.hub_id)
-            config = self.container_config(spec, network=network, publish_ip=publish_ip)
+            config = {
+                **self.container_config(spec, network=network, publish_ip=publish_ip),
+                **await self._password_auth(spec),
+            }
             try:
                 with metrics.docker_call("create"):
                     return await self.docker.containers.create(config, name=name)
@@ -219,6 +224,19 @@ class DockerRuntime:
                     continue
                 raise StartFailed(f"Docker refused to create the container: {exc.message}") from exc
         raise StartFailed(f"container name {name} stays taken")
+
+    async def _password_auth(self, spec: WorkspaceSpec) -> dict[str, list[str]]:
+        """Entrypoint/Cmd overrides so an image's ``--auth none`` IDE requires the start's secret instead."""
+        if spec.ide_secret is None:
+            return {}
+        try:
+            with metrics.docker_call("image_inspect"):
+                config = (await self.docker.images.inspect(spec.image)).get("Config") or {}
+        except DockerError as exc:
+            if exc.status == 404:
+                return {}  # not pulled yet: the create fails, pulls, and the next attempt asks again
+            raise
+        return password_auth_overrides(config.get("Entrypoint") or [], list(spec.command) or config.get("Cmd") or [])
 
     def _endpoint_of(self, info: dict[str, Any], ide_port: int) -> Endpoint:
         return dn.ide_endpoint(info, ide_port, self.endpoint_host, self._on_engine_host)

@@ -4,7 +4,8 @@ Each workspace runs ``local_ide_command`` (``{port}`` and ``{dir}`` filled in) i
 free loopback port, as leader of its own session so stop and timeouts reach every child. Output is
 timestamped into a ring buffer and ``<state dir>/<id>.log``; ``<id>.json`` records pid and port so a
 restarted hub can find (and stop) what it started. No isolation and no enforced limits: the IDE runs
-as the hub's user. The hub's ``CODEHUB_*`` variables are not passed on.
+as the hub's user. The hub's ``CODEHUB_*`` variables are not passed on; the start's IDE secret is, in the
+IDE's environment only (``HASHED_PASSWORD`` and ``CODEHUB_IDE_SECRET``; never in argv, which ``ps`` shows).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from app.services.runtime.common import (
     purge_dir as delete_tree,
 )
 from app.services.runtime.docker_exec import DEFAULT_SHELL
+from app.services.runtime.ide_secret import local_launch
 from app.services.runtime.local_logs import MAX_LOG_FILE, follow_log_file, read_log_file
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 
@@ -137,10 +139,11 @@ class LocalRuntime:
         await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
         port = free_port(self.host)
         pid_path, log_path = self._paths(spec.id)
-        env = ls.child_env({**spec.env, "CODEHUB_WORKSPACE_ID": spec.id, "PORT": str(port)})
+        argv, secret_env = local_launch(self._argv(port, str(directory)), spec.ide_secret)
+        env = ls.child_env({**spec.env, "CODEHUB_WORKSPACE_ID": spec.id, "PORT": str(port), **secret_env})
         try:
             process = await anyio.open_process(
-                self._argv(port, str(directory)),
+                argv,
                 cwd=directory,
                 env=env,
                 stdin=DEVNULL,

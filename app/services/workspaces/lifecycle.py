@@ -30,6 +30,7 @@ from app.services.auth.access import Principal
 from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
 from app.services.runtime.engines import Engines
+from app.services.runtime.ide_secret import IdeSecrets
 from app.services.workspaces import git
 from app.services.workspaces.records import WorkspaceService, publish_lifecycle
 from app.services.workspaces.servers import ServerService
@@ -72,6 +73,7 @@ class Lifecycle:
         self._activity: dict[str, float] = {}
         self._beats: dict[str, float] = {}
         self.listeners: list[Callable[[Workspace, str], None]] = []
+        self.ide_secrets = IdeSecrets.from_settings(settings)
 
     def workspace_dir(self, workspace_id: str) -> Path:
         """Host directory of a workspace's files."""
@@ -138,6 +140,7 @@ class Lifecycle:
             env={"CODEHUB_WORKSPACE_ID": ws.id},
             labels={"codehub.generation": str(ws.generation)},
             command=tuple(shlex.split(self.settings.workspace_command)),
+            ide_secret=self.ide_secrets.for_start(ws.id, ws.generation),
         )
 
     # -- start ---------------------------------------------------------------------------------------------

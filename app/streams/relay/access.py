@@ -28,7 +28,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 class Route:
     """What the relay needs of a workspace row."""
 
-    __slots__ = ("endpoint", "id", "loaded_at", "name", "owner_id", "reason", "state")
+    __slots__ = ("endpoint", "generation", "id", "loaded_at", "name", "owner_id", "reason", "state")
 
     def __init__(self, ws: Workspace | None, workspace_id: str) -> None:
         self.id = workspace_id
@@ -36,6 +36,7 @@ class Route:
         self.state = ws.state if ws else WorkspaceState.DELETED
         self.reason = ws.state_reason if ws else None
         self.name = ws.name if ws else ""
+        self.generation = ws.generation if ws else 0
         self.endpoint = (
             parse_endpoint(ws.endpoint) if ws and ws.state == WorkspaceState.RUNNING and ws.endpoint else None
         )

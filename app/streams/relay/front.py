@@ -36,6 +36,7 @@ from app.services.auth.access import (
     may_access,
     session_set_cookie,
 )
+from app.services.runtime.ide_secret import present_ide_cookie
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
 from app.streams.relay import pages
 from app.streams.relay.access import (
@@ -79,6 +80,7 @@ class Relay:
         self.settings = deps.settings
         self.pool = UpstreamPool()
         self.routes = RouteCache(deps.sessionmaker)
+        self.ide_secrets = deps.lifecycle.ide_secrets
         self.stats = RelayStats()
         self.activity = Activity(deps.lifecycle.touch)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
@@ -149,9 +151,11 @@ class Relay:
     # -- upstream request shaping --------------------------------------------------------------------------
 
     def _upstream_headers(
-        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], creds: Credentials, prefix: bytes
+        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], creds: Credentials, route: Route
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed) and Host."""
+        """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed; the start's IDE
+        secret presented as its session cookie) and Host."""
+        prefix = b"/w/" + route.id.encode()
         out: list[tuple[bytes, bytes]] = []
         host = b""
         listed: set[bytes] | None = None
@@ -180,7 +184,7 @@ class Relay:
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-forwarded-prefix", prefix))
-        return out, host
+        return present_ide_cookie(out, self.ide_secrets.cookie(route.id, route.generation)), host
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class Relay:
     ) -> None:
         assert route.endpoint is not None
         prefix = b"/w/" + route.id.encode()
-        up_headers, host = self._upstream_headers(scope, headers, creds, prefix)
+        up_headers, host = self._upstream_headers(scope, headers, creds, route)
         if not host:
             host = f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
         query = scope.get("query_string", b"")
@@ -311,7 +315,7 @@ class Relay:
                 await deny(scope, send, 503, f"the workspace is {route.state}")
                 return
         prefix = b"/w/" + route.id.encode()
-        up_headers, host = self._upstream_headers(scope, headers, creds, prefix)
+        up_headers, host = self._upstream_headers(scope, headers, creds, route)
         query = scope.get("query_string", b"")
         if creds.query is not None:
             query = without_access_token(query)
