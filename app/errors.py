@@ -22,6 +22,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """The JSON body of every error the hub sends: ``{"error": code, "detail": message, ...extra}``."""
+    return {"error": code, "detail": detail, **extra}
+
+
 class DomainError(Exception):
     """Base of every error a client can cause; carries an HTTP status and a stable code."""
 
@@ -39,7 +44,7 @@ class DomainError(Exception):
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body sent to the client."""
-        return {"error": self.code, "detail": self.detail, **self.extra}
+        return error_body(self.code, self.detail, **self.extra)
 
 
 class BadRequest(DomainError):

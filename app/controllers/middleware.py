@@ -7,12 +7,12 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.context import AppContext
+from app.controllers.error_responses import send_error
 from app.errors import DomainError, Unauthorized
 from app.logging_setup import ACCESS_LOGGER, write_access_line
 from app.services.auth.access import Credentials, Principal, header, identify
@@ -45,19 +45,6 @@ def _is_event_stream(headers: Any) -> bool:
     return False
 
 
-def _json_error(status: int, body: bytes, request_id: str, extra: list[tuple[bytes, bytes]]) -> list[Message]:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-        *extra,
-    ]
-    return [
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
-
-
 class RequestContextMiddleware:
     """Gives every request an id (kept from ``X-Request-ID`` when sane), resolves who is calling, and logs
     one line per HTTP request without the query string (it may carry ``access_token``)."""
@@ -81,9 +68,8 @@ class RequestContextMiddleware:
         except DomainError as exc:
             scope["user"] = None
             if scope["type"] == "http" and scope["path"].startswith("/api/"):
-                body = msgspec.json.encode(exc.to_body())
-                for message in _json_error(exc.status, body, request_id, [(b"www-authenticate", b"Bearer")]):
-                    await send(message)
+                headers = {"x-request-id": request_id, "www-authenticate": "Bearer"}
+                await send_error(send, exc.status, exc.to_body(), headers)
                 self._record(scope, exc.status, started, time.perf_counter())
                 return
         if scope["user"] is not None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, get
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from app.context import AppContext
+from app.controllers.error_responses import send_error
 from app.errors import TooManyRequests, Unauthorized
 from app.services.auth.ratelimit import enforce
 from app.services.workspaces import monitoring
@@ -53,14 +53,6 @@ class ApiRateLimitMiddleware:
                 try:
                     await enforce(ctx.rate_limiter, user.token_id, ctx.api_limit)
                 except TooManyRequests as exc:
-                    await _send_error(send, exc)
+                    await send_error(send, exc.status, exc.to_body(), exc.headers)
                     return
         await self.app(scope, receive, send)
-
-
-async def _send_error(send: Send, exc: TooManyRequests) -> None:
-    body = msgspec.json.encode(exc.to_body())
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

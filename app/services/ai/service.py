@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from app.errors import BadGateway, DomainError, Unprocessable
+from app.errors import BadGateway, DomainError, Unprocessable, error_body
 from app.events import EventPublisher, ai_topic
 from app.services.ai.context import CodeContext, build_context
 from app.services.ai.llm import ChatStream, LLMClient, Message, Usage
@@ -48,8 +48,8 @@ Kind = Literal["explain", "rewrite"]
 AuditSink = Callable[[AuditEntry], Awaitable[Any]]
 Validator = Callable[[Path, str], Awaitable[dict[str, Any]]]
 _NOT_AUDITED = {"ai_rate_limited", "ai_concurrency_limit", "llm_not_configured"}
-_CANCELLED = {"error": "cancelled", "detail": "the request was cancelled", "status": 499}
-_INTERNAL = {"error": "internal", "detail": "the AI request failed inside the hub", "status": 500}
+_CANCELLED = error_body("cancelled", "the request was cancelled", status=499)
+_INTERNAL = error_body("internal", "the AI request failed inside the hub", status=500)
 PING_TYPE = "ping"
 log = structlog.get_logger("app.ai")
 
@@ -352,9 +352,7 @@ class AIService:
             done = await self._done(run, ctx, stream)
         except DomainError as exc:
             run.outcome = f"error:{exc.code}"
-            await self._publish(
-                run, send, "ai.error", {"error": exc.code, "detail": exc.detail, "status": exc.status}, exc
-            )
+            await self._publish(run, send, "ai.error", error_body(exc.code, exc.detail, status=exc.status), exc)
             return
         await self._publish(run, send, "ai.done", msgspec.to_builtins(done), result=done)
         run.outcome = "ok"
