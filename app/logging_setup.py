@@ -1,4 +1,9 @@
-"""structlog configuration: JSON lines in production, readable lines in ``just dev``."""
+"""structlog configuration: JSON lines in production, readable lines in ``just dev``.
+
+Modules log through the standard library, named by their package: ``log = logging.getLogger(__name__)``,
+``log.info("started %s", workspace_id)``; structlog renders those records with the request's context
+variables. The access log alone keeps a fixed name (``ACCESS_LOGGER``) and passes its fields as keys.
+"""
 
 from __future__ import annotations
 

@@ -13,13 +13,13 @@ returns a diff (validated by the patch validator) to apply with ``POST /api/patc
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
 import msgspec
-import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -40,7 +40,7 @@ from app.streams.events.direct_http import direct_writer
 from app.streams.events.fanout import Item, encode_body, with_id
 from app.streams.events.sse import MEDIA_TYPE, SSE_HEADERS, event_stream, retry_frame
 
-log = structlog.get_logger("app.ai")
+log = logging.getLogger(__name__)
 Line = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 Prompt = Annotated[str, msgspec.Meta(max_length=8000)]
 WorkspacePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -202,7 +202,7 @@ class AIController(Controller):
             try:
                 await owners.remember(ai_request.request_id, principal.user_id)
             except Exception:  # the owner then cannot follow the topic (fails closed); the request still runs
-                log.warning("ai.owner_not_recorded", request_id=ai_request.request_id, exc_info=True)
+                log.warning("owner of AI request %s not recorded", ai_request.request_id, exc_info=True)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(remember)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import stat
@@ -30,7 +31,6 @@ from typing import Any, Literal
 
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -51,7 +51,7 @@ _NOT_AUDITED = {"ai_rate_limited", "ai_concurrency_limit", "llm_not_configured"}
 _CANCELLED = error_body("cancelled", "the request was cancelled", status=499)
 _INTERNAL = error_body("internal", "the AI request failed inside the hub", status=500)
 PING_TYPE = "ping"
-log = structlog.get_logger("app.ai")
+log = logging.getLogger(__name__)
 
 
 class AIResult(msgspec.Struct, kw_only=True):
@@ -293,12 +293,12 @@ class AIService:
                 run.outcome = "" if exc.code in _NOT_AUDITED or run.ctx is None else f"error:{exc.code}"
                 if not started:
                     raise
-                log.error("ai.job_failed", request_id=run.request.request_id, error=exc.code)
+                log.error("AI request %s failed: %s", run.request.request_id, exc.code)
             except Exception:
                 if not started:
                     raise
                 run.outcome = "error:internal"
-                log.exception("ai.job_crashed", request_id=run.request.request_id)
+                log.exception("AI request %s crashed", run.request.request_id)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await self._publish(run, send, "ai.error", dict(_INTERNAL))
             finally:
@@ -418,4 +418,4 @@ class AIService:
                 )
             )
         except Exception:
-            log.exception("ai.audit_failed", request_id=request.request_id)
+            log.exception("audit of AI request %s failed", request.request_id)

@@ -29,7 +29,7 @@ from app.errors import TooManyRequests
 from app.services.ai.limits import InProcessLimiter
 from app.settings import Settings
 
-log = logging.getLogger("codehub.ratelimit")
+log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT = 0.5
 REDIS_BACKOFF = 5.0

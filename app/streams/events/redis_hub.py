@@ -42,7 +42,7 @@ from app.streams.events.fanout import (
 from app.streams.events.hub import REPLAY_PAGE, SUBSCRIBER_BUFFER, subscription_topics
 from app.streams.events.subscription import Subscription
 
-log = logging.getLogger("codehub.events")
+log = logging.getLogger(__name__)
 
 PUBLISH_LUA = """
 local n = redis.call('INCR', KEYS[1])
