@@ -7,7 +7,7 @@ every topic of a deployment, so one ``Last-Event-ID`` resumes a connection carry
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -51,12 +51,6 @@ class EventPublisher(Protocol):
         ...
 
 
-class Subscription(Protocol):
-    """An async stream of events for a set of topics, replayed from a cursor and then live."""
-
-    def __aiter__(self) -> AsyncIterator[Event]: ...
-
-
 def workspace_topic(workspace_id: str) -> str:
     """Lifecycle topic of a workspace."""
     return f"workspace:{workspace_id}"
@@ -88,11 +82,3 @@ ADMIN_TOPIC = "admin"
 def lifecycle_topics(workspace_id: str, owner_id: int) -> tuple[str, tuple[str, ...]]:
     """Primary topic and fan-out topics for a workspace lifecycle event."""
     return workspace_topic(workspace_id), (user_topic(owner_id), ADMIN_TOPIC)
-
-
-class NullPublisher:
-    """Publisher that drops events (CLI commands, tests of services alone)."""
-
-    async def publish(self, topic: str, type: str, data: dict[str, Any], *, also: Sequence[str] = ()) -> str:
-        """Drop the event."""
-        return "0"

@@ -121,11 +121,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         """Where workspace directories live (a path all Docker servers can bind, in multi-host setups)."""
         return Path(self.workspaces_dir) if self.workspaces_dir else _resolved(self.data_dir / "workspaces")
 
-    @property
-    def is_sqlite(self) -> bool:
-        """True when the database is SQLite."""
-        return self.resolved_database_url.startswith("sqlite")
-
 
 SETTING_HELP: dict[str, str] = {
     "data_dir": "Directory for the SQLite database, workspace files and other state.",

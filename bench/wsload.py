@@ -45,9 +45,10 @@ class Conn(asyncio.Protocol):
         for name, value in self.headers:
             request.headers[name] = value
         self.proto.send_request(request)
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what the protocol has queued to the socket."""
         for chunk in self.proto.data_to_send():
             if chunk:
                 self.transport.write(chunk)  # type: ignore[union-attr]
@@ -56,7 +57,7 @@ class Conn(asyncio.Protocol):
         """Send the next message of the ping-pong."""
         self.sent_at = time.perf_counter()
         self.proto.send_text(PAYLOAD.encode())
-        self._flush()
+        self.flush()
 
     def data_received(self, data: bytes) -> None:
         self.proto.receive_data(data)
@@ -66,7 +67,7 @@ class Conn(asyncio.Protocol):
                     self.ready.set_result(self.proto.handshake_exc is None)
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT and self.load is not None:
                 self.load.done(self, time.perf_counter() - self.sent_at)
-        self._flush()
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -114,7 +115,7 @@ async def close_all(conns: list[Conn]) -> None:
     for conn in conns:
         if not conn.transport.is_closing():  # type: ignore[union-attr]
             conn.proto.send_close(1000)
-            conn._flush()
+            conn.flush()
     await asyncio.sleep(0.3)
     for conn in conns:
         conn.transport.close()  # type: ignore[union-attr]

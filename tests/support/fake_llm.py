@@ -339,7 +339,8 @@ class FlakyFront:
     connections: int = 0
     url: str = ""
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+    async def handle(self, client: anyio.abc.SocketStream) -> None:
+        """Serve one accepted connection: drop it while ``drop_first`` lasts, else proxy it to the target."""
         self.connections += 1
         async with client:
             if self.connections <= self.drop_first:
@@ -373,7 +374,7 @@ async def flaky_front(target_port: int, drop_first: int = 1) -> AsyncIterator[Fl
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     front.url = f"http://127.0.0.1:{port}/v1"
     async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, front._handle)
+        tg.start_soon(listener.serve, front.handle)
         try:
             yield front
         finally:

@@ -13,7 +13,7 @@ import os
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.errors import DomainError, PayloadTooLarge, Unprocessable
@@ -84,7 +84,6 @@ class CodeContext:
     masker: SecretMasker
     budget: int
     chars: int = 0
-    skipped: list[str] = field(default_factory=list)
 
 
 def split_lines(text: str) -> list[str]:

@@ -280,13 +280,3 @@ def _record(outcome: str, started: float, usage: Usage | None) -> None:
     if usage is not None:
         metrics.LLM_TOKENS.labels("prompt").inc(usage.prompt_tokens)
         metrics.LLM_TOKENS.labels("completion").inc(usage.completion_tokens)
-
-
-@asynccontextmanager
-async def open_llm(settings: Settings, *, limiter: RequestLimiter | None = None) -> AsyncIterator[LLMClient]:
-    """An ``LLMClient`` for the app's lifetime (build it in the lifespan, on the serving event loop)."""
-    client = LLMClient(settings, limiter=limiter)
-    try:
-        yield client
-    finally:
-        await client.aclose()

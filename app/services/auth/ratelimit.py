@@ -8,9 +8,9 @@ in-process buckets for ``REDIS_BACKOFF`` seconds: limits stay on, per process, r
 
 Callers:
 - login: ``login_limit(settings)`` keyed by ``username|client address`` (``app.controllers.auth``);
-- general API: ``api_limit(settings)`` keyed by the token id (``app.controllers.ratelimit``);
+- general API: ``api_limit(settings)`` keyed by the token id (``app.controllers.ops``);
 - AI: ``SharedAILimiter`` implements ``app.services.ai.limits.RequestLimiter`` (concurrency in-process,
-  rate through this module), so ``open_llm(settings, limiter=SharedAILimiter(...))`` shares the rate.
+  rate through this module), so ``LLMClient(settings, limiter=SharedAILimiter(...))`` shares the rate.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def create_rate_limiter(settings: Settings) -> tuple[RateLimiter, Callable[[], A
 class SharedAILimiter:
     """``RequestLimiter`` for the LLM client: concurrency per user in this process, rate through ``limiter``.
 
-    A refused concurrency check takes no rate token. Pass it as ``open_llm(settings, limiter=...)``.
+    A refused concurrency check takes no rate token. Pass it as ``LLMClient(settings, limiter=...)``.
     """
 
     def __init__(self, settings: Settings, limiter: RateLimiter) -> None:

@@ -61,7 +61,7 @@ class Lifecycle:
         servers: ServerService,
         tasks: TaskGroup,
     ) -> None:
-        self._sessionmaker = sessionmaker
+        self.sessionmaker = sessionmaker
         self.settings = settings
         self.events = events
         self.engines = engines
@@ -81,7 +81,7 @@ class Lifecycle:
 
     async def row(self, workspace_id: str) -> Workspace:
         """The current row, no visibility check (404 when gone)."""
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             ws = await session.get(Workspace, workspace_id)
         if ws is None:
             raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
@@ -105,7 +105,7 @@ class Lifecycle:
         values["updated_at"] = utcnow()
         if bump:
             values["generation"] = Workspace.generation + 1
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             result = await session.scalars(query.values(**values).returning(Workspace))
             ws = result.one_or_none()
             await session.commit()
@@ -279,7 +279,7 @@ class Lifecycle:
         if now - self._beats.get(ws.id, -1e9) < HEARTBEAT_EVERY:
             return
         self._beats[ws.id] = now
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             await session.execute(
                 update(Workspace)
                 .where(Workspace.id == ws.id, Workspace.generation == ws.generation)
@@ -397,7 +397,7 @@ class Lifecycle:
         clone = self._clones.get(ws.id)
         if clone is not None:
             await clone.wait()
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             await session.execute(
                 update(Workspace)
                 .where(Workspace.id == ws.id)
@@ -422,7 +422,7 @@ class Lifecycle:
         if now - self._activity.get(workspace_id, -1e9) < ACTIVITY_WRITE_EVERY:
             return
         self._activity[workspace_id] = now
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             await session.execute(
                 update(Workspace)
                 .where(Workspace.id == workspace_id, Workspace.state == WorkspaceState.RUNNING)

@@ -36,7 +36,7 @@ class Reconciler:
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
         self.settings = lifecycle.settings
-        self._sessionmaker = lifecycle._sessionmaker
+        self._sessionmaker = lifecycle.sessionmaker
         self._orphans: dict[tuple[str | None, str], float] = {}
         self._warned: set[tuple[str, Any]] = set()
         self._watching: set[str | None] = set()

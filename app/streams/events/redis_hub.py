@@ -163,6 +163,13 @@ class RedisHub:
         if not self._listening:
             raise _unavailable()
 
+    async def wait_listening(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the pub/sub connection; True when it is up."""
+        if not self._listening:
+            with anyio.move_on_after(seconds):
+                await self._up.wait()
+        return self._listening
+
     def stats(self) -> dict[str, Any]:
         """Counters: subscribers, published, delivered, dropped (slow-consumer resets), reconnects, …"""
         return {
@@ -182,11 +189,8 @@ class RedisHub:
         Raises ``ServiceUnavailable`` when Redis is down (after a short wait for a reconnect).
         """
         names = subscription_topics(topics)
-        if not self._listening:
-            with anyio.move_on_after(SUBSCRIBE_WAIT):
-                await self._up.wait()
-            if not self._listening:
-                raise _unavailable()
+        if not await self.wait_listening(SUBSCRIBE_WAIT):
+            raise _unavailable()
         sub = self.fanout.add(names)
         try:
             try:
@@ -418,9 +422,7 @@ async def open_redis_hub(
     try:
         await tasks.start(hub.run_reader)
         tasks.start_soon(hub.fanout.heartbeats, settings.sse_heartbeat)
-        with anyio.move_on_after(FIRST_CONNECT_WAIT):
-            await hub._up.wait()
-        if not hub._listening:
+        if not await hub.wait_listening(FIRST_CONNECT_WAIT):
             log.warning(
                 "event hub: Redis at %s is not answering yet; retrying in the background",
                 settings.redis_url.rsplit("@", 1)[-1],

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import anyio
 
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 
 
 class LinkClosed(ConnectionError):

@@ -94,21 +94,6 @@ class RelayStats:
         """Relayed WebSockets open now, all workspaces."""
         return sum(c.websockets_open for c in self.workspaces.values())
 
-    @property
-    def open_terminals(self) -> int:
-        """Terminals open now, all workspaces."""
-        return sum(c.terminals_open for c in self.workspaces.values())
-
-    def snapshot(self) -> dict[str, Any]:
-        """Totals and per-workspace counters."""
-        per = {ws: c.as_dict() for ws, c in self.workspaces.items()}
-        totals: dict[str, int] = {}
-        for values in per.values():
-            for key, value in values.items():
-                if isinstance(value, int):
-                    totals[key] = totals.get(key, 0) + value
-        return {"totals": totals, "workspaces": per}
-
     def forget(self, workspace_id: str) -> None:
         """Drop an idle workspace's counters and its metric series (it stopped or was deleted)."""
         counters = self.workspaces.get(workspace_id)
