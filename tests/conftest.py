@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, load_settings
-from tests.databases import fresh_database
+from tests.support.databases import fresh_database
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
 
 os.environ.setdefault("CODEHUB_LOG_LEVEL", "warning")
 
@@ -41,23 +40,6 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     """A new migrated Postgres database of the test's own (skips without Postgres)."""
     with fresh_database("postgres", tmp_path) as url:
         yield url
-
-
-def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    """Settings for tests: only what is given, never the developer's CODEHUB_* environment."""
-    base: dict[str, object] = {
-        "data_dir": data_dir,
-        "log_level": "warning",
-        "runtime": "local",
-        "docker_url": "none",
-        "hub_id": f"t-{secrets.token_hex(4)}",
-        "redis_prefix": f"codehub-test-{secrets.token_hex(4)}",
-        # tests poll and share tokens across a module: rate limits are tested on purpose in tests/ops only
-        "api_rate_per_minute": 0,
-        "login_rate_per_minute": 0,
-    }
-    base.update(overrides)
-    return load_settings(environ={}, **base)
 
 
 @pytest.fixture(scope="module")

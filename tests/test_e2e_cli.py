@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.databases import fresh_database
+from tests.support.databases import fresh_database
 from tests.support.server import free_port
 
 CODEHUB = [sys.executable, "-m", "app"]

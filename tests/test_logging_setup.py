@@ -8,7 +8,7 @@ import pytest
 import structlog
 
 from app.logging_setup import configure_logging
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_a_logger_used_before_a_reconfiguration_follows_the_new_level(

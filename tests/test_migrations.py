@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect
 
 from app import db
 from app.models import Base
-from tests.databases import fresh_database
+from tests.support.databases import fresh_database
 
 
 def _sync_url(url: str) -> str:

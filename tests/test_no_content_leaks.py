@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import inspect, text
 
 from app import db
-from tests.conftest import make_settings
-from tests.runtime.conftest import fake_ide_command
 from tests.support.fake_llm import Behavior, FakeLLM, serve_fake_llm
+from tests.support.runtime import fake_ide_command
 from tests.support.server import running_hub
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 AUDITED = ("file.write", "patch.apply", "workspace.start", "workspace.execute", "ai.explain", "ai.rewrite")

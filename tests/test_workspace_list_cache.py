@@ -23,8 +23,8 @@ from app.services.auth.users import AuthService
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.services.workspaces.records import WorkspaceService, publish_lifecycle
 from app.streams.events.backend import open_hub
-from tests.conftest import make_settings
 from tests.support.server import Hub
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 

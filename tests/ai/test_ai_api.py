@@ -13,13 +13,13 @@ from sqlalchemy import select
 
 from app import db
 from app.models import AuditEvent
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.services import need_redis
-from tests.streams.conftest import delete_prefix
-from tests.streams.sse_client import SSEStream, open_sse
+from tests.support.databases import fresh_database
+from tests.support.event_hubs import delete_prefix
 from tests.support.fake_llm import Behavior, FakeLLM, serve_fake_llm
 from tests.support.server import Hub, running_hub
+from tests.support.services import need_redis
+from tests.support.settings import make_settings
+from tests.support.sse_client import SSEStream, open_sse
 
 pytestmark = pytest.mark.anyio
 SSE = {"Accept": "text/event-stream"}

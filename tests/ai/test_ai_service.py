@@ -20,8 +20,8 @@ from app.services.ai.llm import LLMClient
 from app.services.ai.service import AIEvent, AIJob, AIRequest, AIService, Kind
 from app.services.audit.log import AuditEntry
 from app.settings import load_settings
-from tests.ai.test_context import SECRETS, secret_workspace
 from tests.support.fake_llm import Behavior, FakeLLM
+from tests.support.source_trees import SECRETS, secret_workspace
 
 pytestmark = pytest.mark.anyio
 

@@ -9,14 +9,7 @@ import pytest
 from app.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.services.ai.context import CodeContext, build_context, go_imports, js_imports, language_of, python_imports
 from app.services.ai.redact import SecretMasker
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
+from tests.support.source_trees import SECRETS, secret_workspace, write
 
 
 def pieces(ctx: CodeContext) -> list[str]:
@@ -113,44 +106,6 @@ def test_go_package_files_come_in(tmp_path: Path) -> None:
     )
     ctx = build_context(tmp_path, "cmd/main.go", budget=10_000)
     assert [s.path for s in ctx.related] == ["store/store.go"]
-
-
-SECRETS = {
-    "openai": "sk-proj-Abc123Def456Ghi789Jkl012Mno345",
-    "aws_id": "AKIAIOSFODNN7EXAMPLE",
-    "aws_secret": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "password": "correct-horse-battery",
-    "bearer": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-    "db": "s3cr3t-db-pw",
-    "env_token": "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-    "key_line": "MIIEowIBAAKCAQEA7bq0yLw8e1a2",
-    "entropy": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b",
-}
-
-
-def secret_workspace(root: Path) -> Path:
-    s = SECRETS
-    return write(
-        root,
-        {
-            "svc/client.py": (
-                "import os\nfrom .config import settings\n\n"
-                f'OPENAI_KEY = "{s["openai"]}"\n'
-                f"aws_access_key_id = {s['aws_id']}\n"
-                f'AWS_SECRET_ACCESS_KEY = "{s["aws_secret"]}"\n'
-                f'headers = {{"Authorization": "Bearer {s["bearer"]}"}}\n'
-                f'hmac_key = "{s["entropy"]}"\n'
-                "def connect(password: str) -> None:\n"
-                f'    url = "postgresql://app:{s["db"]}@db:5432/app"\n'
-                "    return url\n"
-            ),
-            "svc/config.py": f'settings = {{"password": "{s["password"]}", "debug": True}}\n',
-            "svc/.env": f"GITHUB_TOKEN={s['env_token']}\n",
-            "svc/deploy.yaml": f"db:\n  password: {s['password']}\n",
-            "svc/key.pem": f"-----BEGIN RSA PRIVATE KEY-----\n{s['key_line']}\n-----END RSA PRIVATE KEY-----\n",
-            "svc/notes.txt": f"-----BEGIN RSA PRIVATE KEY-----\n{s['key_line']}\n-----END RSA PRIVATE KEY-----\n",
-        },
-    )
 
 
 def test_secrets_are_masked_everywhere_and_secret_files_skipped(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from types import FrameType
 import pytest
 
 from app.services.files.patches import clear_cache
-from tests.files.support import Sandbox, make_sandbox
+from tests.support.files import Sandbox, make_sandbox
 
 
 @pytest.fixture

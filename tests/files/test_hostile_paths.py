@@ -12,7 +12,7 @@ from app.errors import DomainError
 from app.services import files
 from app.services.files import patches
 from app.services.files.paths import normalize
-from tests.files.support import SENTINEL, Sandbox
+from tests.support.files import SENTINEL, Sandbox
 
 # Paths that must be refused outright (4xx), whatever the operation.
 REFUSED = [

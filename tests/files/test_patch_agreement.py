@@ -17,8 +17,8 @@ import pytest
 
 from app.errors import DomainError
 from app.services.files import patches
-from tests.files import history
-from tests.files.support import GIT_ENV, files_of, git
+from tests.support import git_history
+from tests.support.files import GIT_ENV, files_of, git
 
 REPO = Path(__file__).resolve().parents[2]
 FORMATS = [[], ["--no-renames"], ["-U1"], ["-U0"], ["-U6", "--full-index"], ["-M50%"]]
@@ -98,7 +98,7 @@ class Checker:
 
 
 def test_agreement_with_git_on_a_generated_history(tmp_path: Path) -> None:
-    commits = history.build(tmp_path / "repo", seed=20240611, commits=45)
+    commits = git_history.build(tmp_path / "repo", seed=20240611, commits=45)
     checker = Checker(tmp_path / "repo", tmp_path / "work")
     rng = random.Random(5)
     pairs = [(commits[i], commits[i + 1]) for i in range(len(commits) - 1)]

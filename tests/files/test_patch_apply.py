@@ -12,7 +12,7 @@ import pytest
 from app.errors import BadRequest, Conflict, DomainError
 from app.services.files import patches
 from app.services.files.patches import commit as commit_module
-from tests.files.support import GIT_ENV, files_of, snapshot
+from tests.support.files import GIT_ENV, files_of, snapshot
 
 
 def make_tree(top: Path, content: dict[str, bytes]) -> Path:

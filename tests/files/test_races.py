@@ -12,7 +12,7 @@ import pytest
 from app.errors import BadRequest, DomainError
 from app.services import files
 from app.services.files import patches
-from tests.files.support import SENTINEL, Sandbox
+from tests.support.files import SENTINEL, Sandbox
 
 
 def _hook_open(

@@ -18,8 +18,8 @@ import pytest
 from app.services.runtime.base import StartFailed
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.docker_network import ICC_OPTION, network_name
-from tests.isolation.conftest import Started, running_pair
-from tests.isolation.probes import (
+from tests.support.lifecycle import wait_state
+from tests.support.probes import (
     can_build_outside,
     container_info,
     http_listener,
@@ -28,11 +28,10 @@ from tests.isolation.probes import (
     probe,
     reached,
 )
-from tests.runtime.conftest import make_spec, remove_hub_containers
-from tests.runtime.helpers import wait_state
-from tests.runtime.test_lifecycle_docker import docker_settings
-from tests.services import TEST_IMAGE, need_docker
+from tests.support.runtime import Started, make_spec, remove_hub_containers, running_pair
 from tests.support.server import running_hub
+from tests.support.services import TEST_IMAGE, need_docker
+from tests.support.settings import docker_settings
 
 pytestmark = pytest.mark.anyio
 

@@ -12,16 +12,9 @@ import pytest
 from app.services.runtime.base import Endpoint
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.docker_network import ICC_OPTION, network_name
-from tests.isolation.conftest import Started, running_pair
-from tests.isolation.probes import (
-    container_info,
-    host_address,
-    network_of,
-    probe,
-    reached,
-    userland_proxy_serves,
-)
-from tests.services import TEST_IMAGE, need_docker
+from tests.support.probes import container_info, host_address, network_of, probe, reached, userland_proxy_serves
+from tests.support.runtime import Started, running_pair
+from tests.support.services import TEST_IMAGE, need_docker
 
 pytestmark = pytest.mark.anyio
 

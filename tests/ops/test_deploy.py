@@ -14,7 +14,7 @@ import yaml
 
 from app.cli import build_parser
 from app.settings import ENV_PREFIX, Settings, load_settings
-from tests.ops.promtext import PROMETHEUS_SYNTHETIC, balanced, exposed_names, metric_names_in
+from tests.support.promtext import PROMETHEUS_SYNTHETIC, balanced, exposed_names, metric_names_in
 from tests.support.server import Hub
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import make_settings
-from tests.databases import _admin_dsn
-from tests.ops.promtext import sample_value
+from tests.support.databases import admin_dsn
+from tests.support.promtext import sample_value
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,7 @@ async def test_metrics_answer_while_the_database_is_down(tmp_path: Path, postgre
     settings = make_settings(tmp_path, database_url=postgres_url)
     async with running_hub(settings) as hub, httpx.AsyncClient(base_url=hub.url, timeout=30) as anon:
         assert sample_value((await anon.get("/metrics")).text, "codehub_dependency_up", name="database") == 1
-        with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{postgres_url.rsplit("/", 1)[1]}" WITH (FORCE)')
         r = await anon.get("/metrics")
         assert r.status_code == 200

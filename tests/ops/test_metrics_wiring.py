@@ -9,13 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-from tests.ops.promtext import sample_value
-from tests.runtime.conftest import fake_ide_command, remove_hub_containers
-from tests.runtime.helpers import create, wait_state
-from tests.runtime.test_lifecycle_docker import docker_settings
 from tests.support.fake_llm import Behavior, serve_fake_llm
+from tests.support.lifecycle import create, wait_state
+from tests.support.promtext import sample_value
+from tests.support.runtime import fake_ide_command, remove_hub_containers
 from tests.support.server import running_hub
+from tests.support.settings import docker_settings, make_settings
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from app.errors import TooManyRequests
 from app.services.auth.ratelimit import Limit, MemoryRateLimiter, RedisRateLimiter, SharedAILimiter, enforce
 from app.settings import load_settings
-from tests.conftest import make_settings
-from tests.services import need_redis
 from tests.support.server import free_port, running_hub
+from tests.support.services import need_redis
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ from app.streams.relay.access import (
     strip_session_cookie,
     without_access_token,
 )
-from tests.relay.conftest import RelayHub
-from tests.runtime.helpers import wait_state
+from tests.support.lifecycle import wait_state
+from tests.support.relay import RelayHub
 
 pytestmark = pytest.mark.anyio
 

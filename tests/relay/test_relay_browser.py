@@ -18,12 +18,12 @@ import pytest
 
 from app.factory import create_app
 from app.streams.relay.splice import SpliceProtocol
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.relay.conftest import RelayHub
-from tests.runtime.conftest import remove_hub_containers
-from tests.services import CODE_SERVER_IMAGE, need, need_docker
+from tests.support.databases import fresh_database
+from tests.support.relay import RelayHub
+from tests.support.runtime import remove_hub_containers
 from tests.support.server import admin_token, serve_asgi
+from tests.support.services import CODE_SERVER_IMAGE, need, need_docker
+from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 

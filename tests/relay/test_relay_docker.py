@@ -11,14 +11,14 @@ from websockets.asyncio.client import connect
 
 from app.factory import create_app
 from app.streams.relay.splice import SpliceProtocol
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.relay.conftest import RelayHub
-from tests.relay.test_terminal import terminal_refusals, terminal_session
-from tests.runtime.conftest import remove_hub_containers
-from tests.runtime.helpers import wait_state
-from tests.services import TEST_IMAGE, need_docker
+from tests.support.databases import fresh_database
+from tests.support.lifecycle import wait_state
+from tests.support.relay import RelayHub
+from tests.support.runtime import remove_hub_containers
 from tests.support.server import admin_token, serve_asgi
+from tests.support.services import TEST_IMAGE, need_docker
+from tests.support.settings import make_settings
+from tests.support.terminal import terminal_refusals, terminal_session
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.relay.conftest import RelayHub, upstream_process
+from tests.support.relay import RelayHub, upstream_process
 from tests.support.server import free_port
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.databases import fresh_database
-from tests.relay.conftest import RelayHub, start_relay_hub, upstream_process
+from tests.support.databases import fresh_database
+from tests.support.relay import RelayHub, start_relay_hub, upstream_process
 
 pytestmark = pytest.mark.anyio
 

@@ -24,8 +24,8 @@ from app.services.runtime.base import (
 from app.services.runtime.cache import MemoryStatusCache
 from app.services.runtime.common import resolve_container_user
 from app.services.runtime.docker import IDE_CAPABILITIES, DockerRuntime
-from tests.runtime.conftest import make_spec
-from tests.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
+from tests.support.runtime import make_spec
+from tests.support.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024

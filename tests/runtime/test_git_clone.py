@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from app.services.workspaces.git import parse_progress, redact, split_credentials
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.runtime.conftest import fake_ide_command
-from tests.runtime.helpers import create, event_history, types, wait_state
+from tests.support.databases import fresh_database
 from tests.support.git_http import GitHTTPServer, make_repo, serve_git
+from tests.support.lifecycle import create, event_history, types, wait_state
+from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "s3cret-Pa55-xyz"

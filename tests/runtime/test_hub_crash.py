@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from app.factory import create_app
-from tests.databases import fresh_database
-from tests.runtime.conftest import remove_hub_containers
-from tests.runtime.helpers import create, event_history, wait_state
-from tests.runtime.test_lifecycle_docker import containers, docker_settings
+from tests.support.databases import fresh_database
+from tests.support.lifecycle import create, event_history, wait_state
+from tests.support.runtime import containers, remove_hub_containers
 from tests.support.server import admin_token, free_port, serve_asgi
+from tests.support.settings import docker_settings
 
 pytestmark = pytest.mark.anyio
 SLOW_IDE = "sh -c 'echo slow boot; sleep 3; exec /usr/local/bin/wsecho 8080'"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,45 +10,15 @@ import anyio
 import pytest
 
 from app.factory import create_app
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.runtime.conftest import remove_hub_containers
-from tests.runtime.helpers import create, event_history, types, wait_state
-from tests.services import TEST_IMAGE, need_docker
+from tests.support.databases import fresh_database
+from tests.support.lifecycle import create, event_history, types, wait_state
+from tests.support.runtime import containers, remove_hub_containers
 from tests.support.server import Hub, running_hub, serve_asgi
+from tests.support.services import TEST_IMAGE, need_docker
+from tests.support.settings import docker_settings
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
-
-
-def docker_settings(data_dir: Path, database_url: str, **overrides: object):  # type: ignore[no-untyped-def]
-    """A hub that runs the small test image on the local engine, with fast reconciliation."""
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "runtime": "docker",
-        "docker_url": need_docker(TEST_IMAGE),
-        "default_image": TEST_IMAGE,
-        "workspace_mount": "/workspace",
-        "default_cpu": 0.5,
-        "default_memory_mb": 256,
-        "start_timeout": 20,
-        "stop_grace": 5,
-        "reconcile_interval": 0.5,
-        "orphan_grace": 1.0,
-    }
-    values.update(overrides)
-    return make_settings(data_dir, **values)
-
-
-def containers(label: str) -> list[dict]:
-    """``docker ps -a`` rows (as dicts) carrying ``label``."""
-    out = subprocess.run(
-        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", "{{json .}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line]
 
 
 @pytest.fixture(scope="module")

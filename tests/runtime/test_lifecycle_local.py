@@ -11,12 +11,12 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.runtime.conftest import fake_ide_command
-from tests.runtime.helpers import create, event_history, types, wait_state
-from tests.streams.sse_client import SSEStream
+from tests.support.databases import fresh_database
+from tests.support.lifecycle import create, event_history, types, wait_state
+from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
+from tests.support.sse_client import SSEStream
 
 pytestmark = pytest.mark.anyio
 

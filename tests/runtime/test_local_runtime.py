@@ -25,7 +25,7 @@ from app.services.runtime.base import (
 from app.services.runtime.common import unix_from_iso
 from app.services.runtime.local import LocalRuntime
 from app.services.runtime.local_support import group_alive
-from tests.runtime.conftest import fake_ide_command, new_workspace_id
+from tests.support.runtime import fake_ide_command, new_workspace_id
 
 pytestmark = pytest.mark.anyio
 
@@ -240,7 +240,7 @@ async def test_status_caches_memory_and_redis() -> None:
 
     from app.services.runtime.base import ResourceStatus
     from app.services.runtime.cache import MemoryStatusCache, RedisStatusCache, cached_status
-    from tests.services import need_redis
+    from tests.support.services import need_redis
 
     status = ResourceStatus(cpu_percent=1.5, memory_used_bytes=10, memory_limit_bytes=20, pids=3, sampled_at="t")
     calls = []

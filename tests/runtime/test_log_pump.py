@@ -20,14 +20,13 @@ import pytest
 from app.factory import create_app
 from app.services.runtime.base import LogLine
 from app.services.workspaces.log_pump import LogPumps, ResumePoint, batch_data
-from tests.conftest import make_settings
-from tests.runtime.conftest import fake_ide_command, remove_hub_containers
-from tests.runtime.helpers import create, wait_state
-from tests.runtime.test_lifecycle_docker import docker_settings
-from tests.services import need_redis
-from tests.streams.conftest import delete_prefix
-from tests.streams.sse_client import open_sse
+from tests.support.event_hubs import delete_prefix
+from tests.support.lifecycle import create, wait_state
+from tests.support.runtime import fake_ide_command, remove_hub_containers
 from tests.support.server import admin_token, serve_asgi
+from tests.support.services import need_redis
+from tests.support.settings import docker_settings, make_settings
+from tests.support.sse_client import open_sse
 
 pytestmark = pytest.mark.anyio
 

@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aredis
 
-from app.settings import Settings, load_settings
 from app.streams.events.backend import open_hub
 from app.streams.events.hub import Hub
-from tests.services import need_redis
-
-HubFactory = Callable[..., AbstractAsyncContextManager[Hub]]
-
-
-def hub_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a hub under test: only what is given, never the developer's environment."""
-    base: dict[str, Any] = {"data_dir": data_dir, "log_level": "warning", "sse_heartbeat": 30.0}
-    base.update(overrides)
-    return load_settings(environ={}, **base)
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete this test's keys (never anything else)."""
-    client = aredis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+from tests.support.event_hubs import HubFactory, delete_prefix
+from tests.support.services import need_redis
+from tests.support.settings import hub_settings
 
 
 @pytest.fixture

@@ -8,27 +8,9 @@ import pytest
 from app.errors import BadRequest
 from app.events import Event
 from app.streams.events.fanout import PING
-from app.streams.events.subscription import Subscription
-from tests.streams.conftest import HubFactory
+from tests.support.event_hubs import HubFactory, rest, take
 
 pytestmark = pytest.mark.anyio
-
-
-async def take(sub: Subscription, n: int, timeout: float = 5.0) -> list[Event]:
-    """The next ``n`` events of ``sub`` (heartbeats skipped)."""
-    out: list[Event] = []
-    with anyio.fail_after(timeout):
-        while len(out) < n:
-            batch = await sub.next_batch()
-            if batch is None:
-                break
-            out.extend(item.event for item in batch if item is not PING)
-    return out
-
-
-async def rest(sub: Subscription, timeout: float = 5.0) -> list[Event]:
-    """Everything until the subscription ends."""
-    return await take(sub, 10**9, timeout)
 
 
 def ids(events: list[Event]) -> list[int]:

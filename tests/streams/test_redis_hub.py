@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +15,10 @@ import redis.asyncio as aredis
 from app.errors import ServiceUnavailable
 from app.streams.events.backend import open_hub
 from app.streams.events.redis_hub import PUBLISH_LUA, RedisHub
-from tests.services import REDIS_URL
-from tests.streams.conftest import hub_settings
-from tests.streams.test_hub_contract import rest, take
+from tests.support.event_hubs import private_redis, rest, take
 from tests.support.server import free_port
+from tests.support.services import REDIS_URL
+from tests.support.settings import hub_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -74,35 +71,6 @@ async def test_events_missed_during_a_pubsub_disconnect_are_recovered_from_the_s
         assert [e.id for e in got] == [*missed, after]
         stats = reader.stats()
         assert stats["recovered"] >= 3 and stats["reconnects"] >= 1 and stats["up"]
-
-
-@contextmanager
-def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A throwaway redis-server on ``port`` (no persistence); killed when the block ends."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server binary not found")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                import redis
-
-                if redis.Redis(port=port, socket_timeout=0.5).ping():
-                    break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 async def wait_up(hub: RedisHub, timeout: float = 15.0) -> None:

@@ -9,12 +9,12 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.services import need_redis
-from tests.streams.conftest import delete_prefix
-from tests.streams.sse_client import open_sse
+from tests.support.databases import fresh_database
+from tests.support.event_hubs import delete_prefix
 from tests.support.server import Hub, running_hub
+from tests.support.services import need_redis
+from tests.support.settings import make_settings
+from tests.support.sse_client import open_sse
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,9 @@ from anyio.abc import SocketStream
 from app.factory import create_app
 from app.streams.events.fanout import SLOW_CONSUMER, Fanout, Item
 from app.streams.events.subscription import Subscription
-from tests.conftest import make_settings
-from tests.databases import fresh_database
+from tests.support.databases import fresh_database
 from tests.support.server import admin_token, serve_asgi
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 

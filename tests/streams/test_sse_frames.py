@@ -11,7 +11,7 @@ import pytest
 
 from app.errors import ServiceUnavailable
 from app.streams.events.sse import event_stream
-from tests.streams.conftest import HubFactory
+from tests.support.event_hubs import HubFactory
 
 pytestmark = pytest.mark.anyio
 

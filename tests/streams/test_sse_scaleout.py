@@ -15,12 +15,11 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import make_settings
-from tests.services import need_redis
-from tests.streams.conftest import delete_prefix
-from tests.streams.sse_client import open_sse
-from tests.streams.test_redis_hub import private_redis
+from tests.support.event_hubs import delete_prefix, private_redis
 from tests.support.server import Hub, admin_token, free_port, running_hub
+from tests.support.services import need_redis
+from tests.support.settings import make_settings
+from tests.support.sse_client import open_sse
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-from tests.databases import fresh_database
-from tests.services import need
+from tests.support.databases import fresh_database
+from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, free_port, running_hub
+from tests.support.services import need
+from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
@@ -34,7 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FAKE_IDE = Path(__file__).resolve().parents[1] / "support" / "fake_ide.py"
 PASSWORD = "password-123"
 TIMEOUT_MS = 20_000
 
@@ -80,7 +79,7 @@ async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
     settings = make_settings(
         tmp_path_factory.mktemp("ui-data"),
         database_url=ui_db_url,
-        local_ide_command=f"{sys.executable} {FAKE_IDE} --port {{port}} {{dir}}",
+        local_ide_command=fake_ide_command(),
         start_timeout=30.0,
         allow_file_git_urls=True,
     )

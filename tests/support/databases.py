@@ -10,10 +10,11 @@ from pathlib import Path
 import psycopg
 
 from app import db
-from tests.services import POSTGRES_URL, need_postgres
+from tests.support.services import POSTGRES_URL, need_postgres
 
 
-def _admin_dsn() -> str:
+def admin_dsn() -> str:
+    """The Postgres server's libpq DSN (for psycopg, outside SQLAlchemy)."""
     return POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
 
 
@@ -28,7 +29,7 @@ def fresh_database(kind: str, tmp_dir: Path, *, migrate: bool = True) -> Iterato
         return
     need_postgres()
     name = f"codehub_t_{secrets.token_hex(6)}"
-    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_URL.rsplit("/", 1)[0]
     url = f"{base}/{name}"
@@ -37,5 +38,5 @@ def fresh_database(kind: str, tmp_dir: Path, *, migrate: bool = True) -> Iterato
             db.upgrade(url)
         yield url
     finally:
-        with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

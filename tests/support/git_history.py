@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tests.files.support import git
+from tests.support.files import git
 
 NAMES = [
     "main.py",

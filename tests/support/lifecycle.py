@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import httpx
 
-from tests.streams.sse_client import SSEStream
+from tests.support.sse_client import SSEStream
 
 
 async def wait_state(client: httpx.AsyncClient, workspace_id: str, states: set[str], timeout: float = 30) -> dict:

@@ -1,0 +1,92 @@
+"""Runtime helpers for tests: the fake IDE command, workspace specs and ids, running pairs, and the
+containers and networks of a test hub id."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.services.runtime.base import Endpoint, WorkspaceSpec
+from app.services.runtime.docker import DockerRuntime
+from tests.support.services import TEST_IMAGE
+
+FAKE_IDE = Path(__file__).resolve().with_name("fake_ide.py")
+Started = tuple[WorkspaceSpec, Endpoint]
+
+
+def fake_ide_command() -> str:
+    """``local_ide_command`` that runs the fake IDE with this venv's Python."""
+    return f"{sys.executable} {FAKE_IDE} --port {{port}} {{dir}}"
+
+
+def new_workspace_id() -> str:
+    """A fresh workspace id (lowercase letters and digits, starts with a letter)."""
+    return "w" + secrets.token_hex(5)
+
+
+def make_spec(hub_id: str, tmp: Path, **overrides: object) -> WorkspaceSpec:
+    """A small workspace of the test image."""
+    values: dict[str, object] = {
+        "id": new_workspace_id(),
+        "owner": "7",
+        "image": TEST_IMAGE,
+        "hub_id": hub_id,
+        "workspace_dir": str(tmp / "ws"),
+        "mount": "/workspace",
+        "cpu": 0.5,
+        "memory_mb": 256,
+        "pids_limit": 128,
+        "env": {"FOO": "bar"},
+    }
+    values.update(overrides)
+    return WorkspaceSpec(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_pair(
+    runtime: DockerRuntime, hub_id: str, tmp: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Started, Started]]:
+    """Two running workspaces of the test image (two owners) on ``runtime``, removed afterwards."""
+    specs = [make_spec(hub_id, tmp.mktemp("ws"), owner=owner) for owner in ("1", "2")]
+    started: list[Started] = []
+    try:
+        for spec in specs:
+            started.append((spec, await runtime.start(spec, ready_timeout=30)))
+        yield started[0], started[1]
+    finally:
+        for spec in specs:
+            await runtime.remove(spec.id)
+
+
+def containers(label: str) -> list[dict[str, Any]]:
+    """``docker ps -a`` rows (as dicts) carrying ``label``."""
+    out = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", "{{json .}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line]
+
+
+def remove_hub_containers(hub_id: str) -> None:
+    """Force-remove every container labelled with this (test-unique) hub id, then its networks."""
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
+    )
+    ids = listed.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
+    )
+    if networks.stdout.split():
+        subprocess.run(["docker", "network", "rm", *networks.stdout.split()], capture_output=True)

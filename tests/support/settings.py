@@ -1,0 +1,53 @@
+"""Settings for tests: only what a test gives, never the developer's ``CODEHUB_*`` environment."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings, load_settings
+from tests.support.services import TEST_IMAGE, need_docker
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: only what is given, never the developer's CODEHUB_* environment."""
+    base: dict[str, object] = {
+        "data_dir": data_dir,
+        "log_level": "warning",
+        "runtime": "local",
+        "docker_url": "none",
+        "hub_id": f"t-{secrets.token_hex(4)}",
+        "redis_prefix": f"codehub-test-{secrets.token_hex(4)}",
+        # tests poll and share tokens across a module: rate limits are tested on purpose in tests/ops only
+        "api_rate_per_minute": 0,
+        "login_rate_per_minute": 0,
+    }
+    base.update(overrides)
+    return load_settings(environ={}, **base)
+
+
+def hub_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an event hub under test: only what is given, never the developer's environment."""
+    base: dict[str, Any] = {"data_dir": data_dir, "log_level": "warning", "sse_heartbeat": 30.0}
+    base.update(overrides)
+    return load_settings(environ={}, **base)
+
+
+def docker_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
+    """A hub that runs the small test image on the local engine, with fast reconciliation."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "runtime": "docker",
+        "docker_url": need_docker(TEST_IMAGE),
+        "default_image": TEST_IMAGE,
+        "workspace_mount": "/workspace",
+        "default_cpu": 0.5,
+        "default_memory_mb": 256,
+        "start_timeout": 20,
+        "stop_grace": 5,
+        "reconcile_interval": 0.5,
+        "orphan_grace": 1.0,
+    }
+    values.update(overrides)
+    return make_settings(data_dir, **values)
