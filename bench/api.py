@@ -1,4 +1,4 @@
-"""Bench (issue 2, the spine): ``GET /api/workspaces`` (a page of 50 rows) on one uvicorn worker.
+"""Bench (the spine): ``GET /api/workspaces`` (a page of 50 rows) on one uvicorn worker.
 
 For each database (SQLite, Postgres; Postgres + Redis too when Redis answers, the compose setup): a fixed
 offered load of 500 req/s (``hey -z 10s -c 50 -q 10``): p50 and p99; and saturation with 50 concurrent

@@ -11,7 +11,7 @@ as any other hub process would). Reported per run: delivered events/s within the
 the offered rate, publish→receive p50/p99/max, lost (never received by the end of the drain), duplicates,
 resets, hub RSS and hub CPU. Beside each run, the ceiling of the same design without HTTP: one process
 with one Redis subscription fanned out to N in-process consumers (``hub.subscribe``), each building the
-bytes an SSE response would write. Targets (issue 3): 1,000 subscribers p99 < 50 ms; 5,000 subscribers
+bytes an SSE response would write. Targets: 1,000 subscribers p99 < 50 ms; 5,000 subscribers
 ≥ 95 % of the offered rate, p99 < 500 ms; 0 lost.
 """
 
@@ -636,7 +636,7 @@ DELIVERED_TARGET_PCT = {5000: 95.0}
 
 
 def result_rows(rows: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
-    """The run's rows in the bench/README.md protocol (targets of issue 3 for 1,000 and 5,000 subscribers)."""
+    """The run's rows in the bench/README.md protocol (the targets for 1,000 and 5,000 subscribers)."""
     out: list[dict[str, Any]] = []
     for row in rows:
         subs = row["subscribers"]

@@ -9,7 +9,7 @@ In one run, on loopback only, every process started here and stopped at the end 
 
 Measures: HTTP 1 KiB at 50 connections (``wrk -t1 -c50``): req/s and p99; WebSocket ping-pong over 50
 connections (``bench/wsload.py``): messages/s and p99; hub RSS growth per idle relayed WebSocket with 1,000
-open. Median of ``--rounds`` runs, targets interleaved. Targets (issue 6): hub HTTP >= 1.5x chp req/s with a
+open. Median of ``--rounds`` runs, targets interleaved. Targets: hub HTTP >= 1.5x chp req/s with a
 lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket.
 
 Usage: ``python bench/relay.py [--seconds 8] [--rounds 3] [--idle 1000] [--no-chp]``; results are printed and

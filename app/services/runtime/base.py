@@ -205,7 +205,7 @@ class UnknownWorkspace(NotFound):
 
 @runtime_checkable
 class Terminal(Protocol):
-    """An interactive shell with a TTY (the terminal of issue 6)."""
+    """An interactive shell with a TTY (the web terminal)."""
 
     async def send(self, data: bytes) -> None:
         """Write keystrokes to the shell."""
