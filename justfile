@@ -18,10 +18,11 @@ migrate:
 test *ARGS:
     uv run pytest {{ARGS}}
 
-# Lint and check formatting
+# Lint, check formatting and type-check app/ (mypy strict, configured in pyproject.toml)
 lint:
     uv run ruff check app tests bench migrations
     uv run ruff format --check app tests bench migrations
+    uv run mypy app
 
 # Format the code
 fmt:
