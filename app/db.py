@@ -12,9 +12,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, make_url, text
+from sqlalchemy import Connection, event, make_url, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.settings import Settings
 
@@ -38,7 +40,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -61,15 +63,15 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     dialect = engine.sync_engine.dialect
 
     @event.listens_for(engine.sync_engine.pool, "connect")
-    def _connected(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    def _connected(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine.sync_engine.pool, "checkin")
-    def _checked_in(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    def _checked_in(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine.sync_engine.pool, "checkout")
-    def _checkout(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    def _checkout(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
         if time.monotonic() - record.info.get("idle_since", 0.0) < PING_IDLE_AFTER:
             return
         try:
@@ -129,7 +131,7 @@ def head_revision() -> str | None:
 async def check_migrated(engine: AsyncEngine) -> None:
     """Raise ``MigrationRequired`` with the command to run when the schema is not at head."""
 
-    def current(sync_conn) -> str | None:  # type: ignore[no-untyped-def]
+    def current(sync_conn: Connection) -> str | None:
         return MigrationContext.configure(sync_conn).get_current_revision()
 
     async with engine.connect() as conn:

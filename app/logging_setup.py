@@ -55,8 +55,11 @@ def _json_access_writer(handler: logging.StreamHandler[Any]) -> Callable[[dict[s
         event["logger"] = ACCESS_LOGGER
         event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         line = encoder.encode(event).decode() + "\n"
-        with handler.lock:  # type: ignore[union-attr]
+        handler.acquire()
+        try:
             handler.stream.write(line)
+        finally:
+            handler.release()
         return True
 
     return write

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 disable_created_metrics()  # no *_created series: half the exposition, nothing dashboards use
@@ -180,22 +180,22 @@ class HubStatsCollector(Collector):
                     totals[name] = totals.get(name, 0) + value
         return totals, up
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         """Yield the hub counters and gauges (names as in ``HUB_COUNTERS`` / ``HUB_GAUGES``)."""
         totals, up = self._totals()
         for name, doc in HUB_COUNTERS.items():
-            family = CounterMetricFamily(f"codehub_events_{name}", doc)
-            family.add_metric([], totals.get(name, 0))
-            yield family
+            counter = CounterMetricFamily(f"codehub_events_{name}", doc)
+            counter.add_metric([], totals.get(name, 0))
+            yield counter
         for name, doc in HUB_GAUGES.items():
-            family = GaugeMetricFamily(f"codehub_event_{name}", doc)
-            family.add_metric([], totals.get(name, 0))
-            yield family
-        family = GaugeMetricFamily("codehub_event_hub_up", "1 when the event hub of this process can deliver events.")
-        family.add_metric([], 1 if up else 0)
-        yield family
+            gauge = GaugeMetricFamily(f"codehub_event_{name}", doc)
+            gauge.add_metric([], totals.get(name, 0))
+            yield gauge
+        hub_up = GaugeMetricFamily("codehub_event_hub_up", "1 when the event hub of this process can deliver events.")
+        hub_up.add_metric([], 1 if up else 0)
+        yield hub_up
 
-    def describe(self) -> Iterator[Any]:
+    def describe(self) -> Iterator[Metric]:
         """Describe without calling the hubs (the registry calls this once at registration)."""
         return iter(())
 

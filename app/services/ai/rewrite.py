@@ -15,6 +15,8 @@ from difflib import SequenceMatcher
 
 from app.services.ai.context import split_lines
 
+Opcode = tuple[str, int, int, int, int]  # difflib: tag, a from, a to, b from, b to
+
 _THINK = re.compile(r"<think>.*?(?:</think>|\Z)\s*", re.DOTALL | re.IGNORECASE)
 _FENCE_OPEN = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")
 _CHATTER_HEAD = re.compile(
@@ -133,14 +135,14 @@ def _range(start: int, stop: int) -> str:
     return f"{begin},{length}"
 
 
-def _grouped(codes: list[tuple[str, int, int, int, int]], n: int) -> Iterator[list[tuple[str, int, int, int, int]]]:
+def _grouped(codes: list[Opcode], n: int) -> Iterator[list[Opcode]]:
     if codes[0][0] == "equal":
         tag, i1, i2, j1, j2 = codes[0]
         codes[0] = tag, max(i1, i2 - n), i2, max(j1, j2 - n), j2
     if codes[-1][0] == "equal":
         tag, i1, i2, j1, j2 = codes[-1]
         codes[-1] = tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)
-    group: list[tuple[str, int, int, int, int]] = []
+    group: list[Opcode] = []
     for tag, i1, i2, j1, j2 in codes:
         if tag == "equal" and i2 - i1 > 2 * n:
             group.append((tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)))
@@ -152,7 +154,7 @@ def _grouped(codes: list[tuple[str, int, int, int, int]], n: int) -> Iterator[li
         yield group
 
 
-def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+def _opcodes(a: list[str], b: list[str]) -> list[Opcode]:
     """Opcodes of a line diff; the common head and tail are cut first so big files stay cheap."""
     head = 0
     while head < min(len(a), len(b)) and a[head] == b[head]:
@@ -161,7 +163,9 @@ def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]
     while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     middle = SequenceMatcher(None, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False)
-    codes = [(tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in middle.get_opcodes()]
+    codes: list[Opcode] = [
+        (tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in middle.get_opcodes()
+    ]
     if head:
         codes.insert(0, ("equal", 0, head, 0, head))
     if tail:

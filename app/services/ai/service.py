@@ -231,7 +231,8 @@ class AIService:
         """
         if kind == "rewrite" and not (request.text or "").strip():
             raise Unprocessable("an instruction is required", code="validation_error")
-        return await tasks.start(self._job, _Run(kind, request))
+        job: AIJob = await tasks.start(self._job, _Run(kind, request))
+        return job
 
     async def _context(self, request: AIRequest, must_fit: bool) -> CodeContext:
         build = partial(

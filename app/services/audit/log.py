@@ -79,7 +79,7 @@ class AuditLog:
     async def record(self, entry: AuditEntry) -> AuditEvent:
         """Append ``entry`` to the chain and return the stored row."""
         async with self._lock, self._sessionmaker() as session, session.begin():
-            if session.bind.dialect.name == "postgresql":
+            if session.get_bind().dialect.name == "postgresql":
                 await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
             prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
             row = AuditEvent(

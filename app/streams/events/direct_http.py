@@ -59,7 +59,7 @@ class DirectWriter:
             return None
         if cycle.chunked_encoding is not True or cycle.scope["method"] == "HEAD":
             return None
-        return TransportSink(cycle.transport, limit)  # type: ignore[arg-type]
+        return TransportSink(cycle.transport, limit)
 
 
 def direct_writer(scope: Any) -> DirectWriter | None:
@@ -75,4 +75,5 @@ class DirectHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not for an upgrade (handed to the WS protocol)
-            self.scope.setdefault("extensions", {})[DIRECT_WRITE] = DirectWriter(cycle)  # type: ignore[typeddict-item]
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[DIRECT_WRITE] = DirectWriter(cycle)  # type: ignore[assignment]  # ASGI types values as dicts

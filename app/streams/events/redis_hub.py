@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -81,7 +81,11 @@ def _unavailable(exc: BaseException | None = None) -> ServiceUnavailable:
     return ServiceUnavailable(f"{detail}: {exc}" if exc else detail, code="events_unavailable")
 
 
-def _entry_items(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[Item, list[str]]]:
+# XRANGE answers of a client without decode_responses (redis-py annotates every mode at once).
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _entry_items(entries: StreamEntries) -> list[tuple[Item, list[str]]]:
     out = []
     for entry_id, fields in entries:
         if b"h" in fields and b"e" in fields:  # entries not written by the publish script are skipped
@@ -215,7 +219,7 @@ class RedisHub:
             entries = await self.redis.xrevrange(self._stream(check_topic(topic)), count=1)
         except REDIS_ERRORS as exc:
             raise _unavailable(exc) from exc
-        items = _entry_items(entries)
+        items = _entry_items(cast(StreamEntries, entries))
         return items[0][0].event if items else None
 
     async def _plan(

@@ -110,7 +110,7 @@ async def item_stream(
                 log.warning("event stream source failed: %s", getattr(exc, "code", None) or type(exc).__name__)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await items.aclose()  # type: ignore[attr-defined]
+                    await items.aclose()  # type: ignore[attr-defined]  # the sources are async generators
 
     tasks.start_soon(pump)
     try:

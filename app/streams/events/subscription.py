@@ -7,7 +7,7 @@ instead (direct SSE writes, see ``app.streams.events.direct_http``) once the sub
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import anyio
 
@@ -61,6 +61,7 @@ class Subscription:
                     return self._finish()
                 await sub.wait()
                 continue
+            batch: Iterable[Item]
             if len(sub.items) <= limit:
                 batch, sub.items = sub.items, deque()
             else:

@@ -115,7 +115,8 @@ def direct_http(url: str) -> bool:
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get("http") or proxies.get("all")):
         return True
-    return bool(urllib.request.proxy_bypass_environment(parsed.host, proxies))
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # undocumented, not in typeshed
+    return bool(bypass(parsed.host, proxies))
 
 
 class LinkTransport(httpx.AsyncBaseTransport):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 
@@ -43,12 +44,13 @@ class Link(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._peer is not None:
             self._peer.write(data)
-            self._on_data(len(data))  # type: ignore[misc]
+            if self._on_data is not None:
+                self._on_data(len(data))
             return
         self._chunks.append(data)
         self._buffered += len(data)

@@ -32,6 +32,7 @@ from app.services.files.patches.model import (
     ApplyResult,
     FileCheck,
     FilePatch,
+    HunkConflict,
     PatchLimits,
     ValidateResult,
 )
@@ -168,7 +169,7 @@ def _check(
     results: dict[int, _Result] = {}
     for index, patch in enumerate(patches):
         error: str | None = None
-        conflicts = []
+        conflicts: list[HunkConflict] = []
         base: str | None = None
         try:
             data, mode = b"", None
@@ -188,8 +189,13 @@ def _check(
                     raise _Reject("does not exist")
             patch.is_new = max(patch.is_new, 0)
             new = patch.new_parts if patch.is_delete <= 0 else None
-            creates = new is not None and (patch.is_new > 0 or patch.is_rename)
-            if creates and table.get(new) not in (_WAS_DELETED, _TO_BE_DELETED) and tree.exists(new):
+            creates = patch.is_new > 0 or patch.is_rename
+            if (
+                new is not None
+                and creates
+                and table.get(new) not in (_WAS_DELETED, _TO_BE_DELETED)
+                and tree.exists(new)
+            ):
                 raise _Reject("already exists")
             if new is not None:
                 tree.check_parents(new)

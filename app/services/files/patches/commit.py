@@ -178,9 +178,9 @@ def _rollback(dirs: _Dirs, steps: list[_Step]) -> None:
     for parts in reversed(dirs.created):
         with contextlib.suppress(OSError, DomainError):
             parent = dirs.get(parts[:-1])
-            fd = dirs.fds.pop(parts, None)
-            if fd is not None:
-                os.close(fd)
+            created_fd = dirs.fds.pop(parts, None)
+            if created_fd is not None:
+                os.close(created_fd)
             os.rmdir(parts[-1], dir_fd=parent)
 
 

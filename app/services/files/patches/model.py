@@ -22,11 +22,13 @@ class PatchLimits:
     @classmethod
     def from_settings(cls, settings: object) -> PatchLimits:
         """Take the limits from ``app.settings.Settings``."""
+        # With slots, ``cls.max_patch_bytes`` is the slot descriptor, not the default: read an instance's.
+        defaults = cls()
         return cls(
-            max_patch_bytes=getattr(settings, "max_patch_bytes", cls.max_patch_bytes),
-            max_patch_files=getattr(settings, "max_patch_files", cls.max_patch_files),
-            max_patch_hunks=getattr(settings, "max_patch_hunks", cls.max_patch_hunks),
-            max_file_bytes=getattr(settings, "max_file_bytes", cls.max_file_bytes),
+            max_patch_bytes=getattr(settings, "max_patch_bytes", defaults.max_patch_bytes),
+            max_patch_files=getattr(settings, "max_patch_files", defaults.max_patch_files),
+            max_patch_hunks=getattr(settings, "max_patch_hunks", defaults.max_patch_hunks),
+            max_file_bytes=getattr(settings, "max_file_bytes", defaults.max_file_bytes),
         )
 
 
