@@ -50,7 +50,7 @@ from app.streams.net.http_transport import LinkTransport, direct_http
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.front import Relay
 
-log = logging.getLogger("codehub")
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
