@@ -20,7 +20,7 @@ from app.services.auth.access import (
     session_set_cookie,
 )
 from app.services.singleflight import SingleFlight
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 

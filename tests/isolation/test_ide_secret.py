@@ -17,7 +17,7 @@ from app.services.runtime.ide_secret import (
     server_key,
 )
 from app.settings import SettingsError
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 CODE_SERVER_ENTRYPOINT = ["/usr/bin/dumb-init", "--", "/usr/bin/code-server", "--bind-addr", "0.0.0.0:8080"]
 

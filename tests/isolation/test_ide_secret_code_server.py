@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
 from tests.isolation.ide_helpers import credential, direct_get, socket_path, upgrade_status, workspace_row
-from tests.runtime.conftest import remove_hub_containers
 from tests.services import CODE_SERVER_IMAGE, need_docker
+from tests.support.runtime import remove_hub_containers
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -13,11 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.services.runtime.ide_secret import server_key
-from tests.conftest import make_settings
 from tests.isolation.ide_helpers import credential, direct_get, upgrade_status, workspace_row
-from tests.runtime.conftest import fake_ide_command
 from tests.runtime.helpers import event_history, wait_state
+from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
+from tests.support.settings import make_settings
 from tests.test_no_content_leaks import Collect, dump_bytes, dump_rows
 
 pytestmark = pytest.mark.anyio

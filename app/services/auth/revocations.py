@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from app.services.auth.access import Revocation, TokenCache
 from app.settings import Settings
 
-log = logging.getLogger("codehub.auth")
+log = logging.getLogger(__name__)
 
 PUBLISH_WAIT = 1.0
 SUBSCRIBE_WAIT = 2.0
