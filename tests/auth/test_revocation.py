@@ -16,9 +16,9 @@ from websockets.exceptions import InvalidStatus
 
 from app.factory import create_app
 from app.settings import Settings
-from tests.services import need_redis
 from tests.support.event_hubs import delete_prefix
 from tests.support.server import Hub, running_hub, serve_asgi
+from tests.support.services import need_redis
 from tests.support.settings import make_settings
 from tests.support.terminal import open_terminal
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.isolation.ide_helpers import credential, direct_get, socket_path, upgrade_status, workspace_row
-from tests.services import CODE_SERVER_IMAGE, need_docker
 from tests.support.runtime import remove_hub_containers
 from tests.support.server import Hub, running_hub
+from tests.support.services import CODE_SERVER_IMAGE, need_docker
 from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from app.services.runtime.ide_secret import server_key
 from tests.isolation.ide_helpers import credential, direct_get, upgrade_status, workspace_row
-from tests.runtime.helpers import event_history, wait_state
+from tests.support.lifecycle import event_history, wait_state
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
 from tests.support.settings import make_settings
