@@ -94,3 +94,34 @@ def test_layers_point_one_way() -> None:
     assert {m: e for m, e in wrong.items() if e} == {}
     for path in (APP / "services").rglob("*.py"):
         assert "litestar" not in path.read_text(), path
+
+
+DOMAIN_PACKAGES = sorted(
+    _module_name(init) for init in APP.glob("*/*/__init__.py") if init.parent.parent.name in ("services", "streams")
+)
+
+
+def test_domain_packages_say_what_they_own() -> None:
+    """Each domain package has a docstring and an ``__all__``; other packages use only what it lists."""
+    graph = import_graph()
+    for package in DOMAIN_PACKAGES:
+        init = APP.parent / package.replace(".", "/") / "__init__.py"
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), package
+        exported = next(
+            (
+                set(ast.literal_eval(node.value))
+                for node in tree.body
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+            ),
+            None,
+        )
+        assert exported is not None, f"{package} has no __all__"
+        reached = {
+            (module, edge[len(package) + 1 :].split(".")[0])
+            for module, edges in graph.items()
+            if not module.startswith(package + ".") and module != package
+            for edge in edges
+            if edge.startswith(package + ".")
+        }
+        assert {(m, sub) for m, sub in reached if sub not in exported} == set(), package

@@ -1,1 +1,3 @@
-"""TODO"""
+"""The audit log: hash-chained entries of who did what, with hashes and sizes, never content."""
+
+__all__ = ["log"]

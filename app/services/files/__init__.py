@@ -40,6 +40,8 @@ __all__ = [
     "file_identity",
     "list_tree",
     "move_path",
+    "patches",
+    "paths",
     "read_raw",
     "read_text",
     "read_text_stat",

@@ -1,0 +1,10 @@
+"""Runtimes: the engines that run workspaces, registered by kind.
+
+Owns: ``base`` (the contract the hub calls and the structs it exchanges), ``registry`` (kind name →
+factory; a new runtime registers itself there), ``engines`` (``Engines``: which runtime serves a
+workspace, the default kind, placement questions), the Docker runtime (``docker*``) and the local-process
+runtime (``local*``), ``ide_secret`` (the per-start secret the relay presents to the IDE), ``cache``
+(resource status), ``common`` (helpers both runtimes share).
+"""
+
+__all__ = ["base", "cache", "common", "engines", "ide_secret", "registry"]

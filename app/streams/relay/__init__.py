@@ -1,1 +1,10 @@
-"""TODO"""
+"""The relay: browser HTTP and WebSocket traffic to a workspace's IDE, and the web terminal.
+
+Owns: ``front`` (``WorkspaceFront``, the ASGI front that takes ``/w/…`` and ``/ws/workspaces/…`` before
+Litestar, and ``Relay``), ``deps`` (what the composition root hands the relay), ``access`` (routes to IDEs
+and header rewriting), ``http`` and ``ws`` (the two upstream legs), ``wsframes`` (the WebSocket client
+codec), ``splice`` (spliced WebSockets), ``pages`` (the relay's own small HTML pages), ``stats``
+(counters and activity), ``terminal`` (the shell over a WebSocket).
+"""
+
+__all__ = ["deps", "front", "splice"]
