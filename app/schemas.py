@@ -207,3 +207,4 @@ class ReadyResponse(msgspec.Struct):
 
     ok: bool
     checks: list[CheckResult]
+    warnings: list[str] = []

@@ -97,6 +97,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     session_ttl: Seconds = 14 * 24 * 3600.0
     cookie_secure: bool = False
     token_cache_ttl: Seconds = 5.0
+    admin_path_access: bool = False
     workspace_list_cache_ttl: Seconds = 1.0
     admin_username: str = ""
     admin_password: str = ""
@@ -181,6 +182,8 @@ SETTING_HELP: dict[str, str] = {
     "event_ttl": "Seconds a topic's event history is kept after its last event (0 = kept until trimmed).",
     "session_ttl": "Lifetime (s) of the login session cookie.",
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
+    "admin_path_access": "Let admins open other users' IDEs and terminals in path mode (not isolated: the workspace's "
+    "pages run on the hub's origin with the admin's cookie); every opening is logged and audited as impersonation.",
     "token_cache_ttl": "Seconds a verified token is cached in-process; revocations reach other processes at once "
     "over Redis, this bounds a lost message.",
     "workspace_list_cache_ttl": "Seconds a GET /api/workspaces page is cached in-process; writes invalidate it at "

@@ -95,6 +95,7 @@ async def test_public_routes_and_request_id(hub: Hub) -> None:
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = await client.get("/ready")
         assert ready.status_code == 200 and ready.json()["checks"][0]["name"] == "database"
+        assert any("path mode" in w and "not isolated" in w for w in ready.json()["warnings"])
         r = await client.get("/api/workspaces", headers={"X-Request-ID": "abc-123"})
         assert r.status_code == 401 and r.headers["x-request-id"] == "abc-123"
         r = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})

@@ -13,6 +13,10 @@ from app.context import AppContext
 from app.schemas import CheckResult, ReadyResponse
 
 CHECK_TIMEOUT = 3.0
+PATH_MODE_WARNING = (
+    "path mode: every workspace is served under /w/{id}/ on the hub's own origin, so workspace pages are not "
+    "isolated from the hub (only owners may open them)"
+)
 
 
 @get("/health", opt={"public": True}, tags=["health"], operation_id="health")
@@ -49,4 +53,5 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
             tg.start_soon(run, name, check)
     results.sort(key=lambda r: r.name)
     ok = all(r.ok for r in results)
-    return Response(ReadyResponse(ok, results), status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+    body = ReadyResponse(ok, results, [PATH_MODE_WARNING])
+    return Response(body, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)

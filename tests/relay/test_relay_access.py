@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from app.services.auth.access import Credentials
@@ -87,9 +88,25 @@ async def test_owner_and_admin_only(relay_hub: RelayHub, ws_id: str) -> None:
         assert r.status_code == 404 and "No such workspace" in r.text
         assert (await bob.get("/w/doesnotexist99/")).status_code == 404
         assert (await bob.get("/w/UPPER_case/")).status_code == 404
-    for token in (relay_hub.alice, relay_hub.admin_token):
-        async with relay_hub.client(token) as client:
-            assert (await client.get(f"/w/{ws_id}/healthz")).text == "ok"
+    async with relay_hub.client(relay_hub.alice) as alice:
+        assert (await alice.get(f"/w/{ws_id}/healthz")).text == "ok"
+    async with relay_hub.client(relay_hub.admin_token) as admin:
+        r = await admin.get(f"/w/{ws_id}/healthz")
+        assert r.status_code == 403 and "not yours" in r.text and "CODEHUB_ADMIN_PATH_ACCESS" in r.text
+
+
+async def test_admin_path_access_is_audited_impersonation(relay_hub: RelayHub, ws_id: str) -> None:
+    relay = relay_hub.relay
+    relay.settings = msgspec.structs.replace(relay.settings, admin_path_access=True)
+    try:
+        async with relay_hub.client(relay_hub.admin_token) as admin:
+            for _ in range(3):
+                assert (await admin.get(f"/w/{ws_id}/healthz")).text == "ok"
+            audit = (await admin.get("/api/admin/audit", params={"action": "workspace.impersonate"})).json()
+    finally:
+        relay.settings = msgspec.structs.replace(relay.settings, admin_path_access=False)
+    entries = [e for e in audit["items"] if e["workspace_id"] == ws_id]
+    assert len(entries) == 1 and entries[0]["actor_name"] == "admin"
 
 
 async def test_access_token_exchange(relay_hub: RelayHub, ws_id: str) -> None:

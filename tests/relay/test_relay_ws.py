@@ -239,6 +239,7 @@ async def test_refusals_before_upgrade(relay_hub: RelayHub, ws_id: str) -> None:
             async with open_ws(relay_hub, path, token=token):
                 pass
         assert info.value.response.status_code == status, path
-    async with open_ws(relay_hub, f"/w/{ws_id}/admin", token=relay_hub.admin_token) as ws:
-        await ws.send("admin")
-        assert await ws.recv() == "admin"
+    with pytest.raises(InvalidStatus) as info:  # path mode: an admin does not open someone else's IDE
+        async with open_ws(relay_hub, f"/w/{ws_id}/admin", token=relay_hub.admin_token):
+            pass
+    assert info.value.response.status_code == 403

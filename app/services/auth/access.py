@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -53,6 +54,28 @@ class Principal:
 def may_access(principal: Principal, owner_id: int | None) -> bool:
     """True when ``principal`` owns the thing (``owner_id``) or is an admin."""
     return principal.is_admin or (owner_id is not None and owner_id == principal.user_id)
+
+
+class IdeAccess(StrEnum):
+    """How a principal may reach a workspace's IDE or terminal, whose pages run on the hub's origin."""
+
+    OWNER = "owner"
+    IMPERSONATE = "impersonate"  # an admin, allowed by settings: logged and audited
+    REFUSED = "refused"  # an admin, not allowed: told so
+    HIDDEN = "hidden"  # anyone else: the workspace does not exist for them
+
+
+def ide_access(principal: Principal, owner_id: int | None, *, admin_path_access: bool) -> IdeAccess:
+    """Only the owner opens an IDE or terminal; an admin only when ``admin_path_access`` allows it.
+
+    Stricter than ``may_access`` on purpose: a workspace page served on the hub's origin runs with its
+    visitor's cookie, so an admin who opens it hands the workspace's owner an admin session.
+    """
+    if owner_id is not None and owner_id == principal.user_id:
+        return IdeAccess.OWNER
+    if owner_id is None or not principal.is_admin:
+        return IdeAccess.HIDDEN
+    return IdeAccess.IMPERSONATE if admin_path_access else IdeAccess.REFUSED
 
 
 def header(headers: Headers, name: bytes) -> bytes | None:

@@ -109,6 +109,18 @@ class App {
     this.me = null;
   }
 
+  async showWarnings() {
+    const banner = $("#isolation-warning");
+    try {
+      const ready = await api("GET", "/ready", { quiet: true });
+      const warnings = ready.warnings || [];
+      setText(banner, warnings.join(" "));
+      banner.hidden = warnings.length === 0;
+    } catch {
+      banner.hidden = true; // /ready failing is shown elsewhere; the warning needs its answer
+    }
+  }
+
   signedIn(user) {
     this.me = user;
     this.isAdmin = user.role === "admin";
@@ -118,6 +130,7 @@ class App {
     $("#session").hidden = false;
     $("#tabs").hidden = false;
     setText($("#whoami"), `${user.username}${this.isAdmin ? " (admin)" : ""}`);
+    this.showWarnings();
     for (const el of $$("[data-admin]")) el.hidden = !this.isAdmin;
     $("#all-toggle-wrap").hidden = !this.isAdmin;
     $("#all-toggle").checked = this.isAdmin && this.showAll;

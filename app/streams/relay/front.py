@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +30,12 @@ from app.events import ADMIN_TOPIC
 from app.models import WorkspaceState
 from app.services.auth.access import (
     Credentials,
+    IdeAccess,
     Principal,
     audit_entry,
     header,
+    ide_access,
     identify,
-    may_access,
     session_set_cookie,
 )
 from app.services.runtime.ide_secret import present_ide_cookie
@@ -69,6 +71,7 @@ _DROP_UP = HOP_BY_HOP | {
     b"x-real-ip",
 }
 _DROP_DOWN = HOP_BY_HOP | {b"date", b"server"}  # the ASGI server sets its own
+IMPERSONATION_NOTE_EVERY = 300.0  # seconds between audit entries of one admin in one workspace
 _LIFECYCLE_END = ("workspace.stopped", "workspace.deleted", "workspace.failed")
 
 
@@ -82,6 +85,7 @@ class Relay:
         self.routes = RouteCache(deps.sessionmaker)
         self.ide_secrets = deps.lifecycle.ide_secrets
         self.stats = RelayStats()
+        self._impersonations: dict[tuple[int, str], float] = {}
         self.activity = Activity(deps.lifecycle.touch)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
         self.public_scheme = public.scheme if public else None
@@ -118,8 +122,7 @@ class Relay:
             await (deny(scope, send, 401, "sign in first") if is_ws else pages.sign_in(send))
             return
         route = await self.routes.get(workspace_id)
-        if not route.exists or not may_access(principal, route.owner_id):
-            await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
+        if not await self._may_open(scope, send, principal, route, is_ws):
             return
         if is_ws:
             await self._websocket(scope, receive, send, route, rest, headers, creds)
@@ -133,6 +136,34 @@ class Relay:
                 await self._not_running(scope, send, route, principal)
                 return
         await self._http(scope, receive, send, route, rest, headers, creds)
+
+    async def _may_open(
+        self, scope: dict[str, Any], send: Any, principal: Principal, route: Route, is_ws: bool
+    ) -> bool:
+        """Owner only; an admin when settings allow it (audited as impersonation), else a clear refusal."""
+        access = ide_access(principal, route.owner_id, admin_path_access=self.settings.admin_path_access)
+        if access == IdeAccess.OWNER:
+            return True
+        if access == IdeAccess.IMPERSONATE:
+            await self._note_impersonation(scope, principal, route)
+            return True
+        if access == IdeAccess.REFUSED:
+            await (deny(scope, send, 403, "not your workspace") if is_ws else pages.not_yours(send))
+        else:
+            await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
+        return False
+
+    async def _note_impersonation(self, scope: dict[str, Any], principal: Principal, route: Route) -> None:
+        """Log and audit an admin opening someone else's workspace: once per admin and workspace a while, not
+        once for each of the hundred requests an IDE page load makes."""
+        key = (principal.user_id, route.id)
+        now = time.monotonic()
+        if now - self._impersonations.get(key, -IMPERSONATION_NOTE_EVERY) < IMPERSONATION_NOTE_EVERY:
+            return
+        self._impersonations[key] = now
+        log.warning("admin %s opened workspace %s of user %s", principal.username, route.id, route.owner_id)
+        entry = audit_entry(scope, "workspace.impersonate", principal, workspace_id=route.id, target=route.name)
+        await self.deps.audit.record(entry)
 
     async def _exchange(
         self, send: Any, principal: Principal, creds: Credentials, raw_path: bytes, query: bytes

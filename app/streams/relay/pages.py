@@ -114,6 +114,18 @@ async def not_found(send: Send) -> None:
     await send_page(send, 404, "Not found", "<h1>No such workspace</h1><p>It does not exist or is not yours.</p>")
 
 
+async def not_yours(send: Send) -> None:
+    """403: an admin opening another user's IDE, which path mode does not isolate."""
+    await send_page(
+        send,
+        403,
+        "Not your workspace",
+        "<h1>This workspace is not yours</h1><p>Its pages would run on the hub's own origin with your admin "
+        "session. Admins open other users' workspaces only when the hub runs with "
+        "<code>CODEHUB_ADMIN_PATH_ACCESS=true</code> (audited as impersonation) or with a workspace domain.</p>",
+    )
+
+
 async def sign_in(send: Send) -> None:
     """401: no valid credentials."""
     await send_page(

@@ -25,7 +25,7 @@ import msgspec
 
 from app.errors import DomainError
 from app.models import Workspace, WorkspaceState
-from app.services.auth.access import Credentials, audit_entry, header, identify
+from app.services.auth.access import Credentials, IdeAccess, audit_entry, header, ide_access, identify
 from app.streams.relay.access import origin_allowed
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.stats import Activity, RelayStats
@@ -84,6 +84,14 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     except DomainError:
         await deny(scope, send, 404, "no such workspace")
         return
+    access = ide_access(principal, ws.owner_id, admin_path_access=deps.hub.settings.admin_path_access)
+    if access in (IdeAccess.REFUSED, IdeAccess.HIDDEN):
+        await deny(scope, send, 403 if access == IdeAccess.REFUSED else 404, "not your workspace")
+        return
+    if access == IdeAccess.IMPERSONATE:
+        log.warning("admin %s opened a terminal in workspace %s of user %s", principal.username, ws.id, ws.owner_id)
+        entry = audit_entry(scope, "workspace.impersonate", principal, workspace_id=ws.id, target=ws.name)
+        await deps.hub.audit.record(entry)
     if ws.state != WorkspaceState.RUNNING:
         await deny(scope, send, 409, f"the workspace is {ws.state}")
         return
