@@ -11,7 +11,7 @@ Runtimes are async context managers; open them once in the app lifespan.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
@@ -127,10 +127,14 @@ class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
     timed_out: bool = False
 
 
+OutputStream = Literal["stdout", "stderr"]
+OUTPUT_STREAMS: tuple[OutputStream, ...] = ("stdout", "stderr")
+
+
 class ExecOutput(msgspec.Struct, frozen=True):
     """A chunk of live command output."""
 
-    stream: Literal["stdout", "stderr"]
+    stream: OutputStream
     data: str
 
 
@@ -272,7 +276,9 @@ class WorkspaceRuntime(Protocol):
         """The last ``tail`` lines, optionally only those after ``since`` (a UNIX time)."""
         ...
 
-    def follow_logs(self, workspace_id: str, *, tail: int = 0, since: float | None = None) -> AsyncIterator[LogLine]:
+    def follow_logs(
+        self, workspace_id: str, *, tail: int = 0, since: float | None = None
+    ) -> AsyncGenerator[LogLine, None]:
         """Lines as they are written, until the workspace stops or the consumer leaves."""
         ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -308,7 +308,7 @@ class DockerRuntime:
         filters = json.dumps({"label": [f"{LABEL_HUB}={hub_id}"]})
         with ds.engine_errors(self.docker_url), metrics.docker_call("list"):
             items = await self.docker.containers.list(all=True, filters=filters)
-        return [ds.state_of_list_item(item._container) for item in items]
+        return [ds.state_of_list_item(item) for item in items]
 
     async def endpoint(self, workspace_id: str) -> Endpoint:
         """Endpoint of the running container."""
@@ -353,7 +353,7 @@ class DockerRuntime:
 
     async def follow_logs(
         self, workspace_id: str, *, tail: int = 0, since: float | None = None
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncGenerator[LogLine, None]:
         """Lines as the container writes them; ends when the container stops."""
         container = self.docker.containers.container(container_name(workspace_id))
         params: dict[str, Any] = {"timestamps": True, "tail": str(tail)}
@@ -418,6 +418,8 @@ class DockerRuntime:
                 "event": ["start", "die", "oom", "destroy", "stop"],
             }
         )
+        # aiodocker's public events API feeds a queue from a task it spawns itself; one streamed query
+        # keeps the reader inside the caller's cancel scope.
         with ds.engine_errors(self.docker_url):
             async with self.docker._query(
                 "events", params={"filters": filters}, timeout=aiohttp.ClientTimeout()

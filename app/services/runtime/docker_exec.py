@@ -19,7 +19,15 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from app import metrics
-from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, WorkspaceNotRunning
+from app.services.runtime.base import (
+    OUTPUT_STREAMS,
+    ExecExit,
+    ExecItem,
+    ExecOutput,
+    ExecRequest,
+    OutputStream,
+    WorkspaceNotRunning,
+)
 from app.services.runtime.common import OutputCap
 
 PID_WRAPPER = 'echo "$$"; exec "$@"'
@@ -106,7 +114,7 @@ async def exec_stream(docker: aiodocker.Docker, name: str, request: ExecRequest)
                     continue
                 if message is None:
                     break
-                channel = "stdout" if message.stream == 1 else "stderr"
+                channel: OutputStream = "stdout" if message.stream == 1 else "stderr"
                 data = message.data
                 if pid is None and channel == "stdout":
                     head += data
@@ -117,7 +125,7 @@ async def exec_stream(docker: aiodocker.Docker, name: str, request: ExecRequest)
                 text = cap.feed(channel, data)
                 if text:
                     yield ExecOutput(channel, text)
-            for channel in ("stdout", "stderr"):
+            for channel in OUTPUT_STREAMS:
                 rest = cap.flush(channel)
                 if rest:
                     yield ExecOutput(channel, rest)

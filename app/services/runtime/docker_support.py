@@ -155,15 +155,24 @@ def resource_status(sample: dict[str, Any]) -> ResourceStatus:
     )
 
 
-def state_of_list_item(raw: dict[str, Any]) -> RuntimeState:
+def _listed(item: aiodocker.containers.DockerContainer, key: str, default: Any) -> Any:
+    # A listed container exposes its fields through ``[]`` only (no ``get``).
+    try:
+        return item[key]
+    except KeyError:
+        return default
+
+
+def state_of_list_item(item: aiodocker.containers.DockerContainer) -> RuntimeState:
     """A runtime state from one item of the container list (exit code parsed from its status text)."""
-    labels = raw.get("Labels") or {}
-    match = _EXITED.search(raw.get("Status", ""))
+    labels = _listed(item, "Labels", None) or {}
+    state = _listed(item, "State", "")
+    match = _EXITED.search(_listed(item, "Status", ""))
     return RuntimeState(
         workspace_id=labels.get(LABEL_WORKSPACE, ""),
-        container_id=raw["Id"],
-        running=raw.get("State") == "running",
-        status=raw.get("State", ""),
+        container_id=item["Id"],
+        running=state == "running",
+        status=state,
         exit_code=int(match.group(1)) if match else None,
         hub_id=labels.get(LABEL_HUB, ""),
         owner=labels.get(LABEL_OWNER, ""),

@@ -14,7 +14,7 @@ import shlex
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
 from typing import Any
@@ -358,7 +358,7 @@ class LocalRuntime:
 
     async def follow_logs(
         self, workspace_id: str, *, tail: int = 0, since: float | None = None
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncGenerator[LogLine, None]:
         """Lines as the IDE writes them, until it exits.
 
         An IDE this process did not start (another hub process, or this one before a restart) is

@@ -13,7 +13,7 @@ from anyio.abc import ByteReceiveStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from app.services.runtime import local_support as ls
-from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest
+from app.services.runtime.base import OUTPUT_STREAMS, ExecExit, ExecItem, ExecOutput, ExecRequest, OutputStream
 from app.services.runtime.common import OutputCap
 from app.services.runtime.docker_exec import KILL_GRACE, TIMEOUT_EXIT
 
@@ -38,7 +38,7 @@ async def exec_stream(
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         yield ExecExit(exit_code=code, duration_ms=int((time.monotonic() - begin) * 1000))
         return
-    send, receive = anyio.create_memory_object_stream[tuple[str, bytes]](64)
+    send, receive = anyio.create_memory_object_stream[tuple[OutputStream, bytes]](64)
     async with send:
         tg.start_soon(_pump, process.stdout, "stdout", send.clone())
         tg.start_soon(_pump, process.stderr, "stderr", send.clone())
@@ -66,16 +66,16 @@ async def exec_stream(
                     break
                 text = cap.feed(item[0], item[1])
                 if text:
-                    yield ExecOutput(item[0], text)  # type: ignore[arg-type]
-        for channel in ("stdout", "stderr"):
+                    yield ExecOutput(item[0], text)
+        for channel in OUTPUT_STREAMS:
             rest = cap.flush(channel)
             if rest:
-                yield ExecOutput(channel, rest)  # type: ignore[arg-type]
+                yield ExecOutput(channel, rest)
         with anyio.move_on_after(KILL_GRACE):
             await process.wait()
-        code = ls.exit_status(process.returncode)
+        status = ls.exit_status(process.returncode)
         yield ExecExit(
-            exit_code=TIMEOUT_EXIT if timed_out else (code if code is not None else -1),
+            exit_code=TIMEOUT_EXIT if timed_out else (status if status is not None else -1),
             duration_ms=int((time.monotonic() - begin) * 1000),
             truncated=cap.truncated,
             timed_out=timed_out,
@@ -85,7 +85,9 @@ async def exec_stream(
             ls.signal_group(process.pid, signal.SIGKILL)
 
 
-async def _pump(stream: ByteReceiveStream | None, name: str, send: MemoryObjectSendStream[tuple[str, bytes]]) -> None:
+async def _pump(
+    stream: ByteReceiveStream | None, name: OutputStream, send: MemoryObjectSendStream[tuple[OutputStream, bytes]]
+) -> None:
     async with send:
         if stream is None:
             return

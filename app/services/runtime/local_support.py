@@ -67,7 +67,7 @@ def start_ticks(pid: int) -> int | None:
 def alive(record: PidFile) -> bool:
     """True when the process of ``record`` still runs (same pid and start time, not a zombie)."""
     fields = _stat_fields(record.pid)
-    return bool(fields) and fields[0] != "Z" and int(fields[19]) == record.start_ticks
+    return fields is not None and bool(fields) and fields[0] != "Z" and int(fields[19]) == record.start_ticks
 
 
 def session_members(sid: int) -> list[int]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import anyio
@@ -278,7 +278,7 @@ class LogPumps:
         return {"pumps": len(self.pumps), "published_lines": self.published}
 
 
-async def _read(source: AsyncIterator[LogLine], send: MemoryObjectSendStream[LogLine]) -> None:
+async def _read(source: AsyncGenerator[LogLine, None], send: MemoryObjectSendStream[LogLine]) -> None:
     async with send:
         try:
             async for line in source:
@@ -287,7 +287,7 @@ async def _read(source: AsyncIterator[LogLine], send: MemoryObjectSendStream[Log
                 await send.send(line)
         finally:
             with anyio.CancelScope(shield=True):
-                await source.aclose()  # type: ignore[attr-defined]
+                await source.aclose()
 
 
 def _drain(first: LogLine, receive: Any) -> list[LogLine]:
