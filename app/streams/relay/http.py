@@ -172,7 +172,7 @@ class Exchange:
     async def _respond(
         self, conn: Conn, parsed: ParsedResponse, parser: Any, receive: Receive, send: Send, fix_headers: FixHeaders
     ) -> int:
-        status = parser.get_status_code()
+        status: int = parser.get_status_code()
         framed = parsed.framed
         if self.method == "HEAD" or status in (204, 304):
             parsed.done = True

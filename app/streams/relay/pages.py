@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -101,7 +101,7 @@ def _headers(body: bytes, nonce: str, extra: list[tuple[bytes, bytes]]) -> list[
 
 
 async def send_page(
-    send: Send, status: int, title: str, body_html: str, *, nonce: str = "", extra: list[tuple[bytes, bytes]] = ()
+    send: Send, status: int, title: str, body_html: str, *, nonce: str = "", extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     """Answer an HTTP request with a small page."""
     body = _page(title, body_html, nonce)
@@ -186,7 +186,9 @@ async def failed(send: Send, workspace_id: str, name: str, reason: str | None) -
     await send_page(send, 503, f"{name} failed", body, nonce=nonce)
 
 
-async def redirect(send: Send, location: bytes, *, status: int = 302, extra: list[tuple[bytes, bytes]] = ()) -> None:
+async def redirect(
+    send: Send, location: bytes, *, status: int = 302, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """A redirect with an empty body."""
     headers = [(b"location", location), (b"content-length", b"0"), (b"cache-control", b"no-store"), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})

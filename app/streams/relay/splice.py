@@ -34,7 +34,7 @@ class SpliceProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the ``codehub.splice`` extension."""
 
     _link: Link | None = None
-    _on_up: Callable[[int], None] | None = None
+    _on_up: Callable[[int], None] = staticmethod(lambda _: None)  # replaced together with ``_link``
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -68,7 +68,7 @@ class SpliceProtocol(WebSocketsSansIOProtocol):
             super().data_received(data)
             return
         link.write_now(data)
-        self._on_up(len(data))  # type: ignore[misc]
+        self._on_up(len(data))
 
     def pause_writing(self) -> None:
         if self._link is not None and self._link.transport is not None:

@@ -181,7 +181,7 @@ async def _exit_code(terminal: Any) -> int | None:
     if getter is None:
         return None
     for _ in range(20):
-        code = await getter()
+        code: int | None = await getter()
         if code is not None:
             return code
         await anyio.sleep(0.05)
