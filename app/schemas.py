@@ -159,7 +159,11 @@ class WorkspaceOut(msgspec.Struct):
         keys = list(rows[0]._fields)
         positions = [keys.index(name) if name != "url" else -1 for name in cls.__struct_fields__]
         id_at = keys.index("id")
-        return [cls(*[row[i] if i >= 0 else f"/w/{row[id_at]}/" for i in positions]) for row in rows]
+        shaped = []
+        for row in rows:
+            values: list[Any] = [row[i] if i >= 0 else f"/w/{row[id_at]}/" for i in positions]
+            shaped.append(cls(*values))
+        return shaped
 
     @classmethod
     def of(cls, ws: Workspace) -> WorkspaceOut:

@@ -214,7 +214,7 @@ class Lifecycle:
         directory = self.workspace_dir(row.id)
         try:
             runtime = await self.engines.for_workspace(row)
-            if row.git_url and await anyio.to_thread.run_sync(git.is_empty, directory):
+            if row.git_url and await _is_empty(directory):
                 await self.clone(row, row.git_url)
 
             async def progress(kind: str, data: dict[str, Any]) -> None:
@@ -436,3 +436,8 @@ def uptime_seconds(ws: Workspace, now: datetime | None = None) -> float | None:
     if ws.state != WorkspaceState.RUNNING or ws.started_at is None:
         return None
     return round(((now or utcnow()) - ws.started_at).total_seconds(), 3)
+
+
+async def _is_empty(directory: Path) -> bool:
+    """``git.is_empty`` off the event loop."""
+    return await anyio.to_thread.run_sync(git.is_empty, directory)

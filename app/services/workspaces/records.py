@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import functools
 import logging
 from collections.abc import Callable, Hashable, Sequence
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select
+from sqlalchemy import BindParameter, Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -107,7 +108,8 @@ def _list_statement(all_users: bool, with_states: bool, with_cursor: bool) -> Se
     if with_states:
         query = query.where(Workspace.state.in_(bindparam("states", expanding=True)))
     if with_cursor:
-        created, ws_id = bindparam("created"), bindparam("ws_id")
+        created: BindParameter[datetime] = bindparam("created")
+        ws_id: BindParameter[str] = bindparam("ws_id")
         query = query.where(
             or_(Workspace.created_at < created, and_(Workspace.created_at == created, Workspace.id < ws_id))
         )
@@ -173,7 +175,7 @@ class WorkspaceService:
     async def list_encoded(
         self,
         principal: Principal,
-        render: Callable[[list[Any], str | None], bytes],
+        render: Callable[[builtins.list[Any], str | None], bytes],
         *,
         all_users: bool = False,
         states: Sequence[str] = (),
