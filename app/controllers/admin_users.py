@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get, patch, post
 from litestar.params import Parameter
@@ -37,7 +37,9 @@ class AdminUsersController(Controller):
         operation_id="adminCreateUser",
         responses=error_responses(400, 401, 403, 409, 422),
     )
-    async def create_user(self, request: Request, data: UserCreate, ctx: AppContext, principal: Principal) -> UserOut:
+    async def create_user(
+        self, request: Request[Any, Any, Any], data: UserCreate, ctx: AppContext, principal: Principal
+    ) -> UserOut:
         """Create a user with a password and a role."""
         user = await ctx.auth.create_user(data.username, data.password, data.role)
         await ctx.audit.record(
@@ -49,7 +51,7 @@ class AdminUsersController(Controller):
 
     @patch("/{user_id:int}", operation_id="adminUpdateUser", responses=error_responses(400, 401, 403, 404, 422))
     async def update_user(
-        self, request: Request, user_id: int, data: UserUpdate, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], user_id: int, data: UserUpdate, ctx: AppContext, principal: Principal
     ) -> UserOut:
         """Change a user's role, disabled flag or password."""
         user = await ctx.auth.update_user(user_id, role=data.role, disabled=data.disabled, password=data.password)

@@ -87,7 +87,7 @@ class RewriteAnswer(msgspec.Struct):
     usage: Usage
 
 
-def _wants_sse(request: Request) -> bool:
+def _wants_sse(request: Request[Any, Any, Any]) -> bool:
     return MEDIA_TYPE in request.headers.get("accept", "")
 
 
@@ -172,7 +172,7 @@ class AIController(Controller):
     async def _start(
         self,
         kind: Kind,
-        request: Request,
+        request: Request[Any, Any, Any],
         ctx: AppContext,
         principal: Principal,
         workspaces: WorkspaceService,
@@ -238,7 +238,7 @@ class AIController(Controller):
     )
     async def explain(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         data: ExplainRequest,
         ctx: AppContext,
         principal: Principal,
@@ -256,7 +256,7 @@ class AIController(Controller):
     )
     async def rewrite(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         data: RewriteRequest,
         ctx: AppContext,
         principal: Principal,
@@ -274,7 +274,7 @@ class AIController(Controller):
     )
     async def request_events(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         ctx: AppContext,
         principal: Principal,
         request_id: Annotated[str, Parameter(max_length=32)],

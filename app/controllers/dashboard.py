@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import CacheControlHeader
@@ -38,7 +39,7 @@ async def dashboard() -> Response[bytes]:
     return Response(_index_html(), headers=SECURITY_HEADERS, media_type="text/html; charset=utf-8")
 
 
-def _nosniff(response: Response) -> Response:
+def _nosniff(response: Response[Any]) -> Response[Any]:
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

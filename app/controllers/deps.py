@@ -66,12 +66,13 @@ async def requires_admin(connection: ASGIConnection[Any, Any, Any, Any], handler
 
 async def provide_ctx(state: State) -> AppContext:
     """The application context built in the lifespan."""
-    return state.ctx
+    ctx: AppContext = state.ctx
+    return ctx
 
 
 async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The authenticated caller (guards have already refused anonymous requests)."""
-    principal = request.scope.get("user")
+    principal: Principal | None = request.scope.get("user")
     if principal is None:
         raise Unauthorized("authentication required")
     return principal
@@ -79,7 +80,8 @@ async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Prin
 
 async def provide_workspaces(state: State) -> WorkspaceService:
     """The workspace record service."""
-    return state.ctx.workspaces
+    workspaces: WorkspaceService = state.ctx.workspaces
+    return workspaces
 
 
 BASE_DEPENDENCIES = {

@@ -50,7 +50,7 @@ async def authorize_topic(topic: str, principal: Principal, ctx: AppContext, wor
 
 
 def _stream(
-    request: Request,
+    request: Request[Any, Any, Any],
     ctx: AppContext,
     topics: tuple[str, ...],
     header_id: str | None,
@@ -95,7 +95,7 @@ class EventsController(Controller):
     )
     async def events(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         ctx: AppContext,
         principal: Principal,
         workspaces: WorkspaceService,
@@ -118,7 +118,7 @@ class EventsController(Controller):
     )
     async def workspace_events(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         ctx: AppContext,
         principal: Principal,
         workspaces: WorkspaceService,

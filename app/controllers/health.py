@@ -9,7 +9,7 @@ from litestar import Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from app.context import AppContext
+from app.context import AppContext, ReadyCheck
 from app.schemas import CheckResult, ReadyResponse
 
 CHECK_TIMEOUT = 3.0
@@ -36,7 +36,7 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
     """Database, Redis (when configured) and each Docker server (when configured): status and latency."""
     results: list[CheckResult] = []
 
-    async def run(name: str, check) -> None:  # type: ignore[no-untyped-def]
+    async def run(name: str, check: ReadyCheck) -> None:
         started = time.perf_counter()
         error = None
         try:

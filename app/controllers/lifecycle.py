@@ -73,13 +73,15 @@ class LifecycleController(Controller):
     path = "/api/workspaces/{workspace_id:str}"
     tags = ["workspaces"]
 
-    async def _transition(self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any) -> None:
+    async def _transition(
+        self, request: Request[Any, Any, Any], ctx: AppContext, principal: Principal, action: str, ws: Any
+    ) -> None:
         await ctx.audit.record(
             audit_entry(request.scope, f"workspace.{action}", principal, workspace_id=ws.id, target=ws.name)
         )
 
     async def _started(
-        self, request: Request, ctx: AppContext, principal: Principal, action: str, ws: Any
+        self, request: Request[Any, Any, Any], ctx: AppContext, principal: Principal, action: str, ws: Any
     ) -> Response[WorkspaceOut]:
         await self._transition(request, ctx, principal, action, ws)
         return Response(
@@ -94,7 +96,7 @@ class LifecycleController(Controller):
     )
     async def start(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         workspace_id: str,
         ctx: AppContext,
         principal: Principal,
@@ -105,7 +107,9 @@ class LifecycleController(Controller):
         return await self._started(request, ctx, principal, "start", ws)
 
     @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))
-    async def stop(self, request: Request, workspace_id: str, ctx: AppContext, principal: Principal) -> WorkspaceOut:
+    async def stop(
+        self, request: Request[Any, Any, Any], workspace_id: str, ctx: AppContext, principal: Principal
+    ) -> WorkspaceOut:
         """Stop (SIGTERM, SIGKILL after the grace period); stopped workspaces answer as they are."""
         ws = await ctx.lifecycle.stop(principal, workspace_id, reason=f"stopped by {principal.username}")
         await self._transition(request, ctx, principal, "stop", ws)
@@ -119,7 +123,7 @@ class LifecycleController(Controller):
     )
     async def restart(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         workspace_id: str,
         ctx: AppContext,
         principal: Principal,
@@ -136,7 +140,7 @@ class LifecycleController(Controller):
         responses=error_responses(400, 401, 404, 409, 422, 503),
     )
     async def execute(
-        self, request: Request, workspace_id: str, data: ExecBody, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], workspace_id: str, data: ExecBody, ctx: AppContext, principal: Principal
     ) -> Any:
         """Run a command; JSON result, or with ``Accept: text/event-stream`` live ``exec.output`` then ``exec.exit``."""
         exec_request = ExecRequest(

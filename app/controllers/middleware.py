@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
 
 import structlog
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app import metrics
 from app.context import AppContext
@@ -38,7 +39,7 @@ def workspace_id_of(scope: Scope) -> str | None:
     return None
 
 
-def _is_event_stream(headers: Any) -> bool:
+def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     for key, value in headers:
         if key.lower() == b"content-type":
             return value.startswith(b"text/event-stream")
@@ -67,7 +68,7 @@ class RequestContextMiddleware:
             scope["user"] = await self._principal(scope)
         except DomainError as exc:
             scope["user"] = None
-            if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            if scope["type"] == ScopeType.HTTP and scope["path"].startswith("/api/"):
                 headers = {"x-request-id": request_id, "www-authenticate": "Bearer"}
                 await send_error(send, exc.status, exc.to_body(), headers)
                 self._record(scope, exc.status, started, time.perf_counter())
@@ -77,7 +78,7 @@ class RequestContextMiddleware:
         workspace_id = workspace_id_of(scope)
         if workspace_id is not None:
             structlog.contextvars.bind_contextvars(workspace_id=workspace_id)
-        if scope["type"] == "websocket":
+        if scope["type"] == ScopeType.WEBSOCKET:
             await self.app(scope, receive, send)
             return
         status = 0
@@ -99,7 +100,7 @@ class RequestContextMiddleware:
             self._record(scope, status, started, time.perf_counter(), headers_at)
 
     @staticmethod
-    def _record(scope: Scope, status: int, started: float, ended: float, headers_at: float = 0.0) -> None:
+    def _record(scope: HTTPScope, status: int, started: float, ended: float, headers_at: float = 0.0) -> None:
         route = scope.get("path_template") or "unmatched"
         metrics.observe_http(scope["method"], route, status, (headers_at or ended) - started)
         fields = {

@@ -11,6 +11,7 @@ import hmac
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -47,7 +48,7 @@ class ApiRateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user")
-        if user is not None and scope["type"] == "http" and scope["path"].startswith("/api/"):
+        if user is not None and scope["type"] == ScopeType.HTTP and scope["path"].startswith("/api/"):
             ctx: AppContext = scope["app"].state.ctx
             if ctx.api_limit.enabled:
                 try:

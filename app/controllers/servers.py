@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
@@ -93,7 +93,9 @@ class ServersController(Controller):
         operation_id="adminCreateServer",
         responses=error_responses(400, 401, 403, 409, 422),
     )
-    async def create(self, request: Request, data: ServerCreate, ctx: AppContext, principal: Principal) -> ServerOut:
+    async def create(
+        self, request: Request[Any, Any, Any], data: ServerCreate, ctx: AppContext, principal: Principal
+    ) -> ServerOut:
         """Register a Docker engine (``unix://…`` or ``tcp://…``)."""
         load = await ctx.servers.create(
             name=data.name,
@@ -127,7 +129,9 @@ class ServersController(Controller):
         operation_id="adminDeleteServer",
         responses=error_responses(401, 403, 404, 409),
     )
-    async def delete_server(self, request: Request, server_id: str, ctx: AppContext, principal: Principal) -> None:
+    async def delete_server(
+        self, request: Request[Any, Any, Any], server_id: str, ctx: AppContext, principal: Principal
+    ) -> None:
         """Unregister a server (409 while workspaces are placed on it)."""
         await ctx.servers.delete(server_id)
         await ctx.audit.record(audit_entry(request.scope, "server.delete", principal, target=server_id))
@@ -139,7 +143,7 @@ class ServersController(Controller):
         responses=error_responses(401, 403, 404, 409, 422),
     )
     async def place(
-        self, request: Request, workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
     ) -> WorkspaceOut:
         """Move a stopped (or created/failed) workspace to another server."""
         ws = await ctx.servers.place(workspace_id, data.server_id)

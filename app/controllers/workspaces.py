@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -30,7 +30,7 @@ class WorkspacesController(Controller):
     )
     async def create(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         data: WorkspaceCreate,
         ctx: AppContext,
         principal: Principal,
@@ -58,7 +58,7 @@ class WorkspacesController(Controller):
     @get("/", operation_id="listWorkspaces", responses=error_responses(400, 401, 403))
     async def list_workspaces(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         all_users: Annotated[bool, QueryParameter(name="all", description="admins: everyone's workspaces")] = False,
         states: Annotated[
             list[str] | None, QueryParameter(name="state", description="filter by state (repeatable)")
@@ -76,7 +76,8 @@ class WorkspacesController(Controller):
         body = await workspaces.list_encoded(
             principal, _encode_page, all_users=all_users, states=states or (), limit=limit, cursor=cursor
         )
-        return Response(body, media_type="application/json")
+        # The body is a WorkspacePage already encoded (cached); the annotation keeps the OpenAPI schema.
+        return Response(cast("WorkspacePage", body), media_type="application/json")
 
     @get("/{workspace_id:str}", operation_id="getWorkspace", responses=error_responses(401, 404))
     async def get_workspace(
@@ -92,7 +93,7 @@ class WorkspacesController(Controller):
     )
     async def update(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         workspace_id: str,
         data: WorkspaceUpdate,
         ctx: AppContext,
@@ -116,7 +117,7 @@ class WorkspacesController(Controller):
     )
     async def delete_workspace(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         workspace_id: str,
         ctx: AppContext,
         principal: Principal,
