@@ -19,12 +19,33 @@ into ``{"error": code, "detail": message, ...extra}`` with the class's status. T
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
+
+import msgspec
+
+ASGISend = Callable[[Any], Awaitable[None]]
 
 
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     """The JSON body of every error the hub sends: ``{"error": code, "detail": message, ...extra}``."""
     return {"error": code, "detail": detail, **extra}
+
+
+async def send_error(
+    send: ASGISend, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> None:
+    """Send an error ``body`` as JSON straight to an ASGI ``send``: for the edges that answer before (or
+    without) Litestar's routing, the same response its exception handlers give."""
+    data = msgspec.json.encode(body)
+    raw_headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    for name, value in (headers or {}).items():
+        raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 class DomainError(Exception):

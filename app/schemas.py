@@ -37,10 +37,11 @@ class ErrorBody(msgspec.Struct):
 
 
 class LoginRequest(Body):
-    """Credentials for ``POST /api/auth/login``."""
+    """Credentials for ``POST /api/auth/login``, and where the browser was going (``next``)."""
 
     username: Annotated[str, msgspec.Meta(max_length=256)]
     password: Annotated[str, msgspec.Meta(max_length=1024)]
+    next: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class UserOut(msgspec.Struct):
@@ -59,11 +60,13 @@ class UserOut(msgspec.Struct):
 
 
 class LoginResponse(msgspec.Struct):
-    """A session token (also set as the ``codehub_session`` cookie) and who it belongs to."""
+    """A session token (also set as the ``codehub_session`` cookie), who it belongs to, and where the browser
+    goes next (the request's ``next`` when it is a path on the hub's own origin, else ``/``)."""
 
     token: str
     user: UserOut
     expires_at: datetime | None
+    next: str = "/"
 
 
 class TokenCreate(Body):

@@ -14,7 +14,14 @@ from app.controllers.deps import error_responses
 from app.errors import Unauthorized
 from app.models import utcnow
 from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
-from app.services.auth.access import Principal, audit_entry, session_cookie_attributes
+from app.services.auth.access import (
+    Principal,
+    audit_entry,
+    cross_origin_error,
+    from_own_origin,
+    safe_next,
+    session_cookie_attributes,
+)
 from app.services.auth.ratelimit import enforce, login_limit
 from app.settings import Settings
 
@@ -44,12 +51,15 @@ class AuthController(Controller):
         opt={"public": True},
         status_code=HTTP_200_OK,
         operation_id="login",
-        responses=error_responses(400, 401, 429),
+        responses=error_responses(400, 401, 403, 429),
     )
     async def login(
         self, request: Request[Any, Any, Any], data: LoginRequest, ctx: AppContext
     ) -> Response[LoginResponse]:
-        """Exchange username and password for a session token, also set as the HttpOnly cookie."""
+        """Exchange username and password for a session token, also set as the HttpOnly cookie, and say where
+        the browser goes next. Only the hub's own pages may sign a browser in (no forced login from elsewhere)."""
+        if not from_own_origin(request.scope["headers"], ctx.settings):
+            raise cross_origin_error()
         client = request.client.host if request.client else "-"
         await enforce(ctx.rate_limiter, f"{data.username.strip().lower()[:64]}|{client}", login_limit(ctx.settings))
         try:
@@ -62,7 +72,8 @@ class AuthController(Controller):
         principal = Principal(user.id, user.username, user.role, token.id, token.kind)
         await ctx.audit.record(audit_entry(request.scope, "auth.login", principal))
         cookie = session_cookie(ctx.settings, raw)
-        return Response(LoginResponse(raw, UserOut.of(user), token.expires_at), cookies=[cookie])
+        body = LoginResponse(raw, UserOut.of(user), token.expires_at, safe_next(data.next))
+        return Response(body, cookies=[cookie])
 
     @post("/logout", status_code=HTTP_204_NO_CONTENT, operation_id="logout", responses=error_responses(401))
     async def logout(self, request: Request[Any, Any, Any], ctx: AppContext, principal: Principal) -> Response[None]:

@@ -54,7 +54,7 @@ async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler:
     if handler.opt.get("public") or not connection.scope["path"].startswith("/api"):
         return
     if connection.scope.get("user") is None:
-        raise Unauthorized("authentication required: Bearer token, session cookie or ?access_token=")
+        raise Unauthorized("authentication required: Bearer token or session cookie")
 
 
 async def requires_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -1,7 +1,8 @@
 """The one JSON error renderer: ``{"error": code, "detail": message, ...extra}`` with its status and headers.
 
-Litestar's exception handlers (``EXCEPTION_HANDLERS``) and the ASGI middleware that answer before routing
-(``send_error``) both encode bodies and headers here, so every error a client sees has the same shape.
+Litestar's exception handlers (``EXCEPTION_HANDLERS``) build bodies with ``app.errors.error_body``, as
+``app.errors.send_error`` does for the ASGI edges that answer before routing (middleware, relay), so every
+error a client sees has the same shape.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.serialization import encode_json
-from litestar.types import ExceptionHandlersMap, Send
+from litestar.types import ExceptionHandlersMap
 
 from app.errors import DomainError, error_body
 
@@ -35,19 +36,6 @@ _INTERNAL = error_body("internal_error", "internal error")
 def error_response(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response[bytes]:
     """A Litestar response carrying the error ``body`` as JSON."""
     return Response(encode_json(body), status_code=status, headers=dict(headers or {}), media_type=MediaType.JSON)
-
-
-async def send_error(send: Send, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
-    """Send the same response as ``error_response`` straight to an ASGI ``send`` (middleware, before routing)."""
-    data = encode_json(body)
-    raw_headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", MediaType.JSON.value.encode()),
-        (b"content-length", str(len(data)).encode()),
-    ]
-    for name, value in (headers or {}).items():
-        raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 def _on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:

@@ -13,10 +13,9 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app import metrics
 from app.context import AppContext
-from app.controllers.error_responses import send_error
-from app.errors import DomainError, Unauthorized
+from app.errors import DomainError, Unauthorized, send_error
 from app.logging_setup import ACCESS_LOGGER, write_access_line
-from app.services.auth.access import Credentials, Principal, header, identify
+from app.services.auth.access import Credentials, Principal, cross_origin_refusal, header, identify
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WORKSPACE_PATH_RE = re.compile(r"/(?:api/workspaces|w)/([A-Za-z0-9_-]{1,64})(?:/|$)")
@@ -47,8 +46,9 @@ def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (kept from ``X-Request-ID`` when sane), resolves who is calling, and logs
-    one line per HTTP request without the query string (it may carry ``access_token``)."""
+    """Gives every request an id (kept from ``X-Request-ID`` when sane), resolves who is calling (refusing
+    cookie-authenticated unsafe requests from other origins), and logs one line per HTTP request without the
+    query string (old links may still carry an ``access_token``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -69,7 +69,9 @@ class RequestContextMiddleware:
         except DomainError as exc:
             scope["user"] = None
             if scope["type"] == ScopeType.HTTP and scope["path"].startswith("/api/"):
-                headers = {"x-request-id": request_id, "www-authenticate": "Bearer"}
+                headers = {"x-request-id": request_id}
+                if exc.status == 401:
+                    headers["www-authenticate"] = "Bearer"
                 await send_error(send, exc.status, exc.to_body(), headers)
                 self._record(scope, exc.status, started, time.perf_counter())
                 return
@@ -123,4 +125,7 @@ class RequestContextMiddleware:
         principal = await identify(credentials, ctx.auth.principal_of)
         if principal is None:
             raise Unauthorized("invalid or expired token", code="invalid_token")
+        refusal = cross_origin_refusal(scope, credentials, ctx.settings)
+        if refusal is not None:
+            raise refusal
         return principal

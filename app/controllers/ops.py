@@ -16,8 +16,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from app.context import AppContext
-from app.controllers.error_responses import send_error
-from app.errors import TooManyRequests, Unauthorized
+from app.errors import TooManyRequests, Unauthorized, send_error
 from app.services.auth.ratelimit import enforce
 from app.services.workspaces import monitoring
 

@@ -14,12 +14,17 @@ from app.services.auth.access import (
     Revocation,
     TokenCache,
     audit_entry,
+    cross_origin_refusal,
+    from_own_origin,
     identify,
     may_access,
+    origin_allowed,
+    safe_next,
     session_cookie_attributes,
     session_set_cookie,
 )
 from app.services.singleflight import SingleFlight
+from app.settings import load_settings
 from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -34,13 +39,14 @@ def test_credentials_from_a_scope() -> None:
         "query_string": b"access_token=chub_q",
     }
     creds = Credentials.of(scope)
-    assert (creds.token, creds.source, creds.query, creds.cookie) == ("chub_h", "bearer", "chub_q", "chub_c")
+    assert (creds.token, creds.source, creds.cookie) == ("chub_h", "bearer", "chub_c")
     assert creds.candidates == ("chub_h", "chub_c")
-    foreign = Credentials([(b"authorization", b"Bearer someone-elses-jwt")], b"")  # an app's own, not the hub's
+    foreign = Credentials([(b"authorization", b"Bearer someone-elses-jwt")])  # an app's own, not the hub's
     assert foreign.token is None and foreign.candidates == ()
-    same = Credentials([(b"cookie", b"codehub_session=chub_c")], b"access_token=")
-    assert (same.token, same.source, same.query) == ("chub_c", "cookie", "")
+    same = Credentials.of({"headers": [(b"cookie", b"codehub_session=chub_c")], "query_string": b"access_token=chub_q"})
+    assert (same.token, same.source) == ("chub_c", "cookie")  # a token in the URL is no credential
     assert same.candidates == ("chub_c",)
+    assert Credentials.of({"query_string": b"access_token=chub_q"}).token is None
     assert Credentials.of({"type": "http"}).token is None
 
 
@@ -50,9 +56,84 @@ async def test_identify_falls_back_to_the_cookie() -> None:
     async def principal_of(token: str) -> Principal | None:
         return known.get(token)
 
-    stale_query = Credentials([(b"cookie", b"codehub_session=chub_c")], b"access_token=chub_old")
-    assert await identify(stale_query, principal_of) == ALICE
-    assert await identify(Credentials([], b"access_token=chub_old"), principal_of) is None
+    stale_bearer = Credentials([(b"cookie", b"codehub_session=chub_c"), (b"authorization", b"Bearer chub_old")])
+    assert await identify(stale_bearer, principal_of) == ALICE
+    assert stale_bearer.proven_by == "cookie"  # the cookie proved it: the origin rule applies
+    assert await identify(Credentials([(b"authorization", b"Bearer chub_old")]), principal_of) is None
+    bearer = Credentials([(b"cookie", b"codehub_session=chub_x"), (b"authorization", b"Bearer chub_c")])
+    assert await identify(bearer, principal_of) == ALICE and bearer.proven_by == "bearer"
+
+
+def test_origin_rules() -> None:
+    plain = load_settings(environ={})
+    assert origin_allowed(b"http://hub:8000", b"hub:8000", plain)
+    assert origin_allowed(b"https://hub", b"hub:443", plain)
+    assert not origin_allowed(b"http://evil:8000", b"hub:8000", plain)
+    assert not origin_allowed(b"null", b"hub:8000", plain)
+    assert not origin_allowed(b"http://hub:8001", b"hub:8000", plain)
+    public = load_settings(environ={}, public_url="https://code.example.com", allowed_origins=("https://ide.example",))
+    assert origin_allowed(b"https://code.example.com", b"internal:8000", public)
+    assert origin_allowed(b"https://ide.example", b"internal:8000", public)
+    assert not origin_allowed(b"http://internal:8000", b"internal:8000", public)
+    assert not origin_allowed(b"http://code.example.com", b"code.example.com", public)
+    host = (b"host", b"hub:8000")
+    assert from_own_origin([host], plain)  # no browser sent it
+    assert from_own_origin([host, (b"sec-fetch-site", b"same-origin")], plain)
+    assert from_own_origin([host, (b"sec-fetch-site", b"none")], plain)
+    assert not from_own_origin([host, (b"sec-fetch-site", b"cross-site")], plain)
+    assert not from_own_origin([host, (b"sec-fetch-site", b"same-site")], plain)
+    assert not from_own_origin([host, (b"origin", b"http://evil"), (b"sec-fetch-site", b"same-origin")], plain)
+
+
+async def test_the_origin_rule_binds_cookie_authenticated_unsafe_requests_only() -> None:
+    settings = load_settings(environ={})
+
+    async def principal_of(token: str) -> Principal | None:
+        return ALICE if token == "chub_c" else None
+
+    async def refused(method: str, *headers: tuple[bytes, bytes], kind: str = "http") -> bool:
+        scope = {"type": kind, "method": method, "headers": [(b"host", b"hub"), (b"origin", b"http://evil"), *headers]}
+        credentials = Credentials.of(scope)
+        assert await identify(credentials, principal_of) == ALICE
+        refusal = cross_origin_refusal(scope, credentials, settings)
+        assert refusal is None or (refusal.status, refusal.code) == (403, "cross_origin")
+        return refusal is not None
+
+    cookie = (b"cookie", b"codehub_session=chub_c")
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert await refused(method, cookie)
+    assert await refused("GET", cookie, kind="websocket")
+    assert not await refused("GET", cookie) and not await refused("HEAD", cookie)
+    assert not await refused("POST", (b"authorization", b"Bearer chub_c"))
+    assert await refused("POST", cookie, (b"authorization", b"Bearer chub_stale"))  # the cookie proved it
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+        "javascript:alert(1)",
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "%2F%2Fevil.example",
+        "/x\r\nSet-Cookie: a=b",
+        "/%0d%0aLocation:%20//evil",
+        "\t//evil.example",
+        " /x",
+        "",
+        None,
+        "/" + "a" * 5000,
+    ],
+)
+def test_hostile_next_targets_go_home(target: str | None) -> None:
+    assert safe_next(target) == "/"
+
+
+def test_own_next_targets_are_kept() -> None:
+    for target in ("/", "/w/abc/", "/w/abc/?folder=%2Fhome%2Fcoder&x=1", "/#audit"):
+        assert safe_next(target) == target
 
 
 def test_the_session_cookie(tmp_path: Path) -> None:

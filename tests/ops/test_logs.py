@@ -61,9 +61,11 @@ def _exercise(url: str, password: str, marker: str) -> dict[str, str]:
         ws = client.post("/api/workspaces", json={"name": "logged"}).json()
         assert client.get("/api/workspaces", params={"access_token": token}).status_code == 200
     with httpx.Client(base_url=url, timeout=10) as anon:
-        r = anon.get(f"/api/workspaces/{ws['id']}?access_token={token}", headers={"X-Request-ID": "ops-logs-1"})
-        assert r.status_code == 200
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        r = anon.get(
+            f"/api/workspaces/{ws['id']}?access_token={token}", headers={"X-Request-ID": "ops-logs-1", **headers}
+        )
+        assert r.status_code == 200  # an old link's token in the URL: no credential, but never logged either
         anon.post("/api/workspaces", content=f'{{"name": "x", "oops": "{marker}', headers=headers)  # broken JSON
         anon.post("/api/workspaces", json={"name": "y", "image": f"bad image {marker}"}, headers=headers)
         anon.patch(f"/api/workspaces/{ws['id']}", json={"name": marker.upper()}, headers=headers)

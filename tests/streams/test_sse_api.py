@@ -156,12 +156,15 @@ async def test_topics_are_authorized_at_subscribe_time(sse_hub: Hub) -> None:
             assert (await stream.next()).retry is not None
 
 
-async def test_access_token_query_heartbeats_and_disconnect_cleanup(sse_hub: Hub) -> None:
-    token = await sse_hub.new_user(f"u{secrets.token_hex(3)}")
+async def test_session_cookie_heartbeats_and_disconnect_cleanup(sse_hub: Hub) -> None:
+    name = f"u{secrets.token_hex(3)}"
+    token = await sse_hub.new_user(name)
     me = await user_id(sse_hub, token)
     baseline = await subscribers(sse_hub)  # internal listeners (e.g. the relay) subscribe too
-    async with httpx.AsyncClient(base_url=sse_hub.url, timeout=30) as browser:
-        params = {"topic": f"user:{me}", "access_token": token}
+    async with httpx.AsyncClient(base_url=sse_hub.url, timeout=30) as browser:  # as EventSource: the cookie
+        login = await browser.post("/api/auth/login", json={"username": name, "password": "password-123"})
+        assert login.status_code == 200
+        params = {"topic": f"user:{me}"}
         async with open_sse(browser, "/api/events", params=params) as stream:
             await wait_subscribers(sse_hub, baseline + 1)
             comments: list[str] = []

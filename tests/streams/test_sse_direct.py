@@ -108,7 +108,7 @@ async def open_events(port: int, token: str, topic: str, rcvbuf: int = 0) -> tup
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))  # loopback: immediate
     stream = await SocketStream.from_socket(sock)
-    request = f"GET /api/events?topic={topic}&access_token={token} HTTP/1.1\r\nHost: hub\r\n\r\n"
+    request = f"GET /api/events?topic={topic} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n"
     await stream.send(request.encode())
     return stream, ChunkedReader(stream)
 

@@ -1,9 +1,14 @@
 """Identity and access, for every door of the hub (API, relay, terminal), on raw ASGI scopes and headers.
 
-- ``Credentials``: the hub token a request carries: ``Authorization: Bearer chub_…``, then
-  ``?access_token=``, then the ``codehub_session`` cookie. A Bearer value without the token prefix is not
-  the hub's (an app inside a workspace may use its own) and is left alone. ``identify`` takes the first
-  of them that proves someone, falling back to the cookie.
+- ``Credentials``: the hub token a request carries: ``Authorization: Bearer chub_…``, then the
+  ``codehub_session`` cookie. A Bearer value without the token prefix is not the hub's (an app inside a
+  workspace may use its own) and is left alone. ``identify`` takes the first of them that proves someone,
+  falling back to the cookie. A token in the URL (``?access_token=``) is no credential: links leak through
+  history, ``Referer`` and logs, and one that logged its visitor in would be a forced login.
+- The origin rule (``cross_origin_refusal``): the browser adds the session cookie by itself, even to a
+  request another site makes, so a cookie-authenticated unsafe request (POST, PUT, PATCH, DELETE, a
+  WebSocket upgrade) must come from the hub's own origin (``from_own_origin``). Bearer tokens are no
+  ambient credential and are not subject to it.
 - The session cookie: its name and attributes (``session_cookie_attributes``) and the ``Set-Cookie`` value
   that logs a browser in (``session_set_cookie``).
 - ``TokenCache``: the one in-process cache of verified tokens. Revoking a token, ending a session or
@@ -20,10 +25,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from app.errors import Forbidden
 from app.services.audit.log import AuditEntry
 from app.services.singleflight import SingleFlight
 from app.settings import Settings
@@ -31,6 +37,9 @@ from app.settings import Settings
 TOKEN_PREFIX = "chub_"
 SESSION_COOKIE = "codehub_session"
 MAX_CACHED_TOKENS = 10_000
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_NEXT_LENGTH = 2048
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 Headers = Iterable[tuple[bytes, bytes]]
 
@@ -87,19 +96,20 @@ def header(headers: Headers, name: bytes) -> bytes | None:
 
 
 class Credentials:
-    """The hub token a request carries and where it came from (``bearer``, ``query`` or ``cookie``).
+    """The hub token a request carries and where it came from (``bearer`` or ``cookie``).
 
-    ``query`` and ``cookie`` are what the request carried there, even when ``token`` came from elsewhere:
-    the relay strips both before a request reaches a workspace.
+    ``cookie`` is the session cookie the request carried, even when ``token`` is the Bearer one: the relay
+    strips it before a request reaches a workspace. ``identify`` sets ``proven_by`` to the source of the
+    token that proved someone (the cookie when a stale Bearer token fell back to it).
     """
 
-    __slots__ = ("cookie", "query", "source", "token")
+    __slots__ = ("cookie", "proven_by", "source", "token")
 
-    def __init__(self, headers: Headers, query_string: bytes) -> None:
+    def __init__(self, headers: Headers) -> None:
         self.token: str | None = None
         self.source = ""
-        self.query: str | None = None
         self.cookie: str | None = None
+        self.proven_by = ""
         for key, value in headers:
             if key == b"cookie" and SESSION_COOKIE.encode() in value:
                 self.cookie = self.cookie or _session_cookie(value.decode("latin-1"))
@@ -107,20 +117,13 @@ class Credentials:
                 scheme, _, raw = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and raw.strip().startswith(TOKEN_PREFIX):
                     self.token, self.source = raw.strip(), "bearer"
-        if b"access_token=" in query_string:
-            for name, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-                if name == "access_token":
-                    self.query = text
-                    break
-        if self.token is None and self.query:
-            self.token, self.source = self.query, "query"
         if self.token is None and self.cookie:
             self.token, self.source = self.cookie, "cookie"
 
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> Credentials:
         """The credentials of an ASGI HTTP or WebSocket scope."""
-        return cls(scope.get("headers", []), scope.get("query_string", b""))
+        return cls(scope.get("headers", []))
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -145,12 +148,91 @@ def _session_cookie(cookie_header: str) -> str | None:
 async def identify(
     credentials: Credentials, principal_of: Callable[[str], Awaitable[Principal | None]]
 ) -> Principal | None:
-    """Who the credentials prove: the first candidate token that proves someone, or None."""
+    """Who the credentials prove: the first candidate token that proves someone, or None (and where that
+    token came from, in ``credentials.proven_by``)."""
     for token in credentials.candidates:
         principal = await principal_of(token)
         if principal is not None:
+            credentials.proven_by = credentials.source if token == credentials.token else "cookie"
             return principal
     return None
+
+
+def _netloc(scheme: str, host: str) -> str:
+    """``host[:port]`` lower-cased, with the scheme's default port dropped."""
+    host = host.lower()
+    if host.endswith("]"):
+        return host
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and DEFAULT_PORTS.get(scheme) == int(port):
+        return name
+    return host
+
+
+def origin_allowed(origin: bytes, host: bytes | None, settings: Settings) -> bool:
+    """True when ``origin`` (an ``Origin`` header) is the hub's own or one of ``allowed_origins``.
+
+    The hub's own is ``public_url`` when set, else the request's ``Host`` (compared as host and port: behind a
+    TLS-terminating proxy the request's scheme is not the browser's). ``null`` and everything else are foreign.
+    """
+    text = origin.decode("latin-1").strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    given = f"{parts.scheme}://{_netloc(parts.scheme, parts.netloc)}"
+    allowed = {o.rstrip("/").lower() for o in settings.allowed_origins}
+    if settings.public_url:
+        public = urlsplit(settings.public_url)
+        allowed.add(f"{public.scheme}://{_netloc(public.scheme, public.netloc)}")
+        return given in allowed
+    if given in allowed:
+        return True
+    return host is not None and _netloc(parts.scheme, host.decode("latin-1")) == _netloc(parts.scheme, parts.netloc)
+
+
+def from_own_origin(headers: Headers, settings: Settings) -> bool:
+    """True unless the browser says the request comes from another origin: ``Origin`` when present (see
+    ``origin_allowed``), else ``Sec-Fetch-Site`` (``same-origin``, or ``none`` for what the user typed).
+
+    A request with neither comes from no browser (browsers send ``Origin`` on every unsafe request and
+    upgrade), so no ambient cookie rides on it unasked.
+    """
+    origin = header(headers, b"origin")
+    if origin is not None:
+        return origin_allowed(origin, header(headers, b"host"), settings)
+    site = header(headers, b"sec-fetch-site")
+    return site is None or site in (b"same-origin", b"none")
+
+
+def cross_origin_refusal(scope: Mapping[str, Any], credentials: Credentials, settings: Settings) -> Forbidden | None:
+    """The 403 for a request the session cookie authenticated (after ``identify``) that could change
+    something (an unsafe method or a WebSocket upgrade) and comes from another origin; None when it may pass."""
+    if credentials.proven_by != "cookie":
+        return None
+    if scope.get("type") != "websocket" and scope.get("method") not in UNSAFE_METHODS:
+        return None
+    if from_own_origin(scope.get("headers", []), settings):
+        return None
+    return cross_origin_error()
+
+
+def safe_next(target: str | None) -> str:
+    """Where to send a browser after signing in: ``target`` when it is a path on the hub's own origin (one
+    leading ``/``, no ``//`` or backslash anywhere, no control characters, also once percent-decoded), else ``/``.
+    """
+    if not target or len(target) > MAX_NEXT_LENGTH:
+        return "/"
+    for form in (target, unquote(target)):
+        if not form.startswith("/") or "//" in form or "\\" in form:
+            return "/"
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in form):
+            return "/"
+    return target
+
+
+def cross_origin_error() -> Forbidden:
+    """The refusal of a request from another origin."""
+    return Forbidden("this request must come from the hub's own origin", code="cross_origin")
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,11 +69,18 @@ class App {
     button.disabled = true;
     error.hidden = true;
     try {
+      const next = new URLSearchParams(location.search).get("next");
       const r = await api("POST", "/api/auth/login", {
-        body: { username: form.username.value, password: form.password.value },
+        body: { username: form.username.value, password: form.password.value, next },
         quiet: true,
       });
       form.password.value = "";
+      // The hub judged `next` (a path on this origin, else "/"): go back where the person was going.
+      if (next && r.next !== "/") {
+        location.assign(r.next);
+        return;
+      }
+      if (next) history.replaceState(null, "", location.pathname + location.hash);
       this.signedIn(r.user);
     } catch (err) {
       error.hidden = false;

@@ -1,13 +1,11 @@
 """Where a workspace's IDE answers, and what the relay rewrites on the way (who may pass is decided by
 ``app.services.auth.access``).
 
-- Credentials are stripped before a request goes to the IDE (``strip_session_cookie``,
-  ``without_access_token``): the workspace runs its owner's code and must never see a visitor's (an
-  admin's) session.
+- Credentials are stripped before a request goes to the IDE (``strip_session_cookie``, and
+  ``without_access_token`` for old links that still carry a token in the URL): the workspace runs its
+  owner's code and must never see a visitor's (an admin's) session.
 - ``RouteCache``: owner, state and endpoint per workspace, read from the database at most every few seconds
   and dropped at once when a lifecycle event for the workspace arrives (``forget``).
-- ``origin_allowed``: WebSocket upgrades must come from the hub's own origin (``public_url`` or the request's
-  Host) or one of ``allowed_origins`` — cross-site WebSocket hijacking rides on cookies otherwise.
 - ``rewrite_location`` / ``rewrite_set_cookie``: what the IDE sends back stays under ``/w/{id}/``.
 """
 
@@ -20,9 +18,6 @@ from app.db import SessionMaker
 from app.models import Workspace, WorkspaceState
 from app.services.auth.access import SESSION_COOKIE
 from app.services.singleflight import SingleFlight
-from app.settings import Settings
-
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 class Route:
@@ -113,40 +108,6 @@ def without_access_token(query_string: bytes) -> bytes:
         return query_string
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     return urlencode([(k, v) for k, v in pairs if k != "access_token"]).encode("latin-1")
-
-
-def _netloc(scheme: str, host: str) -> str:
-    """``host[:port]`` lower-cased, with the scheme's default port dropped."""
-    host = host.lower()
-    if host.endswith("]"):
-        return host
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and DEFAULT_PORTS.get(scheme) == int(port):
-        return name
-    return host
-
-
-def origin_allowed(origin: bytes | None, host: bytes | None, settings: Settings) -> bool:
-    """True when a WebSocket upgrade's ``Origin`` is the hub's own or explicitly allowed.
-
-    A missing Origin is allowed (browsers always send one on upgrades; CLI clients do not, and they
-    carry no ambient cookies to abuse). ``null`` and everything foreign are refused.
-    """
-    if origin is None:
-        return True
-    text = origin.decode("latin-1").strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    given = f"{parts.scheme}://{_netloc(parts.scheme, parts.netloc)}"
-    allowed = {o.rstrip("/").lower() for o in settings.allowed_origins}
-    if settings.public_url:
-        public = urlsplit(settings.public_url)
-        allowed.add(f"{public.scheme}://{_netloc(public.scheme, public.netloc)}")
-        return given in allowed
-    if given in allowed:
-        return True
-    return host is not None and _netloc(parts.scheme, host.decode("latin-1")) == _netloc(parts.scheme, parts.netloc)
 
 
 def rewrite_location(value: bytes, prefix: bytes, host: bytes, upstream: str) -> bytes:

@@ -7,8 +7,9 @@ than the same handler in front of the router, and with the request-context middl
 line per request) ~75 % fewer; the relay needs neither (it resolves credentials itself). Everything else
 passes through untouched.
 
-Per request: credentials (Bearer, ``?access_token=``, session cookie) → the workspace's route (cached;
-owner and admins only, 404 for everyone else) → running: forward (``relay_http`` / ``relay_ws``);
+Per request: credentials (Bearer, session cookie; the sign-in page otherwise) → the workspace's route
+(cached; owner and admins only, 404 for everyone else) → the origin rule of ``app.services.auth.access``
+for cookie-authenticated unsafe requests and upgrades → running: forward (``relay_http`` / ``relay_ws``);
 not running: a page navigation starts it and shows the starting page, a failed one shows why, anything
 else gets 503. The IDE sees the client's ``Host`` and ``Origin`` (code-server's origin check compares them),
 ``X-Forwarded-For/Proto/Host/Prefix``, the path without ``/w/{id}``, and never the hub's credentials.
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from app.errors import DomainError
+from app.errors import DomainError, send_error
 from app.events import ADMIN_TOPIC
 from app.models import WorkspaceState
 from app.services.auth.access import (
@@ -33,10 +34,10 @@ from app.services.auth.access import (
     IdeAccess,
     Principal,
     audit_entry,
+    cross_origin_refusal,
     header,
     ide_access,
     identify,
-    session_set_cookie,
 )
 from app.services.runtime.ide_secret import present_ide_cookie
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
@@ -44,7 +45,6 @@ from app.streams.relay import pages
 from app.streams.relay.access import (
     Route,
     RouteCache,
-    origin_allowed,
     rewrite_location,
     rewrite_set_cookie,
     strip_session_cookie,
@@ -119,16 +119,25 @@ class Relay:
         creds = Credentials.of(scope)
         principal = await identify(creds, self.deps.auth.principal_of)
         if principal is None:
-            await (deny(scope, send, 401, "sign in first") if is_ws else pages.sign_in(send))
+            if is_ws:
+                await deny(scope, send, 401, "sign in first")
+            else:
+                query = without_access_token(scope.get("query_string", b""))
+                await pages.sign_in(send, (raw_path + (b"?" + query if query else b"")).decode("latin-1"))
             return
         route = await self.routes.get(workspace_id)
         if not await self._may_open(scope, send, principal, route, is_ws):
             return
+        refusal = cross_origin_refusal(scope, creds, self.settings)
+        if refusal is not None:
+            if is_ws:
+                self.stats.of(route.id).failed_upgrades += 1
+                await deny(scope, send, refusal.status, f"{refusal.code}: {refusal.detail}")
+            else:
+                await send_error(send, refusal.status, refusal.to_body())
+            return
         if is_ws:
             await self._websocket(scope, receive, send, route, rest, headers, creds)
-            return
-        if creds.source == "query" and scope["method"] in ("GET", "HEAD"):
-            await self._exchange(send, principal, creds, raw_path, scope.get("query_string", b""))
             return
         if route.endpoint is None:
             route = await self.routes.load(workspace_id)
@@ -164,20 +173,6 @@ class Relay:
         log.warning("admin %s opened workspace %s of user %s", principal.username, route.id, route.owner_id)
         entry = audit_entry(scope, "workspace.impersonate", principal, workspace_id=route.id, target=route.name)
         await self.deps.audit.record(entry)
-
-    async def _exchange(
-        self, send: Any, principal: Principal, creds: Credentials, raw_path: bytes, query: bytes
-    ) -> None:
-        """``?access_token=`` on a page load: set the session cookie, redirect to the URL without the token."""
-        extra: list[tuple[bytes, bytes]] = []
-        current = None
-        if creds.cookie:
-            current = await self.deps.auth.principal_of(creds.cookie)
-        if current is None or current.user_id != principal.user_id:
-            _, raw = await self.deps.auth.issue_session(principal.user_id)
-            extra.append((b"set-cookie", session_set_cookie(self.settings, raw)))
-        rest = without_access_token(query)
-        await pages.redirect(send, raw_path + (b"?" + rest if rest else b""), extra=extra)
 
     # -- upstream request shaping --------------------------------------------------------------------------
 
@@ -234,9 +229,7 @@ class Relay:
         up_headers, host = self._upstream_headers(scope, headers, creds, route)
         if not host:
             host = f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
-        query = scope.get("query_string", b"")
-        if creds.query is not None:
-            query = without_access_token(query)
+        query = without_access_token(scope.get("query_string", b""))
         body_kind = request_body_kind(headers)
         method = scope["method"]
         parts = [method.encode(), b" ", rest, b"?" + query if query else b"", b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
@@ -335,10 +328,6 @@ class Relay:
         creds: Credentials,
     ) -> None:
         counters = self.stats.of(route.id)
-        if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), self.settings):
-            counters.failed_upgrades += 1
-            await deny(scope, send, 403, "cross-origin WebSocket refused")
-            return
         if route.endpoint is None:
             route = await self.routes.load(route.id)
             if route.endpoint is None:
@@ -347,9 +336,7 @@ class Relay:
                 return
         prefix = b"/w/" + route.id.encode()
         up_headers, host = self._upstream_headers(scope, headers, creds, route)
-        query = scope.get("query_string", b"")
-        if creds.query is not None:
-            query = without_access_token(query)
+        query = without_access_token(scope.get("query_string", b""))
         target = (rest + (b"?" + query if query else b"")).decode("latin-1")
         relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
         host = host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode()

@@ -13,6 +13,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -126,13 +127,14 @@ async def not_yours(send: Send) -> None:
     )
 
 
-async def sign_in(send: Send) -> None:
-    """401: no valid credentials."""
+async def sign_in(send: Send, next_path: str) -> None:
+    """401: no valid credentials; the dashboard's sign-in brings the browser back to ``next_path``."""
+    login = html.escape("/?" + urlencode({"next": next_path}))
     await send_page(
         send,
         401,
         "Sign in",
-        '<h1>Sign in first</h1><p>Sign in on the <a href="/">dashboard</a>, then open the workspace again.</p>',
+        f'<h1>Sign in first</h1><p><a href="{login}">Sign in</a>; you will come back here.</p>',
         extra=[(b"www-authenticate", b"Bearer")],
     )
 

@@ -9,8 +9,8 @@ this module joins it to the WebSocket. Protocol:
 - when the shell exits: a text frame ``{"type": "exit", "exit_code": N}``, then close 1000 ``exit N``.
   Closing the WebSocket hangs up the shell (SIGHUP to its process group).
 
-Initial size from the query (``?cols=&rows=``). Access as for the relay: owner and admins, cookie / Bearer /
-``?access_token=``, Origin checked; refusals happen before the upgrade (401, 403, 404, 409).
+Initial size from the query (``?cols=&rows=``). Access as for the relay: owner and admins, cookie or Bearer,
+the origin rule for the cookie; refusals happen before the upgrade (401, 403, 404, 409).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import msgspec
 
 from app.errors import DomainError
 from app.models import Workspace, WorkspaceState
-from app.services.auth.access import Credentials, IdeAccess, audit_entry, header, ide_access, identify
-from app.streams.relay.access import origin_allowed
+from app.services.auth.access import Credentials, IdeAccess, audit_entry, cross_origin_refusal, ide_access, identify
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.ws import deny
@@ -71,13 +70,14 @@ def _size(query: bytes) -> tuple[int, int]:
 async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Authorize, open the shell, accept the WebSocket and pump until either side ends."""
     workspace_id = scope["path"].removeprefix("/ws/workspaces/").strip("/")
-    headers = scope["headers"]
-    principal = await identify(Credentials.of(scope), deps.hub.auth.principal_of)
+    credentials = Credentials.of(scope)
+    principal = await identify(credentials, deps.hub.auth.principal_of)
     if principal is None:
         await deny(scope, send, 401, "sign in first")
         return
-    if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), deps.hub.settings):
-        await deny(scope, send, 403, "cross-origin WebSocket refused")
+    refusal = cross_origin_refusal(scope, credentials, deps.hub.settings)
+    if refusal is not None:
+        await deny(scope, send, refusal.status, f"{refusal.code}: {refusal.detail}")
         return
     try:
         ws: Workspace = await deps.hub.workspaces.get(principal, workspace_id)
