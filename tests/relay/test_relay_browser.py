@@ -1,9 +1,10 @@
 """The real thing: code-server (``codehub/code-server:local``) through the relay in headless Chromium.
 
-The browser opens ``/w/{id}/?access_token=…`` of a workspace that is not running: the token is exchanged for
-the session cookie, the relay starts the workspace (Docker, through the lifecycle) and shows the starting page,
-which follows the lifecycle over SSE and reloads; then code-server's workbench renders and its WebSocket
-connects through the relay. A screenshot goes to ``test-artifacts/`` (gitignored).
+The browser opens ``/w/{id}/`` of a workspace that is not running without being signed in: the relay's sign-in
+page links to the dashboard's login with ``next``, which signs in and comes back; the relay starts the workspace
+(Docker, through the lifecycle) and shows the starting page, which follows the lifecycle over SSE and reloads;
+then code-server's workbench renders and its WebSocket connects through the relay. A screenshot goes to
+``test-artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
@@ -99,9 +100,13 @@ async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None
             page = await context.new_page()
             page.on("websocket", on_socket)
             page.on("response", lambda r: r.request.is_navigation_request() and statuses.append((r.status, r.url)))
-            response = await page.goto(f"{cs_hub.url}/w/{ws_id}/?access_token={cs_hub.alice}", timeout=60_000)
+            response = await page.goto(f"{cs_hub.url}/w/{ws_id}/", timeout=60_000)
             assert response is not None
             first = response.status
+            await page.click("a[href^='/?next=']")
+            await page.fill("#login-username", "alice")
+            await page.fill("#login-password", "password-123")
+            await page.click("#login-form button[type=submit]")
             await page.wait_for_selector(".monaco-workbench", timeout=120_000)
             await page.wait_for_selector(".explorer-folders-view, .monaco-workbench .part.sidebar", timeout=60_000)
             with anyio.fail_after(60):
@@ -112,8 +117,9 @@ async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None
             cookies = {c["name"]: c for c in await context.cookies()}
         finally:
             await browser.close()
-    assert first == 503  # the starting page (the workspace was stopped)
-    assert statuses[0][0] == 302 and "access_token" not in statuses[-1][1]  # token exchanged, then dropped
+    assert first == 401  # the sign-in page
+    assert statuses[1] == (200, f"{cs_hub.url}/?next=%2Fw%2F{ws_id}%2F")  # the dashboard's login
+    assert statuses[2] == (503, f"{cs_hub.url}/w/{ws_id}/")  # back, to the starting page (the workspace was stopped)
     assert cookies["codehub_session"]["httpOnly"]
     live = [s for s in sockets if f"/w/{ws_id}/" in s.url]
     assert live and not all(s.is_closed() for s in live)

@@ -10,12 +10,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 
-def open_terminal(hub_url: str, ws_id: str, token: str, *, query: str = "", origin: str | None = None):  # type: ignore[no-untyped-def]
-    """A terminal WebSocket with a Bearer token and the hub's own Origin."""
+def open_terminal(  # type: ignore[no-untyped-def]
+    hub_url: str, ws_id: str, token: str, *, query: str = "", origin: str | None = None, cookie: bool = False
+):
+    """A terminal WebSocket with a Bearer token (or ``token`` as the session cookie) and the hub's own Origin."""
     base = hub_url.replace("http://", "ws://")
     return connect(
         f"{base}/ws/workspaces/{ws_id}{query}",
-        additional_headers={"Authorization": f"Bearer {token}"},
+        additional_headers={"Cookie": f"codehub_session={token}"} if cookie else {"Authorization": f"Bearer {token}"},
         origin=origin or hub_url,
         compression=None,
         open_timeout=20,
@@ -54,7 +56,8 @@ async def terminal_session(hub_url: str, ws_id: str, token: str) -> None:
 
 
 async def terminal_refusals(hub_url: str, ws_id: str, owner: str, other: str, stopped_id: str) -> None:
-    """Other users, foreign origins, stopped workspaces and anonymous callers are refused before the upgrade."""
+    """Other users, foreign origins (riding on the cookie), stopped workspaces and anonymous callers are refused
+    before the upgrade."""
     cases = [
         (ws_id, other, None, 404),
         (ws_id, owner, "https://evil.example", 403),
@@ -64,6 +67,6 @@ async def terminal_refusals(hub_url: str, ws_id: str, owner: str, other: str, st
     ]
     for target, token, origin, status in cases:
         with pytest.raises(InvalidStatus) as info:
-            async with open_terminal(hub_url, target, token, origin=origin):
+            async with open_terminal(hub_url, target, token, origin=origin, cookie=origin is not None):
                 pass
         assert info.value.response.status_code == status, (target, origin)
