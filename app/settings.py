@@ -150,7 +150,7 @@ SETTING_HELP: dict[str, str] = {
     "host": "Address `codehub serve` binds.",
     "port": "Port `codehub serve` binds.",
     "public_url": "External URL of the hub (origin checks, links); empty = derived from requests.",
-    "allowed_origins": "Comma-separated extra origins allowed for cookie-authenticated unsafe requests and WebSocket upgrades.",
+    "allowed_origins": "Comma-separated extra origins trusted for cookie-authenticated writes and WebSocket upgrades.",
     "llm_base_url": "OpenAI-compatible API base URL, e.g. http://vllm:8000/v1; empty = AI disabled.",
     "llm_model": "Model name sent to the LLM server.",
     "llm_api_key": "API key for the LLM server (never logged).",
