@@ -70,6 +70,7 @@ def test_origin_rules() -> None:
     assert origin_allowed(b"https://hub", b"hub:443", plain)
     assert not origin_allowed(b"http://evil:8000", b"hub:8000", plain)
     assert not origin_allowed(b"null", b"hub:8000", plain)
+    assert not origin_allowed(b"http://[::1", b"hub:8000", plain)
     assert not origin_allowed(b"http://hub:8001", b"hub:8000", plain)
     public = load_settings(environ={}, public_url="https://code.example.com", allowed_origins=("https://ide.example",))
     assert origin_allowed(b"https://code.example.com", b"internal:8000", public)

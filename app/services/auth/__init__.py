@@ -1,9 +1,10 @@
 """Identity and access: users, passwords and API tokens, and the rules every edge applies.
 
 Owns: ``users`` (``AuthService``: users, argon2 passwords, hashed opaque tokens), ``access`` (credential
-parsing, the session cookie, the one verified-token cache, the owner-or-admin rule, audit entries built from
-a request), ``revocations`` (revocations reaching other hub processes over Redis), ``ratelimit`` (token
-buckets in Redis or in this process).
+parsing, the session cookie, the origin rule for cookie-authenticated writes, safe sign-in targets, the one
+verified-token cache, the owner-or-admin rule, audit entries built from a request), ``revocations``
+(revocations reaching other hub processes over Redis), ``ratelimit`` (token buckets in Redis or in this
+process).
 """
 
 __all__ = ["access", "ratelimit", "revocations", "users"]

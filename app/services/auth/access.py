@@ -175,8 +175,10 @@ def origin_allowed(origin: bytes, host: bytes | None, settings: Settings) -> boo
     The hub's own is ``public_url`` when set, else the request's ``Host`` (compared as host and port: behind a
     TLS-terminating proxy the request's scheme is not the browser's). ``null`` and everything else are foreign.
     """
-    text = origin.decode("latin-1").strip().rstrip("/")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(origin.decode("latin-1").strip().rstrip("/"))
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     given = f"{parts.scheme}://{_netloc(parts.scheme, parts.netloc)}"
