@@ -10,7 +10,6 @@ or this process was not listening, the cache TTL (``CODEHUB_TOKEN_CACHE_TTL``) s
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import anyio
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from app.pubsub import pump_messages
 from app.services.auth.access import Revocation, TokenCache
 from app.settings import Settings
 
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 PUBLISH_WAIT = 1.0
 SUBSCRIBE_WAIT = 2.0
-PING_AFTER = 5.0
-DEAD_AFTER = 15.0
 RETRY_MIN = 0.1
 RETRY_MAX = 5.0
 
@@ -81,20 +79,7 @@ class RedisRevocations:
                     pass
             cache.clear()
             self.listening = True
-            last_rx = last_ping = time.monotonic()
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                now = time.monotonic()
-                if message is None:
-                    if now - last_rx > DEAD_AFTER:
-                        raise ConnectionError(f"no answer on pub/sub for {DEAD_AFTER:.0f} s")
-                    if now - last_rx > PING_AFTER and now - last_ping > PING_AFTER:
-                        last_ping = now
-                        await pubsub.ping()
-                    continue
-                last_rx = now
-                if message["type"] == "message":
-                    self._apply(cache, message["data"])
+            await pump_messages(pubsub, lambda data: self._apply(cache, data))
         finally:
             with anyio.move_on_after(1, shield=True):
                 await pubsub.aclose()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -26,6 +25,7 @@ from redis.exceptions import RedisError
 
 from app.errors import ServiceUnavailable
 from app.events import Event
+from app.pubsub import pump_messages
 from app.settings import Settings
 from app.streams.events.fanout import (
     HISTORY_TRIMMED,
@@ -68,8 +68,6 @@ return n
 """
 
 REDIS_ERRORS = (RedisError, OSError)
-PING_AFTER = 5.0
-DEAD_AFTER = 15.0
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 FIRST_CONNECT_WAIT = 3.0
@@ -347,20 +345,7 @@ class RedisHub:
             await self._recover()
             self._listening = True
             self._up.set()
-            last_rx = last_ping = time.monotonic()
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                now = time.monotonic()
-                if message is None:
-                    if now - last_rx > DEAD_AFTER:
-                        raise ConnectionError(f"no answer on pub/sub for {DEAD_AFTER:.0f} s")
-                    if now - last_rx > PING_AFTER and now - last_ping > PING_AFTER:
-                        last_ping = now
-                        await pubsub.ping()
-                    continue
-                last_rx = now
-                if message["type"] == "message":
-                    self._on_message(message["data"])
+            await pump_messages(pubsub, self._on_message)
         finally:
             with anyio.move_on_after(1, shield=True):
                 await pubsub.aclose()
