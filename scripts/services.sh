@@ -55,4 +55,5 @@ if [ ${#need_images[@]} -gt 0 ]; then
 fi
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^codehub/' || true
 command -v git >/dev/null || apt_install git
+command -v ip >/dev/null || apt_install iproute2  # the isolation tests build an "outside" network namespace
 log "services ready"
