@@ -122,7 +122,7 @@ class RequestContextMiddleware:
         if credentials.token is None:
             return None
         ctx: AppContext = scope["app"].state.ctx
-        principal = await identify(credentials, ctx.auth.principal_of)
+        principal = await identify(credentials, ctx.auth)
         if principal is None:
             raise Unauthorized("invalid or expired token", code="invalid_token")
         refusal = cross_origin_refusal(scope, credentials, ctx.settings)

@@ -50,18 +50,30 @@ def test_credentials_from_a_scope() -> None:
     assert Credentials.of({"type": "http"}).token is None
 
 
+class Verifier:
+    """Tokens known up front; ``cached`` knows the cached half, ``principal_of`` all of them."""
+
+    def __init__(self, known: dict[str, Principal], cached: frozenset[str] = frozenset()) -> None:
+        self.known, self.warm = known, cached
+
+    def cached(self, raw: str) -> Principal | None:
+        return self.known.get(raw) if raw in self.warm else None
+
+    async def principal_of(self, raw: str) -> Principal | None:
+        return self.known.get(raw)
+
+
 async def test_identify_falls_back_to_the_cookie() -> None:
-    known = {"chub_c": ALICE}
-
-    async def principal_of(token: str) -> Principal | None:
-        return known.get(token)
-
+    verifier = Verifier({"chub_c": ALICE})
     stale_bearer = Credentials([(b"cookie", b"codehub_session=chub_c"), (b"authorization", b"Bearer chub_old")])
-    assert await identify(stale_bearer, principal_of) == ALICE
+    assert await identify(stale_bearer, verifier) == ALICE
     assert stale_bearer.proven_by == "cookie"  # the cookie proved it: the origin rule applies
-    assert await identify(Credentials([(b"authorization", b"Bearer chub_old")]), principal_of) is None
+    assert await identify(Credentials([(b"authorization", b"Bearer chub_old")]), verifier) is None
     bearer = Credentials([(b"cookie", b"codehub_session=chub_x"), (b"authorization", b"Bearer chub_c")])
-    assert await identify(bearer, principal_of) == ALICE and bearer.proven_by == "bearer"
+    assert await identify(bearer, verifier) == ALICE and bearer.proven_by == "bearer"
+    warm = Credentials([(b"cookie", b"codehub_session=chub_c"), (b"authorization", b"Bearer chub_old")])
+    assert await identify(warm, Verifier({"chub_c": ALICE}, cached=frozenset({"chub_c"}))) == ALICE
+    assert warm.proven_by == "cookie"
 
 
 def test_origin_rules() -> None:
@@ -89,13 +101,12 @@ def test_origin_rules() -> None:
 async def test_the_origin_rule_binds_cookie_authenticated_unsafe_requests_only() -> None:
     settings = load_settings(environ={})
 
-    async def principal_of(token: str) -> Principal | None:
-        return ALICE if token == "chub_c" else None
+    verifier = Verifier({"chub_c": ALICE})
 
     async def refused(method: str, *headers: tuple[bytes, bytes], kind: str = "http") -> bool:
         scope = {"type": kind, "method": method, "headers": [(b"host", b"hub"), (b"origin", b"http://evil"), *headers]}
         credentials = Credentials.of(scope)
-        assert await identify(credentials, principal_of) == ALICE
+        assert await identify(credentials, verifier) == ALICE
         refusal = cross_origin_refusal(scope, credentials, settings)
         assert refusal is None or (refusal.status, refusal.code) == (403, "cross_origin")
         return refusal is not None

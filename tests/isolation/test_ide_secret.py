@@ -10,9 +10,9 @@ import pytest
 from app.services.runtime.ide_secret import (
     IdeSecret,
     IdeSecrets,
+    ide_cookie_header,
     local_launch,
     password_auth_overrides,
-    present_ide_cookie,
     require_password_auth,
     server_key,
 )
@@ -60,21 +60,14 @@ def test_configured_key_wins_and_is_checked(tmp_path: Path) -> None:
 
 def test_relay_cookie_cannot_be_overridden_by_the_browser() -> None:
     mine = b"code-server-session=good"
-    headers = [
-        (b"host", b"hub"),
-        (b"cookie", b"code-server-session=forged; theme=dark"),
-        (b"x-other", b"1"),
-        (b"cookie", b" code-server-session =forged2;x=1"),
-    ]
-    out = present_ide_cookie(headers, mine)
-    assert [value for name, value in out if name == b"cookie"] == [b"code-server-session=good; theme=dark; x=1"]
-    assert (b"host", b"hub") in out and (b"x-other", b"1") in out
-    assert present_ide_cookie([(b"cookie", b"code-server-session=forged")], mine) == [(b"cookie", mine)]
-    assert present_ide_cookie([(b"host", b"hub")], mine) == [(b"host", b"hub"), (b"cookie", mine)]
+    browser = [b"code-server-session=forged; theme=dark", b" code-server-session =forged2;x=1"]
+    assert ide_cookie_header(browser, mine) == b"code-server-session=good; theme=dark; x=1"
+    assert ide_cookie_header([b"code-server-session=forged"], mine) == mine
+    assert ide_cookie_header([], mine) == mine
     # no start to present for: the browser's cookies pass, minus any IDE session of its own
-    plain = [(b"cookie", b"theme=dark")]
-    assert present_ide_cookie(plain, None) is plain
-    assert present_ide_cookie([(b"cookie", b"code-server-session=forged")], None) == []
+    assert ide_cookie_header([b"theme=dark"], None) == b"theme=dark"
+    assert ide_cookie_header([b"code-server-session=forged"], None) is None
+    assert ide_cookie_header([], None) is None
 
 
 def test_auth_none_becomes_password() -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -145,13 +145,26 @@ def _session_cookie(cookie_header: str) -> str | None:
     return None
 
 
-async def identify(
-    credentials: Credentials, principal_of: Callable[[str], Awaitable[Principal | None]]
-) -> Principal | None:
+class TokenVerifier(Protocol):
+    """What ``identify`` asks: the principal a raw token proves, from the cache alone or looked up."""
+
+    def cached(self, raw: str) -> Principal | None:
+        """The principal ``raw`` proves if the cache holds it, else None (without looking it up)."""
+        ...
+
+    async def principal_of(self, raw: str) -> Principal | None:
+        """The principal ``raw`` proves, or None."""
+        ...
+
+
+async def identify(credentials: Credentials, verifier: TokenVerifier) -> Principal | None:
     """Who the credentials prove: the first candidate token that proves someone, or None (and where that
-    token came from, in ``credentials.proven_by``)."""
+    token came from, in ``credentials.proven_by``). A cached token is answered without a coroutine: this runs
+    on every relayed request."""
     for token in credentials.candidates:
-        principal = await principal_of(token)
+        principal = verifier.cached(token)
+        if principal is None:
+            principal = await verifier.principal_of(token)
         if principal is not None:
             credentials.proven_by = credentials.source if token == credentials.token else "cookie"
             return principal
@@ -293,6 +306,13 @@ class TokenCache:
         self._known: dict[str, tuple[float, Principal]] = {}
         self._epoch = 0
         self._lookups: SingleFlight[str, tuple[int, Principal | None]] = SingleFlight()
+
+    def peek(self, digest: str) -> Principal | None:
+        """The cached principal of token ``digest`` while fresh, else None (no lookup)."""
+        known = self._known.get(digest)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        return None
 
     async def get(self, digest: str, lookup: Callable[[str], Awaitable[Principal | None]]) -> Principal | None:
         """The principal token ``digest`` proves (``lookup`` asks the database on a miss), or None."""

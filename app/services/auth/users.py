@@ -202,6 +202,12 @@ class AuthService:
             raise Unauthorized("invalid or expired token", code="invalid_token")
         return principal
 
+    def cached(self, raw: str) -> Principal | None:
+        """The principal a raw token proves if the cache holds it, else None (no database lookup)."""
+        if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+            return None
+        return self.tokens.peek(hash_token(raw))
+
     async def principal_of(self, raw: str) -> Principal | None:
         """The principal a raw token proves, or None (cached, see ``app.services.auth.access.TokenCache``)."""
         if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:

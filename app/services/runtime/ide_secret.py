@@ -99,27 +99,21 @@ class IdeSecrets:
         return value
 
 
-def present_ide_cookie(headers: list[tuple[bytes, bytes]], cookie: bytes | None) -> list[tuple[bytes, bytes]]:
-    """Upstream request headers carrying ``cookie`` as the IDE's session, whatever the browser sent.
+def ide_cookie_header(values: list[bytes], cookie: bytes | None) -> bytes | None:
+    """The one ``Cookie`` header to send the IDE, from the browser's ``Cookie`` header ``values``: led by
+    ``cookie`` (the start's IDE session), whatever the browser sent; None when nothing is left.
 
     The browser's own ``code-server-session`` cookies are dropped (code-server takes a name's first value and
-    trims names, so ``" code-server-session"`` counts too); the remaining ``Cookie`` headers become one, led
-    by ``cookie``. Headers come back unchanged when there is nothing to present or drop.
+    trims names, so ``" code-server-session"`` counts too).
     """
-    if cookie is None and not any(name == b"cookie" and IDE_COOKIE in value for name, value in headers):
-        return headers
-    out: list[tuple[bytes, bytes]] = []
+    if cookie is None and len(values) == 1 and IDE_COOKIE not in values[0]:
+        return values[0]
     kept: list[bytes] = [cookie] if cookie is not None else []
-    for name, value in headers:
-        if name != b"cookie":
-            out.append((name, value))
-            continue
+    for value in values:
         kept += [
             part.strip() for part in value.split(b";") if part.strip() and part.partition(b"=")[0].strip() != IDE_COOKIE
         ]
-    if kept:
-        out.append((b"cookie", b"; ".join(kept)))
-    return out
+    return b"; ".join(kept) if kept else None
 
 
 def require_password_auth(argv: Sequence[str]) -> list[str]:

@@ -39,7 +39,7 @@ from app.services.auth.access import (
     ide_access,
     identify,
 )
-from app.services.runtime.ide_secret import present_ide_cookie
+from app.services.runtime.ide_secret import ide_cookie_header
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
 from app.streams.relay import pages
 from app.streams.relay.access import (
@@ -117,7 +117,7 @@ class Relay:
         workspace_id = ws_id.decode()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         creds = Credentials.of(scope)
-        principal = await identify(creds, self.deps.auth.principal_of)
+        principal = await identify(creds, self.deps.auth)
         if principal is None:
             if is_ws:
                 await deny(scope, send, 401, "sign in first")
@@ -185,6 +185,7 @@ class Relay:
         out: list[tuple[bytes, bytes]] = []
         host = b""
         listed: set[bytes] | None = None
+        cookies: list[bytes] = []
         for name, value in headers:
             if name in _DROP_UP:
                 if name == b"host":
@@ -194,15 +195,16 @@ class Relay:
                     listed = (listed or set()) | tokens if tokens else listed
                 continue
             if name == b"cookie":
-                if creds.cookie is not None:
-                    value = strip_session_cookie(value)
-                    if not value:
-                        continue
-            elif name == b"authorization" and creds.source == "bearer":
+                value = strip_session_cookie(value) if creds.cookie is not None else value
+                if value:
+                    cookies.append(value)
+                continue
+            if name == b"authorization" and creds.source == "bearer":
                 continue
             out.append((name, value))
         if listed:  # headers the client named in Connection are hop-by-hop too
             out = [(name, value) for name, value in out if name not in listed]
+            cookies = [] if b"cookie" in listed else cookies
         client = scope.get("client")
         scheme = self.public_scheme or ("https" if scope.get("scheme") in ("https", "wss") else "http")
         out.append((b"x-forwarded-for", client[0].encode() if client else b""))
@@ -210,7 +212,10 @@ class Relay:
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-forwarded-prefix", prefix))
-        return present_ide_cookie(out, self.ide_secrets.cookie(route.id, route.generation)), host
+        cookie = ide_cookie_header(cookies, self.ide_secrets.cookie(route.id, route.generation))
+        if cookie is not None:
+            out.append((b"cookie", cookie))
+        return out, host
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     """Authorize, open the shell, accept the WebSocket and pump until either side ends."""
     workspace_id = scope["path"].removeprefix("/ws/workspaces/").strip("/")
     credentials = Credentials.of(scope)
-    principal = await identify(credentials, deps.hub.auth.principal_of)
+    principal = await identify(credentials, deps.hub.auth)
     if principal is None:
         await deny(scope, send, 401, "sign in first")
         return
