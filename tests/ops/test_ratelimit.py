@@ -4,6 +4,7 @@ and 429 + Retry-After over HTTP for logins (per username+address) and the API (p
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
 import anyio
@@ -79,6 +80,30 @@ async def test_redis_bucket_is_shared_and_atomic(redis_client) -> None:  # type:
             tg.start_soon(hit)
     assert granted == 10
     assert one.key("x" * 200, limit).startswith(f"{prefix}:rl:t:h:")
+
+
+async def test_leases_spend_locally_and_never_admit_more_than_the_shared_bucket(redis_client) -> None:  # type: ignore[no-untyped-def]
+    client, prefix = redis_client
+    one, two = RedisRateLimiter(client, prefix), RedisRateLimiter(client, prefix)  # two hub processes
+    limit = Limit("lease", per_minute=600, burst=100)  # a lease of 10; 10 tokens/s refill, counted below
+    started = time.monotonic()
+    assert limit.lease == 10 and Limit("login", per_minute=10, burst=10).lease == 1
+
+    async def shared_tokens() -> float:
+        return float(await client.hget(one.key("k", limit), "t"))
+
+    assert await one.hit("k", limit) == 0.0
+    assert await shared_tokens() == pytest.approx(90, abs=2)  # one lease taken
+    assert [await one.hit("k", limit) for _ in range(9)] == [0.0] * 9
+    assert await shared_tokens() == pytest.approx(90, abs=2)  # spent locally: no trip to Redis
+    assert await two.hit("k", limit) == 0.0
+    assert await shared_tokens() == pytest.approx(80, abs=2)
+
+    granted = 11  # so far
+    for limiter in [one, two] * 100:
+        granted += await limiter.hit("k", limit) == 0.0
+    refilled = (time.monotonic() - started) * limit.rate
+    assert 100 <= granted <= 100 + refilled + 1  # the burst and what refilled meanwhile, never more
 
 
 async def test_redis_down_falls_back_to_process_buckets() -> None:

@@ -2,9 +2,16 @@
 
 ``RateLimiter.hit(key, limit)`` takes one token from the bucket ``limit.name``/``key`` and returns 0.0 when
 granted, else the seconds until a token is available. ``enforce`` turns a refusal into ``TooManyRequests``
-(429 with ``Retry-After``). The Redis backend is one Lua script per hit (atomic; the clock is Redis's
+(429 with ``Retry-After``). The Redis backend takes tokens with one atomic Lua script (the clock is Redis's
 ``TIME``, so hub processes with skewed clocks agree). When Redis does not answer, hits fall back to the
 in-process buckets for ``REDIS_BACKOFF`` seconds: limits stay on, per process, rather than failing requests.
+
+Leases: a round trip to Redis on every API request was most of the list route's CPU and its tail, so a
+process may take a few tokens at once (a lease: at most ``LEASE_SHARE`` of the burst and ``LEASE_SECONDS``
+of the rate) and spend them locally for ``LEASE_SECONDS``. Every token is still taken from the one shared
+bucket before it is spent, so all processes together never admit more than the limit; a lease left unspent
+when it expires is dropped, which can only refuse a little early, never admit more. Small limits (login)
+lease one token at a time, i.e. exactly as before.
 
 Callers:
 - login: ``login_limit(settings)`` keyed by ``username|client address`` (``app.controllers.auth``);
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT = 0.5
 REDIS_BACKOFF = 5.0
+LEASE_SECONDS = 1.0
+LEASE_SHARE = 0.1
 MAX_MEMORY_BUCKETS = 50_000
 
 _LUA = """
@@ -49,15 +58,18 @@ if tokens == nil or at == nil then
   at = now
 end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local want = tonumber(ARGV[4])
 local wait = 0
+local granted = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  granted = math.max(cost, math.min(want, math.floor(tokens)))
+  tokens = tokens - granted
 else
   wait = (cost - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return {tostring(granted), tostring(wait)}
 """
 
 
@@ -80,6 +92,11 @@ class Limit:
     def enabled(self) -> bool:
         """False when this limit is switched off."""
         return self.per_minute > 0
+
+    @property
+    def lease(self) -> float:
+        """Tokens a process may take from the shared bucket at once (at least one request's worth)."""
+        return max(1.0, math.floor(min(self.burst * LEASE_SHARE, self.rate * LEASE_SECONDS)))
 
 
 def login_limit(settings: Settings) -> Limit:
@@ -159,7 +176,7 @@ class MemoryRateLimiter:
 
 
 class RedisRateLimiter:
-    """Token buckets in Redis under ``<prefix>:rl:<limit>:<key>``, one atomic script call per hit."""
+    """Token buckets in Redis under ``<prefix>:rl:<limit>:<key>``, taken by an atomic script a lease at a time."""
 
     backend = "redis"
 
@@ -169,6 +186,7 @@ class RedisRateLimiter:
         self.fallback = fallback or MemoryRateLimiter()
         self._script = redis.register_script(_LUA)
         self._down_until = 0.0
+        self._leases: dict[tuple[str, str], tuple[float, float]] = {}
 
     def key(self, key: str, limit: Limit) -> str:
         """The Redis key of a bucket (long or odd keys are hashed)."""
@@ -180,14 +198,26 @@ class RedisRateLimiter:
         """Take ``cost`` tokens; 0.0 when granted, else the seconds to wait."""
         if not limit.enabled:
             return 0.0
-        if time.monotonic() < self._down_until:
+        now = time.monotonic()
+        if now < self._down_until:
             return self.fallback.take(key, limit, cost)
+        bucket = (limit.name, key)
+        left, until = self._leases.pop(bucket, (0.0, 0.0))
+        left = left if until > now else 0.0
+        if left >= cost:
+            self._leases[bucket] = (left - cost, until)
+            return 0.0
         try:
-            wait = await self._script(keys=[self.key(key, limit)], args=[limit.rate, limit.burst, cost])
+            args = [limit.rate, limit.burst, cost, max(cost, limit.lease)]
+            granted, wait = await self._script(keys=[self.key(key, limit)], args=args)
         except Exception as exc:  # Redis down or slow: limit per process for a while instead of failing
             self._down_until = time.monotonic() + REDIS_BACKOFF
             log.warning("rate limits fall back to in-process buckets for %.0f s: %s", REDIS_BACKOFF, exc)
             return self.fallback.take(key, limit, cost)
+        if float(granted) > cost:
+            if len(self._leases) > MAX_MEMORY_BUCKETS:
+                self._leases.clear()
+            self._leases[bucket] = (float(granted) - cost, time.monotonic() + LEASE_SECONDS)
         return float(wait)
 
 
