@@ -99,7 +99,17 @@ async def test_leases_spend_locally_and_never_admit_more_than_the_shared_bucket(
     assert await two.hit("k", limit) == 0.0
     assert await shared_tokens() == pytest.approx(80, abs=2)
 
-    granted = 11  # so far
+    waits: list[float] = []
+
+    async def hit() -> None:
+        waits.append(await one.hit("k", limit))
+
+    async with anyio.create_task_group() as tg:  # concurrent requests share refills, not a lease each
+        for _ in range(30):
+            tg.start_soon(hit)
+    assert waits == [0.0] * 30 and await shared_tokens() >= 80 - 30 - 10 - 2
+
+    granted = 41  # so far
     for limiter in [one, two] * 100:
         granted += await limiter.hit("k", limit) == 0.0
     refilled = (time.monotonic() - started) * limit.rate

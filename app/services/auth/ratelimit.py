@@ -7,8 +7,9 @@ granted, else the seconds until a token is available. ``enforce`` turns a refusa
 in-process buckets for ``REDIS_BACKOFF`` seconds: limits stay on, per process, rather than failing requests.
 
 Leases: a round trip to Redis on every API request was most of the list route's CPU and its tail, so a
-process may take a few tokens at once (a lease: at most ``LEASE_SHARE`` of the burst and ``LEASE_SECONDS``
-of the rate) and spend them locally for ``LEASE_SECONDS``. Every token is still taken from the one shared
+process may take a few tokens at once (a lease: at most ``LEASE_SHARE`` of the burst and what refills in
+``LEASE_SECONDS``) and spend them locally for ``LEASE_SECONDS``; concurrent requests that find the lease
+spent wait for one refill instead of each asking. Every token is still taken from the one shared
 bucket before it is spent, so all processes together never admit more than the limit; a lease left unspent
 when it expires is dropped, which can only refuse a little early, never admit more. Small limits (login)
 lease one token at a time, i.e. exactly as before.
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 from app import metrics
 from app.errors import TooManyRequests
 from app.services.ai.limits import InProcessLimiter
+from app.services.singleflight import SingleFlight
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,7 @@ class RedisRateLimiter:
         self._script = redis.register_script(_LUA)
         self._down_until = 0.0
         self._leases: dict[tuple[str, str], tuple[float, float]] = {}
+        self._refills: SingleFlight[tuple[str, str], float] = SingleFlight()
 
     def key(self, key: str, limit: Limit) -> str:
         """The Redis key of a bucket (long or odd keys are hashed)."""
@@ -198,26 +201,39 @@ class RedisRateLimiter:
         """Take ``cost`` tokens; 0.0 when granted, else the seconds to wait."""
         if not limit.enabled:
             return 0.0
-        now = time.monotonic()
-        if now < self._down_until:
-            return self.fallback.take(key, limit, cost)
         bucket = (limit.name, key)
-        left, until = self._leases.pop(bucket, (0.0, 0.0))
-        left = left if until > now else 0.0
-        if left >= cost:
-            self._leases[bucket] = (left - cost, until)
-            return 0.0
-        try:
-            args = [limit.rate, limit.burst, cost, max(cost, limit.lease)]
-            granted, wait = await self._script(keys=[self.key(key, limit)], args=args)
-        except Exception as exc:  # Redis down or slow: limit per process for a while instead of failing
-            self._down_until = time.monotonic() + REDIS_BACKOFF
-            log.warning("rate limits fall back to in-process buckets for %.0f s: %s", REDIS_BACKOFF, exc)
-            return self.fallback.take(key, limit, cost)
-        if float(granted) > cost:
+        while time.monotonic() >= self._down_until:
+            if self._spend(bucket, cost):
+                return 0.0
+            try:  # one refill per bucket at a time: concurrent requests share its lease
+                wait = await self._refills.run(bucket, lambda: self._refill(bucket, key, limit, cost))
+            except Exception as exc:  # Redis down or slow: limit per process for a while instead of failing
+                self._down_until = time.monotonic() + REDIS_BACKOFF
+                log.warning("rate limits fall back to in-process buckets for %.0f s: %s", REDIS_BACKOFF, exc)
+                break
+            if wait > 0:
+                return wait
+        return self.fallback.take(key, limit, cost)
+
+    def _spend(self, bucket: tuple[str, str], cost: float) -> bool:
+        """Take ``cost`` from this process's unexpired lease of ``bucket``, if it holds that much."""
+        left, until = self._leases.get(bucket, (0.0, 0.0))
+        if left < cost or until <= time.monotonic():
+            return False
+        self._leases[bucket] = (left - cost, until)
+        return True
+
+    async def _refill(self, bucket: tuple[str, str], key: str, limit: Limit, cost: float) -> float:
+        """Lease tokens from the shared bucket (what is left of an expired lease is dropped); 0.0 when granted,
+        else the seconds until ``cost`` tokens are available."""
+        args = [limit.rate, limit.burst, cost, max(cost, limit.lease)]
+        granted, wait = await self._script(keys=[self.key(key, limit)], args=args)
+        if float(granted) > 0:
+            left, until = self._leases.get(bucket, (0.0, 0.0))
             if len(self._leases) > MAX_MEMORY_BUCKETS:
                 self._leases.clear()
-            self._leases[bucket] = (float(granted) - cost, time.monotonic() + LEASE_SECONDS)
+            left = left if until > time.monotonic() else 0.0
+            self._leases[bucket] = (left + float(granted), time.monotonic() + LEASE_SECONDS)
         return float(wait)
 
 
