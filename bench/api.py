@@ -306,6 +306,7 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed")
     rows: list[dict[str, Any]] = []
+    saturation: dict[str, float] = {}
     for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
         if kind.endswith("+redis"):
             try:
@@ -317,7 +318,20 @@ def main() -> None:
                 continue
         print(f"== {kind}", flush=True)
         result = run_config(kind, args)
-        for row in rows_of(result, args.rate, args.connections):
+        saturation[kind] = result["saturation"]["rps"]
+        extra = []
+        if kind == "postgres+redis" and saturation.get("postgres"):
+            share = saturation[kind] / saturation["postgres"]
+            extra.append(
+                {
+                    "name": "postgres+redis: list saturation / postgres without Redis",
+                    "value": round(share * 100, 1),
+                    "unit": "%",
+                    "target": ">= 60 %",
+                    "ok": share >= 0.6,
+                }
+            )
+        for row in rows_of(result, args.rate, args.connections) + extra:
             rows.append(row)
             mark = {True: "ok", False: "MISSED", None: ""}[row.get("ok")]
             print(f"  {row['name']:<58} {row['value']:>10} {row['unit']:<6} {row.get('target', '')} {mark}", flush=True)
