@@ -29,7 +29,7 @@ fmt:
     uv run ruff format app tests bench migrations
     uv run ruff check --fix app tests bench migrations
 
-# Run every benchmark and print one table
+# Run every benchmark and print one table (`just bench --quick`: every bench small, figures not judged)
 bench *ARGS:
     uv run python bench/run_all.py {{ARGS}}
 

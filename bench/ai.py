@@ -229,12 +229,12 @@ async def bench(
         ws = r.json()["id"]
         (workspace_root / ws).mkdir(parents=True, exist_ok=True)
         # a realistic request: a 60-line selection of a 400-line module, with imports and neighbours
-        (workspace_root / ws / "app" / "services").mkdir(parents=True)
+        package = workspace_root / ws / "app" / "services" / "ai"
+        package.mkdir(parents=True)
         checkout = time.time() - 3600  # files as a checkout left them, not written this very second
-        for name in ("llm.py", "llm_limits.py", "redact.py", "ai_prompts.py"):
-            source = ROOT / "app" / "services" / name
-            (workspace_root / ws / "app" / "services" / name).write_text(source.read_text())
-            os.utime(workspace_root / ws / "app" / "services" / name, (checkout, checkout))
+        for name in ("llm.py", "limits.py", "redact.py", "prompts.py"):
+            (package / name).write_text((ROOT / "app" / "services" / "ai" / name).read_text())
+            os.utime(package / name, (checkout, checkout))
         direct = Target(
             "direct",
             client,

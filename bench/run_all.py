@@ -6,8 +6,13 @@ script in bench/ that prints a ``BENCH_RESULT`` line (files starting with ``_``,
 ``BENCH_RESULT {json}`` line (protocol: bench/README.md) becomes rows of the table. A script that prints
 no such line still appears, with its exit status and the tail of its output.
 
-Usage: ``uv run python bench/run_all.py [--only api,patches] [--timeout 900] [--json results.json]
+Usage: ``uv run python bench/run_all.py [--quick] [--only api,patches] [--timeout 900] [--json results.json]
 [-- extra args passed to every bench]``.
+
+``--quick`` runs every bench small (``QUICK``: short durations, few rounds, no optional references; a bench
+not listed there gets ``--quick`` when its source mentions that flag, else it is skipped), in about three
+minutes, so CI can check that every bench still runs. Its figures are printed but not judged: the exit
+status says only whether each bench ran.
 """
 
 from __future__ import annotations
@@ -28,6 +33,22 @@ ROOT = BENCH_DIR.parent
 KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai")
 PREFIX = "BENCH_RESULT "
 SKIP = {"run_all"}
+QUICK: dict[str, list[str]] = {
+    "api": ["--duration", "2", "--db", "sqlite,postgres+redis"],
+    "fanout": ["--subscribers", "200", "--duration", "3", "--drain", "3", "--no-ceiling"],
+    "runtime": ["--pairs", "2", "--concurrent", "4"],
+    "patches": [],
+    "relay": ["--seconds", "2", "--rounds", "1", "--idle", "100", "--no-chp"],
+    "ai": ["--requests", "10", "--streams", "5", "--tokens", "50", "--repeat", "1", "--long-tokens", "100"],
+    "networks": ["--count", "10"],
+}
+
+
+def quick_args(name: str) -> list[str] | None:
+    """The arguments that make bench ``name`` small, or None when it has no quick form."""
+    if name in QUICK:
+        return QUICK[name]
+    return ["--quick"] if '"--quick"' in (BENCH_DIR / f"{name}.py").read_text(errors="replace") else None
 
 
 def discover() -> list[str]:
@@ -147,6 +168,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated bench names (default: all discovered)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per bench (default 1200)")
     parser.add_argument("--json", help="also write every result to this file")
+    parser.add_argument("--quick", action="store_true", help="every bench small, figures not judged (CI)")
     parser.add_argument("extra", nargs="*", help="after --: arguments passed to every bench")
     args = parser.parse_args()
     names = discover()
@@ -158,9 +180,17 @@ def main() -> int:
             return 2
         names = wanted
     print(f"benches: {', '.join(names)}", flush=True)
-    results = [run_one(name, args.timeout, args.extra) for name in names]
+    results = []
+    for name in names:
+        quick = quick_args(name) if args.quick else []
+        if quick is None:
+            print(f"--- {name}: skipped (no quick form)", flush=True)
+            continue
+        results.append(run_one(name, args.timeout, [*quick, *args.extra]))
     print()
     print(table(results))
+    if args.quick:
+        print("\n(--quick: small runs; the figures above are not judged)")
     for result in results:
         if result.get("tail"):
             print(f"\n{result['bench']} ({result['status']}), last lines:")

@@ -56,4 +56,6 @@ fi
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^codehub/' || true
 command -v git >/dev/null || apt_install git
 command -v ip >/dev/null || apt_install iproute2  # the isolation tests build an "outside" network namespace
+# the bench's load generators and reference proxy (`just bench`; CI runs `just bench --quick`)
+for tool in wrk hey nginx; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || apt_install "$tool"; done
 log "services ready"
