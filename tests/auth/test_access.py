@@ -207,6 +207,32 @@ async def test_a_revocation_during_a_lookup_neither_fills_the_cache_nor_answers_
     assert lookups == 3
 
 
+async def test_an_entry_near_its_end_is_refreshed_by_one_caller_while_the_others_use_it() -> None:
+    cache = TokenCache(ttl=0.5)
+    lookups = 0
+    release = anyio.Event()
+
+    async def lookup(_digest: str) -> Principal | None:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 2:
+            await release.wait()  # the refresh is slow
+        return ALICE
+
+    assert await cache.get("d", lookup) == ALICE and cache.peek("d") == ALICE
+    await anyio.sleep(0.45)  # in the last fifth of its time
+    assert cache.peek("d") is None  # the relay's fast path leaves the refresh to get()
+    answered: list[Principal | None] = []
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(cache.get, "d", lookup)  # refreshes, and waits for it
+        await anyio.sleep(0.01)
+        for _ in range(5):  # the others do not wait for the refresh
+            answered.append(await cache.get("d", lookup))
+        assert answered == [ALICE] * 5 and lookups == 2
+        release.set()
+    assert cache.peek("d") == ALICE  # refreshed for a whole new period
+
+
 async def test_revocations_drop_entries_by_token_and_by_user() -> None:
     cache = TokenCache(ttl=600)
     calls: list[str] = []

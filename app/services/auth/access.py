@@ -37,6 +37,7 @@ from app.settings import Settings
 TOKEN_PREFIX = "chub_"
 SESSION_COOKIE = "codehub_session"
 MAX_CACHED_TOKENS = 10_000
+REFRESH_AHEAD = 0.8  # of a cached token's time, after which one caller looks it up again
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_NEXT_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -308,17 +309,23 @@ class TokenCache:
         self._lookups: SingleFlight[str, tuple[int, Principal | None]] = SingleFlight()
 
     def peek(self, digest: str) -> Principal | None:
-        """The cached principal of token ``digest`` while fresh, else None (no lookup)."""
+        """The cached principal of token ``digest`` while it needs no refresh, else None (no lookup)."""
         known = self._known.get(digest)
-        if known is not None and known[0] > time.monotonic():
+        if known is not None and known[0] - time.monotonic() > self.ttl * (1 - REFRESH_AHEAD):
             return known[1]
         return None
 
     async def get(self, digest: str, lookup: Callable[[str], Awaitable[Principal | None]]) -> Principal | None:
-        """The principal token ``digest`` proves (``lookup`` asks the database on a miss), or None."""
+        """The principal token ``digest`` proves (``lookup`` asks the database on a miss), or None.
+
+        Refreshed ahead: in the last fifth of an entry's time, the first caller looks it up again while the
+        others go on with the cached principal (revocations still drop it at once).
+        """
         known = self._known.get(digest)
-        if known is not None and known[0] > time.monotonic():
-            return known[1]
+        if known is not None:
+            left = known[0] - time.monotonic()
+            if left > 0 and (left > self.ttl * (1 - REFRESH_AHEAD) or self._lookups.running(digest)):
+                return known[1]
         asked = self._epoch
 
         async def load() -> tuple[int, Principal | None]:
