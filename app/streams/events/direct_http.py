@@ -12,11 +12,16 @@ usual (final ``stream.reset``, end of the chunked body).
 ``DirectHttpProtocol`` is uvicorn's httptools protocol plus one ASGI extension, ``codehub.direct_write``,
 whose value (``DirectWriter``) gives a ``TransportSink`` once the response has started. ``codehub serve``
 uses it; under any other server the extension is absent and SSE responses stream through ASGI (same bytes).
+
+The same extension lets the relay send a whole small response in one write (``DirectWriter.corked``):
+uvicorn writes the head and the body of a response separately, two system calls where one does.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -60,6 +65,56 @@ class DirectWriter:
         if cycle.chunked_encoding is not True or cycle.scope["method"] == "HEAD":
             return None
         return TransportSink(cycle.transport, limit)
+
+    @contextmanager
+    def corked(self) -> Iterator[None]:
+        """Hold what the response writes inside the block and write it at the end, in one system call."""
+        cycle = self._cycle
+        real = cycle.transport
+        held = _CorkedTransport(real)
+        cycle.transport = held
+        try:
+            yield
+        finally:
+            cycle.transport = real
+            held.flush()
+
+
+class _CorkedTransport(asyncio.Transport):
+    """A transport that holds writes until ``flush`` (closing flushes first); the rest is the real one's."""
+
+    def __init__(self, real: asyncio.Transport) -> None:
+        super().__init__()
+        self._real = real
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
+        self._held.append(bytes(data))
+
+    def flush(self) -> None:
+        """Write what was held, in one call."""
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self._real.is_closing():
+                self._real.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._real.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._real.abort()
+
+    def is_closing(self) -> bool:
+        return self._real.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._real.get_write_buffer_size() + sum(map(len, self._held))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
 
 
 def direct_writer(scope: Any) -> DirectWriter | None:

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +41,7 @@ from app.services.auth.access import (
     identify,
 )
 from app.services.runtime.ide_secret import ide_cookie_header
+from app.streams.events.direct_http import direct_writer
 from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
 from app.streams.relay import pages
 from app.streams.relay.access import (
@@ -246,7 +248,9 @@ class Relay:
         counters = self.stats.of(route.id)
         counters.http_requests += 1
         counters.http_in_flight += 1
-        exchange = Exchange(self.pool, route.endpoint, method, b"".join(parts), body_kind)
+        writer = direct_writer(scope)
+        corked = writer.corked if writer is not None else nullcontext
+        exchange = Exchange(self.pool, route.endpoint, method, b"".join(parts), body_kind, corked)
         upstream_netloc = f"{route.endpoint[0]}:{route.endpoint[1]}"
         try:
             await exchange.run(receive, send, lambda _s, h: self._response_headers(h, prefix, host, upstream_netloc))

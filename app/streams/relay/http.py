@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -64,6 +64,7 @@ class Exchange:
         "bytes_down",
         "bytes_up",
         "client_gone",
+        "corked",
         "head",
         "key",
         "method",
@@ -71,8 +72,17 @@ class Exchange:
         "timed_out",
     )
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int], method: str, head: bytes, body_kind: str) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        key: tuple[str, int],
+        method: str,
+        head: bytes,
+        body_kind: str,
+        corked: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.pool = pool
+        self.corked = corked  # writes a whole response to the client in one go (see ``DirectWriter.corked``)
         self.key = key
         self.method = method
         self.head = head
@@ -177,11 +187,14 @@ class Exchange:
         if self.method == "HEAD" or status in (204, 304):
             parsed.done = True
             parsed.chunks.clear()
-        await send({"type": "http.response.start", "status": status, "headers": fix_headers(status, parsed.headers)})
+        start = {"type": "http.response.start", "status": status, "headers": fix_headers(status, parsed.headers)}
         if parsed.done:
-            await send({"type": "http.response.body", "body": b"".join(parsed.chunks)})
+            with self.corked():
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(parsed.chunks)})
             self._finish(conn, parsed, framed)
             return status
+        await send(start)
         with _flat_errors():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
