@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import shutil
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -17,11 +20,46 @@ import httpx
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecResult
 
 READY_PATH = "/healthz"
-READY_INTERVAL = 0.05
+READY_INTERVAL = 0.05  # the longest pause between two readiness probes
+READY_FIRST_INTERVAL = 0.005  # the first pause; each next one is READY_BACKOFF times longer, up to READY_INTERVAL
+READY_BACKOFF = 1.5
 
 
 class ProcessExited(Exception):
     """The IDE exited while the hub waited for it to answer."""
+
+
+async def concurrently(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run ``calls`` at once; their results in order. The first to fail cancels the others and its
+    exception is raised as itself (not in an exception group), so callers catch it as if awaited alone."""
+    results: list[Any] = [None] * len(calls)
+    failures: list[BaseException] = []
+
+    async def run(index: int, call: Callable[[], Awaitable[Any]], scope: anyio.CancelScope) -> None:
+        try:
+            results[index] = await call()
+        except Exception as exc:
+            failures.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(run, index, call, tg.cancel_scope)
+    if failures:
+        raise failures[0]
+    return results
+
+
+@functools.cache
+def _probe_tls() -> ssl.SSLContext:
+    """One TLS context for every probe client: building one loads the CA bundle (tens of ms of CPU on the
+    event loop) and httpx builds one per client unless given one. Probes speak plain HTTP to the IDE."""
+    return ssl.create_default_context()
+
+
+def probe_client(limit: float) -> httpx.AsyncClient:
+    """An HTTP client for readiness and health probes (no proxies from the environment, shared TLS context)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(limit), trust_env=False, verify=_probe_tls())
 
 
 async def wait_until_ready(
@@ -29,12 +67,16 @@ async def wait_until_ready(
 ) -> None:
     """Poll ``url`` + ``/healthz`` until any HTTP response arrives.
 
-    Raises ``TimeoutError`` after ``within`` seconds and ``ProcessExited`` as soon as ``alive()`` says
-    the process is gone (checked every ``alive_every`` seconds, since it may cost an engine call).
+    Probes start 5 ms apart and back off to ``READY_INTERVAL``: an IDE that answers within a few
+    milliseconds of its container starting is seen then, not at the next 50 ms tick, and a slow one costs
+    no more probes than before. Raises ``TimeoutError`` after ``within`` seconds and ``ProcessExited`` as
+    soon as ``alive()`` says the process is gone (checked every ``alive_every`` seconds, since it may cost
+    an engine call).
     """
     deadline = time.monotonic() + within
     next_alive = time.monotonic() + alive_every
-    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0), trust_env=False) as client:
+    pause = READY_FIRST_INTERVAL
+    async with probe_client(2.0) as client:
         while True:
             try:
                 await client.get(url + READY_PATH)
@@ -48,12 +90,13 @@ async def wait_until_ready(
                 next_alive = now + alive_every
             if now >= deadline:
                 raise TimeoutError
-            await anyio.sleep(READY_INTERVAL)
+            await anyio.sleep(pause)
+            pause = min(pause * READY_BACKOFF, READY_INTERVAL)
 
 
 async def ide_healthy(url: str, *, limit: float = 2.0) -> bool:
     """True when the IDE answers HTTP on ``/healthz`` (any status)."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(limit), trust_env=False) as client:
+    async with probe_client(limit) as client:
         try:
             await client.get(url + READY_PATH)
             return True

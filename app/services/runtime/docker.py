@@ -30,7 +30,6 @@ from app.services.runtime import docker_network as dn
 from app.services.runtime import docker_support as ds
 from app.services.runtime.base import (
     LABEL_HUB,
-    LABEL_OWNER,
     LABEL_WORKSPACE,
     Endpoint,
     EngineInfo,
@@ -63,12 +62,7 @@ from app.services.runtime.ide_secret import password_auth_overrides
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 from app.settings import WorkspaceEgress
 
-MIB = 1024 * 1024
-# Root inside the container (images that start as root and drop to a user, like code-server's
-# official entrypoint) needs to fix ownership (CHOWN, DAC_OVERRIDE, FOWNER), switch user
-# (SETUID, SETGID) and signal its non-root child (KILL: dumb-init/tini forwarding SIGTERM).
-# A non-root container user gets none of these: no-new-privileges blocks setuid/file caps.
-IDE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+IDE_CAPABILITIES = ds.IDE_CAPABILITIES
 LOG_TAIL_ON_FAILURE = 40
 
 
@@ -117,37 +111,8 @@ class DockerRuntime:
 
     def container_config(self, spec: WorkspaceSpec, *, network: str, publish_ip: str) -> dict[str, Any]:
         """The engine's create-container body for a workspace on ``network``, publishing on ``publish_ip``."""
-        port = f"{spec.ide_port}/tcp"
-        published = {} if self._networks.egress == "none" else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
-        env = {**spec.env, **(spec.ide_secret.ide_env(generic=False) if spec.ide_secret else {})}
-        config: dict[str, Any] = {
-            "Image": spec.image,
-            "Hostname": spec.id,
-            "WorkingDir": spec.mount,
-            "Labels": {**spec.labels, LABEL_WORKSPACE: spec.id, LABEL_OWNER: spec.owner, LABEL_HUB: spec.hub_id},
-            "Env": [f"{key}={value}" for key, value in env.items()],
-            "ExposedPorts": {port: {}},
-            "HostConfig": {
-                "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
-                "NetworkMode": network,
-                "PortBindings": published,
-                "NanoCpus": int(spec.cpu * 1e9),
-                "Memory": spec.memory_mb * MIB,
-                "MemorySwap": spec.memory_mb * MIB,
-                "PidsLimit": spec.pids_limit,
-                "Privileged": False,
-                "CapDrop": ["ALL"],
-                "CapAdd": list(IDE_CAPABILITIES),
-                "SecurityOpt": ["no-new-privileges:true"],
-                "RestartPolicy": {"Name": "no"},
-                "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
-            },
-        }
-        if self._user is not None:
-            config["User"] = f"{self._user[0]}:{self._user[1]}"
-        if spec.command:
-            config["Cmd"] = list(spec.command)
-        return config
+        publish = None if self._networks.egress == "none" else publish_ip
+        return ds.container_config(spec, network=network, publish_ip=publish, user=self._user)
 
     async def start(
         self, spec: WorkspaceSpec, *, ready_timeout: float = 60.0, progress: Progress | None = None
@@ -158,10 +123,14 @@ class DockerRuntime:
                 "CODEHUB_WORKSPACE_EGRESS=none needs the Docker engine on the hub's machine: the hub dials the "
                 f"IDE on the container's internal network, which {self.docker_url} does not route to it"
             )
-        await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.workspace_dir), self._user)
-        await self._drop_status(spec.id)
+        # overlapped, here and with the progress event below: one step at a time adds up every step's latency
+        auth, *_ = await common.concurrently(
+            lambda: self._password_auth(spec),
+            lambda: anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.workspace_dir), self._user),
+            lambda: self._drop_status(spec.id),
+        )
         with ds.engine_errors(self.docker_url):
-            container = await self._create(spec, progress)
+            container = await self._create(spec, progress, auth)
             try:
                 with metrics.docker_call("start"):
                     await container.start()
@@ -170,14 +139,18 @@ class DockerRuntime:
                 if not info["State"].get("Running"):
                     raise ProcessExited
                 endpoint = self._endpoint_of(info, spec.ide_port)
-                if progress:
-                    await progress("container_started", {"container_id": container.id})
 
                 async def alive() -> bool:
                     with metrics.docker_call("inspect"):
                         return bool((await container.show())["State"]["Running"])
 
-                await wait_until_ready(endpoint.url, within=ready_timeout, alive=alive)
+                async def started() -> None:
+                    if progress:
+                        await progress("container_started", {"container_id": container.id})
+
+                await common.concurrently(
+                    lambda: wait_until_ready(endpoint.url, within=ready_timeout, alive=alive), started
+                )
                 return endpoint
             except ProcessExited:
                 with metrics.docker_call("inspect"):
@@ -198,15 +171,14 @@ class DockerRuntime:
                     await self._kill_quietly(container)
                 raise
 
-    async def _create(self, spec: WorkspaceSpec, progress: Progress | None) -> Any:
+    async def _create(self, spec: WorkspaceSpec, progress: Progress | None, auth: dict[str, list[str]]) -> Any:
         name = container_name(spec.id)
         publish_ip = await dn.publish_ip(self._publish_host)
         for attempt in range(3):
             network = await self._networks.ensure(self.docker, spec.hub_id)
-            config = {
-                **self.container_config(spec, network=network, publish_ip=publish_ip),
-                **await self._password_auth(spec),
-            }
+            if attempt:
+                auth = await self._password_auth(spec)  # the image may have been pulled since
+            config = {**self.container_config(spec, network=network, publish_ip=publish_ip), **auth}
             try:
                 with metrics.docker_call("create"):
                     return await self.docker.containers.create(config, name=name)
@@ -230,7 +202,7 @@ class DockerRuntime:
         if spec.ide_secret is None:
             return {}
         try:
-            with metrics.docker_call("image_inspect"):
+            with ds.engine_errors(self.docker_url), metrics.docker_call("image_inspect"):
                 config = (await self.docker.images.inspect(spec.image)).get("Config") or {}
         except DockerError as exc:
             if exc.status == 404:

@@ -25,10 +25,55 @@ from app.services.runtime.base import (
     ResourceStatus,
     RuntimeState,
     RuntimeUnavailable,
+    WorkspaceSpec,
 )
 from app.services.runtime.common import iso_from_unix, unix_from_iso
 
 _EXITED = re.compile(r"Exited \((-?\d+)\)")
+MIB = 1024 * 1024
+# Root inside the container (images that start as root and drop to a user, like code-server's
+# official entrypoint) needs to fix ownership (CHOWN, DAC_OVERRIDE, FOWNER), switch user
+# (SETUID, SETGID) and signal its non-root child (KILL: dumb-init/tini forwarding SIGTERM).
+# A non-root container user gets none of these: no-new-privileges blocks setuid/file caps.
+IDE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+
+
+def container_config(
+    spec: WorkspaceSpec, *, network: str, publish_ip: str | None, user: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The engine's create-container body for a workspace on ``network``, its IDE port published on
+    ``publish_ip`` (None: not published), running as ``user`` (None: the image's)."""
+    port = f"{spec.ide_port}/tcp"
+    published = {} if publish_ip is None else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
+    env = {**spec.env, **(spec.ide_secret.ide_env(generic=False) if spec.ide_secret else {})}
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Hostname": spec.id,
+        "WorkingDir": spec.mount,
+        "Labels": {**spec.labels, LABEL_WORKSPACE: spec.id, LABEL_OWNER: spec.owner, LABEL_HUB: spec.hub_id},
+        "Env": [f"{key}={value}" for key, value in env.items()],
+        "ExposedPorts": {port: {}},
+        "HostConfig": {
+            "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
+            "NetworkMode": network,
+            "PortBindings": published,
+            "NanoCpus": int(spec.cpu * 1e9),
+            "Memory": spec.memory_mb * MIB,
+            "MemorySwap": spec.memory_mb * MIB,
+            "PidsLimit": spec.pids_limit,
+            "Privileged": False,
+            "CapDrop": ["ALL"],
+            "CapAdd": list(IDE_CAPABILITIES),
+            "SecurityOpt": ["no-new-privileges:true"],
+            "RestartPolicy": {"Name": "no"},
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+        },
+    }
+    if user is not None:
+        config["User"] = f"{user[0]}:{user[1]}"
+    if spec.command:
+        config["Cmd"] = list(spec.command)
+    return config
 
 
 @contextmanager

@@ -187,17 +187,18 @@ class Lifecycle:
         await self.publish(row, "workspace.starting")
         done = anyio.Event()
         self.starts[row.id] = done
-        self._tasks.start_soon(self._run_start, row, done)
+        running: list[Workspace] = []
+        self._tasks.start_soon(self._run_start, row, done, running)
         if wait:
             await done.wait()
-            return await self.row(row.id)
+            return running[0] if running else await self.row(row.id)
         return row
 
-    async def _run_start(self, row: Workspace, done: anyio.Event) -> None:
+    async def _run_start(self, row: Workspace, done: anyio.Event, running: list[Workspace]) -> None:
         started = time.perf_counter()
         outcome: str | None = None
         try:
-            outcome = await self._start_now(row)
+            outcome = await self._start_now(row, running)
         except Exception as exc:  # never let one start take the app's task group down
             outcome = "failed"
             log.exception("start of workspace %s failed unexpectedly", row.id)
@@ -209,8 +210,10 @@ class Lifecycle:
             if self.starts.get(row.id) is done:
                 del self.starts[row.id]
 
-    async def _start_now(self, row: Workspace) -> str | None:
-        """Start ``row``; the outcome for the start metrics (ok, failed, timeout; None when superseded)."""
+    async def _start_now(self, row: Workspace, running: list[Workspace]) -> str | None:
+        """Start ``row``; the outcome for the start metrics (ok, failed, timeout; None when superseded).
+
+        The running row goes into ``running`` (a waiting caller answers with it, no second read)."""
         directory = self.workspace_dir(row.id)
         try:
             runtime = await self.engines.for_workspace(row)
@@ -237,6 +240,7 @@ class Lifecycle:
             with anyio.CancelScope(shield=True):
                 await runtime.remove(row.id, container_id=endpoint.container_id)
             return None
+        running.append(ws)
         await self.drop_status(ws.id)
         await self.publish(ws, "workspace.running", container_id=endpoint.container_id)
         return "ok"
