@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 TOPIC = "bench"
 EVENT_RE = re.compile(rb'"data":\{"t":([0-9.e+-]+),"n":(\d+)\}')
+# a workspace renamed to ``b-<publish time in microseconds>-<n>`` (bench/cluster.py publishes through the API)
+NAME_RE = re.compile(rb'"name":"b-(\d+)-(\d+)"')
 LAT_BUCKET = 10_000  # histogram resolution: 0.1 ms
 RECV_BUCKET = 10  # receive-time resolution: 0.1 s
 
@@ -95,8 +97,9 @@ class Tally:
 class SSEProtocol(asyncio.Protocol):
     """One subscriber: sends the request, skips the headers, scans whole SSE frames for bench events."""
 
-    def __init__(self, request: bytes, tally: Tally, on_headers: Callable[[bool], None]) -> None:
+    def __init__(self, request: bytes, tally: Tally, on_headers: Callable[[bool], None], names: bool = False) -> None:
         self.request = request
+        self.names = names  # events are renames (NAME_RE), not bench events (EVENT_RE)
         self.tally = tally
         self.on_headers = on_headers
         self.buffer = b""
@@ -124,7 +127,10 @@ class SSEProtocol(asyncio.Protocol):
             self.buffer = buffer
             return
         block, self.buffer = buffer[:cut], buffer[cut:]
-        matches = EVENT_RE.findall(block)
+        if self.names:
+            matches = [(int(t) / 1e6, n) for t, n in NAME_RE.findall(block)]
+        else:
+            matches = EVENT_RE.findall(block)
         if matches:
             self.last_n = self.tally.record(time.time(), matches, self.last_n)
         if b"event: stream.reset" in block:
@@ -147,7 +153,7 @@ async def wait_drained(last_ns: Callable[[], list[int]], target: int, timeout: f
         await anyio.sleep(0.05)
 
 
-async def client_main(port: int, count: int, token: str, path: str) -> None:
+async def client_main(port: int, count: int, token: str, path: str, names: bool = False) -> None:
     """Role ``client``: hold ``count`` SSE connections; on ``drain <last n> <timeout>`` report as JSON."""
     loop = asyncio.get_running_loop()
     tally = Tally()
@@ -169,7 +175,7 @@ async def client_main(port: int, count: int, token: str, path: str) -> None:
                 ok.append(good)
                 done.set()
 
-            proto = SSEProtocol(request, tally, on_headers)
+            proto = SSEProtocol(request, tally, on_headers, names)
             try:
                 await loop.create_connection(lambda: proto, "127.0.0.1", port)
                 with anyio.fail_after(60):
@@ -607,10 +613,11 @@ def main() -> None:
     parser.add_argument("--token", default="", help=argparse.SUPPRESS)
     parser.add_argument("--path", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--names", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     uvloop = {"use_uvloop": True}
     if args.role == "client":
-        anyio.run(client_main, args.port, args.count, args.token, args.path, backend_options=uvloop)
+        anyio.run(client_main, args.port, args.count, args.token, args.path, args.names, backend_options=uvloop)
         return
     if args.role == "ceiling":
         anyio.run(ceiling_main, args.count, args.redis_url, args.prefix, backend_options=uvloop)
