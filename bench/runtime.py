@@ -8,7 +8,9 @@ unique hub id). "Ready" means the same thing on both sides: the IDE port answers
 ``/healthz``, polled with the hub's own helper (same probe schedule).
 
 - hub: ``POST /api/workspaces`` then ``POST …/start?wait=true`` (answers once running), timed together.
-- raw: ``docker run -d`` with the same image, limits and published port, then polling until it answers.
+- raw: ``docker run -d`` with the same image, limits, capabilities, log options, published port and network
+  (the hub's workspace bridge, inter-container traffic off; ``--raw-network bridge``: Docker's default
+  bridge, where a container starts 100-150 ms sooner on a 2-core machine), then polling until it answers.
 
 Pairs alternate which side goes first. Reported: median and mean of each side and the ratio of medians
 (target ≤ 1.05). Then N workspaces created and started at once: all running?, p50/p99/max create→running,
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.services.runtime.common import wait_until_ready  # noqa: E402
+from app.services.runtime.docker_network import network_name  # noqa: E402
+from app.services.runtime.docker_support import IDE_CAPABILITIES  # noqa: E402
 
 RATIO_TARGET = 1.05
 
@@ -85,8 +89,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def raw_run(image: str, mount_dir: Path, mount: str, name: str) -> float:
-    """``docker run -d`` (same limits and hardening as the hub) until the IDE answers; seconds."""
+async def raw_run(image: str, mount_dir: Path, mount: str, name: str, network: str) -> float:
+    """``docker run -d`` (same limits, hardening and network as the hub's) until the IDE answers; seconds."""
     mount_dir.mkdir(parents=True, exist_ok=True)
     os.chown(mount_dir, 1000, 1000) if os.getuid() == 0 else None
     begin = time.perf_counter()
@@ -111,6 +115,13 @@ async def raw_run(image: str, mount_dir: Path, mount: str, name: str) -> float:
                     "1024",
                     "--cap-drop",
                     "ALL",
+                    *(arg for cap in IDE_CAPABILITIES for arg in ("--cap-add", cap)),
+                    "--network",
+                    network,
+                    "--log-opt",
+                    "max-size=10m",
+                    "--log-opt",
+                    "max-file=3",
                     "--security-opt",
                     "no-new-privileges:true",
                     "--user",
@@ -161,6 +172,12 @@ async def main() -> int:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument(
+        "--raw-network",
+        choices=["hub", "bridge"],
+        default="hub",
+        help="raw containers join the hub's workspace network (the same container) or Docker's default bridge",
+    )
+    parser.add_argument(
         "--profile",
         metavar="OUT",
         help="record the hub with py-spy (wall clock, idle included) into OUT as collapsed stacks",
@@ -197,13 +214,15 @@ async def main() -> int:
                     except httpx.TransportError:
                         pass
                     await anyio.sleep(0.1)
-            await hub_run(client, "warmup")
+            await hub_run(client, "warmup")  # also creates the hub's workspace network
+            raw_network = network_name(hub_id, "open") if args.raw_network == "hub" else "bridge"
+            print(f"raw docker run joins the network {raw_network}", flush=True)
             if args.profile:
                 spy = subprocess.Popen(
                     [args.py_spy, "record", "--pid", str(hub.pid), "--idle", "--format", "raw", "-o", args.profile],
                     stdout=subprocess.DEVNULL,
                 )
-            await raw_run(args.image, data / "raw" / "warmup", mount, f"codehub-bench-raw-{hub_id}-w")
+            await raw_run(args.image, data / "raw" / "warmup", mount, f"codehub-bench-raw-{hub_id}-w", raw_network)
 
             hub_times: list[float] = []
             raw_times: list[float] = []
@@ -216,7 +235,7 @@ async def main() -> int:
                         await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
                     else:
                         name = f"codehub-bench-raw-{hub_id}-{i}"
-                        raw_times.append(await raw_run(args.image, data / "raw" / str(i), mount, name))
+                        raw_times.append(await raw_run(args.image, data / "raw" / str(i), mount, name, raw_network))
             ratio = statistics.median(hub_times) / statistics.median(raw_times)
             print(f"image {args.image}, {args.pairs} alternating pairs (seconds to an HTTP answer):")
             print(
@@ -272,7 +291,7 @@ async def main() -> int:
 
             async def raw_one(n: int) -> None:
                 name = f"codehub-bench-raw-{hub_id}-b{n}"
-                raw_burst.append(await raw_run(args.image, data / "raw" / f"b{n}", mount, name))
+                raw_burst.append(await raw_run(args.image, data / "raw" / f"b{n}", mount, name, raw_network))
 
             begin = time.perf_counter()
             async with anyio.create_task_group() as tg:
@@ -309,6 +328,7 @@ async def main() -> int:
             left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
             if left.stdout.split():
                 subprocess.run(["docker", "rm", "-f", *left.stdout.split()], capture_output=True)
+        subprocess.run(["docker", "network", "rm", network_name(hub_id, "open")], capture_output=True)
     print("BENCH_RESULT " + json.dumps({"bench": "runtime", "rows": rows}), flush=True)
     return 0
 
