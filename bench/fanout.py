@@ -93,13 +93,30 @@ class Tally:
             self.events += 1
         return last_n
 
+    def record_unordered(self, now: float, matches: list[tuple[float, int]], seen: bytearray) -> int:
+        """Count (t, n) pairs that may arrive out of order (concurrent publishers); ``seen`` marks the n
+        one connection has received. Returns the highest n of the batch."""
+        lat = self.latency
+        self.received_at[int(now * RECV_BUCKET)] += len(matches)
+        for t, n in matches:
+            if n >= len(seen):
+                seen.extend(bytes(n + 1024 - len(seen)))
+            if seen[n]:
+                self.duplicates += 1
+                continue
+            seen[n] = 1
+            lat[int((now - t) * LAT_BUCKET)] += 1
+            self.events += 1
+        return max(n for _, n in matches)
+
 
 class SSEProtocol(asyncio.Protocol):
     """One subscriber: sends the request, skips the headers, scans whole SSE frames for bench events."""
 
     def __init__(self, request: bytes, tally: Tally, on_headers: Callable[[bool], None], names: bool = False) -> None:
         self.request = request
-        self.names = names  # events are renames (NAME_RE), not bench events (EVENT_RE)
+        self.names = names  # events are renames (NAME_RE, possibly out of order), not bench events (EVENT_RE)
+        self.seen = bytearray()
         self.tally = tally
         self.on_headers = on_headers
         self.buffer = b""
@@ -128,7 +145,10 @@ class SSEProtocol(asyncio.Protocol):
             return
         block, self.buffer = buffer[:cut], buffer[cut:]
         if self.names:
-            matches = [(int(t) / 1e6, n) for t, n in NAME_RE.findall(block)]
+            renames = [(int(t) / 1e6, int(n)) for t, n in NAME_RE.findall(block)]
+            if renames:
+                self.last_n = max(self.last_n, self.tally.record_unordered(time.time(), renames, self.seen))
+            matches = []
         else:
             matches = EVENT_RE.findall(block)
         if matches:
