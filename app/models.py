@@ -1,4 +1,4 @@
-"""SQLAlchemy models: users, API tokens, servers (Docker hosts), workspaces, audit events."""
+"""SQLAlchemy models: users, API tokens, servers (Docker hosts), templates, workspaces, audit events."""
 
 from __future__ import annotations
 
@@ -160,6 +160,44 @@ class Server(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Template(Base):
+    """An admin-owned recipe for workspaces; what it runs lives in its versions (``version`` is the newest)."""
+
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class TemplateVersion(Base):
+    """One immutable version of a template. ``secrets`` maps names to AES-GCM ciphertexts, never clear text."""
+
+    __tablename__ = "template_versions"
+    __table_args__ = (UniqueConstraint("template_id", "version", name="uq_template_versions_template_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(String(255))
+    default_cpu: Mapped[float] = mapped_column(Float)
+    max_cpu: Mapped[float] = mapped_column(Float)
+    default_memory_mb: Mapped[int] = mapped_column(Integer)
+    max_memory_mb: Mapped[int] = mapped_column(Integer)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    secrets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    command: Mapped[str] = mapped_column(String(2048), default="")
+    dotfiles_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    idle_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
+    server_labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Workspace(Base):
     """A workspace record: what to run, where it is placed, and its lifecycle state."""
 
@@ -195,6 +233,9 @@ class Workspace(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_activity_source: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    template_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    template_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    idle_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class AuditEvent(Base):
