@@ -1,9 +1,10 @@
 """The composition root: what a hub process is made of, built in dependency order and closed in reverse.
 
 ``compose(settings)`` opens, in order: the database (checked to be migrated), Redis (when configured), the
-event hub, the rate limiter, the LLM client, the revocation channel and the record services; then the task
-group that every background loop and request-spawned job runs in, and inside it the runtimes, the workspace
-state machine and what hangs on it, the AI service and the relay. When the block ends the task group is
+event hub, the rate limiter, the LLM client, the revocation channel and the record services (templates: the
+default one of a fresh install); then the task group that every background loop and request-spawned job runs
+in, and inside it the runtimes, the workspace state machine and what hangs on it, template images, the AI
+service and the relay. When the block ends the task group is
 cancelled first, so loops and jobs stop while what they use still works; everything else then closes in
 reverse.
 ``app.factory``'s lifespan serves the ``AppContext`` it yields.
@@ -36,6 +37,8 @@ from app.services.auth.users import AuthService
 from app.services.files import patches
 from app.services.runtime.cache import StatusCache
 from app.services.runtime.engines import Engines, make_status_cache
+from app.services.templates.images import TemplateImages
+from app.services.templates.service import TemplateService
 from app.services.workspaces.lifecycle import Lifecycle
 from app.services.workspaces.log_pump import LogPumps
 from app.services.workspaces.ops import WorkspaceOps
@@ -85,13 +88,15 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         auth = AuthService(sessionmaker, settings, revocations)
         audit = AuditLog(sessionmaker)
         workspaces = WorkspaceService(sessionmaker, settings, hub)
+        templates = TemplateService(sessionmaker, settings, hub)
         await _bootstrap_admin(settings, auth)
+        await templates.ensure_default()
 
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         engines: Engines = await tasks.start(_hold_engines, settings, sessionmaker, make_status_cache(settings, redis))
         servers = ServerService(sessionmaker, engines, hub)
-        lifecycle = Lifecycle(sessionmaker, settings, hub, engines, workspaces, servers, tasks)
+        lifecycle = Lifecycle(sessionmaker, settings, hub, engines, workspaces, servers, tasks, templates)
         log_pumps = LogPumps(lifecycle, sessionmaker, tasks, redis)
         lifecycle.listeners.append(log_pumps.on_lifecycle)
         reconciler = Reconciler(lifecycle)
@@ -134,6 +139,8 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             ai=AIService(llm, hub, settings, audit=audit.record, validate=_patch_validator(settings)),
             ai_owners=ai_owners,
             relay=relay,
+            templates=templates,
+            template_images=TemplateImages(sessionmaker, settings, engines, hub, tasks),
         )
 
         # Other processes' workspace changes invalidate this one's cached list pages.

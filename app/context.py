@@ -16,6 +16,8 @@ from app.services.audit.log import AuditLog
 from app.services.auth.ratelimit import Limit, RateLimiter
 from app.services.auth.users import AuthService
 from app.services.runtime.engines import Engines
+from app.services.templates.images import TemplateImages
+from app.services.templates.service import TemplateService
 from app.services.workspaces.lifecycle import Lifecycle
 from app.services.workspaces.log_pump import LogPumps
 from app.services.workspaces.ops import WorkspaceOps
@@ -59,4 +61,6 @@ class AppContext:
     ai: AIService
     ai_owners: AIOwners
     relay: Relay
+    templates: TemplateService
+    template_images: TemplateImages
     ai_workspace_grants: dict[tuple[int, str], float] = field(default_factory=dict)

@@ -33,6 +33,7 @@ from app.controllers.middleware import RequestContextMiddleware
 from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
 from app.controllers.patches import PatchController
 from app.controllers.servers import ServersController
+from app.controllers.templates import AdminTemplatesController, TemplatesController
 from app.controllers.workspaces import WorkspacesController
 from app.logging_setup import configure_logging
 from app.settings import Settings, load_settings
@@ -49,6 +50,8 @@ ROUTES: list[Any] = [
     AIController,
     LifecycleController,
     ServersController,
+    TemplatesController,
+    AdminTemplatesController,
     FilesController,
     PatchController,
     AuditController,

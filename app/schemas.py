@@ -120,6 +120,9 @@ class WorkspaceCreate(Body):
     server_id: ShortId | None = None
     cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
     memory_mb: Annotated[int, msgspec.Meta(ge=64)] | None = None
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$")] | None = None
+    """A template's id or name: image, resources' defaults and bounds, environment and command come from its
+    newest version (``image`` may then not be given)."""
 
 
 class WorkspaceUpdate(Body):
@@ -152,6 +155,8 @@ class WorkspaceOut(msgspec.Struct):
     stopped_at: datetime | None
     last_activity_at: datetime | None
     last_activity_source: str | None
+    template_id: str | None
+    template_version: int | None
 
     @classmethod
     def of_rows(cls, rows: Sequence[Any]) -> list[WorkspaceOut]:
@@ -190,6 +195,8 @@ class WorkspaceOut(msgspec.Struct):
             ws.stopped_at,
             ws.last_activity_at,
             ws.last_activity_source,
+            ws.template_id,
+            ws.template_version,
         )
 
 

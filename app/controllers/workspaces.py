@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
 from app.controllers.deps import error_responses, provide_principal
+from app.errors import Unprocessable
 from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
 from app.services.auth.access import Principal, audit_entry
 from app.services.workspaces.records import WorkspaceService
@@ -26,7 +27,7 @@ class WorkspacesController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         operation_id="createWorkspace",
-        responses=error_responses(400, 401, 403, 409, 413, 422),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
     )
     async def create(
         self,
@@ -36,18 +37,28 @@ class WorkspacesController(Controller):
         principal: Principal,
         workspaces: WorkspaceService,
     ) -> WorkspaceOut:
-        """Create a workspace record in state ``created``."""
-        server_id = await ctx.provisioning.place_new(data.server_id)
+        """Create a workspace record in state ``created`` (from a template: within its bounds, its image checked
+        to be on the server or pullable)."""
+        plan = None
+        if data.template is not None:
+            if data.image is not None:
+                raise Unprocessable("a workspace made from a template runs the template's image", code="image_set")
+            plan = await ctx.templates.plan(data.template, cpu=data.cpu, memory_mb=data.memory_mb)
+        server_id = await ctx.provisioning.place_new(data.server_id, plan.server_labels if plan else None)
+        if plan is not None:
+            await ctx.template_images.check_for_create(plan.image, server_id, plan.template_id)
         ws, clone_url = await workspaces.create(
             principal,
             name=data.name,
-            image=data.image,
+            image=plan.image if plan else data.image,
             git_url=data.git_url,
             git_ref=data.git_ref,
             git_depth=data.git_depth,
             server_id=server_id,
-            cpu=data.cpu,
-            memory_mb=data.memory_mb,
+            cpu=plan.cpu if plan else data.cpu,
+            memory_mb=plan.memory_mb if plan else data.memory_mb,
+            template=(plan.template_id, plan.version) if plan else None,
+            idle_timeout=plan.idle_timeout if plan else None,
         )
         await ctx.audit.record(
             audit_entry(request.scope, "workspace.create", principal, workspace_id=ws.id, target=ws.name)
@@ -100,7 +111,16 @@ class WorkspacesController(Controller):
         principal: Principal,
         workspaces: WorkspaceService,
     ) -> WorkspaceOut:
-        """Rename a workspace or change its image/resources (applied at the next start)."""
+        """Rename a workspace or change its image/resources (applied at the next start; a templated workspace's
+        resources stay within its template version's bounds and its image is the template's)."""
+        current = await workspaces.get(principal, workspace_id)
+        if current.template_id is not None and current.template_version is not None:
+            if data.image is not None:
+                raise Unprocessable("a workspace made from a template runs the template's image", code="image_set")
+            if data.cpu is not None or data.memory_mb is not None:
+                await ctx.templates.check_bounds(
+                    current.template_id, current.template_version, data.cpu, data.memory_mb
+                )
         ws = await workspaces.update(
             principal, workspace_id, name=data.name, image=data.image, cpu=data.cpu, memory_mb=data.memory_mb
         )

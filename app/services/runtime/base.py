@@ -228,6 +228,20 @@ class Terminal(Protocol):
         ...
 
 
+@runtime_checkable
+class ImageStore(Protocol):
+    """What runtimes that run workspaces from images offer beside ``WorkspaceRuntime`` (Docker does; local
+    processes have no images). Templates ask it before a create and pre-pull through it."""
+
+    async def has_image(self, image: str) -> bool:
+        """True when ``image`` is on the engine now (no pull)."""
+        ...
+
+    async def pull_image(self, image: str, progress: Progress | None = None) -> None:
+        """Pull ``image`` (``ImageNotFound`` when that fails), reporting ``("pull", {...})`` progress."""
+        ...
+
+
 class WorkspaceRuntime(Protocol):
     """One engine that runs workspaces. Every method is keyed by workspace id."""
 

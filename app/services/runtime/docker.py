@@ -197,6 +197,22 @@ class DockerRuntime:
                 raise StartFailed(f"Docker refused to create the container: {exc.message}") from exc
         raise StartFailed(f"container name {name} stays taken")
 
+    async def has_image(self, image: str) -> bool:
+        """True when ``image`` is on this engine (an image inspect; nothing is pulled)."""
+        try:
+            with ds.engine_errors(self.docker_url), metrics.docker_call("image_inspect"):
+                await self.docker.images.inspect(image)
+        except DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def pull_image(self, image: str, progress: Progress | None = None) -> None:
+        """Pull ``image`` onto this engine whatever the pull setting says (an admin's pre-pull)."""
+        with ds.engine_errors(self.docker_url):
+            await ds.pull_image(self.docker, image, progress)
+
     async def _password_auth(self, spec: WorkspaceSpec) -> dict[str, list[str]]:
         """Entrypoint/Cmd overrides so an image's ``--auth none`` IDE requires the start's secret instead."""
         if spec.ide_secret is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 from sqlalchemy import func, update
 
@@ -31,6 +32,7 @@ from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
 from app.services.runtime.engines import Engines
 from app.services.runtime.ide_secret import IdeSecrets
+from app.services.templates.service import TemplateService
 from app.services.workspaces import git
 from app.services.workspaces.records import WorkspaceService, publish_lifecycle
 from app.services.workspaces.servers import ServerService
@@ -60,6 +62,7 @@ class Lifecycle:
         workspaces: WorkspaceService,
         servers: ServerService,
         tasks: TaskGroup,
+        templates: TemplateService | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
@@ -68,6 +71,7 @@ class Lifecycle:
         self.workspaces = workspaces
         self.servers = servers
         self._tasks = tasks
+        self.templates = templates
         self.starts: dict[str, anyio.Event] = {}
         self._clones: dict[str, anyio.Event] = {}
         self._activity: dict[str, float] = {}
@@ -142,6 +146,15 @@ class Lifecycle:
             command=tuple(shlex.split(self.settings.workspace_command)),
             ide_secret=self.ide_secrets.for_start(ws.id, ws.generation),
         )
+
+    async def launch_spec(self, ws: Workspace) -> WorkspaceSpec:
+        """``spec_for`` plus, for a workspace made from a template, its version's environment (secrets opened)
+        and command. The hub's own variables win over the template's."""
+        spec = self.spec_for(ws)
+        if ws.template_id is None or ws.template_version is None or self.templates is None:
+            return spec
+        launch = await self.templates.launch(ws.template_id, ws.template_version)
+        return msgspec.structs.replace(spec, env={**launch.env, **spec.env}, command=launch.command or spec.command)
 
     # -- start ---------------------------------------------------------------------------------------------
 
@@ -225,7 +238,7 @@ class Lifecycle:
                 await self.publish(row, "workspace.progress", step=kind, **data)
 
             endpoint = await runtime.start(
-                self.spec_for(row), ready_timeout=self.settings.start_timeout, progress=progress
+                await self.launch_spec(row), ready_timeout=self.settings.start_timeout, progress=progress
             )
         except StartFailed as exc:
             await self._fail(row, exc.detail, exc.logs)

@@ -209,14 +209,14 @@ class Reconciler:
 
     async def idle_once(self) -> None:
         """Warn, then stop, running workspaces idle past the timeout."""
-        timeout = self.settings.idle_timeout
-        if not timeout:
-            return
-        warning = min(self.settings.idle_warning, timeout)
         now = utcnow()
         async with self._sessionmaker() as session:
             rows = list(await session.scalars(select(Workspace).where(Workspace.state == WorkspaceState.RUNNING)))
         for ws in rows:
+            timeout = self.settings.idle_timeout if ws.idle_timeout is None else ws.idle_timeout  # a template's
+            if not timeout:
+                continue
+            warning = min(self.settings.idle_warning, timeout)
             last = ws.last_activity_at or ws.started_at or ws.updated_at
             idle_for = (now - last).total_seconds()
             if idle_for >= timeout:

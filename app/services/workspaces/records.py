@@ -229,8 +229,12 @@ class WorkspaceService:
         server_id: str | None = None,
         cpu: float | None = None,
         memory_mb: int | None = None,
+        template: tuple[str, int] | None = None,
+        idle_timeout: float | None = None,
     ) -> tuple[Workspace, str | None]:
-        """Create a record in state ``created``; returns it and the clone URL (with credentials, memory only)."""
+        """Create a record in state ``created``; returns it and the clone URL (with credentials, memory only).
+
+        ``template`` is the (template id, version) it was made from; ``idle_timeout`` overrides the hub's."""
         self._check_resources(cpu, memory_mb)
         clone_url = None
         stored_url = None
@@ -258,6 +262,9 @@ class WorkspaceService:
                 cpu=cpu or self._settings.default_cpu,
                 memory_mb=memory_mb or self._settings.default_memory_mb,
                 state=WorkspaceState.CREATED,
+                template_id=template[0] if template else None,
+                template_version=template[1] if template else None,
+                idle_timeout=idle_timeout,
             )
             session.add(ws)
             try:

@@ -110,8 +110,10 @@ class ServerService:
                 await session.commit()
         await self._engines.forget(server_id)
 
-    async def choose(self, server_id: str | None = None) -> str:
-        """The server for a new placement: the one asked for, else the least-loaded with room (503 if none)."""
+    async def choose(self, server_id: str | None = None, labels: dict[str, str] | None = None) -> str:
+        """The server for a new placement: the one asked for, else the least-loaded with room (503 if none).
+
+        With ``labels`` (a template's allowed servers) only servers carrying all of them qualify."""
         if server_id is not None:
             try:
                 load = await self.get(server_id)
@@ -119,8 +121,20 @@ class ServerService:
                 raise Unprocessable(f"no server {server_id!r}", code="unknown_server") from None
             if not load.server.enabled:
                 raise Unprocessable(f"server {load.server.name!r} is disabled", code="server_disabled")
+            if labels and not _has_labels(load.server, labels):
+                raise Unprocessable(
+                    f"server {load.server.name!r} lacks the labels this template needs ({_label_text(labels)}); "
+                    "pick another server or leave it out",
+                    code="server_not_allowed",
+                )
             return server_id
-        loads = [load for load in await self.loads() if load.has_room]
+        loads = [load for load in await self.loads() if load.has_room and _has_labels(load.server, labels or {})]
+        if not loads and labels:
+            raise ServiceUnavailable(
+                f"no server with the labels this template needs ({_label_text(labels)}) has room; an admin can "
+                "label a server or change the template",
+                code="no_capacity",
+            )
         if not loads:
             total = len(await self.loads())
             raise ServiceUnavailable(
@@ -157,3 +171,12 @@ class ServerService:
             raise Conflict(f"workspace is {current.state}; stop it before placing it", code="workspace_busy")
         await publish_lifecycle(self._events, ws, "workspace.placed", server_id=server_id)
         return ws
+
+
+def _has_labels(server: Server, labels: dict[str, str]) -> bool:
+    own = server.labels or {}
+    return all(own.get(key) == value for key, value in labels.items())
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
