@@ -234,9 +234,9 @@ class TemplateService:
         version = self._version_row(template.id, 1, draft, sealed, by)
         async with self._sessionmaker() as session:
             session.add(template)
-            await session.flush()
-            session.add(version)
             try:
+                await session.flush()
+                session.add(version)
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"a template named {draft.name!r} exists", code="template_name_taken") from None
