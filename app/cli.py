@@ -1,4 +1,4 @@
-"""The ``codehub`` command: serve, migrate, create-user, token."""
+"""The ``codehub`` command: serve, migrate, create-user, token, templates (``app.cli_templates``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from app.cli_templates import add_template_commands
 from app.settings import SettingsError, load_settings, setting_docs
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `codehub --help` stays quick
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("name")
     token.add_argument("--token-name", default="cli", help="label of the token")
     token.set_defaults(func=_token)
+    add_template_commands(sub)
     return parser
 
 
