@@ -3,9 +3,14 @@ manage them; the default template of a fresh install."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
-from tests.support.server import Hub
+from app.factory import create_app
+from tests.support.server import Hub, running_hub, serve_asgi
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -174,3 +179,22 @@ async def test_workspaces_without_a_template_are_unchanged(hub: Hub) -> None:
     async with hub.client(token) as user:
         ws = (await user.post("/api/workspaces", json={"name": "plain", "image": "any/image:1"})).json()
         assert ws["template_id"] is None and ws["template_version"] is None and ws["image"] == "any/image:1"
+
+
+async def test_a_changed_key_fails_the_start_with_a_plain_reason(sqlite_url: str, tmp_path: Path) -> None:
+    secret = "never-shown-9f3c1a"
+    first = make_settings(tmp_path / "a", database_url=sqlite_url, secret_key="a" * 40)
+    async with running_hub(first) as hub, hub.client() as admin:
+        body = {"name": "keyed", "image": "example.org/ide:1", "secrets": {"TOKEN": secret}}
+        assert (await admin.post("/api/admin/templates", json=body)).status_code == 201
+        ws = (await admin.post("/api/workspaces", json={"name": "keyed-ws", "template": "keyed"})).json()
+        token = hub.admin_token
+    second = make_settings(tmp_path / "b", database_url=sqlite_url, secret_key="b" * 40)
+    async with serve_asgi(create_app(second)) as url, httpx.AsyncClient(base_url=url) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        r = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert r.status_code == 200, r.text
+        failed = r.json()
+        assert failed["state"] == "failed" and "TOKEN" in failed["state_reason"]
+        assert "cannot be decrypted" in failed["state_reason"] and "set it again" in failed["state_reason"]
+        assert secret not in r.text
