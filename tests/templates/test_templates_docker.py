@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.databases import fresh_database
+from tests.support.lifecycle import wait_state
 from tests.support.runtime import remove_hub_containers
 from tests.support.server import Hub, running_hub
 from tests.support.services import TEST_IMAGE
@@ -48,7 +49,9 @@ async def docker_hub(
     sqlite_file_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Hub, Collected, Path]]:
     """A hub on Docker over its own SQLite file, logging at debug into a collector."""
-    settings = docker_settings(tmp_path_factory.mktemp("tpl-data"), sqlite_file_url, log_level="debug")
+    settings = docker_settings(
+        tmp_path_factory.mktemp("tpl-data"), sqlite_file_url, log_level="debug", idle_warning=0.5
+    )
     collected = Collected()
     try:
         async with running_hub(settings) as hub:
@@ -190,3 +193,18 @@ async def test_started_workspaces_get_variables_and_secrets_that_never_leak(
         assert all(secret not in text for text in seen)
         assert all(secret not in line for line in collected.lines)
         assert secret.encode() not in stored
+
+
+async def test_a_template_idle_timeout_stops_its_workspaces(docker_hub: tuple[Hub, Collected, Path]) -> None:
+    hub, _, _ = docker_hub
+    token = await hub.new_user("tpl-idle")
+    async with hub.client() as admin:
+        body = {"name": "sleepy", "image": TEST_IMAGE, "max_memory_mb": 512, "default_memory_mb": 256}
+        assert (await admin.post("/api/admin/templates", json={**body, "idle_timeout": 2})).status_code == 201
+    async with hub.client(token) as user:
+        ws = (await user.post("/api/workspaces", json={"name": "nap", "template": "sleepy"})).json()
+        r = await user.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert r.json()["state"] == "running", r.text
+        stopped = await wait_state(user, ws["id"], {"stopped"}, timeout=30)
+        assert stopped["state_reason"] == "idle"
+        assert (await user.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
