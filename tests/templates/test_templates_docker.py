@@ -154,6 +154,16 @@ async def test_started_workspaces_get_variables_and_secrets_that_never_leak(
         r = await admin.post("/api/admin/templates", json=body)
         assert r.status_code == 201, r.text
         seen.append(r.text)
+        marker = f"refused-{first}"
+        for bad in (
+            {**body, "name": "refused", "secrets": {"API_TOKEN": marker * 400}},  # too long
+            {**body, "name": "refused", "secrets": {"API_TOKEN": marker}, "env": {"API_TOKEN": "x"}},
+            {**body, "name": "refused", "secrets": {"CODEHUB_X": marker}},
+            {**body, "name": "refused", "secrets": {"API_TOKEN": marker}, "surprise": marker},
+        ):
+            r = await admin.post("/api/admin/templates", json=bad)
+            assert r.status_code in (400, 422) and marker not in r.text, r.text
+            seen.append(r.text)
     async with hub.client(token) as user:
         ws = (await user.post("/api/workspaces", json={"name": "sealed", "template": "secretive"})).json()
         r = await user.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
