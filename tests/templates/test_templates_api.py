@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -198,3 +199,22 @@ async def test_a_changed_key_fails_the_start_with_a_plain_reason(sqlite_url: str
         assert failed["state"] == "failed" and "TOKEN" in failed["state_reason"]
         assert "cannot be decrypted" in failed["state_reason"] and "set it again" in failed["state_reason"]
         assert secret not in r.text
+
+
+async def test_concurrent_edits_make_contiguous_versions_or_a_conflict(hub: Hub) -> None:
+    async with hub.client() as admin:
+        tpl = (await admin.post("/api/admin/templates", json={**FULL, "name": "contended"})).json()
+        answers: list[httpx.Response] = []
+
+        async def edit(n: int) -> None:
+            answers.append(await admin.patch(f"/api/admin/templates/{tpl['id']}", json={"image": f"x.org/ide:{n}"}))
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(6):
+                tasks.start_soon(edit, n)
+        assert {r.status_code for r in answers} <= {200, 409}, [r.text for r in answers]
+        made = sorted(r.json()["version"] for r in answers if r.status_code == 200)
+        versions = (await admin.get(f"/api/admin/templates/{tpl['id']}/versions")).json()
+        assert [v["version"] for v in versions] == list(range(len(made) + 1, 0, -1))
+        assert made == list(range(2, len(made) + 2))
+        assert versions[0]["image"] in {f"x.org/ide:{n}" for n in range(6)}
