@@ -31,6 +31,8 @@ from app.services.ai.llm import LLMClient
 from app.services.ai.owners import AIOwners, MemoryAIOwners, RedisAIOwners
 from app.services.ai.service import AIService, Validator
 from app.services.audit.log import AuditLog
+from app.services.auth.identities import IdentityService
+from app.services.auth.oidc import OidcClient
 from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_limiter
 from app.services.auth.revocations import RedisRevocations
 from app.services.auth.users import AuthService
@@ -39,6 +41,7 @@ from app.services.runtime.cache import StatusCache
 from app.services.runtime.engines import Engines, make_status_cache
 from app.services.templates.images import TemplateImages
 from app.services.templates.service import TemplateService
+from app.services.runtime.ide_secret import server_key
 from app.services.workspaces.lifecycle import Lifecycle
 from app.services.workspaces.log_pump import LogPumps
 from app.services.workspaces.ops import WorkspaceOps
@@ -86,6 +89,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         if revocations is not None:
             stack.push_async_callback(revocations.aclose)
         auth = AuthService(sessionmaker, settings, revocations)
+        oidc = OidcClient(settings, sessionmaker, server_key(settings) if settings.oidc_issuer else b"")
         audit = AuditLog(sessionmaker)
         workspaces = WorkspaceService(sessionmaker, settings, hub)
         templates = TemplateService(sessionmaker, settings, hub)
@@ -128,6 +132,8 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             rate_limiter=rate_limiter,
             api_limit=api_limit(settings),
             auth=auth,
+            oidc=oidc,
+            identities=IdentityService(sessionmaker, settings, auth),
             audit=audit,
             workspaces=workspaces,
             engines=engines,

@@ -13,6 +13,8 @@ from app.db import SessionMaker
 from app.services.ai.owners import AIOwners
 from app.services.ai.service import AIService
 from app.services.audit.log import AuditLog
+from app.services.auth.identities import IdentityService
+from app.services.auth.oidc import OidcClient
 from app.services.auth.ratelimit import Limit, RateLimiter
 from app.services.auth.users import AuthService
 from app.services.runtime.engines import Engines
@@ -50,6 +52,8 @@ class AppContext:
     rate_limiter: RateLimiter
     api_limit: Limit
     auth: AuthService
+    oidc: OidcClient
+    identities: IdentityService
     audit: AuditLog
     workspaces: WorkspaceService
     engines: Engines

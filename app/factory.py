@@ -34,6 +34,7 @@ from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
 from app.controllers.patches import PatchController
 from app.controllers.servers import ServersController
 from app.controllers.templates import AdminTemplatesController, TemplatesController
+from app.controllers.sso import SsoController
 from app.controllers.workspaces import WorkspacesController
 from app.logging_setup import configure_logging
 from app.settings import Settings, load_settings
@@ -44,6 +45,7 @@ ROUTES: list[Any] = [
     ready,
     metrics_endpoint,
     AuthController,
+    SsoController,
     AdminUsersController,
     WorkspacesController,
     EventsController,

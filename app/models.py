@@ -1,4 +1,4 @@
-"""SQLAlchemy models: users, API tokens, servers (Docker hosts), templates, workspaces, audit events."""
+"""SQLAlchemy models: users, API tokens, identities and groups, servers (Docker hosts), templates, workspaces, audit events."""
 
 from __future__ import annotations
 
@@ -142,6 +142,50 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class UserIdentity(Base):
+    """A user's account at an OpenID provider: the (issuer, subject) pair that signs them in, never the e-mail."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_user_identities_issuer_subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Group(Base):
+    """A named group of users; ``source`` is ``oidc`` (synced from the provider at each login) or ``local``."""
+
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("source", "name", name="uq_groups_source_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16), default="local")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserGroup(Base):
+    """One user's membership of one group."""
+
+    __tablename__ = "user_groups"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class OidcLoginState(Base):
+    """A sign-in started at the OpenID provider and not yet finished: the digest of its ``state``, used once."""
+
+    __tablename__ = "oidc_login_states"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class Server(Base):

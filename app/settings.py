@@ -109,6 +109,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     login_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 10
     api_rate_per_minute: Annotated[float, msgspec.Meta(ge=0)] = 600.0
     api_rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 300
+    password_login: bool = True
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_provider_name: str = ""
+    oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    oidc_groups_claim: str = "groups"
+    oidc_admin_groups: tuple[str, ...] = ()
+    oidc_allowed_groups: tuple[str, ...] = ()
 
     @property
     def resolved_database_url(self) -> str:
@@ -199,6 +208,18 @@ SETTING_HELP: dict[str, str] = {
     "login_rate_burst": "Login attempts allowed back to back before the per-minute rate applies.",
     "api_rate_per_minute": "Authenticated API requests per token per minute (0 = unlimited).",
     "api_rate_burst": "API requests a token may make back to back before the per-minute rate applies.",
+    "password_login": "Allow username/password sign-in (API and dashboard); off = single sign-on only, while CLI-made "
+    "users and their API tokens keep working (the break-glass admin).",
+    "oidc_issuer": "OpenID provider's issuer URL (discovery at <issuer>/.well-known/openid-configuration); empty = "
+    "no single sign-on.",
+    "oidc_client_id": "The hub's client id at the OpenID provider.",
+    "oidc_client_secret": "The hub's client secret at the OpenID provider (never logged); empty = a public client.",
+    "oidc_provider_name": "Name on the dashboard's \"Sign in with …\" button; empty = the issuer's host.",
+    "oidc_scopes": "Comma-separated scopes asked of the OpenID provider (openid is always asked).",
+    "oidc_groups_claim": "Claim (ID token or userinfo) holding the user's groups, synced at every sign-in.",
+    "oidc_admin_groups": "Comma-separated provider groups whose members get the admin role (set at every sign-in); "
+    "empty = roles are managed in the hub.",
+    "oidc_allowed_groups": "Comma-separated provider groups allowed to sign in; empty = every user of the provider.",
 }
 
 
@@ -272,6 +293,13 @@ def _check(settings: Settings) -> None:
         raise SettingsError("CODEHUB_HUB_ID must be 1-63 letters, digits, '.', '_' or '-'")
     if settings.secret_key and len(settings.secret_key) < 32:
         raise SettingsError("CODEHUB_SECRET_KEY must be at least 32 characters")
+    if settings.oidc_issuer:
+        if not re.fullmatch(r"https?://[^\s?#]+", settings.oidc_issuer):
+            raise SettingsError("CODEHUB_OIDC_ISSUER must be an http(s) URL without query or fragment")
+        if not settings.oidc_client_id:
+            raise SettingsError("CODEHUB_OIDC_CLIENT_ID is required with CODEHUB_OIDC_ISSUER")
+        if not settings.oidc_groups_claim:
+            raise SettingsError("CODEHUB_OIDC_GROUPS_CLAIM must name a claim")
     for origin in settings.allowed_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise SettingsError(f"CODEHUB_ALLOWED_ORIGINS entry {origin!r} is not an origin like https://host[:port]")

@@ -11,7 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from app.context import AppContext
 from app.controllers.deps import error_responses
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.models import utcnow
 from app.schemas import LoginRequest, LoginResponse, TokenCreate, TokenOut, UserOut
 from app.services.auth.access import (
@@ -60,6 +60,8 @@ class AuthController(Controller):
         the browser goes next. Only the hub's own pages may sign a browser in (no forced login from elsewhere)."""
         if not from_own_origin(request.scope["headers"], ctx.settings):
             raise cross_origin_error()
+        if not ctx.settings.password_login:
+            raise Forbidden("password sign-in is turned off on this hub: use single sign-on", code="password_login_off")
         client = request.client.host if request.client else "-"
         await enforce(ctx.rate_limiter, f"{data.username.strip().lower()[:64]}|{client}", login_limit(ctx.settings))
         try:

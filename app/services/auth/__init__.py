@@ -4,7 +4,8 @@ Owns: ``users`` (``AuthService``: users, argon2 passwords, hashed opaque tokens)
 parsing, the session cookie, the origin rule for cookie-authenticated writes, safe sign-in targets, the one
 verified-token cache, the owner-or-admin rule, audit entries built from a request), ``revocations``
 (revocations reaching other hub processes over Redis), ``ratelimit`` (token buckets in Redis or in this
-process).
+process), ``oidc`` (single sign-on as an OpenID relying party: authorization code + PKCE, ID-token checks),
+``identities`` (users keyed by issuer and subject, groups and memberships synced at each sign-in).
 """
 
-__all__ = ["access", "ratelimit", "revocations", "users"]
+__all__ = ["access", "identities", "oidc", "ratelimit", "revocations", "users"]
