@@ -39,6 +39,7 @@ class App {
   }
 
   async boot() {
+    this.showMethods(); // logout needs to know whether the provider signs out too
     try {
       const me = await api("GET", "/api/auth/me", { quiet: true });
       this.signedIn(me);
@@ -48,7 +49,27 @@ class App {
     }
   }
 
+  // The sign-in methods this hub offers: a "Sign in with <provider>" link (keeping ?next=), the password form
+  // unless it is turned off.
+  async showMethods() {
+    this.methodsLoading ||= api("GET", "/api/auth/methods", { quiet: true }).catch(() => ({ password: true, oidc: null }));
+    this.methods = await this.methodsLoading;
+    const { password, oidc } = this.methods;
+    $("#sso-block").hidden = !oidc;
+    if (oidc) {
+      const link = $("#sso-login");
+      const next = new URLSearchParams(location.search).get("next") || location.hash || "";
+      link.href = next ? `${oidc.login_url}?next=${encodeURIComponent(next.startsWith("#") ? `/${next}` : next)}` : oidc.login_url;
+      setText(link, `Sign in with ${oidc.name}`);
+    }
+    $("#sso-or").hidden = !password;
+    $("#password-fields").hidden = !password;
+    $("#login-submit").hidden = !password;
+    if (oidc && !password) $("#sso-login").focus();
+  }
+
   showLogin(message = "") {
+    this.showMethods();
     this.me = null;
     document.body.dataset.view = "login";
     $("#session").hidden = true;
@@ -93,7 +114,16 @@ class App {
 
   async logout() {
     try {
-      await api("POST", "/api/auth/logout", { quiet: true });
+      if (this.methods?.oidc) {
+        // single sign-on: the hub says whether the provider's end-session page comes next
+        const r = await api("POST", "/api/auth/oidc/logout", { quiet: true });
+        if (r.redirect && r.redirect !== "/") {
+          location.assign(r.redirect);
+          return;
+        }
+      } else {
+        await api("POST", "/api/auth/logout", { quiet: true });
+      }
     } catch {
       /* the session may already be gone */
     }
