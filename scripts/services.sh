@@ -56,6 +56,19 @@ fi
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^codehub/' || true
 command -v git >/dev/null || apt_install git
 command -v ip >/dev/null || apt_install iproute2  # the isolation tests build an "outside" network namespace
+# Node.js and the packages of the test OpenID provider (tests/oidc_provider, run by the single sign-on tests);
+# `npm ci` runs again only when package-lock.json changed since the last install
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+  || log "WARNING: node $(node --version) is older than 20.19, which oidc-provider needs"
+provider_dir=$here/tests/oidc_provider
+lock_sum=$(sha256sum "$provider_dir/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$provider_dir/node_modules/.codehub-lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
+  log "installing the test OpenID provider's packages (npm ci)"
+  (cd "$provider_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" > "$provider_dir/node_modules/.codehub-lock-sha256"
+fi
+log "Node.js $(node --version), oidc-provider $(node -p "require('$provider_dir/node_modules/oidc-provider/package.json').version")"
 # the bench's load generators and reference proxy (`just bench`; CI runs `just bench --quick`)
 for tool in wrk hey nginx; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || apt_install "$tool"; done
 log "services ready"
