@@ -294,7 +294,7 @@ def _check(settings: Settings) -> None:
     if settings.secret_key and len(settings.secret_key) < 32:
         raise SettingsError("CODEHUB_SECRET_KEY must be at least 32 characters")
     if settings.oidc_issuer:
-        if not re.fullmatch(r"https?://[^\s?#]+", settings.oidc_issuer):
+        if len(settings.oidc_issuer) > 255 or not re.fullmatch(r"https?://[^\s?#]+", settings.oidc_issuer):
             raise SettingsError("CODEHUB_OIDC_ISSUER must be an http(s) URL without query or fragment")
         if not settings.oidc_client_id:
             raise SettingsError("CODEHUB_OIDC_CLIENT_ID is required with CODEHUB_OIDC_ISSUER")

@@ -25,6 +25,7 @@ from app.controllers.deps import error_responses
 from app.errors import DomainError, NotFound
 from app.services.auth.access import Principal, audit_entry, safe_next
 from app.services.auth.oidc import LOGIN_COOKIE, LOGIN_TTL
+from app.services.auth.ratelimit import enforce, login_limit
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def refusal_page(error: DomainError, cookies: list[Cookie]) -> Response[str]:
         body,
         status_code=error.status,
         media_type="text/html; charset=utf-8",
-        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
+        headers={**SECURITY_HEADERS, "Cache-Control": "no-store", **error.headers},
         cookies=cookies,
     )
 
@@ -107,7 +108,9 @@ class SsoController(Controller):
         """Send the browser to the OpenID provider, holding the sign-in's secrets in a signed cookie."""
         if not ctx.oidc.enabled:
             return refusal_page(NotFound("single sign-on is not configured on this hub", code="oidc_off"), [])
-        try:
+        client = request.client.host if request.client else "-"
+        try:  # every start writes a state row: bounded per client address like password attempts
+            await enforce(ctx.rate_limiter, f"oidc|{client}", login_limit(ctx.settings))
             start = await ctx.oidc.begin(hub_base(request, ctx.settings) + CALLBACK_PATH, safe_next(next))
         except DomainError as exc:
             return refusal_page(exc, [])

@@ -112,6 +112,8 @@ def _assert_refused(r: httpx.Response, status: int, code: str) -> None:
         ("audience", "oidc_audience", "another client"),
         ("expired", "oidc_expired", "expired"),
         ("signature", "oidc_bad_signature", "signature does not verify"),
+        ("nonce", "oidc_nonce", "nonce differs"),
+        ("unsigned", "oidc_bad_id_token", "algorithm the hub refuses"),
     ],
 )
 async def test_bad_id_tokens_are_refused_with_a_page(
@@ -121,7 +123,7 @@ async def test_bad_id_tokens_are_refused_with_a_page(
         await hub.provider.set_fault(fault)
         r = await browser.get(await provider_round_trip(browser, "alice"))
         _assert_refused(r, 400, code)
-        assert words in r.text
+        assert words in r.text, r.text
         assert (await _me(hub, browser)).status_code == 401
         assert (await _user_rows(hub, "alice"))[0] is None  # nothing written
         # the same provider, healthy again: the same browser signs in
@@ -269,3 +271,29 @@ async def test_an_unreachable_provider_is_a_clear_page(tmp_path: Path, db_url: s
         _assert_refused(await browser.get("/auth/oidc/login"), 503, "oidc_unavailable")
         r = await browser.get("/auth/oidc/callback", params={"state": "x", "code": "y"})
         _assert_refused(r, 400, "oidc_no_login")
+
+
+async def test_a_disabled_user_is_refused(tmp_path: Path, db_url: str) -> None:
+    async with sso_hub(tmp_path, db_url) as hub, hub.browser() as browser:
+        assert (await browser.get(await provider_round_trip(browser, "bob"))).status_code == 303
+        user_id = (await _me(hub, browser)).json()["id"]
+        async with httpx.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {hub.admin_token}"}) as admin:
+            assert (await admin.patch(f"/api/admin/users/{user_id}", json={"disabled": True})).status_code == 200
+        async with hub.browser() as again:
+            _assert_refused(await again.get(await provider_round_trip(again, "bob")), 403, "account_disabled")
+
+
+async def test_without_an_issuer_there_is_no_single_sign_on(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path / "data", database_url=db_url)
+    async with running_hub(settings) as hub, httpx.AsyncClient(base_url=hub.url) as browser:
+        assert (await browser.get("/api/auth/methods")).json() == {"password": True, "oidc": None}
+        _assert_refused(await browser.get("/auth/oidc/login"), 404, "oidc_off")
+        _assert_refused(await browser.get("/auth/oidc/callback", params={"state": "x", "code": "y"}), 404, "oidc_off")
+
+
+async def test_sign_in_starts_are_rate_limited_per_client(tmp_path: Path, db_url: str) -> None:
+    async with sso_hub(tmp_path, db_url, login_rate_per_minute=1, login_rate_burst=2) as hub, hub.browser() as browser:
+        assert [(await browser.get("/auth/oidc/login")).status_code for _ in range(2)] == [303, 303]
+        r = await browser.get("/auth/oidc/login")
+        _assert_refused(r, 429, "login_rate_limited")
+        assert int(r.headers["retry-after"]) >= 1

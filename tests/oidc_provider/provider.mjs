@@ -10,7 +10,9 @@
 // Users: alice (password alice-pass, groups devs and hub-admins) and bob (password bob-pass, group designers).
 // Control routes (POST, JSON body, X-Control-Token header):
 //   /_test/groups {"user": "bob", "groups": ["devs"]}        change a user's groups claim
-//   /_test/fault  {"mode": "none|audience|expired|signature"} make the token endpoint hand out bad ID tokens
+//   /_test/fault  {"mode": "none|audience|expired|signature|nonce|unsigned"}
+//                 make the token endpoint hand out bad ID tokens (for another client, expired, tampered after
+//                 signing, answering another sign-in, or with "alg": "none")
 // The first line on stdout is {"issuer": "..."} once the provider listens.
 
 import { createServer } from 'node:http';
@@ -31,7 +33,7 @@ const USERS = {
   bob: { sub: 'sub-0002-bob', password: 'bob-pass', name: 'Bob Example', groups: ['designers'] },
 };
 const bySub = new Map(Object.entries(USERS).map(([login, user]) => [user.sub, { login, ...user }]));
-const FAULTS = new Set(['none', 'audience', 'expired', 'signature']);
+const FAULTS = new Set(['none', 'audience', 'expired', 'signature', 'nonce', 'unsigned']);
 let fault = 'none';
 
 const controlToken = options.CONTROL_TOKEN || '';
@@ -99,7 +101,12 @@ async function badIdToken(idToken) {
     const body = Buffer.from(JSON.stringify({ ...claims, groups: ['hub-admins'] })).toString('base64url');
     return `${head}.${body}.${signature}`;
   }
+  if (fault === 'unsigned') {
+    const head = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
+    return `${head}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.`;
+  }
   if (fault === 'audience') claims.aud = 'some-other-client';
+  if (fault === 'nonce') claims.nonce = 'a-nonce-of-another-sign-in';
   if (fault === 'expired') Object.assign(claims, { iat: now - 7200, exp: now - 3600 });
   return new SignJWT(claims).setProtectedHeader(header).sign(signingKey);
 }

@@ -64,6 +64,7 @@ CLOCK_LEEWAY = 60
 HTTP_TIMEOUT = 10.0
 ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_GROUPS = 256
+MAX_SUBJECT = 255  # the column holding it
 _ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
 
 
@@ -329,6 +330,9 @@ class OidcClient:
             "nonce": {"essential": True, "value": nonce},
         }
         params = {"nonce": nonce, "client_id": self.settings.oidc_client_id, "access_token": token.get("access_token")}
+        subject = decoded.claims.get("sub")
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
+            raise refused("oidc_bad_claim", "the ID token's subject is missing or too long: refused")
         claims = CodeIDToken(decoded.claims, decoded.header, options, params)
         try:
             claims.validate(leeway=CLOCK_LEEWAY)
