@@ -47,6 +47,14 @@ class SignInMethods(msgspec.Struct):
     oidc: OidcProviderOut | None = None
 
 
+class GroupOut(msgspec.Struct):
+    """A group a user is in; ``source`` is ``oidc`` (synced at sign-in) or ``local``."""
+
+    id: int
+    name: str
+    source: str
+
+
 class LogoutOut(msgspec.Struct):
     """Where the browser goes after logout: the provider's end-session page, or the hub."""
 
@@ -102,6 +110,11 @@ class SsoController(Controller):
         """The sign-in methods this hub offers (the dashboard shows a button per method)."""
         provider = OidcProviderOut(ctx.oidc.provider_name, "/auth/oidc/login") if ctx.oidc.enabled else None
         return SignInMethods(ctx.settings.password_login, provider)
+
+    @get("/api/auth/groups", operation_id="myGroups", responses=error_responses(401))
+    async def my_groups(self, ctx: AppContext, principal: Principal) -> list[GroupOut]:
+        """The groups I am in (those from the provider as of my last sign-in)."""
+        return [GroupOut(g.id, g.name, g.source) for g in await ctx.identities.groups_of(principal.user_id)]
 
     @get("/auth/oidc/login", opt={"public": True}, include_in_schema=False)
     async def login(self, request: Request[Any, Any, Any], ctx: AppContext, next: str | None = None) -> Response[Any]:

@@ -174,6 +174,8 @@ async def test_groups_and_admin_role_follow_the_provider_at_every_sign_in(tmp_pa
         assert r.status_code == 303
         assert (await _me(hub, browser)).json()["role"] == "admin"
         assert (await _user_rows(hub, "alice"))[1] == ["devs", "hub-admins"]
+        mine = (await browser.get("/api/auth/groups")).json()
+        assert [(g["name"], g["source"]) for g in mine] == [("devs", "oidc"), ("hub-admins", "oidc")]
         assert (await browser.get("/api/admin/users")).status_code == 200
 
         await hub.provider.set_groups("alice", ["devs", "ops"])
@@ -190,6 +192,7 @@ async def test_groups_and_admin_role_follow_the_provider_at_every_sign_in(tmp_pa
         async with hub.browser() as third:
             assert (await third.get(await provider_round_trip(third, "alice"))).status_code == 303
         assert (await _user_rows(hub, "alice"))[1] == []
+        assert (await browser.get("/api/auth/groups")).json() == []
 
 
 async def test_allowed_groups_gate_the_sign_in(tmp_path: Path, db_url: str) -> None:

@@ -71,3 +71,32 @@ async def test_sign_in_with_the_provider_and_out_again_in_chromium(tmp_path: Pat
             assert "codehub_session" not in cookies
         finally:
             await browser.close()
+
+
+async def test_with_password_sign_in_off_the_dashboard_offers_only_the_provider(tmp_path: Path, db_url: str) -> None:
+    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
+    from playwright.async_api import async_playwright, expect
+
+    async with sso_hub(tmp_path, db_url, password_login=False) as hub, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{hub.url}/?next=/%23audit")  # as the relay's sign-in page links here
+            await expect(page.locator("#sso-login")).to_be_visible()
+            await expect(page.locator("#login-username")).to_be_hidden()
+            await expect(page.locator("#login-submit")).to_be_hidden()
+            await page.screenshot(path=str(ARTIFACTS / "sso-only.png"))
+            await page.click("#sso-login")
+            await page.wait_for_url(f"{hub.provider.issuer}/interaction/**")
+            await page.fill("#idp-username", "bob")
+            await page.fill("#idp-password", "wrong-password")
+            await page.click("#idp-submit")
+            await expect(page.locator("#error")).to_be_visible()  # the provider's own refusal
+            await page.fill("#idp-username", "bob")
+            await page.fill("#idp-password", "bob-pass")
+            await page.click("#idp-submit")
+            await page.wait_for_url(f"{hub.url}/#audit")
+            await expect(page.locator("#whoami")).to_have_text("bob")
+        finally:
+            await browser.close()
