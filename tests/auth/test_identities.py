@@ -1,0 +1,100 @@
+"""Users of the OpenID provider on a real database: keyed by (issuer, subject), never by e-mail or name;
+concurrent first sign-ins make one user; group sync leaves local groups alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from app import db
+from app.models import Group, User, UserGroup, UserIdentity
+from app.services.auth.identities import LOCAL_SOURCE, IdentityService, ensure_groups
+from app.services.auth.oidc import OidcIdentity
+from app.services.auth.users import AuthService
+from tests.support.databases import fresh_database
+from tests.support.services import need_postgres
+from tests.support.settings import make_settings
+
+pytestmark = pytest.mark.anyio
+ISSUER = "https://id.example.test"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of each kind."""
+    if request.param == "postgres":
+        need_postgres()
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def identities(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[IdentityService, db.SessionMaker]]:
+    """The identity service on that database (admin groups: ``admins``)."""
+    settings = make_settings(tmp_path, database_url=db_url, oidc_admin_groups=("admins",))
+    engine = db.create_engine(settings)
+    sessionmaker = db.create_sessionmaker(engine)
+    try:
+        yield IdentityService(sessionmaker, settings, AuthService(sessionmaker, settings)), sessionmaker
+    finally:
+        await engine.dispose()
+
+
+def _identity(subject: str, *, issuer: str = ISSUER, name: str = "alice", groups: tuple[str, ...] = ()) -> OidcIdentity:
+    return OidcIdentity(issuer, subject, name, f"{name}@example.test", name.title(), groups)
+
+
+async def test_same_email_or_name_with_another_subject_is_another_user(
+    identities: tuple[IdentityService, db.SessionMaker],
+) -> None:
+    service, _ = identities
+    alice = await service.sign_in(_identity("s-1"))
+    impostor = await service.sign_in(_identity("s-2"))  # same preferred_username and e-mail, other subject
+    other_issuer = await service.sign_in(_identity("s-1", issuer="https://other.example.test"))
+    assert len({alice.id, impostor.id, other_issuer.id}) == 3
+    assert (alice.username, impostor.username, other_issuer.username) == ("alice", "alice-2", "alice-3")
+    again = await service.sign_in(_identity("s-1", name="renamed"))  # hints may change: still the same user
+    assert again.id == alice.id and again.username == "alice"
+
+
+async def test_hints_that_make_no_username_fall_back(identities: tuple[IdentityService, db.SessionMaker]) -> None:
+    service, _ = identities
+    weird = OidcIdentity(ISSUER, "s-9", "  ../..  ", "+++@x", "€€", ())
+    assert (await service.sign_in(weird)).username == "user"
+
+
+async def test_concurrent_first_sign_ins_make_one_user(identities: tuple[IdentityService, db.SessionMaker]) -> None:
+    service, sessionmaker = identities
+    users: list[int] = []
+
+    async def sign_in() -> None:
+        users.append((await service.sign_in(_identity("s-race", groups=("devs", "ops")))).id)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(sign_in)
+    assert len(set(users)) == 1
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count(UserIdentity.id))) == 1
+        assert await session.scalar(select(func.count(User.id))) == 1
+        assert await session.scalar(select(func.count(Group.id))) == 2
+
+
+async def test_sync_replaces_provider_groups_and_keeps_local_ones(
+    identities: tuple[IdentityService, db.SessionMaker],
+) -> None:
+    service, sessionmaker = identities
+    user = await service.sign_in(_identity("s-1", groups=("devs", "admins")))
+    assert user.role == "admin"
+    async with sessionmaker() as session:
+        [local] = await ensure_groups(session, ("devs",), LOCAL_SOURCE)  # a local group with a provider's name
+        session.add(UserGroup(user_id=user.id, group_id=local.id))
+        await session.commit()
+    user = await service.sign_in(_identity("s-1", groups=("ops",)))
+    assert user.role == "user"
+    groups = [(g.source, g.name) for g in await service.groups_of(user.id)]
+    assert groups == [("local", "devs"), ("oidc", "ops")]
