@@ -13,6 +13,8 @@
 //   /_test/fault  {"mode": "none|audience|expired|signature|nonce|unsigned"}
 //                 make the token endpoint hand out bad ID tokens (for another client, expired, tampered after
 //                 signing, answering another sign-in, or with "alg": "none")
+//   /_test/timings {}  the provider's own milliseconds per token, userinfo and JWKS request since the last call
+//                 (the hub's bench subtracts them from its callback's time)
 // The first line on stdout is {"issuer": "..."} once the provider listens.
 
 import { createServer } from 'node:http';
@@ -35,6 +37,8 @@ const USERS = {
 const bySub = new Map(Object.entries(USERS).map(([login, user]) => [user.sub, { login, ...user }]));
 const FAULTS = new Set(['none', 'audience', 'expired', 'signature', 'nonce', 'unsigned']);
 let fault = 'none';
+const TIMED = new Set(['/token', '/me', '/jwks']);
+let timings = [];
 
 const controlToken = options.CONTROL_TOKEN || '';
 if (controlToken.length < 16) throw new Error('CONTROL_TOKEN must be at least 16 characters');
@@ -160,6 +164,9 @@ provider.use(async (ctx, next) => {
       USERS[body.user].groups = body.groups.map(String);
       bySub.get(USERS[body.user].sub).groups = USERS[body.user].groups;
       ctx.body = { user: body.user, groups: USERS[body.user].groups };
+    } else if (ctx.path === '/_test/timings') {
+      ctx.body = { timings };
+      timings = [];
     } else if (ctx.path === '/_test/fault' && FAULTS.has(body.mode)) {
       fault = body.mode;
       ctx.body = { fault };
@@ -197,9 +204,13 @@ provider.use(async (ctx, next) => {
     ctx.status = 405;
     return;
   }
+  const started = process.hrtime.bigint();
   await next();
   if (fault !== 'none' && ctx.path === '/token' && ctx.status === 200 && ctx.body?.id_token) {
     ctx.body = { ...ctx.body, id_token: await badIdToken(ctx.body.id_token) };
+  }
+  if (TIMED.has(ctx.path) && timings.length < 100000) {
+    timings.push({ path: ctx.path, ms: Number(process.hrtime.bigint() - started) / 1e6 });
   }
 });
 

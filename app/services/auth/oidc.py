@@ -61,6 +61,7 @@ LOGIN_TTL = 600  # seconds a sign-in may take at the provider
 METADATA_TTL = 3600.0
 JWKS_MIN_REFRESH = 30.0  # an unknown key id fetches the JWKS again, at most this often
 CLOCK_LEEWAY = 60
+SWEEP_INTERVAL = 60.0  # seconds between deletions of expired login states
 HTTP_TIMEOUT = 10.0
 ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_GROUPS = 256
@@ -138,6 +139,7 @@ class OidcClient:
         self._jwks: KeySet | None = None
         self._jwks_at = 0.0
         self._lock = anyio.Lock()
+        self._swept_at = -SWEEP_INTERVAL
 
     @property
     def enabled(self) -> bool:
@@ -185,7 +187,9 @@ class OidcClient:
         verifier += secrets.token_urlsafe(24)  # 43..128 characters (RFC 7636)
         expires = int(time.time()) + LOGIN_TTL
         async with self._sessionmaker() as session:
-            await session.execute(delete(OidcLoginState).where(OidcLoginState.expires_at <= utcnow()))
+            if time.monotonic() - self._swept_at > SWEEP_INTERVAL:  # expired rows go now and then, not per sign-in
+                self._swept_at = time.monotonic()
+                await session.execute(delete(OidcLoginState).where(OidcLoginState.expires_at <= utcnow()))
             session.add(OidcLoginState(state_hash=_digest(state), expires_at=utcnow() + timedelta(seconds=LOGIN_TTL)))
             await session.commit()
         scopes = list(dict.fromkeys(["openid", *self.settings.oidc_scopes]))
