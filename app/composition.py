@@ -90,6 +90,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             stack.push_async_callback(revocations.aclose)
         auth = AuthService(sessionmaker, settings, revocations)
         oidc = OidcClient(settings, sessionmaker, server_key(settings) if settings.oidc_issuer else b"")
+        stack.push_async_callback(oidc.aclose)
         audit = AuditLog(sessionmaker)
         workspaces = WorkspaceService(sessionmaker, settings, hub)
         templates = TemplateService(sessionmaker, settings, hub)

@@ -300,3 +300,11 @@ async def test_sign_in_starts_are_rate_limited_per_client(tmp_path: Path, db_url
         r = await browser.get("/auth/oidc/login")
         _assert_refused(r, 429, "login_rate_limited")
         assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_a_provider_gone_mid_sign_in_is_a_clear_page(tmp_path: Path, db_url: str) -> None:
+    async with sso_hub(tmp_path, db_url) as hub, hub.browser() as browser:
+        callback = await provider_round_trip(browser, "alice")
+        await hub.provider.stop()
+        _assert_refused(await browser.get(callback), 503, "oidc_unavailable")
+        assert (await _me(hub, browser)).status_code == 401

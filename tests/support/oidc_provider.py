@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import httpx
+from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from app.factory import create_app
@@ -55,6 +56,7 @@ class OidcProvider:
     client_id: str
     client_secret: str
     control_token: str
+    process: Process | None = None
 
     async def _control(self, path: str, body: dict[str, Any]) -> None:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -64,6 +66,13 @@ class OidcProvider:
     async def set_groups(self, user: str, groups: list[str]) -> None:
         """Change the groups claim of ``user`` (alice or bob) from now on."""
         await self._control("/_test/groups", {"user": user, "groups": groups})
+
+    async def stop(self) -> None:
+        """Stop the provider now (a provider that went away mid sign-in)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            with anyio.fail_after(10):
+                await self.process.wait()
 
     async def set_fault(self, mode: str) -> None:
         """Make the token endpoint hand out bad ID tokens: ``audience``, ``expired``, ``signature`` or ``none``."""
@@ -102,6 +111,7 @@ async def running_oidc_provider(
             with anyio.fail_after(30):
                 line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 4096)
             assert json.loads(line)["issuer"] == provider.issuer, line
+            provider.process = process
             yield provider
         except (anyio.EndOfStream, anyio.IncompleteRead, TimeoutError):
             raise AssertionError(f"the OpenID provider did not start: {log_path.read_text()[-2000:]}") from None

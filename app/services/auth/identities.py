@@ -123,15 +123,16 @@ class IdentityService:
 
     @staticmethod
     async def _sync_groups(session: AsyncSession, user_id: int, names: tuple[str, ...]) -> None:
-        groups = await ensure_groups(session, names, OIDC_SOURCE)
-        wanted = {group.id for group in groups}
-        current = set(
-            await session.scalars(
-                select(UserGroup.group_id)
-                .join(Group, Group.id == UserGroup.group_id)
-                .where(UserGroup.user_id == user_id, Group.source == OIDC_SOURCE)
-            )
+        rows = await session.execute(
+            select(Group.id, Group.name)
+            .join(UserGroup, UserGroup.group_id == Group.id)
+            .where(UserGroup.user_id == user_id, Group.source == OIDC_SOURCE)
         )
+        current_names = {name: group_id for group_id, name in rows}
+        if set(current_names) == set(names):  # the common case: nothing changed since the last sign-in
+            return
+        current = set(current_names.values())
+        wanted = {group.id for group in await ensure_groups(session, names, OIDC_SOURCE)}
         if current - wanted:
             await session.execute(
                 delete(UserGroup).where(UserGroup.user_id == user_id, UserGroup.group_id.in_(current - wanted))

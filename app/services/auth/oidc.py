@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 from authlib.common.urls import add_params_to_uri
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oidc.core import CodeIDToken
@@ -133,7 +134,9 @@ class OidcClient:
         self.issuer = settings.oidc_issuer.rstrip("/")
         self._sessionmaker = sessionmaker
         self._cookie_key = hmac.new(key, b"codehub oidc login cookie", hashlib.sha256).digest()
-        self._tls = ssl.create_default_context()  # built once: a context per request costs milliseconds
+        # one pool of connections to the provider for every sign-in (a client per request costs milliseconds)
+        self._tls = ssl.create_default_context()
+        self._http = httpx.AsyncClient(verify=self._tls, timeout=HTTP_TIMEOUT, follow_redirects=False)
         self._metadata: dict[str, Any] | None = None
         self._metadata_until = 0.0
         self._jwks: KeySet | None = None
@@ -151,8 +154,9 @@ class OidcClient:
         """The name on the "Sign in with …" button."""
         return self.settings.oidc_provider_name or urlsplit(self.issuer).hostname or "single sign-on"
 
-    def _http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=self._tls, follow_redirects=False)
+    async def aclose(self) -> None:
+        """Close the connections to the provider."""
+        await self._http.aclose()
 
     async def metadata(self) -> dict[str, Any]:
         """The provider's discovery document (cached); 502/503 when it cannot be had or does not fit."""
@@ -163,8 +167,7 @@ class OidcClient:
                 return self._metadata
             url = f"{self.issuer}/.well-known/openid-configuration"
             try:
-                async with self._http() as client:
-                    response = await client.get(url)
+                response = await self._http.get(url)
                 response.raise_for_status()
                 found = response.json()
             except (httpx.HTTPError, ValueError) as exc:
@@ -278,18 +281,17 @@ class OidcClient:
             timeout=HTTP_TIMEOUT,
             verify=self._tls,
         )
-        try:
+        try:  # a client per exchange: Authlib's keeps the token it fetched (and may run on httpx2, not httpx)
             async with client:
                 token = await client.fetch_token(
                     metadata["token_endpoint"], code=code, redirect_uri=redirect_uri, code_verifier=verifier
                 )
-        except httpx.HTTPError as exc:
+        except OAuthError as exc:  # the provider's error answer (invalid_grant: a used or expired code, …)
+            log.warning("OpenID token request refused: %s", exc.error)
+            raise refused("oidc_code_refused", "the OpenID provider refused the sign-in code: sign in again") from None
+        except Exception as exc:  # no answer (httpx or httpx2, whichever Authlib runs on), or no token response
             log.warning("OpenID token request failed: %s", type(exc).__name__)
             raise ServiceUnavailable("the OpenID provider did not answer; try again", code="oidc_unavailable") from None
-        except Exception as exc:  # Authlib's OAuthError, or a body that is no token response
-            error = getattr(exc, "error", "") or type(exc).__name__
-            log.warning("OpenID token request refused: %s", error)
-            raise refused("oidc_code_refused", "the OpenID provider refused the sign-in code: sign in again") from None
         if not isinstance(token, dict) or not isinstance(token.get("id_token"), str):
             raise refused("oidc_no_id_token", "the OpenID provider sent no ID token")
         return dict(token)
@@ -298,8 +300,7 @@ class OidcClient:
         if self._jwks is not None and not (refresh and time.monotonic() - self._jwks_at > JWKS_MIN_REFRESH):
             return self._jwks
         try:
-            async with self._http() as client:
-                response = await client.get(metadata["jwks_uri"])
+            response = await self._http.get(metadata["jwks_uri"])
             response.raise_for_status()
             self._jwks = KeySet.import_key_set(response.json())
         except (httpx.HTTPError, ValueError, JoseError) as exc:
@@ -354,8 +355,7 @@ class OidcClient:
         if not isinstance(endpoint, str) or not isinstance(access_token, str):
             return {}
         try:
-            async with self._http() as client:
-                response = await client.get(endpoint, headers={"Authorization": f"Bearer {access_token}"})
+            response = await self._http.get(endpoint, headers={"Authorization": f"Bearer {access_token}"})
             response.raise_for_status()
             info = response.json()
         except (httpx.HTTPError, ValueError) as exc:
