@@ -75,13 +75,14 @@ async def test_concurrent_first_sign_ins_make_one_user(identities: tuple[Identit
         users.append((await service.sign_in(_identity("s-race", groups=("devs", "ops")))).id)
 
     async with anyio.create_task_group() as tg:
-        for _ in range(8):
+        for _ in range(12):
             tg.start_soon(sign_in)
     assert len(set(users)) == 1
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count(UserIdentity.id))) == 1
         assert await session.scalar(select(func.count(User.id))) == 1
         assert await session.scalar(select(func.count(Group.id))) == 2
+        assert await session.scalar(select(func.count()).select_from(UserGroup)) == 2
 
 
 async def test_sync_replaces_provider_groups_and_keeps_local_ones(

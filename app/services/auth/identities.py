@@ -137,8 +137,12 @@ class IdentityService:
             await session.execute(
                 delete(UserGroup).where(UserGroup.user_id == user_id, UserGroup.group_id.in_(current - wanted))
             )
-        session.add_all(UserGroup(user_id=user_id, group_id=group_id) for group_id in wanted - current)
-        await session.flush()
+        for group_id in wanted - current:
+            try:
+                async with session.begin_nested():
+                    session.add(UserGroup(user_id=user_id, group_id=group_id))
+            except IntegrityError:  # a concurrent sign-in of the same user added it first
+                pass
 
     async def groups_of(self, user_id: int) -> list[Group]:
         """The groups a user is in, by source then name."""
