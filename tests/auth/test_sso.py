@@ -308,3 +308,16 @@ async def test_a_provider_gone_mid_sign_in_is_a_clear_page(tmp_path: Path, db_ur
         await hub.provider.stop()
         _assert_refused(await browser.get(callback), 503, "oidc_unavailable")
         assert (await _me(hub, browser)).status_code == 401
+
+
+async def test_a_changed_issuer_or_code_in_the_answer_is_refused(tmp_path: Path, db_url: str) -> None:
+    async with sso_hub(tmp_path, db_url) as hub, hub.browser() as browser:
+        callback = httpx.URL(await provider_round_trip(browser, "alice"))
+        assert callback.params["iss"] == hub.provider.issuer  # the provider names itself (RFC 9207)
+        mixed_up = callback.copy_set_param("iss", "https://evil.example.test")
+        _assert_refused(await browser.get(mixed_up), 400, "oidc_issuer")
+        async with hub.browser() as second:
+            callback = httpx.URL(await provider_round_trip(second, "alice"))
+            forged = callback.copy_set_param("code", callback.params["code"][::-1])
+            _assert_refused(await second.get(forged), 400, "oidc_code_refused")
+            assert (await _me(hub, second)).status_code == 401

@@ -1,7 +1,7 @@
 // A real OpenID provider (node-oidc-provider) for code-hub's single sign-on tests. Never for production.
 //
 // Configuration (environment, or --name=value arguments):
-//   PORT                      port on 127.0.0.1 (0 = any free one); the issuer is http://127.0.0.1:<port>
+//   PORT                      a free port on 127.0.0.1 (required); the issuer is http://127.0.0.1:<port>
 //   CLIENT_ID, CLIENT_SECRET  the one registered client (confidential, client_secret_basic, PKCE required)
 //   REDIRECT_URIS             comma-separated redirect URIs of that client
 //   POST_LOGOUT_REDIRECT_URIS comma-separated post-logout redirect URIs of that client
