@@ -39,9 +39,9 @@ from app.services.auth.users import AuthService
 from app.services.files import patches
 from app.services.runtime.cache import StatusCache
 from app.services.runtime.engines import Engines, make_status_cache
+from app.services.runtime.ide_secret import server_key
 from app.services.templates.images import TemplateImages
 from app.services.templates.service import TemplateService
-from app.services.runtime.ide_secret import server_key
 from app.services.workspaces.lifecycle import Lifecycle
 from app.services.workspaces.log_pump import LogPumps
 from app.services.workspaces.ops import WorkspaceOps

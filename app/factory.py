@@ -33,8 +33,8 @@ from app.controllers.middleware import RequestContextMiddleware
 from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
 from app.controllers.patches import PatchController
 from app.controllers.servers import ServersController
-from app.controllers.templates import AdminTemplatesController, TemplatesController
 from app.controllers.sso import SsoController
+from app.controllers.templates import AdminTemplatesController, TemplatesController
 from app.controllers.workspaces import WorkspacesController
 from app.logging_setup import configure_logging
 from app.settings import Settings, load_settings

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: users, API tokens, identities and groups, servers (Docker hosts), templates, workspaces, audit events."""
+"""SQLAlchemy models: users, API tokens, identities and groups, servers, templates, workspaces, audit events."""
 
 from __future__ import annotations
 
