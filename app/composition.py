@@ -37,6 +37,7 @@ from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_
 from app.services.auth.revocations import RedisRevocations
 from app.services.auth.users import AuthService
 from app.services.files import patches
+from app.services.quotas.service import QuotaService
 from app.services.runtime.cache import StatusCache
 from app.services.runtime.engines import Engines, make_status_cache
 from app.services.runtime.ide_secret import server_key
@@ -92,7 +93,8 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         oidc = OidcClient(settings, sessionmaker, server_key(settings) if settings.oidc_issuer else b"")
         stack.push_async_callback(oidc.aclose)
         audit = AuditLog(sessionmaker)
-        workspaces = WorkspaceService(sessionmaker, settings, hub)
+        quotas = QuotaService(sessionmaker, settings)
+        workspaces = WorkspaceService(sessionmaker, settings, hub, quotas)
         templates = TemplateService(sessionmaker, settings, hub)
         await _bootstrap_admin(settings, auth)
         await templates.ensure_default()
@@ -101,7 +103,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         stack.callback(tasks.cancel_scope.cancel)
         engines: Engines = await tasks.start(_hold_engines, settings, sessionmaker, make_status_cache(settings, redis))
         servers = ServerService(sessionmaker, engines, hub)
-        lifecycle = Lifecycle(sessionmaker, settings, hub, engines, workspaces, servers, tasks, templates)
+        lifecycle = Lifecycle(sessionmaker, settings, hub, engines, workspaces, servers, tasks, templates, quotas)
         log_pumps = LogPumps(lifecycle, sessionmaker, tasks, redis)
         lifecycle.listeners.append(log_pumps.on_lifecycle)
         reconciler = Reconciler(lifecycle)
@@ -147,6 +149,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             ai_owners=ai_owners,
             relay=relay,
             templates=templates,
+            quotas=quotas,
             template_images=TemplateImages(sessionmaker, settings, engines, hub, tasks),
         )
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: users, API tokens, identities and groups, servers, templates, workspaces, audit events."""
+"""SQLAlchemy models: users, API tokens, identities and groups, servers, templates, workspaces, audit, quotas."""
 
 from __future__ import annotations
 
@@ -307,3 +307,19 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Quota(Base):
+    """Limits for one subject (``kind`` ``user`` with the user id; ``group`` is reserved for groups).
+
+    A ``None`` limit means no limit of that kind for this subject."""
+
+    __tablename__ = "quotas"
+
+    subject_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_workspaces: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_running: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_cpu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -83,6 +83,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     default_memory_mb: Annotated[int, msgspec.Meta(ge=64)] = 2048
     max_memory_mb: Annotated[int, msgspec.Meta(ge=64)] = 16384
     max_workspaces_per_user: Annotated[int, msgspec.Meta(ge=0)] = 20
+    quota_workspaces: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    quota_running: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    quota_cpu: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    quota_memory: Annotated[int, msgspec.Meta(ge=0)] | None = None
     allow_file_git_urls: bool = False
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10_485_760
@@ -178,6 +182,11 @@ SETTING_HELP: dict[str, str] = {
     "default_memory_mb": "Memory (MiB) for a workspace when the request names none.",
     "max_memory_mb": "Largest memory (MiB) a workspace may ask for.",
     "max_workspaces_per_user": "Workspaces a non-admin user may own (0 = unlimited).",
+    "quota_workspaces": "Default quota: workspaces a user may own, unless the user has a quota of their own "
+    "(unset = unlimited).",
+    "quota_running": "Default quota: workspaces a user may have starting or running at once (unset = unlimited).",
+    "quota_cpu": "Default quota: total CPUs of a user's running workspaces (unset = unlimited).",
+    "quota_memory": "Default quota: total memory (MiB) of a user's running workspaces (unset = unlimited).",
     "allow_file_git_urls": "Allow file:// git URLs (admins only; for tests and air-gapped mirrors).",
     "max_body_bytes": "Largest JSON request body.",
     "max_file_bytes": "Largest file written or read through the files API.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.db import SessionMaker
@@ -28,6 +29,7 @@ from app.errors import Conflict, DomainError, NotFound
 from app.events import EventPublisher
 from app.models import Workspace, WorkspaceState, utcnow
 from app.services.auth.access import Principal
+from app.services.quotas.service import QuotaService
 from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
 from app.services.runtime.common import purge_dir as purge_tree
 from app.services.runtime.engines import Engines
@@ -63,6 +65,7 @@ class Lifecycle:
         servers: ServerService,
         tasks: TaskGroup,
         templates: TemplateService | None = None,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
@@ -72,6 +75,7 @@ class Lifecycle:
         self.servers = servers
         self._tasks = tasks
         self.templates = templates
+        self.quotas = quotas
         self.starts: dict[str, anyio.Event] = {}
         self._clones: dict[str, anyio.Event] = {}
         self._activity: dict[str, float] = {}
@@ -98,9 +102,12 @@ class Lifecycle:
         *,
         generation: int | None = None,
         bump: bool = False,
+        guard: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
         **values: Any,
     ) -> Workspace | None:
-        """``UPDATE … WHERE id AND state IN states [AND generation]``; the updated row, or None if no match."""
+        """``UPDATE … WHERE id AND state IN states [AND generation]``; the updated row, or None if no match.
+
+        ``guard(session, id)`` runs first in the same transaction (it may lock and raise to refuse)."""
         query = update(Workspace).where(Workspace.id == workspace_id, Workspace.state.in_(states))
         if generation is not None:
             query = query.where(Workspace.generation == generation)
@@ -110,6 +117,8 @@ class Lifecycle:
         if bump:
             values["generation"] = Workspace.generation + 1
         async with self.sessionmaker() as session:
+            if guard is not None:
+                await guard(session, workspace_id)
             result = await session.scalars(query.values(**values).returning(Workspace))
             ws = result.one_or_none()
             await session.commit()
@@ -181,6 +190,7 @@ class Lifecycle:
             ws.id,
             STARTABLE,
             bump=True,
+            guard=self.quotas.admit_start if self.quotas is not None else None,
             state=WorkspaceState.STARTING,
             state_reason=None,
             server_id=server_id,

@@ -21,6 +21,7 @@ from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, U
 from app.events import EventPublisher, lifecycle_topics
 from app.models import STORED_STATES, Server, Workspace, WorkspaceState, utcnow
 from app.services.auth.access import Principal, may_access
+from app.services.quotas.service import QuotaService
 from app.services.singleflight import SingleFlight
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.settings import Settings
@@ -119,8 +120,11 @@ def _list_statement(all_users: bool, with_states: bool, with_cursor: bool) -> Se
 class WorkspaceService:
     """Workspace records. The runtime (start/stop) builds on this; it never touches containers itself."""
 
-    def __init__(self, sessionmaker: SessionMaker, settings: Settings, events: EventPublisher) -> None:
+    def __init__(
+        self, sessionmaker: SessionMaker, settings: Settings, events: EventPublisher, quotas: QuotaService | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self.quotas = quotas
         self._settings = settings
         self._events = events
         engine: AsyncEngine = sessionmaker.kw["bind"]
@@ -242,6 +246,13 @@ class WorkspaceService:
             check_git_url(git_url, allow_file=self._settings.allow_file_git_urls and principal.is_admin)
             stored_url, clone_url = split_git_credentials(git_url)
         async with self._sessionmaker() as session:
+            if self.quotas is not None:
+                await self.quotas.admit_create(
+                    session,
+                    principal.user_id,
+                    cpu=cpu or self._settings.default_cpu,
+                    memory_mb=memory_mb or self._settings.default_memory_mb,
+                )
             limit = self._settings.max_workspaces_per_user
             if limit and not principal.is_admin:
                 owned = await session.scalar(

@@ -1,0 +1,78 @@
+"""``/api/admin/users/{id}/quota`` (admins: read, set, drop a user's quota) and ``/api/auth/quota`` (anyone
+signed in: their own limits and usage)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, put
+
+from app.context import AppContext
+from app.controllers.deps import error_responses, requires_admin
+from app.schemas import Body
+from app.services.auth.access import Principal, audit_entry
+from app.services.quotas.service import Limits, QuotaView
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+
+
+class QuotaBody(Body):
+    """A user's own limits; a field left out or ``null`` is unlimited."""
+
+    workspaces: Count | None = None
+    running: Count | None = None
+    cpu: Annotated[float, msgspec.Meta(ge=0, le=100_000)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] | None = None
+
+
+class AdminQuotasController(Controller):
+    """A user's quota (admin only); their usage beside it."""
+
+    path = "/api/admin/users/{user_id:int}/quota"
+    tags = ["admin"]
+    guards = [requires_admin]
+
+    @get("/", operation_id="adminGetUserQuota", responses=error_responses(401, 403, 404))
+    async def get_quota(self, user_id: int, ctx: AppContext) -> QuotaView:
+        """The user's effective limits, their source (user, group, default), their own quota and usage."""
+        return await ctx.quotas.view(user_id)
+
+    @put("/", operation_id="adminSetUserQuota", responses=error_responses(400, 401, 403, 404, 422))
+    async def set_quota(
+        self, request: Request[Any, Any, Any], user_id: int, data: QuotaBody, ctx: AppContext, principal: Principal
+    ) -> QuotaView:
+        """Give the user a quota of their own (replaces the default and their groups' for them)."""
+        limits = Limits(workspaces=data.workspaces, running=data.running, cpu=data.cpu, memory_mb=data.memory_mb)
+        view = await ctx.quotas.set_user_quota(user_id, limits)
+        await ctx.audit.record(
+            audit_entry(
+                request.scope,
+                "admin.quota.set",
+                principal,
+                target=f"user:{user_id}",
+                details=msgspec.to_builtins(limits),
+            )
+        )
+        return view
+
+    @delete("/", status_code=200, operation_id="adminDropUserQuota", responses=error_responses(401, 403, 404))
+    async def drop_quota(
+        self, request: Request[Any, Any, Any], user_id: int, ctx: AppContext, principal: Principal
+    ) -> QuotaView:
+        """Drop the user's own quota: their groups' or the hub's default applies again."""
+        view = await ctx.quotas.clear_user_quota(user_id)
+        await ctx.audit.record(audit_entry(request.scope, "admin.quota.drop", principal, target=f"user:{user_id}"))
+        return view
+
+
+class OwnQuotaController(Controller):
+    """The caller's own quota and usage."""
+
+    path = "/api/auth/quota"
+    tags = ["auth"]
+
+    @get("/", operation_id="myQuota", responses=error_responses(401))
+    async def mine(self, ctx: AppContext, principal: Principal) -> QuotaView:
+        """Your limits (``null`` = unlimited), where they come from, and what you use now."""
+        return await ctx.quotas.view(principal.user_id)
