@@ -18,12 +18,13 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
 
 
 class QuotaBody(Body):
-    """A user's own limits; a field left out or ``null`` is unlimited."""
+    """A user's own limits; a field left out or ``null`` is unlimited. (Not named ``workspaces`` etc.: a body
+    field named like a dependency turns Litestar's validation error into a 500.)"""
 
-    workspaces: Count | None = None
-    running: Count | None = None
-    cpu: Annotated[float, msgspec.Meta(ge=0, le=100_000)] | None = None
-    memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] | None = None
+    max_workspaces: Count | None = None
+    max_running: Count | None = None
+    max_cpu: Annotated[float, msgspec.Meta(ge=0, le=100_000)] | None = None
+    max_memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] | None = None
 
 
 class AdminQuotasController(Controller):
@@ -43,7 +44,12 @@ class AdminQuotasController(Controller):
         self, request: Request[Any, Any, Any], user_id: int, data: QuotaBody, ctx: AppContext, principal: Principal
     ) -> QuotaView:
         """Give the user a quota of their own (replaces the default and their groups' for them)."""
-        limits = Limits(workspaces=data.workspaces, running=data.running, cpu=data.cpu, memory_mb=data.memory_mb)
+        limits = Limits(
+            max_workspaces=data.max_workspaces,
+            max_running=data.max_running,
+            max_cpu=data.max_cpu,
+            max_memory_mb=data.max_memory_mb,
+        )
         view = await ctx.quotas.set_user_quota(user_id, limits)
         await ctx.audit.record(
             audit_entry(

@@ -40,10 +40,10 @@ GroupIds = Callable[[int], Awaitable[Sequence[str]]]
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Limits of one subject; ``None`` is unlimited."""
 
-    workspaces: int | None = None
-    running: int | None = None
-    cpu: float | None = None
-    memory_mb: int | None = None
+    max_workspaces: int | None = None
+    max_running: int | None = None
+    max_cpu: float | None = None
+    max_memory_mb: int | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,15 +79,20 @@ def most_generous(candidates: Sequence[Limits]) -> Limits | None:
         return None if any(v is None for v in values) else max(v for v in values if v is not None)
 
     return Limits(
-        workspaces=pick([c.workspaces for c in candidates]),
-        running=pick([c.running for c in candidates]),
-        cpu=pick([c.cpu for c in candidates]),
-        memory_mb=pick([c.memory_mb for c in candidates]),
+        max_workspaces=pick([c.max_workspaces for c in candidates]),
+        max_running=pick([c.max_running for c in candidates]),
+        max_cpu=pick([c.max_cpu for c in candidates]),
+        max_memory_mb=pick([c.max_memory_mb for c in candidates]),
     )
 
 
 def _limits(row: Quota) -> Limits:
-    return Limits(workspaces=row.max_workspaces, running=row.max_running, cpu=row.max_cpu, memory_mb=row.max_memory_mb)
+    return Limits(
+        max_workspaces=row.max_workspaces,
+        max_running=row.max_running,
+        max_cpu=row.max_cpu,
+        max_memory_mb=row.max_memory_mb,
+    )
 
 
 def _number(value: float) -> str:
@@ -113,7 +118,12 @@ class QuotaService:
     def default(self) -> Limits:
         """The hub-wide default of a user without a quota of their own or of a group."""
         s = self._settings
-        return Limits(workspaces=s.quota_workspaces, running=s.quota_running, cpu=s.quota_cpu, memory_mb=s.quota_memory)
+        return Limits(
+            max_workspaces=s.quota_workspaces,
+            max_running=s.quota_running,
+            max_cpu=s.quota_cpu,
+            max_memory_mb=s.quota_memory,
+        )
 
     async def _row(self, session: AsyncSession, kind: str, subject_id: str) -> Quota | None:
         return await session.get(Quota, (kind, subject_id))
@@ -161,8 +171,8 @@ class QuotaService:
             if row is None:
                 row = Quota(subject_kind=kind, subject_id=subject_id)
                 session.add(row)
-            row.max_workspaces, row.max_running = limits.workspaces, limits.running
-            row.max_cpu, row.max_memory_mb = limits.cpu, limits.memory_mb
+            row.max_workspaces, row.max_running = limits.max_workspaces, limits.max_running
+            row.max_cpu, row.max_memory_mb = limits.max_cpu, limits.max_memory_mb
             row.updated_at = utcnow()
             await session.commit()
 
@@ -202,14 +212,14 @@ class QuotaService:
         if limits == Limits():
             return
         await self.lock(session, user_id)
-        if limits.workspaces is not None:
+        if limits.max_workspaces is not None:
             usage = await self.usage(session, user_id)
-            if usage.workspaces + 1 > limits.workspaces:
-                raise exceeded("workspaces", usage.workspaces, limits.workspaces)
-        if limits.cpu is not None and cpu > limits.cpu:
-            raise exceeded("cpu of running workspaces", 0, limits.cpu, adding=cpu)
-        if limits.memory_mb is not None and memory_mb > limits.memory_mb:
-            raise exceeded("memory of running workspaces", 0, limits.memory_mb, adding=memory_mb, unit=" MiB")
+            if usage.workspaces + 1 > limits.max_workspaces:
+                raise exceeded("workspaces", usage.workspaces, limits.max_workspaces)
+        if limits.max_cpu is not None and cpu > limits.max_cpu:
+            raise exceeded("cpu of running workspaces", 0, limits.max_cpu, adding=cpu)
+        if limits.max_memory_mb is not None and memory_mb > limits.max_memory_mb:
+            raise exceeded("memory of running workspaces", 0, limits.max_memory_mb, adding=memory_mb, unit=" MiB")
 
     async def admit_start(self, session: AsyncSession, workspace_id: str) -> None:
         """Inside the transaction that moves ``workspace_id`` to ``starting``: lock its owner, then refuse when
@@ -227,11 +237,11 @@ class QuotaService:
             return
         await self.lock(session, owner_id)
         usage = await self.usage(session, owner_id, excluding=workspace_id)
-        if limits.running is not None and usage.running + 1 > limits.running:
-            raise exceeded("running workspaces", usage.running, limits.running)
-        if limits.cpu is not None and usage.cpu + cpu > limits.cpu + 1e-9:
-            raise exceeded("cpu of running workspaces", usage.cpu, limits.cpu, adding=cpu)
-        if limits.memory_mb is not None and usage.memory_mb + memory_mb > limits.memory_mb:
+        if limits.max_running is not None and usage.running + 1 > limits.max_running:
+            raise exceeded("running workspaces", usage.running, limits.max_running)
+        if limits.max_cpu is not None and usage.cpu + cpu > limits.max_cpu + 1e-9:
+            raise exceeded("cpu of running workspaces", usage.cpu, limits.max_cpu, adding=cpu)
+        if limits.max_memory_mb is not None and usage.memory_mb + memory_mb > limits.max_memory_mb:
             raise exceeded(
-                "memory of running workspaces", usage.memory_mb, limits.memory_mb, adding=memory_mb, unit=" MiB"
+                "memory of running workspaces", usage.memory_mb, limits.max_memory_mb, adding=memory_mb, unit=" MiB"
             )
