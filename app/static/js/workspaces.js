@@ -62,6 +62,28 @@ export class WorkspaceList {
     for (const id of [...this.items.keys()]) if (!seen.has(id) && !touched.has(id)) this.remove(id);
     this.sortRows();
     this.renderEmpty();
+    this.loadQuota();
+  }
+
+  /** The caller's usage against their quota, small beside the title ("3 of 4 running"). */
+  async loadQuota() {
+    let q;
+    try {
+      q = await api("GET", "/api/auth/quota", { quiet: true });
+    } catch {
+      return;
+    }
+    const { limits: l, usage: u } = q;
+    const part = (used, max, what) => (max == null ? null : `${used} of ${max} ${what}`);
+    const parts = [
+      part(u.running, l.max_running, "running") || `${u.running} running`,
+      part(u.workspaces, l.max_workspaces, "workspaces"),
+      part(u.cpu, l.max_cpu, "CPUs"),
+      part(u.memory_mb, l.max_memory_mb, "MiB"),
+    ].filter(Boolean);
+    const el = $("#quota");
+    setText(el, parts.join(" · "));
+    el.hidden = false;
   }
 
   async loadUsers() {
@@ -201,6 +223,12 @@ export class WorkspaceList {
     }
   }
 
+  /** Refresh the quota line once after a burst of lifecycle events. */
+  quotaSoon() {
+    clearTimeout(this.quotaTimer);
+    this.quotaTimer = setTimeout(() => this.loadQuota(), 300);
+  }
+
   /** Apply one event from the hub. */
   handleEvent(ev) {
     const data = ev.data || {};
@@ -208,6 +236,7 @@ export class WorkspaceList {
     if (!id) return;
     if (ev.type === "workspace.deleted") {
       if (this.items.has(id)) this.remove(id);
+      this.quotaSoon();
       return;
     }
     if (ev.type === "clone.progress") {
@@ -215,6 +244,7 @@ export class WorkspaceList {
       return;
     }
     if (!ev.type.startsWith("workspace.")) return;
+    if (ev.type in STATE_OF_TYPE) this.quotaSoon();
     if (ev.type === "workspace.progress") {
       const pct = data.percent ?? data.progress;
       const step = [data.step && String(data.step).replace(/_/g, " "), data.phase || data.status]
