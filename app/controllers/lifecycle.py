@@ -92,7 +92,7 @@ class LifecycleController(Controller):
         "/start",
         operation_id="startWorkspace",
         status_code=HTTP_202_ACCEPTED,
-        responses=error_responses(401, 404, 409, 503),
+        responses=error_responses(401, 403, 404, 409, 503),
     )
     async def start(
         self,
@@ -119,7 +119,7 @@ class LifecycleController(Controller):
         "/restart",
         operation_id="restartWorkspace",
         status_code=HTTP_202_ACCEPTED,
-        responses=error_responses(401, 404, 409, 503),
+        responses=error_responses(401, 403, 404, 409, 503),
     )
     async def restart(
         self,
