@@ -1,5 +1,5 @@
 """Where a user's limits come from, on a real database: their own quota, else the most generous of their
-groups' (through the ``group_ids`` seam the groups work fills in), else the hub default."""
+groups', else the hub default."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from app import db
+from app.models import UserGroup
+from app.services.auth.identities import ensure_groups
 from app.services.auth.users import AuthService
 from app.services.quotas.service import GROUP, Limits, QuotaService, most_generous
 from tests.support.settings import make_settings
@@ -51,5 +53,24 @@ async def test_own_then_groups_then_default(sqlite_url: str, tmp_path: Path) -> 
         assert (await quotas.clear_user_quota(user.id)).source == "group"
         groups[user.id] = ["unknown"]
         assert (await quotas.view(user.id)).source == "default"
+    finally:
+        await engine.dispose()
+
+
+async def test_group_quota_follows_real_memberships(sqlite_url: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, database_url=sqlite_url, quota_running=1)
+    engine = db.create_engine(settings)
+    try:
+        sessionmaker = db.create_sessionmaker(engine)
+        user = await AuthService(sessionmaker, settings).create_user("member-user", "password-123")
+        quotas = QuotaService(sessionmaker, settings)
+        async with sessionmaker() as session, session.begin():
+            (devs,) = await ensure_groups(session, ("devs",), "oidc")
+        await quotas.set_quota(GROUP, str(devs.id), Limits(max_running=4))
+        assert (await quotas.view(user.id)).source == "default"
+        async with sessionmaker() as session, session.begin():
+            session.add(UserGroup(user_id=user.id, group_id=devs.id))
+        view = await quotas.view(user.id)
+        assert view.source == "group" and view.limits.max_running == 4
     finally:
         await engine.dispose()

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
 from app.errors import Forbidden, NotFound
-from app.models import Quota, User, Workspace, WorkspaceState, utcnow
+from app.models import Quota, User, UserGroup, Workspace, WorkspaceState, utcnow
 from app.settings import Settings
 
 USER = "user"
@@ -63,11 +63,6 @@ class QuotaView(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits
     own: Limits | None
     usage: Usage
-
-
-async def no_groups(user_id: int) -> Sequence[str]:
-    """The group ids of a user: none until groups exist (the groups work replaces this seam)."""
-    return ()
 
 
 def most_generous(candidates: Sequence[Limits]) -> Limits | None:
@@ -110,10 +105,16 @@ def exceeded(what: str, used: float, limit: float, *, adding: float | None = Non
 class QuotaService:
     """Quota rows, effective limits, usage, and the admission checks of create and start."""
 
-    def __init__(self, sessionmaker: SessionMaker, settings: Settings, group_ids: GroupIds = no_groups) -> None:
+    def __init__(self, sessionmaker: SessionMaker, settings: Settings, group_ids: GroupIds | None = None) -> None:
         self._sessionmaker = sessionmaker
         self._settings = settings
-        self.group_ids = group_ids
+        self.group_ids = group_ids or self.memberships
+
+    async def memberships(self, user_id: int) -> Sequence[str]:
+        """The ids of the groups ``user_id`` belongs to (local and synced from the identity provider)."""
+        async with self._sessionmaker() as session:
+            rows = await session.scalars(select(UserGroup.group_id).where(UserGroup.user_id == user_id))
+            return [str(group_id) for group_id in rows]
 
     def default(self) -> Limits:
         """The hub-wide default of a user without a quota of their own or of a group."""
