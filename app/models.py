@@ -128,7 +128,9 @@ class User(Base):
 
 
 class ApiToken(Base):
-    """An opaque bearer token; only its sha256 is stored. ``kind`` is ``api`` or ``session``."""
+    """An opaque bearer token; only its sha256 is stored. ``kind`` is ``api``, ``session`` or ``workspace`` (the
+    cookie of one workspace's host in subdomain mode: ``workspace_id`` names it, ``parent_id`` the token that
+    entered, whose revocation ends it too)."""
 
     __tablename__ = "api_tokens"
 
@@ -142,6 +144,22 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    workspace_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+
+
+class WorkspaceTicket(Base):
+    """A one-time ticket that lets a browser enter one workspace's host in subdomain mode (sha256 stored)."""
+
+    __tablename__ = "workspace_tickets"
+    __table_args__ = (Index("ix_workspace_tickets_expires_at", "expires_at"),)
+
+    ticket_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    workspace_id: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class UserIdentity(Base):

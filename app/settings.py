@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -102,6 +103,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     cookie_secure: bool = False
     token_cache_ttl: Seconds = 5.0
     admin_path_access: bool = False
+    workspace_domain: str = ""
+    workspace_cookie_ttl: Annotated[float, msgspec.Meta(ge=60)] = 12 * 3600.0
     workspace_list_cache_ttl: Seconds = 1.0
     admin_username: str = ""
     admin_password: str = ""
@@ -202,6 +205,9 @@ SETTING_HELP: dict[str, str] = {
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
     "admin_path_access": "Let admins open other users' IDEs and terminals in path mode (not isolated: the workspace's "
     "pages run on the hub's origin with the admin's cookie); every opening is logged and audited as impersonation.",
+    "workspace_domain": "Subdomain mode: serve each IDE only at <id>.<this domain> and the ports a workspace serves at "
+    "<port>--<id>.<this domain> (wildcard DNS and TLS; needs CODEHUB_PUBLIC_URL); empty = path mode (/w/{id}/).",
+    "workspace_cookie_ttl": "Lifetime (s) of the cookie a browser gets on a workspace host in subdomain mode.",
     "token_cache_ttl": "Seconds a verified token is cached in-process; revocations reach other processes at once "
     "over Redis, this bounds a lost message.",
     "workspace_list_cache_ttl": "Seconds a GET /api/workspaces page is cached in-process; writes invalidate it at "
@@ -309,6 +315,21 @@ def _check(settings: Settings) -> None:
             raise SettingsError("CODEHUB_OIDC_CLIENT_ID is required with CODEHUB_OIDC_ISSUER")
         if not settings.oidc_groups_claim:
             raise SettingsError("CODEHUB_OIDC_GROUPS_CLAIM must name a claim")
+    _check_workspace_domain(settings)
     for origin in settings.allowed_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise SettingsError(f"CODEHUB_ALLOWED_ORIGINS entry {origin!r} is not an origin like https://host[:port]")
+
+
+def _check_workspace_domain(settings: Settings) -> None:
+    domain = settings.workspace_domain
+    if not domain:
+        return
+    label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    if not re.fullmatch(rf"{label}(?:\.{label})+", domain):
+        raise SettingsError("CODEHUB_WORKSPACE_DOMAIN must be a lower-case DNS name like ws.example.com")
+    if not settings.public_url:
+        raise SettingsError("CODEHUB_WORKSPACE_DOMAIN needs CODEHUB_PUBLIC_URL (the hub's own origin)")
+    host = (urlsplit(settings.public_url).hostname or "").lower()
+    if host == domain or host.endswith("." + domain):
+        raise SettingsError("CODEHUB_PUBLIC_URL must not be a host under CODEHUB_WORKSPACE_DOMAIN")

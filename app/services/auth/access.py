@@ -36,6 +36,9 @@ from app.settings import Settings
 
 TOKEN_PREFIX = "chub_"
 SESSION_COOKIE = "codehub_session"
+WORKSPACE_TOKEN_PREFIX = "chws_"  # a workspace cookie's value: never a hub credential
+WORKSPACE_TOKEN_KIND = "workspace"
+WORKSPACE_COOKIE = "codehub_ws"
 MAX_CACHED_TOKENS = 10_000
 REFRESH_AHEAD = 0.8  # of a cached token's time, after which one caller looks it up again
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -54,6 +57,7 @@ class Principal:
     role: str
     token_id: str
     token_kind: str
+    workspace_id: str | None = None  # set for a workspace cookie: it proves someone on that workspace's host only
 
     @property
     def is_admin(self) -> bool:

@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from app.db import SessionMaker
 from app.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from app.models import ApiToken, User, utcnow
-from app.services.auth.access import TOKEN_PREFIX, Principal, Revocation, TokenCache
+from app.services.auth.access import (
+    TOKEN_PREFIX,
+    WORKSPACE_TOKEN_KIND,
+    WORKSPACE_TOKEN_PREFIX,
+    Principal,
+    Revocation,
+    TokenCache,
+)
 from app.services.auth.revocations import RedisRevocations
 from app.settings import Settings
 
@@ -180,14 +187,22 @@ class AuthService:
             return list(rows)
 
     async def revoke_token(self, user_id: int, token_id: str) -> ApiToken:
-        """Revoke one of the user's tokens (404 for a foreign or unknown id)."""
+        """Revoke one of the user's tokens (404 for a foreign or unknown id), and the workspace cookies it
+        opened."""
         async with self._sessionmaker() as session:
             token = await session.get(ApiToken, token_id)
             if token is None or token.user_id != user_id or token.revoked_at is not None:
                 raise NotFound("no such token")
             token.revoked_at = utcnow()
+            children = await session.execute(
+                update(ApiToken)
+                .where(ApiToken.parent_id == token_id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=token.revoked_at)
+            )
             await session.commit()
         await self._revoked(Revocation(token_id=token_id))
+        if children.rowcount:  # type: ignore[attr-defined]
+            await self._revoked(Revocation(user_id=user_id))
         return token
 
     async def _revoked(self, revocation: Revocation) -> None:
@@ -206,13 +221,27 @@ class AuthService:
         """The principal a raw token proves if the cache holds it, else None (no database lookup)."""
         if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
             return None
-        return self.tokens.peek(hash_token(raw))
+        return _hub_only(self.tokens.peek(hash_token(raw)))
 
     async def principal_of(self, raw: str) -> Principal | None:
-        """The principal a raw token proves, or None (cached, see ``app.services.auth.access.TokenCache``)."""
+        """The principal a raw token proves, or None (cached, see ``app.services.auth.access.TokenCache``).
+        A workspace cookie proves no one here: it is good on its workspace's host alone."""
         if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
             return None
-        return await self.tokens.get(hash_token(raw), self._lookup)
+        return _hub_only(await self.tokens.get(hash_token(raw), self._lookup))
+
+    def cached_workspace(self, raw: str, workspace_id: str) -> Principal | None:
+        """Who workspace cookie ``raw`` proves on ``workspace_id``'s host, from the cache alone."""
+        if not raw.startswith(WORKSPACE_TOKEN_PREFIX) or len(raw) > 200:
+            return None
+        return _for_workspace(self.tokens.peek(hash_token(raw)), workspace_id)
+
+    async def workspace_principal_of(self, raw: str, workspace_id: str) -> Principal | None:
+        """Who workspace cookie ``raw`` proves on ``workspace_id``'s host, or None (any other token, or a
+        workspace cookie of another workspace, proves no one there)."""
+        if not raw.startswith(WORKSPACE_TOKEN_PREFIX) or len(raw) > 200:
+            return None
+        return _for_workspace(await self.tokens.get(hash_token(raw), self._lookup), workspace_id)
 
     async def _lookup(self, digest: str) -> Principal | None:
         async with self._sessionmaker() as session:
@@ -230,4 +259,14 @@ class AuthService:
             if token.last_used_at is None or (current - token.last_used_at).total_seconds() > 60:
                 await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=current))
                 await session.commit()
-        return Principal(user.id, user.username, user.role, token.id, token.kind)
+        return Principal(user.id, user.username, user.role, token.id, token.kind, token.workspace_id)
+
+
+def _hub_only(principal: Principal | None) -> Principal | None:
+    return principal if principal is not None and principal.workspace_id is None else None
+
+
+def _for_workspace(principal: Principal | None, workspace_id: str) -> Principal | None:
+    if principal is None or principal.token_kind != WORKSPACE_TOKEN_KIND or principal.workspace_id != workspace_id:
+        return None
+    return principal

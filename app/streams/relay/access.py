@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from app.db import SessionMaker
 from app.models import Workspace, WorkspaceState
-from app.services.auth.access import SESSION_COOKIE
+from app.services.auth.access import SESSION_COOKIE, WORKSPACE_COOKIE
 from app.services.singleflight import SingleFlight
 
 REFRESH_AHEAD = 0.8  # of a cached route's time, after which one caller refreshes it
@@ -101,11 +101,14 @@ class RouteCache:
         self._routes.clear()
 
 
+_HUB_COOKIES = frozenset({SESSION_COOKIE.encode(), WORKSPACE_COOKIE.encode()})
+
+
 def strip_session_cookie(value: bytes) -> bytes:
-    """A ``Cookie`` header without the hub's session cookie (b"" when nothing else is left)."""
-    if SESSION_COOKIE.encode() not in value:
+    """A ``Cookie`` header without the hub's session and workspace cookies (b"" when nothing else is left)."""
+    if b"codehub_" not in value:
         return value
-    kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] != SESSION_COOKIE.encode()]
+    kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] not in _HUB_COOKIES]
     return b";".join(kept).strip()
 
 
@@ -144,7 +147,7 @@ def rewrite_set_cookie(value: bytes, prefix: bytes) -> bytes | None:
     may not set the hub's session cookie)."""
     parts = [p.strip() for p in value.split(b";")]
     name = parts[0].partition(b"=")[0].strip()
-    if name == SESSION_COOKIE.encode():
+    if name in _HUB_COOKIES:
         return None
     out = [parts[0]]
     for attr in parts[1:]:

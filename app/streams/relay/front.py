@@ -53,8 +53,10 @@ from app.streams.relay.access import (
     without_access_token,
 )
 from app.streams.relay.deps import RelayDeps
+from app.streams.relay.hosts import WorkspaceHosts
 from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
 from app.streams.relay.stats import Activity, RelayStats
+from app.streams.relay.subdomain import SubdomainFront
 from app.streams.relay.terminal import TerminalDeps, serve_terminal
 from app.streams.relay.ws import WebSocketRelay, deny
 
@@ -91,6 +93,8 @@ class Relay:
         self.activity = Activity(deps.lifecycle.touch)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
         self.public_scheme = public.scheme if public else None
+        domain = deps.settings.workspace_domain
+        self.subdomain = SubdomainFront(self, WorkspaceHosts(domain, deps.settings.public_url)) if domain else None
 
     async def hold(self) -> None:
         """Live as long as the app (expiring requests the IDE leaves unanswered); close the pool at shutdown."""
@@ -139,14 +143,14 @@ class Relay:
                 await send_error(send, refusal.status, refusal.to_body())
             return
         if is_ws:
-            await self._websocket(scope, receive, send, route, rest, headers, creds)
+            await self.relay_websocket(scope, receive, send, route, rest, headers, creds, b"/w/" + route.id.encode())
             return
         if route.endpoint is None:
             route = await self.routes.load(workspace_id)
             if route.endpoint is None:
-                await self._not_running(scope, send, route, principal)
+                await self.not_running(scope, send, route, principal)
                 return
-        await self._http(scope, receive, send, route, rest, headers, creds)
+        await self.relay_http(scope, receive, send, route, rest, headers, creds, b"/w/" + route.id.encode())
 
     async def _may_open(
         self, scope: dict[str, Any], send: Any, principal: Principal, route: Route, is_ws: bool
@@ -156,7 +160,7 @@ class Relay:
         if access == IdeAccess.OWNER:
             return True
         if access == IdeAccess.IMPERSONATE:
-            await self._note_impersonation(scope, principal, route)
+            await self.note_impersonation(scope, principal, route)
             return True
         if access == IdeAccess.REFUSED:
             await (deny(scope, send, 403, "not your workspace") if is_ws else pages.not_yours(send))
@@ -164,7 +168,7 @@ class Relay:
             await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
         return False
 
-    async def _note_impersonation(self, scope: dict[str, Any], principal: Principal, route: Route) -> None:
+    async def note_impersonation(self, scope: dict[str, Any], principal: Principal, route: Route) -> None:
         """Log and audit an admin opening someone else's workspace: once per admin and workspace a while, not
         once for each of the hundred requests an IDE page load makes."""
         key = (principal.user_id, route.id)
@@ -179,11 +183,15 @@ class Relay:
     # -- upstream request shaping --------------------------------------------------------------------------
 
     def _upstream_headers(
-        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], creds: Credentials, route: Route
+        self,
+        scope: dict[str, Any],
+        headers: list[tuple[bytes, bytes]],
+        creds: Credentials,
+        route: Route,
+        prefix: bytes,
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed; the start's IDE
         secret presented as its session cookie) and Host."""
-        prefix = b"/w/" + route.id.encode()
         out: list[tuple[bytes, bytes]] = []
         host = b""
         listed: set[bytes] | None = None
@@ -197,7 +205,7 @@ class Relay:
                     listed = (listed or set()) | tokens if tokens else listed
                 continue
             if name == b"cookie":
-                value = strip_session_cookie(value) if creds.cookie is not None else value
+                value = strip_session_cookie(value)
                 if value:
                     cookies.append(value)
                 continue
@@ -213,7 +221,8 @@ class Relay:
         out.append((b"x-forwarded-proto", scheme.encode()))
         if host:
             out.append((b"x-forwarded-host", host))
-        out.append((b"x-forwarded-prefix", prefix))
+        if prefix:
+            out.append((b"x-forwarded-prefix", prefix))
         cookie = ide_cookie_header(cookies, self.ide_secrets.cookie(route.id, route.generation))
         if cookie is not None:
             out.append((b"cookie", cookie))
@@ -221,7 +230,7 @@ class Relay:
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
-    async def _http(
+    async def relay_http(
         self,
         scope: dict[str, Any],
         receive: Any,
@@ -230,10 +239,10 @@ class Relay:
         rest: bytes,
         headers: list[tuple[bytes, bytes]],
         creds: Credentials,
+        prefix: bytes,
     ) -> None:
         assert route.endpoint is not None
-        prefix = b"/w/" + route.id.encode()
-        up_headers, host = self._upstream_headers(scope, headers, creds, route)
+        up_headers, host = self._upstream_headers(scope, headers, creds, route, prefix)
         if not host:
             host = f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
         query = without_access_token(scope.get("query_string", b""))
@@ -291,7 +300,7 @@ class Relay:
             out.append((name, value))
         return out
 
-    async def _not_running(self, scope: dict[str, Any], send: Any, route: Route, principal: Principal) -> None:
+    async def not_running(self, scope: dict[str, Any], send: Any, route: Route, principal: Principal) -> None:
         """A page load starts a stopped workspace and shows the starting page; sub-requests get 503."""
         headers = scope["headers"]
         accept = header(headers, b"accept") or b""
@@ -326,7 +335,7 @@ class Relay:
 
     # -- WebSocket -----------------------------------------------------------------------------------------
 
-    async def _websocket(
+    async def relay_websocket(
         self,
         scope: dict[str, Any],
         receive: Any,
@@ -335,6 +344,7 @@ class Relay:
         rest: bytes,
         headers: list[tuple[bytes, bytes]],
         creds: Credentials,
+        prefix: bytes,
     ) -> None:
         counters = self.stats.of(route.id)
         if route.endpoint is None:
@@ -343,8 +353,7 @@ class Relay:
                 counters.failed_upgrades += 1
                 await deny(scope, send, 503, f"the workspace is {route.state}")
                 return
-        prefix = b"/w/" + route.id.encode()
-        up_headers, host = self._upstream_headers(scope, headers, creds, route)
+        up_headers, host = self._upstream_headers(scope, headers, creds, route, prefix)
         query = without_access_token(scope.get("query_string", b""))
         target = (rest + (b"?" + query if query else b"")).decode("latin-1")
         relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
@@ -395,6 +404,15 @@ class WorkspaceFront:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""
         path = scope.get("path", "")
+        subdomain = self.relay.subdomain
+        if subdomain is not None and scope["type"] in ("http", "websocket"):
+            target = subdomain.hosts.of(scope)
+            if target is not None:
+                await subdomain.serve(scope, receive, send, target)
+                return
+            if path.startswith("/w/"):
+                await subdomain.enter_from_hub(scope, receive, send)
+                return
         if path.startswith("/w/") and scope["type"] in ("http", "websocket"):
             await self.relay.handle(scope, receive, send)
             return
