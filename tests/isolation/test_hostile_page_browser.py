@@ -1,0 +1,256 @@
+"""An admin opens a hostile workspace page in headless Chromium; its script attacks the hub with the admin's
+credentials and gets nothing.
+
+The page (served by alice's workspace: its IDE is a small server of ours that the relay reaches like any IDE)
+tries, with ``credentials: "include"``: ``POST /api/auth/tokens`` (JSON and a preflight-free text/plain
+form), ``GET`` and ``POST /api/admin/users``, the hub's terminal WebSocket of bob's workspace, and the hub's
+API through relative URLs on its own host. Every attempt fails, and the audit log gains no token, no user
+and no terminal.
+
+- Subdomain mode (``CODEHUB_WORKSPACE_DOMAIN=ws.localhost``; Chromium resolves ``*.localhost`` to loopback):
+  the admin enters alice's workspace through the ticket flow; the page runs on ``<id>.ws.localhost``, another
+  site than the hub's ``localhost``, so the hub's cookie never rides along, and the hub's API is not served
+  on the workspace's host.
+- Path mode: the admin is refused on alice's workspace (the page never runs); the same page served from
+  another port of ``localhost`` (same site: the hub's cookie does ride along) is refused by the origin rule.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from sqlalchemy import select
+
+from app import db
+from app.factory import create_app
+from app.models import AuditEvent
+from tests.support.databases import fresh_database
+from tests.support.relay import RelayHub
+from tests.support.server import admin_token, free_port, serve_asgi
+from tests.support.services import need
+from tests.support.settings import make_settings
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HOSTILE_SCRIPT = """
+(async () => {
+  const hub = %(hub)s, victim = %(victim)s, results = {};
+  const attempt = async (name, run) => {
+    try { results[name] = await run(); } catch (e) { results[name] = "failed: " + e.name; }
+  };
+  const post = (url, type, body) =>
+    fetch(url, {method: "POST", credentials: "include", headers: {"Content-Type": type}, body});
+  await attempt("token_json", async () => (await post(hub + "/api/auth/tokens", "application/json",
+    JSON.stringify({name: "pwned"}))).status);
+  await attempt("token_plain", async () => (await post(hub + "/api/auth/tokens", "text/plain",
+    JSON.stringify({name: "pwned-plain"}))).status);
+  await attempt("token_no_cors", async () => (await fetch(hub + "/api/auth/tokens", {method: "POST",
+    mode: "no-cors", credentials: "include", headers: {"Content-Type": "text/plain"},
+    body: JSON.stringify({name: "pwned-blind"})})).type);
+  await attempt("users_read", async () => (await (await fetch(hub + "/api/admin/users",
+    {credentials: "include"})).json()).length);
+  await attempt("user_create", async () => (await post(hub + "/api/admin/users", "text/plain",
+    JSON.stringify({username: "mallory", password: "mallory-password", role: "admin"}))).status);
+  // on a workspace host, relative URLs would reach the hub's API if that host served it
+  await attempt("own_host_api", async () => (await post("/api/auth/tokens", "application/json",
+    JSON.stringify({name: "pwned-here"}))).status);
+  await attempt("terminal", () => new Promise((resolve) => {
+    const ws = new WebSocket(hub.replace("http", "ws") + "/ws/workspaces/" + victim);
+    ws.onopen = () => { ws.send("id\\r"); resolve("open"); };
+    ws.onclose = (e) => resolve("closed " + e.code);
+    setTimeout(() => resolve("timeout"), 8000);
+  }));
+  window.attackResults = results;
+  document.title = "attack done";
+})();
+"""
+
+
+def hostile_app(hub: str, victim: str) -> Any:
+    """A workspace's server whose every page is the hostile page, aimed at ``hub`` and ``victim``'s terminal."""
+    script = HOSTILE_SCRIPT % {"hub": json.dumps(hub), "victim": json.dumps(victim)}
+    body = f"<!doctype html><title>hostile</title><script>{script}</script>".encode()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = [(b"content-type", b"text/html"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.fixture
+def page_db(tmp_path: Path) -> Iterator[str]:
+    """A migrated SQLite database for this test's hub."""
+    with fresh_database("sqlite", tmp_path) as url:
+        yield url
+
+
+@asynccontextmanager
+async def hub_with_workspaces(
+    url: str, tmp: Path, port: int, **overrides: object
+) -> AsyncIterator[tuple[RelayHub, str, str]]:
+    """A hub on ``port`` with alice and bob, each with a running workspace (endpoints set later)."""
+    if True:
+        settings = make_settings(tmp / "data", database_url=url, runtime="local", idle_timeout=0, **overrides)
+        token = await admin_token(settings)
+        app = create_app(settings)
+        async with serve_asgi(app, port=port) as base:
+            hub = RelayHub(base, settings, token, app=app)
+            hub.alice = await hub.new_user("alice")
+            hub.bob = await hub.new_user("bob")
+            alice_ws = await hub.workspace(hub.alice, "site", "127.0.0.1:1")
+            bob_ws = await hub.workspace(hub.bob, "secret", "127.0.0.1:1")
+            yield hub, alice_ws, bob_ws
+
+
+async def admin_session(hub_url: str) -> str:
+    """The admin's session cookie value."""
+    async with httpx.AsyncClient(base_url=hub_url) as client:
+        r = await client.post("/api/auth/login", json={"username": "admin", "password": "admin-password-1"})
+        assert r.status_code == 200
+        return r.cookies["codehub_session"]
+
+
+async def audit_actions(hub: RelayHub) -> list[tuple[str, str]]:
+    """Every audit entry's action and outcome, oldest first."""
+    engine = db.create_engine(hub.settings)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            rows = await session.execute(select(AuditEvent.action, AuditEvent.outcome).order_by(AuditEvent.id))
+            return [(a, o) for a, o in rows]
+    finally:
+        await engine.dispose()
+
+
+async def run_page(hub_origin: str, session: str, url: str) -> tuple[dict[str, Any] | None, list[int]]:
+    """Open ``url`` in Chromium with the admin's hub cookie; the hostile script's results (None when it never
+    ran) and the statuses of the navigations."""
+    from playwright.async_api import async_playwright
+
+    statuses: list[int] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = await browser.new_context()
+            await context.add_cookies(
+                [{"name": "codehub_session", "value": session, "url": hub_origin, "httpOnly": True, "sameSite": "Lax"}]
+            )
+            page = await context.new_page()
+            page.on("response", lambda r: r.request.is_navigation_request() and statuses.append(r.status))
+            await page.goto(url, timeout=30_000)
+            try:
+                await page.wait_for_function("document.title === 'attack done'", timeout=20_000)
+            except Exception:
+                return None, statuses
+            results: dict[str, Any] = await page.evaluate("window.attackResults")
+            return results, statuses
+        finally:
+            await browser.close()
+
+
+def assert_all_failed(results: dict[str, Any]) -> None:
+    """No attempt on the hub got anything: refusals, network errors, opaque answers, a closed socket."""
+    assert set(results) == {
+        "token_json",
+        "token_plain",
+        "token_no_cors",
+        "users_read",
+        "user_create",
+        "own_host_api",
+        "terminal",
+    }
+    for name in ("token_json", "token_plain", "user_create", "users_read"):
+        assert results[name] in (401, 403) or str(results[name]).startswith("failed"), (name, results)
+    assert results["token_no_cors"] in ("opaque", "failed: TypeError")
+    assert str(results["terminal"]).startswith("closed"), results
+
+
+def need_browser() -> None:
+    """Skip (or fail when required) without Chromium or playwright."""
+    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
+
+
+async def nothing_gained(hub: RelayHub, before: list[tuple[str, str]]) -> None:
+    """The audit log gained no token, user or terminal; the admin's tokens and the users are as they were."""
+    new = (await audit_actions(hub))[len(before) :]
+    assert not [a for a, _ in new if a.startswith(("token.", "user.", "admin.", "terminal."))], new
+    async with hub.client() as client:
+        users = (await client.get("/api/admin/users")).json()
+        names = [u["username"] for u in (users["items"] if isinstance(users, dict) else users)]
+        assert "mallory" not in names
+        tokens = (await client.get("/api/auth/tokens")).json()
+        assert not [t for t in tokens if t["name"].startswith("pwned")]
+
+
+async def test_subdomain_mode_hostile_page(page_db: str, tmp_path: Path) -> None:
+    need_browser()
+    port = free_port()
+    hub_origin = f"http://localhost:{port}"
+    async with hub_with_workspaces(page_db, tmp_path, port, public_url=hub_origin, workspace_domain="ws.localhost") as (
+        hub,
+        alice_ws,
+        bob_ws,
+    ):
+        async with serve_asgi(hostile_app(hub_origin, bob_ws)) as hostile:
+            await hub.set_row(alice_ws, endpoint=hostile.removeprefix("http://"))
+            before = await audit_actions(hub)
+            session = await admin_session(hub.url)
+            results, statuses = await run_page(hub_origin, session, f"{hub_origin}/w/{alice_ws}/page.html")
+            assert results is not None, statuses
+            assert statuses == [302, 302, 200], statuses  # hub → ticket → workspace host → the page
+            assert_all_failed(results)
+            assert results["own_host_api"] == 421
+            await nothing_gained(hub, before)
+            entered = [a for a, _ in (await audit_actions(hub))[len(before) :]]
+            assert "workspace.impersonate" in entered  # the admin's entry itself is on the record
+
+
+async def test_path_mode_hostile_page(page_db: str, tmp_path: Path) -> None:
+    need_browser()
+    port = free_port()
+    hub_origin = f"http://localhost:{port}"
+    async with hub_with_workspaces(page_db, tmp_path, port) as (hub, alice_ws, bob_ws):
+        async with serve_asgi(hostile_app(hub_origin, bob_ws)) as hostile:
+            await hub.set_row(alice_ws, endpoint=hostile.removeprefix("http://"))
+            before = await audit_actions(hub)
+            session = await admin_session(hub.url)
+            results, statuses = await run_page(hub_origin, session, f"{hub_origin}/w/{alice_ws}/page.html")
+            assert results is None and statuses == [403], statuses  # refused: the page never runs
+            # the same page on another port of localhost: the same site, so the hub's cookie rides along
+            evil = hostile.replace("127.0.0.1", "localhost") + "/page.html"
+            results, _ = await run_page(hub_origin, session, evil)
+            assert results is not None
+            assert_all_failed(results)
+            assert results["token_json"] in (403, "failed: TypeError")
+            await nothing_gained(hub, before)
+            with anyio.fail_after(5):
+                assert all(o != "ok" or a == "auth.login" for a, o in (await audit_actions(hub))[len(before) :])
