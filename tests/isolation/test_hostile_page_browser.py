@@ -21,10 +21,10 @@ import importlib.util
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from sqlalchemy import select
@@ -85,10 +85,9 @@ HOSTILE_SCRIPT = """
 """
 
 
-def hostile_app(hub: str, victim: str) -> Any:
-    """A workspace's server whose every page is the hostile page, aimed at ``hub`` and ``victim``'s terminal."""
-    script = HOSTILE_SCRIPT % {"hub": json.dumps(hub), "victim": json.dumps(victim)}
-    body = f"<!doctype html><title>hostile</title><script>{script}</script>".encode()
+def hostile_app(aim: dict[str, str]) -> Any:
+    """A workspace's server whose every page is the hostile page, aimed at ``aim["hub"]`` and the terminal of
+    workspace ``aim["victim"]``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -99,6 +98,8 @@ def hostile_app(hub: str, victim: str) -> Any:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
+        script = HOSTILE_SCRIPT % {"hub": json.dumps(aim["hub"]), "victim": json.dumps(aim["victim"])}
+        body = f"<!doctype html><title>hostile</title><script>{script}</script>".encode()
         headers = [(b"content-type", b"text/html"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -113,22 +114,36 @@ def page_db(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@dataclass
+class Scene:
+    """A hub with alice's workspace serving the hostile page, aimed at bob's workspace's terminal."""
+
+    hub: RelayHub
+    origin: str
+    alice_ws: str
+    bob_ws: str
+    hostile: str
+
+
 @asynccontextmanager
-async def hub_with_workspaces(
-    url: str, tmp: Path, port: int, **overrides: object
-) -> AsyncIterator[tuple[RelayHub, str, str]]:
-    """A hub on ``port`` with alice and bob, each with a running workspace (endpoints set later)."""
-    if True:
-        settings = make_settings(tmp / "data", database_url=url, runtime="local", idle_timeout=0, **overrides)
-        token = await admin_token(settings)
-        app = create_app(settings)
-        async with serve_asgi(app, port=port) as base:
-            hub = RelayHub(base, settings, token, app=app)
-            hub.alice = await hub.new_user("alice")
-            hub.bob = await hub.new_user("bob")
-            alice_ws = await hub.workspace(hub.alice, "site", "127.0.0.1:1")
-            bob_ws = await hub.workspace(hub.bob, "secret", "127.0.0.1:1")
-            yield hub, alice_ws, bob_ws
+async def scene(url: str, tmp: Path, **overrides: object) -> AsyncIterator[Scene]:
+    """A hub on ``http://localhost:<port>`` with alice and bob, each with a running workspace; alice's IDE is
+    the hostile page's server."""
+    port = free_port()
+    origin = f"http://localhost:{port}"
+    if overrides.get("workspace_domain"):
+        overrides["public_url"] = origin
+    settings = make_settings(tmp / "data", database_url=url, runtime="local", idle_timeout=0, **overrides)
+    token = await admin_token(settings)
+    app = create_app(settings)
+    aim: dict[str, str] = {"hub": origin}
+    async with serve_asgi(app, port=port) as base, serve_asgi(hostile_app(aim)) as hostile:
+        hub = RelayHub(base, settings, token, app=app)
+        hub.alice = await hub.new_user("alice")
+        hub.bob = await hub.new_user("bob")
+        alice_ws = await hub.workspace(hub.alice, "site", hostile.removeprefix("http://"))
+        aim["victim"] = await hub.workspace(hub.bob, "secret", "127.0.0.1:1")
+        yield Scene(hub, origin, alice_ws, aim["victim"], hostile)
 
 
 async def admin_session(hub_url: str) -> str:
@@ -150,12 +165,16 @@ async def audit_actions(hub: RelayHub) -> list[tuple[str, str]]:
         await engine.dispose()
 
 
-async def run_page(hub_origin: str, session: str, url: str) -> tuple[dict[str, Any] | None, list[int]]:
+async def run_page(
+    hub_origin: str, session: str, url: str, seen: list[tuple[str, str, int]] | None = None
+) -> tuple[dict[str, Any] | None, list[int]]:
     """Open ``url`` in Chromium with the admin's hub cookie; the hostile script's results (None when it never
-    ran) and the statuses of the navigations."""
+    ran) and the statuses of the navigations. ``seen`` collects what the network answered (method, URL,
+    status), which the page's script cannot read across origins."""
     from playwright.async_api import async_playwright
 
     statuses: list[int] = []
+    seen = [] if seen is None else seen
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -165,6 +184,7 @@ async def run_page(hub_origin: str, session: str, url: str) -> tuple[dict[str, A
             )
             page = await context.new_page()
             page.on("response", lambda r: r.request.is_navigation_request() and statuses.append(r.status))
+            page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
             await page.goto(url, timeout=30_000)
             try:
                 await page.wait_for_function("document.title === 'attack done'", timeout=20_000)
@@ -213,44 +233,39 @@ async def nothing_gained(hub: RelayHub, before: list[tuple[str, str]]) -> None:
 
 async def test_subdomain_mode_hostile_page(page_db: str, tmp_path: Path) -> None:
     need_browser()
-    port = free_port()
-    hub_origin = f"http://localhost:{port}"
-    async with hub_with_workspaces(page_db, tmp_path, port, public_url=hub_origin, workspace_domain="ws.localhost") as (
-        hub,
-        alice_ws,
-        bob_ws,
-    ):
-        async with serve_asgi(hostile_app(hub_origin, bob_ws)) as hostile:
-            await hub.set_row(alice_ws, endpoint=hostile.removeprefix("http://"))
-            before = await audit_actions(hub)
-            session = await admin_session(hub.url)
-            results, statuses = await run_page(hub_origin, session, f"{hub_origin}/w/{alice_ws}/page.html")
-            assert results is not None, statuses
-            assert statuses == [302, 302, 200], statuses  # hub → ticket → workspace host → the page
-            assert_all_failed(results)
-            assert results["own_host_api"] == 421
-            await nothing_gained(hub, before)
-            entered = [a for a, _ in (await audit_actions(hub))[len(before) :]]
-            assert "workspace.impersonate" in entered  # the admin's entry itself is on the record
+    async with scene(page_db, tmp_path, workspace_domain="ws.localhost") as sc:
+        before = await audit_actions(sc.hub)
+        session = await admin_session(sc.hub.url)
+        seen: list[tuple[str, str, int]] = []
+        results, statuses = await run_page(sc.origin, session, f"{sc.origin}/w/{sc.alice_ws}/page.html", seen)
+        assert results is not None, statuses
+        assert statuses == [302, 302, 200], statuses  # hub → ticket → workspace host → the page
+        assert_all_failed(results)
+        assert results["own_host_api"] == 421
+        # another site: the hub's cookie never rode along
+        hub_answers = {status for method, url, status in seen if url.startswith(f"{sc.origin}/api/")}
+        assert hub_answers <= {401}, seen
+        await nothing_gained(sc.hub, before)
+        entered = [a for a, _ in (await audit_actions(sc.hub))[len(before) :]]
+        assert "workspace.impersonate" in entered  # the admin's entry itself is on the record
 
 
 async def test_path_mode_hostile_page(page_db: str, tmp_path: Path) -> None:
     need_browser()
-    port = free_port()
-    hub_origin = f"http://localhost:{port}"
-    async with hub_with_workspaces(page_db, tmp_path, port) as (hub, alice_ws, bob_ws):
-        async with serve_asgi(hostile_app(hub_origin, bob_ws)) as hostile:
-            await hub.set_row(alice_ws, endpoint=hostile.removeprefix("http://"))
-            before = await audit_actions(hub)
-            session = await admin_session(hub.url)
-            results, statuses = await run_page(hub_origin, session, f"{hub_origin}/w/{alice_ws}/page.html")
-            assert results is None and statuses == [403], statuses  # refused: the page never runs
-            # the same page on another port of localhost: the same site, so the hub's cookie rides along
-            evil = hostile.replace("127.0.0.1", "localhost") + "/page.html"
-            results, _ = await run_page(hub_origin, session, evil)
-            assert results is not None
-            assert_all_failed(results)
-            assert results["token_json"] in (403, "failed: TypeError")
-            await nothing_gained(hub, before)
-            with anyio.fail_after(5):
-                assert all(o != "ok" or a == "auth.login" for a, o in (await audit_actions(hub))[len(before) :])
+    async with scene(page_db, tmp_path) as sc:
+        before = await audit_actions(sc.hub)
+        session = await admin_session(sc.hub.url)
+        results, statuses = await run_page(sc.origin, session, f"{sc.origin}/w/{sc.alice_ws}/page.html")
+        assert results is None and statuses == [403], statuses  # refused: the page never runs
+        # the same page on another port of localhost: the same site, so the hub's cookie rides along
+        seen: list[tuple[str, str, int]] = []
+        evil = sc.hostile.replace("127.0.0.1", "localhost") + "/page.html"
+        results, _ = await run_page(sc.origin, session, evil, seen)
+        assert results is not None
+        assert_all_failed(results)
+        # the cookie did ride along (403 cross_origin comes only after the cookie proved the admin; without it
+        # the answer is 401) and the origin rule refused every write the browser let through
+        writes = [status for method, url, status in seen if method == "POST" and url.startswith(sc.origin)]
+        assert writes and set(writes) == {403}, seen
+        await nothing_gained(sc.hub, before)
+        assert all(o != "ok" or a == "auth.login" for a, o in (await audit_actions(sc.hub))[len(before) :])
