@@ -53,5 +53,5 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
             tg.start_soon(run, name, check)
     results.sort(key=lambda r: r.name)
     ok = all(r.ok for r in results)
-    body = ReadyResponse(ok, results, [PATH_MODE_WARNING])
+    body = ReadyResponse(ok, results, [] if ctx.settings.workspace_domain else [PATH_MODE_WARNING])
     return Response(body, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
