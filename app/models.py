@@ -149,7 +149,8 @@ class ApiToken(Base):
 
 
 class WorkspaceTicket(Base):
-    """A one-time ticket that lets a browser enter one workspace's host in subdomain mode (sha256 stored)."""
+    """A one-time ticket that lets a browser enter one workspace's host in subdomain mode (sha256 stored), bound
+    to the state cookie that host gave the browser (its sha256 too)."""
 
     __tablename__ = "workspace_tickets"
     __table_args__ = (Index("ix_workspace_tickets_expires_at", "expires_at"),)
@@ -158,6 +159,7 @@ class WorkspaceTicket(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     workspace_id: Mapped[str] = mapped_column(String(16))
     parent_id: Mapped[str] = mapped_column(String(16))
+    state_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

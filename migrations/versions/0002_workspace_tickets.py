@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("workspace_id", sa.String(length=16), nullable=False),
         sa.Column("parent_id", sa.String(length=16), nullable=False),
+        sa.Column("state_hash", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

@@ -239,7 +239,7 @@ async def test_subdomain_mode_hostile_page(page_db: str, tmp_path: Path) -> None
         seen: list[tuple[str, str, int]] = []
         results, statuses = await run_page(sc.origin, session, f"{sc.origin}/w/{sc.alice_ws}/page.html", seen)
         assert results is not None, statuses
-        assert statuses == [302, 302, 200], statuses  # hub → ticket → workspace host → the page
+        assert statuses == [302, 302, 302, 302, 200], statuses  # hub → ws start → hub ticket → ws enter → page
         assert_all_failed(results)
         assert results["own_host_api"] == 421
         # another site: the hub's cookie never rode along

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import func, select, update
@@ -100,35 +101,70 @@ async def login(setup: Setup, username: str, password: str = PASSWORD) -> str:
         return r.cookies["codehub_session"]
 
 
-async def ticket_url(setup: Setup, session: str, label: str, path: str = "/") -> str:
-    """Where the hub sends a signed-in browser that opens ``/w/<label><path>``."""
-    async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": session}) as client:
-        r = await client.get(f"/w/{label}{path}", headers={"Accept": "text/html"})
-    assert r.status_code == 302, r.text
-    assert "set-cookie" not in r.headers
-    return r.headers["location"]
+@dataclass
+class Ticket:
+    """A ticket the hub issued, and the state cookie of the browser it was issued for."""
+
+    enter: str  # path and query of the workspace host's entry URL
+    state: str
+    next: str
+
+    @property
+    def raw(self) -> str:
+        """The ticket itself."""
+        return parse_qs(urlsplit(self.enter).query)["ticket"][0]
 
 
 async def on_host(
-    setup: Setup, label: str, method: str, target: str, *, cookie: str | None = None, **kwargs: object
+    setup: Setup,
+    label: str,
+    method: str,
+    target: str,
+    *,
+    cookie: str | None = None,
+    state: str | None = None,
+    **kwargs: object,
 ) -> httpx.Response:
     """One request to a workspace host (sent to the hub's address with that Host)."""
     headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
     headers["Host"] = setup.host(label)
-    if cookie is not None:
-        headers["Cookie"] = f"codehub_ws={cookie}"
+    jar = [f"codehub_ws={cookie}"] if cookie is not None else []
+    jar += [f"codehub_ws_state={state}"] if state is not None else []
+    if jar:
+        headers["Cookie"] = "; ".join(jar)
     async with httpx.AsyncClient(base_url=setup.hub.url) as client:
         return await client.request(method, target, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
+async def ticket_for(setup: Setup, session: str, label: str, path: str = "/") -> Ticket:
+    """Follow the entry up to the ticket: hub ``/w/<label><path>`` → workspace host ``/_codehub/start`` (a state
+    cookie) → hub ``/_codehub/ticket`` → the workspace host's ``/_codehub/enter`` URL."""
+    async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": session}) as hub:
+        r = await hub.get(f"/w/{label}{path}", headers={"Accept": "text/html"})
+        assert r.status_code == 302 and "set-cookie" not in r.headers, r.text
+        start = urlsplit(r.headers["location"])
+        assert start.netloc == setup.host(label) and start.path == "/_codehub/start"
+        r = await on_host(setup, label, "GET", f"{start.path}?{start.query}")
+        assert r.status_code == 302, r.text
+        state_cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in state_cookie and "Domain" not in state_cookie
+        state = state_cookie.split(";")[0].split("=", 1)[1]
+        ticket_url = urlsplit(r.headers["location"])
+        assert f"{ticket_url.scheme}://{ticket_url.netloc}" == setup.hub.url and ticket_url.path == "/_codehub/ticket"
+        r = await hub.get(f"{ticket_url.path}?{ticket_url.query}")
+        assert r.status_code == 302 and "set-cookie" not in r.headers, r.text
+        assert r.headers["referrer-policy"] == "no-referrer"
+        enter_url = urlsplit(r.headers["location"])
+    assert enter_url.netloc == setup.host(label) and enter_url.path == "/_codehub/enter"
+    return Ticket(f"{enter_url.path}?{enter_url.query}", state, parse_qs(enter_url.query)["next"][0])
+
+
 async def enter(setup: Setup, session: str, label: str) -> str:
     """Follow the entry flow; the workspace cookie's value."""
-    location = await ticket_url(setup, session, label)
-    parts = urlsplit(location)
-    assert parts.netloc == setup.host(label) and parts.path == "/_codehub/enter"
-    r = await on_host(setup, label, "GET", f"{parts.path}?{parts.query}")
+    ticket = await ticket_for(setup, session, label)
+    r = await on_host(setup, label, "GET", ticket.enter, state=ticket.state)
     assert r.status_code == 302 and r.headers["location"] == "/", r.text
-    cookie = r.headers["set-cookie"]
+    cookie = r.headers.get_list("set-cookie")[0]
     assert "HttpOnly" in cookie and "Domain" not in cookie and "SameSite=Lax" in cookie
     return cookie.split(";")[0].split("=", 1)[1]
 
@@ -145,13 +181,16 @@ async def count(setup: Setup, model: type, *where: object) -> int:
 
 async def test_the_owner_enters_and_the_ide_sees_no_hub_credential(setup: Setup) -> None:
     session = await login(setup, "alice")
-    location = await ticket_url(setup, session, setup.alice_ws, "/sub/page?x=1")
-    ticket = parse_qs(urlsplit(location).query)["ticket"][0]
-    assert parse_qs(urlsplit(location).query)["next"] == ["/sub/page?x=1"]
-    assert await count(setup, WorkspaceTicket, WorkspaceTicket.ticket_hash == hash_token(ticket)) == 1
-    cookie = await enter(setup, session, setup.alice_ws)
+    ticket = await ticket_for(setup, session, setup.alice_ws, "/sub/page?x=1")
+    assert ticket.next == "/sub/page?x=1"
+    assert await count(setup, WorkspaceTicket, WorkspaceTicket.ticket_hash == hash_token(ticket.raw)) == 1
+    assert await count(setup, WorkspaceTicket, WorkspaceTicket.state_hash == hash_token(ticket.state)) == 1
+    r = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
+    assert r.status_code == 302 and r.headers["location"] == "/sub/page?x=1"
+    assert "codehub_ws_state=;" in r.headers.get_list("set-cookie")[1]  # the state is spent
+    cookie = r.headers.get_list("set-cookie")[0].split(";")[0].split("=", 1)[1]
     assert await count(setup, ApiToken, ApiToken.token_hash == hash_token(cookie), ApiToken.kind == "workspace") == 1
-    r = await on_host(setup, setup.alice_ws, "GET", "/echo?q=1", cookie=cookie, headers={"Cookie2": "x"})
+    r = await on_host(setup, setup.alice_ws, "GET", "/echo?q=1", cookie=cookie, state=ticket.state)
     assert r.status_code == 200, r.text
     seen = r.json()
     assert seen["path"] == "/echo"
@@ -161,48 +200,91 @@ async def test_the_owner_enters_and_the_ide_sees_no_hub_credential(setup: Setup)
 
 async def test_a_ticket_works_once(setup: Setup) -> None:
     session = await login(setup, "alice")
-    location = urlsplit(await ticket_url(setup, session, setup.alice_ws))
-    first = await on_host(setup, setup.alice_ws, "GET", f"{location.path}?{location.query}")
+    ticket = await ticket_for(setup, session, setup.alice_ws)
+    first = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
     assert first.status_code == 302 and "codehub_ws=" in first.headers["set-cookie"]
-    again = await on_host(setup, setup.alice_ws, "GET", f"{location.path}?{location.query}")
+    again = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
     assert again.status_code == 403 and "set-cookie" not in again.headers
     assert "already used" in again.text and again.headers["content-type"].startswith("text/html")
 
 
+async def test_concurrent_uses_of_a_ticket_open_one_cookie(setup: Setup) -> None:
+    session = await login(setup, "alice")
+    ticket = await ticket_for(setup, session, setup.alice_ws)
+    statuses: list[int] = []
+
+    async def use() -> None:
+        r = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
+        statuses.append(r.status_code)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(use)
+    assert sorted(statuses) == [302] + [403] * 7
+
+
 async def test_an_expired_ticket_is_refused(setup: Setup) -> None:
     session = await login(setup, "alice")
-    location = urlsplit(await ticket_url(setup, session, setup.alice_ws))
-    ticket = parse_qs(location.query)["ticket"][0]
+    ticket = await ticket_for(setup, session, setup.alice_ws)
     engine = db.create_engine(setup.hub.settings)
     try:
         async with db.create_sessionmaker(engine)() as s:
             await s.execute(
                 update(WorkspaceTicket)
-                .where(WorkspaceTicket.ticket_hash == hash_token(ticket))
+                .where(WorkspaceTicket.ticket_hash == hash_token(ticket.raw))
                 .values(expires_at=utcnow() - timedelta(seconds=1))
             )
             await s.commit()
     finally:
         await engine.dispose()
-    r = await on_host(setup, setup.alice_ws, "GET", f"{location.path}?{location.query}")
+    r = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
     assert r.status_code == 403 and "expired" in r.text and "set-cookie" not in r.headers
+
+
+async def test_someone_elses_ticket_enters_no_one(setup: Setup) -> None:
+    """A forced entry: bob sends alice a link with his own ticket into his workspace (he would then see what she
+    types there, as him). Her browser does not hold the state his ticket was made for."""
+    bob = await login(setup, "bob")
+    r = await on_host(setup, setup.bob_ws, "GET", "/_codehub/start", params={"next": "/"})
+    her_state = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]  # her browser has started an entry too
+    for state in (None, her_state, "chst_guess", "x" * 300):
+        ticket = await ticket_for(setup, bob, setup.bob_ws)
+        r = await on_host(setup, setup.bob_ws, "GET", ticket.enter, state=state)
+        assert r.status_code == 403 and "set-cookie" not in r.headers, state
+        assert "another browser" in r.text
+        # spent by that try: not even bob's own browser gets in with it now
+        r = await on_host(setup, setup.bob_ws, "GET", ticket.enter, state=ticket.state)
+        assert r.status_code == 403 and "already used" in r.text
+
+
+async def test_the_hub_issues_tickets_only_for_a_state_and_an_allowed_workspace(setup: Setup) -> None:
+    bob = await login(setup, "bob")
+    async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": bob}) as hub:
+        for state in ("", "nope", "chst_" + "x" * 200):
+            r = await hub.get("/_codehub/ticket", params={"label": setup.bob_ws, "state": state})
+            assert r.status_code == 403 and "location" not in r.headers, state
+        r = await hub.get("/_codehub/ticket", params={"label": setup.alice_ws, "state": "chst_abc"})
+        assert r.status_code == 404 and "location" not in r.headers
+        r = await hub.get(f"/w/{setup.alice_ws}/", headers={"Accept": "text/html"})
+        assert r.status_code == 404 and "location" not in r.headers
+        r = await hub.post("/_codehub/ticket", params={"label": setup.bob_ws, "state": "chst_abc"})
+        assert r.status_code == 405
+    async with httpx.AsyncClient(base_url=setup.hub.url) as anon:
+        r = await anon.get("/_codehub/ticket", params={"label": setup.bob_ws, "state": "chst_abc"})
+        assert r.status_code == 401 and "location" not in r.headers
 
 
 async def test_a_ticket_opens_only_its_own_workspace(setup: Setup) -> None:
     bob = await login(setup, "bob")
-    location = urlsplit(await ticket_url(setup, bob, setup.bob_ws))
-    for label in (setup.alice_ws, f"8000--{setup.alice_ws}"):
-        r = await on_host(setup, label, "GET", f"{location.path}?{location.query}")
+    ticket = await ticket_for(setup, bob, setup.bob_ws)
+    for label in (setup.alice_ws, f"8000--{setup.alice_ws}", f"8000--{setup.bob_ws}"):
+        r = await on_host(setup, label, "GET", ticket.enter, state=ticket.state)
         assert r.status_code == 403 and "set-cookie" not in r.headers, label
     # shown to the wrong host, the ticket is spent
-    r = await on_host(setup, setup.bob_ws, "GET", f"{location.path}?{location.query}")
+    r = await on_host(setup, setup.bob_ws, "GET", ticket.enter, state=ticket.state)
     assert r.status_code == 403
-    # bob gets no ticket into alice's workspace at all
-    async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": bob}) as client:
-        r = await client.get(f"/w/{setup.alice_ws}/", headers={"Accept": "text/html"})
-    assert r.status_code == 404 and "location" not in r.headers
     for junk in ("", "chtk_nope", "x" * 300):
-        r = await on_host(setup, setup.alice_ws, "GET", "/_codehub/enter", params={"ticket": junk})
+        r = await on_host(setup, setup.alice_ws, "GET", "/_codehub/enter", params={"ticket": junk}, state="chst_x")
         assert r.status_code == 403 and "set-cookie" not in r.headers
 
 
@@ -235,7 +317,8 @@ async def test_a_workspace_cookie_opens_no_other_workspace(setup: Setup) -> None
         r = await on_host(setup, label, "GET", "/", cookie=cookie)
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated", label
         r = await on_host(setup, label, "GET", "/", cookie=cookie, headers={"Accept": "text/html"})
-        assert r.status_code == 302 and r.headers["location"].startswith(f"{setup.hub.url}/w/{label}/")
+        assert r.status_code == 302 and "codehub_ws_state=" in r.headers["set-cookie"]
+        assert r.headers["location"].startswith(f"{setup.hub.url}/_codehub/ticket?label={label}&")
     # a sibling host tossing its own cookie beside the right one changes nothing for the owner
     r = await on_host(
         setup, setup.alice_ws, "GET", "/x", headers={"Cookie": f"codehub_ws=chws_bogus; codehub_ws={cookie}"}

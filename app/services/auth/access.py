@@ -39,6 +39,7 @@ SESSION_COOKIE = "codehub_session"
 WORKSPACE_TOKEN_PREFIX = "chws_"  # a workspace cookie's value: never a hub credential
 WORKSPACE_TOKEN_KIND = "workspace"
 WORKSPACE_COOKIE = "codehub_ws"
+WORKSPACE_STATE_COOKIE = "codehub_ws_state"  # a browser's entry in progress on a workspace host
 MAX_CACHED_TOKENS = 10_000
 REFRESH_AHEAD = 0.8  # of a cached token's time, after which one caller looks it up again
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from app.db import SessionMaker
 from app.models import Workspace, WorkspaceState
-from app.services.auth.access import SESSION_COOKIE, WORKSPACE_COOKIE
+from app.services.auth.access import SESSION_COOKIE, WORKSPACE_COOKIE, WORKSPACE_STATE_COOKIE
 from app.services.singleflight import SingleFlight
 
 REFRESH_AHEAD = 0.8  # of a cached route's time, after which one caller refreshes it
@@ -101,11 +101,12 @@ class RouteCache:
         self._routes.clear()
 
 
-_HUB_COOKIES = frozenset({SESSION_COOKIE.encode(), WORKSPACE_COOKIE.encode()})
+_HUB_COOKIES = frozenset({SESSION_COOKIE.encode(), WORKSPACE_COOKIE.encode(), WORKSPACE_STATE_COOKIE.encode()})
 
 
 def strip_session_cookie(value: bytes) -> bytes:
-    """A ``Cookie`` header without the hub's session and workspace cookies (b"" when nothing else is left)."""
+    """A ``Cookie`` header without the hub's session, workspace and entry-state cookies (b"" when nothing else is
+    left)."""
     if b"codehub_" not in value:
         return value
     kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] not in _HUB_COOKIES]

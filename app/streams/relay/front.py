@@ -56,7 +56,7 @@ from app.streams.relay.deps import RelayDeps
 from app.streams.relay.hosts import WorkspaceHosts
 from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
 from app.streams.relay.stats import Activity, RelayStats
-from app.streams.relay.subdomain import SubdomainFront
+from app.streams.relay.subdomain import TICKET_PATH, SubdomainFront
 from app.streams.relay.terminal import TerminalDeps, serve_terminal
 from app.streams.relay.ws import WebSocketRelay, deny
 
@@ -412,6 +412,9 @@ class WorkspaceFront:
                 return
             if path.startswith("/w/"):
                 await subdomain.enter_from_hub(scope, receive, send)
+                return
+            if path == TICKET_PATH:
+                await subdomain.ticket_from_hub(scope, receive, send)
                 return
         if path.startswith("/w/") and scope["type"] in ("http", "websocket"):
             await self.relay.handle(scope, receive, send)

@@ -1,16 +1,24 @@
 """Subdomain mode: every workspace on an origin of its own (``CODEHUB_WORKSPACE_DOMAIN``).
 
-- The hub's host: ``/w/<label>/…`` (``<label>`` is ``<id>`` or ``<port>--<id>``) no longer relays. With the
-  hub's credentials it checks access (the IDE: owner, or an admin, audited as impersonation; a port: owner
-  only), shows the starting page while the workspace is not running, then issues a one-time ticket and
-  redirects to ``<label>.<domain>/_codehub/enter?ticket=…&next=…``. WebSockets there are refused.
-- A workspace host: ``/_codehub/enter`` redeems the ticket (``app.services.auth.workspace_entry``) for a
-  host-only workspace cookie and redirects to ``next``; every other request is authenticated by that cookie
-  alone (no hub token is accepted there), checked against the workspace on every request, held to the origin
-  rule of the host itself for unsafe requests and upgrades, and relayed: the IDE host to the IDE, a port host
-  through code-server's ``/proxy/<port>/`` (the IDE's secret authenticates it, so a port needs neither a
-  published port nor the container's address, and works wherever the IDE does). The hub's API is not served
-  on the IDE host (421); names under the domain that name no workspace get 404.
+The entry, OAuth-style (``app.services.auth.workspace_entry`` holds tickets and cookies):
+
+1. hub ``/w/<label>/…`` (``<label>`` is ``<id>`` or ``<port>--<id>``): access checked with the hub's
+   credentials (the IDE: owner, or an admin, audited as impersonation; a port: owner only), the starting page
+   while the workspace is not running, then a redirect to the workspace host's ``/_codehub/start``;
+2. workspace host ``/_codehub/start`` (or any page load there without a workspace cookie): a random state in a
+   host-only cookie, and a redirect to the hub's ``/_codehub/ticket?label=&state=&next=``;
+3. hub ``/_codehub/ticket``: access checked again, a one-time ticket bound to that state, a redirect to
+   ``/_codehub/enter?ticket=…`` on the workspace host;
+4. workspace host ``/_codehub/enter``: ticket and state cookie traded for a host-only workspace cookie, and a
+   redirect to ``next`` (a path on that host).
+
+The state keeps a ticket in the browser that asked for it, so a link carrying someone else's ticket enters
+no one. Every other request on a workspace host is authenticated by the workspace cookie alone (no hub token
+is accepted there), checked against the workspace on every request, held to the origin rule of the host
+itself for unsafe requests and upgrades, and relayed: the IDE host to the IDE, a port host through
+code-server's ``/proxy/<port>/`` (the IDE's secret authenticates it, so a port needs neither a published port
+nor the container's address, and works wherever the IDE does). The hub's API is not served on the IDE host
+(421); names under the domain that name no workspace get 404; WebSockets to the hub's ``/w/…`` are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from app.errors import send_error
 from app.services.auth.access import (
     WORKSPACE_COOKIE,
+    WORKSPACE_STATE_COOKIE,
     Credentials,
     IdeAccess,
     Principal,
@@ -30,31 +39,36 @@ from app.services.auth.access import (
     identify,
     safe_next,
 )
-from app.services.auth.workspace_entry import TicketRefusal, TicketRefused, WorkspaceEntry
+from app.services.auth.workspace_entry import STATE_TTL, TicketRefusal, TicketRefused, WorkspaceEntry
 from app.streams.relay import pages
 from app.streams.relay.access import Route
 from app.streams.relay.hosts import HostTarget, WorkspaceHosts, parse_label
 from app.streams.relay.ws import deny
 
-ENTER_PATH = b"/_codehub/enter"
+ENTER_PATH = "/_codehub/enter"
+START_PATH = "/_codehub/start"
+TICKET_PATH = "/_codehub/ticket"  # on the hub's host
 _WS_COOKIE = WORKSPACE_COOKIE.encode()
+_STATE_COOKIE = WORKSPACE_STATE_COOKIE.encode()
+_NO_REFERRER = (b"referrer-policy", b"no-referrer")
 _REFUSALS = {
     TicketRefusal.UNKNOWN: "This entry link was already used or never existed. Links into a workspace work once.",
     TicketRefusal.EXPIRED: "This entry link expired. Links into a workspace are good for a few seconds.",
     TicketRefusal.OTHER_WORKSPACE: "This entry link belongs to another workspace.",
     TicketRefusal.REVOKED: "The sign-in that made this entry link has ended.",
+    TicketRefusal.OTHER_BROWSER: "This entry link was made for another browser (or this one did not ask for it).",
 }
 
 
-def workspace_cookies(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    """Every workspace cookie value the request carries (a sibling host may have set one for the whole domain,
-    so all are tried, at most four)."""
+def cookie_values(headers: list[tuple[bytes, bytes]], cookie: bytes) -> list[str]:
+    """Every value of cookie ``cookie`` the request carries (a sibling host may have set one for the whole
+    domain, so all are tried, at most four)."""
     found: list[str] = []
     for name, value in headers:
-        if name == b"cookie" and _WS_COOKIE in value:
+        if name == b"cookie" and cookie in value:
             for part in value.split(b";"):
                 key, _, raw = part.strip().partition(b"=")
-                if key == _WS_COOKIE and len(found) < 4:
+                if key == cookie and len(found) < 4:
                     found.append(raw.strip(b'"').decode("latin-1"))
     return found
 
@@ -85,40 +99,71 @@ class SubdomainFront:
     # -- the hub's host ------------------------------------------------------------------------------------
 
     async def enter_from_hub(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """``/w/<label>/…`` on the hub's host: a ticket and a redirect to the workspace's own origin."""
-        is_ws = scope["type"] == "websocket"
+        """``/w/<label>/…`` on the hub's host: access checked (and the starting page shown while the workspace
+        is not running), then off to the workspace's own origin, which starts the entry."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         slash = raw_path.find(b"/", 3)
-        label = (raw_path[3:] if slash < 0 else raw_path[3:slash]).decode("latin-1")
-        target = parse_label(label)
-        if is_ws:
-            await deny(scope, send, 404, "workspaces are served on their own origin")
-            return
-        if not target.known:
-            await pages.not_found(send)
-            return
+        target = parse_label((raw_path[3:] if slash < 0 else raw_path[3:slash]).decode("latin-1"))
         query = scope.get("query_string", b"")
         rest = (raw_path[slash:] if slash >= 0 else b"/") + (b"?" + query if query else b"")
+        principal = await self._hub_principal(scope, send, target, raw_path.decode("latin-1"))
+        if principal is None:
+            return
+        route = await self._running_route(scope, send, principal, target)
+        if route is not None:
+            location = f"{self.hosts.origin(target.label)}{START_PATH}?{urlencode({'next': rest.decode('latin-1')})}"
+            await pages.redirect(send, location.encode("latin-1"))
+
+    async def ticket_from_hub(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``/_codehub/ticket?label=&state=&next=`` on the hub's host: a ticket for the browser holding that
+        state on the workspace host, and a redirect there."""
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        target = parse_label(params.get("label", ""))
+        nxt = safe_next(params.get("next"))
+        principal = await self._hub_principal(scope, send, target, f"/w/{target.label}{nxt}")
+        if principal is None:
+            return
+        route = await self._running_route(scope, send, principal, target)
+        if route is None:
+            return
+        try:
+            ticket = await self.entry.issue(principal.user_id, route.id, principal.token_id, params.get("state", ""))
+        except TicketRefused as exc:
+            await _entry_refused(send, _REFUSALS[exc.reason], self.hosts.hub_origin)
+            return
+        location = f"{self.hosts.origin(target.label)}{ENTER_PATH}?{urlencode({'ticket': ticket, 'next': nxt})}"
+        await pages.redirect(send, location.encode("latin-1"), extra=[_NO_REFERRER])
+
+    async def _hub_principal(self, scope: dict[str, Any], send: Any, target: HostTarget, back: str) -> Principal | None:
+        """Who opens a workspace from the hub (GET with the hub's credentials), or None once refused."""
+        if scope["type"] == "websocket":
+            await deny(scope, send, 404, "workspaces are served on their own origin")
+            return None
+        if not target.known:
+            await pages.not_found(send)
+            return None
         if scope["method"] not in ("GET", "HEAD"):
             await send_error(send, 405, {"error": "method_not_allowed", "detail": "open the workspace with GET"})
-            return
-        creds = Credentials.of(scope)
-        principal = await identify(creds, self.auth)
+            return None
+        principal = await identify(Credentials.of(scope), self.auth)
         if principal is None:
-            await pages.sign_in(send, raw_path.decode("latin-1"))
-            return
+            await pages.sign_in(send, back)
+        return principal
+
+    async def _running_route(
+        self, scope: dict[str, Any], send: Any, principal: Principal, target: HostTarget
+    ) -> Route | None:
+        """The workspace's route when ``principal`` may open it and it runs; else the refusal or starting page
+        was sent and None."""
         route = await self.relay.routes.get(target.workspace_id)
         if not await self._may_open(scope, send, principal, route, target, False):
-            return
+            return None
         if route.endpoint is None:
             route = await self.relay.routes.load(target.workspace_id)
             if route.endpoint is None:
                 await self.relay.not_running(scope, send, route, principal)
-                return
-        ticket = await self.entry.issue(principal.user_id, target.workspace_id, principal.token_id)
-        params = urlencode({"ticket": ticket, "next": rest.decode("latin-1")})
-        location = f"{self.hosts.origin(target.label)}{ENTER_PATH.decode()}?{params}"
-        await pages.redirect(send, location.encode("latin-1"), extra=[(b"referrer-policy", b"no-referrer")])
+                return None
+        return route  # type: ignore[no-any-return]
 
     # -- workspace hosts -----------------------------------------------------------------------------------
 
@@ -130,8 +175,11 @@ class SubdomainFront:
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         if raw_path.startswith(b"/_codehub/"):
-            if raw_path == ENTER_PATH and not is_ws and scope["method"] == "GET":
+            if raw_path == ENTER_PATH.encode() and not is_ws and scope["method"] == "GET":
                 await self._enter(scope, send, target)
+            elif raw_path == START_PATH.encode() and not is_ws and scope["method"] == "GET":
+                params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+                await self._start_entry(send, target, safe_next(params.get("next")))
             else:
                 await (deny(scope, send, 404, "not found") if is_ws else pages.not_found(send))
             return
@@ -175,7 +223,7 @@ class SubdomainFront:
             await self.relay.relay_http(scope, receive, send, route, rest, headers, creds, b"")
 
     async def _principal(self, headers: list[tuple[bytes, bytes]], workspace_id: str) -> Principal | None:
-        for raw in workspace_cookies(headers):
+        for raw in cookie_values(headers, _WS_COOKIE):
             principal = self.auth.cached_workspace(raw, workspace_id)
             if principal is None:
                 principal = await self.auth.workspace_principal_of(raw, workspace_id)
@@ -197,18 +245,28 @@ class SubdomainFront:
         await (deny(scope, send, 404, "no such workspace") if is_ws else pages.not_found(send))
         return False
 
+    async def _start_entry(self, send: Any, target: HostTarget, nxt: str) -> None:
+        """Give the browser a state cookie and send it to the hub for a ticket bound to that state."""
+        state = self.entry.new_state()
+        cookie = f"{WORKSPACE_STATE_COOKIE}={state}{self.cookie_attributes}; Max-Age={STATE_TTL}"
+        params = urlencode({"label": target.label, "state": state, "next": nxt})
+        location = f"{self.hosts.hub_origin}{TICKET_PATH}?{params}".encode("latin-1")
+        await pages.redirect(send, location, extra=[(b"set-cookie", cookie.encode("latin-1")), _NO_REFERRER])
+
     async def _enter(self, scope: dict[str, Any], send: Any, target: HostTarget) -> None:
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        states = cookie_values(scope["headers"], _STATE_COOKIE)
         try:
-            entry = await self.entry.redeem(params.get("ticket", ""), target.workspace_id)
+            entry = await self.entry.redeem(params.get("ticket", ""), target.workspace_id, states)
         except TicketRefused as exc:
             await _entry_refused(send, _REFUSALS[exc.reason], self.hosts.hub_origin)
             return
         raw = await self.entry.open_cookie(entry)
         max_age = int(self.settings.workspace_cookie_ttl)
         cookie = f"{WORKSPACE_COOKIE}={raw}{self.cookie_attributes}; Max-Age={max_age}".encode("latin-1")
+        spent = f"{WORKSPACE_STATE_COOKIE}={self.cookie_attributes}; Max-Age=0".encode("latin-1")
         location = safe_next(params.get("next")).encode("latin-1")
-        await pages.redirect(send, location, extra=[(b"set-cookie", cookie), (b"referrer-policy", b"no-referrer")])
+        await pages.redirect(send, location, extra=[(b"set-cookie", cookie), (b"set-cookie", spent), _NO_REFERRER])
 
     async def _not_signed_in(
         self, scope: dict[str, Any], send: Any, target: HostTarget, raw_path: bytes, is_ws: bool
@@ -217,7 +275,10 @@ class SubdomainFront:
         if is_ws:
             await deny(scope, send, 401, "enter the workspace through the hub first")
         elif _navigation(scope):
-            await pages.redirect(send, self._hub_entry(target, raw_path, scope))
+            query = scope.get("query_string", b"")
+            await self._start_entry(
+                send, target, safe_next((raw_path + (b"?" + query if query else b"")).decode("latin-1"))
+            )
         else:
             await send_error(send, 401, {"error": "unauthenticated", "detail": "enter the workspace through the hub"})
 
