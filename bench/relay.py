@@ -4,13 +4,16 @@ In one run, on loopback only, every process started here and stopped at the end 
 
 - upstream: ``bench/upstream.py`` (1 KiB HTTP answers, WebSocket echo; fast enough not to be the limit);
 - hub: ``python -m app serve`` (one uvicorn worker, its own SQLite), a workspace row pointed at the upstream;
+- hub-subdomain: the same in subdomain mode (``CODEHUB_WORKSPACE_DOMAIN``), relaying on the workspace's own
+  host (``Host: <id>.ws.localhost``) with the workspace cookie the entry flow gave;
 - nginx: Debian's ``/usr/sbin/nginx``, one worker, keep-alive upstream pool, WebSocket upgrade map;
 - configurable-http-proxy (JupyterHub's proxy): npm-installed into ``bench/.cache/chp`` when missing.
 
 Measures: HTTP 1 KiB at 50 connections (``wrk -t1 -c50``): req/s and p99; WebSocket ping-pong over 50
 connections (``bench/wsload.py``): messages/s and p99; hub RSS growth per idle relayed WebSocket with 1,000
 open. Median of ``--rounds`` runs, targets interleaved. Targets: hub HTTP >= 1.5x chp req/s with a
-lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket.
+lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket; subdomain mode's HTTP and
+WebSocket figures within 5 % of path mode's.
 
 Usage: ``python bench/relay.py [--seconds 8] [--rounds 3] [--idle 1000] [--no-chp]``; results are printed and
 written to ``bench/results/relay-<time>.json``.
@@ -108,9 +111,10 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def start_hub(stack: ExitStack, tmp: Path, upstream: int) -> dict[str, Any]:
-    """The hub as ``codehub serve`` would run it, with a workspace row whose IDE is the upstream."""
-    data = tmp / "hub"
+def start_hub(stack: ExitStack, tmp: Path, upstream: int, *, subdomain: bool = False) -> dict[str, Any]:
+    """The hub as ``codehub serve`` would run it, with a workspace row whose IDE is the upstream (in subdomain
+    mode: entered through the ticket flow, its workspace cookie and ``Host`` in ``headers``)."""
+    data = tmp / ("hub-subdomain" if subdomain else "hub")
     data.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEHUB_")}
@@ -124,11 +128,13 @@ def start_hub(stack: ExitStack, tmp: Path, upstream: int) -> dict[str, Any]:
         CODEHUB_LOG_LEVEL="warning",
         CODEHUB_HUB_ID=f"bench-{os.getpid()}",
     )
+    if subdomain:
+        env.update(CODEHUB_PUBLIC_URL=f"http://127.0.0.1:{port}", CODEHUB_WORKSPACE_DOMAIN="ws.localhost")
     run = {"cwd": ROOT, "env": env, "check": True, "capture_output": True, "timeout": 120}
     subprocess.run([PY, "-m", "app", "migrate"], **run)
     made = subprocess.run([PY, "-m", "app", "create-user", "bench", "--admin", "--password", "bench-pass-1"], **run)
     token = made.stdout.decode().strip().splitlines()[-1]
-    proc = spawn(stack, [PY, "-m", "app", "serve"], tmp / "hub.log", cwd=ROOT, env=env)
+    proc = spawn(stack, [PY, "-m", "app", "serve"], tmp / f"{data.name}.log", cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health", timeout=120)
     auth = {"Authorization": f"Bearer {token}"}
@@ -137,8 +143,19 @@ def start_hub(stack: ExitStack, tmp: Path, upstream: int) -> dict[str, Any]:
     ws_id = r.json()["id"]
     with sqlite3.connect(data / "codehub.db") as db:
         db.execute("UPDATE workspaces SET state='running', endpoint=? WHERE id=?", (f"127.0.0.1:{upstream}", ws_id))
-    wait_http(f"{base}/w/{ws_id}/", headers=auth)
-    return {"pid": proc.pid, "base": base, "prefix": f"/w/{ws_id}", "token": token}
+    if not subdomain:
+        wait_http(f"{base}/w/{ws_id}/", headers=auth)
+        return {"pid": proc.pid, "base": base, "prefix": f"/w/{ws_id}", "token": token, "headers": auth}
+    host = f"{ws_id}.ws.localhost:{port}"
+    with httpx.Client(base_url=base, headers=auth, timeout=10) as hub:
+        start = httpx.URL(hub.get(f"/w/{ws_id}/").headers["location"])
+        r = httpx.get(f"{base}{start.raw_path.decode()}", headers={"Host": host})
+        state = r.cookies["codehub_ws_state"]
+        enter = httpx.URL(hub.get(r.headers["location"]).headers["location"])
+    r = httpx.get(f"{base}{enter.raw_path.decode()}", headers={"Host": host, "Cookie": f"codehub_ws_state={state}"})
+    headers = {"Host": host, "Cookie": f"codehub_ws={r.cookies['codehub_ws']}"}
+    wait_http(f"{base}/", headers=headers)
+    return {"pid": proc.pid, "base": base, "prefix": "", "token": token, "headers": headers}
 
 
 def start_nginx(stack: ExitStack, tmp: Path, upstream: int) -> tuple[int, int]:
@@ -286,14 +303,15 @@ def main() -> None:
         up = spawn(stack, [PY, str(BENCH / "upstream.py"), "--port", str(up_port)], tmp / "upstream.log")
         wait_http(f"http://127.0.0.1:{up_port}/")
         hub = start_hub(stack, tmp, up_port)
+        sub = start_hub(stack, tmp, up_port, subdomain=True)
         nginx_pid, nginx_port = start_nginx(stack, tmp, up_port)
-        auth = {"Authorization": f"Bearer {hub['token']}"}
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"127.0.0.1:{up_port}/x", {}),
-            "hub": (f"{hub['base'].removeprefix('http://')}{hub['prefix']}/x", auth),
+            "hub": (f"{hub['base'].removeprefix('http://')}{hub['prefix']}/x", hub["headers"]),
+            "hub-subdomain": (f"{sub['base'].removeprefix('http://')}/x", sub["headers"]),
             "nginx": (f"127.0.0.1:{nginx_port}/x", {}),
         }
-        pids = {"hub": [hub["pid"]], "nginx": [nginx_pid]}
+        pids = {"hub": [hub["pid"]], "hub-subdomain": [sub["pid"]], "nginx": [nginx_pid]}
         chp = None if args.no_chp else ensure_chp()
         if chp is not None:
             chp_pid, chp_port = start_chp(stack, tmp, up_port, chp)
@@ -326,7 +344,7 @@ def main() -> None:
         results["websocket"] = {n: median_of(r) for n, r in ws_runs.items()}
         results["http_runs"], results["websocket_runs"] = http_runs, ws_runs
         memory = {}
-        for name in [n for n in names if n != "direct"]:
+        for name in [n for n in names if n not in ("direct", "hub-subdomain")]:
             memory[name] = idle_memory(f"ws://{targets[name][0]}", pids[name], args.idle, targets[name][1])
             print(f"idle {name:>24}: {memory[name]}", flush=True)
             if name == "hub":
@@ -360,6 +378,20 @@ def report(results: dict[str, Any]) -> None:
             "http_rps_hub_over_chp": round(http["hub"]["rps"] / http[chp]["rps"], 2),
             "ws_msgs_hub_over_chp": round(ws["hub"]["msgs_per_s"] / ws[chp]["msgs_per_s"], 2),
         }
+    sub = "hub-subdomain"
+    checks["subdomain_http_within_5pct"] = http[sub]["rps"] >= 0.95 * http["hub"]["rps"]
+    checks["subdomain_ws_within_5pct"] = ws[sub]["msgs_per_s"] >= 0.95 * ws["hub"]["msgs_per_s"]
+    # on a loaded machine two identical hubs differ by more than 5 % in throughput; CPU per request does not
+    checks["subdomain_cpu_per_req_within_5pct"] = http[sub]["cpu_us_per_req"] <= 1.05 * http["hub"]["cpu_us_per_req"]
+    results.setdefault("ratios", {}).update(
+        {
+            "http_rps_subdomain_over_path": round(http[sub]["rps"] / http["hub"]["rps"], 3),
+            "ws_msgs_subdomain_over_path": round(ws[sub]["msgs_per_s"] / ws["hub"]["msgs_per_s"], 3),
+            "http_cpu_per_req_subdomain_over_path": round(
+                http[sub]["cpu_us_per_req"] / http["hub"]["cpu_us_per_req"], 3
+            ),
+        }
+    )
     checks["idle_ws_below_100_kib"] = results["idle_memory"]["hub"]["kib_per_ws"] < 100
     checks["relay_counter_back_to_0"] = results["idle_memory"]["hub"].get("relay_connections_after_close") == 0
     results["targets"] = checks
@@ -379,14 +411,17 @@ def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     http, ws, checks = results["http"], results["websocket"], results["targets"]
     rows: list[dict[str, Any]] = []
     for name in http:
-        ref = name != "hub"
+        ref = name not in ("hub", "hub-subdomain")
+        target = {"target": ">= 1.5x chp", "ok": checks.get("http_rps_ge_1.5x_chp")}
+        if name == "hub-subdomain":
+            target = {"target": ">= 0.95x hub", "ok": checks.get("subdomain_http_within_5pct")}
         rows.append(
             {
                 "name": f"HTTP 1 KiB, 50 conns: {name}",
                 "value": round(http[name]["rps"]),
                 "unit": "req/s",
                 "reference": ref,
-                **({} if ref else {"target": ">= 1.5x chp", "ok": checks.get("http_rps_ge_1.5x_chp")}),
+                **({} if ref else target),
             }
         )
         rows.append(
@@ -399,14 +434,17 @@ def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     for name in ws:
-        ref = name != "hub"
+        ref = name not in ("hub", "hub-subdomain")
+        target = {"target": ">= chp", "ok": checks.get("ws_msgs_ge_chp")}
+        if name == "hub-subdomain":
+            target = {"target": ">= 0.95x hub", "ok": checks.get("subdomain_ws_within_5pct")}
         rows.append(
             {
                 "name": f"WebSocket ping-pong, 50 conns: {name}",
                 "value": round(ws[name]["msgs_per_s"]),
                 "unit": "msg/s",
                 "reference": ref,
-                **({} if ref else {"target": ">= chp", "ok": checks.get("ws_msgs_ge_chp")}),
+                **({} if ref else target),
             }
         )
     hub_idle = results["idle_memory"]["hub"]

@@ -43,6 +43,8 @@ class Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         request = self.proto.connect()
         for name, value in self.headers:
+            if name.lower() == "host":  # a virtual host (the hub's subdomain mode): replace, not add
+                del request.headers["Host"]
             request.headers[name] = value
         self.proto.send_request(request)
         self.flush()
