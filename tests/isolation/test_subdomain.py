@@ -188,7 +188,10 @@ async def test_the_owner_enters_and_the_ide_sees_no_hub_credential(setup: Setup)
     r = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
     assert r.status_code == 302 and r.headers["location"] == "/sub/page?x=1"
     assert "codehub_ws_state=;" in r.headers.get_list("set-cookie")[1]  # the state is spent
-    cookie = r.headers.get_list("set-cookie")[0].split(";")[0].split("=", 1)[1]
+    set_cookie = r.headers.get_list("set-cookie")[0]
+    cookie = set_cookie.split(";")[0].split("=", 1)[1]
+    max_age = int(set_cookie.split("Max-Age=")[1].split(";")[0])
+    assert 0 < max_age <= setup.hub.settings.workspace_cookie_ttl
     assert await count(setup, ApiToken, ApiToken.token_hash == hash_token(cookie), ApiToken.kind == "workspace") == 1
     r = await on_host(setup, setup.alice_ws, "GET", "/echo?q=1", cookie=cookie, state=ticket.state)
     assert r.status_code == 200, r.text
@@ -334,6 +337,27 @@ async def test_logout_ends_the_workspace_cookies_it_opened(setup: Setup) -> None
         r = await client.post("/api/auth/logout", headers={"Origin": setup.hub.url})
         assert r.status_code == 204, r.text
     assert (await on_host(setup, setup.alice_ws, "GET", "/", cookie=cookie)).status_code == 401
+
+
+async def test_a_ticket_made_before_logout_opens_nothing_after(setup: Setup) -> None:
+    session = await login(setup, "alice")
+    ticket = await ticket_for(setup, session, setup.alice_ws)
+    async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": session}) as client:
+        assert (await client.post("/api/auth/logout", headers={"Origin": setup.hub.url})).status_code == 204
+    r = await on_host(setup, setup.alice_ws, "GET", ticket.enter, state=ticket.state)
+    assert r.status_code == 403 and "has ended" in r.text and "set-cookie" not in r.headers
+
+
+async def test_disabling_a_user_ends_their_workspace_cookies(setup: Setup, upstream: str) -> None:
+    carol = await setup.hub.new_user("carol")
+    ws = await setup.hub.workspace(carol, "carols", upstream)
+    cookie = await enter(setup, await login(setup, "carol"), ws)
+    assert (await on_host(setup, ws, "GET", "/", cookie=cookie)).status_code == 200
+    async with setup.hub.client() as admin:
+        me = (await admin.get("/api/auth/me", headers={"Authorization": f"Bearer {carol}"})).json()
+        r = await admin.patch(f"/api/admin/users/{me['id']}", json={"disabled": True})
+        assert r.status_code == 200, r.text
+    assert (await on_host(setup, ws, "GET", "/", cookie=cookie)).status_code == 401
 
 
 async def test_the_api_and_unknown_names_are_not_served_on_workspace_hosts(setup: Setup) -> None:

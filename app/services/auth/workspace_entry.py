@@ -58,14 +58,16 @@ class TicketRefused(Exception):
 
 
 class Entry:
-    """What a redeemed ticket names: the user, the workspace and the token that asked for it."""
+    """What a redeemed ticket names: the user, the workspace, the token that asked for it and when that token
+    ends (None: never)."""
 
-    __slots__ = ("parent_id", "user_id", "workspace_id")
+    __slots__ = ("parent_expires_at", "parent_id", "user_id", "workspace_id")
 
-    def __init__(self, user_id: int, workspace_id: str, parent_id: str) -> None:
+    def __init__(self, user_id: int, workspace_id: str, parent_id: str, parent_expires_at: datetime | None) -> None:
         self.user_id = user_id
         self.workspace_id = workspace_id
         self.parent_id = parent_id
+        self.parent_expires_at = parent_expires_at
 
 
 class WorkspaceEntry:
@@ -135,37 +137,45 @@ class WorkspaceEntry:
                 raise TicketRefused(TicketRefusal.OTHER_WORKSPACE)
             if not any(_valid_state(s) and hmac.compare_digest(hash_token(s), state_hash) for s in states):
                 raise TicketRefused(TicketRefusal.OTHER_BROWSER)
-            live = await session.scalar(
-                select(ApiToken.id)
-                .join(User, User.id == ApiToken.user_id)
-                .where(
-                    ApiToken.id == parent_id,
-                    ApiToken.user_id == user_id,
-                    ApiToken.revoked_at.is_(None),
-                    User.disabled.is_(False),
+            parent = (
+                await session.execute(
+                    select(ApiToken.id, ApiToken.expires_at)
+                    .join(User, User.id == ApiToken.user_id)
+                    .where(
+                        ApiToken.id == parent_id,
+                        ApiToken.user_id == user_id,
+                        ApiToken.revoked_at.is_(None),
+                        User.disabled.is_(False),
+                    )
                 )
-            )
-        if live is None:
+            ).first()
+        parent_expires_at = _aware(parent[1]) if parent is not None and parent[1] is not None else None
+        if parent is None or (parent_expires_at is not None and parent_expires_at <= utcnow()):
             raise TicketRefused(TicketRefusal.REVOKED)
-        return Entry(user_id, workspace_id, parent_id)
+        return Entry(user_id, workspace_id, parent_id, parent_expires_at)
 
-    async def open_cookie(self, entry: Entry) -> str:
-        """A new workspace cookie value for the entry's user on its workspace's host."""
+    async def open_cookie(self, entry: Entry) -> tuple[str, int]:
+        """A new workspace cookie value for the entry's user on its workspace's host, and its lifetime in
+        seconds: ``workspace_cookie_ttl``, never beyond the end of the token that entered."""
         raw = WORKSPACE_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        expires_at = now + timedelta(seconds=self._settings.workspace_cookie_ttl)
+        if entry.parent_expires_at is not None:
+            expires_at = min(expires_at, entry.parent_expires_at)
         token = ApiToken(
             user_id=entry.user_id,
             name="workspace",
             kind=WORKSPACE_TOKEN_KIND,
             token_hash=hash_token(raw),
             prefix=raw[: len(WORKSPACE_TOKEN_PREFIX) + 4],
-            expires_at=utcnow() + timedelta(seconds=self._settings.workspace_cookie_ttl),
+            expires_at=expires_at,
             workspace_id=entry.workspace_id,
             parent_id=entry.parent_id,
         )
         async with self._sessionmaker() as session:
             session.add(token)
             await session.commit()
-        return raw
+        return raw, max(1, int((expires_at - now).total_seconds()))
 
 
 def _valid_state(state: str) -> bool:

@@ -261,8 +261,7 @@ class SubdomainFront:
         except TicketRefused as exc:
             await _entry_refused(send, _REFUSALS[exc.reason], self.hosts.hub_origin)
             return
-        raw = await self.entry.open_cookie(entry)
-        max_age = int(self.settings.workspace_cookie_ttl)
+        raw, max_age = await self.entry.open_cookie(entry)
         cookie = f"{WORKSPACE_COOKIE}={raw}{self.cookie_attributes}; Max-Age={max_age}".encode("latin-1")
         spent = f"{WORKSPACE_STATE_COOKIE}={self.cookie_attributes}; Max-Age=0".encode("latin-1")
         location = safe_next(params.get("next")).encode("latin-1")
