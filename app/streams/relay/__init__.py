@@ -4,7 +4,8 @@ Owns: ``front`` (``WorkspaceFront``, the ASGI front that takes ``/w/…`` and ``
 Litestar, and ``Relay``), ``deps`` (what the composition root hands the relay), ``access`` (routes to IDEs
 and header rewriting), ``http`` and ``ws`` (the two upstream legs), ``wsframes`` (the WebSocket client
 codec), ``splice`` (spliced WebSockets), ``pages`` (the relay's own small HTML pages), ``stats``
-(counters and activity), ``terminal`` (the shell over a WebSocket).
+(counters and activity), ``terminal`` (the shell over a WebSocket), ``hosts`` and ``subdomain`` (subdomain
+mode: a workspace's own host, and the ticket entry onto it).
 """
 
 __all__ = ["deps", "front", "splice"]
