@@ -98,6 +98,7 @@ async def login(setup: Setup, username: str, password: str = PASSWORD) -> str:
     async with httpx.AsyncClient(base_url=setup.hub.url) as client:
         r = await client.post("/api/auth/login", json={"username": username, "password": password})
         assert r.status_code == 200, r.text
+        assert "domain=" not in r.headers["set-cookie"].lower()  # host-only: workspace hosts never get it
         return r.cookies["codehub_session"]
 
 
@@ -199,6 +200,11 @@ async def test_the_owner_enters_and_the_ide_sees_no_hub_credential(setup: Setup)
     assert seen["path"] == "/echo"
     assert "codehub_" not in str(seen["headers"]) and cookie not in str(seen)
     assert "x-forwarded-prefix" not in {pair[0].lower() for pair in seen["headers"]}
+
+
+async def test_ready_has_no_path_mode_warning(setup: Setup) -> None:
+    async with setup.hub.client() as client:
+        assert (await client.get("/ready")).json()["warnings"] == []
 
 
 async def test_a_ticket_works_once(setup: Setup) -> None:

@@ -394,7 +394,9 @@ class Relay:
 
 
 class WorkspaceFront:
-    """ASGI wrapper: ``/w/…`` to the relay, ``/ws/workspaces/…`` to the terminal, the rest to ``app``."""
+    """ASGI wrapper: ``/w/…`` to the relay, ``/ws/workspaces/…`` to the terminal, the rest to ``app``. In
+    subdomain mode, hosts under the workspace domain go to ``SubdomainFront`` (one dict lookup on ``Host``), and
+    on the hub's host ``/w/…`` and ``/_codehub/ticket`` are the entry onto them."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], relay: Relay) -> None:
         self.app = app
