@@ -89,7 +89,7 @@ async def test_a_real_workspace_on_its_own_origin(docker_hub: Hub) -> None:
     url = f"ws://{host}/socket"
     async with connect(
         url, host="127.0.0.1", additional_headers={"Cookie": f"codehub_ws={cookie}"}, origin=f"http://{host}"
-    ) as sock:  # type: ignore[arg-type]
+    ) as sock:
         await sock.send("over its own origin")
         assert await sock.recv() == "over its own origin"
     with pytest.raises(InvalidStatus) as refused:
@@ -97,16 +97,16 @@ async def test_a_real_workspace_on_its_own_origin(docker_hub: Hub) -> None:
             url,
             host="127.0.0.1",
             additional_headers={"Cookie": f"codehub_ws={cookie}"},
-            origin=f"http://9000--{ws_id}.{DOMAIN}:{port}",  # type: ignore[arg-type]
+            origin=f"http://9000--{ws_id}.{DOMAIN}:{port}",
         ):
             pass
     assert refused.value.response.status_code == 403
     terminal = f"{hub.url.replace('http://', 'ws://')}/ws/workspaces/{ws_id}"
     with pytest.raises(InvalidStatus) as refused:
-        async with connect(terminal, additional_headers={"Cookie": f"codehub_session={cookie}"}, origin=hub.url):  # type: ignore[arg-type]
+        async with connect(terminal, additional_headers={"Cookie": f"codehub_session={cookie}"}, origin=hub.url):
             pass
     assert refused.value.response.status_code == 401
-    async with connect(terminal, additional_headers={"Cookie": f"codehub_session={session}"}, origin=hub.url) as shell:  # type: ignore[arg-type]
+    async with connect(terminal, additional_headers={"Cookie": f"codehub_session={session}"}, origin=hub.url) as shell:
         await shell.send("echo hub-$((6*7))\r")
         output = b""
         with anyio.fail_after(20):
