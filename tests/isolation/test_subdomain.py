@@ -202,6 +202,21 @@ async def test_the_owner_enters_and_the_ide_sees_no_hub_credential(setup: Setup)
     assert "x-forwarded-prefix" not in {pair[0].lower() for pair in seen["headers"]}
 
 
+async def test_entry_returns_only_to_paths_on_the_workspace_host(setup: Setup) -> None:
+    session = await login(setup, "alice")
+    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/%2F%2Fevil.example"):
+        r = await on_host(setup, setup.alice_ws, "GET", "/_codehub/start", params={"next": evil})
+        state = r.cookies["codehub_ws_state"]
+        assert parse_qs(urlsplit(r.headers["location"]).query)["next"] == ["/"], evil
+        async with httpx.AsyncClient(base_url=setup.hub.url, cookies={"codehub_session": session}) as hub:
+            r = await hub.get("/_codehub/ticket", params={"label": setup.alice_ws, "state": state, "next": evil})
+        enter = urlsplit(r.headers["location"])
+        assert parse_qs(enter.query)["next"] == ["/"], evil
+        tampered = f"{enter.path}?ticket={parse_qs(enter.query)['ticket'][0]}&next={evil}"
+        r = await on_host(setup, setup.alice_ws, "GET", tampered, state=state)
+        assert r.status_code == 302 and r.headers["location"] == "/", evil
+
+
 async def test_ready_has_no_path_mode_warning(setup: Setup) -> None:
     async with setup.hub.client() as client:
         assert (await client.get("/ready")).json()["warnings"] == []
