@@ -7,8 +7,8 @@ one set per process (``codehub serve`` runs one worker: scrape every hub process
 
 Label cardinality is bounded on purpose: HTTP metrics use the route *template*
 (``/api/workspaces/{workspace_id}``), never the raw path; Docker and LLM metrics use small fixed label sets.
-The only per-workspace labels are the relay's (``workspace_id``), bounded by the number of workspaces with
-an open relay; call ``forget_workspace`` when a workspace stops or is deleted so its series go away.
+No label carries a workspace id: the relay's series are per server (its id, or ``hub`` for workspaces the
+hub runs itself), so they are bounded by the number of registered servers.
 
 Values read from the database (workspaces by state) or from other objects (event hub counters, dependency
 checks) are computed at scrape time: ``/metrics`` awaits ``refresh`` before rendering, and
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
@@ -60,13 +60,13 @@ START_SECONDS = Histogram(
 
 RELAY_CONNECTIONS = Gauge(
     "codehub_relay_connections",
-    "Open relay connections (HTTP requests in flight and WebSockets) per workspace.",
-    ["workspace_id"],
+    "Open relay connections (HTTP requests in flight, WebSockets, terminals) per server (``hub``: hub-run).",
+    ["server"],
 )
 RELAY_BYTES = Counter(
     "codehub_relay_bytes_total",
-    "Bytes relayed per workspace (direction: up = client to workspace, down = workspace to client).",
-    ["workspace_id", "direction"],
+    "Bytes relayed per server (direction: up = client to workspace, down = workspace to client).",
+    ["server", "direction"],
 )
 
 DOCKER_SECONDS = Histogram(
@@ -109,15 +109,6 @@ def docker_call(operation: str) -> Iterator[None]:
         raise
     finally:
         DOCKER_SECONDS.labels(operation).observe(time.perf_counter() - started)
-
-
-def forget_workspace(workspace_id: str) -> None:
-    """Drop a workspace's relay series (call when it stops or is deleted; keeps cardinality bounded)."""
-    with suppress(KeyError):
-        RELAY_CONNECTIONS.remove(workspace_id)
-    for direction in ("up", "down"):
-        with suppress(KeyError):
-            RELAY_BYTES.remove(workspace_id, direction)
 
 
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

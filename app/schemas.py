@@ -216,9 +216,29 @@ class CheckResult(msgspec.Struct):
     error: str | None = None
 
 
+class EngineStatus(msgspec.Struct):
+    """One engine in ``GET /ready``: a registered server's Docker engine or a hub-wide runtime."""
+
+    name: str
+    kind: str
+    ok: bool
+    required: bool
+    latency_ms: float
+    server_id: str | None = None
+    version: str = ""
+    api_version: str = ""
+    error: str | None = None
+
+
 class ReadyResponse(msgspec.Struct):
-    """``GET /ready``: every check and the overall verdict."""
+    """``GET /ready``: every check, every engine, the engines that are down and the overall verdict.
+
+    ``ok`` is false when a dependency check fails or a ``required`` engine (where new workspaces go by
+    default) is down; another server being down only puts its name in ``down``.
+    """
 
     ok: bool
     checks: list[CheckResult]
+    engines: list[EngineStatus] = []
+    down: list[str] = []
     warnings: list[str] = []

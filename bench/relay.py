@@ -253,7 +253,7 @@ def ws_pingpong(url: str, seconds: float, headers: dict[str, str]) -> dict[str, 
 
 
 def relay_connections(hub: dict[str, Any]) -> float:
-    """``codehub_relay_connections`` summed over workspaces, from the hub's /metrics."""
+    """``codehub_relay_connections`` summed over servers, from the hub's /metrics."""
     text = httpx.get(f"{hub['base']}/metrics", timeout=10).text
     return sum(float(m.group(1)) for m in re.finditer(r"^codehub_relay_connections\{[^}]*\} ([\d.e+]+)$", text, re.M))
 

@@ -10,7 +10,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.context import AppContext, ReadyCheck
-from app.schemas import CheckResult, ReadyResponse
+from app.schemas import CheckResult, EngineStatus, ReadyResponse
+from app.services.runtime.engines import EngineCheck
 
 CHECK_TIMEOUT = 3.0
 PATH_MODE_WARNING = (
@@ -33,7 +34,12 @@ async def health() -> dict[str, str]:
     responses={503: ResponseSpec(data_container=ReadyResponse, description="a required check failed")},
 )
 async def ready(ctx: AppContext) -> Response[ReadyResponse]:
-    """Database, Redis (when configured) and each Docker server (when configured): status and latency."""
+    """Database, Redis and the event hub (when configured), and every engine: status, latency, API version.
+
+    503 when a dependency is down, when the default engine is (the hub-wide runtime, or the default server),
+    or when no engine of the kind new workspaces get answers. Any other server that is down is named in
+    ``down`` without failing readiness: its workspaces fail, the hub still serves the others.
+    """
     results: list[CheckResult] = []
 
     async def run(name: str, check: ReadyCheck) -> None:
@@ -48,10 +54,41 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
             error = f"{type(exc).__name__}: {exc}"[:300]
         results.append(CheckResult(name, error is None, round((time.perf_counter() - started) * 1000, 2), error))
 
+    engines: list[EngineCheck] = []
+
+    async def check_engines() -> None:
+        try:
+            engines.extend(await ctx.engines.check(CHECK_TIMEOUT))
+        except Exception as exc:  # the servers table is unreadable: the database check reports why
+            results.append(CheckResult("engines", False, 0.0, f"{type(exc).__name__}: {exc}"[:300]))
+
     async with anyio.create_task_group() as tg:
         for name, check in ctx.ready_checks.items():
             tg.start_soon(run, name, check)
+        tg.start_soon(check_engines)
     results.sort(key=lambda r: r.name)
-    ok = all(r.ok for r in results)
-    body = ReadyResponse(ok, results, [] if ctx.settings.workspace_domain else [PATH_MODE_WARNING])
+    statuses = [_status(e) for e in engines]
+    serving = [e for e in statuses if e.kind == ctx.engines.default_kind]
+    ok = (
+        all(r.ok for r in results)
+        and all(e.ok for e in statuses if e.required)
+        and (not serving or any(e.ok for e in serving))
+    )
+    down = [e.name for e in statuses if not e.ok]
+    body = ReadyResponse(ok, results, statuses, down, [] if ctx.settings.workspace_domain else [PATH_MODE_WARNING])
     return Response(body, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _status(check: EngineCheck) -> EngineStatus:
+    info = check.info
+    return EngineStatus(
+        name=check.name,
+        kind=check.kind,
+        ok=info.ok,
+        required=check.required,
+        latency_ms=check.latency_ms,
+        server_id=check.server_id,
+        version=info.version,
+        api_version=info.api_version,
+        error=info.error[:300] if info.error else None,
+    )

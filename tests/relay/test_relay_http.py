@@ -12,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.support.promtext import sample_value
 from tests.support.relay import RelayHub, upstream_process
 from tests.support.server import free_port
 
@@ -273,3 +274,14 @@ async def test_interim_answer_in_the_same_read_as_the_final_one(relay_hub: Relay
             r = await client.get(f"/w/{ws}/page")
         tg.cancel_scope.cancel()
     assert (r.status_code, r.text) == (200, "hello") and "link" not in r.headers
+
+
+async def test_relay_metrics_are_per_server_never_per_workspace(relay_hub: RelayHub, ws_id: str) -> None:
+    async with relay_hub.client(relay_hub.alice) as client:
+        assert (await client.get(f"/w/{ws_id}/healthz")).status_code == 200
+        relay_hub.relay.stats.sync()  # the background copy runs every 5 s
+        text = (await client.get("/metrics")).text
+    relay_lines = [line for line in text.splitlines() if line.startswith("codehub_relay_")]
+    assert relay_lines and not any(ws_id in line for line in relay_lines)
+    assert (sample_value(text, "codehub_relay_bytes_total", server="hub", direction="down") or 0) > 0
+    assert sample_value(text, "codehub_relay_connections", server="hub") is not None

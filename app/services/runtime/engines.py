@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 from sqlalchemy import func, select
 
 import app.services.runtime.local  # noqa: F401  (registers the local kind)
 from app.db import SessionMaker
-from app.errors import ServiceUnavailable
+from app.errors import DomainError, ServiceUnavailable
 from app.models import RuntimeKind, Server, Workspace
-from app.services.runtime.base import WorkspaceRuntime
+from app.services.runtime.base import EngineInfo, WorkspaceRuntime
 from app.services.runtime.cache import MemoryStatusCache, RedisStatusCache, StatusCache
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.registry import RuntimeOptions, registered_runtimes, runtime_entry
@@ -49,6 +52,22 @@ def local_docker_url(settings: Settings) -> str | None:
 def make_status_cache(settings: Settings, redis: Any) -> StatusCache:
     """Redis-backed when the hub has Redis (shared by all hub processes), in-process otherwise."""
     return RedisStatusCache(redis, settings.redis_prefix) if redis is not None else MemoryStatusCache()
+
+
+class EngineCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """One engine's answer to a readiness check.
+
+    ``required`` marks the engine new workspaces go to by default (the hub-wide runtime while workspaces run
+    on the hub, else the default server): readiness fails when it is down, not when another server is.
+    """
+
+    name: str
+    """The server's name, or ``hub-<kind>`` for a runtime of the hub itself."""
+    kind: str
+    server_id: str | None
+    required: bool
+    latency_ms: float
+    info: EngineInfo
 
 
 class Engines:
@@ -182,3 +201,50 @@ class Engines:
                 continue
         found.extend((None, runtime) for runtime in self._hub_runtimes.values())
         return found
+
+    async def check(self, within: float) -> list[EngineCheck]:
+        """Ask every enabled server's engine and every hub-wide runtime for its version, concurrently.
+
+        Each answer is bounded by ``within`` seconds; a failure is part of the result, never raised.
+        """
+        async with self._sessionmaker() as session:
+            servers = list(await session.scalars(select(Server).where(Server.enabled.is_(True))))
+        on_servers = self.needs_server(self.default_kind)
+        results: list[EngineCheck] = []
+
+        async def probe(name: str, kind: str, server_id: str | None, required: bool, get: _RuntimeGetter) -> None:
+            started = time.perf_counter()
+            try:
+                with anyio.fail_after(within):
+                    info = await (await get()).info()
+            except TimeoutError:
+                info = EngineInfo(ok=False, error=f"no answer within {within:g} s")
+            except DomainError as exc:
+                info = EngineInfo(ok=False, error=exc.detail)
+            latency = info.latency_ms if info.ok else round((time.perf_counter() - started) * 1000, 2)
+            results.append(
+                EngineCheck(name=name, kind=kind, server_id=server_id, required=required, latency_ms=latency, info=info)
+            )
+
+        async with anyio.create_task_group() as tg:
+            for server in servers:
+                required = on_servers and server.is_default
+                tg.start_soon(probe, server.name, self.server_kind, server.id, required, _getter(self, server.id))
+            for kind, runtime in self._hub_runtimes.items():
+                tg.start_soon(probe, f"hub-{kind}", kind, None, kind == self.default_kind, _constant(runtime))
+        results.sort(key=lambda c: (not c.required, c.name))
+        return results
+
+
+_RuntimeGetter = Callable[[], Awaitable[WorkspaceRuntime]]
+
+
+def _getter(engines: Engines, server_id: str) -> _RuntimeGetter:
+    return lambda: engines.for_server(server_id)
+
+
+def _constant(runtime: WorkspaceRuntime) -> _RuntimeGetter:
+    async def get() -> WorkspaceRuntime:
+        return runtime
+
+    return get

@@ -25,7 +25,7 @@ REFRESH_AHEAD = 0.8  # of a cached route's time, after which one caller refreshe
 class Route:
     """What the relay needs of a workspace row."""
 
-    __slots__ = ("endpoint", "generation", "id", "loaded_at", "name", "owner_id", "reason", "state")
+    __slots__ = ("endpoint", "generation", "id", "loaded_at", "name", "owner_id", "reason", "server_id", "state")
 
     def __init__(self, ws: Workspace | None, workspace_id: str) -> None:
         self.id = workspace_id
@@ -33,6 +33,7 @@ class Route:
         self.state = ws.state if ws else WorkspaceState.DELETED
         self.reason = ws.state_reason if ws else None
         self.name = ws.name if ws else ""
+        self.server_id = ws.server_id if ws else None
         self.generation = ws.generation if ws else 0
         self.endpoint = (
             parse_endpoint(ws.endpoint) if ws and ws.state == WorkspaceState.RUNNING and ws.endpoint else None

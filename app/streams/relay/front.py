@@ -137,7 +137,7 @@ class Relay:
         refusal = cross_origin_refusal(scope, creds, self.settings)
         if refusal is not None:
             if is_ws:
-                self.stats.of(route.id).failed_upgrades += 1
+                self.stats.of(route.id, route.server_id).failed_upgrades += 1
                 await deny(scope, send, refusal.status, f"{refusal.code}: {refusal.detail}")
             else:
                 await send_error(send, refusal.status, refusal.to_body())
@@ -254,7 +254,7 @@ class Relay:
         if body_kind == "chunked":
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
-        counters = self.stats.of(route.id)
+        counters = self.stats.of(route.id, route.server_id)
         counters.http_requests += 1
         counters.http_in_flight += 1
         writer = direct_writer(scope)
@@ -346,7 +346,7 @@ class Relay:
         creds: Credentials,
         prefix: bytes,
     ) -> None:
-        counters = self.stats.of(route.id)
+        counters = self.stats.of(route.id, route.server_id)
         if route.endpoint is None:
             route = await self.routes.load(route.id)
             if route.endpoint is None:

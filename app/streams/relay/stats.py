@@ -2,9 +2,11 @@
 
 ``RelayStats`` keeps per-workspace counters: HTTP requests and upstream failures, open and total
 WebSockets, failed upgrades, close codes, bytes each way, open terminals. ``sync_metrics`` copies them into
-the Prometheus objects of ``app.metrics`` every few seconds, so a relayed frame costs an integer addition,
-not a locked metric update. ``Activity`` turns relay traffic into at most one ``lifecycle.touch`` per
-workspace per ``every`` seconds, written in the background so no request waits on the database.
+the Prometheus objects of ``app.metrics`` every few seconds, summed per server (the workspace's server id,
+``hub`` for hub-run workspaces: labels stay bounded however many workspaces come and go), so a relayed frame
+costs an integer addition, not a locked metric update. ``Activity`` turns relay traffic into at most one
+``lifecycle.touch`` per workspace per ``every`` seconds, written in the background so no request waits on
+the database.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import anyio
 
 from app import metrics
 
+HUB_SERVER = "hub"  # the metric label of workspaces the hub runs itself (not placed on a server)
+
 
 class WorkspaceCounters:
     """Counters of one workspace."""
@@ -28,6 +32,7 @@ class WorkspaceCounters:
         "failed_upgrades",
         "http_in_flight",
         "http_requests",
+        "server",
         "synced_down",
         "synced_up",
         "terminals_open",
@@ -37,6 +42,7 @@ class WorkspaceCounters:
     )
 
     def __init__(self) -> None:
+        self.server = HUB_SERVER
         self.http_requests = 0
         self.http_in_flight = 0
         self.upstream_errors = 0
@@ -81,12 +87,15 @@ class RelayStats:
 
     def __init__(self) -> None:
         self.workspaces: dict[str, WorkspaceCounters] = {}
+        self._servers: set[str] = set()
 
-    def of(self, workspace_id: str) -> WorkspaceCounters:
-        """The counters of ``workspace_id`` (created on first use)."""
+    def of(self, workspace_id: str, server_id: str | None = None) -> WorkspaceCounters:
+        """The counters of ``workspace_id`` (created on first use); ``server_id`` labels its metrics."""
         counters = self.workspaces.get(workspace_id)
         if counters is None:
             counters = self.workspaces[workspace_id] = WorkspaceCounters()
+        if server_id:
+            counters.server = server_id
         return counters
 
     @property
@@ -95,32 +104,38 @@ class RelayStats:
         return sum(c.websockets_open for c in self.workspaces.values())
 
     def forget(self, workspace_id: str) -> None:
-        """Drop an idle workspace's counters and its metric series (it stopped or was deleted)."""
+        """Drop an idle workspace's counters (it stopped or was deleted); its bytes are synced first."""
         counters = self.workspaces.get(workspace_id)
         if counters is not None and not counters.busy:
-            self.sync_one(workspace_id, counters)
+            self._sync_bytes(counters)
             del self.workspaces[workspace_id]
-            metrics.forget_workspace(workspace_id)
 
-    def sync_one(self, workspace_id: str, counters: WorkspaceCounters) -> None:
-        """Copy one workspace's counters into the Prometheus objects."""
+    @staticmethod
+    def _sync_bytes(counters: WorkspaceCounters) -> None:
         up, down = counters.bytes_up - counters.synced_up, counters.bytes_down - counters.synced_down
         if up:
-            metrics.RELAY_BYTES.labels(workspace_id, "up").inc(up)
+            metrics.RELAY_BYTES.labels(counters.server, "up").inc(up)
             counters.synced_up = counters.bytes_up
         if down:
-            metrics.RELAY_BYTES.labels(workspace_id, "down").inc(down)
+            metrics.RELAY_BYTES.labels(counters.server, "down").inc(down)
             counters.synced_down = counters.bytes_down
-        metrics.RELAY_CONNECTIONS.labels(workspace_id).set(
-            counters.http_in_flight + counters.websockets_open + counters.terminals_open
-        )
+
+    def sync(self) -> None:
+        """Copy every workspace's counters into the Prometheus objects, summed per server."""
+        open_by_server = dict.fromkeys(self._servers, 0)
+        for counters in list(self.workspaces.values()):
+            self._sync_bytes(counters)
+            open_now = counters.http_in_flight + counters.websockets_open + counters.terminals_open
+            open_by_server[counters.server] = open_by_server.get(counters.server, 0) + open_now
+        for server, open_now in open_by_server.items():
+            metrics.RELAY_CONNECTIONS.labels(server).set(open_now)
+        self._servers.update(open_by_server)
 
     async def sync_metrics(self, every: float = 5.0) -> None:
         """Copy counters into ``app.metrics`` every ``every`` seconds, forever."""
         while True:
             await anyio.sleep(every)
-            for workspace_id, counters in list(self.workspaces.items()):
-                self.sync_one(workspace_id, counters)
+            self.sync()
 
 
 class Activity:

@@ -106,7 +106,7 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
         await deny(scope, send, 409 if exc.status == 409 else 502, exc.detail)
         return
     await deps.hub.audit.record(audit_entry(scope, "terminal.open", principal, workspace_id=ws.id, target=ws.name))
-    counters = deps.stats.of(ws.id)
+    counters = deps.stats.of(ws.id, ws.server_id)
     counters.terminals_open += 1
     try:
         await send({"type": "websocket.accept"})
