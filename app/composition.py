@@ -12,7 +12,6 @@ reverse.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -56,6 +55,7 @@ from app.streams.events.hub import Hub
 from app.streams.net.http_transport import LinkTransport, direct_http
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.front import Relay
+from app.version import hub_version
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +176,7 @@ def _open_redis(settings: Settings) -> Redis | None:
 
 def _export_hub_metrics(hub: Hub) -> Callable[[], None]:
     """Label ``codehub_info`` and export the hub's counters; returns the function that stops the export."""
-    try:
-        version = importlib.metadata.version("code-hub")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    metrics.INFO.labels(version, hub.backend).set(1)
+    metrics.INFO.labels(hub_version(), hub.backend).set(1)
     return metrics.HUB_STATS.add(hub.stats)
 
 

@@ -13,13 +13,12 @@ from typing import Any, cast
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.types import ASGIApp
 
 from app.composition import compose
 from app.controllers.admin_users import AdminUsersController
 from app.controllers.ai import AIController
+from app.controllers.api_docs import openapi_config, swagger_assets
 from app.controllers.audit import AdminAuditController, AuditController
 from app.controllers.auth import AuthController
 from app.controllers.dashboard import DASHBOARD_ROUTES
@@ -40,6 +39,7 @@ from app.controllers.workspaces import WorkspacesController
 from app.logging_setup import configure_logging
 from app.settings import Settings, load_settings
 from app.streams.relay.front import WorkspaceFront
+from app.version import hub_version
 
 ROUTES: list[Any] = [
     health,
@@ -62,6 +62,7 @@ ROUTES: list[Any] = [
     AuditController,
     AdminAuditController,
     *DASHBOARD_ROUTES,
+    swagger_assets,
 ]
 
 
@@ -94,13 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings}),
-        openapi_config=OpenAPIConfig(
-            title="code-hub",
-            version="0.1.0",
-            description="Self-hosted hub for browser development workspaces. SSE-first.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-        ),
+        openapi_config=openapi_config(hub_version()),
         logging_config=None,
         debug=False,
     )

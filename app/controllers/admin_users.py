@@ -26,7 +26,7 @@ class AdminUsersController(Controller):
         self,
         ctx: AppContext,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
     ) -> list[UserOut]:
         """All users, by id."""
         return [UserOut.of(u) for u in await ctx.auth.list_users(limit=limit, offset=offset)]
@@ -49,12 +49,14 @@ class AdminUsersController(Controller):
         )
         return UserOut.of(user)
 
-    @patch("/{user_id:int}", operation_id="adminUpdateUser", responses=error_responses(400, 401, 403, 404, 422))
+    @patch("/{user_id:int}", operation_id="adminUpdateUser", responses=error_responses(400, 401, 403, 404, 409, 422))
     async def update_user(
         self, request: Request[Any, Any, Any], user_id: int, data: UserUpdate, ctx: AppContext, principal: Principal
     ) -> UserOut:
-        """Change a user's role, disabled flag or password."""
-        user = await ctx.auth.update_user(user_id, role=data.role, disabled=data.disabled, password=data.password)
+        """Change a user's role, disabled flag or password (409: yourself, or the last admin, losing admin)."""
+        user = await ctx.auth.update_user(
+            user_id, role=data.role, disabled=data.disabled, password=data.password, actor_id=principal.user_id
+        )
         changed = [k for k in ("role", "disabled", "password") if getattr(data, k) is not None]
         await ctx.audit.record(
             audit_entry(

@@ -45,6 +45,11 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+def outcome_response(body: type[Any]) -> dict[int, ResponseSpec]:
+    """OpenAPI doc of the 200 a ``?wait=true`` start or restart answers with (the outcome, not 202)."""
+    return {200: ResponseSpec(data_container=body, description="with wait=true: the outcome (running or failed)")}
+
+
 async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: ``/api`` requests must carry valid credentials (handlers opt out with ``opt={"public": True}``).
 

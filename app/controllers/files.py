@@ -14,6 +14,7 @@ from urllib.parse import quote
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MODIFIED
 
@@ -113,8 +114,12 @@ class FilesController(Controller):
     @get(
         "/content",
         operation_id="readFile",
-        responses=error_responses(400, 401, 404, 409, 413, 415),
+        responses={
+            **error_responses(400, 401, 404, 409, 413, 415),
+            304: ResponseSpec(None, description="the file still has the If-None-Match version"),
+        },
         response_description="the text and its sha256 (also the ETag); with raw=true the bytes",
+        opt={"also_sends": {"200": "application/octet-stream"}},
     )
     async def read(
         self,
@@ -146,7 +151,10 @@ class FilesController(Controller):
         "/content",
         operation_id="writeFile",
         request_max_body_size=None,
-        responses=error_responses(400, 401, 404, 409, 412, 413),
+        responses={
+            **error_responses(400, 401, 404, 409, 412, 413),
+            201: ResponseSpec(files.WriteResult, description="the file was created"),
+        },
         response_description="the new sha256 (also the ETag); 201 when the file was created",
     )
     async def write(

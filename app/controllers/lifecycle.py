@@ -12,7 +12,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from app.context import AppContext
-from app.controllers.deps import error_responses
+from app.controllers.deps import error_responses, outcome_response
 from app.errors import ServiceUnavailable
 from app.models import WorkspaceState
 from app.schemas import Body, WorkspaceOut
@@ -92,7 +92,7 @@ class LifecycleController(Controller):
         "/start",
         operation_id="startWorkspace",
         status_code=HTTP_202_ACCEPTED,
-        responses=error_responses(401, 403, 404, 409, 503),
+        responses={**error_responses(401, 403, 404, 409, 503), **outcome_response(WorkspaceOut)},
     )
     async def start(
         self,
@@ -119,7 +119,7 @@ class LifecycleController(Controller):
         "/restart",
         operation_id="restartWorkspace",
         status_code=HTTP_202_ACCEPTED,
-        responses=error_responses(401, 403, 404, 409, 503),
+        responses={**error_responses(401, 403, 404, 409, 503), **outcome_response(WorkspaceOut)},
     )
     async def restart(
         self,
@@ -194,7 +194,12 @@ class LifecycleController(Controller):
         """State, reason, placement, uptime, CPU/memory/pids (cached briefly), IDE health, last activity."""
         return await ctx.workspace_ops.status(principal, workspace_id)
 
-    @get("/logs", operation_id="workspaceLogs", responses=error_responses(401, 404, 409, 422, 503))
+    @get(
+        "/logs",
+        operation_id="workspaceLogs",
+        responses=error_responses(401, 404, 409, 422, 503),
+        opt={"also_sends": {"200": "text/event-stream"}},
+    )
     async def logs(
         self,
         workspace_id: str,

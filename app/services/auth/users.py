@@ -115,8 +115,13 @@ class AuthService:
         role: str | None = None,
         disabled: bool | None = None,
         password: str | None = None,
+        actor_id: int | None = None,
     ) -> User:
-        """Change role, disabled flag or password; cached tokens of the user are dropped."""
+        """Change role, disabled flag or password; cached tokens of the user are dropped.
+
+        409 when ``actor_id`` (the admin asking) would disable or demote themselves, or when the change
+        would leave no enabled admin: nobody could manage the hub any more.
+        """
         if role is not None and role not in ROLES:
             raise Unprocessable(f"role must be one of {', '.join(ROLES)}", code="bad_role")
         if password is not None:
@@ -126,6 +131,18 @@ class AuthService:
             user = await session.get(User, user_id)
             if user is None:
                 raise NotFound("no such user")
+            loses_admin = user.is_admin and not user.disabled and (disabled is True or role not in (None, "admin"))
+            if loses_admin and actor_id == user_id:
+                raise Conflict("you cannot disable or demote yourself: ask another admin", code="self_demotion")
+            if loses_admin:
+                admins = await session.scalar(
+                    select(func.count(User.id)).where(User.role == "admin", User.disabled.is_(False))
+                )
+                if (admins or 0) <= 1:
+                    raise Conflict(
+                        f"{user.username} is the last enabled admin: make another user admin first",
+                        code="last_admin",
+                    )
             if role is not None:
                 user.role = role
             if disabled is not None:
