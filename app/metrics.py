@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
@@ -91,7 +91,9 @@ LLM_FIRST_TOKEN_SECONDS = Histogram(
 RATE_LIMITED = Counter("codehub_rate_limited_total", "Requests refused with 429 by the hub's limits.", ["scope"])
 
 DEPENDENCY_UP = Gauge(
-    "codehub_dependency_up", "1 when a /ready check (database, redis, docker servers) answers, else 0.", ["name"]
+    "codehub_dependency_up",
+    "1 when a /ready check (database, redis, events, engine:<server>) answers, else 0.",
+    ["name"],
 )
 DEPENDENCY_SECONDS = Gauge(
     "codehub_dependency_check_seconds", "Duration of the last /ready-style check at scrape time.", ["name"]
@@ -208,3 +210,10 @@ def set_dependency(name: str, up: bool, seconds: float) -> None:
     """Record the outcome of one dependency check."""
     DEPENDENCY_UP.labels(name).set(1 if up else 0)
     DEPENDENCY_SECONDS.labels(name).set(round(seconds, 6))
+
+
+def forget_dependency(name: str) -> None:
+    """Drop the series of a dependency that is gone (a deleted server's engine)."""
+    for gauge in (DEPENDENCY_UP, DEPENDENCY_SECONDS):
+        with suppress(KeyError):
+            gauge.remove(name)

@@ -31,7 +31,7 @@ async def metrics_endpoint(request: Request[Any, Any, Any], ctx: AppContext) -> 
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("GET /metrics needs the CODEHUB_METRICS_TOKEN bearer token", code="metrics_token")
-    await monitoring.refresh(ctx.sessionmaker, ctx.ready_checks)
+    await monitoring.refresh(ctx.sessionmaker, ctx.ready_checks, ctx.engines)
     # Litestar appends the charset to text/* media types itself: pass the type without it.
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8"))
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.promtext import sample_value
 from tests.support.server import free_port, running_hub
 from tests.support.settings import docker_settings
 
@@ -48,6 +49,14 @@ async def test_a_remote_engine_down_is_named_without_failing_readiness(tmp_path:
         gone = engine(body, name)
         assert not gone["ok"] and not gone["required"] and gone["error"] and gone["server_id"]
         assert engine(body, local["name"])["ok"]
+
+        text = (await client.get("/metrics")).text  # alerts see the same, per engine
+        assert sample_value(text, "codehub_dependency_up", name=f"engine:{name}") == 0
+        assert sample_value(text, "codehub_dependency_up", name=f"engine:{local['name']}") == 1
+        assert (await client.delete(f"/api/admin/servers/{gone['server_id']}")).status_code == 204
+        text = (await client.get("/metrics")).text
+        assert sample_value(text, "codehub_dependency_up", name=f"engine:{name}") is None
+        assert (await ready(hub.url)).json()["down"] == []
 
 
 async def test_no_working_engine_fails_readiness(tmp_path: Path, sqlite_url: str) -> None:
