@@ -9,7 +9,8 @@ served under ``/schema-assets``. Before the document is served, ``finish`` makes
   documents 401 and 429 (the per-token rate limit); 204 responses have no content;
 - a bearer scheme (API or session token) is required, the session cookie is described; public operations
   (``opt={"public": True}``) say ``security: []``;
-- a handler's ``opt={"also_sends": {"200": "application/octet-stream"}}`` adds a media type it may answer.
+- a handler's ``opt={"also_sends": {"200": "application/octet-stream"}}`` adds a media type it may answer;
+- request bodies whose Struct refuses unknown fields say ``additionalProperties: false``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
@@ -75,6 +77,27 @@ def _route_options(app: Litestar) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+def _closed_structs() -> set[str]:
+    """Names of the Structs that refuse unknown fields (``forbid_unknown_fields``), e.g. every request body."""
+    found: set[str] = set()
+    stack: list[type] = [msgspec.Struct]
+    while stack:
+        subclasses: list[Any] = stack.pop().__subclasses__()
+        for sub in subclasses:
+            stack.append(sub)
+            if sub.__struct_config__.forbid_unknown_fields:
+                found.add(sub.__name__)
+    return found
+
+
+def _close_request_bodies(schema: dict[str, Any], operation: dict[str, Any], closed: set[str]) -> None:
+    schemas = schema["components"]["schemas"]
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        name = media.get("schema", {}).get("$ref", "").rpartition("/")[2]
+        if name in closed and name in schemas:
+            schemas[name]["additionalProperties"] = False
+
+
 def _error_response(status: str) -> dict[str, Any]:
     return {
         "description": ERROR_DESCRIPTIONS.get(int(status), "Error"),
@@ -89,12 +112,14 @@ def finish(app: Litestar, schema: dict[str, Any]) -> dict[str, Any]:
     components["securitySchemes"] = SECURITY_SCHEMES
     schema["security"] = [{"bearer": []}]  # the cookie is the dashboard's; listing it makes clients send one
     options = _route_options(app)
+    closed = _closed_structs()
     for path, item in schema.get("paths", {}).items():
         for method in _METHODS:
             operation = item.get(method)
             if operation is None:
                 continue
             responses = operation.setdefault("responses", {})
+            _close_request_bodies(schema, operation, closed)
             if operation.get("parameters") or operation.get("requestBody") or "{" in path:
                 responses.setdefault("400", {})
             opt = options.get((path, method), {})
