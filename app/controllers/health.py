@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 import anyio
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
@@ -33,12 +35,13 @@ async def health() -> dict[str, str]:
     operation_id="ready",
     responses={503: ResponseSpec(data_container=ReadyResponse, description="a required check failed")},
 )
-async def ready(ctx: AppContext) -> Response[ReadyResponse]:
+async def ready(request: Request[Any, Any, Any], ctx: AppContext) -> Response[ReadyResponse]:
     """Database, Redis and the event hub (when configured), and every engine: status, latency, API version.
 
     503 when a dependency is down, when the default engine is (the hub-wide runtime, or the default server),
     or when no engine of the kind new workspaces get answers. Any other server that is down is named in
-    ``down`` without failing readiness: its workspaces fail, the hub still serves the others.
+    ``down`` without failing readiness: its workspaces fail, the hub still serves the others. An engine's
+    error text (it may name internal hosts) is shown to admins only; credentials in URLs never.
     """
     results: list[CheckResult] = []
 
@@ -67,7 +70,8 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
             tg.start_soon(run, name, check)
         tg.start_soon(check_engines)
     results.sort(key=lambda r: r.name)
-    statuses = [_status(e) for e in engines]
+    user = request.scope.get("user")
+    statuses = [_status(e, detailed=bool(user is not None and user.is_admin)) for e in engines]
     serving = [e for e in statuses if e.kind == ctx.engines.default_kind]
     ok = (
         all(r.ok for r in results)
@@ -79,8 +83,14 @@ async def ready(ctx: AppContext) -> Response[ReadyResponse]:
     return Response(body, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-def _status(check: EngineCheck) -> EngineStatus:
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def _status(check: EngineCheck, *, detailed: bool) -> EngineStatus:
     info = check.info
+    error = None
+    if info.error:
+        error = _USERINFO.sub("***@", info.error)[:300] if detailed else "down (admins see why)"
     return EngineStatus(
         name=check.name,
         kind=check.kind,
@@ -90,5 +100,5 @@ def _status(check: EngineCheck) -> EngineStatus:
         server_id=check.server_id,
         version=info.version,
         api_version=info.api_version,
-        error=info.error[:300] if info.error else None,
+        error=error,
     )

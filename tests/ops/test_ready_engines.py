@@ -40,8 +40,9 @@ async def test_a_remote_engine_down_is_named_without_failing_readiness(tmp_path:
         assert body["ok"] and body["down"] == []
 
         name = f"gone-{secrets.token_hex(3)}"
-        r = await client.post("/api/admin/servers", json={"name": name, "docker_url": f"tcp://127.0.0.1:{free_port()}"})
-        assert r.status_code == 201, r.text
+        port = free_port()
+        url = f"https://someone:pa55word@127.0.0.1:{port}"
+        assert (await client.post("/api/admin/servers", json={"name": name, "docker_url": url})).status_code == 201
         r = await ready(hub.url)
         body = r.json()
         assert r.status_code == 200 and body["ok"], body
@@ -49,6 +50,9 @@ async def test_a_remote_engine_down_is_named_without_failing_readiness(tmp_path:
         gone = engine(body, name)
         assert not gone["ok"] and not gone["required"] and gone["error"] and gone["server_id"]
         assert engine(body, local["name"])["ok"]
+        assert str(port) not in r.text and "pa55word" not in r.text  # anonymous: no internal addresses
+        r = await client.get("/ready")  # an admin sees why, never the credentials
+        assert str(port) in engine(r.json(), name)["error"] and "pa55word" not in r.text
 
         text = (await client.get("/metrics")).text  # alerts see the same, per engine
         assert sample_value(text, "codehub_dependency_up", name=f"engine:{name}") == 0
