@@ -227,7 +227,7 @@ def test_cli_users_tokens_and_workspaces(
             monkeypatch.setenv("CODEHUB_TOKEN", alice)
             r = cli("workspaces", "start", ws["id"], "--wait")
             assert r.returncode == 0 and r.stdout.strip().endswith("running"), r.stdout + r.stderr
-            r = cli("workspaces", "stop", ws["id"])
+            r = cli("workspaces", "stop", "cli-ws")  # by name
             assert r.returncode == 0 and r.stdout.strip().endswith("stopped"), r.stdout + r.stderr
             _one_line_error(cli("workspaces", "start", "nosuchws0001"), "codehub workspaces list")
             _one_line_error(cli("workspaces", "list", "--token", "chub_wrong"), "codehub token")

@@ -55,20 +55,35 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     return r.json()
 
 
+def _all_pages(client: httpx.Client, everyone: bool) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": PAGE, "all": "true" if everyone else "false"}
+        if cursor:
+            params["cursor"] = cursor
+        page = _call(client, "GET", "/api/workspaces", params=params)
+        items.extend(page["items"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+
+
+def _resolve(client: httpx.Client, ref: str) -> str:
+    """The id of the caller's workspace ``ref`` (an id, or the name of one of the caller's own)."""
+    try:
+        return str(_call(client, "GET", f"/api/workspaces/{ref}")["id"])
+    except CliError:
+        named = [ws for ws in _all_pages(client, False) if ws["name"] == ref]
+        if len(named) != 1:
+            raise
+        return str(named[0]["id"])
+
+
 def list_workspaces(args: argparse.Namespace) -> int:
     """Print the workspaces: id, name, state, owner, image."""
-    items: list[dict[str, Any]] = []
     with _client(args) as client:
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": PAGE, "all": "true" if args.all else "false"}
-            if cursor:
-                params["cursor"] = cursor
-            page = _call(client, "GET", "/api/workspaces", params=params)
-            items.extend(page["items"])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                break
+        items = _all_pages(client, args.all)
     print(f"{'ID':<14} {'NAME':<24} {'STATE':<10} {'OWNER':>5}  IMAGE")
     for ws in items:
         print(f"{ws['id']:<14} {ws['name']:<24} {ws['state']:<10} {ws['owner_id']:>5}  {ws['image']}")
@@ -78,19 +93,20 @@ def list_workspaces(args: argparse.Namespace) -> int:
 def _transition(args: argparse.Namespace, action: str) -> int:
     params = {"wait": "true"} if getattr(args, "wait", False) else {}
     with _client(args) as client:
-        ws = _call(client, "POST", f"/api/workspaces/{args.workspace_id}/{action}", params=params)
+        workspace_id = _resolve(client, args.workspace)
+        ws = _call(client, "POST", f"/api/workspaces/{workspace_id}/{action}", params=params)
     reason = f" ({ws['state_reason']})" if ws.get("state_reason") and ws["state"] == "failed" else ""
     print(f"{ws['id']} {ws['name']}: {ws['state']}{reason}")
     return 1 if ws["state"] == "failed" else 0
 
 
 def start(args: argparse.Namespace) -> int:
-    """Start a workspace (``--wait``: until it runs or fails)."""
+    """Start a workspace by id or name (``--wait``: until it runs or fails)."""
     return _transition(args, "start")
 
 
 def stop(args: argparse.Namespace) -> int:
-    """Stop a workspace."""
+    """Stop a workspace by id or name."""
     return _transition(args, "stop")
 
 
@@ -109,9 +125,9 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     listing.add_argument("--all", action="store_true", help="everyone's workspaces (admins)")
     listing.set_defaults(func=list_workspaces)
     starting = actions.add_parser("start", parents=[shared], help="start a workspace")
-    starting.add_argument("workspace_id")
+    starting.add_argument("workspace", help="id, or the name of one of your workspaces")
     starting.add_argument("--wait", action="store_true", help="return once it runs (or failed)")
     starting.set_defaults(func=start)
     stopping = actions.add_parser("stop", parents=[shared], help="stop a workspace")
-    stopping.add_argument("workspace_id")
+    stopping.add_argument("workspace", help="id, or the name of one of your workspaces")
     stopping.set_defaults(func=stop)
