@@ -377,7 +377,7 @@ def main() -> None:
             CODEHUB_LLM_MAX_TOKENS="4096",
             CODEHUB_HUB_ID=f"bench-{secrets.token_hex(3)}",
         )
-        hub_cmd = [sys.executable, "-m", "app.cli", "serve"]
+        hub_cmd = [sys.executable, "-m", "app", "serve"]
         if os.environ.get("BENCH_AI_HUB_CMD"):  # e.g. a profiling wrapper
             hub_cmd = [sys.executable, *os.environ["BENCH_AI_HUB_CMD"].split()]
         hub = start(hub_cmd, env)

@@ -553,7 +553,7 @@ def start_server(args: argparse.Namespace, data_dir: Path, db_url: str, prefix: 
         CODEHUB_HUB_ID=f"bench-{secrets.token_hex(3)}",
     )
     if args.server == "app":
-        cmd = [sys.executable, "-m", "app.cli", "serve"]
+        cmd = [sys.executable, "-m", "app", "serve"]
     else:
         cmd = [sys.executable, str(Path(__file__).with_name("fanout_server.py")), args.server, str(port)]
     return Child(cmd, env=env)

@@ -49,7 +49,7 @@ async def hub_processes(settings: Settings, count: int) -> AsyncIterator[list[st
     try:
         for _ in range(count):
             port = free_port()
-            cmd = [sys.executable, "-m", "app.cli", "serve"]
+            cmd = [sys.executable, "-m", "app", "serve"]
             procs.append(subprocess.Popen(cmd, env=settings_env(settings, port)))
             urls.append(f"http://127.0.0.1:{port}")
         async with httpx.AsyncClient(timeout=5) as client:
