@@ -36,6 +36,7 @@ from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_
 from app.services.auth.revocations import RedisRevocations
 from app.services.auth.users import AuthService
 from app.services.files import patches
+from app.services.groups.service import GroupService
 from app.services.quotas.service import QuotaService
 from app.services.runtime.cache import StatusCache
 from app.services.runtime.engines import Engines, make_status_cache
@@ -150,6 +151,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
             relay=relay,
             templates=templates,
             quotas=quotas,
+            groups=GroupService(sessionmaker),
             template_images=TemplateImages(sessionmaker, settings, engines, hub, tasks),
         )
 

@@ -17,6 +17,7 @@ from app.services.auth.identities import IdentityService
 from app.services.auth.oidc import OidcClient
 from app.services.auth.ratelimit import Limit, RateLimiter
 from app.services.auth.users import AuthService
+from app.services.groups.service import GroupService
 from app.services.quotas.service import QuotaService
 from app.services.runtime.engines import Engines
 from app.services.templates.images import TemplateImages
@@ -69,4 +70,5 @@ class AppContext:
     templates: TemplateService
     template_images: TemplateImages
     quotas: QuotaService
+    groups: GroupService
     ai_workspace_grants: dict[tuple[int, str], float] = field(default_factory=dict)

@@ -26,6 +26,7 @@ from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.error_responses import EXCEPTION_HANDLERS
 from app.controllers.events import EventsController
 from app.controllers.files import FilesController
+from app.controllers.groups import AdminGroupsController
 from app.controllers.health import health, ready
 from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
@@ -56,6 +57,7 @@ ROUTES: list[Any] = [
     TemplatesController,
     AdminTemplatesController,
     AdminQuotasController,
+    AdminGroupsController,
     OwnQuotaController,
     FilesController,
     PatchController,

@@ -6,13 +6,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, post, put
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import Body, ShortId, WorkspaceOut
 from app.services.auth.access import Principal, audit_entry
+from app.services.templates.drafts import GroupIds
 from app.services.workspaces.servers import ServerLoad
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -28,6 +29,13 @@ class ServerCreate(Body):
     labels: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=255)]] = (
         msgspec.field(default_factory=dict)
     )
+    allowed_groups: GroupIds = msgspec.field(default_factory=list)
+
+
+class ServerGroupsBody(Body):
+    """The groups whose members' workspaces may be placed on a server (empty: everyone)."""
+
+    allowed_groups: GroupIds
 
 
 class ServerOut(msgspec.Struct):
@@ -44,6 +52,7 @@ class ServerOut(msgspec.Struct):
     created_at: datetime
     placed: int
     running: int
+    allowed_groups: list[int]
 
     @classmethod
     def of(cls, load: ServerLoad) -> ServerOut:
@@ -61,6 +70,7 @@ class ServerOut(msgspec.Struct):
             s.created_at,
             load.placed,
             load.running,
+            list(s.allowed_groups or []),
         )
 
 
@@ -103,6 +113,7 @@ class ServersController(Controller):
             max_workspaces=data.max_workspaces,
             public_host=data.public_host,
             labels=data.labels,
+            allowed_groups=data.allowed_groups,
         )
         await ctx.audit.record(audit_entry(request.scope, "server.create", principal, target=data.name))
         return ServerOut.of(load)
@@ -111,6 +122,27 @@ class ServersController(Controller):
     async def list_servers(self, ctx: AppContext) -> list[ServerOut]:
         """Every server with how many workspaces are placed there and how many run."""
         return [ServerOut.of(load) for load in await ctx.servers.loads()]
+
+    @put(
+        "/servers/{server_id:str}/groups",
+        operation_id="adminSetServerGroups",
+        responses=error_responses(400, 401, 403, 404, 422),
+    )
+    async def set_groups(
+        self,
+        request: Request[Any, Any, Any],
+        server_id: str,
+        data: ServerGroupsBody,
+        ctx: AppContext,
+        principal: Principal,
+    ) -> ServerOut:
+        """Limit the server to groups (empty: everyone); workspaces placed there already stay."""
+        load = await ctx.servers.set_allowed_groups(server_id, data.allowed_groups)
+        details = {"allowed_groups": load.server.allowed_groups}
+        await ctx.audit.record(
+            audit_entry(request.scope, "server.groups", principal, target=load.server.name, details=details)
+        )
+        return ServerOut.of(load)
 
     @post(
         "/servers/{server_id:str}/test",

@@ -43,14 +43,14 @@ class TemplatesController(Controller):
     tags = ["templates"]
 
     @get("/", operation_id="listTemplates", responses=error_responses(401))
-    async def list_templates(self, ctx: AppContext) -> list[TemplateView]:
-        """Templates that are not archived, at their newest versions."""
-        return await ctx.templates.list_templates()
+    async def list_templates(self, ctx: AppContext, principal: Principal) -> list[TemplateView]:
+        """Templates that are not archived, at their newest versions, that the caller's groups allow."""
+        return await ctx.templates.list_templates(for_user=principal.user_id)
 
     @get("/{ref:str}", operation_id="getTemplate", responses=error_responses(401, 404))
-    async def get_template(self, ref: Ref, ctx: AppContext) -> TemplateView:
-        """One template at its newest version."""
-        return await ctx.templates.get(ref)
+    async def get_template(self, ref: Ref, ctx: AppContext, principal: Principal) -> TemplateView:
+        """One template at its newest version (404 when the caller's groups do not allow it)."""
+        return await ctx.templates.get(ref, for_user=principal.user_id)
 
 
 class AdminTemplatesController(Controller):

@@ -43,8 +43,12 @@ class WorkspacesController(Controller):
         if data.template is not None:
             if data.image is not None:
                 raise Unprocessable("a workspace made from a template runs the template's image", code="image_set")
-            plan = await ctx.templates.plan(data.template, cpu=data.cpu, memory_mb=data.memory_mb)
-        server_id = await ctx.provisioning.place_new(data.server_id, plan.server_labels if plan else None)
+            plan = await ctx.templates.plan(
+                data.template, cpu=data.cpu, memory_mb=data.memory_mb, for_user=principal.user_id
+            )
+        server_id = await ctx.provisioning.place_new(
+            data.server_id, plan.server_labels if plan else None, for_user=principal.user_id
+        )
         if plan is not None:
             await ctx.template_images.check_for_create(plan.image, server_id, plan.template_id)
         ws, clone_url = await workspaces.create(

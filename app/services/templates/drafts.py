@@ -31,6 +31,7 @@ GitUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 IdleTimeout = Annotated[float, msgspec.Meta(ge=0)]
 Env = Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=100)]
 Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=20)]
+GroupIds = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(max_length=100)]
 
 RESERVED_PREFIXES = ("CODEHUB_",)
 RESERVED_NAMES = frozenset({"HASHED_PASSWORD", "PASSWORD"})
@@ -52,13 +53,16 @@ class TemplateDraft(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dotfiles_url: GitUrl | None = None
     idle_timeout: IdleTimeout | None = None
     server_labels: Labels = msgspec.field(default_factory=dict)
+    allowed_groups: GroupIds = msgspec.field(default_factory=list)
 
 
 class TemplateChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Changes to a template: any field but ``name``/``description`` makes a new version (absent ones carry over).
+    """Changes to a template: any field but ``name``/``description``/``allowed_groups`` makes a new version.
 
-    ``env`` and ``server_labels`` replace the old maps; ``secrets`` sets the values it names (others are kept)
-    and ``remove_secrets`` drops names. ``dotfiles_url``/``idle_timeout`` set to "" / -1 clear them.
+    Absent fields carry over. ``allowed_groups`` (who may use the template: kept on the template row, not a
+    version) replaces the old list. ``env`` and ``server_labels`` replace the old maps; ``secrets`` sets the
+    values it names (others are kept) and ``remove_secrets`` drops names.
+    ``dotfiles_url``/``idle_timeout`` set to "" / -1 clear them.
     """
 
     name: TemplateName | None = None
@@ -75,10 +79,11 @@ class TemplateChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dotfiles_url: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     idle_timeout: Annotated[float, msgspec.Meta(ge=-1)] | None = None
     server_labels: Labels | None = None
+    allowed_groups: GroupIds | None = None
 
     def makes_version(self) -> bool:
         """True when the change touches what workspaces run (not only the name or description)."""
-        fields = set(self.__struct_fields__) - {"name", "description", "remove_secrets"}
+        fields = set(self.__struct_fields__) - {"name", "description", "remove_secrets", "allowed_groups"}
         return bool(self.remove_secrets) or any(getattr(self, f) is not None for f in fields)
 
 

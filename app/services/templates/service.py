@@ -18,9 +18,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
-from app.errors import Conflict, DomainError, NotFound, Unprocessable
+from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.events import ADMIN_TOPIC, EventPublisher
 from app.models import Template, TemplateVersion, Workspace, new_id, utcnow
+from app.services.groups.limits import admits, checked_group_ids, member_group_ids
 from app.services.templates.crypto import SecretBox
 from app.services.templates.drafts import (
     TemplateChange,
@@ -57,6 +58,7 @@ class TemplateView(msgspec.Struct, kw_only=True):
     dotfiles_url: str | None
     idle_timeout: float | None
     server_labels: dict[str, str]
+    allowed_groups: list[int]
     created_at: datetime
     version_created_at: datetime
 
@@ -81,6 +83,7 @@ class TemplateView(msgspec.Struct, kw_only=True):
             dotfiles_url=version.dotfiles_url,
             idle_timeout=version.idle_timeout,
             server_labels=dict(version.server_labels or {}),
+            allowed_groups=list(template.allowed_groups or []),
             created_at=template.created_at,
             version_created_at=version.created_at,
         )
@@ -145,14 +148,18 @@ class TemplateService:
             raise NotFound(f"template {template_id!r} has no version {version}", code="template_version_not_found")
         return row
 
-    async def get(self, ref: str, *, version: int | None = None) -> TemplateView:
-        """A template by id or name at its newest version (or ``version``)."""
+    async def get(self, ref: str, *, version: int | None = None, for_user: int | None = None) -> TemplateView:
+        """A template by id or name at its newest version (or ``version``); with ``for_user``, 404 unless that
+        user may use it (its group limit)."""
         async with self._sessionmaker() as session:
             template = await self._find(session, ref)
+            if for_user is not None and not admits(template.allowed_groups, await member_group_ids(session, for_user)):
+                raise NotFound(f"no template {ref!r}", code="template_not_found")
             return TemplateView.of(template, await self._version(session, template.id, version or template.version))
 
-    async def list_templates(self, *, archived: bool = False) -> list[TemplateView]:
-        """Templates at their newest versions, by name; archived ones only with ``archived``."""
+    async def list_templates(self, *, archived: bool = False, for_user: int | None = None) -> list[TemplateView]:
+        """Templates at their newest versions, by name; archived ones only with ``archived``; with ``for_user``
+        only those that user's groups allow."""
         query = (
             select(Template, TemplateVersion)
             .join(
@@ -165,7 +172,12 @@ class TemplateService:
             query = query.where(Template.archived.is_(False))
         async with self._sessionmaker() as session:
             rows = (await session.execute(query)).all()
-        return [TemplateView.of(template, version) for template, version in rows]
+            member_of = await member_group_ids(session, for_user) if for_user is not None else frozenset()
+        return [
+            TemplateView.of(template, version)
+            for template, version in rows
+            if for_user is None or admits(template.allowed_groups, member_of)
+        ]
 
     async def versions(self, ref: str) -> list[TemplateView]:
         """Every version of a template, newest first."""
@@ -233,6 +245,7 @@ class TemplateService:
         sealed = {name: self._box.seal(template.id, name, value) for name, value in draft.secrets.items()}
         version = self._version_row(template.id, 1, draft, sealed, by)
         async with self._sessionmaker() as session:
+            template.allowed_groups = await checked_group_ids(session, draft.allowed_groups)
             session.add(template)
             try:
                 await session.flush()
@@ -259,6 +272,8 @@ class TemplateService:
                 template.name = change.name
             if change.description is not None:
                 template.description = change.description
+            if change.allowed_groups is not None:
+                template.allowed_groups = await checked_group_ids(session, change.allowed_groups)
             template.updated_at = utcnow()
             try:
                 await session.commit()
@@ -339,13 +354,19 @@ class TemplateService:
 
     # -- workspaces ----------------------------------------------------------------------------------------
 
-    async def plan(self, ref: str, *, cpu: float | None, memory_mb: int | None) -> Plan:
-        """The newest version of a template for a new workspace, with resources checked against its bounds."""
+    async def plan(self, ref: str, *, cpu: float | None, memory_mb: int | None, for_user: int | None = None) -> Plan:
+        """The newest version of a template for a new workspace, with resources checked against its bounds;
+        with ``for_user``, 403 unless that user is in one of the template's allowed groups."""
         async with self._sessionmaker() as session:
             try:
                 template = await self._find(session, ref)
             except NotFound:
                 raise Unprocessable(f"no template {ref!r}", code="unknown_template") from None
+            if for_user is not None and not admits(template.allowed_groups, await member_group_ids(session, for_user)):
+                raise Forbidden(
+                    f"template {template.name!r} is limited to groups you are not in; ask an admin to add you",
+                    code="template_not_allowed",
+                )
             if template.archived:
                 raise Unprocessable(f"template {template.name!r} is archived; pick another", code="template_archived")
             version = await self._version(session, template.id, template.version)

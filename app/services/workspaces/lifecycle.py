@@ -185,7 +185,7 @@ class Lifecycle:
         kind = self.engines.kind_to_start(ws)
         server_id = ws.server_id
         if server_id is None and self.engines.needs_server(kind):
-            server_id = await self.servers.choose()
+            server_id = await self.servers.choose(for_user=ws.owner_id)
         row = await self.cas(
             ws.id,
             STARTABLE,

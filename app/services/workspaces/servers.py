@@ -1,4 +1,9 @@
-"""Docker servers (admin): register, list with load, test, delete, and place workspaces on them."""
+"""Docker servers (admin): register, list with load, test, delete, limit to groups, and place workspaces on them.
+
+A server limited to groups (``allowed_groups`` not empty) takes only workspaces whose owner is in one of them:
+automatic placement skips it for others, and asking for it by id is a 403 with the reason. Admins are not
+exempt (an admin's own workspace follows the same rule; an admin moving someone's workspace is checked
+against the owner)."""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db import SessionMaker
-from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from app.events import EventPublisher
 from app.models import Server, Workspace, WorkspaceState, utcnow
+from app.services.groups.limits import admits, checked_group_ids, member_group_ids
 from app.services.runtime.base import EngineInfo
 from app.services.runtime.engines import Engines
 from app.services.workspaces.records import publish_lifecycle
@@ -49,6 +55,7 @@ class ServerService:
         max_workspaces: int = 50,
         public_host: str | None = None,
         labels: dict[str, str] | None = None,
+        allowed_groups: list[int] | None = None,
     ) -> ServerLoad:
         """Register a server (``unix://`` or ``tcp://`` engine URL); names are unique."""
         if not docker_url.startswith(("unix://", "tcp://", "http://", "https://")):
@@ -61,6 +68,7 @@ class ServerService:
             labels=labels or {},
         )
         async with self._sessionmaker() as session:
+            server.allowed_groups = await checked_group_ids(session, allowed_groups or [])
             session.add(server)
             try:
                 await session.commit()
@@ -95,6 +103,22 @@ class ServerService:
         runtime = await self._engines.for_server(server_id)
         return await runtime.info()
 
+    async def set_allowed_groups(self, server_id: str, allowed_groups: list[int]) -> ServerLoad:
+        """Limit a server to groups (an empty list: everyone). Workspaces already placed there stay."""
+        async with self._sessionmaker() as session:
+            row = await session.get(Server, server_id)
+            if row is None:
+                raise NotFound(f"no server {server_id!r}", code="server_not_found")
+            row.allowed_groups = await checked_group_ids(session, allowed_groups)
+            await session.commit()
+        return await self.get(server_id)
+
+    async def _member_of(self, user_id: int | None) -> frozenset[int] | None:
+        if user_id is None:
+            return None
+        async with self._sessionmaker() as session:
+            return await member_group_ids(session, user_id)
+
     async def delete(self, server_id: str) -> None:
         """Unregister a server; 409 while workspaces are placed on it."""
         load = await self.get(server_id)
@@ -110,10 +134,15 @@ class ServerService:
                 await session.commit()
         await self._engines.forget(server_id)
 
-    async def choose(self, server_id: str | None = None, labels: dict[str, str] | None = None) -> str:
+    async def choose(
+        self, server_id: str | None = None, labels: dict[str, str] | None = None, *, for_user: int | None = None
+    ) -> str:
         """The server for a new placement: the one asked for, else the least-loaded with room (503 if none).
 
-        With ``labels`` (a template's allowed servers) only servers carrying all of them qualify."""
+        With ``labels`` (a template's allowed servers) only servers carrying all of them qualify; with
+        ``for_user`` (the workspace's owner) only servers whose group limit lets that user in (403 for one
+        asked for by id)."""
+        member_of = await self._member_of(for_user)
         if server_id is not None:
             try:
                 load = await self.get(server_id)
@@ -127,8 +156,20 @@ class ServerService:
                     "pick another server or leave it out",
                     code="server_not_allowed",
                 )
+            if member_of is not None and not admits(load.server.allowed_groups, member_of):
+                raise Forbidden(
+                    f"server {load.server.name!r} is limited to groups the workspace's owner is not in; "
+                    "pick another server or leave it out",
+                    code="server_not_allowed_for_groups",
+                )
             return server_id
-        loads = [load for load in await self.loads() if load.has_room and _has_labels(load.server, labels or {})]
+        fitting = [load for load in await self.loads() if load.has_room and _has_labels(load.server, labels or {})]
+        loads = [ld for ld in fitting if member_of is None or admits(ld.server.allowed_groups, member_of)]
+        if fitting and not loads:
+            raise Forbidden(
+                "every server with room is limited to groups the workspace's owner is not in; ask an admin",
+                code="no_server_for_groups",
+            )
         if not loads and labels:
             raise ServiceUnavailable(
                 f"no server with the labels this template needs ({_label_text(labels)}) has room; an admin can "
@@ -146,8 +187,10 @@ class ServerService:
         return best.server.id
 
     async def place(self, workspace_id: str, server_id: str) -> Workspace:
-        """Move a workspace that is not running to another server."""
-        await self.choose(server_id)
+        """Move a workspace that is not running to another server (whose group limit lets its owner in)."""
+        async with self._sessionmaker() as session:
+            owner_id = await session.scalar(select(Workspace.owner_id).where(Workspace.id == workspace_id))
+        await self.choose(server_id, for_user=owner_id)
         async with self._sessionmaker() as session:
             result = await session.scalars(
                 update(Workspace)
