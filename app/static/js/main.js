@@ -4,6 +4,7 @@ import { Audit, Servers } from "./admin.js";
 import { api, onUnauthorized } from "./api.js";
 import { Details } from "./details.js";
 import { EventStream } from "./events.js";
+import { Groups } from "./groups.js";
 import { $, $$, setText, toast } from "./ui.js";
 import { WorkspaceList } from "./workspaces.js";
 
@@ -21,6 +22,7 @@ class App {
     this.workspaces = new WorkspaceList(this);
     this.details = new Details(this);
     this.servers = new Servers();
+    this.groups = new Groups();
     this.audit = new Audit(this);
     this.stream = new EventStream(
       (ev) => this.onEvent(ev),
@@ -180,7 +182,8 @@ class App {
   route() {
     if (!this.me) return;
     let tab = (location.hash || "#workspaces").slice(1);
-    if (!["workspaces", "servers", "audit"].includes(tab) || (tab === "servers" && !this.isAdmin)) tab = "workspaces";
+    const adminOnly = ["servers", "groups"];
+    if (!["workspaces", "audit", ...adminOnly].includes(tab) || (adminOnly.includes(tab) && !this.isAdmin)) tab = "workspaces";
     for (const v of $$(".view")) v.hidden = v.dataset.view !== tab;
     for (const a of $$("#tabs a")) {
       if (a.dataset.tab === tab) a.setAttribute("aria-current", "page");
@@ -188,6 +191,7 @@ class App {
     }
     if (tab === "servers") this.servers.load();
     if (tab === "audit") this.audit.load();
+    if (tab === "groups") this.groups.load();
   }
 
   topics() {
