@@ -13,6 +13,7 @@ from app import db
 from app.services.auth.identities import IdentityService
 from app.services.auth.oidc import OidcIdentity
 from app.services.auth.users import AuthService
+from app.services.quotas.service import GROUP, Limits, QuotaService
 from tests.support.server import Hub
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +38,17 @@ async def identities(hub: Hub) -> AsyncIterator[IdentityService]:
         await engine.dispose()
 
 
-async def test_local_group_crud_members_and_counts(hub: Hub) -> None:
+@pytest.fixture
+async def quotas(hub: Hub) -> AsyncIterator[QuotaService]:
+    """The quota service on the hub's database."""
+    engine = db.create_engine(hub.settings)
+    try:
+        yield QuotaService(db.create_sessionmaker(engine), hub.settings)
+    finally:
+        await engine.dispose()
+
+
+async def test_local_group_crud_members_and_counts(hub: Hub, quotas: QuotaService) -> None:
     alice_id, _ = await user(hub, "ga")
     bob_id, _ = await user(hub, "gb")
     name = f"team-{secrets.token_hex(3)}"
@@ -69,8 +80,10 @@ async def test_local_group_crud_members_and_counts(hub: Hub) -> None:
         assert (await admin.delete(f"/api/admin/groups/{gid}/members/{bob_id}")).status_code == 204
         assert (await admin.get(f"/api/admin/groups/{gid}")).json()["member_count"] == 1
 
+        await quotas.set_quota(GROUP, str(gid), Limits(max_running=9))
         assert (await admin.delete(f"/api/admin/groups/{gid}")).status_code == 204
         assert (await admin.get(f"/api/admin/groups/{gid}")).status_code == 404
+        assert not await quotas.clear_quota(GROUP, str(gid))  # its quota went with it
         assert (await admin.get(f"/api/admin/groups/users/{alice_id}")).json() == []
         actions = [e["action"] for e in (await admin.get("/api/admin/audit", params={"limit": 100})).json()["items"]]
         assert {"group.create", "group.member.add", "group.rename", "group.delete"} <= set(actions)

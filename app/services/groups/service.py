@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
 from app.errors import Conflict, NotFound
-from app.models import Group, Server, Template, User, UserGroup
+from app.models import Group, Quota, Server, Template, User, UserGroup
+from app.services.quotas.service import GROUP as QUOTA_GROUP
 
 LOCAL_SOURCE = "local"
 
@@ -119,7 +120,7 @@ class GroupService:
             return GroupView.of(group, await self._count(session, group_id))
 
     async def delete(self, group_id: int) -> str:
-        """Delete a local group and its memberships; 409 for a synced group or one a template or server is
+        """Delete a local group, its memberships and its quota; 409 for a synced group or one a template or server is
         limited to (deleting it would lock those out without saying so). Returns its name."""
         async with self._sessionmaker() as session:
             group = await self._group(session, group_id)
@@ -132,6 +133,10 @@ class GroupService:
                     code="group_in_use",
                 )
             await session.execute(delete(UserGroup).where(UserGroup.group_id == group_id))
+            # SQLite may hand a deleted id to the next group: nothing may keep pointing at this one
+            await session.execute(
+                delete(Quota).where(Quota.subject_kind == QUOTA_GROUP, Quota.subject_id == str(group_id))
+            )
             await session.delete(group)
             await session.commit()
             return group.name
