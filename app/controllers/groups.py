@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
@@ -24,6 +25,10 @@ GroupName = Annotated[
         description="letters, digits, space and . _ @ -, starting with a letter or digit",
     ),
 ]
+
+
+GroupId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="group id")]
+UserId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="user id")]
 
 
 class GroupBody(Body):
@@ -59,13 +64,13 @@ class AdminGroupsController(Controller):
         return view
 
     @get("/{group_id:int}", operation_id="adminGetGroup", responses=error_responses(401, 403, 404))
-    async def get_group(self, group_id: int, ctx: AppContext) -> GroupView:
+    async def get_group(self, group_id: GroupId, ctx: AppContext) -> GroupView:
         """One group with its member count."""
         return await ctx.groups.get(group_id)
 
     @patch("/{group_id:int}", operation_id="adminRenameGroup", responses=error_responses(400, 401, 403, 404, 409))
     async def rename(
-        self, request: Request[Any, Any, Any], group_id: int, data: GroupBody, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], group_id: GroupId, data: GroupBody, ctx: AppContext, principal: Principal
     ) -> GroupView:
         """Rename a local group (409 for a synced one)."""
         view = await ctx.groups.rename(group_id, data.name)
@@ -81,7 +86,7 @@ class AdminGroupsController(Controller):
         responses=error_responses(401, 403, 404, 409),
     )
     async def delete_group(
-        self, request: Request[Any, Any, Any], group_id: int, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], group_id: GroupId, ctx: AppContext, principal: Principal
     ) -> None:
         """Delete a local group (409 for a synced one, or one a template or server is limited to)."""
         name = await ctx.groups.delete(group_id)
@@ -90,7 +95,7 @@ class AdminGroupsController(Controller):
         )
 
     @get("/{group_id:int}/members", operation_id="adminListGroupMembers", responses=error_responses(401, 403, 404))
-    async def members(self, group_id: int, ctx: AppContext) -> list[MemberView]:
+    async def members(self, group_id: GroupId, ctx: AppContext) -> list[MemberView]:
         """The group's members, by username."""
         return await ctx.groups.members(group_id)
 
@@ -101,7 +106,7 @@ class AdminGroupsController(Controller):
         responses=error_responses(401, 403, 404, 409),
     )
     async def add_member(
-        self, request: Request[Any, Any, Any], group_id: int, user_id: int, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], group_id: GroupId, user_id: UserId, ctx: AppContext, principal: Principal
     ) -> None:
         """Add a user to a local group (409 for a synced one); takes effect on the user's next request."""
         await ctx.groups.add_member(group_id, user_id)
@@ -115,7 +120,7 @@ class AdminGroupsController(Controller):
         responses=error_responses(401, 403, 404, 409),
     )
     async def remove_member(
-        self, request: Request[Any, Any, Any], group_id: int, user_id: int, ctx: AppContext, principal: Principal
+        self, request: Request[Any, Any, Any], group_id: GroupId, user_id: UserId, ctx: AppContext, principal: Principal
     ) -> None:
         """Remove a user from a local group (409 for a synced one); takes effect on the user's next request."""
         await ctx.groups.remove_member(group_id, user_id)
@@ -123,6 +128,6 @@ class AdminGroupsController(Controller):
         await ctx.audit.record(audit_entry(request.scope, "group.member.remove", principal, details=details))
 
     @get("/users/{user_id:int}", operation_id="adminListUserGroups", responses=error_responses(401, 403, 404))
-    async def user_groups(self, user_id: int, ctx: AppContext) -> list[GroupView]:
+    async def user_groups(self, user_id: UserId, ctx: AppContext) -> list[GroupView]:
         """The groups a user is in."""
         return await ctx.groups.groups_of(user_id)

@@ -137,6 +137,16 @@ async def test_non_admins_are_refused_everywhere(hub: Hub) -> None:
         for attempt in attempts:
             r = await attempt
             assert r.status_code == 403 and r.json()["error"] == "admin_required", r.text
+    async with hub.client() as admin:
+        huge = 2**70
+        for r in (
+            await admin.get(f"/api/admin/groups/{huge}"),
+            await admin.put(f"/api/admin/groups/{gid}/members/{huge}"),
+            await admin.get(f"/api/admin/groups/users/{huge}"),
+            await admin.post("/api/admin/templates", json={"name": "huge", "image": "x", "allowed_groups": [huge]}),
+        ):
+            assert r.status_code == 400, r.text
+        assert (await admin.get("/api/admin/groups/0")).status_code == 400
     async with hub.client("") as anonymous:
         assert (await anonymous.get("/api/admin/groups")).status_code == 401
     async with hub.client() as admin:

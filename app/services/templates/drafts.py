@@ -31,7 +31,7 @@ GitUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 IdleTimeout = Annotated[float, msgspec.Meta(ge=0)]
 Env = Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=100)]
 Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=20)]
-GroupIds = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(max_length=100)]
+GroupIds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]], msgspec.Meta(max_length=100)]
 
 RESERVED_PREFIXES = ("CODEHUB_",)
 RESERVED_NAMES = frozenset({"HASHED_PASSWORD", "PASSWORD"})
