@@ -5,10 +5,15 @@ deletable; membership changes count from the very next request; the limit never 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from app import db
+from app.services.auth.identities import IdentityService
+from app.services.auth.oidc import OidcIdentity
+from app.services.auth.users import AuthService
 from tests.support.server import Hub
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +125,45 @@ async def test_limits_name_real_groups_and_keep_them(hub: Hub) -> None:
         assert r.status_code == 409 and r.json()["error"] == "group_in_use" and name in r.json()["detail"]
         assert (await admin.patch(f"/api/admin/templates/{name}", json={"allowed_groups": []})).status_code == 200
         assert (await admin.delete(f"/api/admin/groups/{gid}")).status_code == 204
+
+
+@pytest.fixture
+async def sign_in(hub: Hub) -> AsyncIterator[tuple[IdentityService, AuthService]]:
+    """The hub's own sign-in sync and token issuing, on the hub's database."""
+    engine = db.create_engine(hub.settings)
+    sessionmaker = db.create_sessionmaker(engine)
+    auth = AuthService(sessionmaker, hub.settings)
+    try:
+        yield IdentityService(sessionmaker, hub.settings, auth), auth
+    finally:
+        await engine.dispose()
+
+
+async def test_groups_synced_at_sign_in_count_from_the_next_request(
+    hub: Hub, sign_in: tuple[IdentityService, AuthService]
+) -> None:
+    identities, auth = sign_in
+    claim = f"idp-ml-{secrets.token_hex(3)}"
+    subject = f"sub-{secrets.token_hex(4)}"
+
+    def person(*groups: str) -> OidcIdentity:
+        return OidcIdentity("https://idp.example.test", subject, "frank", "frank@example.test", "Frank", groups)
+
+    frank = await identities.sign_in(person(claim))
+    _, token = await auth.issue_token(frank.id, name="test")
+    name = f"ml-{secrets.token_hex(3)}"
+    async with hub.client() as admin, hub.client(token) as client:
+        gid = next(g["id"] for g in (await admin.get("/api/admin/groups")).json() if g["name"] == claim)
+        r = await admin.post(
+            "/api/admin/templates", json={"name": name, "image": hub.settings.default_image, "allowed_groups": [gid]}
+        )
+        assert r.status_code == 201
+        assert await sees(client, name)
+
+        await identities.sign_in(person())  # the provider dropped the group
+        assert not await sees(client, name)
+        r = await client.post("/api/workspaces", json={"name": "after-sync", "template": name})
+        assert r.status_code == 403 and r.json()["error"] == "template_not_allowed"
+
+        await identities.sign_in(person(claim))
+        assert await sees(client, name)
