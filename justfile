@@ -3,8 +3,13 @@ set dotenv-load := false
 
 # Migrate the embedded database and serve with reload, readable logs
 dev:
+    @if [ ! -d web/node_modules/@xterm/xterm ]; then if command -v npm >/dev/null; then just assets; else echo "note: npm is missing, so the dashboard's terminal is off (install node/npm, then: just assets)"; fi; fi
     CODEHUB_LOG_FORMAT=${CODEHUB_LOG_FORMAT:-console} uv run codehub migrate
     CODEHUB_LOG_FORMAT=${CODEHUB_LOG_FORMAT:-console} uv run codehub serve --reload
+
+# Install the dashboard's browser libraries (xterm.js) pinned in web/package-lock.json from the npm registry
+assets:
+    cd web && npm ci --ignore-scripts --no-audit --no-fund
 
 # Serve (expects a migrated database)
 serve *ARGS:

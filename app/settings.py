@@ -125,6 +125,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     oidc_groups_claim: str = "groups"
     oidc_admin_groups: tuple[str, ...] = ()
     oidc_allowed_groups: tuple[str, ...] = ()
+    web_assets_dir: str = ""
 
     @property
     def resolved_database_url(self) -> str:
@@ -235,6 +236,7 @@ SETTING_HELP: dict[str, str] = {
     "oidc_admin_groups": "Comma-separated provider groups whose members get the admin role (set at every sign-in); "
     "empty = roles are managed in the hub.",
     "oidc_allowed_groups": "Comma-separated provider groups allowed to sign in; empty = every user of the provider.",
+    "web_assets_dir": "Directory of the dashboard's npm packages (xterm.js); empty = web/node_modules of the checkout.",
 }
 
 

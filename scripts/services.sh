@@ -71,4 +71,10 @@ fi
 log "Node.js $(node --version), oidc-provider $(node -p "require('$provider_dir/node_modules/oidc-provider/package.json').version")"
 # the bench's load generators and reference proxy (`just bench`; CI runs `just bench --quick`)
 for tool in wrk hey nginx; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || apt_install "$tool"; done
+# the dashboard's terminal (xterm.js) from the npm registry, pinned in web/package-lock.json
+if [ ! -d "$here/web/node_modules/@xterm/xterm" ]; then
+  command -v npm >/dev/null || apt_install npm
+  log "installing the dashboard's browser assets (npm ci in web/)"
+  (cd "$here/web" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null)
+fi
 log "services ready"

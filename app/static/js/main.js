@@ -5,6 +5,7 @@ import { api, onUnauthorized } from "./api.js";
 import { Details } from "./details.js";
 import { EventStream } from "./events.js";
 import { Groups } from "./groups.js";
+import { TerminalPane } from "./termpane.js";
 import { $, $$, setText, toast } from "./ui.js";
 import { WorkspaceList } from "./workspaces.js";
 
@@ -21,6 +22,7 @@ class App {
     this.pollTimer = null;
     this.workspaces = new WorkspaceList(this);
     this.details = new Details(this);
+    this.terminal = new TerminalPane(this);
     this.servers = new Servers();
     this.groups = new Groups();
     this.audit = new Audit(this);
@@ -207,6 +209,7 @@ class App {
   select(id) {
     const previous = this.selected;
     this.selected = id;
+    this.terminal.selected(id);
     for (const rowId of [previous, id]) if (rowId) this.workspaces.renderRow(rowId);
     this.details.show(id);
     this.updateTopics();

@@ -8,7 +8,9 @@ const CAN = {
   start: new Set(["created", "stopped", "failed"]),
   stop: new Set(["starting", "running"]),
   restart: new Set(["running"]),
-  open: new Set(["running"]),
+  // the relay starts a stopped workspace when its page is opened, shows why a failed one failed
+  open: new Set(["created", "starting", "running", "stopped", "failed"]),
+  terminal: new Set(["running"]),
 };
 const STATE_OF_TYPE = {
   "workspace.created": "created",
@@ -151,6 +153,7 @@ export class WorkspaceList {
       { type: "button", class: "small ghost", onclick: () => this.action(id, "restart") },
       "Restart",
     );
+    const term = h("button", { type: "button", class: "small ghost", onclick: () => this.openTerminal(id) }, "Terminal");
     const del = h("button", { type: "button", class: "small danger", onclick: () => this.confirmDelete(id) }, "Delete");
     const tr = h(
       "tr",
@@ -159,9 +162,9 @@ export class WorkspaceList {
       owner,
       h("td", { class: "state-col" }, badge, reason, track, phase),
       h("td", { class: "image-col" }, image, git),
-      h("td", { class: "actions" }, h("div", { class: "btns" }, open, start, stop, restart, del)),
+      h("td", { class: "actions" }, h("div", { class: "btns" }, open, term, start, stop, restart, del)),
     );
-    return { tr, nameBtn, owner, badge, reason, track, bar, phase, image, git, open, start, stop, restart, del };
+    return { tr, nameBtn, owner, badge, reason, track, bar, phase, image, git, open, term, start, stop, restart, del };
   }
 
   renderRow(id) {
@@ -184,7 +187,9 @@ export class WorkspaceList {
     setText(row.git, ws.git_url ? `${ws.git_url}${ws.git_ref ? ` @ ${ws.git_ref}` : ""}` : "");
     const busy = this.busy.has(id);
     row.open.href = ws.url || `/w/${id}/`;
-    row.open.setAttribute("aria-label", `Open the IDE of ${name} in a new tab`);
+    const opens = state === "running" ? "" : state === "failed" ? " (shows why it failed)" : " (starts it)";
+    row.open.setAttribute("aria-label", `Open the IDE of ${name} in a new tab${opens}`);
+    row.open.title = opens ? `Open${opens}` : "";
     row.open.classList.toggle("disabled", !CAN.open.has(state));
     row.open.setAttribute("aria-disabled", String(!CAN.open.has(state)));
     row.open.tabIndex = CAN.open.has(state) ? 0 : -1;
@@ -192,6 +197,9 @@ export class WorkspaceList {
       row[action].disabled = busy || !CAN[action].has(state);
       row[action].setAttribute("aria-label", `${action[0].toUpperCase()}${action.slice(1)} ${name}`);
     }
+    row.term.disabled = !CAN.terminal.has(state);
+    row.term.setAttribute("aria-label", `Open a terminal in ${name}`);
+    row.term.title = this.app.terminal.installed ? "" : "The terminal's browser assets are not installed (just assets)";
     row.del.disabled = busy;
     row.del.setAttribute("aria-label", `Delete ${name}`);
     this.renderProgress(id);
@@ -351,6 +359,11 @@ export class WorkspaceList {
       if (this.progress.get(id)?.phase?.endsWith("requested")) this.progress.delete(id);
       this.renderRow(id);
     }
+  }
+
+  openTerminal(id) {
+    if (this.app.selected !== id) this.app.select(id);
+    this.app.terminal.open(id);
   }
 
   async confirmDelete(id) {

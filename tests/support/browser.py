@@ -1,0 +1,83 @@
+"""Chromium for UI tests: Debian's /usr/bin/chromium driven by Playwright's async API, and page helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import Hub
+from tests.support.services import need
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "password-123"
+TIMEOUT_MS = 20_000
+
+
+def need_browser() -> None:
+    """Skip (or fail when CODEHUB_TEST_REQUIRE names "browser") without Chromium or Playwright."""
+    if not Path(CHROMIUM).exists():
+        need("browser", False, f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium (Playwright's ``Browser``)."""
+    from playwright.async_api import async_playwright, expect
+
+    need_browser()
+    expect.set_options(timeout=TIMEOUT_MS)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class PageErrors:
+    """Uncaught exceptions and console errors of a page (uncaught ones fail the test)."""
+
+    def __init__(self, page: Any) -> None:
+        self.uncaught: list[str] = []
+        self.console: list[str] = []
+        page.on("pageerror", lambda exc: self.uncaught.append(str(exc)))
+        page.on("console", lambda msg: self.console.append(msg.text) if msg.type == "error" else None)
+
+
+async def login(page: Any, hub: Hub, username: str, path: str = "/") -> None:
+    """Open the dashboard (at ``path``) and sign in through the form."""
+    from playwright.async_api import expect
+
+    await page.goto(hub.url + path)
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#whoami")).to_contain_text(username)
+
+
+def row(page: Any, name: str) -> Any:
+    """The dashboard's table row of the workspace named ``name``."""
+    return page.locator("#ws-body tr", has=page.get_by_role("button", name=f"Show details of {name}", exact=True))
+
+
+async def small_targets(page: Any, selector: str = "button:visible, a.button:visible, input:visible") -> list[str]:
+    """Visible controls less than 24 px tall (WCAG 2.2 target size), as ``text (height)``."""
+    return await page.eval_on_selector_all(
+        selector,
+        """els => els.filter(e => e.getBoundingClientRect().height > 0 && e.getBoundingClientRect().height < 24
+                           && !e.closest('[hidden]') && e.type !== 'checkbox')
+                  .map(e => `${(e.textContent || e.name || e.id).trim()} (${e.getBoundingClientRect().height}px)`)""",
+    )
