@@ -126,10 +126,13 @@ class WorkspaceCreate(Body):
 
 
 class WorkspaceUpdate(Body):
-    """Changes to a workspace record; resources apply at the next start."""
+    """Changes to a workspace record; image and resources apply at the next start. The repository (``git_url``,
+    ``git_ref``) changes only while the workspace is not running and its files hold no clone; it is cloned now."""
 
     name: DnsLabel | None = None
     image: ImageRef | None = None
+    git_url: GitUrl | None = None
+    git_ref: GitRef | None = None
     cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
     memory_mb: Annotated[int, msgspec.Meta(ge=64)] | None = None
 

@@ -104,7 +104,7 @@ class WorkspacesController(Controller):
     @patch(
         "/{workspace_id:str}",
         operation_id="updateWorkspace",
-        responses=error_responses(400, 401, 404, 409, 422),
+        responses=error_responses(400, 401, 403, 404, 409, 422),
     )
     async def update(
         self,
@@ -116,7 +116,8 @@ class WorkspacesController(Controller):
         workspaces: WorkspaceService,
     ) -> WorkspaceOut:
         """Rename a workspace or change its image/resources (applied at the next start; a templated workspace's
-        resources stay within its template version's bounds and its image is the template's)."""
+        resources stay within its template version's bounds and its image is the template's), or its repository
+        while it is not running and holds no clone yet (cloned at once)."""
         current = await workspaces.get(principal, workspace_id)
         if current.template_id is not None and current.template_version is not None:
             if data.image is not None:
@@ -125,9 +126,14 @@ class WorkspacesController(Controller):
                 await ctx.templates.check_bounds(
                     current.template_id, current.template_version, data.cpu, data.memory_mb
                 )
+        change = None
+        if data.git_url is not None or data.git_ref is not None:
+            change = await ctx.provisioning.check_repository_change(principal, current, data.git_url, data.git_ref)
         ws = await workspaces.update(
             principal, workspace_id, name=data.name, image=data.image, cpu=data.cpu, memory_mb=data.memory_mb
         )
+        if change is not None:
+            ws = await ctx.provisioning.change_repository(ws, change)
         await ctx.audit.record(
             audit_entry(request.scope, "workspace.update", principal, workspace_id=ws.id, target=ws.name)
         )

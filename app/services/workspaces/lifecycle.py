@@ -103,15 +103,17 @@ class Lifecycle:
         generation: int | None = None,
         bump: bool = False,
         guard: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
+        not_cloning: bool = False,
         **values: Any,
     ) -> Workspace | None:
         """``UPDATE … WHERE id AND state IN states [AND generation]``; the updated row, or None if no match.
 
-        ``guard(session, id)`` runs first in the same transaction (it may lock and raise to refuse)."""
+        ``guard(session, id)`` runs first in the same transaction (it may lock and raise to refuse).
+        ``not_cloning`` (and any move to ``starting``) also requires that no clone is under way."""
         query = update(Workspace).where(Workspace.id == workspace_id, Workspace.state.in_(states))
         if generation is not None:
             query = query.where(Workspace.generation == generation)
-        if "state" in values and values["state"] == WorkspaceState.STARTING:
+        if not_cloning or values.get("state") == WorkspaceState.STARTING:
             query = query.where(func.coalesce(Workspace.state_reason, "") != CLONING)
         values["updated_at"] = utcnow()
         if bump:
@@ -328,8 +330,12 @@ class Lifecycle:
         await self.publish(ws, "clone.progress", phase="done", percent=100, current=0, total=0)
 
     async def clone_at_create(self, ws: Workspace, clone_url: str) -> Workspace:
-        """Mark the new workspace as cloning and clone in the background (credentials stay in memory)."""
-        row = await self.cas(ws.id, (WorkspaceState.CREATED,), state_reason=CLONING)
+        """Mark the new workspace as cloning and clone in the background (credentials stay in memory).
+
+        Also for a workspace that is not running and whose repository changed: it stays in its state
+        (``created`` or ``stopped``) while cloning, and becomes ``failed`` if the clone fails."""
+        state = ws.state
+        row = await self.cas(ws.id, (state,), not_cloning=True, state_reason=CLONING)
         if row is None:
             return ws
         done = anyio.Event()
@@ -341,7 +347,7 @@ class Lifecycle:
             except DomainError as exc:
                 failed = await self.cas(
                     ws.id,
-                    (WorkspaceState.CREATED,),
+                    (state,),
                     state=WorkspaceState.FAILED,
                     state_reason=exc.detail[:REASON_LIMIT],
                 )
@@ -350,12 +356,12 @@ class Lifecycle:
             except Exception as exc:
                 log.exception("clone of workspace %s failed unexpectedly", ws.id)
                 failed = await self.cas(
-                    ws.id, (WorkspaceState.CREATED,), state=WorkspaceState.FAILED, state_reason=f"clone failed: {exc}"
+                    ws.id, (state,), state=WorkspaceState.FAILED, state_reason=f"clone failed: {exc}"
                 )
                 if failed is not None:
                     await self.publish(failed, "workspace.failed")
             else:
-                ready = await self.cas(ws.id, (WorkspaceState.CREATED,), state_reason=None)
+                ready = await self.cas(ws.id, (state,), state_reason=None)
                 if ready is not None:
                     await self.publish(ready, "workspace.cloned")
             finally:

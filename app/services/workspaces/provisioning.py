@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-from app.models import Workspace
+from dataclasses import dataclass
+
+import anyio
+
+from app.errors import Conflict
+from app.models import Workspace, WorkspaceState
 from app.services.auth.access import Principal
 from app.services.runtime.engines import Engines
-from app.services.workspaces.lifecycle import Lifecycle
+from app.services.workspaces import git
+from app.services.workspaces.lifecycle import CLONING, Lifecycle
+from app.services.workspaces.records import check_git_url, split_git_credentials
 from app.services.workspaces.servers import ServerService
+from app.settings import Settings
+
+# A repository can change while nothing runs and before its files hold a clone (a failed or skipped clone).
+REPOSITORY_EDITABLE = (WorkspaceState.CREATED, WorkspaceState.STOPPED, WorkspaceState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryChange:
+    """A checked new repository: the URL to store and show, the one to clone with (memory only), the ref."""
+
+    stored_url: str
+    clone_url: str
+    ref: str | None
 
 
 class Provisioning:
     """The runtime's part in creating and deleting workspaces (the record itself is ``WorkspaceService``'s)."""
 
     def __init__(self, engines: Engines, servers: ServerService, lifecycle: Lifecycle) -> None:
+        self._settings: Settings = lifecycle.settings
         self._engines = engines
         self._servers = servers
         self._lifecycle = lifecycle
@@ -41,3 +62,49 @@ class Provisioning:
     async def delete(self, principal: Principal, workspace_id: str, *, purge: bool = False) -> Workspace:
         """Remove the container (and with ``purge`` the files), then the row."""
         return await self._lifecycle.delete(principal, workspace_id, purge=purge)
+
+    async def check_repository_change(
+        self, principal: Principal, ws: Workspace, git_url: str | None, git_ref: str | None
+    ) -> RepositoryChange:
+        """Refuse a repository change (before anything is written) unless the workspace is not running, not
+        cloning, and its files hold no clone yet; the URL is checked as at create."""
+        url = git_url if git_url is not None else ws.git_url
+        if not url:
+            raise Conflict("the workspace has no repository: give git_url with git_ref", code="no_repository")
+        check_git_url(url, allow_file=self._settings.allow_file_git_urls and principal.is_admin)
+        if ws.state not in REPOSITORY_EDITABLE:
+            raise Conflict(
+                f"the workspace is {ws.state}: stop it before changing its repository",
+                code="workspace_busy",
+                state=ws.state,
+            )
+        if ws.state_reason == CLONING:
+            raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
+        directory = self._lifecycle.workspace_dir(ws.id)
+        if not await anyio.to_thread.run_sync(git.is_empty, directory):
+            raise Conflict(
+                "the workspace's files already hold a clone: change its remote inside the workspace "
+                "(git remote set-url), or delete the workspace with its files and create it again",
+                code="already_cloned",
+            )
+        stored_url, clone_url = split_git_credentials(url)
+        return RepositoryChange(stored_url, clone_url, git_ref if git_ref is not None else ws.git_ref)
+
+    async def change_repository(self, ws: Workspace, change: RepositoryChange) -> Workspace:
+        """Point ``ws`` at the checked repository and clone it now in the background (a failed workspace
+        becomes ``created`` again: its failure was the old repository)."""
+        state = WorkspaceState.CREATED if ws.state == WorkspaceState.FAILED else ws.state
+        row = await self._lifecycle.cas(
+            ws.id,
+            (ws.state,),
+            not_cloning=True,
+            git_url=change.stored_url,
+            git_ref=change.ref,
+            state=state,
+            state_reason=None,
+        )
+        if row is None:
+            current = await self._lifecycle.row(ws.id)
+            raise Conflict(f"the workspace is {current.state}", code="workspace_busy", state=current.state)
+        await self._lifecycle.publish(row, "workspace.updated")
+        return await self._lifecycle.clone_at_create(row, change.clone_url)
