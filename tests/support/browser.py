@@ -81,3 +81,15 @@ async def small_targets(page: Any, selector: str = "button:visible, a.button:vis
                            && !e.closest('[hidden]') && e.type !== 'checkbox')
                   .map(e => `${(e.textContent || e.name || e.id).trim()} (${e.getBoundingClientRect().height}px)`)""",
     )
+
+
+async def overflowing(page: Any, width: int) -> list[str]:
+    """Elements whose right edge passes ``width`` (what makes a page scroll sideways)."""
+    return await page.evaluate(
+        """w => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 0.5
+                 && !e.closest('[hidden]') && e.getClientRects().length
+                 && !(e.parentElement && e.parentElement.closest('.table-wrap, .tabs, .logs, .xterm')))
+               .map(e => `${e.tagName.toLowerCase()}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`)
+               .slice(0, 8)""",
+        width,
+    )

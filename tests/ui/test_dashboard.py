@@ -219,10 +219,10 @@ async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
     await expect(row(page, "demo").locator(".badge")).to_have_text("created")
     await expect(page.locator("#detail-name")).to_have_text("demo")
 
-    # The same name again: the hub's 409 detail is shown to the person.
+    # The same name again: the hub's 409 detail is shown to the person, next to the name.
     await page.get_by_label("Name", exact=True).fill("demo")
     await page.get_by_role("button", name="Create").click()
-    await expect(page.locator(".toast.error")).to_contain_text("already have a workspace named")
+    await expect(page.locator("#create-form-name-error")).to_contain_text("already have a workspace named")
 
     # Created and deleted through the API (another tab, a script): the page follows without reload.
     async with ui_hub.client(token) as client:

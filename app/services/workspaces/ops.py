@@ -12,7 +12,7 @@ import msgspec
 
 from app.errors import DomainError, Unprocessable
 from app.events import workspace_exec_topic
-from app.models import Workspace, WorkspaceState, new_id, utcnow
+from app.models import Server, Workspace, WorkspaceState, new_id, utcnow
 from app.services.auth.access import Principal
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, LogLine, WorkspaceNotRunning
 from app.services.runtime.common import ide_healthy
@@ -30,6 +30,7 @@ class WorkspaceStatus(msgspec.Struct, kw_only=True):
     state: str
     reason: str | None
     server_id: str | None
+    server_name: str | None = None
     runtime: str | None
     container_id: str | None
     started_at: datetime | None
@@ -61,6 +62,13 @@ class WorkspaceOps:
             raise WorkspaceNotRunning(f"the workspace is {ws.state}, not running", state=ws.state)
         return ws
 
+    async def _server_name(self, server_id: str | None) -> str | None:
+        if server_id is None:
+            return None
+        async with self.lifecycle.sessionmaker() as session:
+            server = await session.get(Server, server_id)
+        return server.name if server is not None else None
+
     async def status(self, principal: Principal, workspace_id: str) -> WorkspaceStatus:
         """State, placement, uptime, resource numbers, IDE health and why it is still up."""
         ws = await self.lifecycle.workspaces.get(principal, workspace_id)
@@ -70,6 +78,7 @@ class WorkspaceOps:
             state=ws.state,
             reason=ws.state_reason,
             server_id=ws.server_id,
+            server_name=await self._server_name(ws.server_id),
             runtime=ws.runtime,
             container_id=ws.container_id,
             started_at=ws.started_at,

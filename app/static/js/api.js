@@ -5,7 +5,8 @@ import { toast } from "./ui.js";
 export class ApiError extends Error {
   constructor(status, body, requestId) {
     const detail = body && (body.detail || body.error) ? body.detail || body.error : `HTTP ${status}`;
-    super(detail);
+    // validation messages name the pattern a value missed: people get the field's name without it
+    super(String(detail).replace(/ matching regex '.*?'/g, " in the expected form"));
     this.status = status;
     this.code = (body && body.error) || `http_${status}`;
     this.body = body || {};

@@ -57,6 +57,14 @@ export class Details {
     this.poll(this.generation);
   }
 
+  /** On a one-column layout (phones) Details sits under the list: bring it into view. */
+  reveal() {
+    if (window.matchMedia("(max-width: 1000px)").matches) {
+      const reduce = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      $("#detail").scrollIntoView({ block: "start", behavior: reduce ? "auto" : "smooth" });
+    }
+  }
+
   /** After a stream reset: fetch the status and the log tail again. */
   resync() {
     if (this.id) this.poll(this.generation);
@@ -119,7 +127,7 @@ export class Details {
     const limit = pick(live, "memory_limit_bytes", "memory.limit", "memory_limit", "resources.memory_limit_bytes");
     const health = pick(live, "ide_healthy", "ide_health", "ide.health");
     const container = pick(s, "container_id", "container");
-    const server = pick(s, "server_name", "server.name", "server_id", "server") ?? ws.server_id;
+    const server = pick(s, "server_name"); // a name people gave it, never the id
     const runtime = pick(s, "runtime");
     const rows = [
       ["State", [h("span", { class: `badge state-${state}` }, state || "\u2013"), reason ? ` ${reason}` : ""]],

@@ -3,14 +3,27 @@
 import { Audit, Servers } from "./admin.js";
 import { api, onUnauthorized } from "./api.js";
 import { Details } from "./details.js";
+import { EditDialog } from "./edit.js";
 import { EventStream } from "./events.js";
 import { Groups } from "./groups.js";
 import { TerminalPane } from "./termpane.js";
+import { Tokens } from "./tokens.js";
 import { $, $$, setText, toast } from "./ui.js";
 import { WorkspaceList } from "./workspaces.js";
 
 const FALLBACK_POLL_MS = 5000;
 const LIVE_TEXT = { live: "live", connecting: "connecting…", down: "offline", unavailable: "polling", off: "offline" };
+
+/** `target` when it is a path on this origin (as the hub's own check: no "//", no backslash), else null. */
+function ownPath(target) {
+  if (!target || !target.startsWith("/") || target.startsWith("//") || target.includes("\\")) return null;
+  try {
+    const url = new URL(target, location.origin);
+    return url.origin === location.origin && url.pathname !== "/" ? url.pathname + url.search + url.hash : null;
+  } catch {
+    return null;
+  }
+}
 
 class App {
   constructor() {
@@ -23,9 +36,11 @@ class App {
     this.workspaces = new WorkspaceList(this);
     this.details = new Details(this);
     this.terminal = new TerminalPane(this);
+    this.edit = new EditDialog(this);
     this.servers = new Servers();
     this.groups = new Groups();
     this.audit = new Audit(this);
+    this.tokens = new Tokens();
     this.stream = new EventStream(
       (ev) => this.onEvent(ev),
       (state, detail) => this.onLiveState(state, detail),
@@ -46,6 +61,12 @@ class App {
     this.showMethods(); // logout needs to know whether the provider signs out too
     try {
       const me = await api("GET", "/api/auth/me", { quiet: true });
+      // Already signed in (another tab did it): go on where the link was going, if it stays on this hub.
+      const next = ownPath(new URLSearchParams(location.search).get("next"));
+      if (next) {
+        location.replace(next);
+        return;
+      }
       this.signedIn(me);
     } catch (err) {
       if (err.status !== 401) toast(err.message, { title: "The hub did not answer" });
@@ -147,6 +168,7 @@ class App {
     this.pollTimer = null;
     this.select(null);
     this.workspaces.clear();
+    this.tokens.clear();
     this.me = null;
   }
 
@@ -185,7 +207,7 @@ class App {
     if (!this.me) return;
     let tab = (location.hash || "#workspaces").slice(1);
     const adminOnly = ["servers", "groups"];
-    if (!["workspaces", "audit", ...adminOnly].includes(tab) || (adminOnly.includes(tab) && !this.isAdmin)) tab = "workspaces";
+    if (!["workspaces", "audit", "tokens", ...adminOnly].includes(tab) || (adminOnly.includes(tab) && !this.isAdmin)) tab = "workspaces";
     for (const v of $$(".view")) v.hidden = v.dataset.view !== tab;
     for (const a of $$("#tabs a")) {
       if (a.dataset.tab === tab) a.setAttribute("aria-current", "page");
@@ -194,6 +216,7 @@ class App {
     if (tab === "servers") this.servers.load();
     if (tab === "audit") this.audit.load();
     if (tab === "groups") this.groups.load();
+    if (tab === "tokens") this.tokens.load();
   }
 
   topics() {

@@ -1,7 +1,9 @@
 // The workspace list: rows keyed by id and updated in place from lifecycle events, the create form,
 // start/stop/restart/delete/open actions, and clone/start progress bars.
 
-import { api, getAll } from "./api.js";
+import { api, getAll, report } from "./api.js";
+import { EDITABLE } from "./edit.js";
+import { checkFields, clearFieldErrors, FIELD_HELP, showApiError, showFieldError } from "./forms.js";
 import { $, announce, confirmDialog, h, setText, toast } from "./ui.js";
 
 const CAN = {
@@ -20,6 +22,11 @@ const STATE_OF_TYPE = {
   "workspace.stopped": "stopped",
   "workspace.failed": "failed",
 };
+
+/** `text` as unbreakable parts that may wrap only after "/", ":" and "@" (never mid-word, nor at a "-"). */
+function breakable(text) {
+  return text.split(/(?<=[/:@])/).flatMap((part, i) => [...(i ? [h("wbr")] : []), h("span", { class: "seg" }, part)]);
+}
 
 export class WorkspaceList {
   constructor(app) {
@@ -135,7 +142,14 @@ export class WorkspaceList {
   }
 
   buildRow(id) {
-    const nameBtn = h("button", { type: "button", class: "link name", onclick: () => this.app.select(id) });
+    const nameBtn = h("button", {
+      type: "button",
+      class: "link name",
+      onclick: () => {
+        this.app.select(id);
+        this.app.details.reveal();
+      },
+    });
     const idText = h("small", { class: "muted mono" }, id);
     const owner = h("td", { class: "owner-col" });
     const badge = h("span", { class: "badge" });
@@ -153,6 +167,7 @@ export class WorkspaceList {
       { type: "button", class: "small ghost", onclick: () => this.action(id, "restart") },
       "Restart",
     );
+    const edit = h("button", { type: "button", class: "small ghost", onclick: () => this.app.edit.open(this.items.get(id)) }, "Edit");
     const term = h("button", { type: "button", class: "small ghost", onclick: () => this.openTerminal(id) }, "Terminal");
     const del = h("button", { type: "button", class: "small danger", onclick: () => this.confirmDelete(id) }, "Delete");
     const tr = h(
@@ -162,9 +177,9 @@ export class WorkspaceList {
       owner,
       h("td", { class: "state-col" }, badge, reason, track, phase),
       h("td", { class: "image-col" }, image, git),
-      h("td", { class: "actions" }, h("div", { class: "btns" }, open, term, start, stop, restart, del)),
+      h("td", { class: "actions" }, h("div", { class: "btns" }, open, term, start, stop, restart, edit, del)),
     );
-    return { tr, nameBtn, owner, badge, reason, track, bar, phase, image, git, open, term, start, stop, restart, del };
+    return { tr, nameBtn, owner, badge, reason, track, bar, phase, image, git, open, term, edit, start, stop, restart, del };
   }
 
   renderRow(id) {
@@ -183,7 +198,10 @@ export class WorkspaceList {
     row.badge.className = `badge state-${state}`;
     setText(row.badge, state);
     setText(row.reason, ws.state_reason || ws.reason || "");
-    setText(row.image, ws.image || "");
+    if (row.image.dataset.value !== (ws.image || "")) {
+      row.image.dataset.value = ws.image || "";
+      row.image.replaceChildren(...breakable(ws.image || ""));
+    }
     setText(row.git, ws.git_url ? `${ws.git_url}${ws.git_ref ? ` @ ${ws.git_ref}` : ""}` : "");
     const busy = this.busy.has(id);
     row.open.href = ws.url || `/w/${id}/`;
@@ -198,6 +216,8 @@ export class WorkspaceList {
       row[action].setAttribute("aria-label", `${action[0].toUpperCase()}${action.slice(1)} ${name}`);
     }
     row.term.disabled = !CAN.terminal.has(state);
+    row.edit.disabled = busy || !EDITABLE.has(state) || ws.state_reason === "cloning";
+    row.edit.setAttribute("aria-label", `Edit ${name}`);
     row.term.setAttribute("aria-label", `Open a terminal in ${name}`);
     row.term.title = this.app.terminal.installed ? "" : "The terminal's browser assets are not installed (just assets)";
     row.del.disabled = busy;
@@ -277,6 +297,11 @@ export class WorkspaceList {
       if (state && state !== before) announce(`${known.name || id} is ${state}${patch.state_reason ? `: ${patch.state_reason}` : ""}`);
     }
     if (state && state !== "starting" && this.progress.get(id)?.kind === "start") this.progress.delete(id);
+    // a clone that ended (failed, or the row moved on) leaves no bar behind
+    if (this.progress.get(id)?.kind === "clone" && (state === "failed" || ev.type === "workspace.cloned")) {
+      this.progress.delete(id);
+    }
+    this.renderProgress(id);
     if (ev.type === "workspace.stop_pending") {
       const name = (known || patch).name || id;
       toast(`${name} will be stopped soon for inactivity`, { kind: "info", title: "Idle" });
@@ -320,26 +345,28 @@ export class WorkspaceList {
     e.preventDefault();
     const form = e.currentTarget;
     const name = form.name.value.trim();
-    if (!form.name.checkValidity() || !name) {
-      toast("Use lower-case letters, digits and '-' (1–63 characters).", { title: "Invalid name" });
+    clearFieldErrors(form);
+    if (!name) {
+      showFieldError(form, "name", `Give the workspace a name. ${FIELD_HELP.name}`);
       form.name.focus();
       return;
     }
+    if (!checkFields(form, ["name", "image", "git_url"])) return;
     const body = { name };
     if (form.image.value.trim()) body.image = form.image.value.trim();
     if (form.git_url.value.trim()) body.git_url = form.git_url.value.trim();
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
-      const ws = await api("POST", "/api/workspaces", { body });
+      const ws = await api("POST", "/api/workspaces", { body, quiet: true });
       this.upsert(ws);
       this.sortRows();
       this.renderEmpty();
       form.reset();
       this.app.select(ws.id);
       toast(`Workspace ${ws.name} created`, { kind: "info" });
-    } catch {
-      /* reported by api() */
+    } catch (err) {
+      if (!showApiError(form, err)) report(err, "POST", "/api/workspaces");
     } finally {
       button.disabled = false;
     }

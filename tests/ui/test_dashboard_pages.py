@@ -1,0 +1,331 @@
+"""The dashboard's token page, sign-in return, Open on a stopped workspace, editing a failed one, plain field
+errors, the fixed display bugs and the 390 px layout, in Chromium against a real hub (local runtime with the
+fake IDE). Screenshots go to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.browser import PASSWORD, PageErrors, chromium, login, need_browser, overflowing, row, small_targets
+from tests.support.databases import fresh_database
+from tests.support.runtime import fake_ide_command
+from tests.support.server import Hub, free_port, running_hub
+from tests.support.settings import make_settings
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def pages_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated SQLite database."""
+    need_browser()
+    with fresh_database("sqlite", tmp_path_factory.mktemp("pages-db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def good_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small local repository (``file://``, allowed for admins on this hub)."""
+    repo = tmp_path_factory.mktemp("pages-repo")
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e.x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e.x",
+    }
+    env["PATH"] = "/usr/bin:/bin"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    (repo / "README").write_text("hello\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "init"], check=True, env=env)
+    return repo.as_uri()
+
+
+@pytest.fixture(scope="module")
+async def pages_hub(pages_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    """A hub running workspaces as local processes; file:// clones allowed for admins."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("pages-data"),
+        database_url=pages_db_url,
+        local_ide_command=fake_ide_command(),
+        allow_file_git_urls=True,
+        start_timeout=30.0,
+    )
+    async with running_hub(settings) as hub:
+        yield hub
+
+
+@pytest.fixture(scope="module")
+async def browser(pages_hub: Hub) -> AsyncIterator[Any]:
+    """Headless Chromium."""
+    async with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+async def page(browser: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh desktop-sized page; uncaught page errors fail the test; a last screenshot whatever happens."""
+    context = await browser.new_context(viewport={"width": 1360, "height": 900})
+    page = await context.new_page()
+    errors = PageErrors(page)
+    try:
+        yield page
+        assert not errors.uncaught, errors.uncaught
+    finally:
+        await page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
+        await context.close()
+
+
+async def test_api_tokens_create_once_list_revoke(pages_hub: Hub, page: Any, tmp_path: Path) -> None:
+    """A token is created with an expiry, shown once, works as a bearer token, is listed, then revoked."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("tokie")
+    await login(page, pages_hub, "tokie")
+    await page.get_by_role("link", name="Tokens").click()
+    await expect(page.locator("#tokens-view")).to_be_visible()
+
+    await page.get_by_label("Token name").fill("x" * 101)
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.locator("#token-name-error")).to_have_text("Keep the name under 100 characters.")
+
+    await page.get_by_label("Token name").fill("laptop cli")
+    await page.get_by_label("Expires").select_option("7")
+    await page.get_by_role("button", name="Create token").click()
+    value = page.get_by_label("The new token")
+    await expect(value).to_be_visible()
+    raw = await value.input_value()
+    assert len(raw) > 20
+    listed = page.locator("#tokens-body tr", has_text="laptop cli")
+    await expect(listed).to_have_count(1)
+    await expect(listed.locator("td").nth(3)).not_to_have_text("never")
+    await page.screenshot(path=str(tmp_path / "tokens.png"), full_page=True)
+    async with httpx.AsyncClient(base_url=pages_hub.url, headers={"Authorization": f"Bearer {raw}"}) as client:
+        assert (await client.get("/api/auth/me")).json()["username"] == "tokie"
+
+        await page.get_by_role("button", name="Done").click()
+        await expect(page.locator("#token-new")).to_be_hidden()
+        assert raw not in await page.content()
+        await page.reload()
+        await expect(page.locator("#tokens-body tr", has_text="laptop cli")).to_have_count(1)
+        assert raw not in await page.content()
+
+        await listed.get_by_role("button", name="Revoke laptop cli").click()
+        await page.locator("#confirm-ok").click()
+        await expect(page.locator("#tokens-body tr", has_text="laptop cli")).to_have_count(0)
+        assert (await client.get("/api/auth/me")).status_code == 401
+
+
+async def test_sign_in_returns_where_the_user_was_going(pages_hub: Hub, page: Any) -> None:
+    """``?next=`` on this origin is followed after signing in (and when already signed in); others are not."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("nexty")
+    await page.goto(f"{pages_hub.url}/?next=%2Fapi%2Fauth%2Fme")
+    await page.get_by_label("Username").fill("nexty")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{pages_hub.url}/api/auth/me")
+    assert '"username":"nexty"' in (await page.content()).replace(" ", "")
+    # Already signed in: a link through the sign-in page goes straight on.
+    await page.goto(f"{pages_hub.url}/?next=/api/auth/tokens")
+    await page.wait_for_url(f"{pages_hub.url}/api/auth/tokens")
+    for hostile in (
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/%09/evil.example",
+        "javascript:alert(1)",
+    ):
+        await page.goto(f"{pages_hub.url}/?next={hostile}")
+        await expect(page.locator("#whoami")).to_contain_text("nexty")
+        assert page.url.startswith(pages_hub.url), (hostile, page.url)
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
+    await page.goto(f"{pages_hub.url}/?next=//evil.example/x")
+    await page.get_by_label("Username").fill("nexty")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#whoami")).to_contain_text("nexty")
+    assert page.url.startswith(pages_hub.url)
+
+
+async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> None:
+    """Open is offered on a workspace that is not running; the new tab starts it and lands in the IDE."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("opener")
+    await login(page, pages_hub, "opener")
+    await page.get_by_label("Name", exact=True).fill("sleepy")
+    await page.get_by_role("button", name="Create").click()
+    ws = row(page, "sleepy")
+    await expect(ws.locator(".badge")).to_have_text("created")
+    link = ws.get_by_role("link", name="Open the IDE of sleepy in a new tab (starts it)")
+    await expect(link).to_have_attribute("aria-disabled", "false")
+    async with page.context.expect_page() as opened:
+        await link.click()
+    ide = await opened.value
+    await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
+    await ide.close()
+    await expect(ws.locator(".badge")).to_have_text("running")
+
+
+async def test_failed_clone_edit_and_plain_field_errors(
+    pages_hub: Hub, page: Any, good_repo: str, tmp_path: Path
+) -> None:
+    """A bad repository fails without a stale bar; field errors sit next to their field in words; editing the
+    URL of the failed workspace clones it and it starts."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("editor", admin=True)
+    await login(page, pages_hub, "editor")
+    form = page.locator("#create-form")
+    await form.get_by_label("Name", exact=True).fill("Bad Name!")
+    await form.get_by_label("Image").fill("bad image!")
+    await form.get_by_role("button", name="Create").click()
+    await expect(page.locator("#create-form-name-error")).to_contain_text("Use lower-case letters, digits and hyphens")
+    await expect(page.locator("#create-form-image-error")).to_contain_text("Give an image name such as")
+    await expect(form.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator(".toast")).to_have_count(0)
+
+    await form.get_by_label("Name", exact=True).fill("broken")
+    await form.get_by_label("Image").fill("")
+    await form.get_by_label("Git URL").fill("nope")
+    await form.get_by_role("button", name="Create").click()
+    await expect(page.locator("#create-form-git_url-error")).to_contain_text("https://")
+    await expect(page.locator("#create-form-name-error")).to_be_hidden()
+    await expect(page.locator(".toast")).to_have_count(0)
+
+    await form.get_by_label("Git URL").fill((tmp_path / "missing-repo").as_uri())
+    await form.get_by_role("button", name="Create").click()
+    ws = row(page, "broken")
+    await expect(ws.locator(".badge")).to_have_text("failed")
+    await expect(ws.locator(".progress")).to_be_hidden()
+    await expect(ws.locator(".phase")).to_be_empty()
+    await page.screenshot(path=str(tmp_path / "failed-clone.png"), full_page=True)
+
+    # The same name again: the hub's answer goes under the name, in its words.
+    await form.get_by_label("Name", exact=True).fill("broken")
+    await form.get_by_label("Git URL").fill("")
+    await form.get_by_role("button", name="Create").click()
+    await expect(page.locator("#create-form-name-error")).to_contain_text("already have a workspace named")
+    page_text = await page.locator("body").inner_text()
+    assert "regex" not in page_text and "[a-z0-9]" not in page_text
+
+    await ws.get_by_role("button", name="Edit broken").click()
+    dialog = page.locator("#edit")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_label("Repository URL").fill("ftp://example.com/x.git")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(page.locator("#edit-form-git_url-error")).to_contain_text("https://")
+    await dialog.get_by_label("Branch or tag").fill("main; rm")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(page.locator("#edit-form-git_ref-error")).to_contain_text("letters, digits")
+    await page.screenshot(path=str(tmp_path / "edit-errors.png"))
+    await dialog.get_by_label("Branch or tag").fill("main")
+    await dialog.get_by_label("Repository URL").fill(good_repo)
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    await expect(ws.locator(".badge")).to_have_text("created")
+    await expect(ws.locator(".git")).to_contain_text(good_repo)
+    await expect(ws.locator(".reason")).to_be_empty()
+    await ws.get_by_role("button", name="Start broken", exact=True).click()
+    await expect(ws.locator(".badge")).to_have_text("running")
+    await expect(ws.get_by_role("button", name="Edit broken")).to_be_disabled()
+
+
+async def test_details_names_the_server_and_images_break_between_parts(pages_hub: Hub, page: Any) -> None:
+    """Details shows the server's name (not its id); a long image name wraps only at / : @."""
+    from playwright.async_api import expect
+
+    image = "registry.example-company-internal.com/platform-team/development-environments/code-server:2025.11"
+    async with pages_hub.client() as client:
+        r = await client.post(
+            "/api/admin/servers", json={"name": "rack-7", "docker_url": f"tcp://127.0.0.1:{free_port()}"}
+        )
+        assert r.status_code == 201, r.text
+        server_id = r.json()["id"]
+        token = await pages_hub.new_user("placed")
+        try:
+            async with pages_hub.client(token) as user:
+                r = await user.post("/api/workspaces", json={"name": "onrack", "image": image, "server_id": server_id})
+                assert r.status_code == 201, r.text
+                ws_id = r.json()["id"]
+                status = (await user.get(f"/api/workspaces/{ws_id}/status")).json()
+                assert status["server_name"] == "rack-7"
+            await login(page, pages_hub, "placed")
+            await row(page, "onrack").get_by_role("button", name="Show details of onrack").click()
+            server = page.locator('#status-list dd[data-key="server"]')
+            await expect(server).to_contain_text("rack-7")
+            assert server_id not in await server.inner_text()
+            split_words = (
+                await row(page, "onrack")
+                .locator(".image-col span.mono")
+                .evaluate(
+                    """el => [...el.querySelectorAll('.seg')].filter(n => {
+                     const r = document.createRange(); r.selectNodeContents(n);
+                     return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1;
+                   }).map(n => n.textContent)"""
+                )
+            )
+            assert split_words == [], split_words
+        finally:
+            async with pages_hub.client(token) as user:
+                await user.delete(f"/api/workspaces/{ws_id}")
+            await client.delete(f"/api/admin/servers/{server_id}")
+
+
+async def test_phone_layout_390(pages_hub: Hub, browser: Any, tmp_path: Path) -> None:
+    """At 390 px: a one-row header, no sideways scroll, every target at least 24 px, Details scrolled to."""
+    from playwright.async_api import expect
+
+    token = await pages_hub.new_user("phone")
+    async with pages_hub.client(token) as client:
+        for i in range(6):
+            assert (await client.post("/api/workspaces", json={"name": f"phone-{i}"})).status_code == 201
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = await context.new_page()
+    errors = PageErrors(page)
+    try:
+        await login(page, pages_hub, "phone")
+        await expect(row(page, "phone-0")).to_have_count(1)
+        header = await page.locator(".topbar").bounding_box()
+        assert header is not None and header["height"] <= 56, header
+        assert header["height"] / 844 < 0.07
+        await page.screenshot(path=str(tmp_path / "phone-390.png"), full_page=False)
+        assert await overflowing(page, 390) == []
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert await small_targets(page) == []
+        await row(page, "phone-0").get_by_role("button", name="Show details of phone-0").click()
+        await expect(page.locator("#detail-name")).to_have_text("phone-0")
+        await page.wait_for_function(
+            "() => { const r = document.querySelector('#detail').getBoundingClientRect();"
+            " return r.top >= 0 && r.top <= 80; }"
+        )
+        await page.screenshot(path=str(tmp_path / "phone-390-details.png"), full_page=False)
+        await page.get_by_role("link", name="Tokens").click()
+        await expect(page.locator("#tokens-view")).to_be_visible()
+        assert await small_targets(page) == []
+        assert await overflowing(page, 390) == []
+        assert not errors.uncaught, errors.uncaught
+    finally:
+        await context.close()
+
+
+async def test_desktop_targets_are_24px(pages_hub: Hub, page: Any) -> None:
+    """Every visible button, link button and field on the workspace page is at least 24 px tall."""
+    from playwright.async_api import expect
+
+    token = await pages_hub.new_user("sizes")
+    async with pages_hub.client(token) as client:
+        assert (await client.post("/api/workspaces", json={"name": "sized"})).status_code == 201
+    await login(page, pages_hub, "sizes")
+    await expect(row(page, "sized")).to_have_count(1)
+    assert await small_targets(page) == []
