@@ -1,6 +1,6 @@
 """Run every benchmark in bench/ and print one table (``just bench``).
 
-Discovers ``bench/<name>.py`` for the known benches (api, fanout, runtime, patches, relay, ai) and any other
+Discovers ``bench/<name>.py`` for the known benches (api, fanout, runtime, patches, relay, ai, dashboard) and any other
 script in bench/ that prints a ``BENCH_RESULT`` line (files starting with ``_``, helpers like
 ``upstream.py`` and this file are skipped). Each runs as a subprocess with a timeout; its last
 ``BENCH_RESULT {json}`` line (protocol: bench/README.md) becomes rows of the table. A script that prints
@@ -30,7 +30,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai")
+KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai", "dashboard")
 PREFIX = "BENCH_RESULT "
 SKIP = {"run_all"}
 QUICK: dict[str, list[str]] = {
@@ -41,6 +41,7 @@ QUICK: dict[str, list[str]] = {
     "relay": ["--seconds", "2", "--rounds", "1", "--idle", "100", "--no-chp"],
     "ai": ["--requests", "10", "--streams", "5", "--tokens", "50", "--repeat", "1", "--long-tokens", "100"],
     "networks": ["--count", "10"],
+    "dashboard": ["--quick"],
 }
 
 
