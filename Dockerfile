@@ -1,5 +1,11 @@
 # code-hub: the hub process (API, dashboard, event hub, relay). Workspaces run as sibling containers on the
 # Docker engine whose socket is mounted (see docker-compose.yml).
+# The dashboard's browser libraries (xterm.js), pinned in web/package-lock.json, from the npm registry.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.13-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,6 +29,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY app ./app
 COPY migrations ./migrations
+COPY --from=web /web/node_modules ./web/node_modules
 COPY deploy/entrypoint.sh /usr/local/bin/codehub-entrypoint
 RUN uv sync --frozen --no-dev \
     && chmod 0755 /usr/local/bin/codehub-entrypoint \
