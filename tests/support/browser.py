@@ -63,7 +63,7 @@ async def login(page: Any, hub: Hub, username: str, path: str = "/") -> None:
 
     await page.goto(hub.url + path)
     await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#whoami")).to_contain_text(username)
 

@@ -139,7 +139,7 @@ async def login(page: Any, hub: Hub, username: str) -> None:
 
     await page.goto(hub.url + "/")
     await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#whoami")).to_contain_text(username)
 
@@ -205,7 +205,7 @@ async def test_login_create_live_events_delete(ui_hub: Hub, page: Any) -> None:
     await shot(page, "login")
 
     await page.get_by_label("Username").fill("alice")
-    await page.get_by_label("Password").fill("wrong-password")
+    await page.get_by_label("Password", exact=True).fill("wrong-password")
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#login-error")).to_be_visible()
     await expect(page.locator("#login-error")).not_to_be_empty()

@@ -130,7 +130,7 @@ async def test_sign_in_returns_where_the_user_was_going(pages_hub: Hub, page: An
     await pages_hub.new_user("nexty")
     await page.goto(f"{pages_hub.url}/?next=%2Fapi%2Fauth%2Fme")
     await page.get_by_label("Username").fill("nexty")
-    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await page.wait_for_url(f"{pages_hub.url}/api/auth/me")
     assert '"username":"nexty"' in (await page.content()).replace(" ", "")
@@ -151,7 +151,7 @@ async def test_sign_in_returns_where_the_user_was_going(pages_hub: Hub, page: An
     await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
     await page.goto(f"{pages_hub.url}/?next=//evil.example/x")
     await page.get_by_label("Username").fill("nexty")
-    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#whoami")).to_contain_text("nexty")
     assert page.url.startswith(pages_hub.url)
@@ -329,3 +329,62 @@ async def test_desktop_targets_are_24px(pages_hub: Hub, page: Any) -> None:
     await login(page, pages_hub, "sizes")
     await expect(row(page, "sized")).to_have_count(1)
     assert await small_targets(page) == []
+
+
+async def test_admin_users_create_role_disable_reset(pages_hub: Hub, page: Any, tmp_path: Path) -> None:
+    """Admins create a user (errors in words next to the field), promote, disable, enable and reset passwords;
+    the changes hold against the API (a disabled user cannot sign in, the new password works)."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("boss", admin=True)
+    await login(page, pages_hub, "boss")
+    await page.get_by_role("link", name="Users").click()
+    form = page.locator("#user-form")
+    await form.get_by_label("User name").fill("Bad Name!")
+    await form.get_by_label("Initial password").fill("short")
+    await form.get_by_role("button", name="Create user").click()
+    await expect(page.locator("#user-form-username-error")).to_contain_text("a-z, 0-9")
+    await form.get_by_label("User name").fill("newbie")
+    await form.get_by_role("button", name="Create user").click()
+    await expect(page.locator("#user-form-password-error")).to_contain_text("8 to 1024")
+    await form.get_by_label("Initial password").fill("first-password-1")
+    await form.get_by_role("button", name="Create user").click()
+    newbie = page.locator("#users-body tr", has_text="newbie")
+    await expect(newbie).to_have_count(1)
+    await form.get_by_label("User name").fill("newbie")
+    await form.get_by_label("Initial password").fill("first-password-1")
+    await form.get_by_role("button", name="Create user").click()
+    await expect(page.locator("#user-form-username-error")).to_contain_text("already exists")
+
+    await newbie.get_by_label("Role of newbie").select_option("admin")
+    await expect(page.locator(".toast", has_text="newbie updated")).to_have_count(1)
+    await newbie.get_by_role("button", name="Disable newbie").click()
+    await page.locator("#confirm-ok").click()
+    await expect(newbie.locator("td").nth(2)).to_have_text("disabled")
+    async with httpx.AsyncClient(base_url=pages_hub.url) as anon:
+        r = await anon.post("/api/auth/login", json={"username": "newbie", "password": "first-password-1"})
+        assert r.status_code in (401, 403), r.text
+    await newbie.get_by_role("button", name="Enable newbie").click()
+    await expect(newbie.locator("td").nth(2)).to_have_text("active")
+    await newbie.get_by_role("button", name="Reset the password of newbie").click()
+    await page.locator("#pw-form").get_by_label("New password").fill("second-password-2")
+    await page.locator("#pw-form").get_by_role("button", name="Set password").click()
+    await expect(page.locator("#pw-dialog")).to_be_hidden()
+    await page.screenshot(path=str(tmp_path / "users.png"), full_page=True)
+    async with httpx.AsyncClient(base_url=pages_hub.url) as anon:
+        r = await anon.post("/api/auth/login", json={"username": "newbie", "password": "second-password-2"})
+        assert r.status_code == 200 and r.json()["user"]["role"] == "admin", r.text
+    # the admin's own row cannot demote or disable itself from here
+    await expect(page.locator("#users-body tr", has_text="boss").get_by_label("Role of boss")).to_be_disabled()
+
+
+async def test_users_tab_is_for_admins_only(pages_hub: Hub, page: Any) -> None:
+    """A user sees no Users tab, and ``#users`` falls back to the workspaces."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("plain")
+    await login(page, pages_hub, "plain")
+    await expect(page.get_by_role("link", name="Users")).to_be_hidden()
+    await page.goto(f"{pages_hub.url}/#users")
+    await expect(page.locator("#workspaces-view")).to_be_visible()
+    await expect(page.locator("#users-view")).to_be_hidden()

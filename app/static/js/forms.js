@@ -13,6 +13,8 @@ export const FIELD_HELP = {
   cpu: "Give a number of CPUs above 0.",
   memory_mb: "Give the memory in MiB, at least 64.",
   token_name: "Keep the name under 100 characters.",
+  username: "Use 1–64 of a-z, 0-9, '_', '.' and '-'.",
+  password: "Use 8 to 1024 characters.",
 };
 
 // hub error codes that belong to one field; their detail is already written for people
@@ -22,6 +24,9 @@ const CODE_FIELD = {
   already_cloned: "git_url",
   no_repository: "git_url",
   name_taken: "name",
+  bad_username: "username",
+  user_exists: "username",
+  bad_password: "password",
   bad_resources: null,
 };
 
@@ -35,7 +40,9 @@ function errorNode(form, key) {
     node.id = id;
     node.className = "field-error";
     node.hidden = true;
-    (input.closest(".field") || input.closest("label") || input).after(node);
+    const field = input.closest(".field");
+    if (field) field.append(node);
+    else (input.closest("label") || input).after(node);
   }
   return node;
 }

@@ -8,6 +8,7 @@ import { EventStream } from "./events.js";
 import { Groups } from "./groups.js";
 import { TerminalPane } from "./termpane.js";
 import { Tokens } from "./tokens.js";
+import { Users } from "./users.js";
 import { $, $$, setText, toast } from "./ui.js";
 import { WorkspaceList } from "./workspaces.js";
 
@@ -41,6 +42,7 @@ class App {
     this.groups = new Groups();
     this.audit = new Audit(this);
     this.tokens = new Tokens();
+    this.users = new Users(this);
     this.stream = new EventStream(
       (ev) => this.onEvent(ev),
       (state, detail) => this.onLiveState(state, detail),
@@ -169,6 +171,7 @@ class App {
     this.select(null);
     this.workspaces.clear();
     this.tokens.clear();
+    this.users.clear();
     this.me = null;
   }
 
@@ -206,7 +209,7 @@ class App {
   route() {
     if (!this.me) return;
     let tab = (location.hash || "#workspaces").slice(1);
-    const adminOnly = ["servers", "groups"];
+    const adminOnly = ["servers", "users", "groups"];
     if (!["workspaces", "audit", "tokens", ...adminOnly].includes(tab) || (adminOnly.includes(tab) && !this.isAdmin)) tab = "workspaces";
     for (const v of $$(".view")) v.hidden = v.dataset.view !== tab;
     for (const a of $$("#tabs a")) {
@@ -217,6 +220,7 @@ class App {
     if (tab === "audit") this.audit.load();
     if (tab === "groups") this.groups.load();
     if (tab === "tokens") this.tokens.load();
+    if (tab === "users") this.users.load();
   }
 
   topics() {
