@@ -388,3 +388,44 @@ async def test_users_tab_is_for_admins_only(pages_hub: Hub, page: Any) -> None:
     await page.goto(f"{pages_hub.url}/#users")
     await expect(page.locator("#workspaces-view")).to_be_visible()
     await expect(page.locator("#users-view")).to_be_hidden()
+
+
+async def test_create_with_branch_resources_and_server(pages_hub: Hub, page: Any, good_repo: str) -> None:
+    """More options: branch, CPUs, memory and (admins) the server; out-of-bounds resources are refused next
+    to the field, in the hub's words."""
+    from playwright.async_api import expect
+
+    async with pages_hub.client() as client:
+        r = await client.post(
+            "/api/admin/servers", json={"name": "rack-9", "docker_url": f"tcp://127.0.0.1:{free_port()}"}
+        )
+        assert r.status_code == 201, r.text
+        server_id = r.json()["id"]
+    try:
+        await pages_hub.new_user("sizer", admin=True)
+        await login(page, pages_hub, "sizer")
+        form = page.locator("#create-form")
+        await form.get_by_text("More options").click()
+        await form.get_by_label("Name", exact=True).fill("roomy")
+        await form.get_by_label("CPUs").fill("999")
+        await form.get_by_role("button", name="Create").click()
+        await expect(page.locator("#create-form-cpu-error")).to_contain_text("cpu must be at most")
+        await expect(page.locator(".toast")).to_have_count(0)
+        await form.get_by_label("CPUs").fill("-1")
+        await form.get_by_role("button", name="Create").click()
+        await expect(page.locator("#create-form-cpu-error")).to_have_text("Give a number of CPUs above 0.")
+        await form.get_by_label("CPUs").fill("1.5")
+        await form.get_by_label("Memory (MiB)").fill("768")
+        await form.get_by_label("Git URL").fill(good_repo)
+        await form.get_by_label("Branch or tag").fill("main")
+        await form.get_by_label("Server").select_option(label="rack-9 (0 running)")
+        await form.get_by_role("button", name="Create").click()
+        await expect(row(page, "roomy")).to_have_count(1)
+        async with pages_hub.client() as client:
+            items = (await client.get("/api/workspaces", params={"all": "true", "limit": 200})).json()["items"]
+            ws = next(w for w in items if w["name"] == "roomy")
+            assert (ws["cpu"], ws["memory_mb"], ws["git_ref"], ws["server_id"]) == (1.5, 768, "main", server_id)
+            await client.delete(f"/api/workspaces/{ws['id']}")
+    finally:
+        async with pages_hub.client() as client:
+            await client.delete(f"/api/admin/servers/{server_id}")

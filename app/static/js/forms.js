@@ -27,7 +27,7 @@ const CODE_FIELD = {
   bad_username: "username",
   user_exists: "username",
   bad_password: "password",
-  bad_resources: null,
+  unknown_server: "server_id",
 };
 
 function errorNode(form, key) {
@@ -89,7 +89,8 @@ export function showApiError(form, err) {
     const key = String(item.key || "").split(".")[0];
     if (key && form.elements[key]) shown = showFieldError(form, key, FIELD_HELP[key] || plain(item.message)) || shown;
   }
-  const key = CODE_FIELD[err.code];
+  let key = CODE_FIELD[err.code];
+  if (err.code === "bad_resources") key = err.message.startsWith("cpu") ? "cpu" : "memory_mb";
   if (key && form.elements[key]) shown = showFieldError(form, key, err.message) || shown;
   if (shown) form.querySelector("[aria-invalid=true]")?.focus();
   return shown;

@@ -40,6 +40,9 @@ export class WorkspaceList {
     // ids changed by events while a list fetch is in flight: its older snapshot must not undo them
     this.inFlight = new Set();
     $("#create-form").addEventListener("submit", (e) => this.create(e));
+    $("#create-more").addEventListener("toggle", (e) => {
+      if (e.target.open && this.app.isAdmin) this.loadServers();
+    });
   }
 
   clear() {
@@ -93,6 +96,22 @@ export class WorkspaceList {
     const el = $("#quota");
     setText(el, parts.join(" · "));
     el.hidden = false;
+  }
+
+  /** Admins: the servers a new workspace may be placed on (the create form's choice). */
+  async loadServers() {
+    const select = $("#create-server");
+    try {
+      const servers = await api("GET", "/api/admin/servers", { quiet: true });
+      const keep = select.value;
+      select.replaceChildren(
+        h("option", { value: "" }, "least loaded"),
+        ...servers.map((s) => h("option", { value: s.id }, `${s.name} (${s.running ?? 0} running)`)),
+      );
+      select.value = keep;
+    } catch {
+      /* placement stays automatic */
+    }
   }
 
   async loadUsers() {
@@ -351,10 +370,14 @@ export class WorkspaceList {
       form.name.focus();
       return;
     }
-    if (!checkFields(form, ["name", "image", "git_url"])) return;
+    if (!checkFields(form, ["name", "image", "git_url", "git_ref", "cpu", "memory_mb"])) return;
     const body = { name };
     if (form.image.value.trim()) body.image = form.image.value.trim();
     if (form.git_url.value.trim()) body.git_url = form.git_url.value.trim();
+    if (form.git_ref.value.trim()) body.git_ref = form.git_ref.value.trim();
+    if (form.cpu.value) body.cpu = Number(form.cpu.value);
+    if (form.memory_mb.value) body.memory_mb = Math.round(Number(form.memory_mb.value));
+    if (this.app.isAdmin && form.server_id.value) body.server_id = form.server_id.value;
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
