@@ -418,7 +418,7 @@ async def test_create_with_branch_resources_and_server(pages_hub: Hub, page: Any
         await form.get_by_label("Memory (MiB)").fill("768")
         await form.get_by_label("Git URL").fill(good_repo)
         await form.get_by_label("Branch or tag").fill("main")
-        await form.get_by_label("Server").select_option(label="rack-9 (0 running)")
+        await form.get_by_role("combobox", name="Server").select_option(label="rack-9 (0 running)")
         await form.get_by_role("button", name="Create").click()
         await expect(row(page, "roomy")).to_have_count(1)
         async with pages_hub.client() as client:
@@ -429,3 +429,30 @@ async def test_create_with_branch_resources_and_server(pages_hub: Hub, page: Any
     finally:
         async with pages_hub.client() as client:
             await client.delete(f"/api/admin/servers/{server_id}")
+
+
+async def test_admin_adds_tests_and_removes_a_server(pages_hub: Hub, page: Any) -> None:
+    """Servers: add (a bad URL is refused next to the field), test (nothing listens: failed), remove."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("racker", admin=True)
+    await login(page, pages_hub, "racker")
+    await page.get_by_role("link", name="Servers").click()
+    form = page.locator("#server-form")
+    await form.get_by_label("Server name").fill("rack-x")
+    await form.get_by_label("Docker URL").fill("http://10.0.0.5")
+    await form.get_by_role("button", name="Add server").click()
+    await expect(page.locator("#server-form-docker_url-error")).to_contain_text("tcp://host:port")
+    await form.get_by_label("Server name").fill("-bad")
+    await form.get_by_label("Docker URL").fill(f"tcp://127.0.0.1:{free_port()}")
+    await form.get_by_role("button", name="Add server").click()
+    await expect(page.locator("#server-form-name-error")).to_contain_text("starting with a letter or digit")
+    await form.get_by_label("Server name").fill("rack-x")
+    await form.get_by_role("button", name="Add server").click()
+    server = page.locator("#servers-body tr", has_text="rack-x")
+    await expect(server).to_have_count(1)
+    await server.get_by_role("button", name="Test rack-x").click()
+    await expect(server.locator(".check")).to_contain_text("failed")
+    await server.get_by_role("button", name="Remove rack-x").click()
+    await page.locator("#confirm-ok").click()
+    await expect(server).to_have_count(0)

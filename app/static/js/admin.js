@@ -2,7 +2,8 @@
 // others: their own) with filters and "load more".
 
 import { api } from "./api.js";
-import { $, fmtTime, h, pick, setText } from "./ui.js";
+import { checkFields, clearFieldErrors, FIELD_HELP, showApiError, showFieldError } from "./forms.js";
+import { $, confirmDialog, fmtTime, h, pick, setText, toast } from "./ui.js";
 
 function itemsOf(page) {
   if (Array.isArray(page)) return page;
@@ -12,6 +13,42 @@ function itemsOf(page) {
 export class Servers {
   constructor() {
     $("#servers-refresh").addEventListener("click", () => this.load());
+    $("#server-form").addEventListener("submit", (e) => this.add(e));
+  }
+
+  async add(e) {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearFieldErrors(form);
+    const name = form.name.value.trim();
+    const url = form.docker_url.value.trim();
+    if (!name) return void showFieldError(form, "name", `Give the server a name. ${form.name.dataset.help}`);
+    if (!/^(unix|tcp):\/\/./.test(url)) return void showFieldError(form, "docker_url", FIELD_HELP.docker_url);
+    if (!checkFields(form, ["name", "max_workspaces"])) return;
+    const body = { name, docker_url: url, max_workspaces: Number(form.max_workspaces.value || 50) };
+    try {
+      const server = await api("POST", "/api/admin/servers", { body, quiet: true });
+      form.reset();
+      toast(`Server ${server.name} added: test it to see whether its engine answers`, { kind: "info" });
+      await this.load();
+    } catch (err) {
+      if (!showApiError(form, err)) toast(err.message, { title: "The server was not added" });
+    }
+  }
+
+  async remove(server) {
+    const { ok } = await confirmDialog({
+      title: `Remove ${server.name}?`,
+      text: "The hub stops placing workspaces there. A server that still holds workspaces cannot be removed.",
+      action: "Remove",
+    });
+    if (!ok) return;
+    try {
+      await api("DELETE", `/api/admin/servers/${encodeURIComponent(server.id)}`);
+    } catch {
+      /* reported by api() */
+    }
+    await this.load();
   }
 
   async load() {
@@ -36,6 +73,8 @@ export class Servers {
     const count = (...keys) => pick(server, ...keys) ?? "–";
     const test = h("button", { type: "button", class: "small" }, "Test");
     test.setAttribute("aria-label", `Test ${server.name || server.id}`);
+    const remove = h("button", { type: "button", class: "small danger", "aria-label": `Remove ${server.name}` }, "Remove");
+    remove.addEventListener("click", () => this.remove(server));
     test.addEventListener("click", async () => {
       test.disabled = true;
       setText(result, "testing…");
@@ -68,7 +107,7 @@ export class Servers {
       h("td", { class: "num" }, count("placed", "counts.placed", "placed_count", "workspaces")),
       h("td", { class: "num" }, count("max_workspaces")),
       h("td", {}, result),
-      h("td", { class: "actions" }, test),
+      h("td", { class: "actions" }, h("div", { class: "btns" }, test, remove)),
     );
   }
 }

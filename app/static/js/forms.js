@@ -15,6 +15,8 @@ export const FIELD_HELP = {
   token_name: "Keep the name under 100 characters.",
   username: "Use 1–64 of a-z, 0-9, '_', '.' and '-'.",
   password: "Use 8 to 1024 characters.",
+  docker_url: "Give unix:///path/to/docker.sock or tcp://host:port.",
+  max_workspaces: "Give a whole number from 1 to 100,000.",
 };
 
 // hub error codes that belong to one field; their detail is already written for people
@@ -28,6 +30,7 @@ const CODE_FIELD = {
   user_exists: "username",
   bad_password: "password",
   unknown_server: "server_id",
+  bad_docker_url: "docker_url",
 };
 
 function errorNode(form, key) {
@@ -74,7 +77,7 @@ export function checkFields(form, keys) {
   for (const key of keys) {
     const input = form.elements[key];
     if (!input || input.value.trim() === "" || input.checkValidity()) continue;
-    showFieldError(form, key, FIELD_HELP[key] || "This value does not fit.");
+    showFieldError(form, key, input.dataset.help || FIELD_HELP[key] || "This value does not fit.");
     first = first || input;
   }
   if (first) first.focus();
@@ -87,7 +90,8 @@ export function showApiError(form, err) {
   let shown = false;
   for (const item of err.body.errors || []) {
     const key = String(item.key || "").split(".")[0];
-    if (key && form.elements[key]) shown = showFieldError(form, key, FIELD_HELP[key] || plain(item.message)) || shown;
+    const input = key ? form.elements[key] : null;
+    if (input) shown = showFieldError(form, key, input.dataset.help || FIELD_HELP[key] || plain(item.message)) || shown;
   }
   let key = CODE_FIELD[err.code];
   if (err.code === "bad_resources") key = err.message.startsWith("cpu") ? "cpu" : "memory_mb";
