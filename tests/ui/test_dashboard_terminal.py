@@ -16,10 +16,10 @@ import pytest
 from app.controllers.dashboard import WEB_MODULES, vendor_installed
 from tests.support.browser import PageErrors, chromium, login, need_browser, row
 from tests.support.databases import fresh_database
-from tests.support.runtime import fake_ide_command
+from tests.support.runtime import fake_ide_command, remove_hub_containers
 from tests.support.server import Hub, running_hub
 from tests.support.services import need
-from tests.support.settings import make_settings
+from tests.support.settings import docker_settings, make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
@@ -195,3 +195,44 @@ async def test_without_assets_the_button_says_how_to_install(bare_db_url: str, t
             await page.screenshot(path=str(tmp_path / "terminal-missing.png"))
         finally:
             await context.close()
+
+
+@pytest.fixture
+def docker_db_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database for the Docker hub."""
+    (tmp_path / "docker-db").mkdir()
+    with fresh_database("sqlite", tmp_path / "docker-db") as url:
+        yield url
+
+
+async def test_terminal_pane_in_a_docker_workspace(docker_db_url: str, tmp_path: Path, browser: Any) -> None:
+    """The same pane on a container of the test image (``docker exec`` with a TTY): a command and its output,
+    and the pty follows the pane's size."""
+    from playwright.async_api import expect
+
+    settings = docker_settings(tmp_path / "data", docker_db_url)
+    try:
+        async with running_hub(settings) as hub:
+            token = await hub.new_user("dockie")
+            await running_workspace(hub, token, "boxed")
+            context = await browser.new_context(viewport={"width": 1360, "height": 900})
+            page = await context.new_page()
+            try:
+                await login(page, hub, "dockie")
+                await row(page, "boxed").get_by_role("button", name="Open a terminal in boxed").click()
+                term = page.frame_locator("#term-frame")
+                await page.wait_for_function("() => document.querySelector('#term-state').textContent === 'connected'")
+                await term.locator(".xterm-helper-textarea").focus()
+                await page.keyboard.type("echo in-$(hostname | cut -c1-3)-$((3*5))\n")
+                await expect(term.locator(".xterm-rows")).to_contain_text("in-")
+                await expect(term.locator(".xterm-rows")).to_contain_text("-15")
+                frame = page.frame(url=lambda u: "/terminal" in u)
+                assert frame is not None
+                size = await frame.evaluate("() => [window.codehubTerminal.rows, window.codehubTerminal.cols]")
+                await page.keyboard.type("stty size\n")
+                await expect(term.locator(".xterm-rows")).to_contain_text(f"{size[0]} {size[1]}")
+                await page.screenshot(path=str(tmp_path / "terminal-docker.png"))
+            finally:
+                await context.close()
+    finally:
+        remove_hub_containers(settings.hub_id)
