@@ -456,3 +456,19 @@ async def test_admin_adds_tests_and_removes_a_server(pages_hub: Hub, page: Any) 
     await server.get_by_role("button", name="Remove rack-x").click()
     await page.locator("#confirm-ok").click()
     await expect(server).to_have_count(0)
+
+
+async def test_sign_in_page_has_one_password_field(pages_hub: Hub, page: Any) -> None:
+    """The admin pages' password fields are built on use and taken away at sign-out: the sign-in form's
+    "Password" stays the only one (for password managers, and for tests that find it by its label)."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("pwcount", admin=True)
+    await page.goto(pages_hub.url + "/")
+    assert await page.get_by_label("Password").count() == 1
+    await login(page, pages_hub, "pwcount")
+    await page.get_by_role("link", name="Users").click()
+    await expect(page.locator("#user-form")).to_be_visible()
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
+    assert await page.get_by_label("Password").count() == 1

@@ -15,6 +15,14 @@ export class Users {
   constructor(app) {
     this.app = app;
     this.target = null;
+    this.mounted = false;
+  }
+
+  /** Put the page in place on first use (it holds password fields the sign-in page must not share). */
+  mount() {
+    if (this.mounted) return;
+    this.mounted = true;
+    $("#users-view").append($("#users-template").content.cloneNode(true));
     $("#user-form").addEventListener("submit", (e) => this.create(e));
     $("#user-generate").addEventListener("click", () => ($("#user-password").value = generatePassword()));
     $("#pw-form").addEventListener("submit", (e) => this.savePassword(e));
@@ -23,6 +31,7 @@ export class Users {
   }
 
   async load() {
+    this.mount();
     const empty = $("#users-empty");
     let users;
     try {
@@ -135,7 +144,11 @@ export class Users {
     }
   }
 
+  /** Signed out: take the page away again (no user list or password field stays behind). */
   clear() {
-    $("#users-body").replaceChildren();
+    if (!this.mounted) return;
+    $("#users-view .card").remove();
+    $("#pw-dialog").remove();
+    this.mounted = false;
   }
 }
