@@ -68,6 +68,8 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         engine = db.create_engine(settings)
         stack.push_async_callback(engine.dispose)
         await db.check_migrated(engine)
+        if not settings.hub_id:
+            settings = msgspec.structs.replace(settings, hub_id=await db.deployment_hub_id(engine))
         sessionmaker = db.create_sessionmaker(engine)
         ready_checks: dict[str, ReadyCheck] = {"database": lambda: db.ping(engine)}
         redis = _open_redis(settings)

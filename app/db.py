@@ -144,6 +144,15 @@ async def check_migrated(engine: AsyncEngine) -> None:
         )
 
 
+async def deployment_hub_id(engine: AsyncEngine) -> str:
+    """The hub id created with this deployment's database at its first migrate."""
+    async with engine.connect() as conn:
+        value = (await conn.execute(text("SELECT hub_id FROM deployment WHERE id = 1"))).scalar_one_or_none()
+    if not value:
+        raise MigrationRequired("the database has no deployment row: run `codehub migrate` (or `just migrate`)")
+    return str(value)
+
+
 async def ping(engine: AsyncEngine) -> None:
     """Round-trip a trivial query."""
     async with engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: users, API tokens, identities and groups, servers, templates, workspaces, audit, quotas."""
+"""SQLAlchemy models: the deployment, users, tokens, identities and groups, servers, templates, workspaces, audit, quotas."""
 
 from __future__ import annotations
 
@@ -106,6 +106,16 @@ class Base(DeclarativeBase):
     """Declarative base with a naming convention so migrations are stable on SQLite and Postgres."""
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+class Deployment(Base):
+    """This deployment's identity: one row, created with the database (its hub id labels what it owns)."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hub_id: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class User(Base):

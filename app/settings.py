@@ -61,7 +61,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     status_cache_ttl: Seconds = 3.0
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     orphan_grace: Seconds = 300.0
-    hub_id: str = "codehub"
+    hub_id: str = ""
+    workspace_home: str = "/home/coder"
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     public_url: str = ""
@@ -163,7 +164,10 @@ SETTING_HELP: dict[str, str] = {
     "status_cache_ttl": "Seconds a workspace's CPU/memory numbers are cached (Docker stats are slow).",
     "reconcile_interval": "Seconds between reconciliations of the database with the engines.",
     "orphan_grace": "Seconds a labelled container without a workspace lives before it is removed.",
-    "hub_id": "Label value marking containers owned by this hub deployment (codehub.hub).",
+    "hub_id": "Label value marking containers and volumes owned by this hub deployment (codehub.hub); empty = "
+    "the random id created with the deployment's database at its first migrate.",
+    "workspace_home": "Home directory of the workspace image; Docker workspaces keep it in a volume of their own, "
+    "with the project (the files API's root) at <home>/project.",
     "host": "Address `codehub serve` binds.",
     "port": "Port `codehub serve` binds.",
     "public_url": "External URL of the hub (origin checks, links); empty = derived from requests.",
@@ -306,7 +310,7 @@ def _check(settings: Settings) -> None:
         raise SettingsError("CODEHUB_DEFAULT_CPU is larger than CODEHUB_MAX_CPU")
     if settings.default_memory_mb > settings.max_memory_mb:
         raise SettingsError("CODEHUB_DEFAULT_MEMORY_MB is larger than CODEHUB_MAX_MEMORY_MB")
-    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,63}", settings.hub_id):
+    if settings.hub_id and not re.fullmatch(r"[a-zA-Z0-9_.-]{1,63}", settings.hub_id):
         raise SettingsError("CODEHUB_HUB_ID must be 1-63 letters, digits, '.', '_' or '-'")
     if settings.secret_key and len(settings.secret_key) < 32:
         raise SettingsError("CODEHUB_SECRET_KEY must be at least 32 characters")

@@ -77,16 +77,18 @@ def containers(label: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line]
 
 
-def remove_hub_containers(hub_id: str) -> None:
-    """Force-remove every container labelled with this (test-unique) hub id, then its networks."""
+def remove_hub_containers(hub_id: str, docker_host: str | None = None) -> None:
+    """Force-remove every container labelled with this (test-unique) hub id, then its networks and volumes."""
+    docker = ["docker", *(["-H", docker_host] if docker_host else [])]
     listed = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
+        [*docker, "ps", "-aq", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
     )
     ids = listed.stdout.split()
     if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-    networks = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
-    )
-    if networks.stdout.split():
-        subprocess.run(["docker", "network", "rm", *networks.stdout.split()], capture_output=True)
+        subprocess.run([*docker, "rm", "-f", *ids], capture_output=True)
+    for kind in ("network", "volume"):
+        found = subprocess.run(
+            [*docker, kind, "ls", "-q", "--filter", f"label=codehub.hub={hub_id}"], capture_output=True, text=True
+        )
+        if found.stdout.split():
+            subprocess.run([*docker, kind, "rm", *found.stdout.split()], capture_output=True)
