@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,6 +35,7 @@ from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_
 from app.services.auth.revocations import RedisRevocations
 from app.services.auth.users import AuthService
 from app.services.files import patches
+from app.services.files.storage import WorkspaceStorage
 from app.services.groups.service import GroupService
 from app.services.quotas.service import QuotaService
 from app.services.runtime.cache import StatusCache
@@ -206,11 +206,11 @@ async def _hold_engines(
 
 
 def _patch_validator(settings: Settings) -> Validator:
-    """How the AI service checks a rewrite's diff against the workspace (in a worker thread)."""
+    """How the AI service checks a rewrite's diff against the workspace (through its storage)."""
     limits = patches.PatchLimits.from_settings(settings)
 
-    async def validate(root: Path, diff: str) -> dict[str, Any]:
-        result = await anyio.to_thread.run_sync(lambda: patches.validate(root, diff, limits=limits))
+    async def validate(storage: WorkspaceStorage, diff: str) -> dict[str, Any]:
+        result = await storage.validate_patch(diff, limits=limits)
         checked: dict[str, Any] = msgspec.to_builtins(result)
         return checked
 

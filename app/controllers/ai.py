@@ -187,6 +187,7 @@ class AIController(Controller):
             user_id=principal.user_id,
             workspace_id=workspace_id,
             root=ctx.settings.resolved_workspaces_dir / workspace_id,
+            storage=await ctx.lifecycle.storage_by_id(workspace_id),
             path=data.path,
             start_line=data.start_line,
             end_line=data.end_line,

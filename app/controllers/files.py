@@ -1,7 +1,8 @@
 """``/api/workspaces/{id}/files``: tree, read (text or raw, with ETag), write, delete, move.
 
 Every mutation leaves an audit record with the path, the sha256 and size of the content, and the
-outcome; never the content. The blocking file work runs in a worker thread.
+outcome; never the content. The work goes through the workspace's storage (``app.services.files.storage``),
+wherever its files live.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.openapi.datastructures import ResponseSpec
@@ -24,6 +24,7 @@ from app.errors import BadRequest, PayloadTooLarge
 from app.models import Workspace
 from app.services import files
 from app.services.auth.access import Principal, audit_entry
+from app.services.files.storage import WorkspaceStorage
 from app.services.workspaces.records import WorkspaceService
 
 FilePath = Annotated[str, QueryParameter(name="path", max_length=4096, description="path inside the workspace")]
@@ -61,15 +62,15 @@ def entity_tags(header: str | None) -> list[str]:
     return tags
 
 
-async def workspace_root(ctx: AppContext, ws: Workspace) -> Path:
-    """The workspace's directory (created when missing: a workspace that never ran has no files yet).
+async def workspace_storage(ctx: AppContext, ws: Workspace) -> WorkspaceStorage:
+    """The workspace's files, created when missing (a workspace that never ran has no files yet).
 
     Reaching the files of a workspace counts as activity for its idle stop.
     """
     await ctx.lifecycle.touch(ws.id, "files")
-    root = ctx.settings.resolved_workspaces_dir / ws.id
-    await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
-    return root
+    storage = await ctx.lifecycle.storage_for(ws)
+    await storage.ensure()
+    return storage
 
 
 async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
@@ -105,11 +106,9 @@ class FilesController(Controller):
         include_git: Annotated[bool, Parameter(description="also list .git")] = False,
     ) -> files.Tree:
         """Entries below ``path`` down to ``depth`` levels: directories first; cut at a cap (``truncated``)."""
-        root = await workspace_root(ctx, await workspaces.get(principal, workspace_id))
+        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id))
         cap = ctx.settings.max_tree_entries
-        return await anyio.to_thread.run_sync(
-            lambda: files.list_tree(root, path, depth, include_git=include_git, max_entries=cap)
-        )
+        return await storage.list_tree(path, depth, include_git=include_git, max_entries=cap)
 
     @get(
         "/content",
@@ -132,12 +131,12 @@ class FilesController(Controller):
         raw: Annotated[bool, Parameter(description="the bytes as application/octet-stream")] = False,
     ) -> Response[Any]:
         """A UTF-8 text file as JSON (415 for binary content), or its raw bytes; 304 for a matching ETag."""
-        root = await workspace_root(ctx, await workspaces.get(principal, workspace_id))
+        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id))
         limit = ctx.settings.max_file_bytes
         if raw:
-            found: Any = await anyio.to_thread.run_sync(lambda: files.read_raw(root, path, max_bytes=limit))
+            found: Any = await storage.read_raw(path, max_bytes=limit)
         else:
-            found = await anyio.to_thread.run_sync(lambda: files.read_text(root, path, max_bytes=limit))
+            found = await storage.read_text(path, max_bytes=limit)
         etag = f'"{found.sha256}"'
         if found.sha256 in entity_tags(request.headers.get("if-none-match")):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
@@ -181,11 +180,9 @@ class FilesController(Controller):
         async with ctx.audit.recording(entry):
             data = await read_body(request, limit)
             entry.sha256, entry.size = hashlib.sha256(data).hexdigest(), len(data)
-            root = await workspace_root(ctx, ws)
-            result = await anyio.to_thread.run_sync(
-                lambda: files.write_file(
-                    root, path, data, if_match=if_match, if_none_match=bool(none_match), max_bytes=limit
-                )
+            storage = await workspace_storage(ctx, ws)
+            result = await storage.write_file(
+                path, data, if_match=if_match, if_none_match=bool(none_match), max_bytes=limit
             )
             entry.target = safe_target(result.path)
             entry.details = {"created": result.created, "previous_sha256": result.previous_sha256}
@@ -213,10 +210,8 @@ class FilesController(Controller):
         entry = audit_entry(request.scope, "file.delete", principal, workspace_id=ws.id, target=safe_target(path))
         limit = ctx.settings.max_file_bytes
         async with ctx.audit.recording(entry):
-            root = await workspace_root(ctx, ws)
-            result = await anyio.to_thread.run_sync(
-                lambda: files.delete_path(root, path, if_match=if_match, max_bytes=limit)
-            )
+            storage = await workspace_storage(ctx, ws)
+            result = await storage.delete_path(path, if_match=if_match, max_bytes=limit)
             entry.target, entry.sha256, entry.size = safe_target(result.path), result.sha256, result.size
             entry.details = {"type": result.type}
         return result
@@ -247,10 +242,8 @@ class FilesController(Controller):
             details={"to": safe_target(data.to_path), "overwrite": data.overwrite},
         )
         async with ctx.audit.recording(entry):
-            root = await workspace_root(ctx, ws)
-            result = await anyio.to_thread.run_sync(
-                lambda: files.move_path(root, data.from_path, data.to_path, overwrite=data.overwrite)
-            )
+            storage = await workspace_storage(ctx, ws)
+            result = await storage.move_path(data.from_path, data.to_path, overwrite=data.overwrite)
             entry.target = safe_target(result.from_path)
             entry.details = {"to": safe_target(result.to_path), "type": result.type, "overwrite": data.overwrite}
         return result

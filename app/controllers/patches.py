@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Controller, Request, post
 from litestar.status_codes import HTTP_200_OK
 
 from app.context import AppContext
 from app.controllers.deps import error_responses
-from app.controllers.files import safe_target, workspace_root
+from app.controllers.files import safe_target, workspace_storage
 from app.errors import DomainError
 from app.services.auth.access import Principal, audit_entry
 from app.services.files import patches
@@ -60,11 +59,9 @@ class PatchController(Controller):
         self, data: PatchValidateRequest, ctx: AppContext, principal: Principal, workspaces: WorkspaceService
     ) -> patches.ValidateResult:
         """Whether each file of the diff applies (``applies``, ``conflicts``, ``base_sha256``); writes nothing."""
-        root = await workspace_root(ctx, await workspaces.get(principal, data.workspace_id))
+        storage = await workspace_storage(ctx, await workspaces.get(principal, data.workspace_id))
         limits = patches.PatchLimits.from_settings(ctx.settings)
-        return await anyio.to_thread.run_sync(
-            lambda: patches.validate(root, data.diff, limits=limits, strip=data.strip)
-        )
+        return await storage.validate_patch(data.diff, limits=limits, strip=data.strip)
 
     @post(
         "/apply",
@@ -95,10 +92,8 @@ class PatchController(Controller):
         limits = patches.PatchLimits.from_settings(ctx.settings)
         async with ctx.audit.recording(entry):
             try:
-                root = await workspace_root(ctx, ws)
-                result = await anyio.to_thread.run_sync(
-                    lambda: patches.apply(root, data.diff, data.base_hashes, limits=limits, strip=data.strip)
-                )
+                storage = await workspace_storage(ctx, ws)
+                result = await storage.apply_patch(data.diff, data.base_hashes, limits=limits, strip=data.strip)
             except DomainError as exc:
                 if isinstance(exc.extra.get("files"), list):
                     entry.details["files"] = len(exc.extra["files"])

@@ -76,7 +76,7 @@ async def test_container_is_labelled_limited_and_hardened(runtime: DockerRuntime
     assert sorted(host["CapAdd"]) == sorted(IDE_CAPABILITIES)
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
-    assert host["Binds"] == [f"{spec.workspace_dir}:/workspace:rw"]
+    assert host["Binds"] == [f"{spec.storage.name}:/workspace:rw"]
     assert host["RestartPolicy"]["Name"] == "no"
     user = resolve_container_user("auto")
     assert info["Config"]["User"] == f"{user[0]}:{user[1]}"
@@ -137,15 +137,15 @@ async def test_files_written_in_the_container_belong_to_the_hub_user(runtime: Do
     spec, _ = running
     result = await runtime.exec(spec.id, ExecRequest(command="echo from-container > /workspace/made.txt"))
     assert result.exit_code == 0
-    made = Path(spec.workspace_dir) / "made.txt"
+    made = Path(spec.storage.name) / "made.txt"
     assert made.read_text() == "from-container\n"
     uid, gid = resolve_container_user("auto")
     assert (made.stat().st_uid, made.stat().st_gid) == (uid, gid)
     with made.open("a") as handle:  # the hub can write it too
         handle.write("from-hub\n")
-    Path(spec.workspace_dir, "hub.txt").write_text("hub")
+    Path(spec.storage.name, "hub.txt").write_text("hub")
     if os.getuid() == 0:
-        os.chown(Path(spec.workspace_dir, "hub.txt"), uid, gid)
+        os.chown(Path(spec.storage.name, "hub.txt"), uid, gid)
     result = await runtime.exec(spec.id, ExecRequest(command="cat made.txt hub.txt && echo more >> hub.txt"))
     assert result.exit_code == 0 and result.stdout == "from-container\nfrom-hub\nhub"
 
@@ -224,9 +224,9 @@ async def test_stop_poll_events_remove(runtime: DockerRuntime, hub_id: str, tmp_
         assert state is not None and not state.running and state.exit_code == 0 and state.finished_at
         with pytest.raises(WorkspaceNotRunning):
             await runtime.exec(spec.id, ExecRequest(command="true"))
-        await runtime.remove(spec.id, purge_dir=Path(spec.workspace_dir))
+        await runtime.remove(spec.id, purge=True)
         assert await runtime.inspect(spec.id) is None
-        assert not Path(spec.workspace_dir).exists()
+        assert not Path(spec.storage.name).exists()
         with pytest.raises(UnknownWorkspace):
             await runtime.poll(spec.id)
         with anyio.fail_after(10):

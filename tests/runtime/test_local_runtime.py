@@ -18,6 +18,7 @@ from app.services.runtime.base import (
     ExecRequest,
     LogLine,
     StartFailed,
+    StorageRef,
     UnknownWorkspace,
     WorkspaceNotRunning,
     WorkspaceSpec,
@@ -37,7 +38,7 @@ def make_spec(tmp: Path, hub_id: str = "t-local", **overrides: object) -> Worksp
         "owner": "3",
         "image": "",
         "hub_id": hub_id,
-        "workspace_dir": str(tmp / "ws"),
+        "storage": StorageRef.directory(str(tmp / "ws")),
         "env": {"FOO": "bar"},
     }
     values.update(overrides)
@@ -58,14 +59,14 @@ async def test_start_http_websocket_exec_logs_status_stop(runtime: LocalRuntime,
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{endpoint.url}/healthz")).text == "ok"
         echoed = (await client.get(f"{endpoint.url}/p?x=1")).json()
-    assert echoed["path"] == "/p?x=1" and echoed["cwd"] == spec.workspace_dir
+    assert echoed["path"] == "/p?x=1" and echoed["cwd"] == spec.storage.name
     async with connect(f"ws://{endpoint.host}:{endpoint.port}/ws") as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
 
     result = await runtime.exec(spec.id, ExecRequest(command="echo $FOO; pwd; env | grep -c ^CODEHUB_ || true"))
     assert result.exit_code == 0
-    assert result.stdout == f"bar\n{spec.workspace_dir}\n0\n"
+    assert result.stdout == f"bar\n{spec.storage.name}\n0\n"
     result = await runtime.exec(spec.id, ExecRequest(command=["sh", "-c", "echo $X; exit 5"], env={"X": "y"}))
     assert (result.exit_code, result.stdout) == (5, "y\n")
 
@@ -84,8 +85,8 @@ async def test_start_http_websocket_exec_logs_status_stop(runtime: LocalRuntime,
     with pytest.raises(WorkspaceNotRunning):
         await runtime.exec(spec.id, ExecRequest(command="true"))
     assert any("terminated" in line.text for line in await runtime.logs(spec.id))
-    await runtime.remove(spec.id, purge_dir=Path(spec.workspace_dir))
-    assert not Path(spec.workspace_dir).exists()
+    await runtime.remove(spec.id, purge=True)
+    assert not Path(spec.storage.name).exists()
     with pytest.raises(UnknownWorkspace):
         await runtime.poll(spec.id)
 
@@ -176,7 +177,7 @@ async def test_terminal_on_a_pty(runtime: LocalRuntime, tmp_path: Path) -> None:
         await terminal.send(b"stty size; pwd\n")
         output = b""
         with anyio.fail_after(10):
-            while b"25 90" not in output or spec.workspace_dir.encode() not in output:
+            while b"25 90" not in output or spec.storage.name.encode() not in output:
                 output += await terminal.receive()
         await terminal.resize(132, 43)
         await terminal.send(b"stty size; exit 0\n")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.services.runtime.base import Endpoint, WorkspaceSpec
+from app.services.runtime.base import Endpoint, StorageRef, WorkspaceSpec
 from app.services.runtime.docker import DockerRuntime
 from tests.support.services import TEST_IMAGE
 
@@ -39,7 +39,7 @@ def make_spec(hub_id: str, tmp: Path, **overrides: object) -> WorkspaceSpec:
         "owner": "7",
         "image": TEST_IMAGE,
         "hub_id": hub_id,
-        "workspace_dir": str(tmp / "ws"),
+        "storage": StorageRef.directory(str(tmp / "ws")),
         "mount": "/workspace",
         "cpu": 0.5,
         "memory_mb": 256,

@@ -20,6 +20,7 @@ from app.errors import DomainError, PayloadTooLarge, Unprocessable
 from app.services import files
 from app.services.ai.context_cache import MASKED_FILES, MASKED_TARGETS, MaskedFiles, MaskedHead, MaskedTargets
 from app.services.ai.redact import SecretMasker, in_private_key
+from app.services.files.storage import BlockingFiles
 
 _LANGUAGE_TABLE = """
 py=python pyi=python js=javascript mjs=javascript cjs=javascript jsx=jsx ts=typescript mts=typescript
@@ -104,11 +105,25 @@ def _read(root: Path, path: str, max_bytes: int) -> files.TextFile | None:
         return None
 
 
-def _list_dir(root: Path, directory: str) -> list[files.Entry]:
+def _list_dir(root: Path, directory: str, view: BlockingFiles | None = None) -> list[files.Entry]:
     try:
+        if view is not None:
+            return view.list_dir(directory, 500).entries
         return files.list_tree(root, directory, 1, max_entries=500).entries
     except DomainError:
         return []
+
+
+def _view_reader(view: BlockingFiles) -> Callable[[Path, str, int], files.TextFile | None]:
+    """Related-file reads through a storage's blocking view (files that are not on the hub's disk)."""
+
+    def read(_root: Path, path: str, max_bytes: int) -> files.TextFile | None:
+        try:
+            return view.read_text(path, max_bytes)
+        except DomainError:
+            return None
+
+    return read
 
 
 def python_imports(text: str, path: str) -> list[str]:
@@ -210,9 +225,10 @@ class _Builder:
         max_bytes: int,
         read: Callable[[Path, str, int], files.TextFile | None],
         cache: MaskedFiles | None,
+        view: BlockingFiles | None = None,
     ) -> None:
         self.root, self.target, self.masker, self.max_bytes, self.read = root, target, masker, max_bytes, read
-        self.cache = cache
+        self.cache, self.view = cache, view
         self.head_limit = budget + budget // 4 + 200  # the most ``add`` ever sends of a file, for any budget left
         self.left = budget
         self.seen = {target.path}
@@ -265,7 +281,7 @@ class _Builder:
             for directory in go_imports(text, match.group(1) if match else None):
                 candidates += [
                     e.path
-                    for e in _list_dir(self.root, directory)
+                    for e in _list_dir(self.root, directory, self.view)
                     if e.type == "file" and e.name.endswith(".go") and not e.name.endswith("_test.go")
                 ]
             candidates = _unique_normal(candidates)
@@ -274,7 +290,7 @@ class _Builder:
         base = f"{self.root}/"
         for normal in candidates:
             # a stat first: most candidates (stdlib, third-party modules) do not exist in the workspace
-            if normal not in self.seen and os.path.isfile(base + normal):
+            if normal not in self.seen and (self.view is not None or os.path.isfile(base + normal)):
                 self.add(normal, "import")
 
     def neighbours(self) -> None:
@@ -282,7 +298,7 @@ class _Builder:
         directory, name = posixpath.dirname(path), posixpath.basename(path)
         stem = posixpath.splitext(name)[0]
         language = language_of(path)
-        entries = [e for e in _list_dir(self.root, directory) if e.type == "file" and e.path != path]
+        entries = [e for e in _list_dir(self.root, directory, self.view) if e.type == "file" and e.path != path]
         entries.sort(
             key=lambda e: (
                 language_of(e.path) != language or not language,
@@ -333,15 +349,20 @@ def build_context(
     read: Callable[[Path, str, int], files.TextFile | None] | None = None,
     cache: MaskedFiles | None = MASKED_FILES,
     targets: MaskedTargets | None = MASKED_TARGETS,
+    view: BlockingFiles | None = None,
 ) -> CodeContext:
     """Build the masked context for ``path`` (lines ``start_line``..``end_line``, 1-based, inclusive).
 
     ``must_fit`` (rewrites): a selection larger than the budget raises 413 instead of being cut. Related
     files come masked from ``cache`` (``app.services.ai.context_cache``) unless a ``read`` function is given,
-    and the target's lines from ``targets`` (by content hash).
+    and the target's lines from ``targets`` (by content hash). ``view``: read every file through a storage's
+    blocking view instead of ``root`` (files that are not on the hub's disk; no related-file cache).
     Raises the files API errors for the target itself (404, 415 binary, 413 too big) and 422 for a bad range.
     """
-    target = files.read_text(root, path, max_bytes=max_bytes)
+    if view is not None:
+        target, read, cache = view.read_text(path, max_bytes), _view_reader(view), None
+    else:
+        target = files.read_text(root, path, max_bytes=max_bytes)
     lines = split_lines(target.content)
     whole = start_line is None and end_line is None
     start = 1 if start_line is None else start_line
@@ -388,7 +409,7 @@ def build_context(
             text = mask_lines(end, hi)
             after = Snippet(target.path, language, text, end + 1, hi, "after", hi < len(lines))
             left -= len(text)
-    builder = _Builder(root, target, masker, left, max_bytes, read or _read, None if read else cache)
+    builder = _Builder(root, target, masker, left, max_bytes, read or _read, None if read else cache, view)
     builder.imports()
     builder.neighbours()
     for snippet in (selection, before, after, *builder.related):

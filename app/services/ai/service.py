@@ -42,11 +42,12 @@ from app.services.ai.prompts import explain_messages, rewrite_messages
 from app.services.ai.rewrite import extract_code, replace_range, unified_diff
 from app.services.audit.log import AuditEntry
 from app.services.files.paths import normalize
+from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.settings import Settings
 
 Kind = Literal["explain", "rewrite"]
 AuditSink = Callable[[AuditEntry], Awaitable[Any]]
-Validator = Callable[[Path, str], Awaitable[dict[str, Any]]]
+Validator = Callable[[WorkspaceStorage, str], Awaitable[dict[str, Any]]]
 _NOT_AUDITED = {"ai_rate_limited", "ai_concurrency_limit", "llm_not_configured"}
 _CANCELLED = error_body("cancelled", "the request was cancelled", status=499)
 _INTERNAL = error_body("internal", "the AI request failed inside the hub", status=500)
@@ -87,7 +88,8 @@ PING = AIEvent("", PING_TYPE, {})  # not published: tells an SSE consumer to sen
 
 @dataclass(slots=True)
 class AIRequest:
-    """What a client asked for, already authorized: ``root`` is the workspace directory."""
+    """What a client asked for, already authorized: ``storage`` holds the workspace's files (``root``: a
+    directory on the hub's disk, used when no storage is given)."""
 
     request_id: str
     user_id: int
@@ -100,6 +102,12 @@ class AIRequest:
     actor_name: str | None = None
     client_addr: str | None = None
     http_request_id: str | None = None  # the HTTP request's id, for the audit row (the AI id goes in details)
+    storage: WorkspaceStorage | None = None
+
+    @property
+    def files(self) -> WorkspaceStorage:
+        """Where the workspace's files are read."""
+        return self.storage if self.storage is not None else LocalStorage(self.root)
 
 
 class AIJob:
@@ -235,9 +243,24 @@ class AIService:
         return job
 
     async def _context(self, request: AIRequest, must_fit: bool) -> CodeContext:
+        storage = request.files
+        root = storage.local_root
+        if root is None:  # not on this disk: every read is a call to the files' engine, from a worker thread
+            remote = partial(
+                build_context,
+                request.root,
+                request.path,
+                start_line=request.start_line,
+                end_line=request.end_line,
+                budget=self.settings.llm_context_chars,
+                max_bytes=self.settings.max_file_bytes,
+                must_fit=must_fit,
+                view=storage.blocking(),
+            )
+            return await anyio.to_thread.run_sync(remote)
         build = partial(
             build_context,
-            request.root,
+            root,
             request.path,
             start_line=request.start_line,
             end_line=request.end_line,
@@ -245,7 +268,7 @@ class AIService:
             max_bytes=self.settings.max_file_bytes,
             must_fit=must_fit,
         )
-        if _small_file(request.root, request.path):
+        if _small_file(root, request.path):
             return build()  # a few small reads: cheaper here than a thread hop and the GIL contention of many
         return await anyio.to_thread.run_sync(build)
 
@@ -372,7 +395,7 @@ class AIService:
             raise BadGateway("the model returned no code", code="ai_no_code")
         new_text = replace_range(ctx.file.content, ctx.start_line, ctx.end_line, ctx.masker.restore(code))
         diff = unified_diff(ctx.file.path, ctx.file.content, new_text)
-        validation = await self.validate(run.request.root, diff) if self.validate and diff else None
+        validation = await self.validate(run.request.files, diff) if self.validate and diff else None
         run.extra = {"diff_sha256": sha256_hex(diff), "diff_bytes": len(diff.encode())}
         return RewriteResult(
             usage=stream.usage,

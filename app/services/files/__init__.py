@@ -2,7 +2,8 @@
 
 Owns every read and write of workspace files: ``paths`` (text checks and descriptor-relative I/O under a
 root), the file operations re-exported here (tree, read, write, move, delete, all with ETag = sha256), and
-``patches`` (parse, validate, all-or-nothing apply).
+``patches`` (parse, validate, all-or-nothing apply), and ``storage`` (the seam every user of workspace files
+goes through: the files wherever their runtime keeps them; ``LocalStorage`` for a directory on this disk).
 """
 
 from app.services.files.operations import (
@@ -46,5 +47,6 @@ __all__ = [
     "read_text",
     "read_text_stat",
     "stat_regular",
+    "storage",
     "write_file",
 ]

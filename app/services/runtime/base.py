@@ -12,18 +12,37 @@ Runtimes are async context managers; open them once in the app lifespan.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import msgspec
 
 from app.errors import BadGateway, Conflict, NotFound, ServiceUnavailable
+from app.services.files.storage import WorkspaceStorage
 from app.services.runtime.ide_secret import IdeSecret
 
 IDE_PORT = 8080
 LABEL_WORKSPACE = "codehub.workspace"
 LABEL_OWNER = "codehub.owner"
 LABEL_HUB = "codehub.hub"
+
+
+StorageKind = Literal["directory", "volume"]
+
+
+class StorageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a workspace's files live, as the runtime that holds them names them.
+
+    ``directory``: a directory on the runtime's machine (the local-process runtime). ``volume``: a named
+    volume on the workspace's engine, never a path on the hub's disk.
+    """
+
+    kind: StorageKind
+    name: str
+
+    @classmethod
+    def directory(cls, path: str) -> StorageRef:
+        """A directory on the runtime's machine."""
+        return cls(kind="directory", name=path)
 
 
 class WorkspaceSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,7 +52,7 @@ class WorkspaceSpec(msgspec.Struct, frozen=True, kw_only=True):
     owner: str
     image: str
     hub_id: str
-    workspace_dir: str
+    storage: StorageRef
     mount: str = "/home/coder/project"
     cpu: float = 1.0
     memory_mb: int = 2048
@@ -312,10 +331,16 @@ class WorkspaceRuntime(Protocol):
         """Start an interactive shell (default: bash if present, else sh) on a TTY."""
         ...
 
-    async def remove(
-        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
-    ) -> None:
-        """Remove the container/process (killing it); with ``purge_dir`` also delete those files.
+    def storage(self, workspace_id: str) -> WorkspaceStorage:
+        """The workspace's files on this engine (created on first write or start, removed by a purge)."""
+        ...
+
+    def storage_ref(self, workspace_id: str) -> StorageRef:
+        """How ``WorkspaceSpec.storage`` names the workspace's files on this engine."""
+        ...
+
+    async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
+        """Remove the container/process (killing it); with ``purge`` also delete its storage.
 
         With ``container_id`` only that exact container (or process) goes: a superseded start cleans up
         after itself without touching a newer start's container.

@@ -25,6 +25,7 @@ from aiodocker.exceptions import DockerError
 
 from app import metrics
 from app.models import RuntimeKind
+from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.services.runtime import common, docker_exec
 from app.services.runtime import docker_network as dn
 from app.services.runtime import docker_support as ds
@@ -43,6 +44,7 @@ from app.services.runtime.base import (
     RuntimeEvent,
     RuntimeState,
     StartFailed,
+    StorageRef,
     Terminal,
     UnknownWorkspace,
     WorkspaceNotRunning,
@@ -81,8 +83,10 @@ class DockerRuntime:
         status_cache: StatusCache | None = None,
         status_ttl: float = DEFAULT_TTL,
         egress: WorkspaceEgress = "open",
+        workspaces_dir: Path | None = None,
     ) -> None:
         self.docker_url = docker_url
+        self.workspaces_dir = workspaces_dir or Path("workspaces").resolve()
         self._user = resolve_container_user(container_user)
         self._pull = pull
         self._cache = status_cache
@@ -126,7 +130,7 @@ class DockerRuntime:
         # overlapped, here and with the progress event below: one step at a time adds up every step's latency
         auth, *_ = await common.concurrently(
             lambda: self._password_auth(spec),
-            lambda: anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.workspace_dir), self._user),
+            lambda: anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.storage.name), self._user),
             lambda: self._drop_status(spec.id),
         )
         with ds.engine_errors(self.docker_url):
@@ -387,15 +391,21 @@ class DockerRuntime:
                 self.docker, container_name(workspace_id), cols=cols, rows=rows, command=command, env=env
             )
 
-    async def remove(
-        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
-    ) -> None:
-        """Force-remove the container (only ``container_id`` when given); ``purge_dir``: delete the files too."""
+    def storage_ref(self, workspace_id: str) -> StorageRef:
+        """The workspace's directory, bind-mounted into its container."""
+        return StorageRef.directory(str(self.workspaces_dir / workspace_id))
+
+    def storage(self, workspace_id: str) -> WorkspaceStorage:
+        """The workspace's files."""
+        return LocalStorage(Path(self.storage_ref(workspace_id).name))
+
+    async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
+        """Force-remove the container (only ``container_id`` when given); ``purge``: delete the files too."""
         await self._drop_status(workspace_id)
         with ds.engine_errors(self.docker_url):
             await self._delete_quietly(container_id or container_name(workspace_id))
-        if purge_dir is not None:
-            await anyio.to_thread.run_sync(common.purge_dir, purge_dir)
+        if purge:
+            await self.storage(workspace_id).purge()
 
     async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
         """Live container events (start, die, oom, destroy, stop) of this hub's workspaces."""
@@ -460,6 +470,7 @@ def docker_for_server(options: RuntimeOptions) -> DockerRuntime:
         status_cache=options.cache,
         status_ttl=settings.status_cache_ttl,
         egress=settings.workspace_egress,
+        workspaces_dir=settings.resolved_workspaces_dir,
     )
 
 

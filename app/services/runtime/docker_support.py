@@ -54,7 +54,7 @@ def container_config(
         "Env": [f"{key}={value}" for key, value in env.items()],
         "ExposedPorts": {port: {}},
         "HostConfig": {
-            "Binds": [f"{spec.workspace_dir}:{spec.mount}:rw"],
+            "Binds": [f"{spec.storage.name}:{spec.mount}:rw"],
             "NetworkMode": network,
             "PortBindings": published,
             "NanoCpus": int(spec.cpu * 1e9),

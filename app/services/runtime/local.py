@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from app.models import RuntimeKind
+from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.services.runtime import local_exec
 from app.services.runtime import local_support as ls
 from app.services.runtime.base import (
@@ -38,6 +39,7 @@ from app.services.runtime.base import (
     RuntimeEvent,
     RuntimeState,
     StartFailed,
+    StorageRef,
     Terminal,
     UnknownWorkspace,
     WorkspaceNotRunning,
@@ -96,8 +98,10 @@ class LocalRuntime:
         log_lines: int = 5000,
         status_cache: StatusCache | None = None,
         status_ttl: float = DEFAULT_TTL,
+        workspaces_dir: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.workspaces_dir = Path(workspaces_dir) if workspaces_dir is not None else self.state_dir / "workspaces"
         self.command = command
         self.host = host
         self._ring = log_lines
@@ -123,6 +127,14 @@ class LocalRuntime:
         await self._exit_stack.__aexit__(None, None, None)
         self._tg = None
 
+    def storage_ref(self, workspace_id: str) -> StorageRef:
+        """The workspace's directory under ``workspaces_dir``."""
+        return StorageRef.directory(str(self.workspaces_dir / workspace_id))
+
+    def storage(self, workspace_id: str) -> WorkspaceStorage:
+        """The workspace's directory, on this machine."""
+        return LocalStorage(Path(self.storage_ref(workspace_id).name))
+
     def _paths(self, workspace_id: str) -> tuple[Path, Path]:
         return self.state_dir / f"{workspace_id}.json", self.state_dir / f"{workspace_id}.log"
 
@@ -135,7 +147,7 @@ class LocalRuntime:
         """Run the IDE command in the workspace directory and wait until it answers HTTP."""
         assert self._tg is not None, "LocalRuntime used outside `async with`"
         await self.remove(spec.id)
-        directory = Path(spec.workspace_dir)
+        directory = Path(spec.storage.name)
         await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
         port = free_port(self.host)
         pid_path, log_path = self._paths(spec.id)
@@ -164,7 +176,7 @@ class LocalRuntime:
                 port=port,
                 hub_id=spec.hub_id,
                 owner=spec.owner,
-                workspace_dir=str(directory),
+                workspace_dir=str(directory),  # where a purge finds it after a hub restart
                 started_at=proc.started_at,
             ),
         )
@@ -392,7 +404,7 @@ class LocalRuntime:
         """Run a command in its own session in the workspace directory, streaming its output."""
         proc = self._running(workspace_id)
         assert self._tg is not None
-        base = Path(proc.spec.workspace_dir)
+        base = Path(proc.spec.storage.name)
         workdir = base / request.workdir if request.workdir else base
         async for item in local_exec.exec_stream(
             self._tg, request, cwd=workdir, env=ls.child_env({**proc.spec.env, **request.env})
@@ -412,16 +424,15 @@ class LocalRuntime:
         proc = self._running(workspace_id)
         return await ls.PtyTerminal.spawn(
             list(command or DEFAULT_SHELL),
-            cwd=proc.spec.workspace_dir,
+            cwd=proc.spec.storage.name,
             env=ls.child_env({"TERM": "xterm-256color", **(env or {})}),
             cols=cols,
             rows=rows,
         )
 
-    async def remove(
-        self, workspace_id: str, *, purge_dir: Path | None = None, container_id: str | None = None
-    ) -> None:
-        """Stop the process (SIGKILL after 5 s) and forget it; with ``purge_dir`` delete the files.
+    async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
+        """Stop the process (SIGKILL after 5 s) and forget it; with ``purge`` delete its directory (the one it
+        last ran in, else its directory under ``workspaces_dir``).
 
         With ``container_id`` (a pid) nothing happens unless that is still the workspace's process.
         """
@@ -430,12 +441,16 @@ class LocalRuntime:
             if state is None or state.container_id != container_id:
                 return
         await self.stop(workspace_id, grace=5)
-        self._procs.pop(workspace_id, None)
+        proc = self._procs.pop(workspace_id, None)
         pid_path, log_path = self._paths(workspace_id)
+        directory = proc.spec.storage.name if proc is not None else None
+        if directory is None and purge:
+            record = await anyio.to_thread.run_sync(ls.read_pidfile, pid_path)
+            directory = record.workspace_dir if record is not None else None
         pid_path.unlink(missing_ok=True)
-        if purge_dir is not None:
+        if purge:
             log_path.unlink(missing_ok=True)
-            await anyio.to_thread.run_sync(delete_tree, purge_dir)
+            await anyio.to_thread.run_sync(delete_tree, Path(directory or self.storage_ref(workspace_id).name))
 
     async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
         """``die`` events of this hub's local processes, live."""
@@ -462,6 +477,7 @@ def local_for_hub(options: RuntimeOptions) -> LocalRuntime:
         settings.local_ide_command,
         status_cache=options.cache,
         status_ttl=settings.status_cache_ttl,
+        workspaces_dir=settings.resolved_workspaces_dir,
     )
 
 

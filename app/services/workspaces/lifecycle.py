@@ -29,9 +29,9 @@ from app.errors import Conflict, DomainError, NotFound
 from app.events import EventPublisher
 from app.models import Workspace, WorkspaceState, utcnow
 from app.services.auth.access import Principal
+from app.services.files.storage import WorkspaceStorage
 from app.services.quotas.service import QuotaService
-from app.services.runtime.base import Endpoint, StartFailed, WorkspaceSpec
-from app.services.runtime.common import purge_dir as purge_tree
+from app.services.runtime.base import Endpoint, StartFailed, StorageRef, WorkspaceSpec
 from app.services.runtime.engines import Engines
 from app.services.runtime.ide_secret import IdeSecrets
 from app.services.templates.service import TemplateService
@@ -50,6 +50,7 @@ LOG_LINES_IN_REASON = 15
 ACTIVITY_WRITE_EVERY = 15.0
 HEARTBEAT_EVERY = 5.0
 STALE_AFTER = 5.0
+STORAGE_CACHE_TTL = 30.0
 
 
 class Lifecycle:
@@ -79,13 +80,25 @@ class Lifecycle:
         self.starts: dict[str, anyio.Event] = {}
         self._clones: dict[str, anyio.Event] = {}
         self._activity: dict[str, float] = {}
+        self._storages: dict[str, tuple[float, WorkspaceStorage]] = {}
         self._beats: dict[str, float] = {}
         self.listeners: list[Callable[[Workspace, str], None]] = []
         self.ide_secrets = IdeSecrets.from_settings(settings)
 
-    def workspace_dir(self, workspace_id: str) -> Path:
-        """Host directory of a workspace's files."""
-        return self.settings.resolved_workspaces_dir / workspace_id
+    async def storage_for(self, ws: Workspace) -> WorkspaceStorage:
+        """The workspace's files, as the runtime that holds (or will hold) them provides them."""
+        storage = (await self.engines.for_workspace(ws)).storage(ws.id)
+        self._storages[ws.id] = (anyio.current_time() + STORAGE_CACHE_TTL, storage)
+        return storage
+
+    async def storage_by_id(self, workspace_id: str) -> WorkspaceStorage:
+        """``storage_for`` by id (no visibility check), remembered briefly: placement rarely changes."""
+        expires, storage = self._storages.get(workspace_id, (0.0, None))
+        if storage is not None and expires > anyio.current_time():
+            return storage
+        if len(self._storages) > 10_000:
+            self._storages.clear()
+        return await self.storage_for(await self.row(workspace_id))
 
     async def row(self, workspace_id: str) -> Workspace:
         """The current row, no visibility check (404 when gone)."""
@@ -141,14 +154,14 @@ class Lifecycle:
         except Exception as exc:  # a Redis hiccup must not fail a transition
             log.warning("status cache drop failed for %s: %s", workspace_id, exc)
 
-    def spec_for(self, ws: Workspace) -> WorkspaceSpec:
-        """What the runtime needs to start ``ws``."""
+    def spec_for(self, ws: Workspace, storage: StorageRef) -> WorkspaceSpec:
+        """What the runtime needs to start ``ws`` with its files at ``storage``."""
         return WorkspaceSpec(
             id=ws.id,
             owner=str(ws.owner_id),
             image=ws.image,
             hub_id=self.settings.hub_id,
-            workspace_dir=str(self.workspace_dir(ws.id)),
+            storage=storage,
             mount=self.settings.workspace_mount,
             cpu=ws.cpu,
             memory_mb=ws.memory_mb,
@@ -158,10 +171,10 @@ class Lifecycle:
             ide_secret=self.ide_secrets.for_start(ws.id, ws.generation),
         )
 
-    async def launch_spec(self, ws: Workspace) -> WorkspaceSpec:
+    async def launch_spec(self, ws: Workspace, storage: StorageRef) -> WorkspaceSpec:
         """``spec_for`` plus, for a workspace made from a template, its version's environment (secrets opened)
         and command. The hub's own variables win over the template's."""
-        spec = self.spec_for(ws)
+        spec = self.spec_for(ws, storage)
         if ws.template_id is None or ws.template_version is None or self.templates is None:
             return spec
         launch = await self.templates.launch(ws.template_id, ws.template_version)
@@ -239,10 +252,9 @@ class Lifecycle:
         """Start ``row``; the outcome for the start metrics (ok, failed, timeout; None when superseded).
 
         The running row goes into ``running`` (a waiting caller answers with it, no second read)."""
-        directory = self.workspace_dir(row.id)
         try:
             runtime = await self.engines.for_workspace(row)
-            if row.git_url and await _is_empty(directory):
+            if row.git_url and await runtime.storage(row.id).is_empty():
                 await self.clone(row, row.git_url)
 
             async def progress(kind: str, data: dict[str, Any]) -> None:
@@ -250,7 +262,9 @@ class Lifecycle:
                 await self.publish(row, "workspace.progress", step=kind, **data)
 
             endpoint = await runtime.start(
-                await self.launch_spec(row), ready_timeout=self.settings.start_timeout, progress=progress
+                await self.launch_spec(row, runtime.storage_ref(row.id)),
+                ready_timeout=self.settings.start_timeout,
+                progress=progress,
             )
         except StartFailed as exc:
             await self._fail(row, exc.detail, exc.logs)
@@ -325,8 +339,12 @@ class Lifecycle:
             await self.heartbeat(ws)
             await self.publish(ws, "clone.progress", **data)
 
+        async def fill(dest: Path) -> None:
+            await git.clone(url, dest, ref=ws.git_ref, depth=ws.git_depth, progress=progress)
+
+        storage = await self.storage_for(ws)
         await self.publish(ws, "clone.progress", phase="starting", percent=0, current=0, total=0)
-        await git.clone(url, self.workspace_dir(ws.id), ref=ws.git_ref, depth=ws.git_depth, progress=progress)
+        await storage.populate(fill)
         await self.publish(ws, "clone.progress", phase="done", percent=100, current=0, total=0)
 
     async def clone_at_create(self, ws: Workspace, clone_url: str) -> Workspace:
@@ -437,14 +455,14 @@ class Lifecycle:
                 .values(generation=Workspace.generation + 1, updated_at=utcnow())
             )
             await session.commit()
-        purge_dir = self.workspace_dir(ws.id) if purge else None
         if ws.runtime is not None or ws.server_id is not None:
             runtime = await self.engines.for_workspace(ws)
-            await runtime.remove(ws.id, purge_dir=purge_dir)
-        elif purge_dir is not None:
-            await anyio.to_thread.run_sync(purge_tree, purge_dir)
+            await runtime.remove(ws.id, purge=purge)
+        elif purge:
+            await (await self.storage_for(ws)).purge()
         await self.drop_status(ws.id)
         self._activity.pop(ws.id, None)
+        self._storages.pop(ws.id, None)
         return await self.workspaces.delete_record(principal, ws.id)
 
     # -- activity ------------------------------------------------------------------------------------------
@@ -469,8 +487,3 @@ def uptime_seconds(ws: Workspace, now: datetime | None = None) -> float | None:
     if ws.state != WorkspaceState.RUNNING or ws.started_at is None:
         return None
     return round(((now or utcnow()) - ws.started_at).total_seconds(), 3)
-
-
-async def _is_empty(directory: Path) -> bool:
-    """``git.is_empty`` off the event loop."""
-    return await anyio.to_thread.run_sync(git.is_empty, directory)
