@@ -149,7 +149,8 @@ SETTING_HELP: dict[str, str] = {
     "docker_url": "Default Docker engine: auto (local socket when it answers), none, unix://… or tcp://….",
     "runtime": "auto (Docker when an engine answers, else local processes), docker or local.",
     "default_image": "Image for new workspaces.",
-    "workspace_mount": "Mount point of the workspace directory inside the container.",
+    "workspace_mount": "Mount point of a bind-mounted workspace directory inside the container (Docker workspaces "
+    "keep their files in a home volume instead, the project at <home>/project).",
     "workspaces_dir": "Host directory holding workspace files; empty = <data dir>/workspaces.",
     "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in (its IDE "
     "must require the start's secret: see docs/isolation.md).",

@@ -54,6 +54,8 @@ class WorkspaceSpec(msgspec.Struct, frozen=True, kw_only=True):
     hub_id: str
     storage: StorageRef
     mount: str = "/home/coder/project"
+    """Where a ``directory`` storage is mounted (a ``volume`` is mounted at ``home``, the project below it)."""
+    home: str = "/home/coder"
     cpu: float = 1.0
     memory_mb: int = 2048
     pids_limit: int = 1024
@@ -331,8 +333,9 @@ class WorkspaceRuntime(Protocol):
         """Start an interactive shell (default: bash if present, else sh) on a TTY."""
         ...
 
-    def storage(self, workspace_id: str) -> WorkspaceStorage:
-        """The workspace's files on this engine (created on first write or start, removed by a purge)."""
+    def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
+        """The workspace's files on this engine (created on first write or start, removed by a purge);
+        ``image``: the workspace's image, for runtimes that work on files with a helper of it."""
         ...
 
     def storage_ref(self, workspace_id: str) -> StorageRef:

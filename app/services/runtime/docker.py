@@ -25,6 +25,7 @@ from aiodocker.exceptions import DockerError
 
 from app import metrics
 from app.models import RuntimeKind
+from app.services.files.remote_storage import RemoteStorage
 from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.services.runtime import common, docker_exec
 from app.services.runtime import docker_network as dn
@@ -60,11 +61,13 @@ from app.services.runtime.common import (
     resolve_container_user,
     wait_until_ready,
 )
+from app.services.runtime.docker_volume import DockerVolumeFiles, volume_name
 from app.services.runtime.ide_secret import password_auth_overrides
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 from app.settings import WorkspaceEgress
 
 IDE_CAPABILITIES = ds.IDE_CAPABILITIES
+DEFAULT_USER = (1000, 1000)  # the file helper's user when containers keep the image's own
 LOG_TAIL_ON_FAILURE = 40
 
 
@@ -84,9 +87,15 @@ class DockerRuntime:
         status_ttl: float = DEFAULT_TTL,
         egress: WorkspaceEgress = "open",
         workspaces_dir: Path | None = None,
+        hub_id: str = "",
+        home: str = "/home/coder",
+        helper_image: str = "",
     ) -> None:
         self.docker_url = docker_url
         self.workspaces_dir = workspaces_dir or Path("workspaces").resolve()
+        self.hub_id, self.home, self.helper_image = hub_id, home, helper_image
+        self._storage_ready: set[str] = set()
+        self._storage_locks: dict[str, anyio.Lock] = {}
         self._user = resolve_container_user(container_user)
         self._pull = pull
         self._cache = status_cache
@@ -130,12 +139,13 @@ class DockerRuntime:
         # overlapped, here and with the progress event below: one step at a time adds up every step's latency
         auth, *_ = await common.concurrently(
             lambda: self._password_auth(spec),
-            lambda: anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.storage.name), self._user),
+            lambda: self._prepare_storage(spec),
             lambda: self._drop_status(spec.id),
         )
         with ds.engine_errors(self.docker_url):
             container = await self._create(spec, progress, auth)
             try:
+                await self._prepare_project(spec, container)
                 with metrics.docker_call("start"):
                     await container.start()
                 with metrics.docker_call("inspect"):
@@ -300,7 +310,8 @@ class DockerRuntime:
         filters = json.dumps({"label": [f"{LABEL_HUB}={hub_id}"]})
         with ds.engine_errors(self.docker_url), metrics.docker_call("list"):
             items = await self.docker.containers.list(all=True, filters=filters)
-        return [ds.state_of_list_item(item) for item in items]
+        states = [ds.state_of_list_item(item) for item in items]
+        return [state for state in states if state.workspace_id]  # file helpers carry no workspace label
 
     async def endpoint(self, workspace_id: str) -> Endpoint:
         """Endpoint of the running container."""
@@ -392,20 +403,59 @@ class DockerRuntime:
             )
 
     def storage_ref(self, workspace_id: str) -> StorageRef:
-        """The workspace's directory, bind-mounted into its container."""
-        return StorageRef.directory(str(self.workspaces_dir / workspace_id))
+        """The workspace's home volume on this engine."""
+        return StorageRef(kind="volume", name=volume_name(workspace_id))
 
-    def storage(self, workspace_id: str) -> WorkspaceStorage:
-        """The workspace's files."""
-        return LocalStorage(Path(self.storage_ref(workspace_id).name))
+    def volume_files(self, workspace_id: str, *, image: str = "", hub_id: str = "") -> DockerVolumeFiles:
+        """The file primitives of a workspace's volume (through its helper container of ``image``)."""
+        return DockerVolumeFiles(
+            self.docker,
+            self.docker_url,
+            workspace_id=workspace_id,
+            hub_id=hub_id or self.hub_id,
+            image=image or self.helper_image,
+            home=self.home,
+            user=self._user or DEFAULT_USER,
+            ready=self._storage_ready,
+        )
+
+    def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
+        """The workspace's volume, worked on by the hub through the volume's engine."""
+        lock = self._storage_locks.setdefault(workspace_id, anyio.Lock())
+        return RemoteStorage(self.volume_files(workspace_id, image=image), lock)
+
+    async def _prepare_storage(self, spec: WorkspaceSpec) -> None:
+        """The volume exists (labelled) before the container mounts it; kept across starts."""
+        if spec.storage.kind == "volume":
+            await self.volume_files(spec.id, image=spec.image, hub_id=spec.hub_id).ensure_volume()
+        else:
+            await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.storage.name), self._user)
+
+    async def _prepare_project(self, spec: WorkspaceSpec, container: Any) -> None:
+        """Give a new volume its project directory, owned by the workspace user, through the created container
+        (Docker has copied the image's home into the empty volume by now)."""
+        if spec.storage.kind == "volume":
+            files = self.volume_files(spec.id, image=spec.image, hub_id=spec.hub_id)
+            await files.ensure_project(container.id)
 
     async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
-        """Force-remove the container (only ``container_id`` when given); ``purge``: delete the files too."""
+        """Force-remove the container (only ``container_id`` when given); ``purge``: its volume (and any
+        directory of its from before volumes) too."""
         await self._drop_status(workspace_id)
+        bound = await self._bound_dirs(workspace_id) if purge else []
         with ds.engine_errors(self.docker_url):
             await self._delete_quietly(container_id or container_name(workspace_id))
         if purge:
-            await self.storage(workspace_id).purge()
+            await self.volume_files(workspace_id).purge()
+            self._storage_locks.pop(workspace_id, None)
+            for directory in {*bound, self.workspaces_dir / workspace_id}:
+                await LocalStorage(directory).purge()
+
+    async def _bound_dirs(self, workspace_id: str) -> list[Path]:
+        """Hub directories the workspace's container bind-mounts (a ``directory`` storage)."""
+        info = await self._show(workspace_id)
+        binds = ((info or {}).get("HostConfig") or {}).get("Binds") or []
+        return [Path(bind.split(":", 1)[0]) for bind in binds]
 
     async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
         """Live container events (start, die, oom, destroy, stop) of this hub's workspaces."""
@@ -471,6 +521,9 @@ def docker_for_server(options: RuntimeOptions) -> DockerRuntime:
         status_ttl=settings.status_cache_ttl,
         egress=settings.workspace_egress,
         workspaces_dir=settings.resolved_workspaces_dir,
+        hub_id=settings.hub_id,
+        home=settings.workspace_home,
+        helper_image=settings.default_image,
     )
 
 

@@ -46,15 +46,20 @@ def container_config(
     port = f"{spec.ide_port}/tcp"
     published = {} if publish_ip is None else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
     env = {**spec.env, **(spec.ide_secret.ide_env(generic=False) if spec.ide_secret else {})}
+    volume = spec.storage.kind == "volume"
     config: dict[str, Any] = {
         "Image": spec.image,
         "Hostname": spec.id,
-        "WorkingDir": spec.mount,
+        "WorkingDir": project_dir(spec.home) if volume else spec.mount,
         "Labels": {**spec.labels, LABEL_WORKSPACE: spec.id, LABEL_OWNER: spec.owner, LABEL_HUB: spec.hub_id},
         "Env": [f"{key}={value}" for key, value in env.items()],
         "ExposedPorts": {port: {}},
         "HostConfig": {
-            "Binds": [f"{spec.storage.name}:{spec.mount}:rw"],
+            **(
+                {"Mounts": [{"Type": "volume", "Source": spec.storage.name, "Target": spec.home}]}
+                if volume
+                else {"Binds": [f"{spec.storage.name}:{spec.mount}:rw"]}
+            ),
             "NetworkMode": network,
             "PortBindings": published,
             "NanoCpus": int(spec.cpu * 1e9),
@@ -74,6 +79,11 @@ def container_config(
     if spec.command:
         config["Cmd"] = list(spec.command)
     return config
+
+
+def project_dir(home: str) -> str:
+    """The project directory inside a workspace whose home is a volume."""
+    return f"{home.rstrip('/')}/project"
 
 
 @contextmanager

@@ -131,7 +131,7 @@ class LocalRuntime:
         """The workspace's directory under ``workspaces_dir``."""
         return StorageRef.directory(str(self.workspaces_dir / workspace_id))
 
-    def storage(self, workspace_id: str) -> WorkspaceStorage:
+    def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
         """The workspace's directory, on this machine."""
         return LocalStorage(Path(self.storage_ref(workspace_id).name))
 

@@ -87,7 +87,7 @@ class Lifecycle:
 
     async def storage_for(self, ws: Workspace) -> WorkspaceStorage:
         """The workspace's files, as the runtime that holds (or will hold) them provides them."""
-        storage = (await self.engines.for_workspace(ws)).storage(ws.id)
+        storage = (await self.engines.for_workspace(ws)).storage(ws.id, image=ws.image)
         self._storages[ws.id] = (anyio.current_time() + STORAGE_CACHE_TTL, storage)
         return storage
 
@@ -163,6 +163,7 @@ class Lifecycle:
             hub_id=self.settings.hub_id,
             storage=storage,
             mount=self.settings.workspace_mount,
+            home=self.settings.workspace_home,
             cpu=ws.cpu,
             memory_mb=ws.memory_mb,
             env={"CODEHUB_WORKSPACE_ID": ws.id},
@@ -254,7 +255,7 @@ class Lifecycle:
         The running row goes into ``running`` (a waiting caller answers with it, no second read)."""
         try:
             runtime = await self.engines.for_workspace(row)
-            if row.git_url and await runtime.storage(row.id).is_empty():
+            if row.git_url and await runtime.storage(row.id, image=row.image).is_empty():
                 await self.clone(row, row.git_url)
 
             async def progress(kind: str, data: dict[str, Any]) -> None:

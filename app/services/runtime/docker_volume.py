@@ -1,0 +1,459 @@
+"""A workspace's home as a Docker named volume, and the file primitives of the storage seam on it.
+
+The volume ``codehub-home-<id>`` (labels ``codehub.workspace``, ``codehub.hub``) is mounted at the image's
+home in the workspace container; the project is ``<home>/project``. File work runs on the volume's engine,
+wherever it is, with no shared disk, through a small helper container ``codehub-files-<id>`` of the
+workspace's image that mounts only that volume (no network, read-only root, every capability dropped, the
+workspace user, ``sleep`` for a while and then exits; started again on demand):
+
+- ``lstat``: ``HEAD /containers/{id}/archive`` (about 1 ms on a running helper);
+- ``read``: ``GET …/archive`` of one file; ``upload`` and the staging of ``commit``: ``PUT …/archive``;
+- ``listing``, ``remove``, ``move`` and the renames of ``commit``: one ``exec`` of the image's ``sh``.
+
+The images need no Python: every decision (paths, links, If-Match, patches) is made on the hub
+(``app.services.files.remote_storage``); the helper only renames, removes and lists. Links swapped in by the
+IDE between the hub's check and the engine's act resolve inside the helper, which sees this volume and a
+read-only image, nothing of the engine's host or of other workspaces.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import secrets
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+from aiodocker.exceptions import DockerError
+
+from app import metrics
+from app.errors import Conflict, DomainError, NotFound
+from app.services.files.paths import bad_path, join, os_error
+from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
+from app.services.runtime.base import LABEL_HUB, LABEL_WORKSPACE
+from app.services.runtime.docker_support import engine_errors
+
+LABEL_STORAGE = "codehub.storage"
+HELPER_LIFETIME = 900  # seconds a started helper lives; the next file operation starts it again
+LIST_OUTPUT_LIMIT = 64 << 20
+_GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
+
+COMMIT_SCRIPT = r"""
+root=$1; shift; n=0; failed=""
+while [ $# -gt 0 ]; do
+  tmp=$1; dst=$2; bak=$3; shift 3
+  if [ -d "$dst" ] && [ ! -L "$dst" ]; then failed="is a directory: ${dst#$root/}"; break; fi
+  if [ -e "$dst" ] || [ -L "$dst" ]; then
+    ln -- "$dst" "$bak" 2>/dev/null || mv -f -- "$dst" "$bak" || { failed="cannot back up ${dst#$root/}"; break; }
+  else bak=-; fi
+  n=$((n+1)); eval "t_$n=\$tmp d_$n=\$dst b_$n=\$bak"
+  if [ "$tmp" = - ]; then
+    [ ! -e "$dst" ] && [ ! -L "$dst" ] || rm -f -- "$dst" || { failed="cannot delete ${dst#$root/}"; break; }
+  else
+    mv -f -T -- "$tmp" "$dst" || { failed="cannot write ${dst#$root/}"; break; }
+    eval "t_$n=-"
+  fi
+done
+if [ -n "$failed" ]; then
+  while [ $n -gt 0 ]; do
+    eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
+    if [ "$bak" != - ]; then mv -f -T -- "$bak" "$dst"; elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
+    n=$((n-1))
+  done
+  for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
+  echo "$failed" >&2; exit 3
+fi
+while [ $n -gt 0 ]; do
+  eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
+  [ "$bak" = - ] || rm -f -- "$bak"
+  if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
+  n=$((n-1))
+done
+"""
+LIST_SCRIPT = r"""
+cd "$1" || exit 4
+if [ "$3" = 1 ]; then
+  find . -mindepth 1 -maxdepth "$2" -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
+else
+  find . -mindepth 1 -maxdepth "$2" -name .git -prune -o -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
+fi
+"""
+
+
+def volume_name(workspace_id: str) -> str:
+    """The name of a workspace's home volume."""
+    return f"codehub-home-{workspace_id}"
+
+
+def helper_name(workspace_id: str) -> str:
+    """The name of a workspace's file helper container."""
+    return f"codehub-files-{workspace_id}"
+
+
+class DockerVolumeFiles:
+    """``RemoteFiles`` on one workspace's volume, through its helper container on the volume's engine."""
+
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        docker_url: str,
+        *,
+        workspace_id: str,
+        hub_id: str,
+        image: str,
+        home: str,
+        user: tuple[int, int],
+        ready: set[str],
+    ) -> None:
+        self.docker, self.docker_url = docker, docker_url
+        self.workspace_id, self.hub_id, self.image = workspace_id, hub_id, image
+        self.home = home.rstrip("/") or "/"
+        self.project = f"{self.home.rstrip('/')}/project"
+        self.user = user
+        self._ready = ready  # workspace ids whose volume, helper and project are known to exist (per runtime)
+
+    def path(self, parts: tuple[str, ...]) -> str:
+        """The absolute path of ``parts`` inside the helper (names with a newline are refused)."""
+        if any("\n" in part for part in parts):
+            raise bad_path(join(parts), "a name with a newline cannot be handled")
+        return "/".join((self.project, *parts))
+
+    # -- the volume and the helper ----------------------------------------------------------------------
+
+    async def ensure_volume(self) -> None:
+        """Create the volume (labelled for this hub and workspace) unless it exists; refuse another hub's."""
+        name = volume_name(self.workspace_id)
+        labels = {LABEL_WORKSPACE: self.workspace_id, LABEL_HUB: self.hub_id}
+        with engine_errors(self.docker_url), metrics.docker_call("volume_create"):
+            body = json.dumps({"Name": name, "Labels": labels}).encode()
+            info = await self.docker._query_json("volumes/create", method="POST", data=body)
+            found = info.get("Labels") or {}
+        if found.get(LABEL_HUB) != self.hub_id:
+            raise Conflict(f"volume {name} belongs to another hub deployment", code="volume_taken")
+
+    async def ensure_project(self, container: str) -> None:
+        """Create the project directory (owned by the workspace user) through ``container``, which mounts
+        the volume at home (a created, never started container will do)."""
+        if self.workspace_id in self._ready:
+            return
+        if await self._stat(container, self.project) is None:
+            await self._put(self.home, _tar([(("project",), None, 0o755)], self.user, prefix=()), container)
+
+    async def ensure(self) -> None:
+        """Volume, helper and an empty project (owned by the workspace user), each made once."""
+        if self.workspace_id in self._ready:
+            return
+        await self.ensure_volume()
+        await self._helper(start=False)
+        await self.ensure_project(helper_name(self.workspace_id))
+        self._ready.add(self.workspace_id)
+
+    def _helper_config(self) -> dict[str, Any]:
+        return {
+            "Image": self.image,
+            "Entrypoint": ["sleep"],
+            "Cmd": [str(HELPER_LIFETIME)],
+            "User": f"{self.user[0]}:{self.user[1]}",
+            "WorkingDir": self.home,
+            "Labels": {LABEL_HUB: self.hub_id, LABEL_STORAGE: self.workspace_id},
+            "HostConfig": {
+                "Mounts": [{"Type": "volume", "Source": volume_name(self.workspace_id), "Target": self.home}],
+                "NetworkMode": "none",
+                "ReadonlyRootfs": True,
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges:true"],
+                "PidsLimit": 64,
+                "Memory": 128 << 20,
+                "RestartPolicy": {"Name": "no"},
+                "LogConfig": {"Type": "none"},
+            },
+        }
+
+    async def _helper(self, *, start: bool) -> Any:
+        """The helper container (created if missing; started when ``start``)."""
+        name = helper_name(self.workspace_id)
+        container = self.docker.containers.container(name)
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("inspect"):
+                    info = await container.show()
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+                try:
+                    with metrics.docker_call("create"):
+                        container = await self.docker.containers.create(self._helper_config(), name=name)
+                except DockerError as created:
+                    if created.status != 409:
+                        raise Conflict(
+                            f"cannot create the file helper: {created.message}", code="storage_error"
+                        ) from created
+                info = {"State": {}}
+            if start and not info["State"].get("Running"):
+                with metrics.docker_call("start"):
+                    await container.start()
+        return container
+
+    async def purge(self) -> None:
+        """Remove the helper and the volume (missing is fine)."""
+        self._ready.discard(self.workspace_id)
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("remove"):
+                    await self.docker.containers.container(helper_name(self.workspace_id)).delete(force=True)
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                with metrics.docker_call("volume_remove"):
+                    async with self.docker._query(f"volumes/{volume_name(self.workspace_id)}", method="DELETE"):
+                        pass
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise Conflict(f"cannot remove the volume: {exc.message}", code="storage_busy") from exc
+
+    # -- primitives -------------------------------------------------------------------------------------
+
+    async def lstat(self, parts: tuple[str, ...]) -> RemoteStat | None:
+        """``HEAD …/archive``: the entry itself, links not followed."""
+        return await self._stat(helper_name(self.workspace_id), self.path(parts))
+
+    async def _stat(self, container: str, path: str) -> RemoteStat | None:
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("archive_stat"):
+                    async with self.docker._query(
+                        f"containers/{container}/archive", method="HEAD", params={"path": path}
+                    ) as response:
+                        header = response.headers["X-Docker-Container-Path-Stat"]
+                return _remote_stat(json.loads(base64.b64decode(header)))
+            except ValueError:
+                return None  # an error answer to HEAD has no body to parse: the path is missing
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    async def read(self, parts: tuple[str, ...], limit: int) -> bytes:
+        """``GET …/archive`` of one regular file."""
+        helper = self.docker.containers.container(helper_name(self.workspace_id))
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("archive_get"):
+                    archive = await helper.get_archive(self.path(parts))
+            except DockerError as exc:
+                if exc.status == 404:
+                    raise NotFound(f"{join(parts)!r} does not exist") from exc
+                raise
+        with archive:
+            member = archive.next()
+            if member is None or not member.isreg():
+                raise bad_path(join(parts), "the file changed while it was read")
+            handle = archive.extractfile(member)
+            assert handle is not None
+            return handle.read(limit + 1)
+
+    async def listing(
+        self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
+    ) -> list[tuple[str, RemoteStat]]:
+        """One ``find`` in the helper: names NUL-separated on stdout, their stats line by line on stderr."""
+        for _attempt in range(2):
+            code, out, err = await self.run(
+                ["sh", "-c", LIST_SCRIPT, "sh", self.path(parts), str(depth), "1" if include_git else "0"]
+            )
+            if code == 4:
+                raise NotFound(f"{join(parts)!r} does not exist")
+            names = [name.removeprefix("./") for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
+            stats = err.decode("ascii", "replace").splitlines()
+            if len(names) == len(stats):
+                break
+        else:
+            raise Conflict("the directory changed while it was listed; try again", code="io_error")
+        found: list[tuple[str, RemoteStat]] = []
+        for name, line in zip(names, stats, strict=True):
+            mode_hex, size, mtime = line.split()
+            mode = int(mode_hex, 16)
+            found.append((name, RemoteStat(_kind(mode), int(size), mode & 0o7777, float(mtime))))
+        return found
+
+    async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
+        """Stage new contents next to their targets (one ``PUT``), then one script renames all or none."""
+        staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
+        argv = ["sh", "-c", COMMIT_SCRIPT, "sh", self.project]
+        for change in sorted(changes, key=lambda c: c.data is not None):
+            parent = change.parts[:-1]
+            tmp = "-"
+            if change.data is not None:
+                temp = (*parent, f".codehub-{secrets.token_hex(8)}.tmp")
+                staged.append((temp, change.data, change.mode))
+                tmp = self.path(temp)
+            argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
+        if staged:
+            await self._put(self.project, _tar(staged, self.user, prefix=()))
+        code, _out, err = await self.run(argv)
+        if code != 0:
+            await self._remove_dirs(new_dirs)
+            raise Conflict(f"the change was not written: {_message(err)}", code="io_error")
+
+    async def _remove_dirs(self, dirs: Sequence[tuple[str, ...]]) -> None:
+        if dirs:
+            await self.run(
+                ["sh", "-c", 'for d; do rmdir -- "$d"; done 2>/dev/null; true', "sh"]
+                + [self.path(d) for d in sorted(dirs, key=len, reverse=True)]
+            )
+
+    async def remove(self, parts: tuple[str, ...], kind: NodeKind) -> None:
+        """``rmdir`` or ``rm`` in the helper."""
+        argv = ["rmdir", "--", self.path(parts)] if kind == "dir" else ["rm", "-f", "--", self.path(parts)]
+        code, _out, err = await self.run(argv)
+        if code != 0:
+            raise _failure(err, join(parts))
+
+    async def move(self, source: tuple[str, ...], target: tuple[str, ...], new_dirs: Sequence[tuple[str, ...]]) -> None:
+        """``mkdir`` the new parents, then ``mv -T`` in the helper."""
+        script = 'src=$1; dst=$2; shift 2; for d; do mkdir -- "$d" || exit 1; done; exec mv -f -T -- "$src" "$dst"'
+        argv = ["sh", "-c", script, "sh", self.path(source), self.path(target), *map(self.path, new_dirs)]
+        code, _out, err = await self.run(argv)
+        if code != 0:
+            await self._remove_dirs(new_dirs)
+            raise _failure(err, join(target))
+
+    async def upload(self, directory: Path) -> None:
+        """Tar a local tree (owned by the workspace user) and ``PUT`` it into the project."""
+        user = self.user
+        tmp = await anyio.to_thread.run_sync(lambda: _tar_tree(directory, user))
+        try:
+            handle = await anyio.to_thread.run_sync(open, tmp, "rb")
+            try:
+                await self._put(self.project, handle)
+            finally:
+                handle.close()
+        finally:
+            os.unlink(tmp)
+
+    # -- engine calls -----------------------------------------------------------------------------------
+
+    async def _put(self, path: str, data: Any, container: str = "") -> None:
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("archive_put"):
+                    async with self.docker._query(
+                        f"containers/{container or helper_name(self.workspace_id)}/archive",
+                        method="PUT",
+                        params={"path": path, "noOverwriteDirNonDir": "true"},
+                        data=data,
+                        headers={"Content-Type": "application/x-tar"},
+                    ):
+                        pass
+            except DockerError as exc:
+                raise Conflict(f"the files were not written: {exc.message}", code="io_error") from exc
+
+    async def run(self, argv: list[str]) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in the helper as the workspace user: (exit code, stdout, stderr)."""
+        for attempt in range(2):
+            helper = await self._helper(start=attempt > 0)
+            with engine_errors(self.docker_url):
+                try:
+                    with metrics.docker_call("exec"):
+                        execution = await helper.exec(
+                            argv, stdout=True, stderr=True, user=f"{self.user[0]}:{self.user[1]}"
+                        )
+                except DockerError as exc:
+                    if exc.status == 409 and attempt == 0:
+                        continue  # the helper's sleep ended: start it again
+                    raise Conflict(f"the file helper did not run: {exc.message}", code="storage_error") from exc
+                out, err = bytearray(), bytearray()
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        target = out if message.stream == 1 else err
+                        if len(target) < LIST_OUTPUT_LIMIT:
+                            target += message.data
+                with metrics.docker_call("exec_inspect"):
+                    code = (await execution.inspect()).get("ExitCode")
+            return int(code if code is not None else 1), bytes(out), bytes(err)
+        raise Conflict("the file helper did not start", code="storage_error")
+
+
+_KINDS: dict[int, NodeKind] = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+
+
+def _kind(mode: int) -> NodeKind:
+    return _KINDS.get(mode & 0o170000, "other")
+
+
+def _remote_stat(raw: dict[str, Any]) -> RemoteStat:
+    """A stat from Docker's path-stat header (Go ``os.FileMode`` bits)."""
+    mode = int(raw.get("mode") or 0)
+    if mode & _GO_DIR:
+        kind: NodeKind = "dir"
+    elif mode & _GO_LINK:
+        kind = "symlink"
+    elif mode & _GO_OTHER:
+        kind = "other"
+    else:
+        kind = "file"
+    mtime = datetime.fromisoformat(str(raw.get("mtime") or "1970-01-01T00:00:00+00:00").replace("Z", "+00:00"))
+    return RemoteStat(
+        kind, int(raw.get("size") or 0), mode & 0o777, mtime.timestamp(), str(raw.get("linkTarget") or "")
+    )
+
+
+def _tar(
+    entries: Sequence[tuple[tuple[str, ...], bytes | None, int]], user: tuple[int, int], *, prefix: tuple[str, ...]
+) -> bytes:
+    """A tar of directories (``None``) and files, owned by ``user``."""
+    buffer, now = io.BytesIO(), time.time()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for parts, data, mode in entries:
+            info = tarfile.TarInfo("/".join((*prefix, *parts)))
+            info.uid, info.gid, info.mode, info.mtime = user[0], user[1], mode, now
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _tar_tree(directory: Path, user: tuple[int, int]) -> str:
+    """A temporary tar file of ``directory``'s contents (links kept as links), owned by ``user``."""
+
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = user[0], user[1], "", ""
+        return info
+
+    handle, path = tempfile.mkstemp(prefix="codehub-upload-", suffix=".tar")
+    with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for entry in sorted(directory.iterdir()):
+            archive.add(entry, arcname=entry.name, recursive=True, filter=owned)
+    return path
+
+
+def _message(err: bytes) -> str:
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    return text[-1][:300] if text else "the file helper failed"
+
+
+def _failure(err: bytes, path: str) -> DomainError:
+    """The error a failed helper command means (as the local backend's ``os_error`` would say)."""
+    text = err.decode("utf-8", "replace")
+    if "not empty" in text:
+        return os_error(OSError(39, "Directory not empty"), path)
+    if "No such file" in text:
+        return os_error(OSError(2, "No such file or directory"), path)
+    if "Permission denied" in text:
+        return os_error(OSError(13, "Permission denied"), path)
+    return Conflict(f"{path!r}: {_message(err)}", code="io_error")
+
+
+__all__ = ["LABEL_STORAGE", "DockerVolumeFiles", "helper_name", "volume_name"]
