@@ -77,4 +77,11 @@ if [ ! -d "$here/web/node_modules/@xterm/xterm" ]; then
   log "installing the dashboard's browser assets (npm ci in web/)"
   (cd "$here/web" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null)
 fi
+# A second, independent Docker engine (tcp://127.0.0.2:2375) that cannot see this disk, standing in for a
+# remote host: the storage tests run workspaces on both engines
+if bash "$(dirname "$0")/second-docker-engine.sh" start codehub/workspace:test >/dev/null 2>&1; then
+  log "second Docker engine: tcp://127.0.0.2:2375"
+else
+  log "second Docker engine did not start (the tests that need it skip; see /var/log/docker-b.log)"
+fi
 log "services ready"

@@ -1,8 +1,8 @@
-"""A corpus of hostile paths thrown at every file operation: nothing outside the root is read or written."""
+"""A corpus of hostile paths thrown at every file operation of every storage backend (a local directory, a Docker
+volume): nothing outside the root is read or written."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,9 +10,10 @@ import pytest
 
 from app.errors import DomainError
 from app.services import files
-from app.services.files import patches
+from app.services.files.patches import PatchLimits
 from app.services.files.paths import normalize
 from tests.support.files import SENTINEL, Sandbox
+from tests.support.storage import Backend
 
 # Paths that must be refused outright (4xx), whatever the operation.
 REFUSED = [
@@ -107,21 +108,21 @@ INSIDE = [
 ]
 
 
-def _ops(sandbox: Sandbox) -> dict[str, Callable[[str], object]]:
-    root = sandbox.root
+def _ops(backend: Backend) -> dict[str, Callable[[str], object]]:
+    storage, call, limit = backend.storage, backend.call, files.DEFAULT_MAX_FILE_BYTES
     return {
-        "read_text": lambda p: files.read_text(root, p),
-        "read_raw": lambda p: files.read_raw(root, p),
-        "write": lambda p: files.write_file(root, p, b"PWNED\n"),
-        "write_if_match": lambda p: files.write_file(root, p, b"PWNED\n", if_match="0" * 64),
-        "create_only": lambda p: files.write_file(root, p, b"PWNED\n", if_none_match=True),
-        "tree": lambda p: files.list_tree(root, p, depth=3),
-        "patch_validate": lambda p: patches.validate(root, _create_diff(p)),
-        "patch_apply": lambda p: patches.apply(root, _create_diff(p)),
-        "move_to": lambda p: files.move_path(root, "README.md", p),
+        "read_text": lambda p: call(storage.read_text, p, max_bytes=limit),
+        "read_raw": lambda p: call(storage.read_raw, p, max_bytes=limit),
+        "write": lambda p: call(storage.write_file, p, b"PWNED\n"),
+        "write_if_match": lambda p: call(storage.write_file, p, b"PWNED\n", if_match="0" * 64),
+        "create_only": lambda p: call(storage.write_file, p, b"PWNED\n", if_none_match=True),
+        "tree": lambda p: call(storage.list_tree, p, 3, include_git=False, max_entries=files.DEFAULT_MAX_TREE_ENTRIES),
+        "patch_validate": lambda p: call(storage.validate_patch, _create_diff(p), limits=PatchLimits()),
+        "patch_apply": lambda p: call(storage.apply_patch, _create_diff(p), limits=PatchLimits()),
+        "move_to": lambda p: call(storage.move_path, "README.md", p),
         # last: for an entry that is itself a link or special file these act on the entry
-        "move_from": lambda p: files.move_path(root, p, "moved-here"),
-        "delete": lambda p: files.delete_path(root, p),
+        "move_from": lambda p: call(storage.move_path, p, "moved-here"),
+        "delete": lambda p: call(storage.delete_path, p),
     }
 
 
@@ -153,9 +154,9 @@ def test_corpus_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("path", REFUSED, ids=lambda p: repr(p)[:40])
-def test_refused_paths_touch_nothing_outside(sandbox: Sandbox, path: str) -> None:
-    outside_before = sandbox.outside_state()
-    for name, op in _ops(sandbox).items():
+def test_refused_paths_touch_nothing_outside(backend: Backend, sandbox: Sandbox, path: str) -> None:
+    outside_before = backend.outside_state()
+    for name, op in _ops(backend).items():
         outcome = _run(op, path)
         if name == "patch_validate" and not isinstance(outcome, DomainError):
             assert not outcome.ok, (path, outcome)  # type: ignore[attr-defined]
@@ -165,18 +166,18 @@ def test_refused_paths_touch_nothing_outside(sandbox: Sandbox, path: str) -> Non
             continue
         assert isinstance(outcome, DomainError), (name, path, outcome)
         assert b"SENTINEL" not in repr(outcome).encode(), (name, path)
-    assert sandbox.outside_state() == outside_before
+    assert backend.outside_state() == outside_before
     assert (sandbox.outside / "secret.txt").read_bytes() == SENTINEL
 
 
 @pytest.mark.parametrize("path", INSIDE, ids=lambda p: repr(p)[:40])
-def test_odd_but_inside_paths_stay_inside(sandbox: Sandbox, path: str) -> None:
-    outside_before = sandbox.outside_state()
-    for op in _ops(sandbox).values():
+def test_odd_but_inside_paths_stay_inside(backend: Backend, path: str) -> None:
+    outside_before = backend.outside_state()
+    for op in _ops(backend).values():
         _run(op, path)
-        if not (sandbox.root / "README.md").exists() and (sandbox.root / path).exists():
-            files.move_path(sandbox.root, path, "README.md")
-    assert sandbox.outside_state() == outside_before
+        if backend.kind_of("README.md") is None:
+            _run(lambda p: backend.call(backend.storage.move_path, p, "README.md"), path)
+    assert backend.outside_state() == outside_before
 
 
 def test_text_checks_accept_normal_names() -> None:
@@ -185,26 +186,26 @@ def test_text_checks_accept_normal_names() -> None:
     assert normalize("", allow_root=True) == ()
 
 
-def test_device_file_is_refused_without_opening(sandbox: Sandbox) -> None:
-    if not (sandbox.root / "chardev").exists():
-        pytest.skip("cannot create a device node here")
+def test_device_file_is_refused_without_opening(backend: Backend) -> None:
+    if backend.kind_of("chardev") is None:
+        pytest.skip("cannot create a device node here (volumes never get one)")
     for op in ("read_text", "read_raw", "write"):
-        assert isinstance(_run(_ops(sandbox)[op], "chardev"), DomainError)
+        assert isinstance(_run(_ops(backend)[op], "chardev"), DomainError)
 
 
-def test_fifo_never_blocks(sandbox: Sandbox) -> None:
+def test_fifo_never_blocks(backend: Backend) -> None:
     for op in ("read_text", "read_raw", "write", "write_if_match"):
-        outcome = _run(_ops(sandbox)[op], "fifo")
+        outcome = _run(_ops(backend)[op], "fifo")
         assert isinstance(outcome, DomainError)
         assert outcome.code == "bad_path"
-    assert (sandbox.root / "fifo").is_fifo()
+    assert backend.kind_of("fifo") == "other"
 
 
-def test_nothing_new_appears_outside(sandbox: Sandbox) -> None:
-    before = set(os.listdir(sandbox.top))
+def test_nothing_new_appears_outside(backend: Backend) -> None:
+    before = backend.top_names()
     for path in REFUSED + INSIDE:
-        for op in _ops(sandbox).values():
+        for op in _ops(backend).values():
             _run(op, path)
-    assert set(os.listdir(sandbox.top)) == before
-    assert not (sandbox.outside / "new.txt").exists()
+    assert backend.top_names() == before
+    assert "outside/new.txt" not in backend.outside_state()
     assert not Path("/moved-here").exists()

@@ -13,6 +13,7 @@ import pytest
 POSTGRES_URL = os.environ.get("CODEHUB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CODEHUB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DOCKER_URL = os.environ.get("CODEHUB_TEST_DOCKER", "unix:///var/run/docker.sock")
+SECOND_DOCKER_URL = os.environ.get("CODEHUB_TEST_DOCKER2", "tcp://127.0.0.2:2375")
 TEST_IMAGE = "codehub/workspace:test"
 CODE_SERVER_IMAGE = "codehub/code-server:local"
 
@@ -97,3 +98,22 @@ def need_docker(image: str | None = None) -> str:
     if image:
         need("docker", image_available(image), f"image {image} missing (build it: `just services`)")
     return DOCKER_URL
+
+
+@cache
+def second_engine_available(image: str) -> bool:
+    """True when the second engine (another "host", see scripts/second-docker-engine.sh) has ``image``."""
+    if not shutil.which("docker"):
+        return False
+    check = ["docker", "-H", SECOND_DOCKER_URL, "image", "inspect", image]
+    return subprocess.run(check, capture_output=True, timeout=20).returncode == 0
+
+
+def need_second_engine(image: str = TEST_IMAGE) -> str:
+    """Skip/fail (``docker2`` in CODEHUB_TEST_REQUIRE) without the second engine and ``image`` on it; its URL."""
+    need(
+        "docker2",
+        second_engine_available(image),
+        f"no engine with {image} at {SECOND_DOCKER_URL} (start it: scripts/second-docker-engine.sh start {image})",
+    )
+    return SECOND_DOCKER_URL

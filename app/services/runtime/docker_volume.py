@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import secrets
 import tarfile
@@ -42,6 +43,7 @@ from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.base import LABEL_HUB, LABEL_WORKSPACE
 from app.services.runtime.docker_support import engine_errors
 
+log = logging.getLogger(__name__)
 LABEL_STORAGE = "codehub.storage"
 HELPER_LIFETIME = 900  # seconds a started helper lives; the next file operation starts it again
 LIST_OUTPUT_LIMIT = 64 << 20
@@ -194,8 +196,9 @@ class DockerVolumeFiles:
                         container = await self.docker.containers.create(self._helper_config(), name=name)
                 except DockerError as created:
                     if created.status != 409:
+                        log.warning("file helper of %s not created: %s", self.workspace_id, created.message)
                         raise Conflict(
-                            f"cannot create the file helper: {created.message}", code="storage_error"
+                            "the workspace's file helper could not be created", code="storage_error"
                         ) from created
                 info = {"State": {}}
             if start and not info["State"].get("Running"):
@@ -219,7 +222,8 @@ class DockerVolumeFiles:
                         pass
             except DockerError as exc:
                 if exc.status != 404:
-                    raise Conflict(f"cannot remove the volume: {exc.message}", code="storage_busy") from exc
+                    log.warning("volume of %s not removed: %s", self.workspace_id, exc.message)
+                raise Conflict("the workspace's volume is still in use", code="storage_busy") from exc
 
     # -- primitives -------------------------------------------------------------------------------------
 
@@ -235,13 +239,45 @@ class DockerVolumeFiles:
                         f"containers/{container}/archive", method="HEAD", params={"path": path}
                     ) as response:
                         header = response.headers["X-Docker-Container-Path-Stat"]
-                return _remote_stat(json.loads(base64.b64decode(header)))
+                found = _remote_stat(json.loads(base64.b64decode(header)))
             except ValueError:
-                return None  # an error answer to HEAD has no body to parse: the path is missing
+                found = None  # an error answer to HEAD has no body: missing, or a link Docker cannot follow
             except DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+                if exc.status != 404:
+                    raise
+                found = None
+        if found is not None and found.kind != "symlink":
+            return found
+        # Docker's stat reports a link's target resolved, and fails on loops: the link itself, from a tar of it
+        return await self._entry(container, path)
+
+    async def _entry(self, container: str, path: str) -> RemoteStat | None:
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("archive_get"):
+                    archive = await self.docker.containers.container(container).get_archive(path)
+            except DockerError as exc:
+                if "too many links" in exc.message:  # a link loop: Docker cannot archive it, readlink can
+                    return await self._read_link(path)
+                return None
+            except ValueError:
+                return None
+        with archive:
+            member = archive.next()
+        if member is None:
+            return None
+        kind: NodeKind = (
+            "symlink" if member.issym() else "dir" if member.isdir() else "file" if member.isreg() else "other"
+        )
+        size = len(member.linkname.encode()) if member.issym() else member.size
+        return RemoteStat(kind, size, member.mode & 0o7777, float(member.mtime), member.linkname)
+
+    async def _read_link(self, path: str) -> RemoteStat | None:
+        code, out, _err = await self.run(["readlink", "--", path])
+        if code != 0:
+            return None
+        target = out.decode("utf-8", "surrogateescape").removesuffix("\n")
+        return RemoteStat("symlink", len(target.encode("utf-8", "surrogateescape")), 0o777, 0.0, target)
 
     async def read(self, parts: tuple[str, ...], limit: int) -> bytes:
         """``GET …/archive`` of one regular file."""
@@ -355,7 +391,8 @@ class DockerVolumeFiles:
                     ):
                         pass
             except DockerError as exc:
-                raise Conflict(f"the files were not written: {exc.message}", code="io_error") from exc
+                log.warning("archive upload to %s failed: %s", self.workspace_id, exc.message)
+                raise Conflict("the files were not written", code="io_error") from exc
 
     async def run(self, argv: list[str]) -> tuple[int, bytes, bytes]:
         """Run ``argv`` in the helper as the workspace user: (exit code, stdout, stderr)."""
@@ -370,7 +407,8 @@ class DockerVolumeFiles:
                 except DockerError as exc:
                     if exc.status == 409 and attempt == 0:
                         continue  # the helper's sleep ended: start it again
-                    raise Conflict(f"the file helper did not run: {exc.message}", code="storage_error") from exc
+                    log.warning("file helper of %s did not run: %s", self.workspace_id, exc.message)
+                    raise Conflict("the workspace's file helper did not run", code="storage_error") from exc
                 out, err = bytearray(), bytearray()
                 async with execution.start(detach=False) as stream:
                     while (message := await stream.read_out()) is not None:

@@ -1,0 +1,153 @@
+"""Storage backends under test: the same sandbox as a local directory or as a Docker volume, called blocking.
+
+``Backend`` wraps a ``WorkspaceStorage`` for synchronous tests (calls go through an anyio blocking portal,
+whose loop also owns the Docker client) and looks at the files from outside the seam: the local directory
+itself, or the volume through the engine (archive reads and commands in the file helper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import tarfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from app.services.files.paths import normalize
+from app.services.files.remote import mode_kind
+from app.services.files.storage import LocalStorage, WorkspaceStorage
+from app.services.runtime.docker import DockerRuntime
+from app.services.runtime.docker_volume import DockerVolumeFiles
+from tests.support.files import Sandbox, snapshot
+from tests.support.runtime import remove_hub_containers
+from tests.support.services import TEST_IMAGE, need_docker
+
+T = TypeVar("T")
+BACKENDS = ["directory", "volume"]
+
+
+@dataclass
+class Backend:
+    """A workspace storage and a view of its files from outside the seam."""
+
+    kind: str
+    storage: WorkspaceStorage
+    portal: BlockingPortal
+    sandbox: Sandbox | None = None
+    files: DockerVolumeFiles | None = None
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run a storage coroutine function to completion."""
+        return self.portal.call(lambda: fn(*args, **kwargs))
+
+    def outside_state(self) -> dict[str, tuple[object, ...]]:
+        """Everything beside the project (the ``outside`` directory and the other top-level names)."""
+        if self.files is None:
+            assert self.sandbox is not None
+            return snapshot(self.sandbox.top, skip=("ws",))
+        files = self.files
+        state: dict[str, tuple[object, ...]] = {name: ("top",) for name in self.top_names()}
+
+        async def outside() -> bytes:
+            helper = files.docker.containers.container(f"codehub-files-{files.workspace_id}")
+            async with files.docker._query(
+                f"containers/{helper.id}/archive", params={"path": f"{files.home}/outside"}
+            ) as response:
+                return bytes(await response.read())
+
+        with tarfile.open(fileobj=io.BytesIO(self.portal.call(outside))) as archive:
+            for member in archive.getmembers():
+                data = archive.extractfile(member).read() if member.isreg() else b""  # type: ignore[union-attr]
+                state[member.name] = (member.type, hashlib.sha256(data).hexdigest(), member.linkname, member.mode)
+        return state
+
+    def top_names(self) -> set[str]:
+        """Names beside the project (the sandbox's top directory, or the volume's home)."""
+        if self.files is None:
+            assert self.sandbox is not None
+            return {p.name for p in self.sandbox.top.iterdir()}
+        code, out, _err = self.portal.call(lambda: self.files.run(["ls", "-A", self.files.home]))  # type: ignore[union-attr]
+        assert code == 0
+        return set(out.decode().split())
+
+    def kind_of(self, path: str) -> str | None:
+        """The entry at ``path`` itself (``file``, ``dir``, ``symlink``, ``other``) or None."""
+        if self.files is None:
+            assert self.sandbox is not None
+            try:
+                mode = (self.sandbox.root / path).lstat().st_mode
+            except FileNotFoundError:
+                return None
+            return mode_kind(mode)
+        found = self.portal.call(lambda: self.files.lstat(normalize(path)))  # type: ignore[union-attr]
+        return None if found is None else found.kind
+
+    def read(self, path: str) -> bytes:
+        """A file's bytes as the engine (or the disk) has them."""
+        if self.files is None:
+            assert self.sandbox is not None
+            return (self.sandbox.root / path).read_bytes()
+        code, out, err = self.portal.call(lambda: self.files.run(["cat", "--", self.files.path(normalize(path))]))  # type: ignore[union-attr]
+        assert code == 0, err
+        return out
+
+
+def _tar_sandbox(sandbox: Sandbox) -> bytes:
+    """The sandbox as the volume's home: ``ws`` becomes ``project``; sockets and devices are left out."""
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if info.ischr() or info.isblk():
+            return None
+        info.uid = info.gid = 1000
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.add(sandbox.root, arcname="project", filter=keep)
+        archive.add(sandbox.outside, arcname="outside", filter=keep)
+    return buffer.getvalue()
+
+
+@contextmanager
+def docker_portal() -> Iterator[tuple[BlockingPortal, DockerRuntime, str]]:
+    """A portal whose loop holds a Docker runtime on the local engine, with a hub id of its own."""
+    need_docker(TEST_IMAGE)
+    hub_id = f"t-st-{secrets.token_hex(4)}"
+    with start_blocking_portal() as portal:
+        runtime = DockerRuntime("unix:///var/run/docker.sock", hub_id=hub_id, helper_image=TEST_IMAGE)
+        portal.call(runtime.__aenter__)
+        try:
+            yield portal, runtime, hub_id
+        finally:
+            portal.call(runtime.__aexit__, None, None, None)
+            remove_hub_containers(hub_id)
+
+
+def make_backend(kind: str, sandbox: Sandbox, portal: BlockingPortal, runtime: DockerRuntime | None) -> Backend:
+    """The sandbox as a ``kind`` storage."""
+    if kind == "directory":
+        return Backend(kind, LocalStorage(sandbox.root), portal, sandbox=sandbox)
+    assert runtime is not None
+    workspace_id = "w" + secrets.token_hex(5)
+    files = runtime.volume_files(workspace_id)
+    storage = runtime.storage(workspace_id)
+    portal.call(files.ensure)
+    portal.call(lambda: files._put(files.home, _tar_sandbox(sandbox)))
+    if (sandbox.root / "sock").exists():  # a socket cannot travel in a tar: a FIFO is the same kind of entry
+        portal.call(lambda: files.run(["mkfifo", files.path(("sock",))]))
+    return Backend(kind, storage, portal, sandbox=None, files=files)
+
+
+def drop_backend(backend: Backend, runtime: DockerRuntime | None) -> None:
+    """Remove a volume backend's helper and volume."""
+    if backend.files is not None and runtime is not None:
+        workspace_id = backend.files.workspace_id
+        backend.portal.call(lambda: runtime.remove(workspace_id, purge=True))
+
+
+__all__ = ["BACKENDS", "Backend", "docker_portal", "drop_backend", "make_backend"]
