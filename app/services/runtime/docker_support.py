@@ -46,6 +46,8 @@ def container_config(
     port = f"{spec.ide_port}/tcp"
     published = {} if publish_ip is None else {port: [{"HostIp": publish_ip, "HostPort": ""}]}
     env = {**spec.env, **(spec.ide_secret.ide_env(generic=False) if spec.ide_secret else {})}
+    if spec.storage.kind == "volume":
+        env.setdefault("HOME", spec.home)  # the home is the volume, whatever the image's passwd says
     volume = spec.storage.kind == "volume"
     config: dict[str, Any] = {
         "Image": spec.image,
