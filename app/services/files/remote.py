@@ -61,6 +61,14 @@ class RemoteFiles(Protocol):
         """A regular file's bytes (at most ``limit`` + 1 are read)."""
         ...
 
+    async def lstat_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], RemoteStat | None]:
+        """``lstat`` of every path in one call (the files of a patch and their parents)."""
+        ...
+
+    async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
+        """The bytes of several regular files in one call (the caller has checked their parents and sizes)."""
+        ...
+
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
     ) -> list[tuple[str, RemoteStat]]:
@@ -145,6 +153,30 @@ class Mirror:
             self.fetched.add(parts)
         await anyio.to_thread.run_sync(_materialize, self.local(parts), found, data)
         return found
+
+    async def prefetch(self, paths: Sequence[tuple[str, ...]], content: int) -> None:
+        """Mirror many paths and all their parents in one ``snapshot`` (files with their bytes up to ``content``).
+
+        Entries below a parent that is not a directory are left out, as ``chain`` would never reach them."""
+        wanted = sorted({p[:i] for p in paths for i in range(1, len(p) + 1)} - self.seen.keys(), key=len)
+        if not wanted:
+            return
+        found = await self.files.lstat_many(wanted)
+        reached: list[tuple[str, ...]] = []
+        for parts in wanted:  # shallowest first: a parent is decided before its children
+            parent = self.seen.get(parts[:-1]) if parts[:-1] else RemoteStat("dir")
+            if parent is None:
+                self.seen[parts] = None
+            elif parent.kind == "dir":  # below a link or a file ``chain`` never asks, so neither does this
+                self.seen[parts] = found.get(parts)
+                reached.append(parts)
+        files = [p for p in reached if (e := self.seen[p]) is not None and e.kind == "file" and e.size <= content]
+        datas = await self.files.read_many(files) if files else {}
+        self.fetched.update(datas)
+        for parts in reached:
+            entry = self.seen[parts]
+            if entry is not None:
+                await anyio.to_thread.run_sync(_materialize, self.local(parts), entry, datas.get(parts))
 
     async def children(self, parts: tuple[str, ...]) -> None:
         """Mirror whether a directory is empty (one placeholder entry when it is not)."""

@@ -163,6 +163,7 @@ class RemoteStorage:
         touched: set[tuple[str, ...]] = set()
         for patch in parsed(diff, limits, strip)[0]:
             touched.update(p for p in (patch.old_parts, patch.new_parts) if p)
+        await mirror.prefetch(sorted(touched), limits.max_file_bytes)
         for parts in sorted(touched):
             await mirror.chain(parts, content=limits.max_file_bytes, follow_last=False)
 

@@ -81,6 +81,13 @@ while [ $n -gt 0 ]; do
   n=$((n-1))
 done
 """
+STAT_SCRIPT = r"""
+for p; do
+  if [ -L "$p" ]; then printf '%s\0%s\0' "$(stat -c '%f %s %Y' -- "$p")" "$(readlink -- "$p")"
+  elif [ -e "$p" ]; then printf '%s\0\0' "$(stat -c '%f %s %Y' -- "$p")"
+  else printf -- '-\0\0'; fi
+done
+"""
 LIST_SCRIPT = r"""
 cd "$1" || exit 4
 if [ "$3" = 1 ]; then
@@ -297,6 +304,38 @@ class DockerVolumeFiles:
             handle = archive.extractfile(member)
             assert handle is not None
             return handle.read(limit + 1)
+
+    async def lstat_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], RemoteStat | None]:
+        """One script in the helper: each path's ``stat`` line (and link target), NUL-separated."""
+        code, out, err = await self.run(["sh", "-c", STAT_SCRIPT, "sh", *map(self.path, paths)])
+        fields = out.decode("utf-8", "surrogateescape").split("\0")
+        if code != 0 or len(fields) < 2 * len(paths):
+            raise Conflict(f"the files could not be examined: {_message(err)}", code="io_error")
+        found: dict[tuple[str, ...], RemoteStat | None] = {}
+        for index, parts in enumerate(paths):
+            line, target = fields[2 * index], fields[2 * index + 1]
+            if line == "-":
+                found[parts] = None
+                continue
+            mode_hex, size, mtime = line.split()
+            mode = int(mode_hex, 16)
+            found[parts] = RemoteStat(_kind(mode), int(size), mode & 0o7777, float(mtime), target)
+        return found
+
+    async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
+        """One ``tar`` of the files in the helper (regular files only: nothing is followed or recursed)."""
+        names = {self.path(parts).lstrip("/"): parts for parts in paths}
+        code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", *names])
+        if code != 0:
+            raise Conflict(f"the files could not be read: {_message(err)}", code="io_error")
+        found: dict[tuple[str, ...], bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
+            for member in archive:
+                parts = names.get(member.name)
+                handle = archive.extractfile(member) if member.isreg() else None
+                if parts is not None and handle is not None:
+                    found[parts] = handle.read()
+        return found
 
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
