@@ -151,7 +151,8 @@ SETTING_HELP: dict[str, str] = {
     "default_image": "Image for new workspaces.",
     "workspace_mount": "Mount point of a bind-mounted workspace directory inside the container (Docker workspaces "
     "keep their files in a home volume instead, the project at <home>/project).",
-    "workspaces_dir": "Host directory holding workspace files; empty = <data dir>/workspaces.",
+    "workspaces_dir": "Host directory holding the local runtime's workspace files (Docker workspaces use volumes); "
+    "empty = <data dir>/workspaces.",
     "local_ide_command": "IDE command for the local-process runtime; {port} and {dir} are filled in (its IDE "
     "must require the start's secret: see docs/isolation.md).",
     "container_user": "uid:gid workspace containers run as; auto = the hub's (1000:1000 if root); image = image's.",
