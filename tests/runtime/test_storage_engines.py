@@ -4,6 +4,7 @@ survives restarts; a stopped workspace can be edited; a purge leaves no volume b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -175,3 +176,25 @@ async def test_clone_lands_in_the_volume(hub: Hub, server: str, tmp_path: Path) 
         await start(client, ws["id"])
         assert await sh(client, ws["id"], "cat x.txt sub/y.txt; git log --oneline | wc -l") == "x\ny\n2\n"
         await client.delete(f"/api/workspaces/{ws['id']}", params={"purge": "true"})
+
+
+async def test_directory_from_before_volumes_is_adopted_byte_exact(hub: Hub, server: str) -> None:
+    async with hub.client() as client:
+        ws = await create(client, "legacy", server_id=server)
+        wid = ws["id"]
+        old = hub.settings.resolved_workspaces_dir / wid  # where a bind-mounted workspace kept its files
+        (old / "src" / "deep").mkdir(parents=True)
+        blob = bytes(range(256)) * 64
+        (old / "src" / "deep" / "blob.bin").write_bytes(blob)
+        (old / "run.sh").write_text("#!/bin/sh\necho ran\n")
+        (old / "run.sh").chmod(0o755)
+        (old / "empty").write_bytes(b"")
+        (old / "naïve name.txt").write_text("ünïcode\n")
+        (old / "link").symlink_to("src/deep/blob.bin")
+        await start(client, wid)
+        assert not old.exists()  # verified, then deleted
+        listing = await sh(client, wid, "sha256sum src/deep/blob.bin; ./run.sh; readlink link; cat 'naïve name.txt'")
+        assert listing.split("\n")[1:] == ["ran", "src/deep/blob.bin", "ünïcode", ""]
+        assert listing.split()[0] == hashlib.sha256(blob).hexdigest()
+        assert await sh(client, wid, "stat -c '%a %u' run.sh empty") == "755 1000\n644 1000\n"
+        await client.delete(f"/api/workspaces/{wid}", params={"purge": "true"})

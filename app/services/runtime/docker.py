@@ -61,7 +61,8 @@ from app.services.runtime.common import (
     resolve_container_user,
     wait_until_ready,
 )
-from app.services.runtime.docker_volume import DockerVolumeFiles, volume_name
+from app.services.runtime.docker_adopt import adopt
+from app.services.runtime.docker_volume import DockerVolumeFiles, helper_name, volume_name
 from app.services.runtime.ide_secret import password_auth_overrides
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 from app.settings import WorkspaceEgress
@@ -437,6 +438,7 @@ class DockerRuntime:
         if spec.storage.kind == "volume":
             files = self.volume_files(spec.id, image=spec.image, hub_id=spec.hub_id)
             await files.ensure_project(container.id)
+            await adopt(files, self.workspaces_dir / spec.id)  # a directory from before volumes, if any
 
     async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
         """Force-remove the container (only ``container_id`` when given); ``purge``: its volume (and any
@@ -445,6 +447,9 @@ class DockerRuntime:
         bound = await self._bound_dirs(workspace_id) if purge else []
         with ds.engine_errors(self.docker_url):
             await self._delete_quietly(container_id or container_name(workspace_id))
+            if container_id is None:  # the workspace goes: its file helper too (made again on demand)
+                await self._delete_quietly(helper_name(workspace_id))
+                self._storage_ready.discard(workspace_id)
         if purge:
             await self.volume_files(workspace_id).purge()
             self._storage_locks.pop(workspace_id, None)

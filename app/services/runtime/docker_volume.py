@@ -25,10 +25,7 @@ import logging
 import os
 import secrets
 import tarfile
-import tempfile
-import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,65 +34,27 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from app import metrics
-from app.errors import Conflict, DomainError, NotFound
-from app.services.files.paths import bad_path, join, os_error
+from app.errors import Conflict, NotFound
+from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.base import LABEL_HUB, LABEL_WORKSPACE
 from app.services.runtime.docker_support import engine_errors
+from app.services.runtime.docker_volume_support import (
+    COMMIT_SCRIPT,
+    LIST_SCRIPT,
+    STAT_SCRIPT,
+    failure,
+    message,
+    mode_kind,
+    remote_stat,
+    tar_entries,
+    tar_tree,
+)
 
 log = logging.getLogger(__name__)
 LABEL_STORAGE = "codehub.storage"
 HELPER_LIFETIME = 900  # seconds a started helper lives; the next file operation starts it again
 LIST_OUTPUT_LIMIT = 64 << 20
-_GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
-
-COMMIT_SCRIPT = r"""
-root=$1; shift; n=0; failed=""
-while [ $# -gt 0 ]; do
-  tmp=$1; dst=$2; bak=$3; shift 3
-  if [ -d "$dst" ] && [ ! -L "$dst" ]; then failed="is a directory: ${dst#$root/}"; break; fi
-  if [ -e "$dst" ] || [ -L "$dst" ]; then
-    ln -- "$dst" "$bak" 2>/dev/null || mv -f -- "$dst" "$bak" || { failed="cannot back up ${dst#$root/}"; break; }
-  else bak=-; fi
-  n=$((n+1)); eval "t_$n=\$tmp d_$n=\$dst b_$n=\$bak"
-  if [ "$tmp" = - ]; then
-    [ ! -e "$dst" ] && [ ! -L "$dst" ] || rm -f -- "$dst" || { failed="cannot delete ${dst#$root/}"; break; }
-  else
-    mv -f -T -- "$tmp" "$dst" || { failed="cannot write ${dst#$root/}"; break; }
-    eval "t_$n=-"
-  fi
-done
-if [ -n "$failed" ]; then
-  while [ $n -gt 0 ]; do
-    eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-    if [ "$bak" != - ]; then mv -f -T -- "$bak" "$dst"; elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
-    n=$((n-1))
-  done
-  for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
-  echo "$failed" >&2; exit 3
-fi
-while [ $n -gt 0 ]; do
-  eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-  [ "$bak" = - ] || rm -f -- "$bak"
-  if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
-  n=$((n-1))
-done
-"""
-STAT_SCRIPT = r"""
-for p; do
-  if [ -L "$p" ]; then printf '%s\0%s\0' "$(stat -c '%f %s %Y' -- "$p")" "$(readlink -- "$p")"
-  elif [ -e "$p" ]; then printf '%s\0\0' "$(stat -c '%f %s %Y' -- "$p")"
-  else printf -- '-\0\0'; fi
-done
-"""
-LIST_SCRIPT = r"""
-cd "$1" || exit 4
-if [ "$3" = 1 ]; then
-  find . -mindepth 1 -maxdepth "$2" -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
-else
-  find . -mindepth 1 -maxdepth "$2" -name .git -prune -o -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
-fi
-"""
 
 
 def volume_name(workspace_id: str) -> str:
@@ -155,7 +114,7 @@ class DockerVolumeFiles:
         if self.workspace_id in self._ready:
             return
         if await self._stat(container, self.project) is None:
-            await self._put(self.home, _tar([(("project",), None, 0o755)], self.user, prefix=()), container)
+            await self._put(self.home, tar_entries([(("project",), None, 0o755)], self.user, prefix=()), container)
 
     async def ensure(self) -> None:
         """Volume, helper and an empty project (owned by the workspace user), each made once."""
@@ -230,7 +189,7 @@ class DockerVolumeFiles:
             except DockerError as exc:
                 if exc.status != 404:
                     log.warning("volume of %s not removed: %s", self.workspace_id, exc.message)
-                raise Conflict("the workspace's volume is still in use", code="storage_busy") from exc
+                    raise Conflict("the workspace's volume is still in use", code="storage_busy") from exc
 
     # -- primitives -------------------------------------------------------------------------------------
 
@@ -246,7 +205,7 @@ class DockerVolumeFiles:
                         f"containers/{container}/archive", method="HEAD", params={"path": path}
                     ) as response:
                         header = response.headers["X-Docker-Container-Path-Stat"]
-                found = _remote_stat(json.loads(base64.b64decode(header)))
+                found = remote_stat(json.loads(base64.b64decode(header)))
             except ValueError:
                 found = None  # an error answer to HEAD has no body: missing, or a link Docker cannot follow
             except DockerError as exc:
@@ -310,7 +269,7 @@ class DockerVolumeFiles:
         code, out, err = await self.run(["sh", "-c", STAT_SCRIPT, "sh", *map(self.path, paths)])
         fields = out.decode("utf-8", "surrogateescape").split("\0")
         if code != 0 or len(fields) < 2 * len(paths):
-            raise Conflict(f"the files could not be examined: {_message(err)}", code="io_error")
+            raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
         found: dict[tuple[str, ...], RemoteStat | None] = {}
         for index, parts in enumerate(paths):
             line, target = fields[2 * index], fields[2 * index + 1]
@@ -319,7 +278,7 @@ class DockerVolumeFiles:
                 continue
             mode_hex, size, mtime = line.split()
             mode = int(mode_hex, 16)
-            found[parts] = RemoteStat(_kind(mode), int(size), mode & 0o7777, float(mtime), target)
+            found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
         return found
 
     async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
@@ -327,7 +286,7 @@ class DockerVolumeFiles:
         names = {self.path(parts).lstrip("/"): parts for parts in paths}
         code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", *names])
         if code != 0:
-            raise Conflict(f"the files could not be read: {_message(err)}", code="io_error")
+            raise Conflict(f"the files could not be read: {message(err)}", code="io_error")
         found: dict[tuple[str, ...], bytes] = {}
         with tarfile.open(fileobj=io.BytesIO(out)) as archive:
             for member in archive:
@@ -357,7 +316,7 @@ class DockerVolumeFiles:
         for name, line in zip(names, stats, strict=True):
             mode_hex, size, mtime = line.split()
             mode = int(mode_hex, 16)
-            found.append((name, RemoteStat(_kind(mode), int(size), mode & 0o7777, float(mtime))))
+            found.append((name, RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime))))
         return found
 
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
@@ -373,11 +332,11 @@ class DockerVolumeFiles:
                 tmp = self.path(temp)
             argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
         if staged:
-            await self._put(self.project, _tar(staged, self.user, prefix=()))
+            await self._put(self.project, tar_entries(staged, self.user, prefix=()))
         code, _out, err = await self.run(argv)
         if code != 0:
             await self._remove_dirs(new_dirs)
-            raise Conflict(f"the change was not written: {_message(err)}", code="io_error")
+            raise Conflict(f"the change was not written: {message(err)}", code="io_error")
 
     async def _remove_dirs(self, dirs: Sequence[tuple[str, ...]]) -> None:
         if dirs:
@@ -391,7 +350,7 @@ class DockerVolumeFiles:
         argv = ["rmdir", "--", self.path(parts)] if kind == "dir" else ["rm", "-f", "--", self.path(parts)]
         code, _out, err = await self.run(argv)
         if code != 0:
-            raise _failure(err, join(parts))
+            raise failure(err, join(parts))
 
     async def move(self, source: tuple[str, ...], target: tuple[str, ...], new_dirs: Sequence[tuple[str, ...]]) -> None:
         """``mkdir`` the new parents, then ``mv -T`` in the helper."""
@@ -400,12 +359,12 @@ class DockerVolumeFiles:
         code, _out, err = await self.run(argv)
         if code != 0:
             await self._remove_dirs(new_dirs)
-            raise _failure(err, join(target))
+            raise failure(err, join(target))
 
     async def upload(self, directory: Path) -> None:
         """Tar a local tree (owned by the workspace user) and ``PUT`` it into the project."""
         user = self.user
-        tmp = await anyio.to_thread.run_sync(lambda: _tar_tree(directory, user))
+        tmp = await anyio.to_thread.run_sync(lambda: tar_tree(directory, user))
         try:
             handle = await anyio.to_thread.run_sync(open, tmp, "rb")
             try:
@@ -458,79 +417,6 @@ class DockerVolumeFiles:
                     code = (await execution.inspect()).get("ExitCode")
             return int(code if code is not None else 1), bytes(out), bytes(err)
         raise Conflict("the file helper did not start", code="storage_error")
-
-
-_KINDS: dict[int, NodeKind] = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
-
-
-def _kind(mode: int) -> NodeKind:
-    return _KINDS.get(mode & 0o170000, "other")
-
-
-def _remote_stat(raw: dict[str, Any]) -> RemoteStat:
-    """A stat from Docker's path-stat header (Go ``os.FileMode`` bits)."""
-    mode = int(raw.get("mode") or 0)
-    if mode & _GO_DIR:
-        kind: NodeKind = "dir"
-    elif mode & _GO_LINK:
-        kind = "symlink"
-    elif mode & _GO_OTHER:
-        kind = "other"
-    else:
-        kind = "file"
-    mtime = datetime.fromisoformat(str(raw.get("mtime") or "1970-01-01T00:00:00+00:00").replace("Z", "+00:00"))
-    return RemoteStat(
-        kind, int(raw.get("size") or 0), mode & 0o777, mtime.timestamp(), str(raw.get("linkTarget") or "")
-    )
-
-
-def _tar(
-    entries: Sequence[tuple[tuple[str, ...], bytes | None, int]], user: tuple[int, int], *, prefix: tuple[str, ...]
-) -> bytes:
-    """A tar of directories (``None``) and files, owned by ``user``."""
-    buffer, now = io.BytesIO(), time.time()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for parts, data, mode in entries:
-            info = tarfile.TarInfo("/".join((*prefix, *parts)))
-            info.uid, info.gid, info.mode, info.mtime = user[0], user[1], mode, now
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _tar_tree(directory: Path, user: tuple[int, int]) -> str:
-    """A temporary tar file of ``directory``'s contents (links kept as links), owned by ``user``."""
-
-    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid, info.gid, info.uname, info.gname = user[0], user[1], "", ""
-        return info
-
-    handle, path = tempfile.mkstemp(prefix="codehub-upload-", suffix=".tar")
-    with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for entry in sorted(directory.iterdir()):
-            archive.add(entry, arcname=entry.name, recursive=True, filter=owned)
-    return path
-
-
-def _message(err: bytes) -> str:
-    text = err.decode("utf-8", "replace").strip().splitlines()
-    return text[-1][:300] if text else "the file helper failed"
-
-
-def _failure(err: bytes, path: str) -> DomainError:
-    """The error a failed helper command means (as the local backend's ``os_error`` would say)."""
-    text = err.decode("utf-8", "replace")
-    if "not empty" in text:
-        return os_error(OSError(39, "Directory not empty"), path)
-    if "No such file" in text:
-        return os_error(OSError(2, "No such file or directory"), path)
-    if "Permission denied" in text:
-        return os_error(OSError(13, "Permission denied"), path)
-    return Conflict(f"{path!r}: {_message(err)}", code="io_error")
 
 
 __all__ = ["LABEL_STORAGE", "DockerVolumeFiles", "helper_name", "volume_name"]

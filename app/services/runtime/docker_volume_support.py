@@ -1,0 +1,153 @@
+"""Pure parts of the Docker volume storage: the helper's shell scripts, Docker's stat header, tars, errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from app.errors import Conflict, DomainError
+from app.services.files.paths import os_error
+from app.services.files.remote import NodeKind, RemoteStat
+
+_GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
+
+COMMIT_SCRIPT = r"""
+root=$1; shift; n=0; failed=""
+while [ $# -gt 0 ]; do
+  tmp=$1; dst=$2; bak=$3; shift 3
+  if [ -d "$dst" ] && [ ! -L "$dst" ]; then failed="is a directory: ${dst#$root/}"; break; fi
+  if [ -e "$dst" ] || [ -L "$dst" ]; then
+    ln -- "$dst" "$bak" 2>/dev/null || mv -f -- "$dst" "$bak" || { failed="cannot back up ${dst#$root/}"; break; }
+  else bak=-; fi
+  n=$((n+1)); eval "t_$n=\$tmp d_$n=\$dst b_$n=\$bak"
+  if [ "$tmp" = - ]; then
+    [ ! -e "$dst" ] && [ ! -L "$dst" ] || rm -f -- "$dst" || { failed="cannot delete ${dst#$root/}"; break; }
+  else
+    mv -f -T -- "$tmp" "$dst" || { failed="cannot write ${dst#$root/}"; break; }
+    eval "t_$n=-"
+  fi
+done
+if [ -n "$failed" ]; then
+  while [ $n -gt 0 ]; do
+    eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
+    if [ "$bak" != - ]; then mv -f -T -- "$bak" "$dst"; elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
+    n=$((n-1))
+  done
+  for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
+  echo "$failed" >&2; exit 3
+fi
+while [ $n -gt 0 ]; do
+  eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
+  [ "$bak" = - ] || rm -f -- "$bak"
+  if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
+  n=$((n-1))
+done
+"""
+STAT_SCRIPT = r"""
+for p; do
+  if [ -L "$p" ]; then printf '%s\0%s\0' "$(stat -c '%f %s %Y' -- "$p")" "$(readlink -- "$p")"
+  elif [ -e "$p" ]; then printf '%s\0\0' "$(stat -c '%f %s %Y' -- "$p")"
+  else printf -- '-\0\0'; fi
+done
+"""
+LIST_SCRIPT = r"""
+cd "$1" || exit 4
+if [ "$3" = 1 ]; then
+  find . -mindepth 1 -maxdepth "$2" -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
+else
+  find . -mindepth 1 -maxdepth "$2" -name .git -prune -o -print0 -exec sh -c 'stat -c "%f %s %Y" -- "$@" >&2' sh {} +
+fi
+"""
+
+
+KINDS: dict[int, NodeKind] = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+
+
+def mode_kind(mode: int) -> NodeKind:
+    return KINDS.get(mode & 0o170000, "other")
+
+
+def remote_stat(raw: dict[str, Any]) -> RemoteStat:
+    """A stat from Docker's path-stat header (Go ``os.FileMode`` bits)."""
+    mode = int(raw.get("mode") or 0)
+    if mode & _GO_DIR:
+        kind: NodeKind = "dir"
+    elif mode & _GO_LINK:
+        kind = "symlink"
+    elif mode & _GO_OTHER:
+        kind = "other"
+    else:
+        kind = "file"
+    mtime = datetime.fromisoformat(str(raw.get("mtime") or "1970-01-01T00:00:00+00:00").replace("Z", "+00:00"))
+    return RemoteStat(
+        kind, int(raw.get("size") or 0), mode & 0o777, mtime.timestamp(), str(raw.get("linkTarget") or "")
+    )
+
+
+def tar_entries(
+    entries: Sequence[tuple[tuple[str, ...], bytes | None, int]], user: tuple[int, int], *, prefix: tuple[str, ...]
+) -> bytes:
+    """A tar of directories (``None``) and files, owned by ``user``."""
+    buffer, now = io.BytesIO(), time.time()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for parts, data, mode in entries:
+            info = tarfile.TarInfo("/".join((*prefix, *parts)))
+            info.uid, info.gid, info.mode, info.mtime = user[0], user[1], mode, now
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def tar_tree(directory: Path, user: tuple[int, int]) -> str:
+    """A temporary tar file of ``directory``'s contents (links kept as links), owned by ``user``."""
+
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = user[0], user[1], "", ""
+        return info
+
+    handle, path = tempfile.mkstemp(prefix="codehub-upload-", suffix=".tar")
+    with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for entry in sorted(directory.iterdir()):
+            archive.add(entry, arcname=entry.name, recursive=True, filter=owned)
+    return path
+
+
+def message(err: bytes) -> str:
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    return text[-1][:300] if text else "the file helper failed"
+
+
+def failure(err: bytes, path: str) -> DomainError:
+    """The error a failed helper command means (as the local backend's ``os_error`` would say)."""
+    text = err.decode("utf-8", "replace")
+    if "not empty" in text:
+        return os_error(OSError(39, "Directory not empty"), path)
+    if "No such file" in text:
+        return os_error(OSError(2, "No such file or directory"), path)
+    if "Permission denied" in text:
+        return os_error(OSError(13, "Permission denied"), path)
+    return Conflict(f"{path!r}: {message(err)}", code="io_error")
+
+
+__all__ = [
+    "COMMIT_SCRIPT",
+    "LIST_SCRIPT",
+    "STAT_SCRIPT",
+    "failure",
+    "message",
+    "mode_kind",
+    "remote_stat",
+    "tar_entries",
+    "tar_tree",
+]
