@@ -4,10 +4,13 @@ If-Match / If-None-Match, listings, moves and deletes, and patches applied to ev
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+import anyio
 import pytest
 
 from app.errors import Conflict, DomainError, NotFound, PreconditionFailed
+from app.services.ai.context import CodeContext, build_context
 from app.services.files.patches import PatchLimits
 from tests.support.storage import Backend
 
@@ -98,3 +101,21 @@ def test_patches_apply_to_every_file_or_to_none(backend: Backend) -> None:
     assert backend.kind_of("src/deep/data.txt") is None and backend.kind_of("src/deep") is None
     linked = "--- a/link_in/main.py\n+++ b/link_in/main.py\n@@ -1 +1 @@\n-print('hello')\n+x\n"
     assert not call(s.validate_patch, linked, limits=limits).ok  # patches follow no link
+
+
+def test_ai_context_reads_through_the_storage(backend: Backend) -> None:
+    s, call = backend.storage, backend.call
+    call(s.write_file, "src/util.py", b"def helper():\n    return 1\n")
+    call(s.write_file, "src/app.py", b"from util import helper\n\nprint(helper())\n")
+
+    async def build() -> CodeContext:
+        root, view = s.local_root, None if s.local_root is not None else s.blocking()
+        return await anyio.to_thread.run_sync(
+            lambda: build_context(root or Path("."), "src/app.py", view=view, cache=None, targets=None)
+        )
+
+    context = backend.portal.call(build)
+    assert context.file.content.startswith("from util import helper")
+    related = {snippet.path: snippet.reason for snippet in context.related}
+    assert related.get("src/util.py") in ("import", "neighbour")
+    assert "src/main.py" in related  # a neighbour, listed through the storage
