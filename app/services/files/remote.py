@@ -151,7 +151,9 @@ class Mirror:
         if found.kind == "file" and content is not None and found.size <= content:
             data = await self.files.read(parts, content)
             self.fetched.add(parts)
-        await anyio.to_thread.run_sync(_materialize, self.local(parts), found, data)
+        # a file not fetched is only ever sized: up to one byte past the limit is all a size check needs
+        size = min(found.size, (content or 0) + 1)
+        await anyio.to_thread.run_sync(_materialize, self.local(parts), found, data, size)
         return found
 
     async def prefetch(self, paths: Sequence[tuple[str, ...]], content: int) -> None:
@@ -176,7 +178,8 @@ class Mirror:
         for parts in reached:
             entry = self.seen[parts]
             if entry is not None:
-                await anyio.to_thread.run_sync(_materialize, self.local(parts), entry, datas.get(parts))
+                size = min(entry.size, content + 1)
+                await anyio.to_thread.run_sync(_materialize, self.local(parts), entry, datas.get(parts), size)
 
     async def children(self, parts: tuple[str, ...]) -> None:
         """Mirror whether a directory is empty (one placeholder entry when it is not)."""
@@ -188,8 +191,8 @@ class Mirror:
         return {parts for parts, found in self.seen.items() if found is not None and found.kind == "dir"} | {()}
 
 
-def _materialize(path: Path, found: RemoteStat, data: bytes | None) -> None:
-    """Create ``path`` as the kind of entry ``found`` is (contents when given, else a sparse file of its size)."""
+def _materialize(path: Path, found: RemoteStat, data: bytes | None, size: int) -> None:
+    """Create ``path`` as the kind of entry ``found`` is (contents when given, else a sparse file of ``size``)."""
     if found.kind == "dir":
         path.mkdir(exist_ok=True)
         return
@@ -207,7 +210,7 @@ def _materialize(path: Path, found: RemoteStat, data: bytes | None) -> None:
         if data is not None:
             fh.write(data)
         else:
-            fh.truncate(found.size)
+            fh.truncate(size)
     os.chmod(path, found.mode & 0o7777)
     os.utime(path, (found.mtime, found.mtime))
 
