@@ -1,4 +1,4 @@
-"""SQLAlchemy models: the deployment, users, tokens, identities and groups, servers, templates, workspaces, audit, quotas."""
+"""SQLAlchemy models: deployment, users, tokens, identities, groups, servers, templates, workspaces, audit, quotas."""
 
 from __future__ import annotations
 

@@ -154,11 +154,6 @@ async def clone(
         raise CloneFailed(f"git clone failed: {redact(message, password, user if password else None)}")
 
 
-def is_empty(dest: Path) -> bool:
-    """True when ``dest`` is missing or has no entries."""
-    return not dest.exists() or not any(dest.iterdir())
-
-
 def _empty_dir(dest: Path) -> None:
     if not dest.exists():
         return

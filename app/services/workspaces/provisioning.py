@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import anyio
-
 from app.errors import Conflict
 from app.models import Workspace, WorkspaceState
 from app.services.auth.access import Principal
 from app.services.runtime.engines import Engines
-from app.services.workspaces import git
 from app.services.workspaces.lifecycle import CLONING, Lifecycle
 from app.services.workspaces.records import check_git_url, split_git_credentials
 from app.services.workspaces.servers import ServerService
@@ -80,8 +77,7 @@ class Provisioning:
             )
         if ws.state_reason == CLONING:
             raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
-        directory = self._lifecycle.workspace_dir(ws.id)
-        if not await anyio.to_thread.run_sync(git.is_empty, directory):
+        if not await (await self._lifecycle.storage_for(ws)).is_empty():
             raise Conflict(
                 "the workspace's files already hold a clone: change its remote inside the workspace "
                 "(git remote set-url), or delete the workspace with its files and create it again",
