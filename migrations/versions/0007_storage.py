@@ -1,7 +1,7 @@
 """deployment identity: the hub id created with the database
 
-Revision ID: 0004
-Revises: 0001
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-05
 """
 
@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0007"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
