@@ -73,7 +73,8 @@ class IdentityService:
             await session.commit()
         role = self._role_for(identity, user.role)
         if role != user.role:
-            user = await self._auth.update_user(user.id, role=role)  # drops the user's cached tokens everywhere
+            # drops the user's cached tokens everywhere
+            user = await self._auth.update_user(user.id, role=role, keep_an_admin=False)
         return user
 
     def _role_for(self, identity: OidcIdentity, current: str) -> str:

@@ -116,11 +116,14 @@ class AuthService:
         disabled: bool | None = None,
         password: str | None = None,
         actor_id: int | None = None,
+        keep_an_admin: bool = True,
     ) -> User:
         """Change role, disabled flag or password; cached tokens of the user are dropped.
 
-        409 when ``actor_id`` (the admin asking) would disable or demote themselves, or when the change
-        would leave no enabled admin: nobody could manage the hub any more.
+        409 when ``actor_id`` (the admin asking) would disable or demote themselves, or (``keep_an_admin``)
+        when the change would leave no enabled admin: nobody could manage the hub any more. The identity
+        provider's group sync passes ``keep_an_admin=False``: there the provider decides, and the CLI still
+        makes a break-glass admin.
         """
         if role is not None and role not in ROLES:
             raise Unprocessable(f"role must be one of {', '.join(ROLES)}", code="bad_role")
@@ -134,7 +137,7 @@ class AuthService:
             loses_admin = user.is_admin and not user.disabled and (disabled is True or role not in (None, "admin"))
             if loses_admin and actor_id == user_id:
                 raise Conflict("you cannot disable or demote yourself: ask another admin", code="self_demotion")
-            if loses_admin:
+            if loses_admin and keep_an_admin:
                 admins = await session.scalar(
                     select(func.count(User.id)).where(User.role == "admin", User.disabled.is_(False))
                 )
