@@ -172,14 +172,25 @@ class ServersController(Controller):
         "/workspaces/{workspace_id:str}/place",
         status_code=HTTP_200_OK,
         operation_id="adminPlaceWorkspace",
-        responses=error_responses(401, 403, 404, 409, 422),
+        responses=error_responses(401, 403, 404, 409, 422, 502, 503),
     )
     async def place(
         self, request: Request[Any, Any, Any], workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
     ) -> WorkspaceOut:
-        """Move a stopped (or created/failed) workspace to another server."""
-        ws = await ctx.servers.place(workspace_id, data.server_id)
-        await ctx.audit.record(
-            audit_entry(request.scope, "workspace.place", principal, workspace_id=ws.id, target=data.server_id)
+        """Move a stopped (or created/failed) workspace to another server, its volume verified by a manifest."""
+        placed = await ctx.servers.place(workspace_id, data.server_id)
+        manifest = placed.manifest
+        details = (
+            {"manifest_sha256": manifest.sha256, "entries": manifest.files, "bytes": manifest.size} if manifest else {}
         )
-        return WorkspaceOut.of(ws)
+        await ctx.audit.record(
+            audit_entry(
+                request.scope,
+                "workspace.place",
+                principal,
+                workspace_id=workspace_id,
+                target=data.server_id,
+                details=details,
+            )
+        )
+        return WorkspaceOut.of(placed.workspace)

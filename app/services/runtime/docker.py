@@ -420,10 +420,13 @@ class DockerRuntime:
             ready=self._storage_ready,
         )
 
+    def storage_lock(self, workspace_id: str) -> anyio.Lock:
+        """The lock this hub's file operations on the workspace hold (a move holds it too)."""
+        return self._storage_locks.setdefault(workspace_id, anyio.Lock())
+
     def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
         """The workspace's volume, worked on by the hub through the volume's engine."""
-        lock = self._storage_locks.setdefault(workspace_id, anyio.Lock())
-        return RemoteStorage(self.volume_files(workspace_id, image=image), lock)
+        return RemoteStorage(self.volume_files(workspace_id, image=image), self.storage_lock(workspace_id))
 
     async def _prepare_storage(self, spec: WorkspaceSpec) -> None:
         """The volume exists (labelled) before the container mounts it; kept across starts."""

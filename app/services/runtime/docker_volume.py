@@ -125,7 +125,10 @@ class DockerVolumeFiles:
         await self.ensure_project(helper_name(self.workspace_id))
         self._ready.add(self.workspace_id)
 
-    def _helper_config(self) -> dict[str, Any]:
+    def _helper_config(self, *, nocopy: bool = False) -> dict[str, Any]:
+        mount: dict[str, Any] = {"Type": "volume", "Source": volume_name(self.workspace_id), "Target": self.home}
+        if nocopy:  # a volume that is to receive a copy must not get the image's home first
+            mount["VolumeOptions"] = {"NoCopy": True}
         return {
             "Image": self.image,
             "Entrypoint": ["sleep"],
@@ -134,7 +137,7 @@ class DockerVolumeFiles:
             "WorkingDir": self.home,
             "Labels": {LABEL_HUB: self.hub_id, LABEL_STORAGE: self.workspace_id},
             "HostConfig": {
-                "Mounts": [{"Type": "volume", "Source": volume_name(self.workspace_id), "Target": self.home}],
+                "Mounts": [mount],
                 "NetworkMode": "none",
                 "ReadonlyRootfs": True,
                 "CapDrop": ["ALL"],
@@ -146,7 +149,25 @@ class DockerVolumeFiles:
             },
         }
 
-    async def _helper(self, *, start: bool) -> Any:
+    async def volume_exists(self) -> bool:
+        """True when the workspace's volume exists on this engine."""
+        with engine_errors(self.docker_url):
+            try:
+                with metrics.docker_call("volume_inspect"):
+                    await self.docker._query_json(f"volumes/{volume_name(self.workspace_id)}")
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+                return False
+        return True
+
+    async def helper(self, *, nocopy: bool = False) -> str:
+        """The helper's name, created (not started) if missing; ``nocopy``: mount the volume without the
+        image's home copied into it (a volume about to receive a copy)."""
+        await self._helper(start=False, nocopy=nocopy)
+        return helper_name(self.workspace_id)
+
+    async def _helper(self, *, start: bool, nocopy: bool = False) -> Any:
         """The helper container (created if missing; started when ``start``)."""
         name = helper_name(self.workspace_id)
         container = self.docker.containers.container(name)
@@ -159,7 +180,7 @@ class DockerVolumeFiles:
                     raise
                 try:
                     with metrics.docker_call("create"):
-                        container = await self.docker.containers.create(self._helper_config(), name=name)
+                        container = await self.docker.containers.create(self._helper_config(nocopy=nocopy), name=name)
                 except DockerError as created:
                     if created.status != 409:
                         log.warning("file helper of %s not created: %s", self.workspace_id, created.message)

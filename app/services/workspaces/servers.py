@@ -18,6 +18,7 @@ from app.events import EventPublisher
 from app.models import Server, Workspace, WorkspaceState, utcnow
 from app.services.groups.limits import admits, checked_group_ids, member_group_ids
 from app.services.runtime.base import EngineInfo
+from app.services.runtime.docker_move import Manifest, MoveProgress, move_volume
 from app.services.runtime.engines import Engines
 from app.services.workspaces.records import publish_lifecycle
 
@@ -186,34 +187,75 @@ class ServerService:
         best = min(loads, key=lambda ld: (ld.running, ld.placed / max(ld.server.max_workspaces, 1), ld.server.name))
         return best.server.id
 
-    async def place(self, workspace_id: str, server_id: str) -> Workspace:
-        """Move a workspace that is not running to another server (whose group limit lets its owner in)."""
+    async def place(self, workspace_id: str, server_id: str) -> Placement:
+        """Move a workspace that is not running to another server (whose group limit lets its owner in).
+
+        Its volume goes with it when the server is another engine: copied engine to engine, verified by a
+        manifest, and only then is the workspace switched and the old volume removed (``workspace.moving``
+        events report the copy). A failed copy leaves the workspace whole where it was."""
         async with self._sessionmaker() as session:
-            owner_id = await session.scalar(select(Workspace.owner_id).where(Workspace.id == workspace_id))
-        await self.choose(server_id, for_user=owner_id)
-        async with self._sessionmaker() as session:
-            result = await session.scalars(
-                update(Workspace)
-                .where(Workspace.id == workspace_id, Workspace.state.in_(PLACEABLE_STATES))
-                .values(
-                    server_id=server_id,
-                    runtime=self._engines.server_kind,
-                    container_id=None,
-                    endpoint=None,
-                    updated_at=utcnow(),
-                )
-                .returning(Workspace)
-            )
-            ws = result.one_or_none()
-            await session.commit()
-            if ws is None:
-                current = await session.get(Workspace, workspace_id)
-        if ws is None:
-            if current is None:
-                raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+            current = await session.get(Workspace, workspace_id)
+        if current is None:
+            raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+        await self.choose(server_id, for_user=current.owner_id)
+        if current.state not in PLACEABLE_STATES:
             raise Conflict(f"workspace is {current.state}; stop it before placing it", code="workspace_busy")
-        await publish_lifecycle(self._events, ws, "workspace.placed", server_id=server_id)
-        return ws
+        switched: list[Workspace] = []
+
+        async def switch(_manifest: Manifest | None) -> bool:
+            async with self._sessionmaker() as session:
+                result = await session.scalars(
+                    update(Workspace)
+                    .where(
+                        Workspace.id == workspace_id,
+                        Workspace.state.in_(PLACEABLE_STATES),
+                        Workspace.generation == current.generation,
+                    )
+                    .values(
+                        server_id=server_id,
+                        runtime=self._engines.server_kind,
+                        container_id=None,
+                        endpoint=None,
+                        generation=Workspace.generation + 1,
+                        updated_at=utcnow(),
+                    )
+                    .returning(Workspace)
+                )
+                switched.extend(result)
+                await session.commit()
+            return bool(switched)
+
+        async def progress(step: MoveProgress) -> None:
+            await publish_lifecycle(
+                self._events,
+                current,
+                "workspace.moving",
+                server_id=server_id,
+                bytes_done=step.bytes_done,
+                files_done=step.files_done,
+            )
+
+        manifest: Manifest | None = None
+        if current.server_id is not None and current.server_id != server_id:
+            source = await self._engines.for_server(current.server_id)
+            target = await self._engines.for_server(server_id)
+            manifest = await move_volume(
+                source, target, workspace_id, image=current.image, progress=progress, switch=switch
+            )
+        elif not await switch(None):
+            raise Conflict("the workspace changed while it was placed; try again", code="workspace_changed")
+        ws = switched[0]
+        extra = {"manifest_sha256": manifest.sha256, "files": manifest.files} if manifest else {}
+        await publish_lifecycle(self._events, ws, "workspace.placed", server_id=server_id, **extra)
+        return Placement(ws, manifest)
+
+
+@dataclass(slots=True)
+class Placement:
+    """A placed workspace and, when its volume moved, the verified manifest of what moved."""
+
+    workspace: Workspace
+    manifest: Manifest | None
 
 
 def _has_labels(server: Server, labels: dict[str, str]) -> bool:
