@@ -88,6 +88,8 @@ class PlaceBody(Body):
     """Where to move a workspace that is not running."""
 
     server_id: ShortId
+    leave_files: bool = False
+    """Place it without moving its files (they stay on the old engine): for an engine that no longer answers."""
 
 
 class ServersController(Controller):
@@ -178,10 +180,12 @@ class ServersController(Controller):
         self, request: Request[Any, Any, Any], workspace_id: str, data: PlaceBody, ctx: AppContext, principal: Principal
     ) -> WorkspaceOut:
         """Move a stopped (or created/failed) workspace to another server, its volume verified by a manifest."""
-        placed = await ctx.servers.place(workspace_id, data.server_id)
+        placed = await ctx.servers.place(workspace_id, data.server_id, leave_files=data.leave_files)
         manifest = placed.manifest
         details = (
-            {"manifest_sha256": manifest.sha256, "entries": manifest.files, "bytes": manifest.size} if manifest else {}
+            {"manifest_sha256": manifest.sha256, "entries": manifest.files, "bytes": manifest.size}
+            if manifest
+            else {"leave_files": data.leave_files}
         )
         await ctx.audit.record(
             audit_entry(

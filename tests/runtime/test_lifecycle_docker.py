@@ -110,6 +110,10 @@ async def test_servers_api_and_placement(hub: Hub) -> None:
         r = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
         assert r.json()["state"] == "failed" and "tcp://127.0.0.1:1" in r.json()["state_reason"]
         r = await client.post(f"/api/admin/workspaces/{ws['id']}/place", json={"server_id": local["id"]})
+        assert r.status_code == 503 and r.json()["error"] == "source_unreachable"  # its files cannot come along
+        r = await client.post(
+            f"/api/admin/workspaces/{ws['id']}/place", json={"server_id": local["id"], "leave_files": True}
+        )
         assert r.status_code == 200
         r = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
         assert r.json()["state"] == "running"

@@ -26,8 +26,8 @@ from aiodocker.exceptions import DockerError
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from app import metrics
-from app.errors import BadGateway, Conflict, DomainError
-from app.services.runtime.base import WorkspaceRuntime
+from app.errors import BadGateway, Conflict, DomainError, ServiceUnavailable
+from app.services.runtime.base import RuntimeUnavailable, WorkspaceRuntime
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.docker_volume import DockerVolumeFiles
 
@@ -277,7 +277,15 @@ async def move_volume(
         return None
     async with source.storage_lock(workspace_id):
         from_files = source.volume_files(workspace_id, image=image)
-        if not await from_files.volume_exists():
+        try:
+            exists = await from_files.volume_exists()
+        except RuntimeUnavailable as exc:
+            raise ServiceUnavailable(
+                "the workspace's engine does not answer, so its files cannot be moved; place it with "
+                "leave_files=true to move it without them (they stay on that engine)",
+                code="source_unreachable",
+            ) from exc
+        if not exists:
             await _switched(switch, None)
             return None
         to_files = target.volume_files(workspace_id, image=image)

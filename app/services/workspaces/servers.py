@@ -187,12 +187,13 @@ class ServerService:
         best = min(loads, key=lambda ld: (ld.running, ld.placed / max(ld.server.max_workspaces, 1), ld.server.name))
         return best.server.id
 
-    async def place(self, workspace_id: str, server_id: str) -> Placement:
+    async def place(self, workspace_id: str, server_id: str, *, leave_files: bool = False) -> Placement:
         """Move a workspace that is not running to another server (whose group limit lets its owner in).
 
         Its volume goes with it when the server is another engine: copied engine to engine, verified by a
         manifest, and only then is the workspace switched and the old volume removed (``workspace.moving``
-        events report the copy). A failed copy leaves the workspace whole where it was."""
+        events report the copy). A failed copy leaves the workspace whole where it was. ``leave_files``
+        switches without the volume (it stays on the old engine): for an engine that no longer answers."""
         async with self._sessionmaker() as session:
             current = await session.get(Workspace, workspace_id)
         if current is None:
@@ -236,7 +237,7 @@ class ServerService:
             )
 
         manifest: Manifest | None = None
-        if current.server_id is not None and current.server_id != server_id:
+        if current.server_id is not None and current.server_id != server_id and not leave_files:
             source = await self._engines.for_server(current.server_id)
             target = await self._engines.for_server(server_id)
             manifest = await move_volume(
