@@ -31,6 +31,11 @@ const CODE_FIELD = {
   bad_password: "password",
   unknown_server: "server_id",
   bad_docker_url: "docker_url",
+  unknown_template: "template",
+  template_archived: "template",
+  template_not_allowed: "template",
+  image_missing: "template",
+  image_set: "image",
 };
 
 function errorNode(form, key) {
@@ -95,6 +100,7 @@ export function showApiError(form, err) {
   }
   let key = CODE_FIELD[err.code];
   if (err.code === "bad_resources") key = err.message.startsWith("cpu") ? "cpu" : "memory_mb";
+  if (err.code === "outside_template_bounds") key = err.message.includes("CPU") ? "cpu" : "memory_mb";
   if (key && form.elements[key]) shown = showFieldError(form, key, err.message) || shown;
   if (shown) form.querySelector("[aria-invalid=true]")?.focus();
   return shown;

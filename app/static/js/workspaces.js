@@ -40,6 +40,8 @@ export class WorkspaceList {
     // ids changed by events while a list fetch is in flight: its older snapshot must not undo them
     this.inFlight = new Set();
     $("#create-form").addEventListener("submit", (e) => this.create(e));
+    this.templates = new Map(); // id -> template (newest version) the caller may use
+    $("#create-template").addEventListener("change", () => this.applyTemplate());
     $("#create-more").addEventListener("toggle", (e) => {
       if (e.target.open && this.app.isAdmin) this.loadServers();
     });
@@ -75,6 +77,46 @@ export class WorkspaceList {
     this.sortRows();
     this.renderEmpty();
     this.loadQuota();
+    this.loadTemplates();
+  }
+
+  /** The templates the caller may use (the create form's choice); the chosen one is kept. */
+  async loadTemplates() {
+    let list;
+    try {
+      list = await api("GET", "/api/templates", { quiet: true });
+    } catch {
+      return;
+    }
+    const select = $("#create-template");
+    const keep = select.value;
+    this.templates = new Map(list.map((t) => [t.id, t]));
+    select.replaceChildren(
+      h("option", { value: "" }, "no template"),
+      ...list.map((t) => h("option", { value: t.id }, t.description ? `${t.name}: ${t.description}` : t.name)),
+    );
+    select.value = this.templates.has(keep) ? keep : "";
+    this.applyTemplate();
+  }
+
+  /** Limit the resource fields to the chosen template's bounds; a template brings its own image. */
+  applyTemplate() {
+    const form = $("#create-form");
+    const t = this.templates.get(form.template.value);
+    form.image.disabled = Boolean(t);
+    if (t) form.image.value = "";
+    form.image.placeholder = t ? t.image : "the hub's default";
+    form.cpu.max = t ? String(t.max_cpu) : "";
+    form.memory_mb.max = t ? String(t.max_memory_mb) : "";
+    form.cpu.placeholder = t ? `${t.default_cpu} (up to ${t.max_cpu})` : "hub default";
+    form.memory_mb.placeholder = t ? `${t.default_memory_mb} (up to ${t.max_memory_mb})` : "hub default";
+    if (t) {
+      form.cpu.dataset.help = `This template allows 0.1 to ${t.max_cpu} CPUs.`;
+      form.memory_mb.dataset.help = `This template allows 64 to ${t.max_memory_mb} MiB.`;
+    } else {
+      delete form.cpu.dataset.help;
+      delete form.memory_mb.dataset.help;
+    }
   }
 
   /** The caller's usage against their quota, small beside the title ("3 of 4 running"). */
@@ -372,7 +414,8 @@ export class WorkspaceList {
     }
     if (!checkFields(form, ["name", "image", "git_url", "git_ref", "cpu", "memory_mb"])) return;
     const body = { name };
-    if (form.image.value.trim()) body.image = form.image.value.trim();
+    if (form.template.value) body.template = form.template.value;
+    else if (form.image.value.trim()) body.image = form.image.value.trim();
     if (form.git_url.value.trim()) body.git_url = form.git_url.value.trim();
     if (form.git_ref.value.trim()) body.git_ref = form.git_ref.value.trim();
     if (form.cpu.value) body.cpu = Number(form.cpu.value);
@@ -385,7 +428,10 @@ export class WorkspaceList {
       this.upsert(ws);
       this.sortRows();
       this.renderEmpty();
+      const template = form.template.value;
       form.reset();
+      form.template.value = template;
+      this.applyTemplate();
       this.app.select(ws.id);
       toast(`Workspace ${ws.name} created`, { kind: "info" });
     } catch (err) {
