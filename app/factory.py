@@ -32,7 +32,7 @@ from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
 from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
 from app.controllers.patches import PatchController
-from app.controllers.quotas import AdminQuotasController, OwnQuotaController
+from app.controllers.quotas import AdminGroupQuotasController, AdminQuotasController, OwnQuotaController
 from app.controllers.servers import ServersController
 from app.controllers.sso import SsoController
 from app.controllers.templates import AdminTemplatesController, TemplatesController
@@ -56,6 +56,7 @@ ROUTES: list[Any] = [
     ServersController,
     TemplatesController,
     AdminTemplatesController,
+    AdminGroupQuotasController,
     AdminQuotasController,
     AdminGroupsController,
     OwnQuotaController,

@@ -1,5 +1,5 @@
-"""``/api/admin/users/{id}/quota`` (admins: read, set, drop a user's quota) and ``/api/auth/quota`` (anyone
-signed in: their own limits and usage)."""
+"""``/api/admin/users/{id}/quota`` and ``/api/admin/groups/{id}/quota`` (admins: read, set, drop a user's or a
+group's quota) and ``/api/auth/quota`` (anyone signed in: their own limits and usage)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, put
+from litestar.params import Parameter
 
 from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import Body
 from app.services.auth.access import Principal, audit_entry
-from app.services.quotas.service import Limits, QuotaView
+from app.services.quotas.service import GroupQuotaView, Limits, QuotaView
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+GroupId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="group id")]
 
 
 class QuotaBody(Body):
@@ -25,6 +27,15 @@ class QuotaBody(Body):
     max_running: Count | None = None
     max_cpu: Annotated[float, msgspec.Meta(ge=0, le=100_000)] | None = None
     max_memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] | None = None
+
+
+def _limits(data: QuotaBody) -> Limits:
+    return Limits(
+        max_workspaces=data.max_workspaces,
+        max_running=data.max_running,
+        max_cpu=data.max_cpu,
+        max_memory_mb=data.max_memory_mb,
+    )
 
 
 class AdminQuotasController(Controller):
@@ -44,12 +55,7 @@ class AdminQuotasController(Controller):
         self, request: Request[Any, Any, Any], user_id: int, data: QuotaBody, ctx: AppContext, principal: Principal
     ) -> QuotaView:
         """Give the user a quota of their own (replaces the default and their groups' for them)."""
-        limits = Limits(
-            max_workspaces=data.max_workspaces,
-            max_running=data.max_running,
-            max_cpu=data.max_cpu,
-            max_memory_mb=data.max_memory_mb,
-        )
+        limits = _limits(data)
         view = await ctx.quotas.set_user_quota(user_id, limits)
         await ctx.audit.record(
             audit_entry(
@@ -69,6 +75,47 @@ class AdminQuotasController(Controller):
         """Drop the user's own quota: their groups' or the hub's default applies again."""
         view = await ctx.quotas.clear_user_quota(user_id)
         await ctx.audit.record(audit_entry(request.scope, "admin.quota.drop", principal, target=f"user:{user_id}"))
+        return view
+
+
+class AdminGroupQuotasController(Controller):
+    """A group's quota (admin only): its members without a quota of their own get the most generous of their
+    groups' quotas, limit by limit."""
+
+    path = "/api/admin/groups/{group_id:int}/quota"
+    tags = ["admin"]
+    guards = [requires_admin]
+
+    @get("/", operation_id="adminGetGroupQuota", responses=error_responses(401, 403, 404))
+    async def get_quota(self, group_id: GroupId, ctx: AppContext) -> GroupQuotaView:
+        """The group's quota (``quota: null`` when it sets none)."""
+        return await ctx.quotas.group_view(group_id)
+
+    @put("/", operation_id="adminSetGroupQuota", responses=error_responses(400, 401, 403, 404, 422))
+    async def set_quota(
+        self, request: Request[Any, Any, Any], group_id: GroupId, data: QuotaBody, ctx: AppContext, principal: Principal
+    ) -> GroupQuotaView:
+        """Give the group a quota (a limit left out or ``null`` is unlimited for its members)."""
+        limits = _limits(data)
+        view = await ctx.quotas.set_group_quota(group_id, limits)
+        await ctx.audit.record(
+            audit_entry(
+                request.scope,
+                "admin.quota.set",
+                principal,
+                target=f"group:{group_id}",
+                details=msgspec.to_builtins(limits),
+            )
+        )
+        return view
+
+    @delete("/", status_code=200, operation_id="adminDropGroupQuota", responses=error_responses(401, 403, 404))
+    async def drop_quota(
+        self, request: Request[Any, Any, Any], group_id: GroupId, ctx: AppContext, principal: Principal
+    ) -> GroupQuotaView:
+        """Drop the group's quota: its members fall back to their other groups' or the hub's default."""
+        view = await ctx.quotas.clear_group_quota(group_id)
+        await ctx.audit.record(audit_entry(request.scope, "admin.quota.drop", principal, target=f"group:{group_id}"))
         return view
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
 from app.errors import Forbidden, NotFound
-from app.models import Quota, User, UserGroup, Workspace, WorkspaceState, utcnow
+from app.models import Group, Quota, User, UserGroup, Workspace, WorkspaceState, utcnow
 from app.settings import Settings
 
 USER = "user"
@@ -63,6 +63,14 @@ class QuotaView(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits
     own: Limits | None
     usage: Usage
+
+
+class GroupQuotaView(msgspec.Struct, frozen=True, kw_only=True):
+    """A group's quota row (``None``: the group sets none) as its members' candidate limits."""
+
+    group_id: int
+    name: str
+    quota: Limits | None
 
 
 def most_generous(candidates: Sequence[Limits]) -> Limits | None:
@@ -198,6 +206,27 @@ class QuotaService:
         """Drop a user's own quota (their groups' or the default applies again)."""
         await self.clear_quota(USER, str(user_id))
         return await self.view(user_id)
+
+    async def group_view(self, group_id: int) -> GroupQuotaView:
+        """A group's quota (404 for an unknown group)."""
+        async with self._sessionmaker() as session:
+            group = await session.get(Group, group_id)
+            if group is None:
+                raise NotFound(f"no group {group_id}", code="group_not_found")
+            row = await self._row(session, GROUP, str(group_id))
+        return GroupQuotaView(group_id=group_id, name=group.name, quota=_limits(row) if row else None)
+
+    async def set_group_quota(self, group_id: int, limits: Limits) -> GroupQuotaView:
+        """Give a group a quota: its members without their own get the most generous of their groups'."""
+        await self.group_view(group_id)
+        await self.set_quota(GROUP, str(group_id), limits)
+        return await self.group_view(group_id)
+
+    async def clear_group_quota(self, group_id: int) -> GroupQuotaView:
+        """Drop a group's quota (404 for an unknown group)."""
+        await self.group_view(group_id)
+        await self.clear_quota(GROUP, str(group_id))
+        return await self.group_view(group_id)
 
     # -- admission -----------------------------------------------------------------------------------------
 
