@@ -2,7 +2,8 @@
 (and, for images and pulls, the registered Docker servers) without a running hub.
 
 Secret values are never taken from the command line (they would show in ``ps`` and shell history): ``--secret
-NAME`` reads NAME from this command's environment, or asks for it without echo.
+NAME`` reads NAME from this command's environment, or asks for it without echo. ``--allowed-group NAME``
+names a group (``SOURCE:NAME`` when a local and a synced group share the name); the template stores its id.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +22,7 @@ import msgspec
 from app.settings import load_settings
 
 if TYPE_CHECKING:
+    from app.db import SessionMaker
     from app.services.templates.service import TemplateService, TemplateView
 
 
@@ -67,7 +70,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-async def _with_templates[T](fn: Callable[[TemplateService], Awaitable[T]]) -> T:
+@asynccontextmanager
+async def _opened() -> AsyncIterator[tuple[SessionMaker, TemplateService]]:
     from app import db
     from app.services.templates.service import TemplateService
     from app.streams.events.backend import open_hub
@@ -76,10 +80,46 @@ async def _with_templates[T](fn: Callable[[TemplateService], Awaitable[T]]) -> T
     engine = db.create_engine(settings)
     try:
         await db.check_migrated(engine)
+        sessionmaker = db.create_sessionmaker(engine)
         async with open_hub(settings) as hub:
-            return await fn(TemplateService(db.create_sessionmaker(engine), settings, hub))
+            yield sessionmaker, TemplateService(sessionmaker, settings, hub)
     finally:
         await engine.dispose()
+
+
+async def _with_templates[T](fn: Callable[[TemplateService], Awaitable[T]]) -> T:
+    async with _opened() as (_, templates):
+        return await fn(templates)
+
+
+async def _group_ids(sessionmaker: SessionMaker, names: Sequence[str]) -> list[int]:
+    """The ids of the groups ``names`` (``NAME`` or ``SOURCE:NAME``); one-line errors for unknown or ambiguous."""
+    from sqlalchemy import select
+
+    from app.errors import BadRequest
+    from app.models import Group
+
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Group.id, Group.name, Group.source))).all()
+    ids: list[int] = []
+    for given in names:
+        source, sep, name = given.rpartition(":") if ":" in given else ("", "", given)
+        found = [row for row in rows if row.name == name and (not sep or row.source == source)]
+        if not found:
+            raise BadRequest(f"no group {given!r}; GET /api/admin/groups lists them")
+        if len(found) > 1:
+            choices = " or ".join(f"{row.source}:{row.name}" for row in found)
+            raise BadRequest(f"more than one group is named {given!r}; give {choices}")
+        if found[0].id not in ids:
+            ids.append(found[0].id)
+    return ids
+
+
+async def _with_groups[T](
+    names: Sequence[str] | None, fn: Callable[[TemplateService, list[int] | None], Awaitable[T]]
+) -> T:
+    async with _opened() as (sessionmaker, templates):
+        return await fn(templates, None if names is None else await _group_ids(sessionmaker, names))
 
 
 async def _with_images(fn: Callable[[Any, TemplateService], Awaitable[None]]) -> None:
@@ -136,8 +176,13 @@ def _versions(args: argparse.Namespace) -> int:
 def _create(args: argparse.Namespace) -> int:
     from app.services.templates.drafts import TemplateDraft
 
-    draft = _convert({"name": args.name, **_fields(args)}, TemplateDraft)
-    _show(anyio.run(lambda: _with_templates(lambda t: t.create(draft))))
+    values = {"name": args.name, **_fields(args)}
+
+    async def run(templates: TemplateService, groups: list[int] | None) -> TemplateView:
+        draft = _convert(values if groups is None else {**values, "allowed_groups": groups}, TemplateDraft)
+        return await templates.create(draft)
+
+    _show(anyio.run(_with_groups, args.allowed_group, run))
     return 0
 
 
@@ -149,8 +194,15 @@ def _update(args: argparse.Namespace) -> int:
         values["name"] = args.rename
     if args.remove_secret:
         values["remove_secrets"] = args.remove_secret
-    change = _convert(values, TemplateChange)
-    _show(anyio.run(lambda: _with_templates(lambda t: t.update(args.ref, change))))
+    if args.any_group and args.allowed_group:
+        raise SystemExit("codehub: give --any-group or --allowed-group, not both")
+    groups = [] if args.any_group else args.allowed_group
+
+    async def run(templates: TemplateService, ids: list[int] | None) -> TemplateView:
+        change = _convert(values if ids is None else {**values, "allowed_groups": ids}, TemplateChange)
+        return await templates.update(args.ref, change)
+
+    _show(anyio.run(_with_groups, groups, run))
     return 0
 
 
@@ -202,6 +254,12 @@ def _template_options(parser: argparse.ArgumentParser, *, image_required: bool) 
     parser.add_argument("--dotfiles-url", help="dotfiles repository (CODEHUB_DOTFILES_URL in the workspace)")
     parser.add_argument("--idle-timeout", type=float, help="seconds idle before a stop (0 = never)")
     parser.add_argument("--label", action="append", metavar="KEY=VALUE", help="servers must carry it (repeatable)")
+    parser.add_argument(
+        "--allowed-group",
+        action="append",
+        metavar="NAME",
+        help="only its members may use it (repeatable; replaces all)",
+    )
 
 
 def add_template_commands(sub: Any) -> None:
@@ -225,6 +283,7 @@ def add_template_commands(sub: Any) -> None:
     update = actions.add_parser("update", help="change a template (a new version unless only name/description)")
     update.add_argument("ref")
     _template_options(update, image_required=False)
+    update.add_argument("--any-group", action="store_true", help="drop the group limit: everyone may use it")
     update.add_argument("--rename", help="new name")
     update.add_argument("--remove-secret", action="append", metavar="NAME", help="drop a secret (repeatable)")
     update.set_defaults(func=_update)

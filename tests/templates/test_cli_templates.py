@@ -3,6 +3,7 @@ list, show, update as a new version, versions, refuse bad input in one line, del
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -102,3 +103,48 @@ def test_images_and_pull_on_docker(tmp_path: Path) -> None:
         assert "present" in _run(env, "templates", "images", "small").stdout
         pulled = _run(env, "templates", "pull", "small").stdout.splitlines()
         assert pulled[0].startswith("template.pull.started") and pulled[-1].startswith("template.pull.done")
+
+
+def test_allowed_groups_by_name(tmp_path: Path) -> None:
+    with fresh_database("sqlite", tmp_path) as url:
+        env = _env(tmp_path / "data", url)
+        engine = sqlalchemy.create_engine(url.replace("+aiosqlite", ""))
+        with engine.begin() as conn:
+            for name, source in (("staff", "local"), ("ops", "local"), ("ops", "oidc")):
+                conn.execute(
+                    sqlalchemy.text("INSERT INTO groups (name, source, created_at) VALUES (:n, :s, CURRENT_TIMESTAMP)"),
+                    {"n": name, "s": source},
+                )
+            ids = {
+                (r.source, r.name): r.id for r in conn.execute(sqlalchemy.text("SELECT id, name, source FROM groups"))
+            }
+        engine.dispose()
+
+        made = _run(
+            env,
+            "templates",
+            "create",
+            "team",
+            "--image",
+            "x/y:1",
+            "--allowed-group",
+            "staff",
+            "--allowed-group",
+            "local:ops",
+        )
+        view = json.loads(made.stdout)
+        assert view["allowed_groups"] == [ids[("local", "staff")], ids[("local", "ops")]]
+
+        bad = _run(env, "templates", "create", "amb", "--image", "x/y:1", "--allowed-group", "ops", ok=False)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+        assert "local:ops or oidc:ops" in bad.stderr
+        bad = _run(env, "templates", "create", "gone", "--image", "x/y:1", "--allowed-group", "nobody", ok=False)
+        assert bad.returncode == 1 and "no group 'nobody'" in bad.stderr
+        assert "amb" not in _run(env, "templates", "list").stdout
+
+        updated = json.loads(_run(env, "templates", "update", "team", "--allowed-group", "oidc:ops").stdout)
+        assert updated["allowed_groups"] == [ids[("oidc", "ops")]] and updated["version"] == 1
+        cleared = json.loads(_run(env, "templates", "update", "team", "--any-group").stdout)
+        assert cleared["allowed_groups"] == []
+        both = _run(env, "templates", "update", "team", "--any-group", "--allowed-group", "staff", ok=False)
+        assert both.returncode != 0 and "not both" in both.stderr
