@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -233,6 +234,8 @@ class Server(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     allowed_groups: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # draining: placed workspaces keep running and starting there, nothing new is placed
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Template(Base):

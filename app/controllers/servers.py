@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
@@ -14,9 +14,10 @@ from app.controllers.deps import error_responses, requires_admin
 from app.schemas import Body, ShortId, WorkspaceOut
 from app.services.auth.access import Principal, audit_entry
 from app.services.templates.drafts import GroupIds
-from app.services.workspaces.servers import ServerLoad
+from app.services.workspaces.servers import ServerEdit, ServerLoad
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Labels = dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], Annotated[str, msgspec.Meta(max_length=255)]]
 
 
 class ServerCreate(Body):
@@ -26,10 +27,20 @@ class ServerCreate(Body):
     docker_url: Annotated[str, msgspec.Meta(min_length=8, max_length=255)]
     max_workspaces: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
     public_host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
-    labels: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=255)]] = (
-        msgspec.field(default_factory=dict)
-    )
+    labels: Labels = msgspec.field(default_factory=dict)
     allowed_groups: GroupIds = msgspec.field(default_factory=list)
+
+
+class ServerPatch(Body):
+    """Changes to a server (fields left out stay). ``draining``: no new workspaces, running ones stay;
+    ``public_host: ""`` clears it; ``labels`` replaces them all."""
+
+    name: Name | None = None
+    labels: Annotated[Labels, msgspec.Meta(max_length=50)] | None = None
+    public_host: Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[A-Za-z0-9.:\[\]-]*$")] | None = None
+    max_workspaces: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    enabled: bool | None = None
+    draining: bool | None = None
 
 
 class ServerGroupsBody(Body):
@@ -49,6 +60,7 @@ class ServerOut(msgspec.Struct):
     labels: dict[str, str]
     is_default: bool
     enabled: bool
+    draining: bool
     created_at: datetime
     placed: int
     running: int
@@ -67,6 +79,7 @@ class ServerOut(msgspec.Struct):
             dict(s.labels or {}),
             s.is_default,
             s.enabled,
+            s.draining,
             s.created_at,
             load.placed,
             load.running,
@@ -124,6 +137,24 @@ class ServersController(Controller):
     async def list_servers(self, ctx: AppContext) -> list[ServerOut]:
         """Every server with how many workspaces are placed there and how many run."""
         return [ServerOut.of(load) for load in await ctx.servers.loads()]
+
+    @patch(
+        "/servers/{server_id:str}",
+        operation_id="adminEditServer",
+        responses=error_responses(400, 401, 403, 404, 409),
+    )
+    async def edit(
+        self, request: Request[Any, Any, Any], server_id: str, data: ServerPatch, ctx: AppContext, principal: Principal
+    ) -> ServerOut:
+        """Rename, relabel, change the public host, the capacity, enable/disable or drain a server."""
+        change = msgspec.convert(msgspec.structs.asdict(data), ServerEdit)
+        load, changed = await ctx.servers.edit(server_id, change)
+        if changed:
+            details = {key: getattr(load.server, key) for key in changed}
+            await ctx.audit.record(
+                audit_entry(request.scope, "server.edit", principal, target=load.server.name, details=details)
+            )
+        return ServerOut.of(load)
 
     @put(
         "/servers/{server_id:str}/groups",

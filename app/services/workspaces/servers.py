@@ -1,4 +1,9 @@
-"""Docker servers (admin): register, list with load, test, delete, limit to groups, and place workspaces on them.
+"""Docker servers (admin): register, list with load, edit, drain, test, delete, limit to groups, and place
+workspaces on them.
+
+A draining server takes no new workspaces (automatic placement skips it, naming it is a 422) while the ones
+placed there keep running, starting and being watched; a disabled one is also left out of checks and
+reconciliation, so it cannot be disabled while workspaces run on it.
 
 A server limited to groups (``allowed_groups`` not empty) takes only workspaces whose owner is in one of them:
 automatic placement skips it for others, and asking for it by id is a 403 with the reason. Admins are not
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -37,7 +43,18 @@ class ServerLoad:
     @property
     def has_room(self) -> bool:
         """True while fewer workspaces are placed than the server takes."""
-        return self.server.enabled and self.placed < self.server.max_workspaces
+        return self.server.enabled and not self.server.draining and self.placed < self.server.max_workspaces
+
+
+class ServerEdit(msgspec.Struct, frozen=True, kw_only=True):
+    """Changes to a server; ``None`` keeps a field (``public_host=""`` clears it)."""
+
+    name: str | None = None
+    labels: dict[str, str] | None = None
+    public_host: str | None = None
+    max_workspaces: int | None = None
+    enabled: bool | None = None
+    draining: bool | None = None
 
 
 class ServerService:
@@ -114,6 +131,37 @@ class ServerService:
             await session.commit()
         return await self.get(server_id)
 
+    async def edit(self, server_id: str, change: ServerEdit) -> tuple[ServerLoad, list[str]]:
+        """Apply ``change``; the server and the names of the fields that changed. 409 for a taken name, or for
+        disabling a server that still runs workspaces (drain it and stop or move them first)."""
+        load = await self.get(server_id)
+        wanted = {k: v for k, v in msgspec.structs.asdict(change).items() if v is not None}
+        if wanted.get("public_host") == "":
+            wanted["public_host"] = None
+        changed = [k for k, v in wanted.items() if getattr(load.server, k) != v]
+        if "enabled" in changed and not wanted["enabled"] and load.running:
+            raise Conflict(
+                f"{load.running} workspaces run on server {load.server.name!r}; drain it and stop or move them "
+                "before disabling it",
+                code="server_busy",
+            )
+        if changed:
+            async with self._sessionmaker() as session:
+                row = await session.get(Server, server_id)
+                if row is None:
+                    raise NotFound(f"no server {server_id!r}", code="server_not_found")
+                for key in changed:
+                    setattr(row, key, wanted[key])
+                try:
+                    await session.commit()
+                except IntegrityError:
+                    raise Conflict(f"a server named {wanted['name']!r} exists", code="name_taken") from None
+        if "public_host" in changed:
+            await self._engines.forget(server_id)  # the next start dials the new address
+        if wanted.get("enabled") and "enabled" in changed:
+            self._engines.server_added()
+        return await self.get(server_id), changed
+
     async def _member_of(self, user_id: int | None) -> frozenset[int] | None:
         if user_id is None:
             return None
@@ -151,6 +199,12 @@ class ServerService:
                 raise Unprocessable(f"no server {server_id!r}", code="unknown_server") from None
             if not load.server.enabled:
                 raise Unprocessable(f"server {load.server.name!r} is disabled", code="server_disabled")
+            if load.server.draining:
+                raise Unprocessable(
+                    f"server {load.server.name!r} is draining and takes no new workspaces; pick another server "
+                    "or leave it out",
+                    code="server_draining",
+                )
             if labels and not _has_labels(load.server, labels):
                 raise Unprocessable(
                     f"server {load.server.name!r} lacks the labels this template needs ({_label_text(labels)}); "
@@ -180,8 +234,8 @@ class ServerService:
         if not loads:
             total = len(await self.loads())
             raise ServiceUnavailable(
-                f"no Docker server has room for another workspace ({total} registered, all full or disabled); "
-                "an admin can raise max_workspaces or register a server",
+                f"no Docker server has room for another workspace ({total} registered, all full, disabled or "
+                "draining); an admin can raise max_workspaces or register a server",
                 code="no_capacity",
             )
         best = min(loads, key=lambda ld: (ld.running, ld.placed / max(ld.server.max_workspaces, 1), ld.server.name))
