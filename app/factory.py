@@ -26,6 +26,7 @@ from app.controllers.deps import BASE_DEPENDENCIES, requires_user
 from app.controllers.error_responses import EXCEPTION_HANDLERS
 from app.controllers.events import EventsController
 from app.controllers.files import FilesController
+from app.controllers.grants import GrantsController
 from app.controllers.groups import AdminGroupsController
 from app.controllers.health import health, ready
 from app.controllers.lifecycle import LifecycleController
@@ -50,6 +51,7 @@ ROUTES: list[Any] = [
     SsoController,
     AdminUsersController,
     WorkspacesController,
+    GrantsController,
     EventsController,
     AIController,
     LifecycleController,

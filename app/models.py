@@ -317,6 +317,20 @@ class Workspace(Base):
     idle_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class WorkspaceGrant(Base):
+    """A workspace shared with a user or a group: ``use`` (IDE, terminal, files, exec) or ``view`` (read-only)."""
+
+    __tablename__ = "workspace_grants"
+    __table_args__ = (Index("ix_workspace_grants_subject", "subject_kind", "subject_id"),)
+
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[str] = mapped_column(String(8))
+    granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEvent(Base):
     """One audited mutation: hashes and metadata only, never content. Rows are hash-chained."""
 

@@ -19,7 +19,7 @@ from app.controllers.deps import error_responses, requires_admin
 from app.errors import BadRequest, Forbidden
 from app.events import ADMIN_TOPIC, workspace_topic
 from app.services.ai.owners import authorize_follower
-from app.services.auth.access import Principal
+from app.services.auth.access import Level, Principal
 from app.services.workspaces.records import WorkspaceService
 from app.streams.events.direct_http import direct_writer
 from app.streams.events.hub import subscription_topics
@@ -35,7 +35,8 @@ async def authorize_topic(topic: str, principal: Principal, ctx: AppContext, wor
         workspace_id, _, suffix = rest.partition(":")
         if suffix not in WORKSPACE_SUFFIXES or not workspace_id:
             raise BadRequest(f"unknown workspace topic {topic!r}", code="bad_topic")
-        await workspaces.get(principal, workspace_id)
+        # The exec topic carries what commands print: for those who may run them.
+        await workspaces.get(principal, workspace_id, Level.USE if suffix == "exec" else Level.VIEW)
         return
     if kind == "ai":
         await authorize_follower(ctx.ai_owners, principal, rest)
@@ -128,7 +129,7 @@ class EventsController(Controller):
         since: SINCE = None,
     ) -> Stream:
         """Lifecycle events of one workspace, as SSE."""
-        await workspaces.get(principal, workspace_id)
+        await workspaces.get(principal, workspace_id, Level.VIEW)
         return _stream(request, ctx, (workspace_topic(workspace_id),), last_event_id_header, last_event_id, since)
 
     @get(

@@ -23,7 +23,7 @@ from app.controllers.deps import error_responses
 from app.errors import BadRequest, PayloadTooLarge
 from app.models import Workspace
 from app.services import files
-from app.services.auth.access import Principal, audit_entry
+from app.services.auth.access import Level, Principal, audit_entry
 from app.services.files.storage import WorkspaceStorage
 from app.services.workspaces.records import WorkspaceService
 
@@ -106,7 +106,7 @@ class FilesController(Controller):
         include_git: Annotated[bool, Parameter(description="also list .git")] = False,
     ) -> files.Tree:
         """Entries below ``path`` down to ``depth`` levels: directories first; cut at a cap (``truncated``)."""
-        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id))
+        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id, Level.VIEW))
         cap = ctx.settings.max_tree_entries
         return await storage.list_tree(path, depth, include_git=include_git, max_entries=cap)
 
@@ -131,7 +131,7 @@ class FilesController(Controller):
         raw: Annotated[bool, Parameter(description="the bytes as application/octet-stream")] = False,
     ) -> Response[Any]:
         """A UTF-8 text file as JSON (415 for binary content), or its raw bytes; 304 for a matching ETag."""
-        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id))
+        storage = await workspace_storage(ctx, await workspaces.get(principal, workspace_id, Level.VIEW))
         limit = ctx.settings.max_file_bytes
         if raw:
             found: Any = await storage.read_raw(path, max_bytes=limit)
@@ -170,7 +170,7 @@ class FilesController(Controller):
         ``If-Match: "<sha256>"`` writes only over that version (412 otherwise); ``If-None-Match: *``
         creates only. The body is bounded by the file size limit (413).
         """
-        ws = await workspaces.get(principal, workspace_id)
+        ws = await workspaces.get(principal, workspace_id, Level.USE)
         if_match = entity_tags(request.headers.get("if-match")) or None
         none_match = entity_tags(request.headers.get("if-none-match"))
         if none_match and none_match != ["*"]:
@@ -205,7 +205,7 @@ class FilesController(Controller):
         workspaces: WorkspaceService,
     ) -> files.DeleteResult:
         """Delete a file, a link (not its target) or an empty directory; ``If-Match`` as for PUT."""
-        ws = await workspaces.get(principal, workspace_id)
+        ws = await workspaces.get(principal, workspace_id, Level.USE)
         if_match = entity_tags(request.headers.get("if-match")) or None
         entry = audit_entry(request.scope, "file.delete", principal, workspace_id=ws.id, target=safe_target(path))
         limit = ctx.settings.max_file_bytes
@@ -232,7 +232,7 @@ class FilesController(Controller):
         workspaces: WorkspaceService,
     ) -> files.MoveResult:
         """Move or rename a file, link or directory; 409 when ``to`` exists (unless ``overwrite``)."""
-        ws = await workspaces.get(principal, workspace_id)
+        ws = await workspaces.get(principal, workspace_id, Level.USE)
         entry = audit_entry(
             request.scope,
             "file.move",

@@ -13,7 +13,7 @@ from app.context import AppContext
 from app.controllers.deps import error_responses, provide_principal
 from app.errors import Unprocessable
 from app.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePage, WorkspaceUpdate
-from app.services.auth.access import Principal, audit_entry
+from app.services.auth.access import Level, Principal, audit_entry
 from app.services.workspaces.records import WorkspaceService
 
 
@@ -99,7 +99,7 @@ class WorkspacesController(Controller):
         self, workspace_id: str, principal: Principal, workspaces: WorkspaceService
     ) -> WorkspaceOut:
         """One workspace."""
-        return WorkspaceOut.of(await workspaces.get(principal, workspace_id))
+        return WorkspaceOut.of(await workspaces.get(principal, workspace_id, Level.VIEW))
 
     @patch(
         "/{workspace_id:str}",

@@ -14,7 +14,8 @@
 - ``TokenCache``: the one in-process cache of verified tokens. Revoking a token, ending a session or
   changing a user drops the entries at once, and no lookup that started before the change refills them;
   other hub processes learn through ``app.services.auth.revocations``.
-- ``may_access``: the owner of a thing, or an admin.
+- ``may_access``: the owner of a thing, or an admin. ``workspace_level``: what a principal may do on a
+  workspace (``Level``): the owner or an admin manages it, a grantee uses or views it (see docs/sharing.md).
 - ``audit_entry``: an audit entry pre-filled from the request (caller, request id, client address).
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -71,23 +72,48 @@ def may_access(principal: Principal, owner_id: int | None) -> bool:
     return principal.is_admin or (owner_id is not None and owner_id == principal.user_id)
 
 
+class Level(IntEnum):
+    """What a principal may do on a workspace, each level including the ones below it."""
+
+    VIEW = 1  # files read-only, logs, status, the workspace's events
+    USE = 2  # the IDE, the terminal, files read and write, exec
+    MANAGE = 3  # start, stop, delete, settings, patches, grants: the owner or an admin
+
+
+GRANT_LEVELS: dict[str, Level] = {"view": Level.VIEW, "use": Level.USE}
+
+
+def workspace_level(principal: Principal, owner_id: int | None, granted: str | None) -> Level | None:
+    """What ``principal`` may do on a workspace of ``owner_id`` shared with them at ``granted`` (a grant's level,
+    or None): MANAGE for the owner or an admin, the grant's level for a grantee, None for anyone else."""
+    if may_access(principal, owner_id):
+        return Level.MANAGE
+    return GRANT_LEVELS.get(granted) if granted else None
+
+
 class IdeAccess(StrEnum):
     """How a principal may reach a workspace's IDE or terminal, whose pages run on the hub's origin."""
 
     OWNER = "owner"
     IMPERSONATE = "impersonate"  # an admin, allowed by settings: logged and audited
     REFUSED = "refused"  # an admin, not allowed: told so
+    SHARED = "shared"  # a grantee with ``use`` (subdomain mode only: the IDE runs on its own origin)
     HIDDEN = "hidden"  # anyone else: the workspace does not exist for them
 
 
-def ide_access(principal: Principal, owner_id: int | None, *, admin_path_access: bool) -> IdeAccess:
-    """Only the owner opens an IDE or terminal; an admin only when ``admin_path_access`` allows it.
+def ide_access(
+    principal: Principal, owner_id: int | None, *, admin_path_access: bool, granted: str | None = None
+) -> IdeAccess:
+    """Only the owner opens an IDE or terminal; an admin only when ``admin_path_access`` allows it; a grantee
+    with ``use`` (``granted``, only ever passed in subdomain mode).
 
     Stricter than ``may_access`` on purpose: a workspace page served on the hub's origin runs with its
     visitor's cookie, so an admin who opens it hands the workspace's owner an admin session.
     """
     if owner_id is not None and owner_id == principal.user_id:
         return IdeAccess.OWNER
+    if owner_id is not None and not principal.is_admin and GRANT_LEVELS.get(granted or "") == Level.USE:
+        return IdeAccess.SHARED
     if owner_id is None or not principal.is_admin:
         return IdeAccess.HIDDEN
     return IdeAccess.IMPERSONATE if admin_path_access else IdeAccess.REFUSED

@@ -13,7 +13,7 @@ import msgspec
 from app.errors import DomainError, Unprocessable
 from app.events import workspace_exec_topic
 from app.models import Server, Workspace, WorkspaceState, new_id, utcnow
-from app.services.auth.access import Principal
+from app.services.auth.access import Level, Principal
 from app.services.runtime.base import ExecExit, ExecItem, ExecOutput, ExecRequest, LogLine, WorkspaceNotRunning
 from app.services.runtime.common import ide_healthy
 from app.services.workspaces.lifecycle import Lifecycle, uptime_seconds
@@ -56,8 +56,8 @@ class WorkspaceOps:
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
 
-    async def _running(self, principal: Principal, workspace_id: str) -> Workspace:
-        ws = await self.lifecycle.workspaces.get(principal, workspace_id)
+    async def _running(self, principal: Principal, workspace_id: str, need: Level) -> Workspace:
+        ws = await self.lifecycle.workspaces.get(principal, workspace_id, need)
         if ws.state != WorkspaceState.RUNNING:
             raise WorkspaceNotRunning(f"the workspace is {ws.state}, not running", state=ws.state)
         return ws
@@ -71,7 +71,7 @@ class WorkspaceOps:
 
     async def status(self, principal: Principal, workspace_id: str) -> WorkspaceStatus:
         """State, placement, uptime, resource numbers, IDE health and why it is still up."""
-        ws = await self.lifecycle.workspaces.get(principal, workspace_id)
+        ws = await self.lifecycle.workspaces.get(principal, workspace_id, Level.VIEW)
         idle_timeout = self.lifecycle.settings.idle_timeout
         status = WorkspaceStatus(
             id=ws.id,
@@ -114,7 +114,7 @@ class WorkspaceOps:
         self, principal: Principal, workspace_id: str, *, tail: int = 200, since: float | None = None
     ) -> list[LogLine]:
         """The IDE's last lines (any state but never started)."""
-        ws = await self.lifecycle.workspaces.get(principal, workspace_id)
+        ws = await self.lifecycle.workspaces.get(principal, workspace_id, Level.VIEW)
         if ws.runtime is None:
             return []
         runtime = await self.lifecycle.engines.for_workspace(ws)
@@ -127,7 +127,7 @@ class WorkspaceOps:
         self, principal: Principal, workspace_id: str, *, tail: int = 0, since: float | None = None
     ) -> AsyncIterator[LogLine]:
         """Lines as they come, until the workspace stops."""
-        ws = await self._running(principal, workspace_id)
+        ws = await self._running(principal, workspace_id, Level.VIEW)
         runtime = await self.lifecycle.engines.for_workspace(ws)
         return runtime.follow_logs(ws.id, tail=min(tail, MAX_TAIL), since=since)
 
@@ -151,7 +151,7 @@ class WorkspaceOps:
     ) -> tuple[str, AsyncIterator[ExecItem]]:
         """(exec id, items); each item is also published on ``workspace:<id>:exec``."""
         request = self.check_exec(request)
-        ws = await self._running(principal, workspace_id)
+        ws = await self._running(principal, workspace_id, Level.USE)
         runtime = await self.lifecycle.engines.for_workspace(ws)
         await self.lifecycle.touch(ws.id, "exec")
         exec_id = new_id()

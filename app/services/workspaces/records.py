@@ -20,9 +20,10 @@ from app.db import SessionMaker
 from app.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.events import EventPublisher, lifecycle_topics
 from app.models import STORED_STATES, Server, Workspace, WorkspaceState, utcnow
-from app.services.auth.access import Principal, may_access
+from app.services.auth.access import Level, Principal, may_access, workspace_level
 from app.services.quotas.service import QuotaService
 from app.services.singleflight import SingleFlight
+from app.services.workspaces.grants import Grants
 from app.services.workspaces.page_cache import EVERYONE, PageCache
 from app.settings import Settings
 
@@ -134,19 +135,43 @@ class WorkspaceService:
             engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
         )
         self.pages = PageCache(settings.workspace_list_cache_ttl)
+        self.grants = Grants(sessionmaker, settings)
         self._filling: SingleFlight[Hashable, tuple[int, bytes]] = SingleFlight()
 
     def changed(self, owner_id: int) -> None:
         """A workspace of ``owner_id`` was written (call after the commit): drop their cached list pages."""
         self.pages.changed(owner_id)
 
-    async def get(self, principal: Principal, workspace_id: str) -> Workspace:
-        """A workspace the principal may see (owner or admin); 404 otherwise, never 403."""
+    async def get(self, principal: Principal, workspace_id: str, need: Level = Level.MANAGE) -> Workspace:
+        """A workspace on which the principal may do ``need`` (see ``workspace_level``: the owner or an admin
+        anything, a grantee what the grant allows). 404 for whoever has no access at all (never 403: the
+        workspace does not exist for them), 403 for a grantee asking more than the grant allows."""
         async with self._sessionmaker() as session:
             ws = await session.get(Workspace, workspace_id) if len(workspace_id) <= 16 else None
-        if ws is None or not may_access(principal, ws.owner_id):
+        if ws is None:
             raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+        level = await self.level(principal, ws)
+        if level is None:
+            raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
+        if level < need:
+            raise Forbidden(
+                f"this workspace is shared with you to {level.name.lower()}, which does not allow this",
+                code="grant_too_narrow",
+            )
         return ws
+
+    async def level(self, principal: Principal, ws: Any) -> Level | None:
+        """What ``principal`` may do on ``ws`` (anything with an ``id`` and ``owner_id``); grants are read only
+        for someone who is neither its owner nor an admin."""
+        if may_access(principal, ws.owner_id):
+            return Level.MANAGE
+        return workspace_level(principal, ws.owner_id, await self.grants.level_of(ws.id, principal.user_id))
+
+    async def access_changed(self, ws: Workspace, **data: Any) -> None:
+        """A grant of ``ws`` was added, changed or removed: drop cached answers here and tell every process
+        (the relay and the terminal close connections that lost their access)."""
+        self.grants.forget(ws.id)
+        await publish_lifecycle(self._events, ws, "workspace.access_changed", **data)
 
     async def list(
         self,

@@ -4,7 +4,8 @@ Owns: ``front`` (``WorkspaceFront``, the ASGI front that takes ``/w/…`` and ``
 Litestar, and ``Relay``), ``deps`` (what the composition root hands the relay), ``access`` (routes to IDEs
 and header rewriting), ``http`` and ``ws`` (the two upstream legs), ``wsframes`` (the WebSocket client
 codec), ``splice`` (spliced WebSockets), ``pages`` (the relay's own small HTML pages), ``stats``
-(counters and activity), ``terminal`` (the shell over a WebSocket), ``hosts`` and ``subdomain`` (subdomain
+(counters and activity), ``sessions`` (open terminals and shared IDE WebSockets: closed when access is
+lost, and who is connected), ``terminal`` (the shell over a WebSocket), ``hosts`` and ``subdomain`` (subdomain
 mode: a workspace's own host, and the ticket entry onto it).
 """
 

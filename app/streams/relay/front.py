@@ -33,6 +33,7 @@ from app.models import WorkspaceState
 from app.services.auth.access import (
     Credentials,
     IdeAccess,
+    Level,
     Principal,
     audit_entry,
     cross_origin_refusal,
@@ -55,6 +56,7 @@ from app.streams.relay.access import (
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.hosts import WorkspaceHosts
 from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
+from app.streams.relay.sessions import Session, Sessions
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.subdomain import TICKET_PATH, SubdomainFront
 from app.streams.relay.terminal import TerminalDeps, serve_terminal
@@ -91,6 +93,7 @@ class Relay:
         self.stats = RelayStats()
         self._impersonations: dict[tuple[int, str], float] = {}
         self.activity = Activity(deps.lifecycle.touch)
+        self.sessions = Sessions()
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
         self.public_scheme = public.scheme if public else None
         domain = deps.settings.workspace_domain
@@ -373,16 +376,39 @@ class Relay:
                         if batch is None:
                             break
                         for item in batch:
-                            if item.type.startswith("workspace.") or item.type == "stream.reset":
+                            if item.type == "workspace.access_changed":
+                                await self._access_changed(item)
+                            elif item.type.startswith("workspace.") or item.type == "stream.reset":
                                 self._on_event(item)
             except Exception as exc:  # the hub is down: the route TTL still bounds staleness
                 log.warning("relay lost the lifecycle events (%s); retrying", exc)
             self.routes.clear()
             await anyio.sleep(2.0)
 
+    async def _access_changed(self, item: Any) -> None:
+        """A workspace's grants changed (in any process): forget cached answers, close connections that lost
+        their access."""
+        workspace_id = item.event.data.get("workspace_id")
+        if not isinstance(workspace_id, str):
+            return
+        grants = self.deps.workspaces.grants
+        grants.forget(workspace_id)
+
+        async def level_of(session: Session) -> Level | None:
+            return await self.deps.workspaces.level(session.principal, session)
+
+        try:
+            closed = await self.sessions.recheck(workspace_id, level_of)
+        except Exception as exc:  # the database is down: the next access change or reconnect checks again
+            log.warning("could not recheck the connections of workspace %s: %s", workspace_id, exc)
+            return
+        if closed:
+            log.info("closed %d connection(s) to workspace %s after its access changed", closed, workspace_id)
+
     def _on_event(self, item: Any) -> None:
         if item.type == "stream.reset":
             self.routes.clear()
+            self.deps.workspaces.grants.forget()
             return
         workspace_id = item.event.data.get("workspace_id")
         if not isinstance(workspace_id, str):
@@ -401,7 +427,7 @@ class WorkspaceFront:
     def __init__(self, app: Callable[..., Awaitable[None]], relay: Relay) -> None:
         self.app = app
         self.relay = relay
-        self.terminal = TerminalDeps(relay.deps, relay.stats, relay.activity)
+        self.terminal = TerminalDeps(relay.deps, relay.stats, relay.activity, relay.sessions)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""

@@ -33,6 +33,7 @@ from app.services.auth.access import (
     WORKSPACE_STATE_COOKIE,
     Credentials,
     IdeAccess,
+    Level,
     Principal,
     header,
     ide_access,
@@ -43,6 +44,8 @@ from app.services.auth.workspace_entry import STATE_TTL, TicketRefusal, TicketRe
 from app.streams.relay import pages
 from app.streams.relay.access import Route
 from app.streams.relay.hosts import HostTarget, WorkspaceHosts, parse_label
+from app.streams.relay.sessions import REVOKED_CODE, REVOKED_REASON
+from app.streams.relay.splice import SPLICE
 from app.streams.relay.ws import deny
 
 ENTER_PATH = "/_codehub/enter"
@@ -217,10 +220,34 @@ class SubdomainFront:
             else:
                 await pages.not_running(send, route.state)
             return
-        if is_ws:
+        if is_ws and route.owner_id != principal.user_id and not principal.is_admin:
+            await self._shared_websocket(scope, receive, send, route, rest, headers, principal)
+        elif is_ws:
             await self.relay.relay_websocket(scope, receive, send, route, rest, headers, creds, b"")
         else:
             await self.relay.relay_http(scope, receive, send, route, rest, headers, creds, b"")
+
+    async def _shared_websocket(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        route: Route,
+        rest: bytes,
+        headers: list[tuple[bytes, bytes]],
+        principal: Principal,
+    ) -> None:
+        """A grantee's IDE WebSocket: relayed frame by frame (never spliced, so the hub can end it), and closed
+        with 1008 when the grant goes away."""
+        extensions = {key: value for key, value in (scope.get("extensions") or {}).items() if key != SPLICE}
+        scope = {**scope, "extensions": extensions}
+        with self.relay.sessions.hold(route.id, route.owner_id, principal, Level.USE) as held:
+            await self.relay.relay_websocket(scope, receive, send, route, rest, headers, Credentials(()), b"")
+        if held.revoked:
+            try:
+                await send({"type": "websocket.close", "code": REVOKED_CODE, "reason": REVOKED_REASON})
+            except Exception:  # the browser went away meanwhile
+                return
 
     async def _principal(self, headers: list[tuple[bytes, bytes]], workspace_id: str) -> Principal | None:
         for raw in cookie_values(headers, _WS_COOKIE):
@@ -235,9 +262,13 @@ class SubdomainFront:
         self, scope: dict[str, Any], send: Any, principal: Principal, route: Route, target: HostTarget, is_ws: bool
     ) -> bool:
         """The IDE: the owner, or an admin (audited: on its own origin the workspace cannot act as the admin on
-        the hub). A port: the owner only. Everyone else: the workspace does not exist."""
-        access = ide_access(principal, route.owner_id, admin_path_access=not target.port)
-        if access == IdeAccess.OWNER:
+        the hub). A port: the owner only. A grantee with ``use``: the IDE (its own origin keeps the owner's code
+        away from the grantee's hub session). Everyone else: the workspace does not exist."""
+        granted = None
+        if not target.port and route.owner_id is not None and route.owner_id != principal.user_id:
+            granted = await self.relay.deps.workspaces.grants.level_of(route.id, principal.user_id)
+        access = ide_access(principal, route.owner_id, admin_path_access=not target.port, granted=granted)
+        if access in (IdeAccess.OWNER, IdeAccess.SHARED):
             return True
         if access == IdeAccess.IMPERSONATE:
             await self.relay.note_impersonation(scope, principal, route)

@@ -25,8 +25,17 @@ import msgspec
 
 from app.errors import DomainError
 from app.models import Workspace, WorkspaceState
-from app.services.auth.access import Credentials, IdeAccess, audit_entry, cross_origin_refusal, ide_access, identify
+from app.services.auth.access import (
+    Credentials,
+    IdeAccess,
+    Level,
+    audit_entry,
+    cross_origin_refusal,
+    ide_access,
+    identify,
+)
 from app.streams.relay.deps import RelayDeps
+from app.streams.relay.sessions import REVOKED_CODE, REVOKED_REASON, Sessions
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.ws import deny
 
@@ -55,6 +64,7 @@ class TerminalDeps:
     hub: RelayDeps
     stats: RelayStats
     activity: Activity
+    sessions: Sessions
 
 
 def _size(query: bytes) -> tuple[int, int]:
@@ -80,11 +90,14 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
         await deny(scope, send, refusal.status, f"{refusal.code}: {refusal.detail}")
         return
     try:
-        ws: Workspace = await deps.hub.workspaces.get(principal, workspace_id)
-    except DomainError:
-        await deny(scope, send, 404, "no such workspace")
+        ws: Workspace = await deps.hub.workspaces.get(principal, workspace_id, Level.USE)
+    except DomainError as exc:
+        await deny(
+            scope, send, 403 if exc.status == 403 else 404, exc.detail if exc.status == 403 else "no such workspace"
+        )
         return
-    access = ide_access(principal, ws.owner_id, admin_path_access=deps.hub.settings.admin_path_access)
+    granted = await deps.hub.workspaces.grants.level_of(ws.id, principal.user_id)
+    access = ide_access(principal, ws.owner_id, admin_path_access=deps.hub.settings.admin_path_access, granted=granted)
     if access in (IdeAccess.REFUSED, IdeAccess.HIDDEN):
         await deny(scope, send, 403 if access == IdeAccess.REFUSED else 404, "not your workspace")
         return
@@ -110,7 +123,11 @@ async def serve_terminal(deps: TerminalDeps, scope: dict[str, Any], receive: Any
     counters.terminals_open += 1
     try:
         await send({"type": "websocket.accept"})
-        await _pump(terminal, receive, send, lambda: deps.activity.note(ws.id, "terminal"), counters)
+        with deps.sessions.hold(ws.id, ws.owner_id, principal, Level.USE) as held:
+            await _pump(terminal, receive, send, lambda: deps.activity.note(ws.id, "terminal"), counters)
+        if held.revoked:
+            counters.closed("hub", REVOKED_CODE)
+            await send({"type": "websocket.close", "code": REVOKED_CODE, "reason": REVOKED_REASON})
     finally:
         counters.terminals_open -= 1
         with anyio.CancelScope(shield=True):
