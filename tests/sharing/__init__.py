@@ -1,0 +1,1 @@
+"""Sharing: grants, their enforcement, revocation and presence."""
