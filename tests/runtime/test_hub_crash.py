@@ -81,7 +81,8 @@ async def test_sigkill_during_start_then_restart(tmp_path: Path, own_db: str, co
             ws = await create(client, "doomed")
             assert (await client.post(f"/api/workspaces/{ws['id']}/start")).status_code == 202
             with anyio.fail_after(20):
-                while not containers(f"codehub.workspace={ws['id']}"):
+                # killed once the container runs: a created-but-never-started one is a failed start by design
+                while not any(c["State"] == "running" for c in containers(f"codehub.workspace={ws['id']}")):
                     await anyio.sleep(0.05)
             assert (await client.get(f"/api/workspaces/{ws['id']}")).json()["state"] == "starting"
         process.send_signal(signal.SIGKILL)
