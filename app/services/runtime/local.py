@@ -13,7 +13,6 @@ from __future__ import annotations
 import shlex
 import signal
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
@@ -58,30 +57,9 @@ from app.services.runtime.common import (
 )
 from app.services.runtime.docker_exec import DEFAULT_SHELL
 from app.services.runtime.ide_secret import local_launch
-from app.services.runtime.local_logs import MAX_LOG_FILE, follow_log_file, read_log_file
+from app.services.runtime.local_logs import follow_log_file, read_log_file
+from app.services.runtime.local_process import LocalProcess
 from app.services.runtime.registry import RuntimeOptions, register_runtime
-
-
-class _Proc:
-    """A local IDE process started by this hub process."""
-
-    def __init__(self, spec: WorkspaceSpec, process: Any, port: int, log_path: Path, ring: int) -> None:
-        self.spec = spec
-        self.process = process
-        self.port = port
-        self.log_path = log_path
-        self.lines: deque[LogLine] = deque(maxlen=ring)
-        self.written = 0
-        self.changed = anyio.Event()
-        self.exited = anyio.Event()
-        self.started_at = time.time()
-        self.cpu_sample: tuple[float, float] | None = None
-
-    def add_line(self, line: LogLine) -> None:
-        self.lines.append(line)
-        self.written += 1
-        self.changed.set()
-        self.changed = anyio.Event()
 
 
 class LocalRuntime:
@@ -107,7 +85,7 @@ class LocalRuntime:
         self._ring = log_lines
         self._cache = status_cache
         self._status_ttl = status_ttl
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, LocalProcess] = {}
         self._subscribers: dict[MemoryObjectSendStream[RuntimeEvent], str] = {}
         self._tg: TaskGroup | None = None
         self._exit_stack: Any = None
@@ -165,7 +143,7 @@ class LocalRuntime:
             )
         except OSError as exc:
             raise StartFailed(f"cannot run the IDE command: {exc}") from exc
-        proc = _Proc(spec, process, port, log_path, self._ring)
+        proc = LocalProcess(spec, process, port, log_path, self._ring)
         self._procs[spec.id] = proc
         ls.write_pidfile(
             pid_path,
@@ -191,10 +169,10 @@ class LocalRuntime:
             code = ls.exit_status(process.returncode)
             raise StartFailed(
                 f"the IDE exited with code {code} before answering HTTP",
-                logs=[line.text for line in list(proc.lines)[-40:]],
+                logs=proc.last_lines(),
             ) from None
         except TimeoutError:
-            lines = [line.text for line in list(proc.lines)[-40:]]
+            lines = proc.last_lines()
             await self.stop(spec.id, grace=2)
             raise StartFailed(f"the IDE did not answer HTTP within {ready_timeout:g}s", logs=lines) from None
         except BaseException:
@@ -203,41 +181,20 @@ class LocalRuntime:
             raise
         return endpoint
 
-    def _alive_check(self, proc: _Proc) -> Any:
+    def _alive_check(self, proc: LocalProcess) -> Any:
         async def alive() -> bool:
             return not proc.exited.is_set()
 
         return alive
 
-    async def _read_output(self, proc: _Proc) -> None:
-        buffer = b""
-        with proc.log_path.open("ab") as log:
-            async for chunk in proc.process.stdout:
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    self._log(proc, log, raw)
-            if buffer:
-                self._log(proc, log, buffer)
-        await proc.process.wait()
-        proc.exited.set()
-        proc.changed.set()
-        code = ls.exit_status(proc.process.returncode)
+    async def _read_output(self, proc: LocalProcess) -> None:
+        await proc.pump_output()
         if self._cache is not None:
             await self._cache.drop(proc.spec.id)
-        await self._publish(
-            RuntimeEvent(workspace_id=proc.spec.id, event="die", exit_code=code, at=iso_from_unix(time.time())),
-            proc.spec.hub_id,
+        event = RuntimeEvent(
+            workspace_id=proc.spec.id, event="die", exit_code=proc.exit_code, at=iso_from_unix(time.time())
         )
-
-    def _log(self, proc: _Proc, log: Any, raw: bytes) -> None:
-        line = LogLine(iso_from_unix(time.time()), raw.decode("utf-8", "replace").rstrip("\r"))
-        proc.add_line(line)
-        if log.tell() > MAX_LOG_FILE:
-            log.seek(0)
-            log.truncate()
-        log.write(f"{line.at} {line.text}\n".encode())
-        log.flush()
+        await self._publish(event, proc.spec.hub_id)
 
     async def _publish(self, event: RuntimeEvent, hub_id: str) -> None:
         for send, wanted in list(self._subscribers.items()):
@@ -278,17 +235,7 @@ class LocalRuntime:
         """State of this workspace's process, from memory or (after a restart) its pid file."""
         proc = self._procs.get(workspace_id)
         if proc is not None:
-            running = not proc.exited.is_set()
-            return RuntimeState(
-                workspace_id=workspace_id,
-                container_id=str(proc.process.pid),
-                running=running,
-                status="running" if running else "exited",
-                exit_code=None if running else ls.exit_status(proc.process.returncode),
-                started_at=iso_from_unix(proc.started_at),
-                hub_id=proc.spec.hub_id,
-                owner=proc.spec.owner,
-            )
+            return proc.state()
         record = ls.read_pidfile(self._paths(workspace_id)[0])
         if record is None:
             return None
@@ -321,7 +268,7 @@ class LocalRuntime:
             raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
         return Endpoint(self.host, record.port, str(record.pid))
 
-    def _running(self, workspace_id: str) -> _Proc:
+    def _running(self, workspace_id: str) -> LocalProcess:
         proc = self._procs.get(workspace_id)
         if proc is None or proc.exited.is_set():
             raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
@@ -331,27 +278,7 @@ class LocalRuntime:
         """CPU % (since the last sample), resident memory and process count of the IDE's session."""
         proc = self._running(workspace_id)
 
-        async def load() -> ResourceStatus:
-            cpu, rss, pids = await anyio.to_thread.run_sync(ls.sample_session, proc.process.pid)
-            now = time.monotonic()
-            previous = proc.cpu_sample
-            if previous is None:
-                await anyio.sleep(0.2)
-                previous = (cpu, now)
-                cpu, rss, pids = await anyio.to_thread.run_sync(ls.sample_session, proc.process.pid)
-                now = time.monotonic()
-            proc.cpu_sample = (cpu, now)
-            elapsed = now - previous[1]
-            percent = max(0.0, (cpu - previous[0]) / elapsed * 100) if elapsed > 0 else 0.0
-            return ResourceStatus(
-                cpu_percent=round(percent, 2),
-                memory_used_bytes=rss,
-                memory_limit_bytes=ls.memory_total(),
-                pids=pids,
-                sampled_at=iso_from_unix(time.time()),
-            )
-
-        return await cached_status(self._cache, workspace_id, self._status_ttl, load)
+        return await cached_status(self._cache, workspace_id, self._status_ttl, proc.sample_status)
 
     async def logs(self, workspace_id: str, *, tail: int = 200, since: float | None = None) -> list[LogLine]:
         """The last ``tail`` lines (after ``since``), from memory or the log file."""
@@ -383,18 +310,8 @@ class LocalRuntime:
             return
         for line in await self.logs(workspace_id, tail=tail, since=since) if tail else []:
             yield line
-        seen = proc.written
-        while True:
-            changed = proc.changed
-            if proc.written > seen:
-                fresh = list(proc.lines)[-min(proc.written - seen, len(proc.lines)) :]
-                seen = proc.written
-                for line in fresh:
-                    yield line
-                continue
-            if proc.exited.is_set():
-                return
-            await changed.wait()
+        async for line in proc.follow():
+            yield line
 
     async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
         """Run a command to completion in the workspace directory."""
