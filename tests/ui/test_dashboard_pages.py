@@ -5,16 +5,23 @@ fake IDE). Screenshots go to the test's tmp dir.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.browser import PASSWORD, PageErrors, chromium, login, need_browser, overflowing, row, small_targets
-from tests.support.databases import fresh_database
+from tests.support.browser import (
+    PASSWORD,
+    PHONE,
+    login,
+    open_page,
+    overflowing,
+    row,
+    small_targets,
+)
+from tests.support.git_http import make_repo
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, free_port, running_hub
 from tests.support.settings import make_settings
@@ -23,64 +30,25 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def pages_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database."""
-    need_browser()
-    with fresh_database("sqlite", tmp_path_factory.mktemp("pages-db")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def good_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small local repository (``file://``, allowed for admins on this hub)."""
-    repo = tmp_path_factory.mktemp("pages-repo")
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.x",
-    }
-    env["PATH"] = "/usr/bin:/bin"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
-    (repo / "README").write_text("hello\n")
-    subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env=env)
-    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "init"], check=True, env=env)
-    return repo.as_uri()
+    return make_repo(
+        tmp_path_factory.mktemp("pages-repo"), "good.git", branches={"main": {"README": "hello\n"}}
+    ).as_uri()
 
 
 @pytest.fixture(scope="module")
-async def pages_hub(pages_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def pages_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub running workspaces as local processes; file:// clones allowed for admins."""
     settings = make_settings(
         tmp_path_factory.mktemp("pages-data"),
-        database_url=pages_db_url,
+        database_url=browser_db_url,
         local_ide_command=fake_ide_command(),
         allow_file_git_urls=True,
         start_timeout=30.0,
     )
     async with running_hub(settings) as hub:
         yield hub
-
-
-@pytest.fixture(scope="module")
-async def browser(pages_hub: Hub) -> AsyncIterator[Any]:
-    """Headless Chromium."""
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def page(browser: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh desktop-sized page; uncaught page errors fail the test; a last screenshot whatever happens."""
-    context = await browser.new_context(viewport={"width": 1360, "height": 900})
-    page = await context.new_page()
-    errors = PageErrors(page)
-    try:
-        yield page
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
-        await context.close()
 
 
 async def test_api_tokens_create_once_list_revoke(pages_hub: Hub, page: Any, tmp_path: Path) -> None:
@@ -290,10 +258,7 @@ async def test_phone_layout_390(pages_hub: Hub, browser: Any, tmp_path: Path) ->
     async with pages_hub.client(token) as client:
         for i in range(6):
             assert (await client.post("/api/workspaces", json={"name": f"phone-{i}"})).status_code == 201
-    context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-    page = await context.new_page()
-    errors = PageErrors(page)
-    try:
+    async with open_page(browser, viewport=PHONE, device_scale_factor=2) as page:
         await login(page, pages_hub, "phone")
         await expect(row(page, "phone-0")).to_have_count(1)
         header = await page.locator(".topbar").bounding_box()
@@ -314,9 +279,6 @@ async def test_phone_layout_390(pages_hub: Hub, browser: Any, tmp_path: Path) ->
         await expect(page.locator("#tokens-view")).to_be_visible()
         assert await small_targets(page) == []
         assert await overflowing(page, 390) == []
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await context.close()
 
 
 async def test_desktop_targets_are_24px(pages_hub: Hub, page: Any) -> None:

@@ -6,14 +6,13 @@ go to the test's tmp dir.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.browser import PHONE, chromium, login, need_browser, open_page, overflowing, small_targets
-from tests.support.databases import fresh_database
+from tests.support.browser import PHONE, login, open_page, overflowing, small_targets
 from tests.support.server import Hub, free_port, running_hub
 from tests.support.settings import make_settings
 
@@ -21,34 +20,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def servers_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database."""
-    need_browser()
-    with fresh_database("sqlite", tmp_path_factory.mktemp("servers-ui-db")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def servers_hub(servers_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def servers_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub with one admin (``srv-admin``) who signs in through the form."""
-    settings = make_settings(tmp_path_factory.mktemp("servers-ui-data"), database_url=servers_db_url)
+    settings = make_settings(tmp_path_factory.mktemp("servers-ui-data"), database_url=browser_db_url)
     async with running_hub(settings) as hub:
         await hub.new_user("srv-admin", admin=True)
         yield hub
-
-
-@pytest.fixture(scope="module")
-async def browser(servers_hub: Hub) -> AsyncIterator[Any]:
-    """Headless Chromium."""
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def page(browser: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    """A desktop-sized page; uncaught page errors fail the test; a last screenshot whatever happens."""
-    async with open_page(browser, shot=tmp_path / "final.png") as p:
-        yield p
 
 
 async def register(hub: Hub, name: str, **fields: Any) -> dict[str, Any]:
