@@ -1,6 +1,7 @@
 """Templates on the real Docker engine: a workspace started from one gets its variables and secrets, runs its
-startup command and is placed only on servers with its labels; an image the server lacks is refused at create; admins see where images are and pre-pull with progress events; secret
-values never reach responses, events, the audit log, the hub's logs or the database file."""
+startup command and is placed only on servers with its labels; an image the server lacks is refused at create;
+admins see where images are and pre-pull with progress events; secret values never reach responses, events,
+the audit log, the hub's logs or the database file."""
 
 from __future__ import annotations
 
