@@ -263,3 +263,21 @@ async def test_a_template_runs_its_command_on_servers_with_its_labels(docker_hub
     finally:
         async with hub.client() as admin:
             await admin.patch(f"/api/admin/servers/{server['id']}", json={"labels": server["labels"]})
+
+
+async def test_an_absent_image_is_accepted_at_create_when_the_hub_pulls(sqlite_url: str, tmp_path: Path) -> None:
+    """With ``CODEHUB_PULL_IMAGES=true`` an image the server lacks is no reason to refuse: it is pulled at start."""
+    settings = docker_settings(tmp_path / "data", sqlite_url, pull_images=True)
+    try:
+        async with running_hub(settings) as hub:
+            token = await hub.new_user("tpl-puller")
+            async with hub.client() as admin:
+                tpl = (await admin.post("/api/admin/templates", json={"name": "later", "image": ABSENT_IMAGE})).json()
+                where = (await admin.get(f"/api/admin/templates/{tpl['id']}/images")).json()
+                assert where["pull_allowed"] is True and [s["present"] for s in where["servers"]] == [False]
+            async with hub.client(token) as user:
+                r = await user.post("/api/workspaces", json={"name": "pulled-later", "template": "later"})
+                assert r.status_code == 201, r.text
+                assert r.json()["image"] == ABSENT_IMAGE and r.json()["template_version"] == 1
+    finally:
+        remove_hub_containers(settings.hub_id)
