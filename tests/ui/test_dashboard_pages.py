@@ -126,7 +126,8 @@ async def test_sign_in_returns_where_the_user_was_going(pages_hub: Hub, page: An
 
 
 async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> None:
-    """Open is offered on a workspace that is not running; the new tab starts it and lands in the IDE."""
+    """Open is offered on a workspace that is not running (new, then stopped); the new tab starts it and lands in
+    the IDE."""
     from playwright.async_api import expect
 
     await pages_hub.new_user("opener")
@@ -136,6 +137,17 @@ async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> Non
     ws = row(page, "sleepy")
     await expect(ws.locator(".badge")).to_have_text("created")
     link = ws.get_by_role("link", name="Open the IDE of sleepy in a new tab (starts it)")
+    await expect(link).to_have_attribute("aria-disabled", "false")
+    async with page.context.expect_page() as opened:
+        await link.click()
+    ide = await opened.value
+    await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
+    await ide.close()
+    await expect(ws.locator(".badge")).to_have_text("running")
+
+    # stopped, the same: Open starts it again
+    await ws.get_by_role("button", name="Stop sleepy", exact=True).click()
+    await expect(ws.locator(".badge")).to_have_text("stopped")
     await expect(link).to_have_attribute("aria-disabled", "false")
     async with page.context.expect_page() as opened:
         await link.click()
@@ -207,6 +219,18 @@ async def test_failed_clone_edit_and_plain_field_errors(
     await ws.get_by_role("button", name="Start broken", exact=True).click()
     await expect(ws.locator(".badge")).to_have_text("running")
     await expect(ws.get_by_role("button", name="Edit broken")).to_be_disabled()
+
+    # Stopped: the image can change (it applies at the next start).
+    await ws.get_by_role("button", name="Stop broken", exact=True).click()
+    await expect(ws.locator(".badge")).to_have_text("stopped")
+    await ws.get_by_role("button", name="Edit broken").click()
+    await dialog.get_by_label("Image").fill("registry.example.org/team/ide:2")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    await expect(ws.locator(".image-col")).to_contain_text("registry.example.org/team/ide:2")
+    async with pages_hub.client() as admin:
+        ws_id = await ws.get_attribute("data-id")
+        assert (await admin.get(f"/api/workspaces/{ws_id}")).json()["image"] == "registry.example.org/team/ide:2"
 
 
 async def test_details_names_the_server_and_images_break_between_parts(pages_hub: Hub, page: Any) -> None:
