@@ -53,17 +53,18 @@ def docker_settings(data_dir: Path, database_url: str, **overrides: object) -> S
     return make_settings(data_dir, **values)
 
 
-def code_server_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
+def code_server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
     """A hub whose workspaces run the real code-server image on the local engine (skips without it)."""
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "runtime": "docker",
-        "docker_url": need_docker(CODE_SERVER_IMAGE),
-        "default_image": CODE_SERVER_IMAGE,
-        "default_memory_mb": 1024,
-        "start_timeout": 90,
-        "stop_grace": 2,
-        "idle_timeout": 0,
-    }
-    values.update(overrides)
-    return make_settings(data_dir, **values)
+    docker_url = need_docker(CODE_SERVER_IMAGE)
+    return make_settings(
+        data_dir,
+        database_url=database_url,
+        runtime="docker",
+        docker_url=docker_url,
+        default_image=CODE_SERVER_IMAGE,
+        default_memory_mb=1024,
+        start_timeout=90,
+        stop_grace=2,
+        idle_timeout=0,
+        **overrides,
+    )

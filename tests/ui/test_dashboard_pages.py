@@ -135,26 +135,17 @@ async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> Non
     await page.get_by_label("Name", exact=True).fill("sleepy")
     await page.get_by_role("button", name="Create").click()
     ws = row(page, "sleepy")
-    await expect(ws.locator(".badge")).to_have_text("created")
     link = ws.get_by_role("link", name="Open the IDE of sleepy in a new tab (starts it)")
-    await expect(link).to_have_attribute("aria-disabled", "false")
-    async with page.context.expect_page() as opened:
-        await link.click()
-    ide = await opened.value
-    await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
-    await ide.close()
-    await expect(ws.locator(".badge")).to_have_text("running")
-
-    # stopped, the same: Open starts it again
-    await ws.get_by_role("button", name="Stop sleepy", exact=True).click()
-    await expect(ws.locator(".badge")).to_have_text("stopped")
-    await expect(link).to_have_attribute("aria-disabled", "false")
-    async with page.context.expect_page() as opened:
-        await link.click()
-    ide = await opened.value
-    await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
-    await ide.close()
-    await expect(ws.locator(".badge")).to_have_text("running")
+    for state in ("created", "stopped"):
+        await expect(ws.locator(".badge")).to_have_text(state)
+        await expect(link).to_have_attribute("aria-disabled", "false")
+        async with page.context.expect_page() as opened:
+            await link.click()
+        ide = await opened.value
+        await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
+        await ide.close()
+        await expect(ws.locator(".badge")).to_have_text("running")
+        await ws.get_by_role("button", name="Stop sleepy", exact=True).click()
 
 
 async def test_failed_clone_edit_and_plain_field_errors(
