@@ -176,6 +176,23 @@ def test_cli_version_and_short_help() -> None:
         assert "CODEHUB_DATA_DIR" not in out and len(out.splitlines()) < 25, command
 
 
+def test_every_command_has_a_short_help() -> None:
+    """Each command's ``--help`` is short and leaves the settings list to ``serve --help``."""
+    commands = [
+        ["create-user"],
+        ["token"],
+        ["migrate"],
+        *(["users", c] for c in ("list", "disable", "enable", "reset-password")),
+        *(["workspaces", c] for c in ("list", "start", "stop")),
+        ["templates"],
+        *(["templates", c] for c in ("list", "show", "versions", "create", "update", "delete", "images", "pull")),
+    ]
+    for command in commands:
+        r = subprocess.run([*CODEHUB, *command, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0, (command, r.stderr)
+        assert "CODEHUB_DATA_DIR" not in r.stdout and len(r.stdout.splitlines()) <= 40, command
+
+
 def test_cli_users_tokens_and_workspaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

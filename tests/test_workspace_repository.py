@@ -4,7 +4,6 @@ started; nothing changes while it runs or once its files hold a clone; hostile i
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.support.git_http import make_repo
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
 from tests.support.settings import make_settings
@@ -23,18 +23,9 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def good_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small local repository (``file://``, allowed for admins on this hub)."""
-    repo = tmp_path_factory.mktemp("good-repo")
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.x",
-    }
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env={**env, "PATH": "/usr/bin:/bin"})
-    (repo / "README").write_text("hello\n")
-    subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env={**env, "PATH": "/usr/bin:/bin"})
-    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "init"], check=True, env={**env, "PATH": "/usr/bin:/bin"})
-    return repo.as_uri()
+    return make_repo(
+        tmp_path_factory.mktemp("good-repo"), "good.git", branches={"main": {"README": "hello\n"}}
+    ).as_uri()
 
 
 @pytest.fixture(scope="module")

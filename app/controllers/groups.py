@@ -37,6 +37,14 @@ class GroupBody(Body):
     name: GroupName
 
 
+async def _record_member(
+    request: Request[Any, Any, Any], ctx: AppContext, principal: Principal, action: str, group_id: int, user_id: int
+) -> None:
+    """Audit a membership change (``group.member.add`` or ``.remove``)."""
+    details = {"group_id": group_id, "user_id": user_id}
+    await ctx.audit.record(audit_entry(request.scope, action, principal, details=details))
+
+
 class AdminGroupsController(Controller):
     """List groups with member counts, manage local groups and their members (admin only)."""
 
@@ -110,8 +118,7 @@ class AdminGroupsController(Controller):
     ) -> None:
         """Add a user to a local group (409 for a synced one); takes effect on the user's next request."""
         await ctx.groups.add_member(group_id, user_id)
-        details = {"group_id": group_id, "user_id": user_id}
-        await ctx.audit.record(audit_entry(request.scope, "group.member.add", principal, details=details))
+        await _record_member(request, ctx, principal, "group.member.add", group_id, user_id)
 
     @delete(
         "/{group_id:int}/members/{user_id:int}",
@@ -124,8 +131,7 @@ class AdminGroupsController(Controller):
     ) -> None:
         """Remove a user from a local group (409 for a synced one); takes effect on the user's next request."""
         await ctx.groups.remove_member(group_id, user_id)
-        details = {"group_id": group_id, "user_id": user_id}
-        await ctx.audit.record(audit_entry(request.scope, "group.member.remove", principal, details=details))
+        await _record_member(request, ctx, principal, "group.member.remove", group_id, user_id)
 
     @get("/users/{user_id:int}", operation_id="adminListUserGroups", responses=error_responses(401, 403, 404))
     async def user_groups(self, user_id: UserId, ctx: AppContext) -> list[GroupView]:

@@ -38,6 +38,19 @@ def _limits(data: QuotaBody) -> Limits:
     )
 
 
+async def _record(
+    request: Request[Any, Any, Any],
+    ctx: AppContext,
+    principal: Principal,
+    action: str,
+    target: str,
+    limits: Limits | None = None,
+) -> None:
+    """Audit an admin's quota change on ``target`` (``user:<id>`` or ``group:<id>``), with the limits set."""
+    details = msgspec.to_builtins(limits) if limits is not None else {}
+    await ctx.audit.record(audit_entry(request.scope, action, principal, target=target, details=details))
+
+
 class AdminQuotasController(Controller):
     """A user's quota (admin only); their usage beside it."""
 
@@ -57,15 +70,7 @@ class AdminQuotasController(Controller):
         """Give the user a quota of their own (replaces the default and their groups' for them)."""
         limits = _limits(data)
         view = await ctx.quotas.set_user_quota(user_id, limits)
-        await ctx.audit.record(
-            audit_entry(
-                request.scope,
-                "admin.quota.set",
-                principal,
-                target=f"user:{user_id}",
-                details=msgspec.to_builtins(limits),
-            )
-        )
+        await _record(request, ctx, principal, "admin.quota.set", f"user:{user_id}", limits)
         return view
 
     @delete("/", status_code=200, operation_id="adminDropUserQuota", responses=error_responses(401, 403, 404))
@@ -74,7 +79,7 @@ class AdminQuotasController(Controller):
     ) -> QuotaView:
         """Drop the user's own quota: their groups' or the hub's default applies again."""
         view = await ctx.quotas.clear_user_quota(user_id)
-        await ctx.audit.record(audit_entry(request.scope, "admin.quota.drop", principal, target=f"user:{user_id}"))
+        await _record(request, ctx, principal, "admin.quota.drop", f"user:{user_id}")
         return view
 
 
@@ -98,15 +103,7 @@ class AdminGroupQuotasController(Controller):
         """Give the group a quota (a limit left out or ``null`` is unlimited for its members)."""
         limits = _limits(data)
         view = await ctx.quotas.set_group_quota(group_id, limits)
-        await ctx.audit.record(
-            audit_entry(
-                request.scope,
-                "admin.quota.set",
-                principal,
-                target=f"group:{group_id}",
-                details=msgspec.to_builtins(limits),
-            )
-        )
+        await _record(request, ctx, principal, "admin.quota.set", f"group:{group_id}", limits)
         return view
 
     @delete("/", status_code=200, operation_id="adminDropGroupQuota", responses=error_responses(401, 403, 404))
@@ -115,7 +112,7 @@ class AdminGroupQuotasController(Controller):
     ) -> GroupQuotaView:
         """Drop the group's quota: its members fall back to their other groups' or the hub's default."""
         view = await ctx.quotas.clear_group_quota(group_id)
-        await ctx.audit.record(audit_entry(request.scope, "admin.quota.drop", principal, target=f"group:{group_id}"))
+        await _record(request, ctx, principal, "admin.quota.drop", f"group:{group_id}")
         return view
 
 

@@ -3,39 +3,24 @@ a group synced from the identity provider is listed read-only; a non-admin has n
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from app import db
 from app.services.auth.identities import ensure_groups
-from tests.support.databases import fresh_database
+from tests.support.browser import PASSWORD, chromium, login
 from tests.support.server import Hub, running_hub
-from tests.support.services import need
 from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-PASSWORD = "password-123"
-
 
 @pytest.fixture
-def groups_db(tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite database (migrations run their own event loop: a sync fixture)."""
-    if not Path(CHROMIUM).exists():
-        need("browser", False, f"{CHROMIUM} is missing")
-    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
-    with fresh_database("sqlite", tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-async def groups_hub(groups_db: str, tmp_path: Path) -> AsyncIterator[Hub]:
+async def groups_hub(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
     """A hub with one group synced from the provider (as a sign-in makes it)."""
-    settings = make_settings(tmp_path / "data", database_url=groups_db)
+    settings = make_settings(tmp_path / "data", database_url=sqlite_url)
     engine = db.create_engine(settings)
     try:
         async with db.create_sessionmaker(engine)() as session:
@@ -48,57 +33,43 @@ async def groups_hub(groups_db: str, tmp_path: Path) -> AsyncIterator[Hub]:
 
 
 async def test_admin_manages_groups_in_the_dashboard(groups_hub: Hub) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await groups_hub.new_user("grp-admin", admin=True, password=PASSWORD)
     await groups_hub.new_user("grp-dana", password=PASSWORD)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = await browser.new_page()
-            await page.goto(groups_hub.url + "/#groups")
-            await page.get_by_label("Username").fill("grp-admin")
-            await page.get_by_label("Password").fill(PASSWORD)
-            await page.get_by_role("button", name="Sign in").click()
-            await page.get_by_role("link", name="Groups").click()
-            synced = page.locator("#groups-body tr", has_text="idp-team")
-            await expect(synced).to_contain_text("read-only")
-            await expect(synced.get_by_role("button", name="Delete idp-team")).to_have_count(0)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await login(page, groups_hub, "grp-admin", "/#groups")
+        await page.get_by_role("link", name="Groups").click()
+        synced = page.locator("#groups-body tr", has_text="idp-team")
+        await expect(synced).to_contain_text("read-only")
+        await expect(synced.get_by_role("button", name="Delete idp-team")).to_have_count(0)
 
-            await page.get_by_label("New local group").fill("designers")
-            await page.get_by_role("button", name="Create").click()
-            row = page.locator("#groups-body tr", has_text="designers")
-            await expect(row.locator("td.num")).to_have_text("0")
-            await row.get_by_role("button", name="Members of designers").click()
-            await page.get_by_label("User name or id").fill("grp-dana")
-            await page.get_by_role("button", name="Add member").click()
-            await expect(row.locator("td.num")).to_have_text("1")
-            await expect(page.locator("#group-members-list")).to_contain_text("grp-dana")
+        await page.get_by_label("New local group").fill("designers")
+        await page.get_by_role("button", name="Create").click()
+        row = page.locator("#groups-body tr", has_text="designers")
+        await expect(row.locator("td.num")).to_have_text("0")
+        await row.get_by_role("button", name="Members of designers").click()
+        await page.get_by_label("User name or id").fill("grp-dana")
+        await page.get_by_role("button", name="Add member").click()
+        await expect(row.locator("td.num")).to_have_text("1")
+        await expect(page.locator("#group-members-list")).to_contain_text("grp-dana")
 
-            await synced.get_by_role("button", name="Members of idp-team").click()
-            await expect(page.locator("#group-add-member")).to_be_hidden()
-            await expect(page.locator("#group-members-note")).to_contain_text("identity provider")
-        finally:
-            await browser.close()
+        await synced.get_by_role("button", name="Members of idp-team").click()
+        await expect(page.locator("#group-add-member")).to_be_hidden()
+        await expect(page.locator("#group-members-note")).to_contain_text("identity provider")
     async with groups_hub.client() as admin:
         groups = {g["name"]: g for g in (await admin.get("/api/admin/groups")).json()}
         assert groups["designers"]["member_count"] == 1 and groups["designers"]["source"] == "local"
 
 
 async def test_non_admins_have_no_groups_tab(groups_hub: Hub) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await groups_hub.new_user("grp-eve", password=PASSWORD)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = await browser.new_page()
-            await page.goto(groups_hub.url + "/#groups")
-            await page.get_by_label("Username").fill("grp-eve")
-            await page.get_by_label("Password").fill(PASSWORD)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page.locator("#workspaces-view")).to_be_visible()
-            await expect(page.locator("#groups-view")).to_be_hidden()
-            await expect(page.get_by_role("link", name="Groups")).to_be_hidden()
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await login(page, groups_hub, "grp-eve", "/#groups")
+        await expect(page.locator("#workspaces-view")).to_be_visible()
+        await expect(page.locator("#groups-view")).to_be_hidden()
+        await expect(page.get_by_role("link", name="Groups")).to_be_hidden()

@@ -17,7 +17,6 @@ and no terminal.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -32,25 +31,14 @@ from sqlalchemy import select
 from app import db
 from app.factory import create_app
 from app.models import AuditEvent
+from tests.support.browser import chromium, need_browser
 from tests.support.databases import fresh_database
 from tests.support.relay import RelayHub
 from tests.support.server import admin_token, free_port, serve_asgi
-from tests.support.services import need
 from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE_SCRIPT = """
 (async () => {
   const hub = %(hub)s, victim = %(victim)s, results = {};
@@ -171,29 +159,23 @@ async def run_page(
     """Open ``url`` in Chromium with the admin's hub cookie; the hostile script's results (None when it never
     ran) and the statuses of the navigations. ``seen`` collects what the network answered (method, URL,
     status), which the page's script cannot read across origins."""
-    from playwright.async_api import async_playwright
-
     statuses: list[int] = []
     seen = [] if seen is None else seen
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    async with chromium() as browser:
+        context = await browser.new_context()
+        await context.add_cookies(
+            [{"name": "codehub_session", "value": session, "url": hub_origin, "httpOnly": True, "sameSite": "Lax"}]
+        )
+        page = await context.new_page()
+        page.on("response", lambda r: r.request.is_navigation_request() and statuses.append(r.status))
+        page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
+        await page.goto(url, timeout=30_000)
         try:
-            context = await browser.new_context()
-            await context.add_cookies(
-                [{"name": "codehub_session", "value": session, "url": hub_origin, "httpOnly": True, "sameSite": "Lax"}]
-            )
-            page = await context.new_page()
-            page.on("response", lambda r: r.request.is_navigation_request() and statuses.append(r.status))
-            page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
-            await page.goto(url, timeout=30_000)
-            try:
-                await page.wait_for_function("document.title === 'attack done'", timeout=20_000)
-            except Exception:
-                return None, statuses
-            results: dict[str, Any] = await page.evaluate("window.attackResults")
-            return results, statuses
-        finally:
-            await browser.close()
+            await page.wait_for_function("document.title === 'attack done'", timeout=20_000)
+        except Exception:
+            return None, statuses
+        results: dict[str, Any] = await page.evaluate("window.attackResults")
+        return results, statuses
 
 
 def assert_all_failed(results: dict[str, Any]) -> None:
@@ -211,12 +193,6 @@ def assert_all_failed(results: dict[str, Any]) -> None:
         assert results[name] in (401, 403) or str(results[name]).startswith("failed"), (name, results)
     assert results["token_no_cors"] in ("opaque", "failed: TypeError")
     assert str(results["terminal"]).startswith("closed"), results
-
-
-def need_browser() -> None:
-    """Skip (or fail when required) without Chromium or playwright."""
-    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
 
 
 async def nothing_gained(hub: RelayHub, before: list[tuple[str, str]]) -> None:

@@ -14,8 +14,7 @@ import pytest
 from tests.isolation.ide_helpers import credential, direct_get, socket_path, upgrade_status, workspace_row
 from tests.support.runtime import remove_hub_containers
 from tests.support.server import Hub, running_hub
-from tests.support.services import CODE_SERVER_IMAGE, need_docker
-from tests.support.settings import make_settings
+from tests.support.settings import code_server_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -25,17 +24,9 @@ WORKBENCH = "workbench-web-configuration"
 @pytest.fixture
 async def cs_hub(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Hub]:
     """A hub whose workspaces run the real code-server image on the local Docker engine."""
-    docker_url = need_docker(CODE_SERVER_IMAGE)
-    settings = make_settings(
+    settings = code_server_settings(
         tmp_path / "data",
-        database_url=sqlite_url,
-        runtime="docker",
-        docker_url=docker_url,
-        default_image=CODE_SERVER_IMAGE,
-        default_memory_mb=1024,
-        start_timeout=90,
-        stop_grace=2,
-        idle_timeout=0,
+        sqlite_url,
     )
     try:
         async with running_hub(settings) as hub:

@@ -5,7 +5,6 @@ code-server's ``/proxy/<port>/``. A screenshot goes to ``test-artifacts/`` (giti
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,46 +15,25 @@ import pytest
 
 from app.factory import create_app
 from app.streams.relay.splice import SpliceProtocol
+from tests.support.browser import artifact, chromium, need_browser
 from tests.support.relay import RelayHub
 from tests.support.runtime import remove_hub_containers
 from tests.support.server import admin_token, free_port, serve_asgi
-from tests.support.services import CODE_SERVER_IMAGE, need, need_docker
-from tests.support.settings import make_settings
+from tests.support.settings import code_server_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PORT_APP = "require('http').createServer((q, s) => s.end('port app saw ' + q.url)).listen(9011, '127.0.0.1')"
 
 
 @pytest.fixture
 async def cs_hub(sqlite_url: str, tmp_path: Path) -> AsyncIterator[RelayHub]:
     """A subdomain-mode hub on ``localhost`` whose workspaces run the real code-server image."""
-    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
-    docker_url = need_docker(CODE_SERVER_IMAGE)
+    need_browser()
     port = free_port()
-    settings = make_settings(
+    settings = code_server_settings(
         tmp_path / "data",
-        database_url=sqlite_url,
-        runtime="docker",
-        docker_url=docker_url,
-        default_image=CODE_SERVER_IMAGE,
-        default_memory_mb=1024,
-        start_timeout=90,
-        stop_grace=2,
-        idle_timeout=0,
+        sqlite_url,
         public_url=f"http://localhost:{port}",
         workspace_domain="ws.localhost",
     )
@@ -71,8 +49,6 @@ async def cs_hub(sqlite_url: str, tmp_path: Path) -> AsyncIterator[RelayHub]:
 
 
 async def test_code_server_on_its_own_origin(cs_hub: RelayHub) -> None:
-    from playwright.async_api import async_playwright
-
     origin = cs_hub.settings.public_url
     async with cs_hub.client(cs_hub.alice) as client:
         ws_id = (await client.post("/api/workspaces", json={"name": "code"})).json()["id"]
@@ -94,38 +70,33 @@ async def test_code_server_on_its_own_origin(cs_hub: RelayHub) -> None:
         sockets.append(socket)
         socket.on("framereceived", lambda _: frames.__setitem__("received", frames["received"] + 1))
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = await browser.new_context(viewport={"width": 1400, "height": 900})
-            await context.add_cookies(
-                [{"name": "codehub_session", "value": session, "url": origin, "httpOnly": True, "sameSite": "Lax"}]
-            )
-            page = await context.new_page()
-            page.on("websocket", on_socket)
-            await page.goto(f"{origin}/w/{ws_id}/", timeout=60_000)
-            assert page.url.startswith(ide_origin + "/"), page.url
-            await page.wait_for_selector(".monaco-workbench", timeout=120_000)
-            with anyio.fail_after(60):
-                while not any(s.url.startswith(f"ws://{ws_id}.ws.localhost") and not s.is_closed() for s in sockets):
-                    await anyio.sleep(0.25)
-                while frames["received"] < 5:
-                    await anyio.sleep(0.25)
-            await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
-            await page.screenshot(path=str(ARTIFACTS / "subdomain-code-server.png"))
-            cookies = {(c["name"], c["domain"]): c for c in await context.cookies()}
-            port_page = await context.new_page()
-            with anyio.fail_after(30):
-                while True:
-                    response = await port_page.goto(f"{origin}/w/9011--{ws_id}/hello?x=1", timeout=30_000)
-                    if response is not None and response.status == 200:
-                        break
-                    await anyio.sleep(0.5)  # the port app may still be starting
-            port_text = await port_page.inner_text("body")
-            port_url = port_page.url
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        context = await browser.new_context(viewport={"width": 1400, "height": 900})
+        await context.add_cookies(
+            [{"name": "codehub_session", "value": session, "url": origin, "httpOnly": True, "sameSite": "Lax"}]
+        )
+        page = await context.new_page()
+        page.on("websocket", on_socket)
+        await page.goto(f"{origin}/w/{ws_id}/", timeout=60_000)
+        assert page.url.startswith(ide_origin + "/"), page.url
+        await page.wait_for_selector(".monaco-workbench", timeout=120_000)
+        with anyio.fail_after(60):
+            while not any(s.url.startswith(f"ws://{ws_id}.ws.localhost") and not s.is_closed() for s in sockets):
+                await anyio.sleep(0.25)
+            while frames["received"] < 5:
+                await anyio.sleep(0.25)
+        await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
+        await page.screenshot(path=str(artifact("subdomain-code-server.png")))
+        cookies = {(c["name"], c["domain"]): c for c in await context.cookies()}
+        port_page = await context.new_page()
+        with anyio.fail_after(30):
+            while True:
+                response = await port_page.goto(f"{origin}/w/9011--{ws_id}/hello?x=1", timeout=30_000)
+                if response is not None and response.status == 200:
+                    break
+                await anyio.sleep(0.5)  # the port app may still be starting
+        port_text = await port_page.inner_text("body")
+        port_url = port_page.url
     live = [s for s in sockets if s.url.startswith(f"ws://{ws_id}.ws.localhost")]
     assert live and not all(s.is_closed() for s in live)
     ws_cookie = cookies[("codehub_ws", f"{ws_id}.ws.localhost")]

@@ -9,9 +9,7 @@ then code-server's workbench renders and its WebSocket connects through the rela
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,27 +17,14 @@ import pytest
 
 from app.factory import create_app
 from app.streams.relay.splice import SpliceProtocol
+from tests.support.browser import artifact, chromium, need_browser
 from tests.support.databases import fresh_database
 from tests.support.relay import RelayHub
 from tests.support.runtime import remove_hub_containers
 from tests.support.server import admin_token, serve_asgi
-from tests.support.services import CODE_SERVER_IMAGE, need, need_docker
-from tests.support.settings import make_settings
+from tests.support.settings import code_server_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module", params=["splice", "frames"])
@@ -53,19 +38,10 @@ def mode_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 async def cs_hub(mode_db: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RelayHub]:
     """A hub whose workspaces run the real code-server image on the local Docker engine."""
     mode, relay_db = mode_db
-    need("browser", Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
-    docker_url = need_docker(CODE_SERVER_IMAGE)
-    settings = make_settings(
+    need_browser()
+    settings = code_server_settings(
         tmp_path_factory.mktemp("data"),
-        database_url=relay_db,
-        runtime="docker",
-        docker_url=docker_url,
-        default_image=CODE_SERVER_IMAGE,
-        default_memory_mb=1024,
-        start_timeout=90,
-        stop_grace=2,
-        idle_timeout=0,
+        relay_db,
     )
     try:
         token = await admin_token(settings)
@@ -79,8 +55,6 @@ async def cs_hub(mode_db: tuple[str, str], tmp_path_factory: pytest.TempPathFact
 
 
 async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None:
-    from playwright.async_api import async_playwright
-
     async with cs_hub.client(cs_hub.alice) as client:
         ws_id = (await client.post("/api/workspaces", json={"name": "code"})).json()["id"]
     sockets: list[Any] = []
@@ -92,31 +66,26 @@ async def test_code_server_workbench_through_the_relay(cs_hub: RelayHub) -> None
         socket.on("framereceived", lambda _: frames.__setitem__("received", frames["received"] + 1))
         socket.on("framesent", lambda _: frames.__setitem__("sent", frames["sent"] + 1))
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = await browser.new_context(viewport={"width": 1400, "height": 900})
-            page = await context.new_page()
-            page.on("websocket", on_socket)
-            page.on("response", lambda r: r.request.is_navigation_request() and statuses.append((r.status, r.url)))
-            response = await page.goto(f"{cs_hub.url}/w/{ws_id}/", timeout=60_000)
-            assert response is not None
-            first = response.status
-            await page.click("a[href^='/?next=']")
-            await page.fill("#login-username", "alice")
-            await page.fill("#login-password", "password-123")
-            await page.click("#login-form button[type=submit]")
-            await page.wait_for_selector(".monaco-workbench", timeout=120_000)
-            await page.wait_for_selector(".explorer-folders-view, .monaco-workbench .part.sidebar", timeout=60_000)
-            with anyio.fail_after(60):
-                while not any(f"/w/{ws_id}/" in s.url and not s.is_closed() for s in sockets) or frames["received"] < 5:
-                    await anyio.sleep(0.25)
-            await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
-            await page.screenshot(path=str(ARTIFACTS / f"relay-code-server-{cs_hub.mode}.png"))
-            cookies = {c["name"]: c for c in await context.cookies()}
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        context = await browser.new_context(viewport={"width": 1400, "height": 900})
+        page = await context.new_page()
+        page.on("websocket", on_socket)
+        page.on("response", lambda r: r.request.is_navigation_request() and statuses.append((r.status, r.url)))
+        response = await page.goto(f"{cs_hub.url}/w/{ws_id}/", timeout=60_000)
+        assert response is not None
+        first = response.status
+        await page.click("a[href^='/?next=']")
+        await page.fill("#login-username", "alice")
+        await page.fill("#login-password", "password-123")
+        await page.click("#login-form button[type=submit]")
+        await page.wait_for_selector(".monaco-workbench", timeout=120_000)
+        await page.wait_for_selector(".explorer-folders-view, .monaco-workbench .part.sidebar", timeout=60_000)
+        with anyio.fail_after(60):
+            while not any(f"/w/{ws_id}/" in s.url and not s.is_closed() for s in sockets) or frames["received"] < 5:
+                await anyio.sleep(0.25)
+        await anyio.sleep(2)  # stays connected: a refused origin would close it at once (1006)
+        await page.screenshot(path=str(artifact(f"relay-code-server-{cs_hub.mode}.png")))
+        cookies = {c["name"]: c for c in await context.cookies()}
     assert first == 401  # the sign-in page
     assert statuses[1] == (200, f"{cs_hub.url}/?next=%2Fw%2F{ws_id}%2F")  # the dashboard's login
     assert statuses[2] == (503, f"{cs_hub.url}/w/{ws_id}/")  # back, to the starting page (the workspace was stopped)

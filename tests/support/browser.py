@@ -23,6 +23,15 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "password-123"
 TIMEOUT_MS = 20_000
+DESKTOP = {"width": 1360, "height": 900}
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def artifact(name: str) -> Path:
+    """Where a screenshot or log named ``name`` goes under ``test-artifacts/`` (gitignored), the folder made."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS / name
 
 
 def need_browser() -> None:
@@ -45,6 +54,33 @@ async def chromium() -> AsyncIterator[Any]:
             yield browser
         finally:
             await browser.close()
+
+
+@asynccontextmanager
+async def open_page(
+    browser: Any,
+    *,
+    shot: Path | None = None,
+    console: Path | None = None,
+    viewport: dict[str, int] = DESKTOP,
+    **options: Any,
+) -> AsyncIterator[Any]:
+    """A fresh context (``viewport`` and Playwright's other context ``options``) and page of ``browser``.
+    Uncaught page errors fail the test when the block ends; whatever happens, a last full-page screenshot goes
+    to ``shot`` and the console's errors to ``console`` (when given)."""
+    context = await browser.new_context(viewport=viewport, **options)
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = PageErrors(page)
+    try:
+        yield page
+        assert not errors.uncaught, f"uncaught errors in the page: {errors.uncaught}"
+    finally:
+        if shot is not None:
+            await page.screenshot(path=str(shot), full_page=True)
+        if console is not None:
+            console.write_text("\n".join(errors.console))
+        await context.close()
 
 
 class PageErrors:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings, load_settings
-from tests.support.services import TEST_IMAGE, need_docker
+from tests.support.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
@@ -51,3 +51,20 @@ def docker_settings(data_dir: Path, database_url: str, **overrides: object) -> S
     }
     values.update(overrides)
     return make_settings(data_dir, **values)
+
+
+def code_server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    """A hub whose workspaces run the real code-server image on the local engine (skips without it)."""
+    docker_url = need_docker(CODE_SERVER_IMAGE)
+    return make_settings(
+        data_dir,
+        database_url=database_url,
+        runtime="docker",
+        docker_url=docker_url,
+        default_image=CODE_SERVER_IMAGE,
+        default_memory_mb=1024,
+        start_timeout=90,
+        stop_grace=2,
+        idle_timeout=0,
+        **overrides,
+    )

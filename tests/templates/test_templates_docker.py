@@ -1,6 +1,7 @@
-"""Templates on the real Docker engine: a workspace started from one gets its variables and secrets; an image
-the server lacks is refused at create; admins see where images are and pre-pull with progress events; secret
-values never reach responses, events, the audit log, the hub's logs or the database file."""
+"""Templates on the real Docker engine: a workspace started from one gets its variables and secrets, runs its
+startup command and is placed only on servers with its labels; an image the server lacks is refused at create;
+admins see where images are and pre-pull with progress events; secret values never reach responses, events,
+the audit log, the hub's logs or the database file."""
 
 from __future__ import annotations
 
@@ -218,3 +219,65 @@ async def test_a_template_idle_timeout_stops_its_workspaces(docker_hub: tuple[Hu
         stopped = await wait_state(user, ws["id"], {"stopped"}, timeout=30)
         assert stopped["state_reason"] == "idle"
         assert (await user.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
+
+
+async def test_a_template_runs_its_command_on_servers_with_its_labels(docker_hub: tuple[Hub, Collected, Path]) -> None:
+    """A template's ``server_labels`` pick its servers (none labelled: 503 naming the labels; a server without
+    them named: 422); on a labelled server its startup command is what the container runs."""
+    hub, _, _ = docker_hub
+    tier = f"t-{secrets.token_hex(3)}"
+    token = await hub.new_user("tpl-labels")
+    async with hub.client() as admin:
+        body = {
+            "name": "labelled",
+            "image": TEST_IMAGE,
+            "max_memory_mb": 512,
+            "default_memory_mb": 256,
+            "server_labels": {"tier": tier},
+            "command": f"sh -c 'echo started-{tier} > /tmp/started && exec /usr/local/bin/wsecho 8080'",
+        }
+        assert (await admin.post("/api/admin/templates", json=body)).status_code == 201
+        server = next(s for s in (await admin.get("/api/admin/servers")).json() if s["is_default"])
+        r = await admin.post(
+            "/api/workspaces", json={"name": "named", "template": "labelled", "server_id": server["id"]}
+        )
+        assert r.status_code == 422 and r.json()["error"] == "server_not_allowed", r.text
+        assert f"tier={tier}" in r.json()["detail"]
+    async with hub.client(token) as user:
+        r = await user.post("/api/workspaces", json={"name": "nowhere", "template": "labelled"})
+        assert r.status_code == 503 and r.json()["error"] == "no_capacity", r.text
+        assert f"tier={tier}" in r.json()["detail"] and "label a server" in r.json()["detail"]
+    async with hub.client() as admin:
+        labels = {**server["labels"], "tier": tier}
+        assert (await admin.patch(f"/api/admin/servers/{server['id']}", json={"labels": labels})).status_code == 200
+    try:
+        async with hub.client(token) as user:
+            r = await user.post("/api/workspaces", json={"name": "placed", "template": "labelled"})
+            assert r.status_code == 201 and r.json()["server_id"] == server["id"], r.text
+            ws = r.json()
+            r = await user.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+            assert r.json()["state"] == "running", r.text
+            r = await user.post(f"/api/workspaces/{ws['id']}/execute", json={"command": "cat /tmp/started"})
+            assert r.json()["stdout"].strip() == f"started-{tier}", r.text
+            assert (await user.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
+    finally:
+        async with hub.client() as admin:
+            await admin.patch(f"/api/admin/servers/{server['id']}", json={"labels": server["labels"]})
+
+
+async def test_an_absent_image_is_accepted_at_create_when_the_hub_pulls(sqlite_url: str, tmp_path: Path) -> None:
+    """With ``CODEHUB_PULL_IMAGES=true`` an image the server lacks is no reason to refuse: it is pulled at start."""
+    settings = docker_settings(tmp_path / "data", sqlite_url, pull_images=True)
+    try:
+        async with running_hub(settings) as hub:
+            token = await hub.new_user("tpl-puller")
+            async with hub.client() as admin:
+                tpl = (await admin.post("/api/admin/templates", json={"name": "later", "image": ABSENT_IMAGE})).json()
+                where = (await admin.get(f"/api/admin/templates/{tpl['id']}/images")).json()
+                assert where["pull_allowed"] is True and [s["present"] for s in where["servers"]] == [False]
+            async with hub.client(token) as user:
+                r = await user.post("/api/workspaces", json={"name": "pulled-later", "template": "later"})
+                assert r.status_code == 201, r.text
+                assert r.json()["image"] == ABSENT_IMAGE and r.json()["template_version"] == 1
+    finally:
+        remove_hub_containers(settings.hub_id)

@@ -6,51 +6,19 @@ sees real lifecycle events, logs and status. Screenshots go to ``test-artifacts/
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.databases import fresh_database
+from tests.support.browser import PASSWORD, PHONE, artifact, login, open_page, row
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, free_port, running_hub
-from tests.support.services import need
 from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-PASSWORD = "password-123"
-TIMEOUT_MS = 20_000
-
-
-def need_browser() -> None:
-    """Skip (or fail when CODEHUB_TEST_REQUIRE names "browser") without Chromium or Playwright."""
-    if not Path(CHROMIUM).exists():
-        need("browser", False, f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    need("browser", importlib.util.find_spec("playwright") is not None, "the playwright package is not installed")
-
-
-@pytest.fixture(scope="module")
-def ui_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database (migrations run their own event loop: a sync fixture)."""
-    need_browser()
-    with fresh_database("sqlite", tmp_path_factory.mktemp("ui-db")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +42,11 @@ def git_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def ui_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub over that database, with the local runtime running the fake IDE."""
     settings = make_settings(
         tmp_path_factory.mktemp("ui-data"),
-        database_url=ui_db_url,
+        database_url=browser_db_url,
         local_ide_command=fake_ide_command(),
         start_timeout=30.0,
         allow_file_git_urls=True,
@@ -87,71 +55,24 @@ async def ui_hub(ui_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
         yield hub
 
 
-@pytest.fixture(scope="module")
-async def browser(ui_hub: Hub) -> AsyncIterator[Any]:
-    """Debian's Chromium, headless, launched by Playwright."""
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-class PageErrors:
-    """Uncaught exceptions and console errors of a page (uncaught ones fail the test)."""
-
-    def __init__(self, page: Any) -> None:
-        self.uncaught: list[str] = []
-        self.console: list[str] = []
-        page.on("pageerror", lambda exc: self.uncaught.append(str(exc)))
-        page.on("console", lambda msg: self.console.append(msg.text) if msg.type == "error" else None)
-
-
 @pytest.fixture
 async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """A fresh browser context and page; a final screenshot is saved whatever the outcome."""
-    context = await browser.new_context(viewport={"width": 1360, "height": 900})
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors = PageErrors(page)
-    try:
-        yield page
-        assert not errors.uncaught, f"uncaught errors in the page: {errors.uncaught}"
-    finally:
-        await shot(page, f"{request.node.name}-final")
-        (ARTIFACTS / f"dashboard-{request.node.name}-console.txt").write_text("\n".join(errors.console))
-        await context.close()
+    """A fresh browser context and page; a final screenshot (and the console's errors) saved whatever the outcome."""
+    name = request.node.name
+    async with open_page(
+        browser, shot=artifact(f"dashboard-{name}-final.png"), console=artifact(f"dashboard-{name}-console.txt")
+    ) as p:
+        yield p
 
 
 async def shot(page: Any, name: str) -> None:
     """Save a full-page screenshot under test-artifacts/."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
-
-
-async def login(page: Any, hub: Hub, username: str) -> None:
-    """Open the dashboard and sign in through the form."""
-    from playwright.async_api import expect
-
-    await page.goto(hub.url + "/")
-    await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password", exact=True).fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page.locator("#whoami")).to_contain_text(username)
+    await page.screenshot(path=str(artifact(f"dashboard-{name}.png")), full_page=True)
 
 
 async def user_token(hub: Hub, username: str, *, admin: bool = False) -> str:
     """Create a user (password ``PASSWORD``) and return an API token for it."""
     return await hub.new_user(username, admin=admin, password=PASSWORD)
-
-
-def row(page: Any, name: str) -> Any:
-    """The table row of the workspace named ``name``."""
-    return page.locator("#ws-body tr", has=page.get_by_role("button", name=f"Show details of {name}", exact=True))
 
 
 WATCH_BARS = """() => {
@@ -399,10 +320,7 @@ async def test_dark_and_narrow_layouts(ui_hub: Hub, browser: Any) -> None:
     async with ui_hub.client(token) as client:
         for name in ("phone-a", "phone-b"):
             assert (await client.post("/api/workspaces", json={"name": name})).status_code == 201
-    context = await browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
-    try:
-        page = await context.new_page()
-        errors = PageErrors(page)
+    async with open_page(browser, viewport=PHONE, color_scheme="dark") as page:
         await login(page, ui_hub, "dana")
         await expect(row(page, "phone-a")).to_have_count(1)
         await row(page, "phone-a").get_by_role("button", name="Show details of phone-a", exact=True).click()
@@ -412,6 +330,3 @@ async def test_dark_and_narrow_layouts(ui_hub: Hub, browser: Any) -> None:
         await shot(page, "dark-phone")
         width = await page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await context.close()

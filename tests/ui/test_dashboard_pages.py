@@ -5,16 +5,23 @@ fake IDE). Screenshots go to the test's tmp dir.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.browser import PASSWORD, PageErrors, chromium, login, need_browser, overflowing, row, small_targets
-from tests.support.databases import fresh_database
+from tests.support.browser import (
+    PASSWORD,
+    PHONE,
+    login,
+    open_page,
+    overflowing,
+    row,
+    small_targets,
+)
+from tests.support.git_http import make_repo
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, free_port, running_hub
 from tests.support.settings import make_settings
@@ -23,64 +30,25 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def pages_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database."""
-    need_browser()
-    with fresh_database("sqlite", tmp_path_factory.mktemp("pages-db")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def good_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small local repository (``file://``, allowed for admins on this hub)."""
-    repo = tmp_path_factory.mktemp("pages-repo")
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.x",
-    }
-    env["PATH"] = "/usr/bin:/bin"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
-    (repo / "README").write_text("hello\n")
-    subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env=env)
-    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "init"], check=True, env=env)
-    return repo.as_uri()
+    return make_repo(
+        tmp_path_factory.mktemp("pages-repo"), "good.git", branches={"main": {"README": "hello\n"}}
+    ).as_uri()
 
 
 @pytest.fixture(scope="module")
-async def pages_hub(pages_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def pages_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub running workspaces as local processes; file:// clones allowed for admins."""
     settings = make_settings(
         tmp_path_factory.mktemp("pages-data"),
-        database_url=pages_db_url,
+        database_url=browser_db_url,
         local_ide_command=fake_ide_command(),
         allow_file_git_urls=True,
         start_timeout=30.0,
     )
     async with running_hub(settings) as hub:
         yield hub
-
-
-@pytest.fixture(scope="module")
-async def browser(pages_hub: Hub) -> AsyncIterator[Any]:
-    """Headless Chromium."""
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def page(browser: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh desktop-sized page; uncaught page errors fail the test; a last screenshot whatever happens."""
-    context = await browser.new_context(viewport={"width": 1360, "height": 900})
-    page = await context.new_page()
-    errors = PageErrors(page)
-    try:
-        yield page
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
-        await context.close()
 
 
 async def test_api_tokens_create_once_list_revoke(pages_hub: Hub, page: Any, tmp_path: Path) -> None:
@@ -158,7 +126,8 @@ async def test_sign_in_returns_where_the_user_was_going(pages_hub: Hub, page: An
 
 
 async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> None:
-    """Open is offered on a workspace that is not running; the new tab starts it and lands in the IDE."""
+    """Open is offered on a workspace that is not running (new, then stopped); the new tab starts it and lands in
+    the IDE."""
     from playwright.async_api import expect
 
     await pages_hub.new_user("opener")
@@ -166,15 +135,17 @@ async def test_open_starts_a_stopped_workspace(pages_hub: Hub, page: Any) -> Non
     await page.get_by_label("Name", exact=True).fill("sleepy")
     await page.get_by_role("button", name="Create").click()
     ws = row(page, "sleepy")
-    await expect(ws.locator(".badge")).to_have_text("created")
     link = ws.get_by_role("link", name="Open the IDE of sleepy in a new tab (starts it)")
-    await expect(link).to_have_attribute("aria-disabled", "false")
-    async with page.context.expect_page() as opened:
-        await link.click()
-    ide = await opened.value
-    await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
-    await ide.close()
-    await expect(ws.locator(".badge")).to_have_text("running")
+    for state in ("created", "stopped"):
+        await expect(ws.locator(".badge")).to_have_text(state)
+        await expect(link).to_have_attribute("aria-disabled", "false")
+        async with page.context.expect_page() as opened:
+            await link.click()
+        ide = await opened.value
+        await expect(ide.locator("body")).to_contain_text('"method": "GET"', timeout=30_000)
+        await ide.close()
+        await expect(ws.locator(".badge")).to_have_text("running")
+        await ws.get_by_role("button", name="Stop sleepy", exact=True).click()
 
 
 async def test_failed_clone_edit_and_plain_field_errors(
@@ -240,6 +211,18 @@ async def test_failed_clone_edit_and_plain_field_errors(
     await expect(ws.locator(".badge")).to_have_text("running")
     await expect(ws.get_by_role("button", name="Edit broken")).to_be_disabled()
 
+    # Stopped: the image can change (it applies at the next start).
+    await ws.get_by_role("button", name="Stop broken", exact=True).click()
+    await expect(ws.locator(".badge")).to_have_text("stopped")
+    await ws.get_by_role("button", name="Edit broken").click()
+    await dialog.get_by_label("Image").fill("registry.example.org/team/ide:2")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    await expect(ws.locator(".image-col")).to_contain_text("registry.example.org/team/ide:2")
+    async with pages_hub.client() as admin:
+        ws_id = await ws.get_attribute("data-id")
+        assert (await admin.get(f"/api/workspaces/{ws_id}")).json()["image"] == "registry.example.org/team/ide:2"
+
 
 async def test_details_names_the_server_and_images_break_between_parts(pages_hub: Hub, page: Any) -> None:
     """Details shows the server's name (not its id); a long image name wraps only at / : @."""
@@ -290,10 +273,7 @@ async def test_phone_layout_390(pages_hub: Hub, browser: Any, tmp_path: Path) ->
     async with pages_hub.client(token) as client:
         for i in range(6):
             assert (await client.post("/api/workspaces", json={"name": f"phone-{i}"})).status_code == 201
-    context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-    page = await context.new_page()
-    errors = PageErrors(page)
-    try:
+    async with open_page(browser, viewport=PHONE, device_scale_factor=2) as page:
         await login(page, pages_hub, "phone")
         await expect(row(page, "phone-0")).to_have_count(1)
         header = await page.locator(".topbar").bounding_box()
@@ -314,9 +294,6 @@ async def test_phone_layout_390(pages_hub: Hub, browser: Any, tmp_path: Path) ->
         await expect(page.locator("#tokens-view")).to_be_visible()
         assert await small_targets(page) == []
         assert await overflowing(page, 390) == []
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await context.close()
 
 
 async def test_desktop_targets_are_24px(pages_hub: Hub, page: Any) -> None:
@@ -429,33 +406,6 @@ async def test_create_with_branch_resources_and_server(pages_hub: Hub, page: Any
     finally:
         async with pages_hub.client() as client:
             await client.delete(f"/api/admin/servers/{server_id}")
-
-
-async def test_admin_adds_tests_and_removes_a_server(pages_hub: Hub, page: Any) -> None:
-    """Servers: add (a bad URL is refused next to the field), test (nothing listens: failed), remove."""
-    from playwright.async_api import expect
-
-    await pages_hub.new_user("racker", admin=True)
-    await login(page, pages_hub, "racker")
-    await page.get_by_role("link", name="Servers").click()
-    form = page.locator("#server-form")
-    await form.get_by_label("Server name").fill("rack-x")
-    await form.get_by_label("Docker URL").fill("http://10.0.0.5")
-    await form.get_by_role("button", name="Add server").click()
-    await expect(page.locator("#server-form-docker_url-error")).to_contain_text("tcp://host:port")
-    await form.get_by_label("Server name").fill("-bad")
-    await form.get_by_label("Docker URL").fill(f"tcp://127.0.0.1:{free_port()}")
-    await form.get_by_role("button", name="Add server").click()
-    await expect(page.locator("#server-form-name-error")).to_contain_text("starting with a letter or digit")
-    await form.get_by_label("Server name").fill("rack-x")
-    await form.get_by_role("button", name="Add server").click()
-    server = page.locator("#servers-body tr", has_text="rack-x")
-    await expect(server).to_have_count(1)
-    await server.get_by_role("button", name="Test rack-x").click()
-    await expect(server.locator(".check")).to_contain_text("failed")
-    await server.get_by_role("button", name="Remove rack-x").click()
-    await page.locator("#confirm-ok").click()
-    await expect(server).to_have_count(0)
 
 
 async def test_sign_in_page_has_one_password_field(pages_hub: Hub, page: Any) -> None:

@@ -6,14 +6,13 @@ offered, the resource fields take the chosen template's bounds, and the hub's re
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.browser import PageErrors, chromium, login, need_browser
-from tests.support.databases import fresh_database
+from tests.support.browser import login
 from tests.support.runtime import fake_ide_command
 from tests.support.server import Hub, running_hub
 from tests.support.settings import make_settings
@@ -22,36 +21,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def tpl_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database."""
-    need_browser()
-    with fresh_database("sqlite", tmp_path_factory.mktemp("tpl-ui-db")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def tpl_hub(tpl_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def tpl_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub running workspaces as local processes."""
     settings = make_settings(
-        tmp_path_factory.mktemp("tpl-ui-data"), database_url=tpl_db_url, local_ide_command=fake_ide_command()
+        tmp_path_factory.mktemp("tpl-ui-data"), database_url=browser_db_url, local_ide_command=fake_ide_command()
     )
     async with running_hub(settings) as hub:
         yield hub
-
-
-@pytest.fixture
-async def page(tpl_hub: Hub, tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh page; uncaught page errors fail the test; a last screenshot whatever happens."""
-    async with chromium() as browser:
-        context = await browser.new_context(viewport={"width": 1360, "height": 900})
-        page = await context.new_page()
-        errors = PageErrors(page)
-        try:
-            yield page
-            assert not errors.uncaught, errors.uncaught
-        finally:
-            await page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
-            await context.close()
 
 
 async def test_create_from_template_within_bounds(tpl_hub: Hub, page: Any, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ those assets are not installed. Screenshots go to the test's tmp dir.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from app.controllers.dashboard import WEB_MODULES, vendor_installed
-from tests.support.browser import PageErrors, chromium, login, need_browser, row
-from tests.support.databases import fresh_database
+from tests.support.browser import login, open_page, row
 from tests.support.runtime import fake_ide_command, remove_hub_containers
 from tests.support.server import Hub, running_hub
 from tests.support.services import need
@@ -25,29 +24,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def term_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated SQLite database."""
-    need_browser()
-    need("browser", vendor_installed(WEB_MODULES), "the terminal's assets are not installed (just assets)")
-    with fresh_database("sqlite", tmp_path_factory.mktemp("term-db")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def term_hub(term_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def term_hub(browser_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
     """A hub running workspaces as local processes (the fake IDE; the terminal is a real shell on a pty)."""
+    need("browser", vendor_installed(WEB_MODULES), "the terminal's assets are not installed (just assets)")
     settings = make_settings(
-        tmp_path_factory.mktemp("term-data"), database_url=term_db_url, local_ide_command=fake_ide_command()
+        tmp_path_factory.mktemp("term-data"), database_url=browser_db_url, local_ide_command=fake_ide_command()
     )
     async with running_hub(settings) as hub:
         yield hub
-
-
-@pytest.fixture(scope="module")
-async def browser(term_hub: Hub) -> AsyncIterator[Any]:
-    """Headless Chromium."""
-    async with chromium() as b:
-        yield b
 
 
 async def running_workspace(hub: Hub, token: str, name: str) -> str:
@@ -100,10 +84,7 @@ async def test_terminal_pane_runs_a_command_and_follows_resizes(term_hub: Hub, b
 
     token = await term_hub.new_user("tess")
     ws_id = await running_workspace(term_hub, token, "shell")
-    context = await browser.new_context(viewport={"width": 1360, "height": 900})
-    page = await context.new_page()
-    errors = PageErrors(page)
-    try:
+    async with open_page(browser, shot=tmp_path / "terminal-final.png") as page:
         await login(page, term_hub, "tess")
         ws = row(page, "shell")
         await expect(ws.locator(".badge")).to_have_text("running")
@@ -134,10 +115,6 @@ async def test_terminal_pane_runs_a_command_and_follows_resizes(term_hub: Hub, b
         await frame.wait_for_function("() => document.getElementById('term-status').textContent.includes('exited')")
         await page.get_by_role("button", name="Close terminal").click()
         await expect(page.locator("#term-pane")).to_be_hidden()
-        assert not errors.uncaught, errors.uncaught
-    finally:
-        await page.screenshot(path=str(tmp_path / "terminal-final.png"), full_page=True)
-        await context.close()
 
 
 async def test_terminal_refused_for_someone_else(term_hub: Hub, browser: Any) -> None:
@@ -145,30 +122,18 @@ async def test_terminal_refused_for_someone_else(term_hub: Hub, browser: Any) ->
     owner = await term_hub.new_user("owner1")
     ws_id = await running_workspace(term_hub, owner, "private")
     await term_hub.new_user("mallory")
-    context = await browser.new_context()
-    page = await context.new_page()
-    try:
+    async with open_page(browser) as page:
         await login(page, term_hub, "mallory")
         await page.goto(f"{term_hub.url}/terminal?workspace={ws_id}")
         await page.wait_for_function("() => document.getElementById('term-status').dataset.state === 'closed'")
         assert "could not open" in await page.locator("#term-status").inner_text()
-    finally:
-        await context.close()
 
 
-@pytest.fixture
-def bare_db_url(tmp_path: Path) -> Iterator[str]:
-    """Another fresh database, for a second hub."""
-    (tmp_path / "bare-db").mkdir()
-    with fresh_database("sqlite", tmp_path / "bare-db") as url:
-        yield url
-
-
-async def test_without_assets_the_button_says_how_to_install(bare_db_url: str, tmp_path: Path, browser: Any) -> None:
+async def test_without_assets_the_button_says_how_to_install(sqlite_url: str, tmp_path: Path, browser: Any) -> None:
     """A hub whose assets are not installed: the page works, the terminal pane explains ``just assets``."""
     settings = make_settings(
         tmp_path / "data",
-        database_url=bare_db_url,
+        database_url=sqlite_url,
         local_ide_command=fake_ide_command(),
         web_assets_dir=str(tmp_path / "empty"),
     )
@@ -179,11 +144,9 @@ async def test_without_assets_the_button_says_how_to_install(bare_db_url: str, t
             assert (await anon.get("/vendor/xterm.mjs")).status_code == 404
             r = await anon.get("/terminal")
             assert "just assets" in r.text and "<script" not in r.text
-        context = await browser.new_context()
-        page = await context.new_page()
-        try:
-            from playwright.async_api import expect
+        from playwright.async_api import expect
 
+        async with open_page(browser) as page:
             await login(page, hub, "nonpm")
             button = row(page, "bare").get_by_role("button", name="Open a terminal in bare")
             await expect(button).to_have_attribute(
@@ -193,31 +156,19 @@ async def test_without_assets_the_button_says_how_to_install(bare_db_url: str, t
             await expect(page.locator("#term-missing")).to_contain_text("just assets")
             await expect(page.locator("#term-frame")).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "terminal-missing.png"))
-        finally:
-            await context.close()
 
 
-@pytest.fixture
-def docker_db_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh database for the Docker hub."""
-    (tmp_path / "docker-db").mkdir()
-    with fresh_database("sqlite", tmp_path / "docker-db") as url:
-        yield url
-
-
-async def test_terminal_pane_in_a_docker_workspace(docker_db_url: str, tmp_path: Path, browser: Any) -> None:
+async def test_terminal_pane_in_a_docker_workspace(sqlite_url: str, tmp_path: Path, browser: Any) -> None:
     """The same pane on a container of the test image (``docker exec`` with a TTY): a command and its output,
     and the pty follows the pane's size."""
     from playwright.async_api import expect
 
-    settings = docker_settings(tmp_path / "data", docker_db_url)
+    settings = docker_settings(tmp_path / "data", sqlite_url)
     try:
         async with running_hub(settings) as hub:
             token = await hub.new_user("dockie")
             await running_workspace(hub, token, "boxed")
-            context = await browser.new_context(viewport={"width": 1360, "height": 900})
-            page = await context.new_page()
-            try:
+            async with open_page(browser) as page:
                 await login(page, hub, "dockie")
                 await row(page, "boxed").get_by_role("button", name="Open a terminal in boxed").click()
                 term = page.frame_locator("#term-frame")
@@ -232,7 +183,5 @@ async def test_terminal_pane_in_a_docker_workspace(docker_db_url: str, tmp_path:
                 await page.keyboard.type("stty size\n")
                 await expect(term.locator(".xterm-rows")).to_contain_text(f"{size[0]} {size[1]}")
                 await page.screenshot(path=str(tmp_path / "terminal-docker.png"))
-            finally:
-                await context.close()
     finally:
         remove_hub_containers(settings.hub_id)

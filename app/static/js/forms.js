@@ -17,6 +17,8 @@ export const FIELD_HELP = {
   password: "Use 8 to 1024 characters.",
   docker_url: "Give unix:///path/to/docker.sock or tcp://host:port.",
   max_workspaces: "Give a whole number from 1 to 100,000.",
+  public_host: "Give a host name or IP address (letters, digits, '.', ':', '-'), or leave it empty for none.",
+  labels: "Write labels as key=value, separated by commas (keys up to 64 characters, values up to 255).",
 };
 
 // hub error codes that belong to one field; their detail is already written for people
@@ -30,7 +32,9 @@ const CODE_FIELD = {
   user_exists: "username",
   bad_password: "password",
   unknown_server: "server_id",
+  server_draining: "server_id",
   bad_docker_url: "docker_url",
+  server_busy: "enabled",
   unknown_template: "template",
   template_archived: "template",
   template_not_allowed: "template",

@@ -1,11 +1,12 @@
 // The dashboard's entry point: session (login/logout), tabs, the one event stream, and wiring.
 
-import { Audit, Servers } from "./admin.js";
+import { Audit } from "./audit.js";
 import { api, onUnauthorized } from "./api.js";
 import { Details } from "./details.js";
 import { EditDialog } from "./edit.js";
 import { EventStream } from "./events.js";
 import { Groups } from "./groups.js";
+import { Servers } from "./servers.js";
 import { TerminalPane } from "./termpane.js";
 import { Tokens } from "./tokens.js";
 import { Users } from "./users.js";

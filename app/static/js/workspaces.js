@@ -140,17 +140,17 @@ export class WorkspaceList {
     el.hidden = false;
   }
 
-  /** Admins: the servers a new workspace may be placed on (the create form's choice). */
+  /** Admins: the servers a new workspace may be placed on (the create form's choice; not disabled or draining). */
   async loadServers() {
     const select = $("#create-server");
     try {
-      const servers = await api("GET", "/api/admin/servers", { quiet: true });
+      const servers = (await api("GET", "/api/admin/servers", { quiet: true })).filter((s) => s.enabled && !s.draining);
       const keep = select.value;
       select.replaceChildren(
         h("option", { value: "" }, "least loaded"),
-        ...servers.map((s) => h("option", { value: s.id }, `${s.name} (${s.running ?? 0} running)`)),
+        ...servers.map((s) => h("option", { value: s.id }, `${s.name} (${s.running} running)`)),
       );
-      select.value = keep;
+      select.value = servers.some((s) => s.id === keep) ? keep : "";
     } catch {
       /* placement stays automatic */
     }
