@@ -125,6 +125,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
                 workspaces=workspaces,
                 lifecycle=lifecycle,
                 engines=engines,
+                redis=redis,
             )
         )
         ctx = AppContext(
@@ -167,12 +168,13 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         tasks.start_soon(relay.hold)
         tasks.start_soon(relay.activity.flush_loop)
         tasks.start_soon(relay.follow_lifecycle)
+        tasks.start_soon(relay.presence.run)
         tasks.start_soon(relay.stats.sync_metrics)
         yield ctx
 
 
 def _open_redis(settings: Settings) -> Redis | None:
-    """The client for caches, leases and AI ownership (the hub and the rate limiter have their own)."""
+    """The client for caches, leases, AI ownership and presence (the hub and the rate limiter have their own)."""
     if not settings.redis_url:
         return None
     return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)

@@ -107,6 +107,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     workspace_domain: str = ""
     workspace_cookie_ttl: Annotated[float, msgspec.Meta(ge=60)] = 12 * 3600.0
     workspace_list_cache_ttl: Seconds = 1.0
+    presence_ttl: Annotated[float, msgspec.Meta(ge=1)] = 30.0
     admin_username: str = ""
     admin_password: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -209,6 +210,8 @@ SETTING_HELP: dict[str, str] = {
     "event_history": "Events kept per topic for Last-Event-ID replay.",
     "event_ttl": "Seconds a topic's event history is kept after its last event (0 = kept until trimmed).",
     "session_ttl": "Lifetime (s) of the login session cookie.",
+    "presence_ttl": "Seconds another hub process's open connections still count as present after it stops "
+    "renewing them (with Redis; a process that dies is forgotten this long after).",
     "cookie_secure": "Mark the session cookie Secure (set behind HTTPS).",
     "admin_path_access": "Let admins open other users' IDEs and terminals in path mode (not isolated: the workspace's "
     "pages run on the hub's origin with the admin's cookie); every opening is logged and audited as impersonation.",

@@ -13,9 +13,11 @@ Measures: HTTP 1 KiB at 50 connections (``wrk -t1 -c50``): req/s and p99; WebSoc
 connections (``bench/wsload.py``): messages/s and p99; hub RSS growth per idle relayed WebSocket with 1,000
 open. Median of ``--rounds`` runs, targets interleaved. Targets: hub HTTP >= 1.5x chp req/s with a
 lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket; subdomain mode's HTTP and
-WebSocket figures within 5 % of path mode's.
+WebSocket figures within 5 % of path mode's; the access check with grants: a ``use`` grantee's HTTP req/s on
+the subdomain hub within 5 % of its owner's (same hub, same run; a grantee's IDE WebSocket is relayed frame by
+frame by design, so WebSocket figures are the owner's only).
 
-Usage: ``python bench/relay.py [--seconds 8] [--rounds 3] [--idle 1000] [--no-chp]``; results are printed and
+Usage: ``python bench/relay.py [--seconds 8] [--rounds 3] [--idle 1000] [--no-chp] [--quick]``; results are printed and
 written to ``bench/results/relay-<time>.json``.
 """
 
@@ -44,6 +46,7 @@ CHP_DIR = Path(os.environ.get("CODEHUB_BENCH_CHP_DIR", BENCH / ".cache" / "chp")
 NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 PY = sys.executable
+GRANTEE = "hub-subdomain-grantee"
 
 
 def free_port() -> int:
@@ -145,7 +148,14 @@ def start_hub(stack: ExitStack, tmp: Path, upstream: int, *, subdomain: bool = F
         db.execute("UPDATE workspaces SET state='running', endpoint=? WHERE id=?", (f"127.0.0.1:{upstream}", ws_id))
     if not subdomain:
         wait_http(f"{base}/w/{ws_id}/", headers=auth)
-        return {"pid": proc.pid, "base": base, "prefix": f"/w/{ws_id}", "token": token, "headers": auth}
+        return {"pid": proc.pid, "base": base, "prefix": f"/w/{ws_id}", "token": token, "headers": auth, "ws_id": ws_id}
+    headers = enter_subdomain(base, port, ws_id, auth)
+    hub = {"pid": proc.pid, "base": base, "prefix": "", "token": token, "headers": headers, "ws_id": ws_id}
+    return {**hub, "port": port}
+
+
+def enter_subdomain(base: str, port: int, ws_id: str, auth: dict[str, str]) -> dict[str, str]:
+    """Enter a workspace's own host as ``auth``'s user through the ticket flow; the headers of its requests."""
     host = f"{ws_id}.ws.localhost:{port}"
     with httpx.Client(base_url=base, headers=auth, timeout=10) as hub:
         start = httpx.URL(hub.get(f"/w/{ws_id}/").headers["location"])
@@ -155,7 +165,22 @@ def start_hub(stack: ExitStack, tmp: Path, upstream: int, *, subdomain: bool = F
     r = httpx.get(f"{base}{enter.raw_path.decode()}", headers={"Host": host, "Cookie": f"codehub_ws_state={state}"})
     headers = {"Host": host, "Cookie": f"codehub_ws={r.cookies['codehub_ws']}"}
     wait_http(f"{base}/", headers=headers)
-    return {"pid": proc.pid, "base": base, "prefix": "", "token": token, "headers": headers}
+    return headers
+
+
+def grantee_headers(sub: dict[str, Any]) -> dict[str, str]:
+    """A second user, granted ``use`` on the subdomain hub's workspace by its owner, entered on its host."""
+    base, owner = sub["base"], {"Authorization": f"Bearer {sub['token']}"}
+    with httpx.Client(base_url=base, timeout=10) as hub:
+        body = {"username": "grantee", "password": "grantee-pass-1", "role": "user"}
+        hub.post("/api/admin/users", json=body, headers=owner).raise_for_status()
+        login = hub.post("/api/auth/login", json={"username": "grantee", "password": "grantee-pass-1"})
+        login.raise_for_status()
+        auth = {"Authorization": f"Bearer {login.json()['token']}"}
+        uid = hub.get("/api/auth/me", headers=auth).json()["id"]
+        grant = {"subject_kind": "user", "subject_id": uid, "level": "use"}
+        hub.post(f"/api/workspaces/{sub['ws_id']}/grants", json=grant, headers=owner).raise_for_status()
+    return enter_subdomain(base, sub["port"], sub["ws_id"], auth)
 
 
 def start_nginx(stack: ExitStack, tmp: Path, upstream: int) -> tuple[int, int]:
@@ -292,7 +317,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--no-chp", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="short runs, one round, no chp (proves the bench runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.idle, args.no_chp = 2, 1, 100, True
     for tool in (NGINX, WRK):
         if not Path(tool).exists():
             raise SystemExit(f"{tool} is missing")
@@ -309,9 +337,10 @@ def main() -> None:
             "direct": (f"127.0.0.1:{up_port}/x", {}),
             "hub": (f"{hub['base'].removeprefix('http://')}{hub['prefix']}/x", hub["headers"]),
             "hub-subdomain": (f"{sub['base'].removeprefix('http://')}/x", sub["headers"]),
+            GRANTEE: (f"{sub['base'].removeprefix('http://')}/x", grantee_headers(sub)),
             "nginx": (f"127.0.0.1:{nginx_port}/x", {}),
         }
-        pids = {"hub": [hub["pid"]], "hub-subdomain": [sub["pid"]], "nginx": [nginx_pid]}
+        pids = {"hub": [hub["pid"]], "hub-subdomain": [sub["pid"]], GRANTEE: [sub["pid"]], "nginx": [nginx_pid]}
         chp = None if args.no_chp else ensure_chp()
         if chp is not None:
             chp_pid, chp_port = start_chp(stack, tmp, up_port, chp)
@@ -321,7 +350,8 @@ def main() -> None:
             results["chp_error"] = "configurable-http-proxy could not be installed (npm)"
         names = list(targets)
         http_runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-        ws_runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+        ws_names = [n for n in names if n != GRANTEE]  # a grantee's IDE socket is relayed frame by frame by design
+        ws_runs: dict[str, list[dict[str, float]]] = {n: [] for n in ws_names}
         pids["direct"] = [up.pid]
         for name in names:  # warm-up (connection pools, caches, page faults)
             wrk(f"http://{targets[name][0]}", 2, targets[name][1])
@@ -333,7 +363,7 @@ def main() -> None:
                 run["cpu_us_per_req"] = round((cpu_seconds(pids[name]) - before) / max(run["requests"], 1) * 1e6, 1)
                 http_runs[name].append(run)
                 print(f"http {name:>24} round {round_ + 1}: {run}", flush=True)
-            for name in order:
+            for name in [n for n in order if n in ws_runs]:
                 before = cpu_seconds(pids[name])
                 run = ws_pingpong(f"ws://{targets[name][0]}", args.seconds, targets[name][1])
                 handled = run["messages"] * (args.seconds + 1) / args.seconds  # the 1 s warm-up counts too
@@ -344,7 +374,7 @@ def main() -> None:
         results["websocket"] = {n: median_of(r) for n, r in ws_runs.items()}
         results["http_runs"], results["websocket_runs"] = http_runs, ws_runs
         memory = {}
-        for name in [n for n in names if n not in ("direct", "hub-subdomain")]:
+        for name in [n for n in names if n not in ("direct", "hub-subdomain", GRANTEE)]:
             memory[name] = idle_memory(f"ws://{targets[name][0]}", pids[name], args.idle, targets[name][1])
             print(f"idle {name:>24}: {memory[name]}", flush=True)
             if name == "hub":
@@ -363,10 +393,10 @@ def report(results: dict[str, Any]) -> None:
     )
     for name in http:
         kib = results["idle_memory"].get(name, {}).get("kib_per_ws", "")
-        print(
-            f"{name:24}{http[name]['rps']:>11.0f}{http[name]['p99_ms']:>8.2f}{http[name]['cpu_us_per_req']:>11.1f}"
-            f"{ws[name]['msgs_per_s']:>10.0f}{ws[name]['p99_ms']:>8.2f}{ws[name]['cpu_us_per_msg']:>11.1f}{kib:>12}"
-        )
+        line = f"{name:24}{http[name]['rps']:>11.0f}{http[name]['p99_ms']:>8.2f}{http[name]['cpu_us_per_req']:>11.1f}"
+        if name in ws:
+            line += f"{ws[name]['msgs_per_s']:>10.0f}{ws[name]['p99_ms']:>8.2f}{ws[name]['cpu_us_per_msg']:>11.1f}"
+        print(f"{line}{kib:>{12 if name in ws else 41}}")
     print("(CPU us: the proxy process's own CPU time per request or message; for 'direct', the upstream's)")
     checks = {}
     chp = "configurable-http-proxy"
@@ -392,6 +422,17 @@ def report(results: dict[str, Any]) -> None:
             ),
         }
     )
+    # the access check with grants: the grantee's relayed requests against the owner's, same hub, same run
+    checks["grantee_http_within_5pct"] = http[GRANTEE]["rps"] >= 0.95 * http[sub]["rps"]
+    checks["grantee_cpu_per_req_within_5pct"] = http[GRANTEE]["cpu_us_per_req"] <= 1.05 * http[sub]["cpu_us_per_req"]
+    results["ratios"].update(
+        {
+            "http_rps_grantee_over_owner": round(http[GRANTEE]["rps"] / http[sub]["rps"], 3),
+            "http_cpu_per_req_grantee_over_owner": round(
+                http[GRANTEE]["cpu_us_per_req"] / http[sub]["cpu_us_per_req"], 3
+            ),
+        }
+    )
     checks["idle_ws_below_100_kib"] = results["idle_memory"]["hub"]["kib_per_ws"] < 100
     checks["relay_counter_back_to_0"] = results["idle_memory"]["hub"].get("relay_connections_after_close") == 0
     results["targets"] = checks
@@ -403,7 +444,12 @@ def report(results: dict[str, Any]) -> None:
     path = out / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
-    print("BENCH_RESULT " + json.dumps({"bench": "relay", "rows": bench_rows(results)}))
+    rows = bench_rows(results)
+    print()
+    for row in rows:
+        mark = "ref" if row.get("reference") else {True: "ok", False: "MISSED", None: ""}.get(row.get("ok"), "")
+        print(f"  {row['name']:<58} {row['value']!s:>10} {row['unit']:<6} {row.get('target', '')} {mark}")
+    print("BENCH_RESULT " + json.dumps({"bench": "relay", "rows": rows}))
 
 
 def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -411,10 +457,12 @@ def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     http, ws, checks = results["http"], results["websocket"], results["targets"]
     rows: list[dict[str, Any]] = []
     for name in http:
-        ref = name not in ("hub", "hub-subdomain")
+        ref = name not in ("hub", "hub-subdomain", GRANTEE)
         target = {"target": ">= 1.5x chp", "ok": checks.get("http_rps_ge_1.5x_chp")}
         if name == "hub-subdomain":
             target = {"target": ">= 0.95x hub", "ok": checks.get("subdomain_http_within_5pct")}
+        if name == GRANTEE:
+            target = {"target": ">= 0.95x the owner (hub-subdomain)", "ok": checks.get("grantee_http_within_5pct")}
         rows.append(
             {
                 "name": f"HTTP 1 KiB, 50 conns: {name}",
@@ -429,8 +477,8 @@ def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": f"HTTP p99: {name}",
                 "value": http[name]["p99_ms"],
                 "unit": "ms",
-                "reference": ref,
-                **({} if ref else {"target": "< chp", "ok": checks.get("http_p99_below_chp")}),
+                "reference": ref or name == GRANTEE,
+                **({} if ref or name == GRANTEE else {"target": "< chp", "ok": checks.get("http_p99_below_chp")}),
             }
         )
     for name in ws:
@@ -447,6 +495,15 @@ def bench_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 **({} if ref else target),
             }
         )
+    rows.append(
+        {
+            "name": "access check with grants: grantee CPU per request / owner's",
+            "value": results["ratios"]["http_cpu_per_req_grantee_over_owner"],
+            "unit": "x",
+            "target": "<= 1.05",
+            "ok": checks["grantee_cpu_per_req_within_5pct"],
+        }
+    )
     hub_idle = results["idle_memory"]["hub"]
     rows.append(
         {

@@ -32,7 +32,7 @@ class GrantBody(Body):
 
 
 class Presence(msgspec.Struct, kw_only=True):
-    """Someone connected to the workspace right now (IDE WebSockets and terminals this hub process serves)."""
+    """Someone connected to the workspace right now: IDE WebSockets and terminals, through any hub process."""
 
     user_id: int
     username: str
@@ -59,7 +59,7 @@ class GrantsController(Controller):
         ws = await ctx.workspaces.get(principal, workspace_id)
         present = [
             Presence(user_id=user_id, username=name, connections=count)
-            for user_id, name, count in ctx.relay.sessions.present(ws.id)
+            for user_id, name, count in await ctx.relay.presence.of(ws.id)
         ]
         return GrantsOut(grants=await ctx.workspaces.grants.of(ws.id), present=present)
 

@@ -54,10 +54,10 @@ class Setup:
         return self.hub.client(self.tokens[user])
 
 
-@pytest.fixture(scope="module")
-def share_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated database for the module."""
-    with fresh_database("sqlite", tmp_path_factory.mktemp("sharedb")) as url:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def share_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database for the module, on each database the hub supports."""
+    with fresh_database(request.param, tmp_path_factory.mktemp("sharedb")) as url:
         yield url
 
 
@@ -290,10 +290,10 @@ async def test_revoking_closes_the_open_terminal_and_ide_websocket(setup: Setup)
     assert r.status_code == 404
 
 
-@pytest.fixture
-def path_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def path_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database for the path-mode hub."""
-    with fresh_database("sqlite", tmp_path_factory.mktemp("pathdb")) as url:
+    with fresh_database(request.param, tmp_path_factory.mktemp("pathdb")) as url:
         yield url
 
 

@@ -5,8 +5,9 @@ or the grantee's browser would run the owner's code with the grantee's hub sessi
 grants API refuses and stored grants give nothing (``level_of`` answers None).
 
 ``level_of`` is asked on every relayed request of a grantee, so its answers are cached for ``CACHE_TTL``
-seconds; a grant or revocation drops the workspace's entries in every process (``forget``, called on the
-``workspace.access_changed`` event).
+seconds, and the requests that find an entry expired share one query; a grant or revocation drops the
+workspace's entries in every process (``forget``, called on the ``workspace.access_changed`` event), and an
+answer loaded before it is neither shared nor cached.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.db import SessionMaker
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Group, User, UserGroup, Workspace, WorkspaceGrant
 from app.services.auth.access import GRANT_LEVELS
+from app.services.singleflight import SingleFlight
 from app.settings import Settings
 
 CACHE_TTL = 2.0
@@ -48,6 +50,8 @@ class Grants:
         self._sessionmaker = sessionmaker
         self._settings = settings
         self._cache: dict[tuple[str, int], tuple[float, str | None]] = {}
+        self._flights: SingleFlight[tuple[str, int], tuple[int, str | None]] = SingleFlight()
+        self._generation = 0
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +71,19 @@ class Grants:
         known = self._cache.get(key)
         if known is not None and known[0] > time.monotonic():
             return known[1]
+        # the requests that find the entry expired share one query; an answer older than the last ``forget``
+        # (a grant or revocation meanwhile) is neither shared nor cached
+        generation, level = await self._flights.run(
+            key, lambda: self._load(workspace_id, user_id), accept=lambda answer: answer[0] == self._generation
+        )
+        if generation == self._generation:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = (time.monotonic() + CACHE_TTL, level)
+        return level
+
+    async def _load(self, workspace_id: str, user_id: int) -> tuple[int, str | None]:
+        generation = self._generation
         groups = select(UserGroup.group_id).where(UserGroup.user_id == user_id)
         query = select(WorkspaceGrant.level).where(
             WorkspaceGrant.workspace_id == workspace_id,
@@ -77,14 +94,11 @@ class Grants:
         )
         async with self._sessionmaker() as session:
             levels = list((await session.execute(query)).scalars())
-        level = max(levels, key=lambda name: GRANT_LEVELS.get(name, 0)) if levels else None
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + CACHE_TTL, level)
-        return level
+        return generation, max(levels, key=lambda name: GRANT_LEVELS.get(name, 0)) if levels else None
 
     def forget(self, workspace_id: str | None = None) -> None:
         """Drop the cached answers about ``workspace_id`` (all of them when None)."""
+        self._generation += 1
         if workspace_id is None:
             self._cache.clear()
         else:

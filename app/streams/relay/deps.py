@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from app.db import SessionMaker
 from app.services.audit.log import AuditLog
@@ -26,3 +27,4 @@ class RelayDeps:
     workspaces: WorkspaceService
     lifecycle: Lifecycle
     engines: Engines
+    redis: Any = None  # shares presence with the other hub processes (None: this process only)

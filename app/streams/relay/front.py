@@ -56,6 +56,7 @@ from app.streams.relay.access import (
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.hosts import WorkspaceHosts
 from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
+from app.streams.relay.presence import Presence
 from app.streams.relay.sessions import Session, Sessions
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.subdomain import TICKET_PATH, SubdomainFront
@@ -94,6 +95,7 @@ class Relay:
         self._impersonations: dict[tuple[int, str], float] = {}
         self.activity = Activity(deps.lifecycle.touch)
         self.sessions = Sessions()
+        self.presence = Presence(self.sessions, deps.redis, deps.settings.redis_prefix, deps.settings.presence_ttl)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
         self.public_scheme = public.scheme if public else None
         domain = deps.settings.workspace_domain
