@@ -8,6 +8,9 @@ connections (``wrk``): req/s. Beside it, on the same server in the same run: a t
 metrics, rate limit (the default rate with a burst no run can empty: the limiter runs with the default's
 lease size and never refuses).
 
+hey's workers tick together, so "500 req/s" arrives as 50 requests at once every 100 ms: the p99 is about
+the time one process takes to serve a burst of 50 (50 x its CPU per request, more when the machine is busy).
+
 Targets: p99 < 20 ms at 500 req/s on Postgres; saturation >= 25 % of the trivial route. The server's CPU
 time per request (from /proc, during each wrk run) is printed too: on a shared machine it is the figure that
 does not depend on what else runs.
@@ -307,6 +310,7 @@ def main() -> None:
             sys.exit(f"{tool} is not installed")
     rows: list[dict[str, Any]] = []
     saturation: dict[str, float] = {}
+    cpu_per_list: dict[str, float] = {}
     for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
         if kind.endswith("+redis"):
             try:
@@ -319,6 +323,7 @@ def main() -> None:
         print(f"== {kind}", flush=True)
         result = run_config(kind, args)
         saturation[kind] = result["saturation"]["rps"]
+        cpu_per_list[kind] = result["saturation"]["cpu_us"]
         extra = []
         if kind == "postgres+redis" and saturation.get("postgres"):
             share = saturation[kind] / saturation["postgres"]
@@ -331,6 +336,14 @@ def main() -> None:
                     "ok": share >= 0.6,
                 }
             )
+            if cpu_per_list.get("postgres") and cpu_per_list[kind]:
+                extra.append(
+                    {
+                        "name": "postgres+redis: CPU per list request, postgres / postgres+redis (load-independent)",
+                        "value": round(100 * cpu_per_list["postgres"] / cpu_per_list[kind], 1),
+                        "unit": "%",
+                    }
+                )
         for row in rows_of(result, args.rate, args.connections) + extra:
             rows.append(row)
             mark = {True: "ok", False: "MISSED", None: ""}[row.get("ok")]

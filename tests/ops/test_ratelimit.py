@@ -87,17 +87,20 @@ async def test_leases_spend_locally_and_never_admit_more_than_the_shared_bucket(
     one, two = RedisRateLimiter(client, prefix), RedisRateLimiter(client, prefix)  # two hub processes
     limit = Limit("lease", per_minute=600, burst=100)  # a lease of 10; 10 tokens/s refill, counted below
     started = time.monotonic()
-    assert limit.lease == 10 and Limit("login", per_minute=10, burst=10).lease == 1
+    assert limit.lease == 10 and limit.max_lease == 10
+    assert Limit("login", per_minute=10, burst=10).lease == 1 == Limit("login", per_minute=10, burst=10).max_lease
 
     async def shared_tokens() -> float:
         return float(await client.hget(one.key("k", limit), "t"))
 
     assert await one.hit("k", limit) == 0.0
     assert await shared_tokens() == pytest.approx(90, abs=2)  # one lease taken
-    assert [await one.hit("k", limit) for _ in range(9)] == [0.0] * 9
+    assert [await one.hit("k", limit) for _ in range(6)] == [0.0] * 6
     assert await shared_tokens() == pytest.approx(90, abs=2)  # spent locally: no trip to Redis
-    assert await two.hit("k", limit) == 0.0
+    assert await one.hit("k", limit) == 0.0  # down to 2 of 10: this request takes the next lease ahead
     assert await shared_tokens() == pytest.approx(80, abs=2)
+    assert await two.hit("k", limit) == 0.0
+    assert await shared_tokens() == pytest.approx(70, abs=2)
 
     waits: list[float] = []
 
@@ -107,13 +110,43 @@ async def test_leases_spend_locally_and_never_admit_more_than_the_shared_bucket(
     async with anyio.create_task_group() as tg:  # concurrent requests share refills, not a lease each
         for _ in range(30):
             tg.start_soon(hit)
-    assert waits == [0.0] * 30 and await shared_tokens() >= 80 - 30 - 10 - 2
+    assert waits == [0.0] * 30 and await shared_tokens() >= 70 - 30 - 10 - 2
 
-    granted = 41  # so far
+    granted = 39  # so far
     for limiter in [one, two] * 100:
         granted += await limiter.hit("k", limit) == 0.0
     refilled = (time.monotonic() - started) * limit.rate
     assert 100 <= granted <= 100 + refilled + 1  # the burst and what refilled meanwhile, never more
+
+
+async def test_a_busy_token_grows_its_lease_and_gives_back_what_it_left(redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    client, prefix = redis_client
+    limiter = RedisRateLimiter(client, prefix)
+    limit = Limit("busy", per_minute=60, burst=10_000)  # a lease of 1 token to start, up to 1,000
+    calls = 0
+    script = limiter._script
+
+    async def counted(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    monkeypatch.setattr(limiter, "_script", counted)
+    assert [await limiter.hit("k", limit) for _ in range(2000)] == [0.0] * 2000
+    assert calls < 20  # doubling leases: a handful of round trips, not one per request
+    lease = limiter._leases[("busy", "k")]
+    assert lease.size == limit.max_lease == 1000
+
+    async def shared_tokens() -> float:
+        return float(await client.hget(limiter.key("k", limit), "t"))
+
+    held = lease.left
+    before = await shared_tokens()
+    assert 2000 + held + before == pytest.approx(10_000, abs=10)  # spent + held + shared = the burst (+ refill)
+    lease.until = 0.0  # the lease expires: the next refill gives back what it left
+    assert await limiter.hit("k", limit) == 0.0
+    assert await shared_tokens() == pytest.approx(before + held - lease.left - 1, abs=10)
+    assert lease.size == 500  # mostly unspent: the next lease is smaller
 
 
 async def test_redis_down_falls_back_to_process_buckets() -> None:

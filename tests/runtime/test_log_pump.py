@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from app.factory import create_app
+from app.models import Workspace, WorkspaceState
 from app.services.runtime.base import LogLine
-from app.services.workspaces.log_pump import LogPumps, ResumePoint, batch_data
+from app.services.workspaces.log_pump import RETRY_FIRST, LogPumps, ResumePoint, batch_data
 from tests.support.event_hubs import delete_prefix
 from tests.support.lifecycle import create, wait_state
 from tests.support.runtime import fake_ide_command, remove_hub_containers
@@ -230,3 +231,31 @@ def test_resume_point_skips_only_what_history_holds_even_within_one_microsecond(
     assert nothing.at is None and nothing.fresh(LogLine(t1, "a"))
     single = ResumePoint(batch_data([LogLine(t2, "b")]))
     assert [x.text for x in (LogLine(t2, "b"), LogLine(t2, "b")) if single.fresh(x)] == ["b"]
+
+
+async def test_a_pump_that_fails_is_tried_again_later_not_every_sweep(tmp_path: Path, sqlite_url: str) -> None:
+    settings = local_settings(tmp_path, sqlite_url)  # sweeps every 0.3 s
+    async with clients(settings) as ([app], [client]):
+        ws = await create(client, "phantom")
+        ctx = app.state.ctx
+        async with ctx.sessionmaker() as session:  # "running" in the database, no process behind it
+            row = await session.get(Workspace, ws["id"])
+            assert row is not None
+            row.state = WorkspaceState.RUNNING
+            await session.commit()
+        pumps = pumps_of(app)
+        tries = 0
+        pump = pumps._pump
+
+        async def counted(workspace_id: str) -> None:
+            nonlocal tries
+            if workspace_id == ws["id"]:
+                tries += 1
+            await pump(workspace_id)
+
+        pumps._pump = counted  # type: ignore[method-assign]
+        await wait_for(lambda: tries == 1 and ws["id"] not in pumps.pumps)
+        await anyio.sleep(2)  # six sweeps
+        assert tries == 1 and pumps._retry[ws["id"]][1] == RETRY_FIRST
+        pumps.on_lifecycle(row, "workspace.running")  # a new start is tried at once
+        await wait_for(lambda: tries == 2)

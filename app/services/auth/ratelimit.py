@@ -7,12 +7,19 @@ granted, else the seconds until a token is available. ``enforce`` turns a refusa
 in-process buckets for ``REDIS_BACKOFF`` seconds: limits stay on, per process, rather than failing requests.
 
 Leases: a round trip to Redis on every API request was most of the list route's CPU and its tail, so a
-process may take a few tokens at once (a lease: at most ``LEASE_SHARE`` of the burst and what refills in
-``LEASE_SECONDS``) and spend them locally for ``LEASE_SECONDS``; concurrent requests that find the lease
-spent wait for one refill instead of each asking. Every token is still taken from the one shared
-bucket before it is spent, so all processes together never admit more than the limit; a lease left unspent
-when it expires is dropped, which can only refuse a little early, never admit more. Small limits (login)
-lease one token at a time, i.e. exactly as before.
+process takes tokens a batch at a time (a lease) and spends them locally for up to ``LEASE_SECONDS``:
+- a lease starts at ``Limit.lease`` (a tenth of the burst and one second of the rate, whichever is less) and
+  doubles each time one runs low within half its time, up to ``Limit.max_lease`` (a tenth of the burst),
+  so a busy token makes a round trip a second rather than every tenth request; it halves again when one
+  expires mostly unspent;
+- the request that takes a lease of 4 or more below a quarter takes the next one while the others keep
+  spending what is left (refill ahead), so requests rarely wait on Redis; those that find it empty wait
+  for that one refill instead of each asking;
+- what a lease leaves unspent when it expires goes back to the shared bucket with the next refill.
+Every token is taken from the one shared bucket before it is spent and only unspent ones are given back,
+so all processes together never admit more than the limit; tokens held by a process that goes quiet are
+not given back until it asks again, which can only refuse early, never admit more. Small limits (login)
+lease one token at a time, i.e. exactly.
 
 Callers:
 - login: ``login_limit(settings)`` keyed by ``username|client address`` (``app.controllers.auth``);
@@ -44,6 +51,8 @@ REDIS_TIMEOUT = 0.5
 REDIS_BACKOFF = 5.0
 LEASE_SECONDS = 1.0
 LEASE_SHARE = 0.1
+LEASE_AHEAD = 0.25
+LEASE_AHEAD_MIN = 4
 MAX_MEMORY_BUCKETS = 50_000
 
 _LUA = """
@@ -59,7 +68,7 @@ if tokens == nil or at == nil then
   tokens = burst
   at = now
 end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate + tonumber(ARGV[5]))
 local want = tonumber(ARGV[4])
 local wait = 0
 local granted = 0
@@ -99,6 +108,11 @@ class Limit:
     def lease(self) -> float:
         """Tokens a process may take from the shared bucket at once (at least one request's worth)."""
         return max(1.0, math.floor(min(self.burst * LEASE_SHARE, self.rate * LEASE_SECONDS)))
+
+    @property
+    def max_lease(self) -> float:
+        """The most a lease grows to while one token is busy: a tenth of the burst."""
+        return max(self.lease, math.floor(self.burst * LEASE_SHARE))
 
 
 def login_limit(settings: Settings) -> Limit:
@@ -177,6 +191,30 @@ class MemoryRateLimiter:
                 del self._buckets[bucket]
 
 
+class _Lease:
+    """Tokens of one bucket this process took from Redis: ``left`` to spend until ``until``."""
+
+    __slots__ = ("left", "size", "taken", "until")
+
+    def __init__(self, size: float) -> None:
+        self.left = 0.0
+        self.until = 0.0
+        self.taken = 0.0
+        self.size = size
+
+    def spend(self, cost: float, now: float) -> bool:
+        """Take ``cost`` if the lease is unexpired and holds that much."""
+        if self.left < cost or self.until <= now:
+            return False
+        self.left -= cost
+        return True
+
+    @property
+    def low(self) -> bool:
+        """Time to take the next lease ahead (large leases only: small limits stay exact)."""
+        return self.size >= LEASE_AHEAD_MIN and self.left < self.size * LEASE_AHEAD
+
+
 class RedisRateLimiter:
     """Token buckets in Redis under ``<prefix>:rl:<limit>:<key>``, taken by an atomic script a lease at a time."""
 
@@ -188,7 +226,7 @@ class RedisRateLimiter:
         self.fallback = fallback or MemoryRateLimiter()
         self._script = redis.register_script(_LUA)
         self._down_until = 0.0
-        self._leases: dict[tuple[str, str], tuple[float, float]] = {}
+        self._leases: dict[tuple[str, str], _Lease] = {}
         self._refills: SingleFlight[tuple[str, str], float] = SingleFlight()
 
     def key(self, key: str, limit: Limit) -> str:
@@ -203,37 +241,49 @@ class RedisRateLimiter:
             return 0.0
         bucket = (limit.name, key)
         while time.monotonic() >= self._down_until:
-            if self._spend(bucket, cost):
+            lease = self._leases.get(bucket)
+            if lease is not None and lease.spend(cost, time.monotonic()):
+                if lease.low and not self._refills.running(bucket):
+                    await self._take_lease(bucket, key, limit, cost)  # ahead: this request is already admitted
                 return 0.0
-            try:  # one refill per bucket at a time: concurrent requests share its lease
-                wait = await self._refills.run(bucket, lambda: self._refill(bucket, key, limit, cost))
-            except Exception as exc:  # Redis down or slow: limit per process for a while instead of failing
-                self._down_until = time.monotonic() + REDIS_BACKOFF
-                log.warning("rate limits fall back to in-process buckets for %.0f s: %s", REDIS_BACKOFF, exc)
+            wait = await self._take_lease(bucket, key, limit, cost)
+            if wait is None:
                 break
             if wait > 0:
                 return wait
         return self.fallback.take(key, limit, cost)
 
-    def _spend(self, bucket: tuple[str, str], cost: float) -> bool:
-        """Take ``cost`` from this process's unexpired lease of ``bucket``, if it holds that much."""
-        left, until = self._leases.get(bucket, (0.0, 0.0))
-        if left < cost or until <= time.monotonic():
-            return False
-        self._leases[bucket] = (left - cost, until)
-        return True
+    async def _take_lease(self, bucket: tuple[str, str], key: str, limit: Limit, cost: float) -> float | None:
+        """One refill per bucket at a time (concurrent callers share it); None when Redis failed."""
+        try:
+            return await self._refills.run(bucket, lambda: self._refill(bucket, key, limit, cost))
+        except Exception as exc:  # Redis down or slow: limit per process for a while instead of failing
+            self._down_until = time.monotonic() + REDIS_BACKOFF
+            log.warning("rate limits fall back to in-process buckets for %.0f s: %s", REDIS_BACKOFF, exc)
+            return None
 
     async def _refill(self, bucket: tuple[str, str], key: str, limit: Limit, cost: float) -> float:
-        """Lease tokens from the shared bucket (what is left of an expired lease is dropped); 0.0 when granted,
+        """Lease tokens from the shared bucket (giving back what an expired lease left); 0.0 when granted,
         else the seconds until ``cost`` tokens are available."""
-        args = [limit.rate, limit.burst, cost, max(cost, limit.lease)]
+        now = time.monotonic()
+        lease = self._leases.get(bucket)
+        if lease is None:
+            if len(self._leases) >= MAX_MEMORY_BUCKETS:
+                self._leases.clear()  # drops held tokens: refuses early at worst
+            lease = self._leases[bucket] = _Lease(limit.lease)
+        returned = 0.0
+        if lease.until <= now:
+            returned, lease.left = lease.left, 0.0
+            if returned > lease.size / 2:
+                lease.size = max(limit.lease, lease.size / 2)
+        elif now - lease.taken < LEASE_SECONDS / 2:
+            lease.size = min(limit.max_lease, lease.size * 2)
+        args = [limit.rate, limit.burst, cost, max(cost, math.floor(lease.size)), returned]
         granted, wait = await self._script(keys=[self.key(key, limit)], args=args)
         if float(granted) > 0:
-            left, until = self._leases.get(bucket, (0.0, 0.0))
-            if len(self._leases) > MAX_MEMORY_BUCKETS:
-                self._leases.clear()
-            left = left if until > time.monotonic() else 0.0
-            self._leases[bucket] = (left + float(granted), time.monotonic() + LEASE_SECONDS)
+            lease.left += float(granted)
+            lease.taken = now
+            lease.until = time.monotonic() + LEASE_SECONDS
         return float(wait)
 
 
