@@ -62,6 +62,7 @@ from app.services.runtime.common import (
     wait_until_ready,
 )
 from app.services.runtime.docker_adopt import adopt
+from app.services.runtime.docker_channel import HelperChannels
 from app.services.runtime.docker_volume import DockerVolumeFiles, helper_name, volume_name
 from app.services.runtime.ide_secret import password_auth_overrides
 from app.services.runtime.registry import RuntimeOptions, register_runtime
@@ -96,6 +97,7 @@ class DockerRuntime:
         self.workspaces_dir = workspaces_dir or Path("workspaces").resolve()
         self.hub_id, self.home, self.helper_image = hub_id, home, helper_image
         self._storage_ready: set[str] = set()
+        self._channels = HelperChannels()
         self._storage_locks: dict[str, anyio.Lock] = {}
         self._user = resolve_container_user(container_user)
         self._pull = pull
@@ -113,6 +115,7 @@ class DockerRuntime:
     async def __aexit__(self, *exc: object) -> None:
         if self._docker is not None:
             with anyio.CancelScope(shield=True):
+                await self._channels.close_all()
                 await self._docker.close()
             self._docker = None
 
@@ -418,6 +421,7 @@ class DockerRuntime:
             home=self.home,
             user=self._user or DEFAULT_USER,
             ready=self._storage_ready,
+            channels=self._channels,
         )
 
     def storage_lock(self, workspace_id: str) -> anyio.Lock:
@@ -451,6 +455,7 @@ class DockerRuntime:
         with ds.engine_errors(self.docker_url):
             await self._delete_quietly(container_id or container_name(workspace_id))
             if container_id is None:  # the workspace goes: its file helper too (made again on demand)
+                await self._channels.drop(workspace_id)
                 await self._delete_quietly(helper_name(workspace_id))
                 self._storage_ready.discard(workspace_id)
         if purge:
