@@ -50,6 +50,7 @@ from app.services.runtime.docker_support import engine_errors
 from app.services.runtime.docker_volume_support import (
     COMMIT_SCRIPT,
     LIST_SCRIPT,
+    MANIFEST_SCRIPT,
     SNAPSHOT_SCRIPT,
     failure,
     message,
@@ -65,7 +66,7 @@ LABEL_HELPER = "codehub.helper"
 HELPER_VERSION = "2"  # a helper of another version (another config) is replaced when next needed
 HELPER_IDLE_EXIT = 900  # seconds a helper lives with no channel open; the next file operation starts it again
 LOCK_TIMEOUT = 60.0  # seconds a mutation waits for another hub process's to end
-SCRIPTS = {"commit": COMMIT_SCRIPT, "snapshot": SNAPSHOT_SCRIPT, "list": LIST_SCRIPT}
+SCRIPTS = {"commit": COMMIT_SCRIPT, "snapshot": SNAPSHOT_SCRIPT, "list": LIST_SCRIPT, "manifest": MANIFEST_SCRIPT}
 IDLE_EXIT = f"""n=0; while sleep 30; do set -- /proc/[0-9]*
 if [ $# -gt 1 ]; then n=0; else n=$((n+30)); fi; [ $n -lt {HELPER_IDLE_EXIT} ] || exit 0; done"""
 

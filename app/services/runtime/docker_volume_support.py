@@ -71,6 +71,11 @@ done
 stat -c '%f %s %Y' -- "$@" || exit 5
 [ "$limit" -lt 0 ] || exec find "$@" -maxdepth 0 -type f -size "-$((limit + 1))c" -exec tar -cf - -- {} +
 """
+MANIFEST_SCRIPT = r"""
+cd "$1" || exit 4
+find . -type f -exec sha256sum -- {} +
+find . -type l -exec sh -c 'for l; do printf "link %s %s\n" "$(readlink -- "$l")" "$l"; done' sh {} +
+"""
 LIST_SCRIPT = r"""
 cd "$1" || exit 4
 if [ "$3" = 1 ]; then
@@ -157,6 +162,7 @@ def failure(err: bytes, path: str) -> DomainError:
 __all__ = [
     "COMMIT_SCRIPT",
     "LIST_SCRIPT",
+    "MANIFEST_SCRIPT",
     "SNAPSHOT_SCRIPT",
     "failure",
     "message",
