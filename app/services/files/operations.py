@@ -290,17 +290,18 @@ def write_file(
     if_match: str | Sequence[str] | None = None,
     if_none_match: bool = False,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    durable: bool = True,
 ) -> WriteResult:
     """Atomically write ``data`` (temp file in the same directory, fsync, rename, fsync the directory).
 
     Creates parents. ``if_match``: the current sha256 must be (one of) it, ``"*"`` any (412 otherwise,
     also when the file is missing); ``if_none_match``: create only (412 when it exists). Keeps the
-    permissions of a replaced file; new files get 0666 less the umask.
+    permissions of a replaced file; new files get 0666 less the umask. ``durable=False``: no fsync (a mirror).
     """
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the content is larger than {max_bytes} bytes", code="file_too_large", limit=max_bytes)
     parts = normalize(path)
-    with Root(root_dir) as root, root.lock():
+    with Root(root_dir, durable=durable) as root, root.lock():
         try:
             res = root.resolve(parts, follow=Follow.ALL, create=if_match is None)
         except NotFound:
@@ -323,7 +324,7 @@ def write_file(
                 except BaseException:
                     os.unlink(tmp, dir_fd=res.parent_fd)
                     raise
-                os.fsync(res.parent_fd)
+                root.sync(res.parent_fd)
             except OSError as exc:
                 raise os_error(exc, res.path) from None
             return WriteResult(res.path, hashlib.sha256(data).hexdigest(), len(data), existing is None, previous)
@@ -350,13 +351,14 @@ def delete_path(
     *,
     if_match: str | Sequence[str] | None = None,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    durable: bool = True,
 ) -> DeleteResult:
     """Delete a file, symlink (the link itself) or empty directory; 409 for a non-empty directory.
 
     ``if_match`` as for ``write_file`` (a regular file's sha256), 412 on mismatch.
     """
     parts = normalize(path)
-    with Root(root_dir) as root, root.lock(), root.resolve(parts, follow=Follow.PARENTS) as res:
+    with Root(root_dir, durable=durable) as root, root.lock(), root.resolve(parts, follow=Follow.PARENTS) as res:
         st = res.lstat()
         if st is None:
             raise NotFound(f"{res.path!r} does not exist")
@@ -370,17 +372,19 @@ def delete_path(
                 os.rmdir(res.name, dir_fd=res.parent_fd)
             else:
                 os.unlink(res.name, dir_fd=res.parent_fd)
-            os.fsync(res.parent_fd)
+            root.sync(res.parent_fd)
         except OSError as exc:
             raise os_error(exc, res.path) from None
         return DeleteResult(res.path, kind, sha, st.st_size if kind == "file" else None)
 
 
-def move_path(root_dir: str | os.PathLike[str], source: str, target: str, *, overwrite: bool = False) -> MoveResult:
+def move_path(
+    root_dir: str | os.PathLike[str], source: str, target: str, *, overwrite: bool = False, durable: bool = True
+) -> MoveResult:
     """Move/rename a file, link or directory inside the workspace; 409 when the target exists."""
     src_parts = normalize(source)
     dst_parts = normalize(target)
-    with Root(root_dir) as root, root.lock(), root.resolve(src_parts, follow=Follow.PARENTS) as src:
+    with Root(root_dir, durable=durable) as root, root.lock(), root.resolve(src_parts, follow=Follow.PARENTS) as src:
         st = src.lstat()
         if st is None:
             raise NotFound(f"{src.path!r} does not exist")
@@ -402,8 +406,8 @@ def move_path(root_dir: str | os.PathLike[str], source: str, target: str, *, ove
                 raise Conflict(f"{dst.path!r} exists and is of another type", code="exists")
             try:
                 os.rename(src.name, dst.name, src_dir_fd=src.parent_fd, dst_dir_fd=dst.parent_fd)
-                os.fsync(dst.parent_fd)
-                os.fsync(src.parent_fd)
+                root.sync(dst.parent_fd)
+                root.sync(src.parent_fd)
             except OSError as exc:
                 if exc.errno == errno.ENOTEMPTY:
                     raise Conflict(f"{dst.path!r} is a directory that is not empty", code="exists") from None

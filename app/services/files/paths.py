@@ -188,14 +188,20 @@ class Resolved:
 class Root:
     """An open workspace directory; every path operation is relative to its descriptor."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable  # False: a scratch copy (a remote storage's mirror), nothing is synced to disk
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound("the workspace directory does not exist", code="workspace_dir_missing") from None
         st = os.fstat(self.fd)
         self._owner = (st.st_uid, st.st_gid)
+
+    def sync(self, fd: int) -> None:
+        """``fsync`` ``fd`` unless this root is a scratch copy."""
+        if self.durable:
+            os.fsync(fd)
 
     def close(self) -> None:
         """Close the root descriptor."""
@@ -395,7 +401,7 @@ def write_temp(root: Root, dir_fd: int, data: bytes, mode: int, *, sync: bool = 
     name, fd = write_temp_open(root, dir_fd, data, mode)
     try:
         if sync:
-            os.fsync(fd)
+            root.sync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

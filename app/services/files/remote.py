@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -61,12 +62,11 @@ class RemoteFiles(Protocol):
         """A regular file's bytes (at most ``limit`` + 1 are read)."""
         ...
 
-    async def lstat_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], RemoteStat | None]:
-        """``lstat`` of every path in one call (the files of a patch and their parents)."""
-        ...
-
-    async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
-        """The bytes of several regular files in one call (the caller has checked their parents and sizes)."""
+    async def snapshot(
+        self, paths: Sequence[tuple[str, ...]], content: int
+    ) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
+        """``lstat`` of every path, and the bytes of those that are regular files of at most ``content`` bytes,
+        in one call (a file that changes meanwhile may be left out of the bytes)."""
         ...
 
     async def listing(
@@ -89,6 +89,10 @@ class RemoteFiles(Protocol):
 
     async def upload(self, directory: Path) -> None:
         """Copy a local tree into the (empty) project."""
+        ...
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        """Hold the storage's own lock, shared by every hub process (a mutation: from its first read to its write)."""
         ...
 
     async def purge(self) -> None:
@@ -163,7 +167,7 @@ class Mirror:
         wanted = sorted({p[:i] for p in paths for i in range(1, len(p) + 1)} - self.seen.keys(), key=len)
         if not wanted:
             return
-        found = await self.files.lstat_many(wanted)
+        found, read = await self.files.snapshot(wanted, content)
         reached: list[tuple[str, ...]] = []
         for parts in wanted:  # shallowest first: a parent is decided before its children
             parent = self.seen.get(parts[:-1]) if parts[:-1] else RemoteStat("dir")
@@ -173,7 +177,7 @@ class Mirror:
                 self.seen[parts] = found.get(parts)
                 reached.append(parts)
         files = [p for p in reached if (e := self.seen[p]) is not None and e.kind == "file" and e.size <= content]
-        datas = await self.files.read_many(files) if files else {}
+        datas = {p: read[p] for p in files if p in read and len(read[p]) == self.seen[p].size}  # type: ignore[union-attr]
         self.fetched.update(datas)
         for parts in reached:
             entry = self.seen[parts]

@@ -91,12 +91,14 @@ class RemoteStorage:
     async def read_text(self, path: str, *, max_bytes: int) -> TextFile:
         """As ``operations.read_text``."""
         async with self._mirror() as mirror:
+            await mirror.prefetch([normalize(path)], max_bytes)
             await mirror.chain(normalize(path), content=max_bytes)
             return await anyio.to_thread.run_sync(lambda: ops.read_text(mirror.root, path, max_bytes=max_bytes))
 
     async def read_raw(self, path: str, *, max_bytes: int) -> RawFile:
         """As ``operations.read_raw``."""
         async with self._mirror() as mirror:
+            await mirror.prefetch([normalize(path)], max_bytes)
             await mirror.chain(normalize(path), content=max_bytes)
             return await anyio.to_thread.run_sync(lambda: ops.read_raw(mirror.root, path, max_bytes=max_bytes))
 
@@ -115,11 +117,18 @@ class RemoteStorage:
             raise PayloadTooLarge(
                 f"the content is larger than {max_bytes} bytes", code="file_too_large", limit=max_bytes
             )
-        async with self.lock, self._mirror() as mirror:
+        async with self.lock, self._mirror() as mirror, self.files.exclusive():
+            await mirror.prefetch([parts], max_bytes)
             await mirror.chain(parts, content=max_bytes)
             result = await anyio.to_thread.run_sync(
                 lambda: ops.write_file(
-                    mirror.root, path, data, if_match=if_match, if_none_match=if_none_match, max_bytes=max_bytes
+                    mirror.root,
+                    path,
+                    data,
+                    if_match=if_match,
+                    if_none_match=if_none_match,
+                    max_bytes=max_bytes,
+                    durable=False,
                 )
             )
             written = normalize(result.path)
@@ -132,13 +141,13 @@ class RemoteStorage:
     ) -> DeleteResult:
         """As ``operations.delete_path``."""
         parts = normalize(path)
-        async with self.lock, self._mirror() as mirror:
+        async with self.lock, self._mirror() as mirror, self.files.exclusive():
             resolved = await mirror.chain(parts, content=max_bytes, follow_last=False)
             found = mirror.seen.get(resolved)
             if found is not None and found.kind == "dir":
                 await mirror.children(resolved)
             result = await anyio.to_thread.run_sync(
-                lambda: ops.delete_path(mirror.root, path, if_match=if_match, max_bytes=max_bytes)
+                lambda: ops.delete_path(mirror.root, path, if_match=if_match, max_bytes=max_bytes, durable=False)
             )
             await self.files.remove(normalize(result.path), result.type)
         return result
@@ -146,14 +155,14 @@ class RemoteStorage:
     async def move_path(self, source: str, target: str, *, overwrite: bool = False) -> MoveResult:
         """As ``operations.move_path``."""
         src, dst = normalize(source), normalize(target)
-        async with self.lock, self._mirror() as mirror:
+        async with self.lock, self._mirror() as mirror, self.files.exclusive():
             await mirror.chain(src, follow_last=False)
             resolved = await mirror.chain(dst, follow_last=False)
             found = mirror.seen.get(resolved)
             if found is not None and found.kind == "dir":
                 await mirror.children(resolved)
             result = await anyio.to_thread.run_sync(
-                lambda: ops.move_path(mirror.root, source, target, overwrite=overwrite)
+                lambda: ops.move_path(mirror.root, source, target, overwrite=overwrite, durable=False)
             )
             moved = normalize(result.to_path)
             await self.files.move(normalize(result.from_path), moved, _new_dirs(mirror, [moved]))
@@ -186,11 +195,11 @@ class RemoteStorage:
         strip: int | None = None,
     ) -> patches.ApplyResult:
         """As ``patches.apply``: applied to the mirror, then every resulting change committed at once."""
-        async with self.lock, self._mirror() as mirror:
+        async with self.lock, self._mirror() as mirror, self.files.exclusive():
             await self._mirror_patch(mirror, diff, limits, strip)
             before = {parts: found for parts, found in mirror.seen.items() if found is not None}
             result = await anyio.to_thread.run_sync(
-                lambda: patches.apply(mirror.root, diff, base_hashes, limits=limits, strip=strip)
+                lambda: patches.apply(mirror.root, diff, base_hashes, limits=limits, strip=strip, durable=False)
             )
             changes = await anyio.to_thread.run_sync(lambda: _changes(mirror, result, before))
             await self.files.commit(changes, _new_dirs(mirror, [c.parts for c in changes if c.data is not None]))
@@ -202,7 +211,7 @@ class RemoteStorage:
         tmp = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="codehub-fill-"))
         try:
             await fill(Path(tmp))
-            async with self.lock:
+            async with self.lock, self.files.exclusive():
                 await self.files.upload(Path(tmp))
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))

@@ -5,14 +5,14 @@ CPU / memory (no extra swap) / pids limits, no restart policy (the hub owns the 
 json-file logs. Network isolation (``docker_network``): every container joins the hub's bridge with
 inter-container traffic off, internal for ``CODEHUB_WORKSPACE_EGRESS=none``; the IDE port is published on
 the loopback address of a local engine (or the server's address for a remote one, never on every address)
-with a host port the engine picks.
+with a host port the engine picks. Beside this module: ``docker_create`` (the create call and images),
+``docker_logs`` (logs, events, engine info), ``docker_storage`` (volumes and file helpers), ``docker_exec``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -25,20 +25,17 @@ from aiodocker.exceptions import DockerError
 
 from app import metrics
 from app.models import RuntimeKind
-from app.services.files.remote_storage import RemoteStorage
-from app.services.files.storage import LocalStorage, WorkspaceStorage
-from app.services.runtime import common, docker_exec
+from app.services.files.storage import WorkspaceStorage
+from app.services.runtime import common, docker_create, docker_exec, docker_logs
 from app.services.runtime import docker_network as dn
 from app.services.runtime import docker_support as ds
 from app.services.runtime.base import (
     LABEL_HUB,
-    LABEL_WORKSPACE,
     Endpoint,
     EngineInfo,
     ExecItem,
     ExecRequest,
     ExecResult,
-    ImageNotFound,
     LogLine,
     Progress,
     ResourceStatus,
@@ -56,20 +53,15 @@ from app.services.runtime.cache import DEFAULT_TTL, StatusCache, cached_status
 from app.services.runtime.common import (
     ProcessExited,
     collect_exec,
-    iso_from_unix,
-    prepare_workspace_dir,
     resolve_container_user,
     wait_until_ready,
 )
-from app.services.runtime.docker_adopt import adopt
-from app.services.runtime.docker_volume import DockerVolumeFiles, helper_name, volume_name
-from app.services.runtime.ide_secret import password_auth_overrides
+from app.services.runtime.docker_storage import DockerStorage
+from app.services.runtime.docker_volume import DockerVolumeFiles, helper_name
 from app.services.runtime.registry import RuntimeOptions, register_runtime
 from app.settings import WorkspaceEgress
 
 IDE_CAPABILITIES = ds.IDE_CAPABILITIES
-DEFAULT_USER = (1000, 1000)  # the file helper's user when containers keep the image's own
-LOG_TAIL_ON_FAILURE = 40
 
 
 class DockerRuntime:
@@ -95,9 +87,16 @@ class DockerRuntime:
         self.docker_url = docker_url
         self.workspaces_dir = workspaces_dir or Path("workspaces").resolve()
         self.hub_id, self.home, self.helper_image = hub_id, home, helper_image
-        self._storage_ready: set[str] = set()
-        self._storage_locks: dict[str, anyio.Lock] = {}
         self._user = resolve_container_user(container_user)
+        self.storages = DockerStorage(
+            lambda: self.docker,
+            docker_url,
+            hub_id=hub_id,
+            home=home,
+            helper_image=helper_image,
+            user=self._user,
+            workspaces_dir=self.workspaces_dir,
+        )
         self._pull = pull
         self._cache = status_cache
         self._status_ttl = status_ttl
@@ -113,6 +112,7 @@ class DockerRuntime:
     async def __aexit__(self, *exc: object) -> None:
         if self._docker is not None:
             with anyio.CancelScope(shield=True):
+                await self.storages.channels.close_all()
                 await self._docker.close()
             self._docker = None
 
@@ -139,14 +139,14 @@ class DockerRuntime:
             )
         # overlapped, here and with the progress event below: one step at a time adds up every step's latency
         auth, *_ = await common.concurrently(
-            lambda: self._password_auth(spec),
-            lambda: self._prepare_storage(spec),
+            lambda: docker_create.password_auth(self.docker, self.docker_url, spec),
+            lambda: self.storages.prepare(spec),
             lambda: self._drop_status(spec.id),
         )
         with ds.engine_errors(self.docker_url):
             container = await self._create(spec, progress, auth)
             try:
-                await self._prepare_project(spec, container)
+                await self.storages.prepare_project(spec, container)
                 with metrics.docker_call("start"):
                     await container.start()
                 with metrics.docker_call("inspect"):
@@ -170,12 +170,12 @@ class DockerRuntime:
             except ProcessExited:
                 with metrics.docker_call("inspect"):
                     state = (await container.show())["State"]
-                lines = await self._tail_text(container)
+                lines = await docker_logs.tail_text(container)
                 raise StartFailed(
                     f"the IDE exited with code {state.get('ExitCode')} before answering HTTP", logs=lines
                 ) from None
             except TimeoutError:
-                lines = await self._tail_text(container)
+                lines = await docker_logs.tail_text(container)
                 await self._kill_quietly(container)
                 raise StartFailed(f"the IDE did not answer HTTP within {ready_timeout:g}s", logs=lines) from None
             except DockerError as exc:
@@ -187,70 +187,30 @@ class DockerRuntime:
                 raise
 
     async def _create(self, spec: WorkspaceSpec, progress: Progress | None, auth: dict[str, list[str]]) -> Any:
-        name = container_name(spec.id)
-        publish_ip = await dn.publish_ip(self._publish_host)
-        for attempt in range(3):
-            network = await self._networks.ensure(self.docker, spec.hub_id)
-            if attempt:
-                auth = await self._password_auth(spec)  # the image may have been pulled since
-            config = {**self.container_config(spec, network=network, publish_ip=publish_ip), **auth}
-            try:
-                with metrics.docker_call("create"):
-                    return await self.docker.containers.create(config, name=name)
-            except DockerError as exc:
-                if exc.status == 409 and attempt < 2:
-                    await self._delete_quietly(name)
-                    continue
-                if exc.status == 404 and network in exc.message and attempt < 2:
-                    self._networks.forget(network)
-                    continue
-                if exc.status == 404 and "image" in exc.message.lower():
-                    if not self._pull or attempt:
-                        raise ImageNotFound(ds.missing_image(spec.image, self._pull)) from exc
-                    await ds.pull_image(self.docker, spec.image, progress)
-                    continue
-                raise StartFailed(f"Docker refused to create the container: {exc.message}") from exc
-        raise StartFailed(f"container name {name} stays taken")
+        return await docker_create.create_container(
+            self.docker,
+            self.docker_url,
+            spec,
+            networks=self._networks,
+            publish_host=self._publish_host,
+            pull=self._pull,
+            config=lambda spec, network, ip: self.container_config(spec, network=network, publish_ip=ip),
+            remove=self._delete_quietly,
+            progress=progress,
+            auth=auth,
+        )
 
     async def has_image(self, image: str) -> bool:
         """True when ``image`` is on this engine (an image inspect; nothing is pulled)."""
-        try:
-            with ds.engine_errors(self.docker_url), metrics.docker_call("image_inspect"):
-                await self.docker.images.inspect(image)
-        except DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await docker_create.image_exists(self.docker, self.docker_url, image)
 
     async def pull_image(self, image: str, progress: Progress | None = None) -> None:
         """Pull ``image`` onto this engine whatever the pull setting says (an admin's pre-pull)."""
         with ds.engine_errors(self.docker_url):
             await ds.pull_image(self.docker, image, progress)
 
-    async def _password_auth(self, spec: WorkspaceSpec) -> dict[str, list[str]]:
-        """Entrypoint/Cmd overrides so an image's ``--auth none`` IDE requires the start's secret instead."""
-        if spec.ide_secret is None:
-            return {}
-        try:
-            with ds.engine_errors(self.docker_url), metrics.docker_call("image_inspect"):
-                config = (await self.docker.images.inspect(spec.image)).get("Config") or {}
-        except DockerError as exc:
-            if exc.status == 404:
-                return {}  # not pulled yet: the create fails, pulls, and the next attempt asks again
-            raise
-        return password_auth_overrides(config.get("Entrypoint") or [], list(spec.command) or config.get("Cmd") or [])
-
     def _endpoint_of(self, info: dict[str, Any], ide_port: int) -> Endpoint:
         return dn.ide_endpoint(info, ide_port, self.endpoint_host, self._on_engine_host)
-
-    async def _tail_text(self, container: Any, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
-        try:
-            with metrics.docker_call("logs"):
-                chunks = await container.log(stdout=True, stderr=True, tail=tail)
-        except DockerError:
-            return []
-        return "".join(chunks).splitlines()[-tail:]
 
     async def _kill_quietly(self, container: Any) -> None:
         with suppress(DockerError), metrics.docker_call("kill"):
@@ -341,44 +301,13 @@ class DockerRuntime:
 
     async def logs(self, workspace_id: str, *, tail: int = 200, since: float | None = None) -> list[LogLine]:
         """The last ``tail`` lines (after ``since``) with the engine's timestamps."""
-        container = self.docker.containers.container(container_name(workspace_id))
-        params: dict[str, Any] = {"timestamps": True, "tail": str(tail)}
-        if since is not None:
-            params["since"] = f"{since:.6f}"
-        with ds.engine_errors(self.docker_url):
-            try:
-                with metrics.docker_call("logs"):
-                    chunks = await container.log(stdout=True, stderr=True, **params)
-            except DockerError as exc:
-                if exc.status == 404:
-                    raise UnknownWorkspace(f"no container for workspace {workspace_id}") from exc
-                raise
-        return [ds.log_line(line) for line in "".join(chunks).splitlines() if line]
+        return await docker_logs.logs(self.docker, self.docker_url, workspace_id, tail=tail, since=since)
 
-    async def follow_logs(
+    def follow_logs(
         self, workspace_id: str, *, tail: int = 0, since: float | None = None
     ) -> AsyncGenerator[LogLine, None]:
         """Lines as the container writes them; ends when the container stops."""
-        container = self.docker.containers.container(container_name(workspace_id))
-        params: dict[str, Any] = {"timestamps": True, "tail": str(tail)}
-        if since is not None:
-            params["since"] = f"{since:.6f}"
-        buffer = ""
-        with ds.engine_errors(self.docker_url):
-            try:
-                stream = container.log(stdout=True, stderr=True, follow=True, **params)
-                async for chunk in stream:
-                    buffer += chunk
-                    *lines, buffer = buffer.split("\n")
-                    for line in lines:
-                        if line:
-                            yield ds.log_line(line)
-            except DockerError as exc:
-                if exc.status == 404:
-                    raise UnknownWorkspace(f"no container for workspace {workspace_id}") from exc
-                raise
-        if buffer:
-            yield ds.log_line(buffer)
+        return docker_logs.follow_logs(self.docker, self.docker_url, workspace_id, tail=tail, since=since)
 
     async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
         """Run a command to completion in the container."""
@@ -405,43 +334,19 @@ class DockerRuntime:
 
     def storage_ref(self, workspace_id: str) -> StorageRef:
         """The workspace's home volume on this engine."""
-        return StorageRef(kind="volume", name=volume_name(workspace_id))
+        return self.storages.ref(workspace_id)
 
     def volume_files(self, workspace_id: str, *, image: str = "", hub_id: str = "") -> DockerVolumeFiles:
         """The file primitives of a workspace's volume (through its helper container of ``image``)."""
-        return DockerVolumeFiles(
-            self.docker,
-            self.docker_url,
-            workspace_id=workspace_id,
-            hub_id=hub_id or self.hub_id,
-            image=image or self.helper_image,
-            home=self.home,
-            user=self._user or DEFAULT_USER,
-            ready=self._storage_ready,
-        )
+        return self.storages.files(workspace_id, image=image, hub_id=hub_id)
 
     def storage_lock(self, workspace_id: str) -> anyio.Lock:
         """The lock this hub's file operations on the workspace hold (a move holds it too)."""
-        return self._storage_locks.setdefault(workspace_id, anyio.Lock())
+        return self.storages.lock(workspace_id)
 
     def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
         """The workspace's volume, worked on by the hub through the volume's engine."""
-        return RemoteStorage(self.volume_files(workspace_id, image=image), self.storage_lock(workspace_id))
-
-    async def _prepare_storage(self, spec: WorkspaceSpec) -> None:
-        """The volume exists (labelled) before the container mounts it; kept across starts."""
-        if spec.storage.kind == "volume":
-            await self.volume_files(spec.id, image=spec.image, hub_id=spec.hub_id).ensure_volume()
-        else:
-            await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.storage.name), self._user)
-
-    async def _prepare_project(self, spec: WorkspaceSpec, container: Any) -> None:
-        """Give a new volume its project directory, owned by the workspace user, through the created container
-        (Docker has copied the image's home into the empty volume by now)."""
-        if spec.storage.kind == "volume":
-            files = self.volume_files(spec.id, image=spec.image, hub_id=spec.hub_id)
-            await files.ensure_project(container.id)
-            await adopt(files, self.workspaces_dir / spec.id)  # a directory from before volumes, if any
+        return self.storages.storage(workspace_id, image=image)
 
     async def remove(self, workspace_id: str, *, purge: bool = False, container_id: str | None = None) -> None:
         """Force-remove the container (only ``container_id`` when given); ``purge``: its volume (and any
@@ -451,13 +356,10 @@ class DockerRuntime:
         with ds.engine_errors(self.docker_url):
             await self._delete_quietly(container_id or container_name(workspace_id))
             if container_id is None:  # the workspace goes: its file helper too (made again on demand)
+                await self.storages.forget(workspace_id)
                 await self._delete_quietly(helper_name(workspace_id))
-                self._storage_ready.discard(workspace_id)
         if purge:
-            await self.volume_files(workspace_id).purge()
-            self._storage_locks.pop(workspace_id, None)
-            for directory in {*bound, self.workspaces_dir / workspace_id}:
-                await LocalStorage(directory).purge()
+            await self.storages.purge(workspace_id, bound)
 
     async def _bound_dirs(self, workspace_id: str) -> list[Path]:
         """Hub directories the workspace's container bind-mounts (a ``directory`` storage)."""
@@ -465,54 +367,13 @@ class DockerRuntime:
         binds = ((info or {}).get("HostConfig") or {}).get("Binds") or []
         return [Path(bind.split(":", 1)[0]) for bind in binds]
 
-    async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
+    def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
         """Live container events (start, die, oom, destroy, stop) of this hub's workspaces."""
-        filters = json.dumps(
-            {
-                "type": ["container"],
-                "label": [f"{LABEL_HUB}={hub_id}"],
-                "event": ["start", "die", "oom", "destroy", "stop"],
-            }
-        )
-        # aiodocker's public events API feeds a queue from a task it spawns itself; one streamed query
-        # keeps the reader inside the caller's cancel scope.
-        with ds.engine_errors(self.docker_url):
-            async with self.docker._query(
-                "events", params={"filters": filters}, timeout=aiohttp.ClientTimeout()
-            ) as response:
-                while True:
-                    line = await response.content.readline()
-                    if not line:
-                        return
-                    data = json.loads(line)
-                    attrs = (data.get("Actor") or {}).get("Attributes") or {}
-                    workspace_id = attrs.get(LABEL_WORKSPACE)
-                    if not workspace_id:
-                        continue
-                    if self._cache is not None:
-                        await self._cache.drop(workspace_id)
-                    code = attrs.get("exitCode")
-                    yield RuntimeEvent(
-                        workspace_id=workspace_id,
-                        event=data.get("Action", ""),
-                        exit_code=int(code) if code is not None else None,
-                        at=iso_from_unix(data.get("timeNano", 0) / 1e9),
-                    )
+        return docker_logs.events(self.docker, self.docker_url, hub_id, self._cache)
 
     async def info(self) -> EngineInfo:
         """Version, API version and round-trip time of the engine."""
-        begin = time.perf_counter()
-        try:
-            with anyio.fail_after(10), metrics.docker_call("version"):
-                version = await self.docker.version()
-        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return EngineInfo(ok=False, error=str(exc) or type(exc).__name__)
-        return EngineInfo(
-            ok=True,
-            version=str(version.get("Version", "")),
-            api_version=str(version.get("ApiVersion", "")),
-            latency_ms=round((time.perf_counter() - begin) * 1000, 2),
-        )
+        return await docker_logs.engine_info(self.docker)
 
 
 def docker_for_server(options: RuntimeOptions) -> DockerRuntime:

@@ -21,11 +21,6 @@ from app.services.runtime.base import StartFailed
 from app.services.runtime.docker_volume import DockerVolumeFiles
 
 log = logging.getLogger(__name__)
-MANIFEST_SCRIPT = r"""
-cd "$1" || exit 4
-find . -type f -exec sha256sum -- {} +
-find . -type l -exec sh -c 'for l; do printf "link %s %s\n" "$(readlink -- "$l")" "$l"; done' sh {} +
-"""
 
 
 def has_files(directory: Path) -> bool:
@@ -64,7 +59,7 @@ async def adopt(files: DockerVolumeFiles, legacy: Path) -> bool:
         log.warning("workspace %s has files in its volume and in %s: the directory is kept", files.workspace_id, legacy)
         return False
     await files.upload(legacy)
-    code, out, _err = await files.run(["sh", "-c", MANIFEST_SCRIPT, "sh", files.project])
+    code, out, _err = await files.run(["+manifest", files.project])
     remote = set(out.decode("utf-8", "surrogateescape").splitlines()) if code == 0 else set()
     local = await anyio.to_thread.run_sync(local_manifest, legacy)
     if remote != local:

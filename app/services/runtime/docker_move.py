@@ -268,7 +268,8 @@ async def move_volume(
 ) -> Manifest | None:
     """Move a stopped workspace's volume from ``source`` to ``target`` (both Docker engines).
 
-    File operations of this hub on the workspace wait meanwhile. ``switch`` (the database's compare-and-set to
+    File operations that change the workspace wait meanwhile, in this hub process and in every other (the
+    source engine's lock). ``switch`` (the database's compare-and-set to
     the target) runs only after the copy verified; when it answers False (the workspace changed meanwhile) the
     copy is removed and 409 ``workspace_changed`` raised. The source volume and helper are removed only after
     a switch. None (and a plain switch) when the workspace has no volume yet or a runtime has no volumes."""
@@ -289,10 +290,11 @@ async def move_volume(
             await _switched(switch, None)
             return None
         to_files = target.volume_files(workspace_id, image=image)
-        manifest = await copy_volume(from_files, to_files, progress)
-        if not await switch(manifest):
-            await _discard(to_files)
-            raise Conflict("the workspace changed while it was moved; nothing was moved", code="workspace_changed")
+        async with from_files.exclusive():  # other hub processes' writes wait until the switch is decided
+            manifest = await copy_volume(from_files, to_files, progress)
+            if not await switch(manifest):
+                await _discard(to_files)
+                raise Conflict("the workspace changed while it was moved; nothing was moved", code="workspace_changed")
         try:
             await source.remove(workspace_id)
             await from_files.purge()

@@ -3,12 +3,18 @@
 The volume ``codehub-home-<id>`` (labels ``codehub.workspace``, ``codehub.hub``) is mounted at the image's
 home in the workspace container; the project is ``<home>/project``. File work runs on the volume's engine,
 wherever it is, with no shared disk, through a small helper container ``codehub-files-<id>`` of the
-workspace's image that mounts only that volume (no network, read-only root, every capability dropped, the
-workspace user, ``sleep`` for a while and then exits; started again on demand):
+workspace's image that mounts only that volume (no network, read-only root, a private tmpfs, every
+capability dropped, the workspace user; it exits by itself once no hub has had a channel open to it for
+``HELPER_IDLE_EXIT`` seconds, and is started again on demand).
 
-- ``lstat``: ``HEAD /containers/{id}/archive`` (about 1 ms on a running helper);
-- ``read``: ``GET …/archive`` of one file; ``upload`` and the staging of ``commit``: ``PUT …/archive``;
-- ``listing``, ``remove``, ``move`` and the renames of ``commit``: one ``exec`` of the image's ``sh``.
+Every primitive is one request on a persistent channel to the helper (``docker_channel``: a long-lived
+``exec`` of ``sh`` with stdin attached, about 1 ms a request instead of 40-100 ms an engine call): ``lstat``
+and ``snapshot`` (``stat`` of many paths and a ``tar -c`` of the files among them, links never followed),
+``read`` (``tar -c``), ``listing``
+(``find``), ``commit`` (the new contents staged by ``tar -x`` from the request's payload, then the renames, in
+one script), ``remove`` and ``move``. Only ``upload`` (a whole tree) and a created, never started container
+use the archive API. Mutations hold the engine-side lock of the channel loop (``exclusive``), shared by every
+hub process that works on this engine.
 
 The images need no Python: every decision (paths, links, If-Match, patches) is made on the hub
 (``app.services.files.remote_storage``); the helper only renames, removes and lists. Links swapped in by the
@@ -25,7 +31,8 @@ import logging
 import os
 import secrets
 import tarfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +45,13 @@ from app.errors import Conflict, NotFound
 from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.base import LABEL_HUB, LABEL_WORKSPACE
+from app.services.runtime.docker_channel import PRIVATE_DIR, ChannelBroken, HelperChannel, HelperChannels
 from app.services.runtime.docker_support import engine_errors
 from app.services.runtime.docker_volume_support import (
     COMMIT_SCRIPT,
     LIST_SCRIPT,
-    STAT_SCRIPT,
+    MANIFEST_SCRIPT,
+    SNAPSHOT_SCRIPT,
     failure,
     message,
     mode_kind,
@@ -53,8 +62,13 @@ from app.services.runtime.docker_volume_support import (
 
 log = logging.getLogger(__name__)
 LABEL_STORAGE = "codehub.storage"
-HELPER_LIFETIME = 900  # seconds a started helper lives; the next file operation starts it again
-LIST_OUTPUT_LIMIT = 64 << 20
+LABEL_HELPER = "codehub.helper"
+HELPER_VERSION = "2"  # a helper of another version (another config) is replaced when next needed
+HELPER_IDLE_EXIT = 900  # seconds a helper lives with no channel open; the next file operation starts it again
+LOCK_TIMEOUT = 60.0  # seconds a mutation waits for another hub process's to end
+SCRIPTS = {"commit": COMMIT_SCRIPT, "snapshot": SNAPSHOT_SCRIPT, "list": LIST_SCRIPT, "manifest": MANIFEST_SCRIPT}
+IDLE_EXIT = f"""n=0; while sleep 30; do set -- /proc/[0-9]*
+if [ $# -gt 1 ]; then n=0; else n=$((n+30)); fi; [ $n -lt {HELPER_IDLE_EXIT} ] || exit 0; done"""
 
 
 def volume_name(workspace_id: str) -> str:
@@ -81,6 +95,7 @@ class DockerVolumeFiles:
         home: str,
         user: tuple[int, int],
         ready: set[str],
+        channels: HelperChannels,
     ) -> None:
         self.docker, self.docker_url = docker, docker_url
         self.workspace_id, self.hub_id, self.image = workspace_id, hub_id, image
@@ -88,6 +103,7 @@ class DockerVolumeFiles:
         self.project = f"{self.home.rstrip('/')}/project"
         self.user = user
         self._ready = ready  # workspace ids whose volume, helper and project are known to exist (per runtime)
+        self._channels = channels
 
     def path(self, parts: tuple[str, ...]) -> str:
         """The absolute path of ``parts`` inside the helper (names with a newline are refused)."""
@@ -129,15 +145,17 @@ class DockerVolumeFiles:
         mount: dict[str, Any] = {"Type": "volume", "Source": volume_name(self.workspace_id), "Target": self.home}
         if nocopy:  # a volume that is to receive a copy must not get the image's home first
             mount["VolumeOptions"] = {"NoCopy": True}
+        uid, gid = self.user
         return {
             "Image": self.image,
-            "Entrypoint": ["sleep"],
-            "Cmd": [str(HELPER_LIFETIME)],
+            "Entrypoint": ["sh", "-c"],
+            "Cmd": [IDLE_EXIT],
             "User": f"{self.user[0]}:{self.user[1]}",
             "WorkingDir": self.home,
-            "Labels": {LABEL_HUB: self.hub_id, LABEL_STORAGE: self.workspace_id},
+            "Labels": {LABEL_HUB: self.hub_id, LABEL_STORAGE: self.workspace_id, LABEL_HELPER: HELPER_VERSION},
             "HostConfig": {
                 "Mounts": [mount],
+                "Tmpfs": {PRIVATE_DIR: f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={uid},gid={gid}"},
                 "NetworkMode": "none",
                 "ReadonlyRootfs": True,
                 "CapDrop": ["ALL"],
@@ -175,9 +193,16 @@ class DockerVolumeFiles:
             try:
                 with metrics.docker_call("inspect"):
                     info = await container.show()
+                if (info.get("Config") or {}).get("Labels", {}).get(LABEL_HELPER) != HELPER_VERSION:
+                    with metrics.docker_call("remove"):
+                        await container.delete(force=True)  # an older helper: made again with today's config
+                    raise DockerError(404, "outdated helper replaced")
             except DockerError as exc:
                 if exc.status != 404:
                     raise
+                if not await self.volume_exists():  # moved or purged meanwhile: never recreate it empty here
+                    self._ready.discard(self.workspace_id)
+                    raise Conflict("the workspace's files are not on this engine", code="storage_gone") from exc
                 try:
                     with metrics.docker_call("create"):
                         container = await self.docker.containers.create(self._helper_config(nocopy=nocopy), name=name)
@@ -196,6 +221,7 @@ class DockerVolumeFiles:
     async def purge(self) -> None:
         """Remove the helper and the volume (missing is fine)."""
         self._ready.discard(self.workspace_id)
+        await self._channels.drop(self.workspace_id)
         with engine_errors(self.docker_url):
             try:
                 with metrics.docker_call("remove"):
@@ -215,8 +241,8 @@ class DockerVolumeFiles:
     # -- primitives -------------------------------------------------------------------------------------
 
     async def lstat(self, parts: tuple[str, ...]) -> RemoteStat | None:
-        """``HEAD …/archive``: the entry itself, links not followed."""
-        return await self._stat(helper_name(self.workspace_id), self.path(parts))
+        """The entry itself, links not followed (``stat`` in the helper)."""
+        return (await self.snapshot([parts], -1))[0][parts]
 
     async def _stat(self, container: str, path: str) -> RemoteStat | None:
         with engine_errors(self.docker_url):
@@ -267,64 +293,56 @@ class DockerVolumeFiles:
         return RemoteStat("symlink", len(target.encode("utf-8", "surrogateescape")), 0o777, 0.0, target)
 
     async def read(self, parts: tuple[str, ...], limit: int) -> bytes:
-        """``GET …/archive`` of one regular file."""
-        helper = self.docker.containers.container(helper_name(self.workspace_id))
-        with engine_errors(self.docker_url):
-            try:
-                with metrics.docker_call("archive_get"):
-                    archive = await helper.get_archive(self.path(parts))
-            except DockerError as exc:
-                if exc.status == 404:
-                    raise NotFound(f"{join(parts)!r} does not exist") from exc
-                raise
-        with archive:
+        """One regular file, by a ``tar`` of it in the helper (a link swapped in is archived, not followed)."""
+        code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", self.path(parts).lstrip("/")])
+        if code != 0 and b"No such file" in err:
+            raise NotFound(f"{join(parts)!r} does not exist")
+        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
             member = archive.next()
-            if member is None or not member.isreg():
+            handle = archive.extractfile(member) if member is not None and member.isreg() else None
+            if code != 0 or handle is None:
                 raise bad_path(join(parts), "the file changed while it was read")
-            handle = archive.extractfile(member)
-            assert handle is not None
             return handle.read(limit + 1)
 
-    async def lstat_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], RemoteStat | None]:
-        """One script in the helper: each path's ``stat`` line (and link target), NUL-separated."""
-        code, out, err = await self.run(["sh", "-c", STAT_SCRIPT, "sh", *map(self.path, paths)])
-        fields = out.decode("utf-8", "surrogateescape").split("\0")
-        if code != 0 or len(fields) < 2 * len(paths):
+    async def snapshot(
+        self, paths: Sequence[tuple[str, ...]], content: int
+    ) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
+        """One script in the helper: each path's kind and link target (NUL-separated), one ``stat`` of those that
+        exist (a line each), then one ``tar`` of the regular files of at most ``content`` bytes (nothing is
+        followed or recursed; ``content`` < 0: no bytes)."""
+        code, out, err = await self.run(["+snapshot", str(content), *map(self.path, paths)])
+        fields = out.split(b"\0", len(paths))
+        kinds = fields[: len(paths)]
+        existing = [parts for parts, kind in zip(paths, kinds, strict=False) if kind[:1] in (b"E", b"L")]
+        rest = fields[-1].split(b"\n", len(existing)) if len(fields) > len(paths) else []
+        if code == 5 or len(rest) < len(existing) + (1 if existing else 0) or len(kinds) != len(paths):
             raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
-        found: dict[tuple[str, ...], RemoteStat | None] = {}
-        for index, parts in enumerate(paths):
-            line, target = fields[2 * index], fields[2 * index + 1]
-            if line == "-":
-                found[parts] = None
-                continue
-            mode_hex, size, mtime = line.split()
-            mode = int(mode_hex, 16)
-            found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
-        return found
-
-    async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
-        """One ``tar`` of the files in the helper (regular files only: nothing is followed or recursed)."""
-        names = {self.path(parts).lstrip("/"): parts for parts in paths}
-        code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", *names])
-        if code != 0:
-            raise Conflict(f"the files could not be read: {message(err)}", code="io_error")
-        found: dict[tuple[str, ...], bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
-            for member in archive:
-                parts = names.get(member.name)
-                handle = archive.extractfile(member) if member.isreg() else None
-                if parts is not None and handle is not None:
-                    found[parts] = handle.read()
-        return found
+        found: dict[tuple[str, ...], RemoteStat | None] = dict.fromkeys(paths)
+        lines = dict(zip(existing, rest, strict=False))
+        for parts, kind in zip(paths, kinds, strict=True):
+            if parts in lines:
+                mode_hex, size, mtime = lines[parts].decode("ascii", "replace").split()
+                mode = int(mode_hex, 16)
+                target = kind[1:].decode("utf-8", "surrogateescape")
+                found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
+        datas: dict[tuple[str, ...], bytes] = {}
+        archive_bytes = rest[-1] if existing else (fields[-1] if len(fields) > len(paths) else b"")
+        if archive_bytes and code == 0:
+            names = {self.path(parts).lstrip("/"): parts for parts in paths}
+            with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
+                for member in archive:
+                    wanted = names.get(member.name)
+                    handle = archive.extractfile(member) if member.isreg() else None
+                    if wanted is not None and handle is not None:
+                        datas[wanted] = handle.read()
+        return found, datas
 
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
     ) -> list[tuple[str, RemoteStat]]:
         """One ``find`` in the helper: names NUL-separated on stdout, their stats line by line on stderr."""
         for _attempt in range(2):
-            code, out, err = await self.run(
-                ["sh", "-c", LIST_SCRIPT, "sh", self.path(parts), str(depth), "1" if include_git else "0"]
-            )
+            code, out, err = await self.run(["+list", self.path(parts), str(depth), "1" if include_git else "0"])
             if code == 4:
                 raise NotFound(f"{join(parts)!r} does not exist")
             names = [name.removeprefix("./") for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
@@ -343,7 +361,7 @@ class DockerVolumeFiles:
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
         """Stage new contents next to their targets (one ``PUT``), then one script renames all or none."""
         staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        argv = ["sh", "-c", COMMIT_SCRIPT, "sh", self.project]
+        argv = ["+commit", self.project, "1"]
         for change in sorted(changes, key=lambda c: c.data is not None):
             parent = change.parts[:-1]
             tmp = "-"
@@ -352,9 +370,9 @@ class DockerVolumeFiles:
                 staged.append((temp, change.data, change.mode))
                 tmp = self.path(temp)
             argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
-        if staged:
-            await self._put(self.project, tar_entries(staged, self.user, prefix=()))
-        code, _out, err = await self.run(argv)
+        payload = tar_entries(staged, self.user, prefix=()) if staged else b""
+        argv[2] = "1" if staged else "0"
+        code, _out, err = await self.run(argv, payload, retry=False)
         if code != 0:
             await self._remove_dirs(new_dirs)
             raise Conflict(f"the change was not written: {message(err)}", code="io_error")
@@ -369,7 +387,7 @@ class DockerVolumeFiles:
     async def remove(self, parts: tuple[str, ...], kind: NodeKind) -> None:
         """``rmdir`` or ``rm`` in the helper."""
         argv = ["rmdir", "--", self.path(parts)] if kind == "dir" else ["rm", "-f", "--", self.path(parts)]
-        code, _out, err = await self.run(argv)
+        code, _out, err = await self.run(argv, retry=False)
         if code != 0:
             raise failure(err, join(parts))
 
@@ -377,7 +395,7 @@ class DockerVolumeFiles:
         """``mkdir`` the new parents, then ``mv -T`` in the helper."""
         script = 'src=$1; dst=$2; shift 2; for d; do mkdir -- "$d" || exit 1; done; exec mv -f -T -- "$src" "$dst"'
         argv = ["sh", "-c", script, "sh", self.path(source), self.path(target), *map(self.path, new_dirs)]
-        code, _out, err = await self.run(argv)
+        code, _out, err = await self.run(argv, retry=False)
         if code != 0:
             await self._remove_dirs(new_dirs)
             raise failure(err, join(target))
@@ -413,31 +431,64 @@ class DockerVolumeFiles:
                 log.warning("archive upload to %s failed: %s", self.workspace_id, exc.message)
                 raise Conflict("the files were not written", code="io_error") from exc
 
-    async def run(self, argv: list[str]) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` in the helper as the workspace user: (exit code, stdout, stderr)."""
+    async def run(self, argv: list[str], data: bytes = b"", *, retry: bool = True) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in the helper as the workspace user (``+name``: a script of ``SCRIPTS``; ``data`` on its
+        stdin): (exit code, stdout, stderr). A request that may have run is retried only when ``retry``."""
         for attempt in range(2):
-            helper = await self._helper(start=attempt > 0)
+            channel = await self._channel(fresh=attempt > 0)
+            try:
+                return await channel.call(argv, data)
+            except ChannelBroken as exc:
+                await self._channels.drop(self.workspace_id)
+                if channel.holding:  # the lock went with the channel: what was read under it is no longer safe
+                    raise Conflict("the workspace's file helper went away; try again", code="storage_error") from exc
+                if attempt > 0 or (exc.sent and not retry):
+                    log.warning("file helper channel of %s failed: %s", self.workspace_id, exc)
+                    raise Conflict("the workspace's file helper did not answer", code="storage_error") from exc
+        raise AssertionError("unreachable")
+
+    async def _channel(self, *, fresh: bool) -> HelperChannel:
+        """The open channel to the helper, or a new one (the helper created and started if need be)."""
+        if not fresh and (channel := await self._channels.get(self.workspace_id)) is not None:
+            return channel
+        for attempt in range(2):
+            await self._helper(start=True)
             with engine_errors(self.docker_url):
                 try:
-                    with metrics.docker_call("exec"):
-                        execution = await helper.exec(
-                            argv, stdout=True, stderr=True, user=f"{self.user[0]}:{self.user[1]}"
-                        )
-                except DockerError as exc:
-                    if exc.status == 409 and attempt == 0:
-                        continue  # the helper's sleep ended: start it again
-                    log.warning("file helper of %s did not run: %s", self.workspace_id, exc.message)
+                    channel = await HelperChannel.open(self.docker, helper_name(self.workspace_id), self.user, SCRIPTS)
+                except (DockerError, ChannelBroken) as exc:
+                    if attempt == 0:
+                        continue  # the helper was exiting (idle) or being replaced: start it again
+                    log.warning("file helper of %s did not run: %s", self.workspace_id, exc)
                     raise Conflict("the workspace's file helper did not run", code="storage_error") from exc
-                out, err = bytearray(), bytearray()
-                async with execution.start(detach=False) as stream:
-                    while (message := await stream.read_out()) is not None:
-                        target = out if message.stream == 1 else err
-                        if len(target) < LIST_OUTPUT_LIMIT:
-                            target += message.data
-                with metrics.docker_call("exec_inspect"):
-                    code = (await execution.inspect()).get("ExitCode")
-            return int(code if code is not None else 1), bytes(out), bytes(err)
-        raise Conflict("the file helper did not start", code="storage_error")
+            await self._channels.put(self.workspace_id, channel)
+            return channel
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the workspace's engine-side lock (every hub process's mutations of it take turns)."""
+        with anyio.move_on_after(LOCK_TIMEOUT) as waited:
+            delay = 0.005
+            while (await self.run(["trylock"]))[0] != 0:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        if waited.cancelled_caught:
+            raise Conflict("another hub process is changing this workspace's files; try again", code="storage_busy")
+        channel = await self._channels.get(self.workspace_id)
+        if channel is not None:
+            channel.holding = True
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                if channel is not None:
+                    channel.holding = False
+                    if not channel.closed:
+                        try:
+                            await channel.call(["unlock"])
+                        except ChannelBroken:
+                            await self._channels.drop(self.workspace_id)  # the loop gives its lock back as it ends
 
 
 __all__ = ["LABEL_STORAGE", "DockerVolumeFiles", "helper_name", "volume_name"]

@@ -19,9 +19,14 @@ from app.services.files.remote import NodeKind, RemoteStat
 _GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
 
 COMMIT_SCRIPT = r"""
-root=$1; shift; n=0; failed=""
-while [ $# -gt 0 ]; do
-  tmp=$1; dst=$2; bak=$3; shift 3
+root=$1; stage=$2; shift 2; n=0; failed=""
+[ "$stage" = 0 ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
+if [ -z "$failed" ] && [ $# -eq 3 ] && [ "$1" != - ] && { [ ! -d "$2" ] || [ -L "$2" ]; }; then
+  mv -f -T -- "$1" "$2" && exit 0  # one new content: the rename alone is all or nothing
+  rm -f -- "$1"; echo "cannot write ${2#$root/}" >&2; exit 3
+fi
+while [ -z "$failed" ] && [ $# -gt 0 ]; do
+  tmp=$1; dst=$2; bak=$3
   if [ -d "$dst" ] && [ ! -L "$dst" ]; then failed="is a directory: ${dst#$root/}"; break; fi
   if [ -e "$dst" ] || [ -L "$dst" ]; then
     ln -- "$dst" "$bak" 2>/dev/null || mv -f -- "$dst" "$bak" || { failed="cannot back up ${dst#$root/}"; break; }
@@ -33,11 +38,15 @@ while [ $# -gt 0 ]; do
     mv -f -T -- "$tmp" "$dst" || { failed="cannot write ${dst#$root/}"; break; }
     eval "t_$n=-"
   fi
+  shift 3
 done
 if [ -n "$failed" ]; then
   while [ $n -gt 0 ]; do
     eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-    if [ "$bak" != - ]; then mv -f -T -- "$bak" "$dst"; elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
+    if [ "$bak" != - ]; then
+      mv -f -T -- "$bak" "$dst"
+      if [ -e "$bak" ] || [ -L "$bak" ]; then rm -f -- "$bak"; fi  # a hard link to an untouched target
+    elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
     n=$((n-1))
   done
   for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
@@ -50,12 +59,22 @@ while [ $n -gt 0 ]; do
   n=$((n-1))
 done
 """
-STAT_SCRIPT = r"""
+SNAPSHOT_SCRIPT = r"""
+limit=$1; shift
 for p; do
-  if [ -L "$p" ]; then printf '%s\0%s\0' "$(stat -c '%f %s %Y' -- "$p")" "$(readlink -- "$p")"
-  elif [ -e "$p" ]; then printf '%s\0\0' "$(stat -c '%f %s %Y' -- "$p")"
-  else printf -- '-\0\0'; fi
+  shift
+  if [ -L "$p" ]; then printf 'L%s\0' "$(readlink -- "$p")"; set -- "$@" "$p"
+  elif [ -e "$p" ]; then printf 'E\0'; set -- "$@" "$p"
+  else printf -- '-\0'; fi
 done
+[ $# -eq 0 ] && exit 0
+stat -c '%f %s %Y' -- "$@" || exit 5
+[ "$limit" -lt 0 ] || exec find "$@" -maxdepth 0 -type f -size "-$((limit + 1))c" -exec tar -cf - -- {} +
+"""
+MANIFEST_SCRIPT = r"""
+cd "$1" || exit 4
+find . -type f -exec sha256sum -- {} +
+find . -type l -exec sh -c 'for l; do printf "link %s %s\n" "$(readlink -- "$l")" "$l"; done' sh {} +
 """
 LIST_SCRIPT = r"""
 cd "$1" || exit 4
@@ -143,7 +162,8 @@ def failure(err: bytes, path: str) -> DomainError:
 __all__ = [
     "COMMIT_SCRIPT",
     "LIST_SCRIPT",
-    "STAT_SCRIPT",
+    "MANIFEST_SCRIPT",
+    "SNAPSHOT_SCRIPT",
     "failure",
     "message",
     "mode_kind",

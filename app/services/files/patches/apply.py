@@ -306,11 +306,13 @@ def apply(
     *,
     limits: PatchLimits | None = None,
     strip: int | None = None,
+    durable: bool = True,
 ) -> ApplyResult:
-    """Apply ``diff`` to every file or to none; 409 when it does not apply or a base hash differs."""
+    """Apply ``diff`` to every file or to none; 409 when it does not apply or a base hash differs
+    (``durable=False``: nothing synced to disk, for a scratch mirror)."""
     limits = limits or PatchLimits()
     patches, digest, size = parsed(diff, limits, strip)
-    with Root(root_dir) as root, root.lock():
+    with Root(root_dir, durable=durable) as root, root.lock():
         tree = _Tree(root, limits)
         try:
             mismatches = _base_mismatches(tree, patches, base_hashes or {})

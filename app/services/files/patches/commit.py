@@ -107,17 +107,20 @@ def _stage(root: Root, dirs: _Dirs, steps: list[_Step]) -> None:
                 raise os_error(exc, join(change.parts)) from None
             pending.append(tmp_fd)
             if len(pending) >= _SYNC_BATCH:
-                _sync_all(pending, os.fdatasync)
-        _sync_all(pending, os.fdatasync)
+                _sync_all(pending, os.fdatasync if root.durable else None)
+        _sync_all(pending, os.fdatasync if root.durable else None)
     finally:
         for fd in pending:
             os.close(fd)
 
 
-def _sync_all(fds: list[int], sync: Callable[[int], None]) -> None:
-    """Sync several descriptors at once (sequential syncs cost about a millisecond each), then close them."""
+def _sync_all(fds: list[int], sync: Callable[[int], None] | None) -> None:
+    """Sync several descriptors at once (sequential syncs cost about a millisecond each), then close them
+    (``sync`` None: only close them)."""
     try:
-        if len(fds) == 1:
+        if sync is None:
+            pass
+        elif len(fds) == 1:
             sync(fds[0])
         elif fds:
             with ThreadPoolExecutor(max_workers=min(_SYNC_THREADS, len(fds))) as pool:
@@ -200,7 +203,7 @@ def _finish(dirs: _Dirs, steps: list[_Step]) -> None:
         for parent in touched:
             synced.append(os.dup(dirs.get(parent)))
     with contextlib.suppress(OSError):
-        _sync_all(synced, os.fsync)
+        _sync_all(synced, os.fsync if dirs.root.durable else None)
 
 
 def _remove_empty_parents(dirs: _Dirs, parts: tuple[str, ...]) -> None:

@@ -1,0 +1,222 @@
+"""A persistent channel to a workspace's file helper: one long-lived ``exec`` of the image's ``sh`` with its
+stdin attached, running a request loop, so that a file operation costs a process start inside the helper
+(about 1 ms) instead of an engine call (``exec`` create/start/inspect or an archive request, 40-100 ms each:
+Docker re-executes itself for every archive call and sets up every exec).
+
+Protocol (hub → helper on stdin, one request at a time): a line with the count of fields, then one field per
+line: a random nonce, the size of a payload, and the command's argv. ``+name`` as the command runs one of the
+scripts given when the channel opened, as a shell function in a subshell (a fork, no new ``sh`` to exec;
+scripts have newlines, fields cannot). A payload of that many bytes
+follows the fields and is piped, exactly (``dd iflag=fullblock``), to the command's stdin; the rest of it is
+drained if the command stops reading, so the stream never falls out of step. Every other command reads
+``/dev/null``. After the command, the loop writes ``<nonce>\\n`` on stdout and ``<nonce> <exit code>\\n`` on
+stderr: the hub reads both streams up to their marker, which the command cannot forge without the nonce.
+
+The loop also keeps the workspace's **engine-side lock** (``trylock``/``unlock``): a file created exclusively
+(``set -C``) in the helper's private tmpfs ``/run/codehub``, holding the holder's pid and start time. Every hub
+process's channel runs in the same helper container, so hub processes serialize their mutations of one
+workspace through it; a lock whose holder is gone (its channel closed, its hub died) is taken over. The
+loop gives its lock back when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiodocker
+import anyio
+from aiodocker.exceptions import DockerError
+
+from app import metrics
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 300.0  # seconds one request may take (a listing of a very large tree, a large upload)
+IDLE_CLOSE = 120.0  # seconds after which this hub closes a channel it has not used
+OUTPUT_LIMIT = 512 << 20
+PRIVATE_DIR = "/run/codehub"  # a tmpfs of the helper's own (the lock lives there)
+
+LOOP = r"""
+while [ $# -gt 1 ]; do eval "s_$1() {
+$2
+}"; shift 2; done
+lk=/run/codehub/lock; me="$$ $(cut -d' ' -f22 /proc/$$/stat)"; mine=
+trylock() {
+  [ -z "$mine" ] || return 0
+  set -C; { echo "$me" > "$lk"; } 2>/dev/null && mine=1; set +C
+  [ -z "$mine" ] || return 0
+  read -r pid start < "$lk" 2>/dev/null || return 1
+  [ "$(cut -d' ' -f22 "/proc/$pid/stat" 2>/dev/null)" != "$start" ] || return 1
+  mv "$lk" "$lk.dead.$$" 2>/dev/null || return 1
+  read -r p2 s2 < "$lk.dead.$$"
+  if [ "$p2 $s2" = "$pid $start" ]; then rm -f "$lk.dead.$$"; else mv "$lk.dead.$$" "$lk"; fi
+  return 1
+}
+unlock() { [ -z "$mine" ] || rm -f "$lk"; mine=; }
+run_script() { f=$1; shift; ( "$f" "$@" ); }
+drain() {
+  b=$(($1 / 65536)); r=$(($1 % 65536))
+  [ $b -eq 0 ] || dd bs=65536 count=$b iflag=fullblock 2>/dev/null
+  [ $r -eq 0 ] || dd bs=$r count=1 iflag=fullblock 2>/dev/null
+}
+trap unlock EXIT
+while IFS= read -r n; do
+  set --; i=0
+  while [ $i -lt "$n" ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; i=$((i+1)); done
+  nonce=$1 size=$2; shift 2
+  case $1 in +*) f=s_${1#+}; shift; set -- run_script "$f" "$@";; esac
+  if [ "$size" -gt 0 ]; then
+    drain "$size" | { "$@"; c=$?; cat >/dev/null; exit $c; }
+  else
+    "$@" </dev/null
+  fi
+  c=$?
+  printf '%s\n' "$nonce"; printf '%s %s\n' "$nonce" "$c" >&2
+done
+"""
+_NAME = re.compile(r"[a-z_]+")
+
+
+class ChannelBroken(Exception):
+    """The channel failed; ``sent``: the request (or part of it) may have reached the helper."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class HelperChannel:
+    """One request loop in a running helper container (requests are serialized)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+        self.closed = False
+        self.holding = False  # the loop holds the workspace's lock: never closed for idleness
+        self.last_used = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """A request is under way."""
+        return self._lock.locked()
+
+    @classmethod
+    async def open(
+        cls, docker: aiodocker.Docker, container: str, user: tuple[int, int], scripts: Mapping[str, str]
+    ) -> HelperChannel:
+        """Start the loop in ``container`` (running) as ``user``, with ``scripts`` callable as ``+name``."""
+        argv = ["sh", "-c", LOOP, "sh"]
+        for name, script in scripts.items():
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"bad script name {name!r}")
+            argv += [name, script]
+        with metrics.docker_call("exec"):
+            execution = await docker.containers.container(container).exec(
+                argv, stdin=True, stdout=True, stderr=True, user=f"{user[0]}:{user[1]}"
+            )
+        stream = execution.start(detach=False)
+        await stream._init()
+        channel = cls(stream)
+        await channel.call([":"])  # the loop answers before a request that matters is sent
+        return channel
+
+    async def call(self, argv: list[str], data: bytes = b"") -> tuple[int, bytes, bytes]:
+        """Run ``argv`` (``data`` on its stdin): (exit code, stdout, stderr). A failure closes the channel."""
+        if any("\n" in arg for arg in argv):
+            raise ValueError("a field of a helper request cannot hold a newline")
+        async with self._lock:
+            if self.closed:
+                raise ChannelBroken("the channel is closed", sent=False)
+            nonce = secrets.token_hex(16)
+            fields = [nonce, str(len(data)), *argv]
+            request = (f"{len(fields)}\n" + "".join(f"{field}\n" for field in fields)).encode(
+                "utf-8", "surrogateescape"
+            )
+            sent = False
+            try:
+                with anyio.fail_after(CALL_TIMEOUT):
+                    await self._stream.write_in(request + data)
+                    sent = True
+                    result = await self._answer(nonce)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self.close()
+                if isinstance(exc, (OSError, RuntimeError, TimeoutError, DockerError, ChannelBroken)):
+                    raise ChannelBroken(f"the helper channel failed: {exc!r}", sent=sent) from exc
+                raise
+            self.last_used = time.monotonic()
+            return result
+
+    async def _answer(self, nonce: str) -> tuple[int, bytes, bytes]:
+        out_mark = f"{nonce}\n".encode()
+        err_mark = re.compile(rb"%s (\d+)\n\Z" % nonce.encode())
+        out, err = bytearray(), bytearray()
+        code: int | None = None
+        out_done = False
+        while not (out_done and code is not None):
+            message = await self._stream.read_out()
+            if message is None:
+                raise ChannelBroken("the helper closed the channel", sent=True)
+            if message.stream == 1:
+                out += message.data
+                out_done = out.endswith(out_mark)
+            else:
+                err += message.data
+                if (found := err_mark.search(err[-64:])) is not None:
+                    code = int(found.group(1))
+            if len(out) + len(err) > OUTPUT_LIMIT:
+                raise ChannelBroken("the helper's answer is too large", sent=True)
+        assert code is not None
+        err_text = bytes(err)
+        return code, bytes(out[: -len(out_mark)]), err_text[: err_text.rfind(nonce.encode())]
+
+    async def close(self) -> None:
+        """End the loop (its stdin closes; it gives its lock back and exits)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._stream.close()
+        except (OSError, RuntimeError) as exc:
+            log.debug("closing a helper channel: %s", exc)
+
+
+class HelperChannels:
+    """The open channels of one engine's runtime, by workspace; unused ones are closed after a while."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, HelperChannel] = {}
+
+    async def get(self, workspace_id: str) -> HelperChannel | None:
+        """The workspace's open channel, if any (and closes the others idle for ``IDLE_CLOSE``)."""
+        now = time.monotonic()
+        for key, channel in list(self._open.items()):
+            unused = now - channel.last_used > IDLE_CLOSE and not (channel.busy or channel.holding)
+            if channel.closed or (key != workspace_id and unused):
+                await self.drop(key)
+        return self._open.get(workspace_id)
+
+    async def put(self, workspace_id: str, channel: HelperChannel) -> None:
+        """Keep ``channel`` as the workspace's (a previous one is closed)."""
+        await self.drop(workspace_id)
+        self._open[workspace_id] = channel
+
+    async def drop(self, workspace_id: str) -> None:
+        """Close the workspace's channel (before its helper is removed)."""
+        channel = self._open.pop(workspace_id, None)
+        if channel is not None:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+    async def close_all(self) -> None:
+        """Close every channel (the runtime is closing)."""
+        for key in list(self._open):
+            await self.drop(key)
+
+
+__all__ = ["PRIVATE_DIR", "ChannelBroken", "HelperChannel", "HelperChannels"]
