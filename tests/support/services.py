@@ -151,7 +151,7 @@ def need_kubernetes() -> str:
     return KUBECONFIG
 
 
-def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def kubectl(*args: str, input_text: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the test cluster's kubectl as its admin (the caller checks the return code)."""
     command = [KUBECTL, "--kubeconfig", need_kubernetes(), "--request-timeout=30s", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, input=input_text, capture_output=True, text=True, timeout=timeout)
