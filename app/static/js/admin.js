@@ -1,4 +1,4 @@
-// Docker servers with their counts and a test button (admins), and the audit list (admins: everyone's,
+// Servers (Docker engines and Kubernetes namespaces) with their counts and a test button (admins), and the audit list (admins: everyone's,
 // others: their own) with filters and "load more".
 
 import { api } from "./api.js";
@@ -10,10 +10,38 @@ function itemsOf(page) {
   return page.items || page.servers || page.records || [];
 }
 
+/** Where a server is: its engine URL, or its namespace and kubeconfig. */
+function where(server) {
+  if (server.kind === "kubernetes") return `${server.namespace} · ${server.kubeconfig}`;
+  return server.docker_url || server.url || "–";
+}
+
+/** A passed check in a line: the version, and for Kubernetes the nodes and the quota's room. */
+function testSummary(r) {
+  const parts = [];
+  const version = r.docker_version || r.version;
+  if (version) parts.push(`${r.kind === "kubernetes" ? "Kubernetes" : "Docker"} ${version}`);
+  if (r.api_version && r.kind !== "kubernetes") parts.push(`API ${r.api_version}`);
+  if (r.nodes !== null && r.nodes !== undefined) parts.push(`${r.nodes} node${r.nodes === 1 ? "" : "s"}`);
+  if (r.quota) {
+    const room = Object.entries(r.quota).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${v}`);
+    parts.push(`quota left: ${room.join(", ")}`);
+  } else if (r.kind === "kubernetes") parts.push("no quota");
+  if (r.latency_ms !== undefined) parts.push(`${Number(r.latency_ms).toFixed(0)} ms`);
+  return parts.join(" · ");
+}
+
 export class Servers {
   constructor() {
     $("#servers-refresh").addEventListener("click", () => this.load());
     $("#server-form").addEventListener("submit", (e) => this.add(e));
+    $("#server-kind").addEventListener("change", () => this.showKind());
+  }
+
+  /** Show the fields of the chosen kind only. */
+  showKind() {
+    const kind = $("#server-kind").value;
+    for (const field of document.querySelectorAll("#server-form [data-kind]")) field.hidden = field.dataset.kind !== kind;
   }
 
   async add(e) {
@@ -21,15 +49,25 @@ export class Servers {
     const form = e.currentTarget;
     clearFieldErrors(form);
     const name = form.name.value.trim();
-    const url = form.docker_url.value.trim();
+    const kind = form.kind.value;
     if (!name) return void showFieldError(form, "name", `Give the server a name. ${form.name.dataset.help}`);
-    if (!/^(unix|tcp):\/\/./.test(url)) return void showFieldError(form, "docker_url", FIELD_HELP.docker_url);
+    const body = { name, kind, max_workspaces: Number(form.max_workspaces.value || 50) };
+    if (kind === "kubernetes") {
+      body.kubeconfig = form.kubeconfig.value.trim();
+      body.namespace = form.namespace.value.trim();
+      if (!body.kubeconfig) return void showFieldError(form, "kubeconfig", FIELD_HELP.kubeconfig);
+      if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(body.namespace))
+        return void showFieldError(form, "namespace", FIELD_HELP.namespace);
+    } else {
+      body.docker_url = form.docker_url.value.trim();
+      if (!/^(unix|tcp):\/\/./.test(body.docker_url)) return void showFieldError(form, "docker_url", FIELD_HELP.docker_url);
+    }
     if (!checkFields(form, ["name", "max_workspaces"])) return;
-    const body = { name, docker_url: url, max_workspaces: Number(form.max_workspaces.value || 50) };
     try {
       const server = await api("POST", "/api/admin/servers", { body, quiet: true });
       form.reset();
-      toast(`Server ${server.name} added: test it to see whether its engine answers`, { kind: "info" });
+      this.showKind();
+      toast(`Server ${server.name} added: test it to see whether it answers`, { kind: "info" });
       await this.load();
     } catch (err) {
       if (!showApiError(form, err)) toast(err.message, { title: "The server was not added" });
@@ -64,7 +102,7 @@ export class Servers {
       return;
     }
     empty.hidden = servers.length > 0;
-    setText(empty, "No Docker servers registered (workspaces run as local processes).");
+    setText(empty, "No servers registered (workspaces run as local processes).");
     body.replaceChildren(...servers.map((s) => this.row(s)));
   }
 
@@ -83,14 +121,7 @@ export class Servers {
         const r = await api("POST", `/api/admin/servers/${encodeURIComponent(server.id)}/test`);
         const ok = r.ok !== false && !r.error;
         result.className = `check ${ok ? "ok" : "bad"}`;
-        const latency = r.latency_ms !== undefined ? ` · ${Number(r.latency_ms).toFixed(0)} ms` : "";
-        const version = r.docker_version || r.version;
-        setText(
-          result,
-          ok
-            ? `ok${version ? ` · Docker ${version}` : ""}${r.api_version ? ` (API ${r.api_version})` : ""}${latency}`
-            : `failed: ${r.error || "no answer"}`,
-        );
+        setText(result, ok ? `ok · ${testSummary(r)}` : `failed: ${r.error || "no answer"}`);
       } catch (err) {
         result.className = "check bad";
         setText(result, `failed: ${err.message}`);
@@ -102,7 +133,8 @@ export class Servers {
       "tr",
       { dataset: { id: server.id } },
       h("td", {}, h("strong", {}, server.name || server.id), server.is_default ? h("small", { class: "muted" }, " default") : null),
-      h("td", { class: "mono" }, server.docker_url || server.url || "–"),
+      h("td", {}, server.kind || "docker"),
+      h("td", { class: "mono" }, where(server)),
       h("td", { class: "num" }, count("running", "counts.running", "running_count")),
       h("td", { class: "num" }, count("placed", "counts.placed", "placed_count", "workspaces")),
       h("td", { class: "num" }, count("max_workspaces")),

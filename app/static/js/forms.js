@@ -16,6 +16,8 @@ export const FIELD_HELP = {
   username: "Use 1–64 of a-z, 0-9, '_', '.' and '-'.",
   password: "Use 8 to 1024 characters.",
   docker_url: "Give unix:///path/to/docker.sock or tcp://host:port.",
+  kubeconfig: "Give the absolute path of a kubeconfig file on the hub, or in-cluster.",
+  namespace: "Use lower-case letters, digits and hyphens (1–63 characters), starting and ending with a letter or digit.",
   max_workspaces: "Give a whole number from 1 to 100,000.",
 };
 
@@ -31,6 +33,8 @@ const CODE_FIELD = {
   bad_password: "password",
   unknown_server: "server_id",
   bad_docker_url: "docker_url",
+  bad_kubeconfig: "kubeconfig",
+  bad_namespace: "namespace",
   unknown_template: "template",
   template_archived: "template",
   template_not_allowed: "template",
