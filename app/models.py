@@ -78,6 +78,7 @@ class RuntimeKind(StrEnum):
     """The runtimes the hub ships; ``Workspace.runtime`` holds the kind a workspace started on."""
 
     DOCKER = "docker"
+    KUBERNETES = "kubernetes"
     LOCAL = "local"
 
 
@@ -220,13 +221,17 @@ class OidcLoginState(Base):
 
 
 class Server(Base):
-    """A Docker host workspaces can be placed on."""
+    """Where workspaces can be placed: a Docker engine (``kind="docker"``, ``docker_url``) or a Kubernetes
+    namespace (``kind="kubernetes"``, ``kubeconfig``: a file path on the hub or ``in-cluster``, ``namespace``)."""
 
     __tablename__ = "servers"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    docker_url: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16), default="docker", server_default="docker")
+    docker_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    kubeconfig: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    namespace: Mapped[str | None] = mapped_column(String(63), nullable=True)
     max_workspaces: Mapped[int] = mapped_column(Integer, default=50)
     public_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)

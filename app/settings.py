@@ -46,7 +46,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     redis_url: str = ""
     redis_prefix: str = "codehub"
     docker_url: str = "auto"
-    runtime: Literal["auto", "docker", "local"] = "auto"
+    runtime: Literal["auto", "docker", "kubernetes", "local"] = "auto"
+    kubeconfig: str = ""
+    kube_namespace: str = "default"
     default_image: str = "codercom/code-server:latest"
     workspace_mount: str = "/home/coder/project"
     workspaces_dir: str = ""
@@ -148,7 +150,10 @@ SETTING_HELP: dict[str, str] = {
     "redis_url": "redis://host:6379/0 for cross-process events, cache and rate limits; empty = in-process.",
     "redis_prefix": "Prefix of every Redis key and channel this hub uses.",
     "docker_url": "Default Docker engine: auto (local socket when it answers), none, unix://… or tcp://….",
-    "runtime": "auto (Docker when an engine answers, else local processes), docker or local.",
+    "runtime": "auto (Docker when an engine answers, else local processes), docker, kubernetes or local.",
+    "kubeconfig": "With runtime kubernetes: the cluster of the default server, a kubeconfig path on the hub or "
+    "in-cluster (the pod's service account).",
+    "kube_namespace": "With runtime kubernetes: the namespace the default server's workspaces run in.",
     "default_image": "Image for new workspaces.",
     "workspace_mount": "Mount point of a bind-mounted workspace directory inside the container (Docker workspaces "
     "keep their files in a home volume instead, the project at <home>/project).",
@@ -311,6 +316,8 @@ def _check(settings: Settings) -> None:
         ("unix://", "tcp://", "http://", "https://")
     ):
         raise SettingsError("CODEHUB_DOCKER_URL must be auto, none, unix://… or tcp://…")
+    if settings.runtime == "kubernetes" and not settings.kubeconfig:
+        raise SettingsError("CODEHUB_RUNTIME=kubernetes needs CODEHUB_KUBECONFIG (a kubeconfig path or in-cluster)")
     if settings.default_cpu > settings.max_cpu:
         raise SettingsError("CODEHUB_DEFAULT_CPU is larger than CODEHUB_MAX_CPU")
     if settings.default_memory_mb > settings.max_memory_mb:

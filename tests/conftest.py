@@ -1,4 +1,5 @@
-"""Shared fixtures: the anyio backend, fresh databases on SQLite and Postgres, settings, a running hub."""
+"""Shared fixtures: the anyio backend, fresh databases on SQLite and Postgres, settings, a running hub, the test
+cluster."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.databases import fresh_database
 from tests.support.server import Hub, running_hub
+from tests.support.services import need_kubernetes
 from tests.support.settings import make_settings
 
 os.environ.setdefault("CODEHUB_LOG_LEVEL", "warning")
@@ -19,6 +21,13 @@ os.environ.setdefault("CODEHUB_LOG_LEVEL", "warning")
 def anyio_backend() -> str:
     """Every async test and fixture runs on asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> str:
+    """The test cluster's admin kubeconfig (``CODEHUB_TEST_KUBECONFIG``); skips without the cluster unless
+    ``kubernetes`` is in CODEHUB_TEST_REQUIRE, where it fails."""
+    return need_kubernetes()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

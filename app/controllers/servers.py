@@ -1,9 +1,10 @@
-"""``/api/admin/servers`` and ``/api/admin/workspaces/{id}/place``: Docker hosts and placement (admins)."""
+"""``/api/admin/servers`` and ``/api/admin/workspaces/{id}/place``: Docker hosts, Kubernetes namespaces and
+placement (admins)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
@@ -13,6 +14,7 @@ from app.context import AppContext
 from app.controllers.deps import error_responses, requires_admin
 from app.schemas import Body, ShortId, WorkspaceOut
 from app.services.auth.access import Principal, audit_entry
+from app.services.runtime.server_kinds import AccessResult, Room
 from app.services.templates.drafts import GroupIds
 from app.services.workspaces.servers import ServerEdit, ServerLoad
 
@@ -21,10 +23,14 @@ Labels = dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], Annotat
 
 
 class ServerCreate(Body):
-    """A Docker engine workspaces can be placed on."""
+    """Where workspaces can be placed: a Docker engine (``docker_url``) or, with ``kind: "kubernetes"``, a
+    namespace of a cluster (``kubeconfig``: a file path on the hub or ``in-cluster``; ``namespace``)."""
 
     name: Name
-    docker_url: Annotated[str, msgspec.Meta(min_length=8, max_length=255)]
+    kind: Literal["docker", "kubernetes"] = "docker"
+    docker_url: Annotated[str, msgspec.Meta(min_length=8, max_length=255)] | None = None
+    kubeconfig: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
+    namespace: Annotated[str, msgspec.Meta(min_length=1, max_length=63)] | None = None
     max_workspaces: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
     public_host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     labels: Labels = msgspec.field(default_factory=dict)
@@ -54,7 +60,10 @@ class ServerOut(msgspec.Struct):
 
     id: str
     name: str
-    docker_url: str
+    kind: str
+    docker_url: str | None
+    kubeconfig: str | None
+    namespace: str | None
     max_workspaces: int
     public_host: str | None
     labels: dict[str, str]
@@ -73,7 +82,10 @@ class ServerOut(msgspec.Struct):
         return cls(
             s.id,
             s.name,
+            s.kind,
             s.docker_url,
+            s.kubeconfig,
+            s.namespace,
             s.max_workspaces,
             s.public_host,
             dict(s.labels or {}),
@@ -87,14 +99,23 @@ class ServerOut(msgspec.Struct):
         )
 
 
-class ServerTest(msgspec.Struct):
-    """Answer of an engine check."""
+class ServerTest(msgspec.Struct, kw_only=True):
+    """Answer of a server check. ``version`` is the engine's or API server's (``docker_version`` repeats it
+    for Docker servers); a Kubernetes server adds the namespace's ``access`` (a ``SelfSubjectAccessReview``
+    each; ``ok`` is false while a required one is denied), the ``nodes`` the hub may list, and the room its
+    ResourceQuota leaves (``quota``, null without one)."""
 
     ok: bool
+    kind: str
+    version: str
     docker_version: str
     api_version: str
     latency_ms: float
     error: str | None
+    namespace: str | None = None
+    access: list[AccessResult] | None = None
+    nodes: int | None = None
+    quota: Room | None = None
 
 
 class PlaceBody(Body):
@@ -106,7 +127,8 @@ class PlaceBody(Body):
 
 
 class ServersController(Controller):
-    """Register, list, test and remove Docker servers; place workspaces (admin only)."""
+    """Register, list, test and remove servers (Docker engines, Kubernetes namespaces); place workspaces (admin
+    only)."""
 
     path = "/api/admin"
     tags = ["admin"]
@@ -121,10 +143,14 @@ class ServersController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], data: ServerCreate, ctx: AppContext, principal: Principal
     ) -> ServerOut:
-        """Register a Docker engine (``unix://…`` or ``tcp://…``)."""
+        """Register a Docker engine (``unix://…`` or ``tcp://…``) or a Kubernetes namespace (422 with the reason
+        for fields of the other kind or a kubeconfig the hub cannot use; its content is never echoed)."""
         load = await ctx.servers.create(
             name=data.name,
+            kind=data.kind,
             docker_url=data.docker_url,
+            kubeconfig=data.kubeconfig,
+            namespace=data.namespace,
             max_workspaces=data.max_workspaces,
             public_host=data.public_host,
             labels=data.labels,
@@ -184,9 +210,24 @@ class ServersController(Controller):
         responses=error_responses(401, 403, 404),
     )
     async def test(self, server_id: str, ctx: AppContext) -> ServerTest:
-        """Ask the engine for its version; ``ok=false`` with the error when it does not answer."""
-        info = await ctx.servers.test(server_id)
-        return ServerTest(info.ok, info.version, info.api_version, info.latency_ms, info.error)
+        """Ask the server for its version (and a Kubernetes namespace for its access, nodes and quota); ``ok=false``
+        with the error when it does not answer or lacks a permission workspaces need."""
+        server = (await ctx.servers.get(server_id)).server
+        report = await ctx.servers.test(server_id)
+        info, cluster = report.info, report.cluster
+        return ServerTest(
+            ok=info.ok,
+            kind=server.kind,
+            version=info.version,
+            docker_version=info.version if cluster is None else "",
+            api_version=info.api_version,
+            latency_ms=info.latency_ms,
+            error=info.error,
+            namespace=cluster.namespace if cluster else None,
+            access=cluster.access if cluster else None,
+            nodes=cluster.nodes if cluster else None,
+            quota=cluster.quota if cluster else None,
+        )
 
     @delete(
         "/servers/{server_id:str}",

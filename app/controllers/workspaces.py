@@ -47,7 +47,11 @@ class WorkspacesController(Controller):
                 data.template, cpu=data.cpu, memory_mb=data.memory_mb, for_user=principal.user_id
             )
         server_id = await ctx.provisioning.place_new(
-            data.server_id, plan.server_labels if plan else None, for_user=principal.user_id
+            data.server_id,
+            plan.server_labels if plan else None,
+            for_user=principal.user_id,
+            cpu=plan.cpu if plan else data.cpu,
+            memory_mb=plan.memory_mb if plan else data.memory_mb,
         )
         if plan is not None:
             await ctx.template_images.check_for_create(plan.image, server_id, plan.template_id)

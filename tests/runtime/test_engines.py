@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from app.db import SessionMaker, create_engine, create_sessionmaker
 from app.errors import ServiceUnavailable
-from app.models import RuntimeKind, Workspace
+from app.models import RuntimeKind, Server, Workspace
 from app.services.runtime.cache import MemoryStatusCache
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.engines import Engines
@@ -16,9 +17,13 @@ from app.services.runtime.registry import RuntimeOptions, runtime_entry
 from app.settings import Settings
 
 
-def engines(tmp_path: Path, runtime: str = "auto") -> Engines:
+def engines(tmp_path: Path, runtime: str = "auto", sessionmaker: SessionMaker | None = None) -> Engines:
     settings = Settings(data_dir=tmp_path, runtime=runtime)  # type: ignore[arg-type]
-    return Engines(settings, sessionmaker=None, cache=MemoryStatusCache())  # type: ignore[arg-type]
+    return Engines(settings, sessionmaker=sessionmaker, cache=MemoryStatusCache())  # type: ignore[arg-type]
+
+
+def sessionmaker_of(tmp_path: Path, url: str) -> SessionMaker:
+    return create_sessionmaker(create_engine(Settings(data_dir=tmp_path, database_url=url)))
 
 
 def test_docker_and_local_register_themselves(tmp_path: Path) -> None:
@@ -34,12 +39,24 @@ def test_docker_and_local_register_themselves(tmp_path: Path) -> None:
     assert DockerRuntime.kind == "docker" and LocalRuntime.kind == "local"
 
 
-def test_kind_and_placement_decisions(tmp_path: Path) -> None:
-    hub = engines(tmp_path)
+@pytest.mark.anyio
+async def test_kind_and_placement_decisions(tmp_path: Path, sqlite_url: str) -> None:
+    hub = engines(tmp_path, sessionmaker=sessionmaker_of(tmp_path, sqlite_url))
+    async with hub._sessionmaker() as session:
+        session.add_all(
+            [
+                Server(id="s1", name="engine", docker_url="unix:///nowhere.sock"),
+                Server(id="k1", name="cluster", kind="kubernetes", kubeconfig="/k", namespace="n"),
+            ]
+        )
+        await session.commit()
     assert hub.default_kind == "local" and not hub.new_workspaces_need_server()
-    assert hub.kind_to_start(Workspace(runtime=None, server_id=None)) == "local"
-    assert hub.kind_to_start(Workspace(runtime=None, server_id="s1")) == "docker"
-    assert hub.kind_to_start(Workspace(runtime="local", server_id="s1")) == "local"
+    assert await hub.kind_to_start(Workspace(runtime=None, server_id=None)) == "local"
+    assert await hub.kind_to_start(Workspace(runtime=None, server_id="s1")) == "docker"
+    assert await hub.kind_to_start(Workspace(runtime=None, server_id="k1")) == "kubernetes"
+    assert await hub.kind_to_start(Workspace(runtime="local", server_id="s1")) == "local"
+    with pytest.raises(ServiceUnavailable):
+        await hub.kind_of_server("gone")
     assert hub.needs_server("docker") and not hub.needs_server("local")
     hub.server_added()
     assert hub.default_kind == "docker" and hub.new_workspaces_need_server()

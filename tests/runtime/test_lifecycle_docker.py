@@ -198,7 +198,7 @@ async def test_no_room_is_503(tmp_path: Path, own_db: str) -> None:
         assert r.status_code == 201
         assert (await client.post("/api/workspaces", json={"name": "first"})).status_code == 201
         r = await client.post("/api/workspaces", json={"name": "second"})
-        assert r.status_code == 503 and "no Docker server has room" in r.json()["detail"]
+        assert r.status_code == 503 and "no server has room" in r.json()["detail"]
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ POSTGRES_URL = os.environ.get("CODEHUB_TEST_POSTGRES", "postgresql+psycopg://pos
 REDIS_URL = os.environ.get("CODEHUB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DOCKER_URL = os.environ.get("CODEHUB_TEST_DOCKER", "unix:///var/run/docker.sock")
 SECOND_DOCKER_URL = os.environ.get("CODEHUB_TEST_DOCKER2", "tcp://127.0.0.2:2375")
+KUBECONFIG = os.environ.get("CODEHUB_TEST_KUBECONFIG", "/run/codehub-k8s/admin.kubeconfig")
+KUBECTL = os.environ.get("CODEHUB_TEST_KUBECTL", "/var/cache/codehub-k8s/v1.20.2/bin/kubectl")
 TEST_IMAGE = "codehub/workspace:test"
 CODE_SERVER_IMAGE = "codehub/code-server:local"
 
@@ -117,3 +119,39 @@ def need_second_engine(image: str = TEST_IMAGE) -> str:
         f"no engine with {image} at {SECOND_DOCKER_URL} (start it: scripts/second-docker-engine.sh start {image})",
     )
     return SECOND_DOCKER_URL
+
+
+@cache
+def kubernetes_available() -> str | None:
+    """None when the test cluster (scripts/kubernetes-node.sh) answers ``/readyz``; else why not."""
+    if not os.path.isfile(KUBECONFIG):
+        return f"no kubeconfig at {KUBECONFIG}"
+    if not os.access(KUBECTL, os.X_OK):
+        return f"no kubectl at {KUBECTL}"
+    try:
+        check = subprocess.run(
+            [KUBECTL, "--kubeconfig", KUBECONFIG, "--request-timeout=10s", "get", "--raw", "/readyz"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        return "the API server did not answer /readyz within 20 s"
+    return None if check.returncode == 0 else f"/readyz failed: {check.stderr.strip()[:200]}"
+
+
+def need_kubernetes() -> str:
+    """Skip/fail (``kubernetes`` in CODEHUB_TEST_REQUIRE) without the test cluster; its admin kubeconfig's path."""
+    why = kubernetes_available()
+    need(
+        "kubernetes",
+        why is None,
+        f"{why} (start it: scripts/kubernetes-node.sh start {TEST_IMAGE} {CODE_SERVER_IMAGE})",
+    )
+    return KUBECONFIG
+
+
+def kubectl(*args: str, input_text: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the test cluster's kubectl as its admin (the caller checks the return code)."""
+    command = [KUBECTL, "--kubeconfig", need_kubernetes(), "--request-timeout=30s", *args]
+    return subprocess.run(command, input=input_text, capture_output=True, text=True, timeout=timeout)

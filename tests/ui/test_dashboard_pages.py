@@ -422,3 +422,31 @@ async def test_sign_in_page_has_one_password_field(pages_hub: Hub, page: Any) ->
     await page.get_by_role("button", name="Log out").click()
     await expect(page.get_by_role("heading", name="Sign in to code-hub")).to_be_visible()
     assert await page.get_by_label("Password").count() == 1
+
+
+async def test_admin_adds_and_tests_a_kubernetes_namespace(pages_hub: Hub, page: Any, kubeconfig: str) -> None:
+    """Servers: the Kubernetes kind shows its own fields; a bad kubeconfig is refused next to its field; the
+    added namespace is listed with its kind and tested against the test cluster."""
+    from playwright.async_api import expect
+
+    await pages_hub.new_user("kuber", admin=True)
+    await login(page, pages_hub, "kuber")
+    await page.get_by_role("link", name="Servers").click()
+    form = page.locator("#server-form")
+    await form.get_by_label("Kind").select_option("kubernetes")
+    await expect(form.get_by_label("Docker URL")).to_be_hidden()
+    await form.get_by_label("Server name").fill("cluster-x")
+    await form.get_by_label("Kubeconfig").fill("/nonexistent/kubeconfig")
+    await form.get_by_label("Namespace").fill("default")
+    await form.get_by_role("button", name="Add server").click()
+    await expect(page.locator("#server-form-kubeconfig-error")).to_contain_text("not a file the hub can read")
+    await form.get_by_label("Kubeconfig").fill(kubeconfig)
+    await form.get_by_role("button", name="Add server").click()
+    server = page.locator("#servers-body tr", has_text="cluster-x")
+    await expect(server).to_contain_text("kubernetes")
+    await expect(server).to_contain_text(f"default · {kubeconfig}")
+    await server.get_by_role("button", name="Test cluster-x").click()
+    await expect(server.locator(".check")).to_contain_text("ok · Kubernetes v1.20.2 · 1 node")
+    await server.get_by_role("button", name="Remove cluster-x").click()
+    await page.locator("#confirm-ok").click()
+    await expect(server).to_have_count(0)

@@ -379,8 +379,8 @@ class DockerRuntime:
 def docker_for_server(options: RuntimeOptions) -> DockerRuntime:
     """The runtime of one registered server (a Docker engine at ``Server.docker_url``)."""
     server, settings = options.server, options.settings
-    if server is None:
-        raise ValueError("a Docker runtime serves one registered server")
+    if server is None or not server.docker_url:
+        raise ValueError("a Docker runtime serves one registered Docker server")
     return DockerRuntime(
         server.docker_url,
         public_host=server.public_host,

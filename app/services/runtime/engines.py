@@ -1,10 +1,12 @@
 """Which runtime serves a workspace: kinds come from the registry; ``Engines`` opens them and decides.
 
-Kinds that run on servers get one runtime per registered server, opened on first use; every other kind
-one runtime for the hub, opened by ``boot``. ``Engines`` is entered once for the app's lifetime (in the task
-that will also leave it). ``boot`` picks the kind new workspaces get (the server kind when an engine answers
-or servers are registered, unless ``CODEHUB_RUNTIME`` names a kind) and registers the local Docker engine as
-the default server the first time it answers.
+Kinds that run on servers get one runtime per registered server (of the server's ``kind``: a Docker engine
+or a Kubernetes namespace), opened on first use; every other kind one runtime for the hub, opened by
+``boot``. ``Engines`` is entered once for the app's lifetime (in the task that will also leave it). ``boot``
+picks the kind new workspaces get (a server kind when an engine answers or servers are registered, unless
+``CODEHUB_RUNTIME`` names a kind) and registers the default server the first time: the local Docker engine
+once it answers, or with ``CODEHUB_RUNTIME=kubernetes`` the cluster of ``CODEHUB_KUBECONFIG`` and
+``CODEHUB_KUBE_NAMESPACE``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from app.services.runtime.base import EngineInfo, WorkspaceRuntime
 from app.services.runtime.cache import MemoryStatusCache, RedisStatusCache, StatusCache
 from app.services.runtime.docker import DockerRuntime
 from app.services.runtime.registry import RuntimeOptions, registered_runtimes, runtime_entry
+from app.services.runtime.server_kinds import ServerProbes
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/var/run/docker.sock"
 LOCAL_SERVER_NAME = "local"
-SERVER_KIND: str = RuntimeKind.DOCKER  # registered servers are Docker engines (``Server.docker_url``)
+SERVER_KIND: str = RuntimeKind.DOCKER  # the kind of a server row that names none
 HUB_KIND: str = RuntimeKind.LOCAL  # what new workspaces get while no server is registered
 
 
@@ -82,6 +85,7 @@ class Engines:
         self._server_runtimes: dict[str, WorkspaceRuntime] = {}
         self._stack = AsyncExitStack()
         self._lock = anyio.Lock()
+        self.probes = ServerProbes()
 
     async def __aenter__(self) -> Engines:
         await self._stack.__aenter__()
@@ -90,6 +94,7 @@ class Engines:
     async def __aexit__(self, *exc: object) -> None:
         # No shield around the stack: the local runtime's task group must be left from its own scope.
         await self._stack.aclose()
+        await self.probes.aclose()
         self._server_runtimes.clear()
         self._hub_runtimes.clear()
 
@@ -100,6 +105,8 @@ class Engines:
             if not entry.on_servers:
                 runtime = entry.factory(RuntimeOptions(settings, self.cache))
                 self._hub_runtimes[entry.kind] = await self._stack.enter_async_context(runtime)
+        if settings.runtime == "kubernetes":
+            await self._register_cluster_server(settings.kubeconfig, settings.kube_namespace)
         if settings.runtime not in ("auto", SERVER_KIND):
             self.default_kind = runtime_entry(settings.runtime).kind
             return
@@ -114,7 +121,29 @@ class Engines:
         async with self._sessionmaker() as session:
             servers = await session.scalar(select(func.count(Server.id)).where(Server.enabled.is_(True)))
         self.default_kind = SERVER_KIND if settings.runtime == SERVER_KIND or servers else HUB_KIND
-        log.info("workspaces run as %s (%d Docker servers registered)", self.default_kind, servers or 0)
+        log.info("workspaces run as %s (%d servers registered)", self.default_kind, servers or 0)
+
+    async def _register_cluster_server(self, kubeconfig: str, namespace: str) -> None:
+        async with self._sessionmaker() as session:
+            known = select(Server.id).where(Server.kubeconfig == kubeconfig, Server.namespace == namespace)
+            if await session.scalar(known.limit(1)):
+                return
+            name = f"kubernetes-{namespace}"[:64]
+            if await session.scalar(select(Server.id).where(Server.name == name)):
+                name = f"{name[:50]}-{os.getpid()}"
+            has_default = await session.scalar(select(Server.id).where(Server.is_default.is_(True)).limit(1))
+            session.add(
+                Server(
+                    name=name,
+                    kind=RuntimeKind.KUBERNETES,
+                    kubeconfig=kubeconfig,
+                    namespace=namespace,
+                    max_workspaces=500,
+                    is_default=not has_default,
+                )
+            )
+            await session.commit()
+        log.info("registered namespace %s of %s as server %r", namespace, kubeconfig, name)
 
     async def _register_local_server(self, url: str) -> None:
         async with self._sessionmaker() as session:
@@ -130,10 +159,13 @@ class Engines:
 
     # -- decisions -----------------------------------------------------------------------------------------
 
-    @property
-    def server_kind(self) -> str:
-        """The kind of the runtimes on registered servers (what a workspace placed on one runs as)."""
-        return SERVER_KIND
+    async def kind_of_server(self, server_id: str) -> str:
+        """The kind a workspace placed on ``server_id`` runs as (the server's kind; 503 if it is gone)."""
+        async with self._sessionmaker() as session:
+            kind = await session.scalar(select(Server.kind).where(Server.id == server_id))
+        if kind is None:
+            raise ServiceUnavailable(f"server {server_id} is not registered", code="server_gone")
+        return str(kind)
 
     def needs_server(self, kind: str) -> bool:
         """True when workspaces of ``kind`` are placed on a server."""
@@ -143,16 +175,17 @@ class Engines:
         """True when a workspace created now must be placed on a server."""
         return self.needs_server(self.default_kind)
 
-    def kind_to_start(self, ws: Workspace) -> str:
-        """The kind ``ws`` starts as: the one it ran as, the server kind when placed, else the default."""
+    async def kind_to_start(self, ws: Workspace) -> str:
+        """The kind ``ws`` starts as: the one it ran as, its server's kind when placed, else the default."""
         if ws.runtime:
             return ws.runtime
-        return self.server_kind if ws.server_id else self.default_kind
+        return await self.kind_of_server(ws.server_id) if ws.server_id else self.default_kind
 
-    def server_added(self) -> None:
-        """A server was registered: new workspaces go to servers unless a hub-wide kind was configured."""
-        if self.settings.runtime in ("auto", SERVER_KIND):
-            self.default_kind = SERVER_KIND
+    def server_added(self, kind: str = SERVER_KIND) -> None:
+        """A server of ``kind`` was registered: new workspaces go to servers unless a hub-wide kind was
+        configured."""
+        if self.settings.runtime == "auto" and not self.needs_server(self.default_kind):
+            self.default_kind = kind
 
     # -- runtimes ------------------------------------------------------------------------------------------
 
@@ -169,7 +202,7 @@ class Engines:
                 server = await session.get(Server, server_id)
             if server is None:
                 raise ServiceUnavailable(f"server {server_id} is not registered", code="server_gone")
-            runtime = runtime_entry(self.server_kind).factory(RuntimeOptions(self.settings, self.cache, server))
+            runtime = runtime_entry(server.kind).factory(RuntimeOptions(self.settings, self.cache, server))
             await self._stack.enter_async_context(runtime)
             self._server_runtimes[server_id] = runtime
             return runtime
@@ -177,6 +210,7 @@ class Engines:
     async def forget(self, server_id: str) -> None:
         """Drop a deleted server's runtime (its client is closed with the others at shutdown)."""
         self._server_runtimes.pop(server_id, None)
+        self.probes.forget(server_id)
 
     async def for_workspace(self, ws: Workspace) -> WorkspaceRuntime:
         """The runtime that runs (or will run) ``ws``."""
@@ -229,7 +263,7 @@ class Engines:
         async with anyio.create_task_group() as tg:
             for server in servers:
                 required = on_servers and server.is_default
-                tg.start_soon(probe, server.name, self.server_kind, server.id, required, _getter(self, server.id))
+                tg.start_soon(probe, server.name, server.kind, server.id, required, _getter(self, server.id))
             for kind, runtime in self._hub_runtimes.items():
                 tg.start_soon(probe, f"hub-{kind}", kind, None, kind == self.default_kind, _constant(runtime))
         results.sort(key=lambda c: (not c.required, c.name))

@@ -198,10 +198,11 @@ class Lifecycle:
             ws = await self.row(ws.id)
         elif ws.state == WorkspaceState.CREATED and ws.state_reason == CLONING:
             raise Conflict("the workspace is still cloning its repository", code="workspace_cloning")
-        kind = self.engines.kind_to_start(ws)
+        kind = await self.engines.kind_to_start(ws)
         server_id = ws.server_id
         if server_id is None and self.engines.needs_server(kind):
-            server_id = await self.servers.choose(for_user=ws.owner_id)
+            server_id = await self.servers.choose(for_user=ws.owner_id, cpu=ws.cpu, memory_mb=ws.memory_mb)
+            kind = await self.engines.kind_of_server(server_id)
         row = await self.cas(
             ws.id,
             STARTABLE,

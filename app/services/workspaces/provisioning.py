@@ -36,16 +36,22 @@ class Provisioning:
         self._lifecycle = lifecycle
 
     async def place_new(
-        self, server_id: str | None, labels: dict[str, str] | None = None, *, for_user: int | None = None
+        self,
+        server_id: str | None,
+        labels: dict[str, str] | None = None,
+        *,
+        for_user: int | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
     ) -> str | None:
         """The server a new workspace goes to, chosen before its row exists.
 
-        The one asked for (checked), else the least loaded when new workspaces run on servers (among those
-        with ``labels`` and, with ``for_user``, whose group limit lets that user in); None for a hub-wide
-        runtime (local processes).
+        The one asked for (checked), else the least loaded with room for ``cpu`` and ``memory_mb`` when new
+        workspaces run on servers (among those with ``labels`` and, with ``for_user``, whose group limit lets
+        that user in); None for a hub-wide runtime (local processes).
         """
         if server_id is not None or self._engines.new_workspaces_need_server():
-            return await self._servers.choose(server_id, labels, for_user=for_user)
+            return await self._servers.choose(server_id, labels, for_user=for_user, cpu=cpu, memory_mb=memory_mb)
         return None
 
     async def after_create(self, ws: Workspace, clone_url: str | None) -> Workspace:

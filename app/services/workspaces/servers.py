@@ -1,5 +1,7 @@
-"""Docker servers (admin): register, list with load, edit, drain, test, delete, limit to groups, and place
-workspaces on them.
+"""Servers (admin): register, list with load, edit, drain, test, delete, limit to groups, and place
+workspaces on them. A server is a Docker engine or a Kubernetes namespace (``kind``); placement chooses among
+both by labels and room: ``max_workspaces`` for every server and, for a Kubernetes one, what the namespace's
+ResourceQuota leaves (pods, CPU, memory).
 
 A draining server takes no new workspaces (automatic placement skips it, naming it is a 422) while the ones
 placed there keep running, starting and being watched; a disabled one is also left out of checks and
@@ -12,8 +14,11 @@ against the owner)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import anyio
+import anyio.to_thread
 import msgspec
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,9 +28,9 @@ from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unproc
 from app.events import EventPublisher
 from app.models import Server, Workspace, WorkspaceState, utcnow
 from app.services.groups.limits import admits, checked_group_ids, member_group_ids
-from app.services.runtime.base import EngineInfo
 from app.services.runtime.docker_move import Manifest, MoveProgress, move_volume
 from app.services.runtime.engines import Engines
+from app.services.runtime.server_kinds import Room, ServerReport, check_target
 from app.services.workspaces.records import publish_lifecycle
 
 ACTIVE_STATES = (WorkspaceState.STARTING, WorkspaceState.RUNNING, WorkspaceState.STOPPING)
@@ -58,7 +63,7 @@ class ServerEdit(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ServerService:
-    """Admin operations on Docker servers and workspace placement."""
+    """Admin operations on servers and workspace placement."""
 
     def __init__(self, sessionmaker: SessionMaker, engines: Engines, events: EventPublisher) -> None:
         self._sessionmaker = sessionmaker
@@ -69,18 +74,26 @@ class ServerService:
         self,
         *,
         name: str,
-        docker_url: str,
+        kind: str = "docker",
+        docker_url: str | None = None,
+        kubeconfig: str | None = None,
+        namespace: str | None = None,
         max_workspaces: int = 50,
         public_host: str | None = None,
         labels: dict[str, str] | None = None,
         allowed_groups: list[int] | None = None,
     ) -> ServerLoad:
-        """Register a server (``unix://`` or ``tcp://`` engine URL); names are unique."""
-        if not docker_url.startswith(("unix://", "tcp://", "http://", "https://")):
-            raise Unprocessable("docker_url must start with unix:// or tcp://", code="bad_docker_url")
+        """Register a Docker engine (``unix://`` or ``tcp://`` URL) or a Kubernetes namespace (a kubeconfig
+        on the hub or ``in-cluster``); names are unique, the address is checked (422 with the reason)."""
+        target = await anyio.to_thread.run_sync(
+            functools.partial(check_target, kind, docker_url=docker_url, kubeconfig=kubeconfig, namespace=namespace)
+        )
         server = Server(
             name=name,
-            docker_url=docker_url,
+            kind=target.kind,
+            docker_url=target.docker_url,
+            kubeconfig=target.kubeconfig,
+            namespace=target.namespace,
             max_workspaces=max_workspaces,
             public_host=public_host,
             labels=labels or {},
@@ -92,7 +105,7 @@ class ServerService:
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"a server named {name!r} exists", code="name_taken") from None
-        self._engines.server_added()
+        self._engines.server_added(target.kind)
         return ServerLoad(server, 0, 0)
 
     async def loads(self) -> list[ServerLoad]:
@@ -115,11 +128,14 @@ class ServerService:
                 return load
         raise NotFound(f"no server {server_id!r}", code="server_not_found")
 
-    async def test(self, server_id: str) -> EngineInfo:
-        """Ask the server's engine for its version and time the round trip."""
-        await self.get(server_id)
-        runtime = await self._engines.for_server(server_id)
-        return await runtime.info()
+    async def test(self, server_id: str) -> ServerReport:
+        """Ask the server for its version and time the round trip; for a Kubernetes server also the
+        namespace's access, the node count and the quota's room."""
+        server = (await self.get(server_id)).server
+        runtime = None
+        if self._engines.probes.needs_runtime(server):
+            runtime = await self._engines.for_server(server_id)
+        return await self._engines.probes.report(server, runtime)
 
     async def set_allowed_groups(self, server_id: str, allowed_groups: list[int]) -> ServerLoad:
         """Limit a server to groups (an empty list: everyone). Workspaces already placed there stay."""
@@ -159,7 +175,7 @@ class ServerService:
         if "public_host" in changed:
             await self._engines.forget(server_id)  # the next start dials the new address
         if wanted.get("enabled") and "enabled" in changed:
-            self._engines.server_added()
+            self._engines.server_added(load.server.kind)
         return await self.get(server_id), changed
 
     async def _member_of(self, user_id: int | None) -> frozenset[int] | None:
@@ -184,13 +200,21 @@ class ServerService:
         await self._engines.forget(server_id)
 
     async def choose(
-        self, server_id: str | None = None, labels: dict[str, str] | None = None, *, for_user: int | None = None
+        self,
+        server_id: str | None = None,
+        labels: dict[str, str] | None = None,
+        *,
+        for_user: int | None = None,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
     ) -> str:
         """The server for a new placement: the one asked for, else the least-loaded with room (503 if none).
 
         With ``labels`` (a template's allowed servers) only servers carrying all of them qualify; with
         ``for_user`` (the workspace's owner) only servers whose group limit lets that user in (403 for one
-        asked for by id)."""
+        asked for by id). A Kubernetes server has room while its namespace's quota leaves a pod and, when
+        given, ``cpu`` cores and ``memory_mb`` (checked against requests and limits alike); one asked for by id
+        without room is a 422."""
         member_of = await self._member_of(for_user)
         if server_id is not None:
             try:
@@ -217,8 +241,16 @@ class ServerService:
                     "pick another server or leave it out",
                     code="server_not_allowed_for_groups",
                 )
+            room = await self._engines.probes.room(load.server)
+            if room is not None and not room.fits(cpu, memory_mb):
+                raise Unprocessable(
+                    f"the namespace quota of server {load.server.name!r} leaves no room for this workspace "
+                    f"({_room_text(room)}); pick another server or leave it out",
+                    code="server_full",
+                )
             return server_id
-        fitting = [load for load in await self.loads() if load.has_room and _has_labels(load.server, labels or {})]
+        labelled = [load for load in await self.loads() if load.has_room and _has_labels(load.server, labels or {})]
+        fitting = await self._with_room(labelled, cpu, memory_mb)
         loads = [ld for ld in fitting if member_of is None or admits(ld.server.allowed_groups, member_of)]
         if fitting and not loads:
             raise Forbidden(
@@ -234,12 +266,24 @@ class ServerService:
         if not loads:
             total = len(await self.loads())
             raise ServiceUnavailable(
-                f"no Docker server has room for another workspace ({total} registered, all full, disabled or "
-                "draining); an admin can raise max_workspaces or register a server",
+                f"no server has room for another workspace ({total} registered, all full, disabled or "
+                "draining); an admin can raise max_workspaces or a namespace's quota, or register a server",
                 code="no_capacity",
             )
         best = min(loads, key=lambda ld: (ld.running, ld.placed / max(ld.server.max_workspaces, 1), ld.server.name))
         return best.server.id
+
+    async def _with_room(self, loads: list[ServerLoad], cpu: float | None, memory_mb: int | None) -> list[ServerLoad]:
+        """``loads`` whose quota (Kubernetes servers) leaves room, all asked at once."""
+        rooms: dict[str, Room | None] = {}
+
+        async def ask(load: ServerLoad) -> None:
+            rooms[load.server.id] = await self._engines.probes.room(load.server)
+
+        async with anyio.create_task_group() as tg:
+            for load in loads:
+                tg.start_soon(ask, load)
+        return [ld for ld in loads if (room := rooms.get(ld.server.id)) is None or room.fits(cpu, memory_mb)]
 
     async def place(self, workspace_id: str, server_id: str, *, leave_files: bool = False) -> Placement:
         """Move a workspace that is not running to another server (whose group limit lets its owner in).
@@ -252,9 +296,17 @@ class ServerService:
             current = await session.get(Workspace, workspace_id)
         if current is None:
             raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
-        await self.choose(server_id, for_user=current.owner_id)
+        await self.choose(server_id, for_user=current.owner_id, cpu=current.cpu, memory_mb=current.memory_mb)
         if current.state not in PLACEABLE_STATES:
             raise Conflict(f"workspace is {current.state}; stop it before placing it", code="workspace_busy")
+        kind = await self._engines.kind_of_server(server_id)
+        moving = current.server_id is not None and current.server_id != server_id and not leave_files
+        if moving and current.server_id and await self._engines.kind_of_server(current.server_id) != kind:
+            raise Unprocessable(
+                "the hub moves files only between servers of one kind (Docker to Docker); place it with "
+                "leave_files=true to move it without them (they stay where they are)",
+                code="cross_kind_move",
+            )
         switched: list[Workspace] = []
 
         async def switch(_manifest: Manifest | None) -> bool:
@@ -268,7 +320,7 @@ class ServerService:
                     )
                     .values(
                         server_id=server_id,
-                        runtime=self._engines.server_kind,
+                        runtime=kind,
                         container_id=None,
                         endpoint=None,
                         generation=Workspace.generation + 1,
@@ -316,6 +368,15 @@ class Placement:
 def _has_labels(server: Server, labels: dict[str, str]) -> bool:
     own = server.labels or {}
     return all(own.get(key) == value for key, value in labels.items())
+
+
+def _room_text(room: Room) -> str:
+    parts = [
+        f"{name} {value:g}"
+        for name, value in (("pods", room.pods), ("cpu", room.cpu), ("memory_mb", room.memory_mb))
+        if value is not None
+    ]
+    return "left: " + ", ".join(parts)
 
 
 def _label_text(labels: dict[str, str]) -> str:

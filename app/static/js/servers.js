@@ -1,4 +1,4 @@
-// Admins: Docker servers — add, edit (name, labels, public host, capacity, enabled), test, drain/undrain and
+// Admins: servers (Docker engines and Kubernetes namespaces) — add, edit (name, labels, public host, capacity, enabled), test, drain/undrain and
 // remove (POST/PATCH/DELETE /api/admin/servers, POST …/test), with their running/placed counts.
 
 import { api } from "./api.js";
@@ -27,6 +27,27 @@ export function parseLabels(text) {
   return labels;
 }
 
+/** Where a server is: its engine URL, or its namespace and kubeconfig. */
+function where(server) {
+  if (server.kind === "kubernetes") return `${server.namespace} · ${server.kubeconfig}`;
+  return server.docker_url || "–";
+}
+
+/** A passed check in a line: the version, and for Kubernetes the nodes and the quota's room. */
+function testSummary(r) {
+  const parts = [];
+  const version = r.docker_version || r.version;
+  if (version) parts.push(`${r.kind === "kubernetes" ? "Kubernetes" : "Docker"} ${version}`);
+  if (r.api_version && r.kind !== "kubernetes") parts.push(`API ${r.api_version}`);
+  if (r.nodes !== null && r.nodes !== undefined) parts.push(`${r.nodes} node${r.nodes === 1 ? "" : "s"}`);
+  if (r.quota) {
+    const room = Object.entries(r.quota).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${v}`);
+    parts.push(`quota left: ${room.join(", ")}`);
+  } else if (r.kind === "kubernetes") parts.push("no quota");
+  if (r.latency_ms !== undefined) parts.push(`${Number(r.latency_ms).toFixed(0)} ms`);
+  return parts.join(" · ");
+}
+
 function stateOf(server) {
   if (!server.enabled) return "disabled";
   return server.draining ? "draining" : "active";
@@ -40,6 +61,13 @@ export class Servers {
     $("#server-form").addEventListener("submit", (e) => this.add(e));
     this.form.addEventListener("submit", (e) => this.save(e));
     $("#server-edit-cancel").addEventListener("click", () => $("#server-edit").close());
+    $("#server-kind").addEventListener("change", () => this.showKind());
+  }
+
+  /** Show the fields of the chosen kind only. */
+  showKind() {
+    const kind = $("#server-kind").value;
+    for (const field of document.querySelectorAll("#server-form [data-kind]")) field.hidden = field.dataset.kind !== kind;
   }
 
   async add(e) {
@@ -47,15 +75,25 @@ export class Servers {
     const form = e.currentTarget;
     clearFieldErrors(form);
     const name = form.name.value.trim();
-    const url = form.docker_url.value.trim();
+    const kind = form.kind.value;
     if (!name) return void showFieldError(form, "name", `Give the server a name. ${form.name.dataset.help}`);
-    if (!/^(unix|tcp):\/\/./.test(url)) return void showFieldError(form, "docker_url", FIELD_HELP.docker_url);
+    const body = { name, kind, max_workspaces: Number(form.max_workspaces.value || 50) };
+    if (kind === "kubernetes") {
+      body.kubeconfig = form.kubeconfig.value.trim();
+      body.namespace = form.namespace.value.trim();
+      if (!body.kubeconfig) return void showFieldError(form, "kubeconfig", FIELD_HELP.kubeconfig);
+      if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(body.namespace))
+        return void showFieldError(form, "namespace", FIELD_HELP.namespace);
+    } else {
+      body.docker_url = form.docker_url.value.trim();
+      if (!/^(unix|tcp):\/\/./.test(body.docker_url)) return void showFieldError(form, "docker_url", FIELD_HELP.docker_url);
+    }
     if (!checkFields(form, ["name", "max_workspaces"])) return;
-    const body = { name, docker_url: url, max_workspaces: Number(form.max_workspaces.value || 50) };
     try {
       const server = await api("POST", "/api/admin/servers", { body, quiet: true });
       form.reset();
-      toast(`Server ${server.name} added: test it to see whether its engine answers`, { kind: "info" });
+      this.showKind();
+      toast(`Server ${server.name} added: test it to see whether it answers`, { kind: "info" });
       await this.load();
     } catch (err) {
       if (!showApiError(form, err)) toast(err.message, { title: "The server was not added" });
@@ -164,11 +202,9 @@ export class Servers {
     result.className = "check";
     try {
       const r = await api("POST", `${serverPath(server)}/test`);
-      result.className = `check ${r.ok ? "ok" : "bad"}`;
-      const version = r.docker_version ? ` · Docker ${r.docker_version}` : "";
-      const apiVersion = r.api_version ? ` (API ${r.api_version})` : "";
-      const latency = ` · ${Number(r.latency_ms).toFixed(0)} ms`;
-      setText(result, r.ok ? `ok${version}${apiVersion}${latency}` : `failed: ${r.error || "no answer"}`);
+      const ok = r.ok !== false && !r.error;
+      result.className = `check ${ok ? "ok" : "bad"}`;
+      setText(result, ok ? `ok · ${testSummary(r)}` : `failed: ${r.error || "no answer"}`);
     } catch (err) {
       result.className = "check bad";
       setText(result, `failed: ${err.message}`);
@@ -190,7 +226,7 @@ export class Servers {
       return;
     }
     empty.hidden = servers.length > 0;
-    setText(empty, "No Docker servers registered (workspaces run as local processes).");
+    setText(empty, "No servers registered (workspaces run as local processes).");
     body.replaceChildren(...servers.map((s) => this.row(s)));
   }
 
@@ -218,7 +254,8 @@ export class Servers {
         server.is_default ? h("small", { class: "muted" }, " default") : null,
         labels ? h("div", { class: "muted" }, labels) : null,
       ),
-      h("td", { class: "mono engine" }, server.docker_url, server.public_host ? h("div", { class: "muted" }, server.public_host) : null),
+      h("td", {}, server.kind || "docker"),
+      h("td", { class: "mono engine" }, where(server), server.public_host ? h("div", { class: "muted" }, server.public_host) : null),
       h("td", {}, h("span", { class: `badge server-${state}` }, state)),
       h("td", { class: "num", dataset: { label: "running" } }, String(server.running)),
       h("td", { class: "num", dataset: { label: "placed" } }, String(server.placed)),
