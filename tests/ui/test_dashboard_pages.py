@@ -437,7 +437,7 @@ async def test_admin_adds_and_tests_a_kubernetes_namespace(pages_hub: Hub, page:
     await expect(form.get_by_label("Docker URL")).to_be_hidden()
     await form.get_by_label("Server name").fill("cluster-x")
     await form.get_by_label("Kubeconfig").fill("/nonexistent/kubeconfig")
-    await form.get_by_label("Namespace").fill("default")
+    await form.get_by_label("Namespace", exact=True).fill("default")
     await form.get_by_role("button", name="Add server").click()
     await expect(page.locator("#server-form-kubeconfig-error")).to_contain_text("not a file the hub can read")
     await form.get_by_label("Kubeconfig").fill(kubeconfig)
