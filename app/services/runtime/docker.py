@@ -221,8 +221,21 @@ class DockerRuntime:
             with metrics.docker_call("remove"):
                 await self.docker.containers.container(name).delete(force=True, v=True)
         except DockerError as exc:
-            if exc.status != 404:
+            if exc.status == 409:  # another removal of it is under way: wait for that one
+                await self._gone(name)
+            elif exc.status != 404:
                 raise
+
+    async def _gone(self, name: str, within: float = 30.0) -> None:
+        with anyio.move_on_after(within):
+            while True:
+                try:
+                    await self.docker.containers.container(name).show()
+                except DockerError as exc:
+                    if exc.status == 404:
+                        return
+                    raise
+                await anyio.sleep(0.1)
 
     async def _drop_status(self, workspace_id: str) -> None:
         if self._cache is not None:
