@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from tests.support.browser import PHONE, login, open_page, overflowing, small_targets
+from tests.support.runtime import remove_hub_containers
 from tests.support.server import Hub, free_port, running_hub
-from tests.support.settings import make_settings
+from tests.support.settings import docker_settings, make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
@@ -226,3 +227,47 @@ async def test_servers_page_at_390(servers_hub: Hub, browser: Any, tmp_path: Pat
         await page.screenshot(path=str(tmp_path / "servers-390-edit.png"), full_page=False)
         await dialog.get_by_role("button", name="Cancel").click()
         await expect(dialog).to_be_hidden()
+
+
+async def test_a_server_running_workspaces_drains_but_is_not_disabled(
+    sqlite_url: str, tmp_path: Path, browser: Any
+) -> None:
+    """On a real engine running a workspace: Drain keeps it running; unchecking Enabled is refused next to the
+    field with what to do first (the hub's 409 ``server_busy``)."""
+    from playwright.async_api import expect
+
+    settings = docker_settings(tmp_path / "data", sqlite_url)
+    try:
+        async with running_hub(settings) as hub:
+            await hub.new_user("srv-admin", admin=True)
+            async with hub.client() as admin:
+                ws = (await admin.post("/api/workspaces", json={"name": "busy"})).json()
+                r = await admin.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+                assert r.json()["state"] == "running", r.text
+                server = next(s for s in (await admin.get("/api/admin/servers")).json() if s["is_default"])
+            async with open_page(browser, shot=tmp_path / "final.png") as page:
+                await open_servers(page, hub)
+                row = server_row(page, server["name"])
+                await expect(row.locator("td.num").first).to_have_text("1")
+                await row.get_by_role("button", name=f"Drain {server['name']}").click()
+                await page.locator("#confirm-ok").click()
+                await expect(row.locator(".badge")).to_have_text("draining")
+                async with hub.client() as admin:
+                    assert (await admin.get(f"/api/workspaces/{ws['id']}")).json()["state"] == "running"
+
+                await row.get_by_role("button", name=f"Edit {server['name']}").click()
+                dialog = page.locator("#server-edit")
+                await dialog.get_by_label("Enabled").uncheck()
+                await dialog.get_by_role("button", name="Save").click()
+                error = page.locator("#server-edit-form-enabled-error")
+                await expect(error).to_contain_text("drain it and stop or move them")
+                await page.screenshot(path=str(tmp_path / "server-busy.png"))
+                await dialog.get_by_role("button", name="Cancel").click()
+                await row.get_by_role("button", name=f"Undrain {server['name']}").click()
+                await expect(row.locator(".badge")).to_have_text("active")
+            async with hub.client() as admin:
+                after = next(s for s in (await admin.get("/api/admin/servers")).json() if s["id"] == server["id"])
+                assert after["enabled"] is True and after["draining"] is False
+                assert (await admin.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
+    finally:
+        remove_hub_containers(settings.hub_id)
