@@ -212,7 +212,8 @@ class UserGroup(Base):
 
 
 class OidcLoginState(Base):
-    """A sign-in started at the OpenID provider and not yet finished: the digest of its ``state``, used once."""
+    """A sign-in answer already used: the digest of its ``state``, kept until its login cookie expires (replays
+    of the same answer are refused)."""
 
     __tablename__ = "oidc_login_states"
 

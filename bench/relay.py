@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from run_all import table  # bench/ is the script's directory: the one table every bench prints
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -445,10 +446,7 @@ def report(results: dict[str, Any]) -> None:
     path.write_text(json.dumps(results, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
     rows = bench_rows(results)
-    print()
-    for row in rows:
-        mark = "ref" if row.get("reference") else {True: "ok", False: "MISSED", None: ""}.get(row.get("ok"), "")
-        print(f"  {row['name']:<58} {row['value']!s:>10} {row['unit']:<6} {row.get('target', '')} {mark}")
+    print("\n" + table([{"bench": "relay", "rows": rows}]))
     print("BENCH_RESULT " + json.dumps({"bench": "relay", "rows": rows}))
 
 

@@ -122,7 +122,7 @@ class SsoController(Controller):
         if not ctx.oidc.enabled:
             return refusal_page(NotFound("single sign-on is not configured on this hub", code="oidc_off"), [])
         client = request.client.host if request.client else "-"
-        try:  # every start writes a state row: bounded per client address like password attempts
+        try:  # sign-in starts are bounded per client address like password attempts
             await enforce(ctx.rate_limiter, f"oidc|{client}", login_limit(ctx.settings))
             start = await ctx.oidc.begin(hub_base(request, ctx.settings) + CALLBACK_PATH, safe_next(next))
         except DomainError as exc:

@@ -2,7 +2,8 @@
 the IDE): a ``view`` grantee cannot write, exec, open the terminal or the IDE; a stranger gets nothing; no
 grantee re-shares, stops or deletes; a ``use`` grantee (directly or through a group) enters the IDE on its
 own origin through the ticket flow and opens the terminal, and revoking the grant closes that terminal and
-the IDE WebSocket within seconds. Path mode refuses sharing with the reason."""
+the IDE WebSocket within seconds. SSE topics follow the grant (a viewer reads lifecycle and logs, not exec
+output). Path mode refuses sharing with the reason. On SQLite and on Postgres."""
 
 from __future__ import annotations
 
@@ -316,3 +317,26 @@ async def test_path_mode_refuses_sharing_with_the_reason(
                     "error": "sharing_disabled",
                     "detail": "sharing needs an origin per workspace: set CODEHUB_WORKSPACE_DOMAIN",
                 }
+
+
+async def sse_status(setup: Setup, user: str, *topics: str) -> int:
+    """The status of subscribing to ``topics`` as ``user`` (the stream is closed at once)."""
+    params = [("topic", t) for t in topics]
+    async with setup.client(user) as client, client.stream("GET", "/api/events", params=params) as r:
+        return r.status_code
+
+
+async def test_sse_topics_follow_the_grant(setup: Setup) -> None:
+    ws = setup.ws
+    assert (await grant(setup, "user", setup.ids["viewer"], "view")).status_code == 201
+    assert await sse_status(setup, "viewer", f"workspace:{ws}", f"workspace:{ws}:logs") == 200
+    assert await sse_status(setup, "viewer", f"workspace:{ws}:exec") == 403  # what commands print: `use` only
+    async with setup.client("viewer") as client, client.stream("GET", f"/api/workspaces/{ws}/events") as r:
+        assert r.status_code == 200
+    assert await sse_status(setup, "stranger", f"workspace:{ws}") == 404
+    assert (await grant(setup, "user", setup.ids["user"], "use")).status_code == 201
+    assert await sse_status(setup, "user", f"workspace:{ws}:exec") == 200
+    async with setup.client("alice") as client:
+        r = await client.delete(f"/api/workspaces/{ws}/grants/user/{setup.ids['viewer']}")
+        assert r.status_code == 204
+    assert await sse_status(setup, "viewer", f"workspace:{ws}:logs") == 404
