@@ -126,6 +126,9 @@ async def test_placement_follows_the_namespace_quota(hub: Hub, kubeconfig: str, 
         assert r.status_code == 422 and r.json()["error"] == "cross_kind_move", r.text
         r = await admin.post(place, json={"server_id": cluster["id"], "leave_files": True})
         assert r.status_code == 200 and r.json()["server_id"] == cluster["id"], r.text
+        other = (await register(admin, kubeconfig=kubeconfig, namespace=namespace)).json()
+        r = await admin.post(place, json={"server_id": other["id"]})  # no PVC copy between clusters either
+        assert r.status_code == 422 and r.json()["error"] == "cross_kind_move", r.text
 
 
 async def test_fields_of_the_other_kind_and_bad_values_are_422(hub: Hub, kubeconfig: str) -> None:

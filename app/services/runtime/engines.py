@@ -175,6 +175,12 @@ class Engines:
         """True when a workspace created now must be placed on a server."""
         return self.needs_server(self.default_kind)
 
+    async def moves_files(self, source_id: str, target_id: str) -> bool:
+        """True when a workspace's files can be moved from server ``source_id`` to ``target_id`` (``move_volume``
+        copies Docker volumes, so both must be Docker engines)."""
+        kinds = {await self.kind_of_server(source_id), await self.kind_of_server(target_id)}
+        return kinds == {RuntimeKind.DOCKER.value}
+
     async def kind_to_start(self, ws: Workspace) -> str:
         """The kind ``ws`` starts as: the one it ran as, its server's kind when placed, else the default."""
         if ws.runtime:
