@@ -79,6 +79,7 @@ class RuntimeKind(StrEnum):
 
     DOCKER = "docker"
     LOCAL = "local"
+    KUBERNETES = "kubernetes"
 
 
 class StateColumn(TypeDecorator[WorkspaceState]):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import secrets
 import tarfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -31,13 +33,44 @@ from app.services.runtime.docker_volume_support import (
     tar_entries,
     tar_tree,
 )
-from app.services.runtime.kubernetes import pod_exec
-from app.services.runtime.kubernetes.connection import KubeConnection
+from app.services.runtime.kubernetes import manifests, pod_exec, states
+from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
+from app.services.runtime.kubernetes.manifests import FILES_CONTAINER
+
+if TYPE_CHECKING:
+    from app.services.runtime.kubernetes.runtime import KubernetesRuntime
 
 UNTAR = 'n=$1; cd -- "$2" || exit 4; head -c "$n" | tar -x -f - -o'
 READ = '[ -f "$1" ] && [ ! -L "$1" ] || { [ -e "$1" ] || [ -L "$1" ] || exit 4; exit 3; }; exec head -c "$2" -- "$1"'
 Target = Callable[[], Awaitable[tuple[str, str]]]
 """The (pod, container) to run file commands in, made ready on demand."""
+
+
+async def helper_target(rt: KubernetesRuntime, workspace_id: str, image: str) -> tuple[str, str]:
+    """The running file helper pod of a stopped workspace (made, or made again, on demand)."""
+    name = rt.helper_pod(workspace_id)
+    helper = await rt.pod(name)
+    if helper is not None and states.terminated(helper, FILES_CONTAINER) is not None:
+        await rt.delete_pod(name, grace=0, wait=True)
+        helper = None
+    if helper is None:
+        await rt.ensure_claim(workspace_id, rt.hub_id)
+        body = manifests.helper_manifest(workspace_id, rt.hub_id, image=image, home=rt.home, user=rt.user)
+        try:
+            helper = await rt.conn.request("POST", rt.conn.path("pods"), body=body)
+        except KubeError as exc:
+            if exc.api_status != 409:
+                raise
+            helper = await rt.pod(name)
+    deadline = time.monotonic() + rt.schedule_timeout
+    while helper is None or not states.is_running(helper, FILES_CONTAINER):
+        ended = helper is not None and states.terminated(helper, FILES_CONTAINER) is not None
+        if time.monotonic() > deadline or ended:
+            reason, message = states.waiting_reason(helper or {})
+            raise Conflict(f"the file helper pod did not start: {reason} {message}".strip(), code="storage_error")
+        await anyio.sleep(0.2)
+        helper = await rt.pod(name)
+    return name, FILES_CONTAINER
 
 
 class KubeVolumeFiles:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -42,6 +43,8 @@ WRAPPER = (
 KILL_GROUP = 'kill -KILL -- "-$1" 2>/dev/null || kill -KILL "$1"'
 HANGUP_GROUP = 'kill -HUP -- "-$1" 2>/dev/null; kill -HUP "$1"'
 KILL_GRACE = 5.0
+PID_LINE = re.compile(rb"(?m)^(\d+)\r?\n")
+PID_LINES = 8
 TIMEOUT_EXIT = 137
 CHUNK = 256 << 10
 DEFAULT_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi")
@@ -292,10 +295,11 @@ class KubeTerminal:
                 self._pid = 0
                 return bytes(self._head)
             self._head += data
-            if b"\n" in self._head:
-                first, _, rest = bytes(self._head).partition(b"\n")
-                digits = first.strip()
-                self._pid = int(digits) if digits.isdigit() else 0
+            found = PID_LINE.search(self._head)
+            if found is not None or self._head.count(b"\n") > PID_LINES:
+                # keys typed before the shell ran are echoed by the TTY ahead of the wrapper's pid line
+                self._pid = int(found.group(1)) if found else 0
+                rest = bytes(self._head[: found.start()] + self._head[found.end() :]) if found else bytes(self._head)
                 if rest:
                     return rest
         return await self._next() or b""

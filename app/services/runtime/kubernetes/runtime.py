@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from app.errors import Conflict
+from app.models import RuntimeKind
 from app.services.files.remote_storage import RemoteStorage
 from app.services.files.storage import WorkspaceStorage
 from app.services.runtime.base import (
@@ -42,13 +43,12 @@ from app.services.runtime.cache import DEFAULT_TTL, StatusCache, cached_status
 from app.services.runtime.common import collect_exec, resolve_container_user
 from app.services.runtime.kubernetes import manifests, pod_exec, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
-from app.services.runtime.kubernetes.files import KubeVolumeFiles
-from app.services.runtime.kubernetes.manifests import FILES_CONTAINER as FILES
+from app.services.runtime.kubernetes.files import KubeVolumeFiles, helper_target
 from app.services.runtime.kubernetes.start import LOG_TAIL_ON_FAILURE, start_pod
 from app.services.runtime.kubernetes.watch import selector, watch_pods
 from app.settings import WorkspaceEgress
 
-KIND = "kubernetes"
+KIND: str = RuntimeKind.KUBERNETES
 DEFAULT_USER = (1000, 1000)
 NETWORKING = "apis/networking.k8s.io/v1"
 
@@ -144,7 +144,7 @@ class KubernetesRuntime:
             if exc.api_status != 409:
                 raise
 
-    async def _pod(self, name: str) -> dict[str, Any] | None:
+    async def pod(self, name: str) -> dict[str, Any] | None:
         found: dict[str, Any] | None = await self.conn.request("GET", self.conn.path("pods", name), missing_ok=True)
         return found
 
@@ -162,7 +162,7 @@ class KubernetesRuntime:
         code: int | None = None
         deadline = time.monotonic() + grace + 60
         while wait and time.monotonic() < deadline:
-            pod = await self._pod(name)
+            pod = await self.pod(name)
             if pod is None or (uid and pod["metadata"]["uid"] != uid):
                 break
             ended = states.terminated(pod)
@@ -199,7 +199,7 @@ class KubernetesRuntime:
     async def stop(self, workspace_id: str, *, grace: float = 10.0) -> int | None:
         """Delete the pod with ``grace`` seconds for SIGTERM; the IDE's exit code (None when there was no pod)."""
         await self.drop_status(workspace_id)
-        pod = await self._pod(container_name(workspace_id))
+        pod = await self.pod(container_name(workspace_id))
         if pod is None:
             return None
         code = await self.delete_pod(container_name(workspace_id), grace=grace, uid=pod["metadata"]["uid"], wait=True)
@@ -217,7 +217,7 @@ class KubernetesRuntime:
 
     async def inspect(self, workspace_id: str) -> RuntimeState | None:
         """The pod's state, or None."""
-        pod = await self._pod(container_name(workspace_id))
+        pod = await self.pod(container_name(workspace_id))
         return None if pod is None else states.state_of(pod)
 
     async def list_states(self, hub_id: str) -> list[RuntimeState]:
@@ -227,14 +227,14 @@ class KubernetesRuntime:
 
     async def endpoint(self, workspace_id: str) -> Endpoint:
         """The pod IP and IDE port of the running pod."""
-        pod = await self._pod(container_name(workspace_id))
+        pod = await self.pod(container_name(workspace_id))
         if pod is None or not states.is_running(pod) or not (pod.get("status") or {}).get("podIP"):
             raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
         ports = pod["spec"]["containers"][0].get("ports") or [{"containerPort": 8080}]
         return Endpoint(pod["status"]["podIP"], int(ports[0]["containerPort"]), pod["metadata"]["uid"])
 
     async def _running_pod(self, workspace_id: str) -> dict[str, Any]:
-        pod = await self._pod(container_name(workspace_id))
+        pod = await self.pod(container_name(workspace_id))
         if pod is None or not states.is_running(pod):
             raise WorkspaceNotRunning(f"workspace {workspace_id} is not running")
         return pod
@@ -359,31 +359,10 @@ class KubernetesRuntime:
         return RemoteStorage(files, self._locks.setdefault(workspace_id, anyio.Lock()))
 
     async def _file_target(self, workspace_id: str, image: str) -> tuple[str, str]:
-        pod = await self._pod(container_name(workspace_id))
+        pod = await self.pod(container_name(workspace_id))
         if pod is not None and states.is_running(pod):
             return pod["metadata"]["name"], manifests.IDE_CONTAINER
-        name = self.helper_pod(workspace_id)
-        helper = await self._pod(name)
-        if helper is not None and states.terminated(helper, FILES) is not None:
-            await self.delete_pod(name, grace=0, wait=True)
-            helper = None
-        if helper is None:
-            await self.ensure_claim(workspace_id, self.hub_id)
-            body = manifests.helper_manifest(workspace_id, self.hub_id, image=image, home=self.home, user=self.user)
-            try:
-                helper = await self.conn.request("POST", self.conn.path("pods"), body=body)
-            except KubeError as exc:
-                if exc.api_status != 409:
-                    raise
-                helper = await self._pod(name)
-        deadline = time.monotonic() + self.schedule_timeout
-        while helper is None or not states.is_running(helper, FILES):
-            if time.monotonic() > deadline or (helper is not None and states.terminated(helper, FILES) is not None):
-                reason, message = states.waiting_reason(helper or {})
-                raise Conflict(f"the file helper pod did not start: {reason} {message}".strip(), code="storage_error")
-            await anyio.sleep(0.2)
-            helper = await self._pod(name)
-        return name, FILES
+        return await helper_target(self, workspace_id, image)
 
     async def purge_storage(self, workspace_id: str) -> None:
         """Delete the helper pod and the PVC (missing is fine)."""
