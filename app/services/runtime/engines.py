@@ -23,6 +23,7 @@ import anyio
 import msgspec
 from sqlalchemy import func, select
 
+import app.services.runtime.kubernetes.factory  # (registers the kubernetes kind)
 import app.services.runtime.local  # noqa: F401  (registers the local kind)
 from app.db import SessionMaker
 from app.errors import DomainError, ServiceUnavailable
@@ -102,7 +103,7 @@ class Engines:
         """Open the hub-wide runtimes, pick the default kind, register the local Docker engine once it answers."""
         settings = self.settings
         for entry in registered_runtimes():
-            if not entry.on_servers:
+            if not entry.on_servers and entry.enabled(settings):
                 runtime = entry.factory(RuntimeOptions(settings, self.cache))
                 self._hub_runtimes[entry.kind] = await self._stack.enter_async_context(runtime)
         if settings.runtime == "kubernetes":
