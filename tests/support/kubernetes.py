@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,15 @@ import anyio
 import yaml
 
 from tests.support.services import kubectl, need_kubernetes
+
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kubernetes-node.sh"
+
+
+def ensure_volumes(count: int) -> None:
+    """At least ``count`` hostPath PersistentVolumes of class ``local`` Available (the cluster has no
+    provisioner); needs root, as the cluster does."""
+    if os.getuid() == 0:
+        subprocess.run(["bash", str(NODE_SCRIPT), "pv", str(count)], capture_output=True, timeout=120, check=False)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 from sqlalchemy import func, select
 
 import app.services.runtime.kubernetes.factory  # (registers the kubernetes kind)
@@ -86,10 +87,17 @@ class Engines:
         self._server_runtimes: dict[str, WorkspaceRuntime] = {}
         self._stack = AsyncExitStack()
         self._lock = anyio.Lock()
+        self._hosts = anyio.create_task_group()
+        self._closing = anyio.Event()
         self.probes = ServerProbes()
 
     async def __aenter__(self) -> Engines:
         await self._stack.__aenter__()
+        # Each server's runtime is entered and left in a host task of its own (``_host``), whatever task first
+        # asked for it: a runtime's task group must be left from its own scope. Left in reverse order: the
+        # hub-wide runtimes, then the hosts once told to close.
+        await self._stack.enter_async_context(self._hosts)
+        self._stack.callback(self._closing.set)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -210,7 +218,7 @@ class Engines:
             if server is None:
                 raise ServiceUnavailable(f"server {server_id} is not registered", code="server_gone")
             runtime = runtime_entry(server.kind).factory(RuntimeOptions(self.settings, self.cache, server))
-            await self._stack.enter_async_context(runtime)
+            await self._hosts.start(_host, runtime, self._closing)
             self._server_runtimes[server_id] = runtime
             return runtime
 
@@ -278,6 +286,15 @@ class Engines:
 
 
 _RuntimeGetter = Callable[[], Awaitable[WorkspaceRuntime]]
+
+
+async def _host(
+    runtime: WorkspaceRuntime, closing: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Hold ``runtime`` open in this task until the engines close."""
+    async with runtime:
+        task_status.started()
+        await closing.wait()
 
 
 def _getter(engines: Engines, server_id: str) -> _RuntimeGetter:
