@@ -117,3 +117,35 @@ def need_second_engine(image: str = TEST_IMAGE) -> str:
         f"no engine with {image} at {SECOND_DOCKER_URL} (start it: scripts/second-docker-engine.sh start {image})",
     )
     return SECOND_DOCKER_URL
+
+
+KUBECONFIG = os.environ.get("CODEHUB_TEST_KUBECONFIG", "/run/codehub-k8s/admin.kubeconfig")
+KUBERNETES_NODE = "../shared/engines/kubernetes-node.sh"
+
+
+@cache
+def kubernetes_available() -> str:
+    """"" when the test cluster's API answers with the kubeconfig, else why not."""
+    import concurrent.futures
+    from pathlib import Path
+
+    import anyio
+
+    from app.services.runtime.kubernetes.connection import KubeConnection
+
+    if not Path(KUBECONFIG).exists():
+        return f"no kubeconfig at {KUBECONFIG}"
+
+    def probe() -> str:
+        info = anyio.run(KubeConnection(KUBECONFIG, "default").info)
+        return "" if info.ok else str(info.error)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(probe).result(timeout=30)
+
+
+def need_kubernetes() -> str:
+    """Skip/fail (``kubernetes`` in CODEHUB_TEST_REQUIRE) without the test cluster; its kubeconfig path."""
+    reason = kubernetes_available()
+    need("kubernetes", not reason, f"{reason} (start it: {KUBERNETES_NODE} start {TEST_IMAGE} {CODE_SERVER_IMAGE})")
+    return KUBECONFIG
