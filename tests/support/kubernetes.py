@@ -54,3 +54,29 @@ def kube_runtime(namespace: str, *, hub_id: str = "", **options: object) -> Kube
     }
     values.update(options)
     return KubernetesRuntime(need_kubernetes(), namespace, **values)  # type: ignore[arg-type]
+
+
+async def pods(namespace: str, selector: str) -> list[dict[str, object]]:
+    """The pods of ``namespace`` matching a label selector: name, uid and whether the IDE runs."""
+    from app.services.runtime.kubernetes.states import is_running
+
+    conn = KubeConnection(need_kubernetes(), namespace)
+    try:
+        found = await conn.request("GET", conn.path("pods"), params={"labelSelector": selector})
+    finally:
+        await conn.close()
+    return [
+        {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"], "running": is_running(pod)}
+        for pod in found.get("items") or []
+        if not pod["metadata"].get("deletionTimestamp")
+    ]
+
+
+async def claims(namespace: str, selector: str) -> list[str]:
+    """The names of the PersistentVolumeClaims of ``namespace`` matching a label selector."""
+    conn = KubeConnection(need_kubernetes(), namespace)
+    try:
+        found = await conn.request("GET", conn.path("persistentvolumeclaims"), params={"labelSelector": selector})
+    finally:
+        await conn.close()
+    return [claim["metadata"]["name"] for claim in found.get("items") or [] if not claim["metadata"].get("deletionTimestamp")]
