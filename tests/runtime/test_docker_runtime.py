@@ -27,7 +27,7 @@ from app.services.runtime.cache import MemoryStatusCache
 from app.services.runtime.common import resolve_container_user
 from app.services.runtime.docker import IDE_CAPABILITIES, DockerRuntime
 from app.services.runtime.kubernetes.runtime import KubernetesRuntime
-from tests.support.kubernetes import ensure_volumes, kube_runtime, test_namespace
+from tests.support.kubernetes import ensure_volumes, kube_namespace, kube_runtime
 from tests.support.runtime import RUNTIMES, project_of, spec_for
 from tests.support.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
@@ -40,7 +40,7 @@ async def runtime(request: pytest.FixtureRequest, hub_id: str) -> AsyncIterator[
     """One runtime for the module (Docker, or Kubernetes in a namespace of its own), with an in-process cache."""
     if request.param == "kubernetes":
         ensure_volumes(10)
-        async with test_namespace("rt") as namespace, kube_runtime(namespace, hub_id=hub_id) as rt:
+        async with kube_namespace("rt") as namespace, kube_runtime(namespace, hub_id=hub_id) as rt:
             yield rt
         return
     url = need_docker(TEST_IMAGE)

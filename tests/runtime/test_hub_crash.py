@@ -9,18 +9,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from app.factory import create_app
-from tests.support.databases import fresh_database
-from tests.support.lifecycle import create, event_history, wait_state
 from app.settings import Settings
-from tests.support.kubernetes import claims, ensure_volumes, pods, test_namespace
+from tests.support.databases import fresh_database
+from tests.support.kubernetes import claims, ensure_volumes, kube_namespace, pods
+from tests.support.lifecycle import create, event_history, wait_state
 from tests.support.runtime import RUNTIMES, containers, remove_hub_containers
 from tests.support.server import admin_token, free_port, serve_asgi
 from tests.support.settings import docker_settings, kube_settings
@@ -66,7 +66,7 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     """The Docker engine, or a namespace of its own on the Kubernetes test cluster."""
     if request.param == "kubernetes":
         ensure_volumes(6)
-        async with test_namespace("crash") as namespace:
+        async with kube_namespace("crash") as namespace:
             yield Engine("kubernetes", namespace)
         return
     yield Engine("docker")

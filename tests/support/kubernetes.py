@@ -28,7 +28,7 @@ def ensure_volumes(count: int) -> None:
 
 
 @asynccontextmanager
-async def test_namespace(prefix: str = "t") -> AsyncIterator[str]:
+async def kube_namespace(prefix: str = "t") -> AsyncIterator[str]:
     """A fresh namespace, deleted (with everything in it) at the end."""
     kubeconfig = need_kubernetes()
     name = f"codehub-{prefix}-{secrets.token_hex(4)}"
@@ -79,4 +79,8 @@ async def claims(namespace: str, selector: str) -> list[str]:
         found = await conn.request("GET", conn.path("persistentvolumeclaims"), params={"labelSelector": selector})
     finally:
         await conn.close()
-    return [claim["metadata"]["name"] for claim in found.get("items") or [] if not claim["metadata"].get("deletionTimestamp")]
+    return [
+        claim["metadata"]["name"]
+        for claim in found.get("items") or []
+        if not claim["metadata"].get("deletionTimestamp")
+    ]

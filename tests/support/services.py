@@ -125,7 +125,7 @@ KUBERNETES_NODE = "../shared/engines/kubernetes-node.sh"
 
 @cache
 def kubernetes_available() -> str:
-    """"" when the test cluster's API answers with the kubeconfig, else why not."""
+    """ "" when the test cluster's API answers with the kubeconfig, else why not."""
     import concurrent.futures
     from pathlib import Path
 
