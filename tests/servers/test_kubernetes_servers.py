@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ import pytest
 
 from tests.support.kubernetes import (
     ensure_volumes,
+    kube_namespace,
     kubeconfig_for_token,
-    made_namespace,
     service_account_token,
     wait_quota_counted,
 )
@@ -33,9 +33,9 @@ SECRET_TOKEN = "s3cr3t-" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
-def namespace(kubeconfig: str) -> Iterator[str]:
+async def namespace(kubeconfig: str) -> AsyncIterator[str]:
     """A namespace of this module's own on the test cluster (deleted after)."""
-    with made_namespace("srv") as name:
+    async with kube_namespace("srv") as name:
         yield name
 
 

@@ -45,7 +45,7 @@ from app.services.runtime.kubernetes import manifests, pod_exec, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
 from app.services.runtime.kubernetes.files import KubeVolumeFiles, helper_target
 from app.services.runtime.kubernetes.start import LOG_TAIL_ON_FAILURE, start_pod
-from app.services.runtime.kubernetes.watch import selector, watch_pods
+from app.services.runtime.kubernetes.watch import WatchCursor, selector, watch_pods
 from app.settings import WorkspaceEgress
 
 KIND: str = RuntimeKind.KUBERNETES
@@ -87,6 +87,7 @@ class KubernetesRuntime:
         self._cache, self._status_ttl = status_cache, status_ttl
         self._locks: dict[str, anyio.Lock] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._cursors: dict[str, WatchCursor] = {}  # a reconnecting watch resumes where it stopped
         self._storage_ready: set[str] = set()  # workspace ids whose project is known to exist
 
     async def __aenter__(self) -> KubernetesRuntime:
@@ -390,8 +391,10 @@ class KubernetesRuntime:
     # -- watching --------------------------------------------------------------------------------------
 
     async def events(self, hub_id: str) -> AsyncIterator[RuntimeEvent]:
-        """``start``/``die``/``oom``/``destroy`` of this hub's workspace pods, from a watch."""
-        async for event in watch_pods(self.conn, hub_id):
+        """``start``/``die``/``oom``/``destroy`` of this hub's workspace pods, from a watch that resumes from the
+        last ``resourceVersion`` when called again (and lists again on 410 Gone)."""
+        cursor = self._cursors.setdefault(hub_id, WatchCursor())
+        async for event in watch_pods(self.conn, hub_id, cursor):
             await self.drop_status(event.workspace_id)
             yield event
 

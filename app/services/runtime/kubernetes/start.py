@@ -91,7 +91,12 @@ async def start_pod(
         lambda: rt.delete_pod(rt.helper_pod(spec.id), grace=0, wait=True),
     )
     body = pod_manifest(
-        spec, user=rt.user, read_only_root=rt.read_only_root, pull_policy=rt.pull_policy, pvc=rt.claim(spec.id)
+        spec,
+        user=rt.user,
+        read_only_root=rt.read_only_root,
+        pull_policy=rt.pull_policy,
+        pvc=rt.claim(spec.id),
+        cpu_request_ratio=rt.cpu_request_ratio,
     )
     pod = await _create(rt, body, name)
     uid = pod["metadata"]["uid"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -29,6 +30,15 @@ class Seen(msgspec.Struct, frozen=True):
     uid: str
     running: bool
     ended: bool
+
+
+@dataclass
+class WatchCursor:
+    """Where a watch stopped: the last ``resourceVersion`` and the pods known then (kept across reconnects)."""
+
+    version: str = ""
+    known: dict[str, Seen] = field(default_factory=dict)
+    listed: bool = False
 
 
 def selector(hub_id: str) -> str:
@@ -65,41 +75,20 @@ def transitions(
     return now, events
 
 
-async def watch_pods(conn: KubeConnection, hub_id: str) -> AsyncIterator[RuntimeEvent]:
-    """Events of this hub's workspace pods, live, until the caller leaves."""
-    known: dict[str, Seen] = {}
-    version = ""
-    first = True
+async def watch_pods(
+    conn: KubeConnection, hub_id: str, cursor: WatchCursor | None = None
+) -> AsyncIterator[RuntimeEvent]:
+    """Events of this hub's workspace pods, live, until the caller leaves; resumes where ``cursor`` stopped."""
+    cursor = cursor or WatchCursor()
     path = conn.path("pods")
     while True:
-        if not version:
-            listing = await conn.request("GET", path, params={"labelSelector": selector(hub_id)})
-            version = str(listing["metadata"]["resourceVersion"])
-            current: dict[str, Seen] = {}
-            for pod in listing.get("items") or []:
-                name = pod["metadata"]["name"]
-                seen, events = transitions(known.get(name), pod)
-                if seen is not None:
-                    current[name] = seen
-                if not first:
-                    for item in events:
-                        yield item
-            if not first:
-                for name in set(known) - set(current):
-                    gone = {
-                        "metadata": {
-                            "name": name,
-                            "uid": known[name].uid,
-                            "labels": {LABEL_WORKSPACE: name.removeprefix("codehub-")},
-                        }
-                    }
-                    for item in transitions(Seen(known[name].uid, False, True), gone, deleted=True)[1]:
-                        yield item
-            known, first = current, False
+        if not cursor.version:
+            async for item in _relist(conn, hub_id, cursor):
+                yield item
         params = {
             "watch": "1",
             "labelSelector": selector(hub_id),
-            "resourceVersion": version,
+            "resourceVersion": cursor.version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
@@ -112,23 +101,47 @@ async def watch_pods(conn: KubeConnection, hub_id: str) -> AsyncIterator[Runtime
                     kind, obj = change.get("type"), change.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
-                            version = ""
+                            cursor.version = ""
                             break
-                        raise KubeError(
-                            f"Kubernetes watch: {obj.get('message', 'error')}", status=int(obj.get("code") or 0)
-                        )
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if kind == "BOOKMARK":
-                        continue
-                    name = obj["metadata"]["name"]
-                    seen, events = transitions(known.get(name), obj, deleted=kind == "DELETED")
-                    if seen is None:
-                        known.pop(name, None)
-                    else:
-                        known[name] = seen
-                    for item in events:
-                        yield item
+                        detail = f"Kubernetes watch: {obj.get('message', 'error')}"
+                        raise KubeError(detail, status=int(obj.get("code") or 0))
+                    if kind != "BOOKMARK":
+                        for item in _apply(cursor, obj, deleted=kind == "DELETED"):
+                            yield item
+                    cursor.version = str((obj.get("metadata") or {}).get("resourceVersion") or cursor.version)
         except KubeError as exc:
             if exc.api_status != 410:
                 raise
-            version = ""
+            cursor.version = ""
+
+
+def _apply(cursor: WatchCursor, pod: dict[str, Any], *, deleted: bool) -> list[RuntimeEvent]:
+    name = pod["metadata"]["name"]
+    seen, events = transitions(cursor.known.get(name), pod, deleted=deleted)
+    if seen is None:
+        cursor.known.pop(name, None)
+    else:
+        cursor.known[name] = seen
+    return events
+
+
+async def _relist(conn: KubeConnection, hub_id: str, cursor: WatchCursor) -> AsyncIterator[RuntimeEvent]:
+    """List the pods (a first start, or after 410 Gone): what changed since the cursor's pods are events."""
+    listing = await conn.request("GET", conn.path("pods"), params={"labelSelector": selector(hub_id)})
+    current: dict[str, Seen] = {}
+    for pod in listing.get("items") or []:
+        name = pod["metadata"]["name"]
+        seen, events = transitions(cursor.known.get(name), pod)
+        if seen is not None:
+            current[name] = seen
+        if cursor.listed:
+            for item in events:
+                yield item
+    if cursor.listed:
+        for name in set(cursor.known) - set(current):
+            labels = {LABEL_WORKSPACE: name.removeprefix("codehub-")}
+            gone = {"metadata": {"name": name, "uid": cursor.known[name].uid, "labels": labels}}
+            for item in transitions(cursor.known[name], gone, deleted=True)[1]:
+                yield item
+    cursor.known, cursor.listed = current, True
+    cursor.version = str(listing["metadata"]["resourceVersion"])
