@@ -113,7 +113,7 @@ async def namespace(kubeconfig: str) -> AsyncIterator[str]:
         yield name
 
 
-def test_server_side_dry_run(namespace: str) -> None:
+async def test_server_side_dry_run(namespace: str) -> None:
     """The API server validates every object (schema, references, admission) without keeping any."""
     docs = moved(documents(), namespace, f"-{secrets.token_hex(3)}")
     done = kubectl("apply", "--dry-run=server", "-f", "-", input_text=json.dumps({"kind": "List", "apiVersion": "v1",
