@@ -78,8 +78,8 @@ class RuntimeKind(StrEnum):
     """The runtimes the hub ships; ``Workspace.runtime`` holds the kind a workspace started on."""
 
     DOCKER = "docker"
-    KUBERNETES = "kubernetes"
     LOCAL = "local"
+    KUBERNETES = "kubernetes"
 
 
 class StateColumn(TypeDecorator[WorkspaceState]):

@@ -46,9 +46,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     redis_url: str = ""
     redis_prefix: str = "codehub"
     docker_url: str = "auto"
-    runtime: Literal["auto", "docker", "kubernetes", "local"] = "auto"
+    runtime: Literal["auto", "docker", "local", "kubernetes"] = "auto"
     kubeconfig: str = ""
-    kube_namespace: str = "default"
+    kube_namespace: str = "codehub"
+    kube_storage_class: str = ""
+    kube_storage_size: str = "10Gi"
+    kube_read_only_root: bool = True
+    kube_cpu_request_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
     default_image: str = "codercom/code-server:latest"
     workspace_mount: str = "/home/coder/project"
     workspaces_dir: str = ""
@@ -150,10 +154,18 @@ SETTING_HELP: dict[str, str] = {
     "redis_url": "redis://host:6379/0 for cross-process events, cache and rate limits; empty = in-process.",
     "redis_prefix": "Prefix of every Redis key and channel this hub uses.",
     "docker_url": "Default Docker engine: auto (local socket when it answers), none, unix://… or tcp://….",
-    "runtime": "auto (Docker when an engine answers, else local processes), docker, kubernetes or local.",
-    "kubeconfig": "With runtime kubernetes: the cluster of the default server, a kubeconfig path on the hub or "
-    "in-cluster (the pod's service account).",
-    "kube_namespace": "With runtime kubernetes: the namespace the default server's workspaces run in.",
+    "runtime": "auto (Docker when an engine answers, else local processes), docker, local, or kubernetes (the "
+    "cluster of CODEHUB_KUBECONFIG, namespace CODEHUB_KUBE_NAMESPACE).",
+    "kubeconfig": "Kubeconfig file of the Kubernetes cluster workspaces run on (CODEHUB_RUNTIME=kubernetes), or "
+    "in-cluster for the hub pod's service account.",
+    "kube_namespace": "Namespace of the workspace pods, claims and network policies.",
+    "kube_storage_class": "StorageClass of the workspace home claims (WaitForFirstConsumer works); empty = the "
+    "cluster's default class.",
+    "kube_storage_size": "Size each workspace home claim requests (a Kubernetes quantity such as 10Gi).",
+    "kube_read_only_root": "Run workspace pods with a read-only root filesystem (home and /tmp stay writable); off "
+    "for images that write elsewhere.",
+    "kube_cpu_request_ratio": "Share of a workspace's CPU limit its pod requests (1 = Guaranteed QoS; lower packs "
+    "mostly idle IDEs on fewer nodes).",
     "default_image": "Image for new workspaces.",
     "workspace_mount": "Mount point of a bind-mounted workspace directory inside the container (Docker workspaces "
     "keep their files in a home volume instead, the project at <home>/project).",
@@ -317,7 +329,9 @@ def _check(settings: Settings) -> None:
     ):
         raise SettingsError("CODEHUB_DOCKER_URL must be auto, none, unix://… or tcp://…")
     if settings.runtime == "kubernetes" and not settings.kubeconfig:
-        raise SettingsError("CODEHUB_RUNTIME=kubernetes needs CODEHUB_KUBECONFIG (a kubeconfig path or in-cluster)")
+        raise SettingsError("CODEHUB_RUNTIME=kubernetes needs CODEHUB_KUBECONFIG (a kubeconfig path, or in-cluster)")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", settings.kube_namespace):
+        raise SettingsError("CODEHUB_KUBE_NAMESPACE must be a Kubernetes namespace name (lower-case, digits, '-')")
     if settings.default_cpu > settings.max_cpu:
         raise SettingsError("CODEHUB_DEFAULT_CPU is larger than CODEHUB_MAX_CPU")
     if settings.default_memory_mb > settings.max_memory_mb:

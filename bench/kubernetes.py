@@ -45,7 +45,8 @@ KUBECONFIG = os.environ.get("CODEHUB_TEST_KUBECONFIG", "/run/codehub-k8s/admin.k
 KUBECTL = os.environ.get("CODEHUB_TEST_KUBECTL", "/var/cache/codehub-k8s/v1.20.2/bin/kubectl")
 NODE_SCRIPT = ROOT / "scripts" / "kubernetes-node.sh"
 IDE_PORT = 8080
-CPU, MEMORY_MB = "500m", 512
+CPU, MEMORY_MB = "100m", 256  # small: the test cluster's node has 2 cores for a burst of 10
+HOME = "/home/coder"
 
 
 def kubectl(*args: str) -> list[str]:
@@ -62,18 +63,23 @@ def why_not() -> str | None:
 
 
 def raw_overrides(image: str) -> str:
-    """The raw pod: the hub's image, resources, security context and readiness probe, nothing else."""
+    """The raw pod: the hub's image, resources, security context, read-only root with a writable home and /tmp,
+    and readiness probe; emptyDirs instead of the hub's PVC."""
     resources = {"cpu": CPU, "memory": f"{MEMORY_MB}Mi"}
     container = {
         "name": "ide",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
+        "workingDir": HOME,
+        "env": [{"name": "HOME", "value": HOME}],
+        "ports": [{"name": "ide", "containerPort": IDE_PORT}],
         "resources": {"requests": resources, "limits": resources},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 1000,
             "runAsGroup": 1000,
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
         "readinessProbe": {
@@ -82,8 +88,22 @@ def raw_overrides(image: str) -> str:
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
+        "volumeMounts": [{"name": "home", "mountPath": HOME}, {"name": "tmp", "mountPath": "/tmp"}],
     }
-    return json.dumps({"apiVersion": "v1", "spec": {"containers": [container], "automountServiceAccountToken": False}})
+    spec = {
+        "containers": [container],
+        "volumes": [{"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return json.dumps({"apiVersion": "v1", "spec": spec})
 
 
 async def raw_run(image: str, namespace: str, name: str) -> float:
@@ -134,7 +154,10 @@ def hub_env(data: Path, namespace: str, image: str, port: int) -> dict[str, str]
             "CODEHUB_DOCKER_URL": "none",
             "CODEHUB_HUB_ID": namespace,
             "CODEHUB_DEFAULT_IMAGE": image,
-            "CODEHUB_DEFAULT_CPU": "0.5",
+            "CODEHUB_DEFAULT_CPU": "0.1",
+            "CODEHUB_KUBE_STORAGE_CLASS": "local",
+            "CODEHUB_KUBE_STORAGE_SIZE": "1Gi",
+            "CODEHUB_WORKSPACE_HOME": HOME,
             "CODEHUB_DEFAULT_MEMORY_MB": str(MEMORY_MB),
             "CODEHUB_START_TIMEOUT": "180",
             "CODEHUB_LOG_LEVEL": "warning",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import pytest
 import yaml
 
 from app.services.runtime.kubernetes.cluster_checks import ACCESS, Access
-from tests.support.kubernetes import kubeconfig_for_token, made_namespace, service_account_token
+from tests.support.kubernetes import kube_namespace, kubeconfig_for_token, service_account_token
 from tests.support.server import running_hub
 from tests.support.services import kubectl
 from tests.support.settings import make_settings
 
+pytestmark = pytest.mark.anyio
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 ACCOUNT = "codehub-hub"
 CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
@@ -106,12 +107,13 @@ def test_the_hub_deployment() -> None:
 
 
 @pytest.fixture(scope="module")
-def namespace(kubeconfig: str) -> Iterator[str]:
-    with made_namespace("deploy") as name:
+async def namespace(kubeconfig: str) -> AsyncIterator[str]:
+    """A namespace of this module's own on the test cluster (deleted after)."""
+    async with kube_namespace("deploy") as name:
         yield name
 
 
-def test_server_side_dry_run(namespace: str) -> None:
+async def test_server_side_dry_run(namespace: str) -> None:
     """The API server validates every object (schema, references, admission) without keeping any."""
     docs = moved(documents(), namespace, f"-{secrets.token_hex(3)}")
     done = kubectl("apply", "--dry-run=server", "-f", "-", input_text=json.dumps({"kind": "List", "apiVersion": "v1",
@@ -127,7 +129,6 @@ def test_server_side_dry_run(namespace: str) -> None:
     assert dry.returncode == 0, dry.stderr
 
 
-@pytest.mark.anyio
 async def test_the_service_account_can_do_what_the_hub_needs_here_only(
     namespace: str, tmp_path: Path, sqlite_url: str
 ) -> None:

@@ -1,4 +1,5 @@
-"""The Docker runtime against the real engine and the locally built workspace image."""
+"""The container runtimes against real engines and the locally built workspace image: each test runs on the
+Docker engine and on the Kubernetes test cluster (``runtime`` is parametrized), Docker-only checks say so."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -24,19 +26,33 @@ from app.services.runtime.base import (
 from app.services.runtime.cache import MemoryStatusCache
 from app.services.runtime.common import resolve_container_user
 from app.services.runtime.docker import IDE_CAPABILITIES, DockerRuntime
-from tests.support.runtime import make_spec
+from app.services.runtime.kubernetes.runtime import KubernetesRuntime
+from tests.support.kubernetes import ensure_volumes, kube_namespace, kube_runtime
+from tests.support.runtime import RUNTIMES, project_of, spec_for
 from tests.support.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-async def runtime() -> AsyncIterator[DockerRuntime]:
-    """One runtime (aiodocker client) for the module, with an in-process status cache."""
+@pytest.fixture(scope="module", params=RUNTIMES)
+async def runtime(request: pytest.FixtureRequest, hub_id: str) -> AsyncIterator[Any]:
+    """One runtime for the module (Docker, or Kubernetes in a namespace of its own), with an in-process cache."""
+    if request.param == "kubernetes":
+        ensure_volumes(10)
+        async with kube_namespace("rt") as namespace, kube_runtime(namespace, hub_id=hub_id) as rt:
+            yield rt
+        return
     url = need_docker(TEST_IMAGE)
     async with DockerRuntime(url, status_cache=MemoryStatusCache(), status_ttl=30) as rt:
         yield rt
+
+
+def docker_only(runtime: Any) -> DockerRuntime:
+    """Skip a check of Docker's own objects on another runtime."""
+    if not isinstance(runtime, DockerRuntime):
+        pytest.skip("checks Docker's container and bind mount (the Kubernetes pod: test_kubernetes_runtime.py)")
+    return runtime
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +60,7 @@ async def running(
     runtime: DockerRuntime, hub_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[WorkspaceSpec, object]]:
     """One running workspace shared by the read-only tests of this module."""
-    spec = make_spec(hub_id, tmp_path_factory.mktemp("docker"))
+    spec = spec_for(runtime, hub_id, tmp_path_factory.mktemp("docker"))
     endpoint = await runtime.start(spec, ready_timeout=30)
     yield spec, endpoint
     await runtime.remove(spec.id)
@@ -52,7 +68,7 @@ async def running(
 
 async def test_endpoint_answers_http(running: tuple[WorkspaceSpec, object]) -> None:
     _, endpoint = running
-    assert endpoint.host == "127.0.0.1" and endpoint.port > 0 and len(endpoint.container_id) == 64
+    assert endpoint.port > 0 and endpoint.container_id
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{endpoint.url}/healthz")).text.strip() == "ok"
         echoed = (await client.get(f"{endpoint.url}/some/path?q=1")).json()
@@ -61,7 +77,9 @@ async def test_endpoint_answers_http(running: tuple[WorkspaceSpec, object]) -> N
 
 async def test_container_is_labelled_limited_and_hardened(runtime: DockerRuntime, running, hub_id: str) -> None:
     spec, endpoint = running
-    info = await runtime.docker.containers.container(endpoint.container_id).show()
+    docker = docker_only(runtime).docker
+    assert endpoint.host == "127.0.0.1" and len(endpoint.container_id) == 64
+    info = await docker.containers.container(endpoint.container_id).show()
     assert info["Name"] == f"/codehub-{spec.id}"
     labels = info["Config"]["Labels"]
     assert labels["codehub.workspace"] == spec.id
@@ -93,12 +111,12 @@ async def test_exec_argv_shell_env_workdir(runtime: DockerRuntime, running) -> N
         spec.id, ExecRequest(command="echo $FOO $EXTRA; pwd; echo oops >&2; exit 3", env={"EXTRA": "x"})
     )
     assert result.exit_code == 3
-    assert result.stdout == "bar x\n/workspace\n"
+    assert result.stdout == f"bar x\n{project_of(spec)}\n"
     assert result.stderr == "oops\n"
     assert result.duration_ms >= 0 and not result.truncated and not result.timed_out
     await runtime.exec(spec.id, ExecRequest(command="mkdir -p sub"))
     result = await runtime.exec(spec.id, ExecRequest(command="pwd", workdir="sub"))
-    assert result.stdout == "/workspace/sub\n"
+    assert result.stdout == f"{project_of(spec)}/sub\n"
 
 
 async def test_exec_timeout_kills_the_whole_group(runtime: DockerRuntime, running) -> None:
@@ -135,6 +153,7 @@ async def test_exec_stream_yields_output_live_then_exit(runtime: DockerRuntime, 
 
 async def test_files_written_in_the_container_belong_to_the_hub_user(runtime: DockerRuntime, running) -> None:
     spec, _ = running
+    docker_only(runtime)
     result = await runtime.exec(spec.id, ExecRequest(command="echo from-container > /workspace/made.txt"))
     assert result.exit_code == 0
     made = Path(spec.storage.name) / "made.txt"
@@ -203,7 +222,8 @@ async def test_terminal_runs_a_shell_with_resize(runtime: DockerRuntime, running
 
 
 async def test_stop_poll_events_remove(runtime: DockerRuntime, hub_id: str, tmp_path: Path) -> None:
-    spec = make_spec(hub_id, tmp_path)
+    spec = spec_for(runtime, hub_id, tmp_path)
+    kept = isinstance(runtime, DockerRuntime)  # a stopped container stays; a stopped pod is deleted
     events: list[object] = []
 
     async def collect() -> None:
@@ -219,14 +239,18 @@ async def test_stop_poll_events_remove(runtime: DockerRuntime, hub_id: str, tmp_
         states = await runtime.list_states(hub_id)
         assert any(s.workspace_id == spec.id and s.running for s in states)
         assert await runtime.stop(spec.id, grace=5) == 0
-        assert await runtime.poll(spec.id) == 0
         state = await runtime.inspect(spec.id)
-        assert state is not None and not state.running and state.exit_code == 0 and state.finished_at
+        if kept:
+            assert await runtime.poll(spec.id) == 0
+            assert state is not None and not state.running and state.exit_code == 0 and state.finished_at
+        else:
+            assert state is None
         with pytest.raises(WorkspaceNotRunning):
             await runtime.exec(spec.id, ExecRequest(command="true"))
         await runtime.remove(spec.id, purge=True)
         assert await runtime.inspect(spec.id) is None
-        assert not Path(spec.storage.name).exists()
+        if kept:
+            assert not Path(spec.storage.name).exists()
         with pytest.raises(UnknownWorkspace):
             await runtime.poll(spec.id)
         with anyio.fail_after(10):
@@ -239,7 +263,7 @@ async def test_stop_poll_events_remove(runtime: DockerRuntime, hub_id: str, tmp_
 
 
 async def test_missing_image_fails_with_a_reason(runtime: DockerRuntime, hub_id: str, tmp_path: Path) -> None:
-    spec = make_spec(hub_id, tmp_path, image="codehub/no-such-image:never")
+    spec = spec_for(runtime, hub_id, tmp_path, image="codehub/no-such-image:never")
     with pytest.raises(ImageNotFound) as caught:
         await runtime.start(spec)
     assert "codehub/no-such-image:never" in caught.value.detail
@@ -250,7 +274,7 @@ async def test_missing_image_fails_with_a_reason(runtime: DockerRuntime, hub_id:
 async def test_ide_that_exits_fails_the_start_with_its_logs(
     runtime: DockerRuntime, hub_id: str, tmp_path: Path
 ) -> None:
-    spec = make_spec(hub_id, tmp_path, command=("sh", "-c", "echo boom-before-exit; exit 3"))
+    spec = spec_for(runtime, hub_id, tmp_path, command=("sh", "-c", "echo boom-before-exit; exit 3"))
     with pytest.raises(StartFailed) as caught:
         await runtime.start(spec, ready_timeout=20)
     assert "code 3" in caught.value.detail
@@ -259,16 +283,17 @@ async def test_ide_that_exits_fails_the_start_with_its_logs(
 
 
 async def test_ide_that_never_answers_times_out(runtime: DockerRuntime, hub_id: str, tmp_path: Path) -> None:
-    spec = make_spec(hub_id, tmp_path, command=("sh", "-c", "echo still-booting; exec sleep 60"))
+    spec = spec_for(runtime, hub_id, tmp_path, command=("sh", "-c", "echo still-booting; exec sleep 60"))
     with pytest.raises(StartFailed) as caught:
         await runtime.start(spec, ready_timeout=1.5)
     assert "did not answer HTTP within 1.5s" in caught.value.detail
     assert "still-booting" in caught.value.logs
-    assert await runtime.poll(spec.id) is not None, "a timed-out start leaves nothing running"
+    state = await runtime.inspect(spec.id)
+    assert state is None or not state.running, "a timed-out start leaves nothing running"
 
 
 async def test_start_replaces_a_leftover_container(runtime: DockerRuntime, hub_id: str, tmp_path: Path) -> None:
-    spec = make_spec(hub_id, tmp_path)
+    spec = spec_for(runtime, hub_id, tmp_path)
     first = await runtime.start(spec, ready_timeout=30)
     second = await runtime.start(spec, ready_timeout=30)
     assert first.container_id != second.container_id
@@ -280,14 +305,20 @@ async def test_start_replaces_a_leftover_container(runtime: DockerRuntime, hub_i
 async def test_engine_info(runtime: DockerRuntime) -> None:
     info = await runtime.info()
     assert info.ok and info.version and info.api_version and info.latency_ms >= 0
-    async with DockerRuntime("tcp://127.0.0.1:1") as dead:
+    dead: Any = (
+        DockerRuntime("tcp://127.0.0.1:1")
+        if isinstance(runtime, DockerRuntime)
+        else KubernetesRuntime("/nonexistent/kubeconfig", "none")
+    )
+    async with dead:
         down = await dead.info()
     assert not down.ok and down.error
 
 
 async def test_real_code_server_starts(runtime: DockerRuntime, hub_id: str, tmp_path: Path) -> None:
-    need_docker(CODE_SERVER_IMAGE)
-    spec = make_spec(hub_id, tmp_path, image=CODE_SERVER_IMAGE, mount="/home/coder/project", memory_mb=1024)
+    if isinstance(runtime, DockerRuntime):
+        need_docker(CODE_SERVER_IMAGE)
+    spec = spec_for(runtime, hub_id, tmp_path, image=CODE_SERVER_IMAGE, mount="/home/coder/project", memory_mb=1024)
     endpoint = await runtime.start(spec, ready_timeout=60)
     try:
         async with httpx.AsyncClient() as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from app.db import SessionMaker, create_engine, create_sessionmaker
 from app.errors import ServiceUnavailable
@@ -64,3 +65,24 @@ async def test_kind_and_placement_decisions(tmp_path: Path, sqlite_url: str) -> 
     pinned = engines(tmp_path, runtime="local")
     pinned.server_added()
     assert pinned.default_kind == "local" and not pinned.new_workspaces_need_server()
+
+
+@pytest.mark.anyio
+async def test_runtime_kubernetes_registers_its_cluster_once(tmp_path: Path, sqlite_url: str) -> None:
+    """``CODEHUB_RUNTIME=kubernetes``: the namespace of ``CODEHUB_KUBECONFIG`` becomes the default server, once
+    (nothing is contacted at boot)."""
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=sqlite_url,
+        runtime="kubernetes",
+        kubeconfig="/k/config",
+        kube_namespace="team-a",
+    )
+    sessionmaker = sessionmaker_of(tmp_path, sqlite_url)
+    for _boot in range(2):
+        async with Engines(settings, sessionmaker, MemoryStatusCache()) as hub:
+            await hub.boot()
+            assert hub.default_kind == "kubernetes" and hub.new_workspaces_need_server()
+    async with sessionmaker() as session:
+        rows = [(s.kind, s.kubeconfig, s.namespace, s.is_default) for s in await session.scalars(select(Server))]
+    assert rows == [("kubernetes", "/k/config", "team-a", True)]

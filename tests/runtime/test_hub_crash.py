@@ -1,4 +1,5 @@
-"""A hub killed with SIGKILL in the middle of a start, then restarted: a true state and no orphans."""
+"""A hub killed with SIGKILL in the middle of a start, then restarted: a true state and no orphans, on the Docker
+engine and on the Kubernetes test cluster."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from app.factory import create_app
+from app.settings import Settings
 from tests.support.databases import fresh_database
+from tests.support.kubernetes import claims, ensure_volumes, kube_namespace, pods
 from tests.support.lifecycle import create, event_history, wait_state
-from tests.support.runtime import containers, remove_hub_containers
+from tests.support.runtime import RUNTIMES, containers, remove_hub_containers
 from tests.support.server import admin_token, free_port, serve_asgi
-from tests.support.settings import docker_settings
+from tests.support.settings import docker_settings, kube_settings
 
 pytestmark = pytest.mark.anyio
 SLOW_IDE = "sh -c 'echo slow boot; sleep 3; exec /usr/local/bin/wsecho 8080'"
@@ -30,6 +35,41 @@ def own_db(tmp_path: Path) -> Iterator[str]:
     """A migrated SQLite database shared by the killed hub and its successor."""
     with fresh_database("sqlite", tmp_path) as url:
         yield url
+
+
+@dataclass
+class Engine:
+    """One runtime under test: the hub's settings for it, and its workspaces as the engine lists them."""
+
+    kind: str
+    namespace: str = ""
+
+    def settings(self, tmp_path: Path, db: str, **overrides: Any) -> Settings:
+        """A hub on this engine."""
+        if self.kind == "kubernetes":
+            return kube_settings(tmp_path, db, self.namespace, **overrides)
+        return docker_settings(tmp_path, db, **overrides)
+
+    async def running(self, label: str) -> list[tuple[str, bool]]:
+        """(name, running) of the workspace containers or pods carrying ``label``."""
+        if self.kind == "kubernetes":
+            return [(str(p["name"]), bool(p["running"])) for p in await pods(self.namespace, label)]
+        return [(c["Names"], c["State"] == "running") for c in containers(label)]
+
+    async def homes(self, hub_id: str) -> list[str]:
+        """The workspace homes this hub deployment has on the engine (claims; Docker volumes are not checked)."""
+        return await claims(self.namespace, f"codehub.hub={hub_id}") if self.kind == "kubernetes" else []
+
+
+@pytest.fixture(params=RUNTIMES)
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    """The Docker engine, or a namespace of its own on the Kubernetes test cluster."""
+    if request.param == "kubernetes":
+        ensure_volumes(6)
+        async with kube_namespace("crash") as namespace:
+            yield Engine("kubernetes", namespace)
+        return
+    yield Engine("docker")
 
 
 def hub_env(settings, port: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -48,6 +88,11 @@ def hub_env(settings, port: int) -> dict[str, str]:  # type: ignore[no-untyped-d
         "default_memory_mb",
         "default_cpu",
         "redis_prefix",
+        "kubeconfig",
+        "kube_namespace",
+        "kube_storage_class",
+        "kube_storage_size",
+        "kube_cpu_request_ratio",
     ):
         env[f"CODEHUB_{name.upper()}"] = str(getattr(settings, name))
     env.update({"CODEHUB_PORT": str(port), "CODEHUB_HOST": "127.0.0.1", "CODEHUB_LOG_LEVEL": "warning"})
@@ -56,8 +101,8 @@ def hub_env(settings, port: int) -> dict[str, str]:  # type: ignore[no-untyped-d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [SLOW_IDE, STUCK_IDE], ids=["ide-comes-up", "ide-never-answers"])
-async def test_sigkill_during_start_then_restart(tmp_path: Path, own_db: str, command: str) -> None:
-    first = docker_settings(tmp_path, own_db, workspace_command=command, start_timeout=30)
+async def test_sigkill_during_start_then_restart(tmp_path: Path, own_db: str, command: str, engine: Engine) -> None:
+    first = engine.settings(tmp_path, own_db, workspace_command=command, start_timeout=30)
     token = await admin_token(first)
     port = free_port()
     process = subprocess.Popen(
@@ -82,22 +127,22 @@ async def test_sigkill_during_start_then_restart(tmp_path: Path, own_db: str, co
             assert (await client.post(f"/api/workspaces/{ws['id']}/start")).status_code == 202
             with anyio.fail_after(20):
                 # killed once the container runs: a created-but-never-started one is a failed start by design
-                while not any(c["State"] == "running" for c in containers(f"codehub.workspace={ws['id']}")):
+                while not any(running for _, running in await engine.running(f"codehub.workspace={ws['id']}")):
                     await anyio.sleep(0.05)
             assert (await client.get(f"/api/workspaces/{ws['id']}")).json()["state"] == "starting"
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
-        second = docker_settings(tmp_path, own_db, workspace_command=SLOW_IDE, start_timeout=5, hub_id=first.hub_id)
+        second = engine.settings(tmp_path, own_db, workspace_command=SLOW_IDE, start_timeout=5, hub_id=first.hub_id)
         async with (
             serve_asgi(create_app(second)) as url,
             httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client,
         ):
             body = await wait_state(client, ws["id"], {"running", "failed"}, timeout=40)
-            left = containers(f"codehub.hub={first.hub_id}")
+            left = await engine.running(f"codehub.hub={first.hub_id}")
             if command == SLOW_IDE:
                 assert body["state"] == "running", body["state_reason"]
-                assert [c["Names"] for c in left] == [f"codehub-{ws['id']}"] and left[0]["State"] == "running"
+                assert left == [(f"codehub-{ws['id']}", True)], left
                 status = (await client.get(f"/api/workspaces/{ws['id']}/status")).json()
                 assert status["ide_healthy"] is True
                 events = await event_history(client, f"workspace:{ws['id']}", "workspace.running")
@@ -106,9 +151,10 @@ async def test_sigkill_during_start_then_restart(tmp_path: Path, own_db: str, co
                 assert body["state"] == "failed"
                 assert left == [], left
                 assert "hub stopped during the start" in body["state_reason"]
+            assert await engine.homes(first.hub_id) in ([], [f"codehub-home-{ws['id']}"])
             r = await client.post(f"/api/workspaces/{ws['id']}/restart", params={"wait": "true"})
             assert r.json()["state"] == "running", r.text
-            assert len(containers(f"codehub.hub={first.hub_id}")) == 1
+            assert len(await engine.running(f"codehub.hub={first.hub_id}")) == 1
     finally:
         if process.poll() is None:
             process.kill()

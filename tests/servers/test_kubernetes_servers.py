@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,26 @@ import anyio
 import httpx
 import pytest
 
-from tests.support.kubernetes import kubeconfig_for_token, made_namespace, service_account_token, wait_quota_counted
+from tests.support.kubernetes import (
+    ensure_volumes,
+    kube_namespace,
+    kubeconfig_for_token,
+    service_account_token,
+    wait_quota_counted,
+)
+from tests.support.lifecycle import wait_state
 from tests.support.server import Hub, running_hub
-from tests.support.services import kubectl, need_docker
-from tests.support.settings import docker_settings
+from tests.support.services import TEST_IMAGE, kubectl, need_docker
+from tests.support.settings import docker_settings, make_settings
 
 pytestmark = pytest.mark.anyio
 SECRET_TOKEN = "s3cr3t-" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
-def namespace(kubeconfig: str) -> Iterator[str]:
+async def namespace(kubeconfig: str) -> AsyncIterator[str]:
     """A namespace of this module's own on the test cluster (deleted after)."""
-    with made_namespace("srv") as name:
+    async with kube_namespace("srv") as name:
         yield name
 
 
@@ -126,6 +133,9 @@ async def test_placement_follows_the_namespace_quota(hub: Hub, kubeconfig: str, 
         assert r.status_code == 422 and r.json()["error"] == "cross_kind_move", r.text
         r = await admin.post(place, json={"server_id": cluster["id"], "leave_files": True})
         assert r.status_code == 200 and r.json()["server_id"] == cluster["id"], r.text
+        other = (await register(admin, kubeconfig=kubeconfig, namespace=namespace)).json()
+        r = await admin.post(place, json={"server_id": other["id"]})  # no PVC copy between clusters either
+        assert r.status_code == 422 and r.json()["error"] == "cross_kind_move", r.text
 
 
 async def test_fields_of_the_other_kind_and_bad_values_are_422(hub: Hub, kubeconfig: str) -> None:
@@ -230,3 +240,37 @@ async def test_non_admins_cannot_register_or_test(hub: Hub, kubeconfig: str) -> 
         target = (await register(admin, kubeconfig=kubeconfig, namespace="default")).json()
         assert (await client.post(f"/api/admin/servers/{target['id']}/test")).status_code == 403
         assert (await client.get("/api/admin/servers")).status_code == 403
+
+
+async def test_runtime_kubernetes_makes_the_cluster_the_default_server(
+    kubeconfig: str, namespace: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    """``CODEHUB_RUNTIME=kubernetes``: the namespace is registered as the default server, and a workspace
+    created without a server is placed there and runs as a pod (the hub then stops cleanly)."""
+    ensure_volumes(4)
+    settings = make_settings(
+        tmp_path / "data",
+        database_url=sqlite_url,
+        runtime="kubernetes",
+        kubeconfig=kubeconfig,
+        kube_namespace=namespace,
+        kube_storage_class="local",
+        kube_storage_size="1Gi",
+        default_image=TEST_IMAGE,
+        default_cpu=0.1,
+        default_memory_mb=128,
+        start_timeout=120,
+    )
+    async with running_hub(settings) as hub, hub.client() as admin:
+        servers = (await admin.get("/api/admin/servers")).json()
+        assert [(s["kind"], s["namespace"], s["is_default"]) for s in servers] == [("kubernetes", namespace, True)]
+        r = await admin.post("/api/workspaces", json={"name": "on-cluster"})
+        assert r.status_code == 201 and r.json()["server_id"] == servers[0]["id"], r.text
+        ws = r.json()
+        assert (await admin.post(f"/api/workspaces/{ws['id']}/start")).status_code == 202
+        running = await wait_state(admin, ws["id"], {"running", "failed"}, timeout=150)
+        assert running["state"] == "running", running
+        pods = kubectl("-n", namespace, "get", "pods", "-o", "name").stdout
+        assert f"pod/codehub-{ws['id']}" in pods
+        r = await admin.delete(f"/api/workspaces/{ws['id']}", params={"purge": "true"})
+        assert r.status_code in (200, 204), r.text

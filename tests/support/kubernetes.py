@@ -1,31 +1,96 @@
-"""The test cluster (scripts/kubernetes-node.sh) as tests use it through kubectl: namespaces of their own,
-ResourceQuotas the controller has counted, service-account tokens and kubeconfigs made from them."""
+"""The test cluster (scripts/kubernetes-node.sh): a namespace of its own per test module, PersistentVolumes to
+bind, runtimes on it, what the runtime left there, ResourceQuotas the controller has counted, and
+service-account tokens with kubeconfigs made from them."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
 import yaml
 
-from tests.support.services import kubectl, need_kubernetes
+from app.services.runtime.cache import MemoryStatusCache
+from app.services.runtime.kubernetes.connection import KubeConnection
+from app.services.runtime.kubernetes.runtime import KubernetesRuntime
+from tests.support.services import TEST_IMAGE, kubectl, need_kubernetes
+
+STORAGE_CLASS = "local"  # the test cluster's WaitForFirstConsumer class of hostPath volumes
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kubernetes-node.sh"
+CPU_REQUEST_RATIO = 0.1  # a 2-core node runs many test workspaces
 
 
-@contextmanager
-def made_namespace(prefix: str) -> Iterator[str]:
-    """A new namespace ``codehub-t-<prefix>-<hex>``, deleted (without waiting) afterwards."""
-    name = f"codehub-t-{prefix}-{secrets.token_hex(3)}"
-    kubectl("create", "namespace", name).check_returncode()
+def ensure_volumes(count: int) -> None:
+    """At least ``count`` PersistentVolumes Available (the test cluster has no provisioner; bound ones stay);
+    needs root, as the cluster does."""
+    if os.getuid() == 0:
+        subprocess.run(["bash", str(NODE_SCRIPT), "pv", str(count)], capture_output=True, timeout=120, check=False)
+
+
+@asynccontextmanager
+async def kube_namespace(prefix: str = "t") -> AsyncIterator[str]:
+    """A fresh namespace, deleted (with everything in it) at the end."""
+    kubeconfig = need_kubernetes()
+    name = f"codehub-{prefix}-{secrets.token_hex(4)}"
+    conn = KubeConnection(kubeconfig, name)
+    await conn.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
     try:
         yield name
     finally:
-        kubectl("delete", "namespace", name, "--wait=false")
+        await conn.request("DELETE", f"/api/v1/namespaces/{name}", missing_ok=True)
+        await conn.close()
+
+
+def kube_runtime(namespace: str, *, hub_id: str = "", **options: object) -> KubernetesRuntime:
+    """A runtime on ``namespace`` of the test cluster, with the test image as its file helper."""
+    values: dict[str, object] = {
+        "status_cache": MemoryStatusCache(),
+        "status_ttl": 30,
+        "hub_id": hub_id,
+        "helper_image": TEST_IMAGE,
+        "storage_class": STORAGE_CLASS,
+        "storage_size": "1Gi",
+        "cpu_request_ratio": CPU_REQUEST_RATIO,
+    }
+    values.update(options)
+    return KubernetesRuntime(need_kubernetes(), namespace, **values)  # type: ignore[arg-type]
+
+
+async def pods(namespace: str, selector: str) -> list[dict[str, object]]:
+    """The pods of ``namespace`` matching a label selector: name, uid and whether the IDE runs."""
+    from app.services.runtime.kubernetes.states import is_running
+
+    conn = KubeConnection(need_kubernetes(), namespace)
+    try:
+        found = await conn.request("GET", conn.path("pods"), params={"labelSelector": selector})
+    finally:
+        await conn.close()
+    return [
+        {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"], "running": is_running(pod)}
+        for pod in found.get("items") or []
+        if not pod["metadata"].get("deletionTimestamp")
+    ]
+
+
+async def claims(namespace: str, selector: str) -> list[str]:
+    """The names of the PersistentVolumeClaims of ``namespace`` matching a label selector."""
+    conn = KubeConnection(need_kubernetes(), namespace)
+    try:
+        found = await conn.request("GET", conn.path("persistentvolumeclaims"), params={"labelSelector": selector})
+    finally:
+        await conn.close()
+    return [
+        claim["metadata"]["name"]
+        for claim in found.get("items") or []
+        if not claim["metadata"].get("deletionTimestamp")
+    ]
 
 
 async def wait_quota_counted(namespace: str, name: str, hard: dict[str, str], within: float = 30) -> None:

@@ -19,6 +19,8 @@ from app.services.runtime.docker import DockerRuntime
 from tests.support.services import TEST_IMAGE
 
 FAKE_IDE = Path(__file__).resolve().with_name("fake_ide.py")
+RUNTIMES = ["docker", "kubernetes"]
+"""The container runtimes the runtime-level tests run on (``runtime`` fixtures are parametrized with them)."""
 Started = tuple[WorkspaceSpec, Endpoint]
 
 
@@ -48,6 +50,19 @@ def make_spec(hub_id: str, tmp: Path, **overrides: object) -> WorkspaceSpec:
     }
     values.update(overrides)
     return WorkspaceSpec(**values)  # type: ignore[arg-type]
+
+
+def spec_for(runtime: Any, hub_id: str, tmp: Path, **overrides: object) -> WorkspaceSpec:
+    """``make_spec`` for ``runtime``: a Kubernetes workspace keeps its files in its claim, not a directory."""
+    if isinstance(runtime, DockerRuntime):
+        return make_spec(hub_id, tmp, **overrides)
+    workspace_id = str(overrides.pop("id", new_workspace_id()))
+    return make_spec(hub_id, tmp, id=workspace_id, storage=runtime.storage_ref(workspace_id), **overrides)
+
+
+def project_of(spec: WorkspaceSpec) -> str:
+    """The project directory inside the workspace (a bind mount, or ``<home>/project`` of a volume or claim)."""
+    return spec.mount if spec.storage.kind == "directory" else f"{spec.home.rstrip('/')}/project"
 
 
 @asynccontextmanager

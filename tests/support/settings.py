@@ -68,3 +68,29 @@ def code_server_settings(data_dir: Path, database_url: str, **overrides: Any) ->
         idle_timeout=0,
         **overrides,
     )
+
+
+def kube_settings(data_dir: Path, database_url: str, namespace: str, **overrides: object) -> Settings:
+    """A hub whose workspaces are pods of the small test image in ``namespace`` of the test cluster."""
+    from tests.support.kubernetes import CPU_REQUEST_RATIO, STORAGE_CLASS
+    from tests.support.services import need_kubernetes
+
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "runtime": "kubernetes",
+        "docker_url": "none",
+        "kubeconfig": need_kubernetes(),
+        "kube_namespace": namespace,
+        "kube_storage_class": STORAGE_CLASS,
+        "kube_storage_size": "1Gi",
+        "kube_cpu_request_ratio": CPU_REQUEST_RATIO,
+        "default_image": TEST_IMAGE,
+        "default_cpu": 0.5,
+        "default_memory_mb": 256,
+        "start_timeout": 20,
+        "stop_grace": 5,
+        "reconcile_interval": 0.5,
+        "orphan_grace": 1.0,
+    }
+    values.update(overrides)
+    return make_settings(data_dir, **values)

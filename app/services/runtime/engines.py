@@ -21,8 +21,10 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 from sqlalchemy import func, select
 
+import app.services.runtime.kubernetes.factory  # (registers the kubernetes kind)
 import app.services.runtime.local  # noqa: F401  (registers the local kind)
 from app.db import SessionMaker
 from app.errors import DomainError, ServiceUnavailable
@@ -85,10 +87,17 @@ class Engines:
         self._server_runtimes: dict[str, WorkspaceRuntime] = {}
         self._stack = AsyncExitStack()
         self._lock = anyio.Lock()
+        self._hosts = anyio.create_task_group()
+        self._closing = anyio.Event()
         self.probes = ServerProbes()
 
     async def __aenter__(self) -> Engines:
         await self._stack.__aenter__()
+        # Each server's runtime is entered and left in a host task of its own (``_host``), whatever task first
+        # asked for it: a runtime's task group must be left from its own scope. Left in reverse order: the
+        # hub-wide runtimes, then the hosts once told to close.
+        await self._stack.enter_async_context(self._hosts)
+        self._stack.callback(self._closing.set)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -102,7 +111,7 @@ class Engines:
         """Open the hub-wide runtimes, pick the default kind, register the local Docker engine once it answers."""
         settings = self.settings
         for entry in registered_runtimes():
-            if not entry.on_servers:
+            if not entry.on_servers and entry.enabled(settings):
                 runtime = entry.factory(RuntimeOptions(settings, self.cache))
                 self._hub_runtimes[entry.kind] = await self._stack.enter_async_context(runtime)
         if settings.runtime == "kubernetes":
@@ -175,6 +184,12 @@ class Engines:
         """True when a workspace created now must be placed on a server."""
         return self.needs_server(self.default_kind)
 
+    async def moves_files(self, source_id: str, target_id: str) -> bool:
+        """True when a workspace's files can be moved from server ``source_id`` to ``target_id`` (``move_volume``
+        copies Docker volumes, so both must be Docker engines)."""
+        kinds = {await self.kind_of_server(source_id), await self.kind_of_server(target_id)}
+        return kinds == {RuntimeKind.DOCKER.value}
+
     async def kind_to_start(self, ws: Workspace) -> str:
         """The kind ``ws`` starts as: the one it ran as, its server's kind when placed, else the default."""
         if ws.runtime:
@@ -203,7 +218,7 @@ class Engines:
             if server is None:
                 raise ServiceUnavailable(f"server {server_id} is not registered", code="server_gone")
             runtime = runtime_entry(server.kind).factory(RuntimeOptions(self.settings, self.cache, server))
-            await self._stack.enter_async_context(runtime)
+            await self._hosts.start(_host, runtime, self._closing)
             self._server_runtimes[server_id] = runtime
             return runtime
 
@@ -271,6 +286,15 @@ class Engines:
 
 
 _RuntimeGetter = Callable[[], Awaitable[WorkspaceRuntime]]
+
+
+async def _host(
+    runtime: WorkspaceRuntime, closing: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Hold ``runtime`` open in this task until the engines close."""
+    async with runtime:
+        task_status.started()
+        await closing.wait()
 
 
 def _getter(engines: Engines, server_id: str) -> _RuntimeGetter:

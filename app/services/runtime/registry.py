@@ -29,6 +29,10 @@ class RuntimeOptions:
 RuntimeFactory = Callable[[RuntimeOptions], WorkspaceRuntime]
 
 
+def _always(_settings: Settings) -> bool:
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeEntry:
     """A registered kind: how to build its runtime and whether workspaces of it are placed on servers."""
@@ -36,14 +40,18 @@ class RuntimeEntry:
     kind: str
     factory: RuntimeFactory
     on_servers: bool
+    enabled: Callable[[Settings], bool] = _always
+    """For a hub-wide kind: whether these settings open it (a kind that needs configuration opens only with it)."""
 
 
 _ENTRIES: dict[str, RuntimeEntry] = {}
 
 
-def register_runtime(kind: str, factory: RuntimeFactory, *, on_servers: bool = False) -> None:
+def register_runtime(
+    kind: str, factory: RuntimeFactory, *, on_servers: bool = False, enabled: Callable[[Settings], bool] = _always
+) -> None:
     """Make ``kind`` available; registering a kind again replaces its entry (tests swap in fakes)."""
-    _ENTRIES[str(kind)] = RuntimeEntry(str(kind), factory, on_servers)
+    _ENTRIES[str(kind)] = RuntimeEntry(str(kind), factory, on_servers, enabled)
 
 
 def runtime_entry(kind: str) -> RuntimeEntry:

@@ -301,9 +301,9 @@ class ServerService:
             raise Conflict(f"workspace is {current.state}; stop it before placing it", code="workspace_busy")
         kind = await self._engines.kind_of_server(server_id)
         moving = current.server_id is not None and current.server_id != server_id and not leave_files
-        if moving and current.server_id and await self._engines.kind_of_server(current.server_id) != kind:
+        if moving and current.server_id and not await self._engines.moves_files(current.server_id, server_id):
             raise Unprocessable(
-                "the hub moves files only between servers of one kind (Docker to Docker); place it with "
+                "the hub moves a workspace's files only from one Docker server to another; place it with "
                 "leave_files=true to move it without them (they stay where they are)",
                 code="cross_kind_move",
             )

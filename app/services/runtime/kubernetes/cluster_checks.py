@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import time
 from typing import Any
 
 import anyio
@@ -202,31 +201,11 @@ async def _count_nodes(conn: KubeConnection) -> int | None:
     return len((answer or {}).get("items") or [])
 
 
-async def _server_info(conn: KubeConnection) -> EngineInfo:
-    # "/version/": kr8s builds a path without an API group only from a base ("/version" has none)
-    begin = time.perf_counter()
-    try:
-        with anyio.fail_after(CHECK_TIMEOUT):
-            version = await conn.request("GET", "/version/") or {}
-    except TimeoutError:
-        return EngineInfo(
-            ok=False, error=f"the Kubernetes API of {conn.label} did not answer within {CHECK_TIMEOUT:g} s"
-        )
-    except DomainError as exc:
-        return EngineInfo(ok=False, error=exc.detail)
-    return EngineInfo(
-        ok=True,
-        version=str(version.get("gitVersion", "")),
-        api_version=f"{version.get('major', '')}.{version.get('minor', '')}",
-        latency_ms=round((time.perf_counter() - begin) * 1000, 2),
-    )
-
-
 async def cluster_report(conn: KubeConnection) -> ClusterReport:
     """Ask the API server of ``conn`` for its version, every ``ACCESS`` review, the nodes and the quota.
 
     A failure is part of the answer (``info.ok`` false with the error), never raised."""
-    info = await _server_info(conn)
+    info = await conn.info()
     if not info.ok:
         return ClusterReport(info=info, namespace=conn.namespace)
     results: dict[int, AccessResult] = {}

@@ -102,14 +102,23 @@ class KubeConnection:
 
     @asynccontextmanager
     async def _call(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> AsyncIterator[Any]:
+        """One call on kr8s's client; a 401 loads the credentials again (rotated tokens) and retries once."""
         api = await self.api()
-        base, _, tail = path.rpartition("/")
         try:
-            async with api.call_api(
-                method, version="", base=base, url=tail, raise_for_status=False, stream=stream, **kwargs
-            ) as response:
-                yield response
-        except (httpx.TransportError, OSError, kr8s.APITimeoutError) as exc:
+            for attempt in range(2):
+                client = await _session(api)
+                request = client.build_request(method, path, **kwargs)
+                response = await client.send(request, stream=stream)
+                try:
+                    if response.status_code == 401 and attempt == 0:
+                        await api.auth.reauthenticate()
+                        await api._create_session()
+                        continue
+                    yield response
+                    return
+                finally:
+                    await response.aclose()
+        except (httpx.TransportError, OSError) as exc:
             raise RuntimeUnavailable(
                 f"the Kubernetes API of {self.label} does not answer: {exc}", code="kubernetes_unavailable"
             ) from exc
@@ -147,9 +156,8 @@ class KubeConnection:
     @asynccontextmanager
     async def stream(self, path: str, *, params: dict[str, Any] | None = None) -> AsyncIterator[httpx.Response]:
         """A streamed GET (a watch, a followed log) without a read timeout."""
-        async with self._call("GET", path, params=params or {}, stream=True, timeout=httpx.Timeout(10, read=None)) as (
-            response
-        ):
+        timeout = httpx.Timeout(10, read=None)
+        async with self._call("GET", path, params=params or {}, stream=True, timeout=timeout) as response:
             if response.is_error:
                 await response.aread()
                 raise _error_of(response)

@@ -1,0 +1,136 @@
+"""Starting a workspace pod: claim, policy and pod, then the way to Running told as progress, then readiness.
+
+Steps reported through ``progress``: ``created`` (the pod's uid), then each change of ``scheduling``,
+``volume`` (a claim waiting to bind, ``WaitForFirstConsumer`` included), ``pulling`` and ``creating`` with
+the scheduler's or kubelet's message, ``container_started``, and readiness as the hub's own probe of
+``http://<pod IP>:<port>/healthz`` (the same check as the Docker runtime and the pod's readiness probe).
+A pending pod that stays pending fails the start with why: unschedulable, a claim not bound, an image that
+cannot be pulled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from app.services.runtime import common
+from app.services.runtime.base import Endpoint, ImageNotFound, Progress, StartFailed, WorkspaceSpec
+from app.services.runtime.common import ProcessExited, wait_until_ready
+from app.services.runtime.kubernetes import states
+from app.services.runtime.kubernetes.connection import KubeError
+from app.services.runtime.kubernetes.manifests import pod_manifest, project_dir
+
+if TYPE_CHECKING:
+    from app.services.runtime.kubernetes.runtime import KubernetesRuntime
+
+POLL = 0.2
+EVENTS_EVERY = 1.0
+LOG_TAIL_ON_FAILURE = 40
+
+
+async def _events(rt: KubernetesRuntime, pod: dict[str, Any]) -> list[dict[str, Any]]:
+    uid = pod["metadata"]["uid"]
+    found = await rt.conn.request("GET", rt.conn.path("events"), params={"fieldSelector": f"involvedObject.uid={uid}"})
+    return sorted((found or {}).get("items") or [], key=states.event_time)
+
+
+async def _create(rt: KubernetesRuntime, body: dict[str, Any], name: str) -> dict[str, Any]:
+    """Create the pod; a leftover of the same name is deleted first (and waited for)."""
+    for _attempt in range(3):
+        try:
+            created: dict[str, Any] = await rt.conn.request("POST", rt.conn.path("pods"), body=body)
+            return created
+        except KubeError as exc:
+            if exc.api_status != 409:
+                raise StartFailed(f"Kubernetes refused the pod: {exc.detail}") from exc
+            await rt.delete_pod(name, grace=0, wait=True)
+    raise StartFailed(f"pod name {name} stays taken")
+
+
+async def _until_running(
+    rt: KubernetesRuntime, pod: dict[str, Any], limit: float, progress: Progress | None
+) -> dict[str, Any]:
+    """Follow the pod until its IDE container runs (or ended), reporting each new step."""
+    name = pod["metadata"]["name"]
+    deadline = time.monotonic() + limit
+    last_step: tuple[str, str] = ("", "")
+    next_events = 0.0
+    while True:
+        if states.is_running(pod) or states.terminated(pod) is not None:
+            return pod
+        reason, message = states.waiting_reason(pod)
+        if reason in states.PULL_FAILURES:
+            raise ImageNotFound(f"image {pod['spec']['containers'][0]['image']} cannot be pulled: {reason}: {message}")
+        now = time.monotonic()
+        if progress and now >= next_events:
+            step = states.progress_step(pod, await _events(rt, pod))
+            if step != last_step:
+                last_step = step
+                await progress(step[0], {"detail": step[1]})
+            next_events = now + EVENTS_EVERY
+        if now >= deadline:
+            raise StartFailed(f"the pod is still pending after {limit:g}s: {reason}: {message}".rstrip(": "))
+        await anyio.sleep(POLL)
+        fresh = await rt.conn.request("GET", rt.conn.path("pods", name), missing_ok=True)
+        if fresh is None:
+            raise StartFailed("the pod was deleted while it started")
+        pod = fresh
+
+
+async def start_pod(
+    rt: KubernetesRuntime, spec: WorkspaceSpec, *, ready_timeout: float, progress: Progress | None
+) -> Endpoint:
+    """Start ``spec`` as a pod and wait until its IDE answers HTTP on the pod IP."""
+    name = spec.container_name
+    await common.concurrently(
+        lambda: rt.ensure_claim(spec.id, spec.hub_id),
+        lambda: rt.ensure_policy(spec.id, spec.hub_id, spec.ide_port),
+        lambda: rt.drop_status(spec.id),
+        lambda: rt.delete_pod(rt.helper_pod(spec.id), grace=0, wait=True),
+    )
+    body = pod_manifest(
+        spec,
+        user=rt.user,
+        read_only_root=rt.read_only_root,
+        pull_policy=rt.pull_policy,
+        pvc=rt.claim(spec.id),
+        cpu_request_ratio=rt.cpu_request_ratio,
+    )
+    pod = await _create(rt, body, name)
+    uid = pod["metadata"]["uid"]
+    try:
+        if progress:
+            await progress("created", {"container_id": uid})
+        pod = await _until_running(rt, pod, max(rt.schedule_timeout, ready_timeout), progress)
+        if not states.is_running(pod):
+            raise ProcessExited
+        endpoint = Endpoint(pod["status"]["podIP"], spec.ide_port, uid)
+
+        async def alive() -> bool:
+            state = await rt.inspect(spec.id)
+            return state is not None and state.running and state.container_id == uid
+
+        async def started() -> None:
+            code, _out, err = await rt.run_in(name, ["mkdir", "-p", "--", project_dir(spec.home)])
+            if code != 0:
+                raise StartFailed(f"the project directory could not be made: {err.decode(errors='replace')[-300:]}")
+            if progress:
+                await progress("container_started", {"container_id": uid})
+
+        await common.concurrently(lambda: wait_until_ready(endpoint.url, within=ready_timeout, alive=alive), started)
+        return endpoint
+    except ProcessExited:
+        state = await rt.inspect(spec.id)
+        lines = await rt.tail_text(name)
+        code = state.exit_code if state else None
+        raise StartFailed(f"the IDE exited with code {code} before answering HTTP", logs=lines) from None
+    except TimeoutError:
+        lines = await rt.tail_text(name)
+        await rt.delete_pod(name, grace=0, uid=uid)
+        raise StartFailed(f"the IDE did not answer HTTP within {ready_timeout:g}s", logs=lines) from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await rt.delete_pod(name, grace=0, uid=uid)
+        raise
