@@ -52,12 +52,14 @@ if [ -n "$failed" ]; then
   for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
   echo "$failed" >&2; exit 3
 fi
+set --
 while [ $n -gt 0 ]; do
   eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-  [ "$bak" = - ] || rm -f -- "$bak"
+  [ "$bak" = - ] || set -- "$@" "$bak"
   if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
   n=$((n-1))
 done
+[ $# -eq 0 ] || rm -f -- "$@"
 """
 SNAPSHOT_SCRIPT = r"""
 limit=$1; shift
