@@ -127,8 +127,8 @@ class HelperChannel:
 
     async def call(self, argv: list[str], data: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run ``argv`` (``data`` on its stdin): (exit code, stdout, stderr). A failure closes the channel."""
-        if any("\n" in arg for arg in argv):
-            raise ValueError("a field of a helper request cannot hold a newline")
+        if any("\n" in arg or "\0" in arg for arg in argv):
+            raise ValueError("a field of a helper request cannot hold a newline or a NUL")
         async with self._lock:
             if self.closed:
                 raise ChannelBroken("the channel is closed", sent=False)
