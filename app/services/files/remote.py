@@ -179,11 +179,8 @@ class Mirror:
         files = [p for p in reached if (e := self.seen[p]) is not None and e.kind == "file" and e.size <= content]
         datas = {p: read[p] for p in files if p in read and len(read[p]) == self.seen[p].size}  # type: ignore[union-attr]
         self.fetched.update(datas)
-        for parts in reached:
-            entry = self.seen[parts]
-            if entry is not None:
-                size = min(entry.size, content + 1)
-                await anyio.to_thread.run_sync(_materialize, self.local(parts), entry, datas.get(parts), size)
+        todo = [(self.local(p), e, datas.get(p), min(e.size, content + 1)) for p in reached if (e := self.seen[p])]
+        await anyio.to_thread.run_sync(_materialize_all, todo)  # one hop for them all, shallowest first
 
     async def children(self, parts: tuple[str, ...]) -> None:
         """Mirror whether a directory is empty (one placeholder entry when it is not)."""
@@ -193,6 +190,11 @@ class Mirror:
     def existing_dirs(self) -> set[tuple[str, ...]]:
         """Directories that exist remotely (seen as such)."""
         return {parts for parts, found in self.seen.items() if found is not None and found.kind == "dir"} | {()}
+
+
+def _materialize_all(todo: list[tuple[Path, RemoteStat, bytes | None, int]]) -> None:
+    for item in todo:
+        _materialize(*item)
 
 
 def _materialize(path: Path, found: RemoteStat, data: bytes | None, size: int) -> None:

@@ -127,8 +127,8 @@ class HelperChannel:
 
     async def call(self, argv: list[str], data: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run ``argv`` (``data`` on its stdin): (exit code, stdout, stderr). A failure closes the channel."""
-        if any("\n" in arg for arg in argv):
-            raise ValueError("a field of a helper request cannot hold a newline")
+        if any("\n" in arg or "\0" in arg for arg in argv):
+            raise ValueError("a field of a helper request cannot hold a newline or a NUL")
         async with self._lock:
             if self.closed:
                 raise ChannelBroken("the channel is closed", sent=False)
@@ -140,9 +140,9 @@ class HelperChannel:
             sent = False
             try:
                 with anyio.fail_after(CALL_TIMEOUT):
-                    await self._stream.write_in(request + data)
+                    await self._stream.write_in(request)
                     sent = True
-                    result = await self._answer(nonce)
+                    result = await self._exchange(nonce, data)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await self.close()
@@ -151,6 +151,19 @@ class HelperChannel:
                 raise
             self.last_used = time.monotonic()
             return result
+
+    async def _exchange(self, nonce: str, data: bytes) -> tuple[int, bytes, bytes]:
+        """Send the payload while the answer is read (a command may write before it has read everything)."""
+        if not data:
+            return await self._answer(nonce)
+        answers: list[tuple[int, bytes, bytes]] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._stream.write_in, data)
+                answers.append(await self._answer(nonce))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return answers[0]
 
     async def _answer(self, nonce: str) -> tuple[int, bytes, bytes]:
         out_mark = f"{nonce}\n".encode()

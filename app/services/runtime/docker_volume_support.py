@@ -52,9 +52,11 @@ if [ -n "$failed" ]; then
   for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
   echo "$failed" >&2; exit 3
 fi
+set --; i=$n
+while [ $i -gt 0 ]; do eval "bak=\$b_$i"; [ "$bak" = - ] || set -- "$@" "$bak"; i=$((i-1)); done
+[ $# -eq 0 ] || rm -f -- "$@"
 while [ $n -gt 0 ]; do
-  eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-  [ "$bak" = - ] || rm -f -- "$bak"
+  eval "tmp=\$t_$n dst=\$d_$n"
   if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
   n=$((n-1))
 done
