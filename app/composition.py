@@ -55,6 +55,7 @@ from app.streams.events.backend import open_hub
 from app.streams.events.hub import Hub
 from app.streams.net.http_transport import LinkTransport, direct_http
 from app.streams.relay.deps import RelayDeps
+from app.streams.relay.follow import follow_lifecycle
 from app.streams.relay.front import Relay
 from app.version import hub_version
 
@@ -166,7 +167,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         tasks.start_soon(log_pumps.loop)
         tasks.start_soon(relay.hold)
         tasks.start_soon(relay.activity.flush_loop)
-        tasks.start_soon(relay.follow_lifecycle)
+        tasks.start_soon(follow_lifecycle, relay)
         tasks.start_soon(relay.stats.sync_metrics)
         yield ctx
 
