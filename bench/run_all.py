@@ -120,6 +120,7 @@ def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
     output = "\n".join(lines)
     result = parse_result(output) or {"bench": name, "rows": []}
     result.update(bench=name, status=status, seconds=round(time.monotonic() - started, 1))
+    print(f"--- {name}: {status} in {result['seconds']:.0f} s", flush=True)
     if not result["rows"]:
         result["tail"] = lines[-15:]
     return result
