@@ -38,6 +38,7 @@ KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai", "dashboard")
 PREFIX = "BENCH_RESULT "
 SKIP = {"run_all"}
 QUICK_JOBS = 4
+LONGEST_FIRST = ("cluster", "relay", "api", "runtime", "dashboard")  # quick forms measured slowest: start them first
 QUICK: dict[str, list[str]] = {
     "api": ["--duration", "1", "--db", "postgres+redis"],
     "fanout": ["--subscribers", "200", "--duration", "2", "--drain", "2", "--no-ceiling"],
@@ -232,9 +233,11 @@ def main() -> int:
     if jobs == 1:
         results = [run_one(name, args.timeout, extra) for name, extra in planned]
     else:
+        first = [item for name in LONGEST_FIRST for item in planned if item[0] == name]
+        ordered = first + [item for item in planned if item not in first]
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futures = [pool.submit(run_one, name, args.timeout, extra, f"[{name}] ") for name, extra in planned]
-            results = [future.result() for future in futures]
+            futures = {name: pool.submit(run_one, name, args.timeout, extra, f"[{name}] ") for name, extra in ordered}
+            results = [futures[name].result() for name, _ in planned]
     print()
     print(table(results))
     if args.quick:
