@@ -33,7 +33,7 @@ from app.services.auth.identities import IdentityService
 from app.services.auth.oidc import OidcClient
 from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_limiter
 from app.services.auth.revocations import RedisRevocations
-from app.services.auth.users import AuthService
+from app.services.auth.users import AuthService, dummy_hash
 from app.services.files import patches
 from app.services.files.storage import WorkspaceStorage
 from app.services.groups.service import GroupService
@@ -94,6 +94,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         if revocations is not None:
             stack.push_async_callback(revocations.aclose)
         auth = AuthService(sessionmaker, settings, revocations)
+        await anyio.to_thread.run_sync(dummy_hash)
         oidc = OidcClient(settings, sessionmaker, server_key(settings) if settings.oidc_issuer else b"")
         stack.push_async_callback(oidc.aclose)
         audit = AuditLog(sessionmaker)
