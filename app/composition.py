@@ -33,7 +33,7 @@ from app.services.auth.identities import IdentityService
 from app.services.auth.oidc import OidcClient
 from app.services.auth.ratelimit import SharedAILimiter, api_limit, create_rate_limiter
 from app.services.auth.revocations import RedisRevocations
-from app.services.auth.users import AuthService
+from app.services.auth.users import AuthService, dummy_hash
 from app.services.files import patches
 from app.services.files.storage import WorkspaceStorage
 from app.services.groups.service import GroupService
@@ -55,6 +55,7 @@ from app.streams.events.backend import open_hub
 from app.streams.events.hub import Hub
 from app.streams.net.http_transport import LinkTransport, direct_http
 from app.streams.relay.deps import RelayDeps
+from app.streams.relay.follow import follow_lifecycle
 from app.streams.relay.front import Relay
 from app.version import hub_version
 
@@ -93,6 +94,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         if revocations is not None:
             stack.push_async_callback(revocations.aclose)
         auth = AuthService(sessionmaker, settings, revocations)
+        await anyio.to_thread.run_sync(dummy_hash)
         oidc = OidcClient(settings, sessionmaker, server_key(settings) if settings.oidc_issuer else b"")
         stack.push_async_callback(oidc.aclose)
         audit = AuditLog(sessionmaker)
@@ -167,7 +169,7 @@ async def compose(settings: Settings) -> AsyncIterator[AppContext]:
         tasks.start_soon(log_pumps.loop)
         tasks.start_soon(relay.hold)
         tasks.start_soon(relay.activity.flush_loop)
-        tasks.start_soon(relay.follow_lifecycle)
+        tasks.start_soon(follow_lifecycle, relay)
         tasks.start_soon(relay.presence.run)
         tasks.start_soon(relay.stats.sync_metrics)
         yield ctx

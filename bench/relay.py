@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -331,8 +332,10 @@ def main() -> None:
         up_port = free_port()
         up = spawn(stack, [PY, str(BENCH / "upstream.py"), "--port", str(up_port)], tmp / "upstream.log")
         wait_http(f"http://127.0.0.1:{up_port}/")
-        hub = start_hub(stack, tmp, up_port)
-        sub = start_hub(stack, tmp, up_port, subdomain=True)
+        with ThreadPoolExecutor(2) as pool:  # each hub migrates, makes its user and boots: side by side
+            path_mode = pool.submit(start_hub, stack, tmp, up_port)
+            subdomain_mode = pool.submit(start_hub, stack, tmp, up_port, subdomain=True)
+            hub, sub = path_mode.result(), subdomain_mode.result()
         nginx_pid, nginx_port = start_nginx(stack, tmp, up_port)
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"127.0.0.1:{up_port}/x", {}),

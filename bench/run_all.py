@@ -9,15 +9,19 @@ no such line still appears, with its exit status and the tail of its output.
 Usage: ``uv run python bench/run_all.py [--quick] [--only api,patches] [--timeout 900] [--json results.json]
 [-- extra args passed to every bench]``.
 
-``--quick`` runs every bench small (``QUICK``: short durations, few rounds, no optional references; a bench
-not listed there gets ``--quick`` when its source mentions that flag, else it is skipped), in about three
-minutes, so CI can check that every bench still runs. Its figures are printed but not judged: the exit
-status says only whether each bench ran.
+``--quick`` runs every bench small (``QUICK``: short durations, few rounds, one configuration, no optional
+references; a bench not listed there gets ``--quick`` when its source mentions that flag, else it is
+skipped), ``QUICK_JOBS`` benches at a time (``--jobs``), in under three minutes, so CI can check that every
+bench still runs. Its figures are printed but not judged (benches running side by side disturb each other's
+figures): the exit status says only whether each bench ran. A full run goes one bench at a time.
+
+Stopped by SIGTERM or SIGINT (a CI timeout), it stops the benches it started, with their process groups.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import signal
@@ -33,12 +37,14 @@ ROOT = BENCH_DIR.parent
 KNOWN = ("api", "fanout", "runtime", "patches", "relay", "ai", "dashboard")
 PREFIX = "BENCH_RESULT "
 SKIP = {"run_all"}
+QUICK_JOBS = 4
+LONGEST_FIRST = ("cluster", "relay", "api", "runtime", "dashboard")  # quick forms measured slowest: start them first
 QUICK: dict[str, list[str]] = {
-    "api": ["--duration", "2", "--db", "sqlite,postgres+redis"],
-    "fanout": ["--subscribers", "200", "--duration", "3", "--drain", "3", "--no-ceiling"],
-    "runtime": ["--pairs", "2", "--concurrent", "4"],
+    "api": ["--duration", "1", "--db", "postgres+redis"],
+    "fanout": ["--subscribers", "200", "--duration", "2", "--drain", "2", "--no-ceiling"],
+    "runtime": ["--pairs", "1", "--concurrent", "3"],
     "patches": [],
-    "relay": ["--seconds", "2", "--rounds", "1", "--idle", "100", "--no-chp"],
+    "relay": ["--seconds", "1", "--rounds", "1", "--idle", "20", "--no-chp"],
     "ai": ["--requests", "10", "--streams", "5", "--tokens", "50", "--repeat", "1", "--long-tokens", "100"],
     "networks": ["--count", "10"],
     "dashboard": ["--quick"],
@@ -77,8 +83,30 @@ def parse_result(output: str) -> dict[str, Any] | None:
     return None
 
 
-def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
-    """Run ``bench/<name>.py``; returns its result (or a failure record) with the elapsed time."""
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+
+
+def stop_running(signum: int, _frame: Any) -> None:
+    """Signal handler: end every bench still running (its whole process group), then exit."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit(128 + signum)
+
+
+def run_one(name: str, timeout: float, extra: list[str], tag: str = "") -> dict[str, Any]:
+    """Run ``bench/<name>.py``; returns its result (or a failure record) with the elapsed time. Its progress
+    lines are printed as they come, each after ``tag`` (the bench's name when several run at once)."""
     started = time.monotonic()
     cmd = [sys.executable, str(BENCH_DIR / f"{name}.py"), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -102,6 +130,8 @@ def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
         )
     except OSError as exc:
         return {"bench": name, "rows": [], "status": f"could not start: {exc}", "seconds": 0.0, "tail": []}
+    with _running_lock:
+        _running.add(proc)
     watchdog = threading.Timer(timeout, kill, args=(proc,))
     watchdog.start()
     try:
@@ -109,10 +139,12 @@ def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
         for line in proc.stdout:  # stream progress so a long run is visibly alive
             lines.append(line.rstrip("\n"))
             if not line.startswith(PREFIX):
-                print(f"    {line.rstrip()}", flush=True)
+                print(f"    {tag}{line.rstrip()}", flush=True)
         proc.wait()
     finally:
         watchdog.cancel()
+        with _running_lock:
+            _running.discard(proc)
     if timed_out.is_set():
         status = f"timeout after {timeout:.0f} s"
     else:
@@ -120,6 +152,7 @@ def run_one(name: str, timeout: float, extra: list[str]) -> dict[str, Any]:
     output = "\n".join(lines)
     result = parse_result(output) or {"bench": name, "rows": []}
     result.update(bench=name, status=status, seconds=round(time.monotonic() - started, 1))
+    print(f"--- {name}: {status} in {result['seconds']:.0f} s", flush=True)
     if not result["rows"]:
         result["tail"] = lines[-15:]
     return result
@@ -170,6 +203,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per bench (default 1200)")
     parser.add_argument("--json", help="also write every result to this file")
     parser.add_argument("--quick", action="store_true", help="every bench small, figures not judged (CI)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help=f"benches at once (default {QUICK_JOBS} with --quick, else 1: figures need a quiet machine)",
+    )
     parser.add_argument("extra", nargs="*", help="after --: arguments passed to every bench")
     args = parser.parse_args()
     names = discover()
@@ -181,13 +219,25 @@ def main() -> int:
             return 2
         names = wanted
     print(f"benches: {', '.join(names)}", flush=True)
-    results = []
+    signal.signal(signal.SIGTERM, stop_running)
+    signal.signal(signal.SIGINT, stop_running)
+    planned: list[tuple[str, list[str]]] = []
     for name in names:
         quick = quick_args(name) if args.quick else []
         if quick is None:
             print(f"--- {name}: skipped (no quick form)", flush=True)
             continue
-        results.append(run_one(name, args.timeout, [*quick, *args.extra]))
+        planned.append((name, [*quick, *args.extra]))
+    jobs = max(1, args.jobs or (QUICK_JOBS if args.quick else 1))
+    started = time.monotonic()
+    if jobs == 1:
+        results = [run_one(name, args.timeout, extra) for name, extra in planned]
+    else:
+        first = [item for name in LONGEST_FIRST for item in planned if item[0] == name]
+        ordered = first + [item for item in planned if item not in first]
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            futures = {name: pool.submit(run_one, name, args.timeout, extra, f"[{name}] ") for name, extra in ordered}
+            results = [futures[name].result() for name, _ in planned]
     print()
     print(table(results))
     if args.quick:
@@ -197,6 +247,7 @@ def main() -> int:
             print(f"\n{result['bench']} ({result['status']}), last lines:")
             print("\n".join(f"  {line}" for line in result["tail"]))
     print("\n" + ", ".join(f"{r['bench']} {r['status']} in {r['seconds']:.0f} s" for r in results))
+    print(f"all in {time.monotonic() - started:.0f} s, {jobs} at a time")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0 if all(r["status"] == "ok" for r in results) else 1

@@ -1,10 +1,11 @@
-"""Workspace lifecycle: start, stop, restart, delete; every transition persisted, then published.
+"""Workspace lifecycle: start, stop, restart, delete, clone; every transition persisted, then published.
 
 States: ``created → starting → running → stopping → stopped``, and ``failed`` with a reason. Each
 transition is one compare-and-set ``UPDATE … WHERE state IN (…)`` that also bumps ``generation``; only
 the caller whose update matched goes on, so two hub processes never start two containers for one
 workspace. A start runs in the app's task group and finishes with another CAS on its generation: if a
-stop or delete came in between, the start removes exactly the container it made.
+stop or delete came in between, the start removes exactly the container it made. Reading and moving rows,
+publishing and the activity and heartbeat writes live in ``app.services.workspaces.transitions``.
 """
 
 from __future__ import annotations
@@ -12,147 +13,35 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
-from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import update
 
 from app import metrics
-from app.db import SessionMaker
-from app.errors import Conflict, DomainError, NotFound
-from app.events import EventPublisher
+from app.errors import Conflict, DomainError
 from app.models import Workspace, WorkspaceState, utcnow
 from app.services.auth.access import Principal
-from app.services.files.storage import WorkspaceStorage
-from app.services.quotas.service import QuotaService
 from app.services.runtime.base import Endpoint, StartFailed, StorageRef, WorkspaceSpec
-from app.services.runtime.engines import Engines
-from app.services.runtime.ide_secret import IdeSecrets
-from app.services.templates.service import TemplateService
 from app.services.workspaces import git
-from app.services.workspaces.records import WorkspaceService, publish_lifecycle
-from app.services.workspaces.servers import ServerService
-from app.settings import Settings
+from app.services.workspaces.transitions import CLONING, HEARTBEAT_EVERY, Transitions
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CLONING", "HEARTBEAT_EVERY", "STALE_AFTER", "Lifecycle", "uptime_seconds"]
+
 STARTABLE = (WorkspaceState.CREATED, WorkspaceState.STOPPED, WorkspaceState.FAILED)
 STOPPABLE = (WorkspaceState.STARTING, WorkspaceState.RUNNING, WorkspaceState.FAILED)
-CLONING = "cloning"
 REASON_LIMIT = 4000
 LOG_LINES_IN_REASON = 15
-ACTIVITY_WRITE_EVERY = 15.0
-HEARTBEAT_EVERY = 5.0
 STALE_AFTER = 5.0
-STORAGE_CACHE_TTL = 30.0
 
 
-class Lifecycle:
+class Lifecycle(Transitions):
     """The state machine of workspaces over the runtimes in ``Engines``."""
-
-    def __init__(
-        self,
-        sessionmaker: SessionMaker,
-        settings: Settings,
-        events: EventPublisher,
-        engines: Engines,
-        workspaces: WorkspaceService,
-        servers: ServerService,
-        tasks: TaskGroup,
-        templates: TemplateService | None = None,
-        quotas: QuotaService | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.settings = settings
-        self.events = events
-        self.engines = engines
-        self.workspaces = workspaces
-        self.servers = servers
-        self._tasks = tasks
-        self.templates = templates
-        self.quotas = quotas
-        self.starts: dict[str, anyio.Event] = {}
-        self._clones: dict[str, anyio.Event] = {}
-        self._activity: dict[str, float] = {}
-        self._storages: dict[str, tuple[float, WorkspaceStorage]] = {}
-        self._beats: dict[str, float] = {}
-        self.listeners: list[Callable[[Workspace, str], None]] = []
-        self.ide_secrets = IdeSecrets.from_settings(settings)
-
-    async def storage_for(self, ws: Workspace) -> WorkspaceStorage:
-        """The workspace's files, as the runtime that holds (or will hold) them provides them."""
-        storage = (await self.engines.for_workspace(ws)).storage(ws.id, image=ws.image)
-        self._storages[ws.id] = (anyio.current_time() + STORAGE_CACHE_TTL, storage)
-        return storage
-
-    async def storage_by_id(self, workspace_id: str) -> WorkspaceStorage:
-        """``storage_for`` by id (no visibility check), remembered briefly: placement rarely changes."""
-        expires, storage = self._storages.get(workspace_id, (0.0, None))
-        if storage is not None and expires > anyio.current_time():
-            return storage
-        if len(self._storages) > 10_000:
-            self._storages.clear()
-        return await self.storage_for(await self.row(workspace_id))
-
-    async def row(self, workspace_id: str) -> Workspace:
-        """The current row, no visibility check (404 when gone)."""
-        async with self.sessionmaker() as session:
-            ws = await session.get(Workspace, workspace_id)
-        if ws is None:
-            raise NotFound(f"no workspace {workspace_id!r}", code="workspace_not_found")
-        return ws
-
-    async def cas(
-        self,
-        workspace_id: str,
-        states: tuple[WorkspaceState, ...],
-        *,
-        generation: int | None = None,
-        bump: bool = False,
-        guard: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
-        not_cloning: bool = False,
-        **values: Any,
-    ) -> Workspace | None:
-        """``UPDATE … WHERE id AND state IN states [AND generation]``; the updated row, or None if no match.
-
-        ``guard(session, id)`` runs first in the same transaction (it may lock and raise to refuse).
-        ``not_cloning`` (and any move to ``starting``) also requires that no clone is under way."""
-        query = update(Workspace).where(Workspace.id == workspace_id, Workspace.state.in_(states))
-        if generation is not None:
-            query = query.where(Workspace.generation == generation)
-        if not_cloning or values.get("state") == WorkspaceState.STARTING:
-            query = query.where(func.coalesce(Workspace.state_reason, "") != CLONING)
-        values["updated_at"] = utcnow()
-        if bump:
-            values["generation"] = Workspace.generation + 1
-        async with self.sessionmaker() as session:
-            if guard is not None:
-                await guard(session, workspace_id)
-            result = await session.scalars(query.values(**values).returning(Workspace))
-            ws = result.one_or_none()
-            await session.commit()
-        if ws is not None:
-            self.workspaces.changed(ws.owner_id)
-        return ws
-
-    async def publish(self, ws: Workspace, type_: str, **extra: Any) -> None:
-        """Publish a lifecycle event (a hub outage is logged, never raised), then tell ``listeners``."""
-        await publish_lifecycle(self.events, ws, type_, **extra)
-        for listener in self.listeners:
-            listener(ws, type_)
-
-    async def drop_status(self, workspace_id: str) -> None:
-        """Forget cached resource numbers (every lifecycle change)."""
-        try:
-            await self.engines.cache.drop(workspace_id)
-        except Exception as exc:  # a Redis hiccup must not fail a transition
-            log.warning("status cache drop failed for %s: %s", workspace_id, exc)
 
     def spec_for(self, ws: Workspace, storage: StorageRef) -> WorkspaceSpec:
         """What the runtime needs to start ``ws`` with its files at ``storage``."""
@@ -318,20 +207,6 @@ class Lifecycle:
             await self.drop_status(ws.id)
             await self.publish(ws, "workspace.failed", logs=(logs or [])[-LOG_LINES_IN_REASON:])
 
-    async def heartbeat(self, ws: Workspace) -> None:
-        """Keep a long start (clone, pull) fresh so reconcilers elsewhere do not take it for abandoned."""
-        now = anyio.current_time()
-        if now - self._beats.get(ws.id, -1e9) < HEARTBEAT_EVERY:
-            return
-        self._beats[ws.id] = now
-        async with self.sessionmaker() as session:
-            await session.execute(
-                update(Workspace)
-                .where(Workspace.id == ws.id, Workspace.generation == ws.generation)
-                .values(updated_at=utcnow())
-            )
-            await session.commit()
-
     # -- git -----------------------------------------------------------------------------------------------
 
     async def clone(self, ws: Workspace, url: str) -> None:
@@ -466,22 +341,6 @@ class Lifecycle:
         self._activity.pop(ws.id, None)
         self._storages.pop(ws.id, None)
         return await self.workspaces.delete_record(principal, ws.id)
-
-    # -- activity ------------------------------------------------------------------------------------------
-
-    async def touch(self, workspace_id: str, source: str) -> None:
-        """Record activity (relay, terminal, exec, api); written at most every 15 s per workspace."""
-        now = anyio.current_time()
-        if now - self._activity.get(workspace_id, -1e9) < ACTIVITY_WRITE_EVERY:
-            return
-        self._activity[workspace_id] = now
-        async with self.sessionmaker() as session:
-            await session.execute(
-                update(Workspace)
-                .where(Workspace.id == workspace_id, Workspace.state == WorkspaceState.RUNNING)
-                .values(last_activity_at=utcnow(), last_activity_source=source)
-            )
-            await session.commit()
 
 
 def uptime_seconds(ws: Workspace, now: datetime | None = None) -> float | None:

@@ -12,7 +12,9 @@ Per request: credentials (Bearer, session cookie; the sign-in page otherwise) â†
 for cookie-authenticated unsafe requests and upgrades â†’ running: forward (``relay_http`` / ``relay_ws``);
 not running: a page navigation starts it and shows the starting page, a failed one shows why, anything
 else gets 503. The IDE sees the client's ``Host`` and ``Origin`` (code-server's origin check compares them),
-``X-Forwarded-For/Proto/Host/Prefix``, the path without ``/w/{id}``, and never the hub's credentials.
+``X-Forwarded-For/Proto/Host/Prefix``, the path without ``/w/{id}``, and never the hub's credentials
+(the headers both ways: ``app.streams.relay.shaping``). ``app.streams.relay.follow`` keeps the route cache,
+counters and open connections in line with lifecycle and grant events.
 """
 
 from __future__ import annotations
@@ -25,15 +27,11 @@ from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
-
 from app.errors import DomainError, send_error
-from app.events import ADMIN_TOPIC
 from app.models import WorkspaceState
 from app.services.auth.access import (
     Credentials,
     IdeAccess,
-    Level,
     Principal,
     audit_entry,
     cross_origin_refusal,
@@ -41,23 +39,16 @@ from app.services.auth.access import (
     ide_access,
     identify,
 )
-from app.services.runtime.ide_secret import ide_cookie_header
 from app.streams.events.direct_http import direct_writer
-from app.streams.net.pool import HOP_BY_HOP, ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
+from app.streams.net.pool import ClientGone, UpstreamBroken, UpstreamError, UpstreamPool
 from app.streams.relay import pages
-from app.streams.relay.access import (
-    Route,
-    RouteCache,
-    rewrite_location,
-    rewrite_set_cookie,
-    strip_session_cookie,
-    without_access_token,
-)
+from app.streams.relay.access import Route, RouteCache, without_access_token
 from app.streams.relay.deps import RelayDeps
 from app.streams.relay.hosts import WorkspaceHosts
 from app.streams.relay.http import Exchange, Receive, Send, request_body_kind
 from app.streams.relay.presence import Presence
-from app.streams.relay.sessions import Session, Sessions
+from app.streams.relay.sessions import Sessions
+from app.streams.relay.shaping import response_headers, upstream_headers
 from app.streams.relay.stats import Activity, RelayStats
 from app.streams.relay.subdomain import TICKET_PATH, SubdomainFront
 from app.streams.relay.terminal import TerminalDeps, serve_terminal
@@ -66,20 +57,7 @@ from app.streams.relay.ws import WebSocketRelay, deny
 log = logging.getLogger(__name__)
 
 WORKSPACE_ID_RE = re.compile(rb"[a-z0-9]{1,16}")
-_DROP_UP = HOP_BY_HOP | {
-    b"host",
-    b"expect",
-    b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-forwarded-prefix",
-    b"x-forwarded-port",
-    b"x-real-ip",
-}
-_DROP_DOWN = HOP_BY_HOP | {b"date", b"server"}  # the ASGI server sets its own
 IMPERSONATION_NOTE_EVERY = 300.0  # seconds between audit entries of one admin in one workspace
-_LIFECYCLE_END = ("workspace.stopped", "workspace.deleted", "workspace.failed")
 
 
 class Relay:
@@ -185,53 +163,11 @@ class Relay:
         entry = audit_entry(scope, "workspace.impersonate", principal, workspace_id=route.id, target=route.name)
         await self.deps.audit.record(entry)
 
-    # -- upstream request shaping --------------------------------------------------------------------------
-
     def _upstream_headers(
-        self,
-        scope: dict[str, Any],
-        headers: list[tuple[bytes, bytes]],
-        creds: Credentials,
-        route: Route,
-        prefix: bytes,
+        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], creds: Credentials, route: Route, prefix: bytes
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """Headers for the IDE (credentials, hop-by-hop and spoofable forwarding headers removed; the start's IDE
-        secret presented as its session cookie) and Host."""
-        out: list[tuple[bytes, bytes]] = []
-        host = b""
-        listed: set[bytes] | None = None
-        cookies: list[bytes] = []
-        for name, value in headers:
-            if name in _DROP_UP:
-                if name == b"host":
-                    host = value
-                elif name == b"connection":
-                    tokens = {t.strip().lower() for t in value.split(b",")} - _DROP_UP
-                    listed = (listed or set()) | tokens if tokens else listed
-                continue
-            if name == b"cookie":
-                value = strip_session_cookie(value)
-                if value:
-                    cookies.append(value)
-                continue
-            if name == b"authorization" and creds.source == "bearer":
-                continue
-            out.append((name, value))
-        if listed:  # headers the client named in Connection are hop-by-hop too
-            out = [(name, value) for name, value in out if name not in listed]
-            cookies = [] if b"cookie" in listed else cookies
-        client = scope.get("client")
-        scheme = self.public_scheme or ("https" if scope.get("scheme") in ("https", "wss") else "http")
-        out.append((b"x-forwarded-for", client[0].encode() if client else b""))
-        out.append((b"x-forwarded-proto", scheme.encode()))
-        if host:
-            out.append((b"x-forwarded-host", host))
-        if prefix:
-            out.append((b"x-forwarded-prefix", prefix))
-        cookie = ide_cookie_header(cookies, self.ide_secrets.cookie(route.id, route.generation))
-        if cookie is not None:
-            out.append((b"cookie", cookie))
-        return out, host
+        cookie = self.ide_secrets.cookie(route.id, route.generation)
+        return upstream_headers(scope, headers, creds, prefix, ide_cookie=cookie, public_scheme=self.public_scheme)
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
@@ -267,7 +203,7 @@ class Relay:
         exchange = Exchange(self.pool, route.endpoint, method, b"".join(parts), body_kind, corked)
         upstream_netloc = f"{route.endpoint[0]}:{route.endpoint[1]}"
         try:
-            await exchange.run(receive, send, lambda _s, h: self._response_headers(h, prefix, host, upstream_netloc))
+            await exchange.run(receive, send, lambda _s, h: response_headers(h, prefix, host, upstream_netloc))
         except UpstreamError as exc:
             counters.upstream_errors += 1
             self.routes.forget(route.id)
@@ -283,27 +219,6 @@ class Relay:
             counters.bytes_up += exchange.bytes_up
             counters.bytes_down += exchange.bytes_down
             self.activity.note(route.id, "relay")
-
-    def _response_headers(
-        self, headers: list[tuple[bytes, bytes]], prefix: bytes, host: bytes, upstream: str
-    ) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        listed: set[bytes] = set()
-        for name, value in headers:
-            if name == b"connection":
-                listed.update(t.strip().lower() for t in value.split(b","))
-        for name, value in headers:
-            if name in _DROP_DOWN or name in listed:
-                continue
-            if name == b"location":
-                value = rewrite_location(value, prefix, host, upstream)
-            elif name == b"set-cookie":
-                fixed = rewrite_set_cookie(value, prefix)
-                if fixed is None:
-                    continue
-                value = fixed
-            out.append((name, value))
-        return out
 
     async def not_running(self, scope: dict[str, Any], send: Any, route: Route, principal: Principal) -> None:
         """A page load starts a stopped workspace and shows the starting page; sub-requests get 503."""
@@ -364,61 +279,6 @@ class Relay:
         relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
         host = host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
         await relay.run(route.endpoint, target, up_headers, host, prefix)
-
-    # -- lifecycle events ----------------------------------------------------------------------------------
-
-    async def follow_lifecycle(self) -> None:
-        """Drop cached routes (and idle connections, counters) when workspaces change state; forever."""
-        while True:
-            try:
-                async with self.deps.events.subscribe([ADMIN_TOPIC]) as subscription:
-                    self.routes.clear()
-                    while True:
-                        batch = await subscription.next_batch()
-                        if batch is None:
-                            break
-                        for item in batch:
-                            if item.type == "workspace.access_changed":
-                                await self._access_changed(item)
-                            elif item.type.startswith("workspace.") or item.type == "stream.reset":
-                                self._on_event(item)
-            except Exception as exc:  # the hub is down: the route TTL still bounds staleness
-                log.warning("relay lost the lifecycle events (%s); retrying", exc)
-            self.routes.clear()
-            await anyio.sleep(2.0)
-
-    async def _access_changed(self, item: Any) -> None:
-        """A workspace's grants changed (in any process): forget cached answers, close connections that lost
-        their access."""
-        workspace_id = item.event.data.get("workspace_id")
-        if not isinstance(workspace_id, str):
-            return
-        grants = self.deps.workspaces.grants
-        grants.forget(workspace_id)
-
-        async def level_of(session: Session) -> Level | None:
-            return await self.deps.workspaces.level(session.principal, session)
-
-        try:
-            closed = await self.sessions.recheck(workspace_id, level_of)
-        except Exception as exc:  # the database is down: the next access change or reconnect checks again
-            log.warning("could not recheck the connections of workspace %s: %s", workspace_id, exc)
-            return
-        if closed:
-            log.info("closed %d connection(s) to workspace %s after its access changed", closed, workspace_id)
-
-    def _on_event(self, item: Any) -> None:
-        if item.type == "stream.reset":
-            self.routes.clear()
-            self.deps.workspaces.grants.forget()
-            return
-        workspace_id = item.event.data.get("workspace_id")
-        if not isinstance(workspace_id, str):
-            return
-        self.routes.forget(workspace_id)
-        if item.type in _LIFECYCLE_END or item.type == "workspace.stopping":
-            self.stats.forget(workspace_id)
-            self.activity.forget(workspace_id)
 
 
 class WorkspaceFront:
