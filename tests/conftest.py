@@ -4,15 +4,17 @@ cluster."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.databases import fresh_database
+from tests.support.runtime import sweep_hubs
 from tests.support.server import Hub, running_hub
-from tests.support.services import need_kubernetes
-from tests.support.settings import make_settings
+from tests.support.services import SECOND_DOCKER_URL, need_kubernetes
+from tests.support.settings import MADE_HUB_IDS, make_settings
 
 os.environ.setdefault("CODEHUB_LOG_LEVEL", "warning")
 
@@ -49,6 +51,17 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     """A new migrated Postgres database of the test's own (skips without Postgres)."""
     with fresh_database("postgres", tmp_path) as url:
         yield url
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sweep_module_hubs() -> Iterator[None]:
+    """What the hubs made in a module left on the Docker engines goes when the module ends (a network each:
+    leftovers would use up Docker's address pools in a long run)."""
+    first = len(MADE_HUB_IDS)
+    yield
+    made = set(MADE_HUB_IDS[first:])
+    if made and shutil.which("docker"):
+        sweep_hubs(made, (None, SECOND_DOCKER_URL))
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,22 @@ def containers(label: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line]
 
 
+def sweep_hubs(hub_ids: set[str], docker_hosts: tuple[str | None, ...]) -> None:
+    """Remove the containers and networks any of ``hub_ids`` left on these engines (one listing of each per
+    engine; an engine that does not answer is skipped)."""
+    label = ["--filter", "label=codehub.hub", "--format", '{{.ID}} {{.Label "codehub.hub"}}']
+    for host in docker_hosts:
+        docker = ["docker", *(["-H", host] if host else [])]
+        for listing, remove in ((["ps", "-a"], ["rm", "-f"]), (["network", "ls"], ["network", "rm"])):
+            try:
+                listed = subprocess.run([*docker, *listing, *label], capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                break
+            ids = [f[0] for f in map(str.split, listed.stdout.splitlines()) if len(f) == 2 and f[1] in hub_ids]
+            if ids:
+                subprocess.run([*docker, *remove, *ids], capture_output=True, timeout=120)
+
+
 def remove_hub_containers(hub_id: str, docker_host: str | None = None) -> None:
     """Force-remove every container labelled with this (test-unique) hub id, then its networks and volumes."""
     docker = ["docker", *(["-H", docker_host] if docker_host else [])]

@@ -9,6 +9,9 @@ from typing import Any
 from app.settings import Settings, load_settings
 from tests.support.services import CODE_SERVER_IMAGE, TEST_IMAGE, need_docker
 
+MADE_HUB_IDS: list[str] = []
+"""Every hub id a test's settings named, in order: the root conftest removes what they left on the engines."""
+
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: only what is given, never the developer's CODEHUB_* environment."""
@@ -24,6 +27,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "login_rate_per_minute": 0,
     }
     base.update(overrides)
+    MADE_HUB_IDS.append(str(base["hub_id"]))
     return load_settings(environ={}, **base)
 
 

@@ -28,7 +28,14 @@ from app.errors import Conflict, NotFound
 from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.docker_helper import LABEL_STORAGE, VolumeHelper, helper_name, volume_name
-from app.services.runtime.docker_volume_support import failure, message, mode_kind, tar_entries, tar_tree
+from app.services.runtime.docker_volume_support import (
+    failure,
+    message,
+    mode_kind,
+    parse_snapshot,
+    tar_entries,
+    tar_tree,
+)
 
 
 class DockerVolumeFiles(VolumeHelper):
@@ -57,31 +64,7 @@ class DockerVolumeFiles(VolumeHelper):
         exist (a line each), then one ``tar`` of the regular files of at most ``content`` bytes (nothing is
         followed or recursed; ``content`` < 0: no bytes)."""
         code, out, err = await self.run(["+snapshot", str(content), *map(self.path, paths)])
-        fields = out.split(b"\0", len(paths))
-        kinds = fields[: len(paths)]
-        existing = [parts for parts, kind in zip(paths, kinds, strict=False) if kind[:1] in (b"E", b"L")]
-        rest = fields[-1].split(b"\n", len(existing)) if len(fields) > len(paths) else []
-        if code == 5 or len(rest) < len(existing) + (1 if existing else 0) or len(kinds) != len(paths):
-            raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
-        found: dict[tuple[str, ...], RemoteStat | None] = dict.fromkeys(paths)
-        lines = dict(zip(existing, rest, strict=False))
-        for parts, kind in zip(paths, kinds, strict=True):
-            if parts in lines:
-                mode_hex, size, mtime = lines[parts].decode("ascii", "replace").split()
-                mode = int(mode_hex, 16)
-                target = kind[1:].decode("utf-8", "surrogateescape")
-                found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
-        datas: dict[tuple[str, ...], bytes] = {}
-        archive_bytes = rest[-1] if existing else (fields[-1] if len(fields) > len(paths) else b"")
-        if archive_bytes and code == 0:
-            names = {self.path(parts).lstrip("/"): parts for parts in paths}
-            with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
-                for member in archive:
-                    wanted = names.get(member.name)
-                    handle = archive.extractfile(member) if member.isreg() else None
-                    if wanted is not None and handle is not None:
-                        datas[wanted] = handle.read()
-        return found, datas
+        return parse_snapshot(paths, code, out, err, self.path)
 
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int

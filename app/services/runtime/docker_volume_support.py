@@ -7,7 +7,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,38 @@ def failure(err: bytes, path: str) -> DomainError:
     return Conflict(f"{path!r}: {message(err)}", code="io_error")
 
 
+def parse_snapshot(
+    paths: Sequence[tuple[str, ...]], code: int, out: bytes, err: bytes, path_of: Callable[[tuple[str, ...]], str]
+) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
+    """What ``SNAPSHOT_SCRIPT`` printed: each path's kind and link target (NUL-separated), one ``stat`` line per
+    existing path, then a ``tar`` of the regular files small enough to read."""
+    fields = out.split(b"\0", len(paths))
+    kinds = fields[: len(paths)]
+    existing = [parts for parts, kind in zip(paths, kinds, strict=False) if kind[:1] in (b"E", b"L")]
+    rest = fields[-1].split(b"\n", len(existing)) if len(fields) > len(paths) else []
+    if code == 5 or len(rest) < len(existing) + (1 if existing else 0) or len(kinds) != len(paths):
+        raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
+    found: dict[tuple[str, ...], RemoteStat | None] = dict.fromkeys(paths)
+    lines = dict(zip(existing, rest, strict=False))
+    for parts, kind in zip(paths, kinds, strict=True):
+        if parts in lines:
+            mode_hex, size, mtime = lines[parts].decode("ascii", "replace").split()
+            mode = int(mode_hex, 16)
+            target = kind[1:].decode("utf-8", "surrogateescape")
+            found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
+    datas: dict[tuple[str, ...], bytes] = {}
+    archive_bytes = rest[-1] if existing else (fields[-1] if len(fields) > len(paths) else b"")
+    if archive_bytes and code == 0:
+        names = {path_of(parts).lstrip("/"): parts for parts in paths}
+        with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
+            for member in archive:
+                wanted = names.get(member.name)
+                handle = archive.extractfile(member) if member.isreg() else None
+                if wanted is not None and handle is not None:
+                    datas[wanted] = handle.read()
+    return found, datas
+
+
 __all__ = [
     "COMMIT_SCRIPT",
     "LIST_SCRIPT",
@@ -169,6 +201,7 @@ __all__ = [
     "failure",
     "message",
     "mode_kind",
+    "parse_snapshot",
     "remote_stat",
     "tar_entries",
     "tar_tree",

@@ -10,11 +10,10 @@ is made on the hub by ``RemoteStorage``.
 
 from __future__ import annotations
 
-import io
 import secrets
-import tarfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +25,11 @@ from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.docker_volume_support import (
     COMMIT_SCRIPT,
     LIST_SCRIPT,
-    STAT_SCRIPT,
+    SNAPSHOT_SCRIPT,
     failure,
     message,
     mode_kind,
+    parse_snapshot,
     tar_entries,
     tar_tree,
 )
@@ -44,6 +44,12 @@ UNTAR = 'n=$1; cd -- "$2" || exit 4; head -c "$n" | tar -x -f - -o'
 READ = '[ -f "$1" ] && [ ! -L "$1" ] || { [ -e "$1" ] || [ -L "$1" ] || exit 4; exit 3; }; exec head -c "$2" -- "$1"'
 Target = Callable[[], Awaitable[tuple[str, str]]]
 """The (pod, container) to run file commands in, made ready on demand."""
+TRYLOCK = (
+    'l=$1; now=$(date +%s); if mkdir -- "$l" 2>/dev/null; then echo "$now" > "$l/at"; exit 0; fi; '
+    'at=$(cat -- "$l/at" 2>/dev/null || echo "$now"); [ $((now - at)) -gt "$2" ] || exit 1; echo "$now" > "$l/at"'
+)
+LOCK_TIMEOUT = 30.0
+LOCK_STALE = 120
 
 
 async def helper_target(rt: KubernetesRuntime, workspace_id: str, image: str) -> tuple[str, str]:
@@ -116,7 +122,7 @@ class KubeVolumeFiles:
 
     async def lstat(self, parts: tuple[str, ...]) -> RemoteStat | None:
         """The entry itself, links not followed."""
-        return (await self.lstat_many([parts]))[parts]
+        return (await self.snapshot([parts], -1))[0][parts]
 
     async def read(self, parts: tuple[str, ...], limit: int) -> bytes:
         """One regular file's bytes (at most ``limit`` + 1)."""
@@ -129,37 +135,30 @@ class KubeVolumeFiles:
             raise Conflict(f"the file could not be read: {message(err)}", code="io_error")
         return out
 
-    async def lstat_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], RemoteStat | None]:
-        """One script: each path's ``stat`` line (and link target), NUL-separated."""
-        code, out, err = await self.run(["sh", "-c", STAT_SCRIPT, "sh", *map(self.path, paths)])
-        fields = out.decode("utf-8", "surrogateescape").split("\0")
-        if code != 0 or len(fields) < 2 * len(paths):
-            raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
-        found: dict[tuple[str, ...], RemoteStat | None] = {}
-        for index, parts in enumerate(paths):
-            line, target = fields[2 * index], fields[2 * index + 1]
-            if line == "-":
-                found[parts] = None
-                continue
-            mode_hex, size, mtime = line.split()
-            mode = int(mode_hex, 16)
-            found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
-        return found
+    async def snapshot(
+        self, paths: Sequence[tuple[str, ...]], content: int
+    ) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
+        """``stat`` of every path and the bytes of the small regular files among them, in one exec."""
+        code, out, err = await self.run(["sh", "-c", SNAPSHOT_SCRIPT, "sh", str(content), *map(self.path, paths)])
+        return parse_snapshot(paths, code, out, err, self.path)
 
-    async def read_many(self, paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], bytes]:
-        """One ``tar`` of the files (regular files only: nothing is followed or recursed)."""
-        names = {self.path(parts).lstrip("/"): parts for parts in paths}
-        code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", *names])
-        if code != 0:
-            raise Conflict(f"the files could not be read: {message(err)}", code="io_error")
-        found: dict[tuple[str, ...], bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
-            for member in archive:
-                parts = names.get(member.name)
-                handle = archive.extractfile(member) if member.isreg() else None
-                if parts is not None and handle is not None:
-                    found[parts] = handle.read()
-        return found
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the claim's lock directory (every hub process's mutations take turns; a holder that died is
+        overtaken after ``LOCK_STALE`` seconds)."""
+        lock = f"{self.home}/.codehub-lock"
+        with anyio.move_on_after(LOCK_TIMEOUT) as waited:
+            delay = 0.02
+            while (await self.run(["sh", "-c", TRYLOCK, "sh", lock, str(LOCK_STALE)]))[0] != 0:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        if waited.cancelled_caught:
+            raise Conflict("another hub process is changing this workspace's files; try again", code="storage_busy")
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.run(["rm", "-rf", "--", lock])
 
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
@@ -192,7 +191,7 @@ class KubeVolumeFiles:
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
         """Stage new contents next to their targets (one tar), then one script renames all or none."""
         staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        argv = ["sh", "-c", COMMIT_SCRIPT, "sh", self.project]
+        argv = ["sh", "-c", COMMIT_SCRIPT, "sh", self.project, "0"]
         for change in sorted(changes, key=lambda c: c.data is not None):
             parent = change.parts[:-1]
             tmp = "-"
@@ -201,7 +200,7 @@ class KubeVolumeFiles:
                 staged.append((temp, change.data, change.mode))
                 tmp = self.path(temp)
             argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
-        if staged:
+        if staged:  # staged apart: the channel protocol cannot end stdin, so the script's own tar would wait
             await self._untar(tar_entries(staged, self.user, prefix=()))
         code, _out, err = await self.run(argv)
         if code != 0:
