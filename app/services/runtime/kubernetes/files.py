@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import anyio
 
@@ -37,8 +37,8 @@ from app.services.runtime.kubernetes import manifests, pod_exec, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
 from app.services.runtime.kubernetes.manifests import FILES_CONTAINER
 
-if TYPE_CHECKING:
-    from app.services.runtime.kubernetes.runtime import KubernetesRuntime
+# the runtime (``KubernetesRuntime``) is passed in untyped: importing it here would make an import cycle
+KubernetesRuntime = Any
 
 UNTAR = 'n=$1; cd -- "$2" || exit 4; head -c "$n" | tar -x -f - -o'
 READ = '[ -f "$1" ] && [ ! -L "$1" ] || { [ -e "$1" ] || [ -L "$1" ] || exit 4; exit 3; }; exec head -c "$2" -- "$1"'

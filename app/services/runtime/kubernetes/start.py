@@ -11,7 +11,7 @@ cannot be pulled.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -22,8 +22,8 @@ from app.services.runtime.kubernetes import states
 from app.services.runtime.kubernetes.connection import KubeError
 from app.services.runtime.kubernetes.manifests import pod_manifest, project_dir
 
-if TYPE_CHECKING:
-    from app.services.runtime.kubernetes.runtime import KubernetesRuntime
+# the runtime (``KubernetesRuntime``) is passed in untyped: importing it here would make an import cycle
+KubernetesRuntime = Any
 
 POLL = 0.2
 EVENTS_EVERY = 1.0
