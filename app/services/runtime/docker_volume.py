@@ -31,7 +31,7 @@ from app.services.runtime.docker_helper import LABEL_STORAGE, VolumeHelper, help
 from app.services.runtime.docker_volume_support import (
     failure,
     message,
-    mode_kind,
+    parse_listing,
     parse_snapshot,
     tar_entries,
     tar_tree,
@@ -72,20 +72,10 @@ class DockerVolumeFiles(VolumeHelper):
         """One ``find`` in the helper: names NUL-separated on stdout, their stats line by line on stderr."""
         for _attempt in range(2):
             code, out, err = await self.run(["+list", self.path(parts), str(depth), "1" if include_git else "0"])
-            if code == 4:
-                raise NotFound(f"{join(parts)!r} does not exist")
-            names = [name.removeprefix("./") for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
-            stats = err.decode("ascii", "replace").splitlines()
-            if len(names) == len(stats):
-                break
-        else:
-            raise Conflict("the directory changed while it was listed; try again", code="io_error")
-        found: list[tuple[str, RemoteStat]] = []
-        for name, line in zip(names, stats, strict=True):
-            mode_hex, size, mtime = line.split()
-            mode = int(mode_hex, 16)
-            found.append((name, RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime))))
-        return found
+            found = parse_listing(code, out, err, parts)
+            if found is not None:
+                return found
+        raise Conflict("the directory changed while it was listed; try again", code="io_error")
 
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
         """Stage new contents next to their targets (one ``PUT``), then one script renames all or none."""

@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import Conflict, DomainError
-from app.services.files.paths import os_error
+from app.errors import Conflict, DomainError, NotFound
+from app.services.files.paths import join, os_error
 from app.services.files.remote import NodeKind, RemoteStat
 
 _GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
@@ -193,6 +193,23 @@ def parse_snapshot(
     return found, datas
 
 
+def parse_listing(code: int, out: bytes, err: bytes, parts: tuple[str, ...]) -> list[tuple[str, RemoteStat]] | None:
+    """What ``LIST_SCRIPT`` printed (names NUL-separated on stdout, their stats line by line on stderr); None
+    when the two disagree because the directory changed meanwhile (list again)."""
+    if code == 4:
+        raise NotFound(f"{join(parts)!r} does not exist")
+    names = [name.removeprefix("./") for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
+    stats = err.decode("ascii", "replace").splitlines()
+    if len(names) != len(stats):
+        return None
+    found: list[tuple[str, RemoteStat]] = []
+    for name, line in zip(names, stats, strict=True):
+        mode_hex, size, mtime = line.split()
+        mode = int(mode_hex, 16)
+        found.append((name, RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime))))
+    return found
+
+
 __all__ = [
     "COMMIT_SCRIPT",
     "LIST_SCRIPT",
@@ -201,6 +218,7 @@ __all__ = [
     "failure",
     "message",
     "mode_kind",
+    "parse_listing",
     "parse_snapshot",
     "remote_stat",
     "tar_entries",

@@ -28,7 +28,7 @@ from app.services.runtime.docker_volume_support import (
     SNAPSHOT_SCRIPT,
     failure,
     message,
-    mode_kind,
+    parse_listing,
     parse_snapshot,
     tar_entries,
     tar_tree,
@@ -168,20 +168,10 @@ class KubeVolumeFiles:
             code, out, err = await self.run(
                 ["sh", "-c", LIST_SCRIPT, "sh", self.path(parts), str(depth), "1" if include_git else "0"]
             )
-            if code == 4:
-                raise NotFound(f"{join(parts)!r} does not exist")
-            names = [name.removeprefix("./") for name in out.decode("utf-8", "surrogateescape").split("\0") if name]
-            stats = err.decode("ascii", "replace").splitlines()
-            if len(names) == len(stats):
-                break
-        else:
-            raise Conflict("the directory changed while it was listed; try again", code="io_error")
-        found: list[tuple[str, RemoteStat]] = []
-        for name, line in zip(names, stats, strict=True):
-            mode_hex, size, mtime = line.split()
-            mode = int(mode_hex, 16)
-            found.append((name, RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime))))
-        return found
+            found = parse_listing(code, out, err, parts)
+            if found is not None:
+                return found
+        raise Conflict("the directory changed while it was listed; try again", code="io_error")
 
     async def _untar(self, data: bytes) -> None:
         code, _out, err = await self.run(["sh", "-c", UNTAR, "sh", str(len(data)), self.project], stdin=data)
