@@ -38,7 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runtime import free_port, ok_text, percentile, result_row  # noqa: E402
+from bench.runtime import free_port, hub_burst, hub_run, ok_text, result_row  # noqa: E402
 
 RATIO_TARGET = 1.15
 KUBECONFIG = os.environ.get("CODEHUB_TEST_KUBECONFIG", "/run/codehub-k8s/admin.kubeconfig")
@@ -127,19 +127,6 @@ async def raw_run(image: str, namespace: str, name: str) -> float:
         kubectl("-n", namespace, "delete", "pod", name, "--grace-period=0", "--force", "--wait=false")
     )
     return elapsed
-
-
-async def hub_run(client: httpx.AsyncClient, name: str) -> tuple[float, str]:
-    """Create and start a workspace through the hub until it is running; (seconds, workspace id)."""
-    begin = time.perf_counter()
-    r = await client.post("/api/workspaces", json={"name": name})
-    r.raise_for_status()
-    workspace_id = r.json()["id"]
-    r = await client.post(f"/api/workspaces/{workspace_id}/start", params={"wait": "true"})
-    r.raise_for_status()
-    if r.json()["state"] != "running":
-        raise RuntimeError(f"{name}: {r.json()['state']}: {r.json()['state_reason']}")
-    return time.perf_counter() - begin, workspace_id
 
 
 def hub_env(data: Path, namespace: str, image: str, port: int) -> dict[str, str]:
@@ -238,38 +225,7 @@ async def measure(args: argparse.Namespace, namespace: str, data: Path) -> list[
                 result_row("k8s hub / kubectl run (medians)", round(ratio, 3), "x", f"<= {RATIO_TARGET:g}", ratio_ok),
             ]
 
-            times: list[float] = []
-            ids: list[str] = []
-
-            async def one(n: int) -> None:
-                elapsed, workspace_id = await hub_run(client, f"burst-{n}")
-                times.append(elapsed)
-                ids.append(workspace_id)
-
-            begin = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for n in range(args.concurrent):
-                    tg.start_soon(one, n)
-            wall = time.perf_counter() - begin
-            running = [w for w in ids if (await client.get(f"/api/workspaces/{w}")).json()["state"] == "running"]
-            print(f"{args.concurrent} workspaces created+started at once: {len(running)}/{args.concurrent} running")
-            print(
-                f"  create→running p50 {percentile(times, 0.5):.3f}  p99 {percentile(times, 0.99):.3f}  "
-                f"(all within {wall:.3f} s)"
-            )
-            rows += [
-                result_row(
-                    f"k8s {args.concurrent} at once: running",
-                    len(running),
-                    "workspaces",
-                    f"= {args.concurrent}",
-                    len(running) == args.concurrent,
-                ),
-                result_row(f"k8s {args.concurrent} at once: create→running p50", percentile(times, 0.5), "s"),
-                result_row(f"k8s {args.concurrent} at once: create→running p99", percentile(times, 0.99), "s"),
-            ]
-            for workspace_id in ids:
-                await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
+            rows += (await hub_burst(client, args.concurrent, "k8s "))[1]
     finally:
         hub.terminate()
         try:

@@ -179,6 +179,39 @@ async def hub_run(client: httpx.AsyncClient, name: str) -> tuple[float, str]:
     return time.perf_counter() - begin, workspace_id
 
 
+async def hub_burst(
+    client: httpx.AsyncClient, count: int, label: str = ""
+) -> tuple[list[float], list[dict[str, object]]]:
+    """Create and start `count` workspaces at once through the hub, then purge them; (seconds each, result rows)."""
+    times: list[float] = []
+    ids: list[str] = []
+
+    async def one(n: int) -> None:
+        elapsed, workspace_id = await hub_run(client, f"burst-{n}")
+        times.append(elapsed)
+        ids.append(workspace_id)
+
+    begin = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for n in range(count):
+            tg.start_soon(one, n)
+    wall = time.perf_counter() - begin
+    running = [w for w in ids if (await client.get(f"/api/workspaces/{w}")).json()["state"] == "running"]
+    print(f"{count} workspaces created+started at once: {len(running)}/{count} running")
+    print(
+        f"  create→running p50 {percentile(times, 0.5):.3f}  p99 {percentile(times, 0.99):.3f}  "
+        f"max {max(times):.3f}  (all within {wall:.3f} s)"
+    )
+    rows = [
+        result_row(f"{label}{count} at once: running", len(running), "workspaces", f"= {count}", len(running) == count),
+        result_row(f"{label}{count} at once: create→running p50", percentile(times, 0.5), "s"),
+        result_row(f"{label}{count} at once: create→running p99", percentile(times, 0.99), "s"),
+    ]
+    for workspace_id in ids:
+        await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
+    return times, rows
+
+
 async def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,38 +317,8 @@ async def main() -> int:
                 result_row("hub / raw docker run (medians)", round(ratio, 3), "x", f"<= {RATIO_TARGET:g}", ratio_ok),
             ]
 
-            times: list[float] = []
-            ids: list[str] = []
-
-            async def one(n: int) -> None:
-                elapsed, workspace_id = await hub_run(client, f"burst-{n}")
-                times.append(elapsed)
-                ids.append(workspace_id)
-
-            begin = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for n in range(args.concurrent):
-                    tg.start_soon(one, n)
-            wall = time.perf_counter() - begin
-            running = [w for w in ids if (await client.get(f"/api/workspaces/{w}")).json()["state"] == "running"]
-            print(f"{args.concurrent} workspaces created+started at once: {len(running)}/{args.concurrent} running")
-            print(
-                f"  create→running p50 {percentile(times, 0.5):.3f}  p99 {percentile(times, 0.99):.3f}  "
-                f"max {max(times):.3f}  (all within {wall:.3f} s)"
-            )
-            rows += [
-                result_row(
-                    f"{args.concurrent} at once: running",
-                    len(running),
-                    "workspaces",
-                    f"= {args.concurrent}",
-                    len(running) == args.concurrent,
-                ),
-                result_row(f"{args.concurrent} at once: create→running p50", percentile(times, 0.5), "s"),
-                result_row(f"{args.concurrent} at once: create→running p99", percentile(times, 0.99), "s"),
-            ]
-            for workspace_id in ids:
-                await client.delete(f"/api/workspaces/{workspace_id}", params={"purge": "true"})
+            times, burst_rows = await hub_burst(client, args.concurrent)
+            rows += burst_rows
 
             raw_burst: list[float] = []
 
