@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from typing import Any
 
 import aiodocker
@@ -20,22 +20,13 @@ from aiodocker.exceptions import DockerError
 
 from app import metrics
 from app.services.runtime.base import (
-    OUTPUT_STREAMS,
-    ExecExit,
     ExecItem,
-    ExecOutput,
     ExecRequest,
-    OutputStream,
     WorkspaceNotRunning,
 )
-from app.services.runtime.common import OutputCap
+from app.services.runtime.exec_output import DEFAULT_SHELL, HANGUP_GROUP, KILL_GROUP, Chunk, pump_output
 
 PID_WRAPPER = 'echo "$$"; exec "$@"'
-KILL_GROUP = 'kill -KILL -- "-$1" 2>/dev/null || kill -KILL "$1"'
-HANGUP_GROUP = 'kill -HUP -- "-$1" 2>/dev/null; kill -HUP "$1"'
-KILL_GRACE = 5.0
-DEFAULT_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi")
-TIMEOUT_EXIT = 137
 
 
 async def _running(docker: aiodocker.Docker, name: str) -> tuple[Any, dict[str, Any]]:
@@ -91,58 +82,20 @@ async def exec_stream(docker: aiodocker.Docker, name: str, request: ExecRequest)
             environment=request.env or None,
             workdir=workdir,
         )
-    begin = time.monotonic()
-    deadline = begin + request.timeout_s
-    cap = OutputCap(request.max_output_bytes)
-    pid: int | None = None
-    head = bytearray()
-    timed_out = finished = False
     stream = exec_.start(detach=False)
-    try:
-        async with stream:
-            while True:
-                message, got = None, False
-                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                    message, got = await stream.read_out(), True
-                if not got:
-                    if timed_out or pid is None:
-                        timed_out = True
-                        break
-                    timed_out = True
-                    await _signal_group(container, pid, KILL_GROUP)
-                    deadline = time.monotonic() + KILL_GRACE
-                    continue
-                if message is None:
-                    break
-                channel: OutputStream = "stdout" if message.stream == 1 else "stderr"
-                data = message.data
-                if pid is None and channel == "stdout":
-                    head += data
-                    if b"\n" not in head:
-                        continue
-                    first, _, data = bytes(head).partition(b"\n")
-                    pid = int(first) if first.strip().isdigit() else 0
-                text = cap.feed(channel, data)
-                if text:
-                    yield ExecOutput(channel, text)
-            for channel in OUTPUT_STREAMS:
-                rest = cap.flush(channel)
-                if rest:
-                    yield ExecOutput(channel, rest)
-        code = await _exit_code(exec_)
-        finished = True
-        if timed_out or code is None:
-            code = TIMEOUT_EXIT if timed_out else -1
-        yield ExecExit(
-            exit_code=code,
-            duration_ms=int((time.monotonic() - begin) * 1000),
-            truncated=cap.truncated,
-            timed_out=timed_out,
-        )
-    finally:
-        if not finished and pid:
-            with anyio.CancelScope(shield=True):
-                await _signal_group(container, pid, KILL_GROUP)
+
+    async def receive() -> Chunk | None:
+        message = await stream.read_out()
+        if message is None:
+            return None
+        return ("stdout" if message.stream == 1 else "stderr"), message.data
+
+    async def kill_group(pid: int) -> None:
+        await _signal_group(container, pid, KILL_GROUP)
+
+    async with stream, aclosing(pump_output(request, receive, kill_group, lambda: _exit_code(exec_))) as items:
+        async for item in items:
+            yield item
 
 
 class DockerTerminal:

@@ -55,7 +55,7 @@ from app.services.runtime.common import (
 from app.services.runtime.common import (
     purge_dir as delete_tree,
 )
-from app.services.runtime.docker_exec import DEFAULT_SHELL
+from app.services.runtime.exec_output import DEFAULT_SHELL
 from app.services.runtime.ide_secret import local_launch
 from app.services.runtime.local_logs import follow_log_file, read_log_file
 from app.services.runtime.local_process import LocalProcess

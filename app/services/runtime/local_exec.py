@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from app.services.runtime import local_support as ls
 from app.services.runtime.base import OUTPUT_STREAMS, ExecExit, ExecItem, ExecOutput, ExecRequest, OutputStream
 from app.services.runtime.common import OutputCap
-from app.services.runtime.docker_exec import KILL_GRACE, TIMEOUT_EXIT
+from app.services.runtime.exec_output import KILL_GRACE, TIMEOUT_EXIT
 
 
 async def exec_stream(

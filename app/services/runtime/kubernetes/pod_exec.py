@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,14 +21,10 @@ import anyio.abc
 import httpx_ws
 
 from app.services.runtime.base import (
-    OUTPUT_STREAMS,
-    ExecExit,
     ExecItem,
-    ExecOutput,
     ExecRequest,
-    OutputStream,
 )
-from app.services.runtime.common import OutputCap
+from app.services.runtime.exec_output import DEFAULT_SHELL, HANGUP_GROUP, KILL_GROUP, Chunk, pump_output
 from app.services.runtime.kubernetes.connection import KubeConnection
 from app.services.runtime.kubernetes.manifests import IDE_CONTAINER
 
@@ -40,14 +35,9 @@ WRAPPER = (
     'echo "$$"; dir=$1; n=$2; shift 2; while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n-1)); done; '
     'cd -- "$dir" || exit 126; exec "$@"'
 )
-KILL_GROUP = 'kill -KILL -- "-$1" 2>/dev/null || kill -KILL "$1"'
-HANGUP_GROUP = 'kill -HUP -- "-$1" 2>/dev/null; kill -HUP "$1"'
-KILL_GRACE = 5.0
 PID_LINE = re.compile(rb"(?m)^(\d+)\r?\n")
 PID_LINES = 8
-TIMEOUT_EXIT = 137
 CHUNK = 256 << 10
-DEFAULT_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi")
 
 
 def wrapped(argv: Sequence[str], workdir: str, env: dict[str, str]) -> list[str]:
@@ -199,64 +189,33 @@ async def exec_stream(
     if not workdir.startswith("/"):
         workdir = f"{project.rstrip('/')}/{workdir}"
     argv = wrapped(request.argv, workdir, request.env)
-    begin = time.monotonic()
-    deadline = begin + request.timeout_s
-    cap = OutputCap(request.max_output_bytes)
-    pid: int | None = None
-    head = bytearray()
-    timed_out = finished = False
     code: int | None = None
     session = await open_session(tg, conn, pod, exec_params(argv, stdin=False, tty=False, container=IDE_CONTAINER))
-    try:
-        while True:
-            message: tuple[int, bytes] | None = None
-            waited = False
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                message, waited = await session.receive(), True
-            if not waited:
-                if timed_out or pid is None:
-                    timed_out = True
-                    break
-                timed_out = True
-                await _kill(conn, pod, pid, KILL_GROUP)
-                deadline = time.monotonic() + KILL_GRACE
-                continue
-            if message is None:
-                break
+
+    async def receive() -> Chunk | None:
+        nonlocal code
+        while (message := await session.receive()) is not None:
             channel, data = message
             if not data:
                 continue  # each channel opens with an empty message
             if channel == ERROR:
                 code = exit_code_of(json.loads(data))
-                break
-            stream: OutputStream = "stdout" if channel == STDOUT else "stderr"
-            if pid is None and stream == "stdout":
-                head += data
-                if b"\n" not in head:
-                    continue
-                first, _, data = bytes(head).partition(b"\n")
-                pid = int(first) if first.strip().isdigit() else 0
-            text = cap.feed(stream, data)
-            if text:
-                yield ExecOutput(stream, text)
-        for stream in OUTPUT_STREAMS:
-            rest = cap.flush(stream)
-            if rest:
-                yield ExecOutput(stream, rest)
-        finished = True
-        if timed_out or code is None:
-            code = TIMEOUT_EXIT if timed_out else -1
-        yield ExecExit(
-            exit_code=code,
-            duration_ms=int((time.monotonic() - begin) * 1000),
-            truncated=cap.truncated,
-            timed_out=timed_out,
-        )
+                return None
+            return ("stdout" if channel == STDOUT else "stderr"), data
+        return None
+
+    async def kill_group(pid: int) -> None:
+        await _kill(conn, pod, pid, KILL_GROUP)
+
+    async def exit_code() -> int | None:
+        return code
+
+    try:
+        async with contextlib.aclosing(pump_output(request, receive, kill_group, exit_code)) as items:
+            async for item in items:
+                yield item
     finally:
         session.close()
-        if not finished and pid:
-            with anyio.CancelScope(shield=True):
-                await _kill(conn, pod, pid, KILL_GROUP)
 
 
 class KubeTerminal:
