@@ -107,11 +107,13 @@ class VolumeHelper:
 
     async def ensure_project(self, container: str) -> None:
         """Create the project directory (owned by the workspace user) through ``container``, which mounts
-        the volume at home (a created, never started container will do)."""
+        the volume at home (a created, never started container will do).
+
+        Put even when it exists: creating a container whose working directory is the project makes it,
+        owned by root (Docker 20.10), and a directory entry over an existing directory only sets its owner."""
         if self.workspace_id in self._ready:
             return
-        if await self._stat(container, self.project) is None:
-            await self._put(self.home, tar_entries([(("project",), None, 0o755)], self.user, prefix=()), container)
+        await self._put(self.home, tar_entries([(("project",), None, 0o755)], self.user, prefix=()), container)
 
     async def ensure(self) -> None:
         """Volume, helper and an empty project (owned by the workspace user), each made once."""
