@@ -7,23 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from app.factory import create_app
-from app.settings import Settings
 from tests.support.databases import fresh_database
-from tests.support.kubernetes import claims, ensure_volumes, kube_namespace, pods
 from tests.support.lifecycle import create, event_history, wait_state
-from tests.support.runtime import RUNTIMES, containers, remove_hub_containers
+from tests.support.runtime import Engine, remove_hub_containers
 from tests.support.server import admin_token, free_port, serve_asgi
-from tests.support.settings import docker_settings, kube_settings
 
 pytestmark = pytest.mark.anyio
 SLOW_IDE = "sh -c 'echo slow boot; sleep 3; exec /usr/local/bin/wsecho 8080'"
@@ -35,41 +30,6 @@ def own_db(tmp_path: Path) -> Iterator[str]:
     """A migrated SQLite database shared by the killed hub and its successor."""
     with fresh_database("sqlite", tmp_path) as url:
         yield url
-
-
-@dataclass
-class Engine:
-    """One runtime under test: the hub's settings for it, and its workspaces as the engine lists them."""
-
-    kind: str
-    namespace: str = ""
-
-    def settings(self, tmp_path: Path, db: str, **overrides: Any) -> Settings:
-        """A hub on this engine."""
-        if self.kind == "kubernetes":
-            return kube_settings(tmp_path, db, self.namespace, **overrides)
-        return docker_settings(tmp_path, db, **overrides)
-
-    async def running(self, label: str) -> list[tuple[str, bool]]:
-        """(name, running) of the workspace containers or pods carrying ``label``."""
-        if self.kind == "kubernetes":
-            return [(str(p["name"]), bool(p["running"])) for p in await pods(self.namespace, label)]
-        return [(c["Names"], c["State"] == "running") for c in containers(label)]
-
-    async def homes(self, hub_id: str) -> list[str]:
-        """The workspace homes this hub deployment has on the engine (claims; Docker volumes are not checked)."""
-        return await claims(self.namespace, f"codehub.hub={hub_id}") if self.kind == "kubernetes" else []
-
-
-@pytest.fixture(params=RUNTIMES)
-async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
-    """The Docker engine, or a namespace of its own on the Kubernetes test cluster."""
-    if request.param == "kubernetes":
-        ensure_volumes(6)
-        async with kube_namespace("crash") as namespace:
-            yield Engine("kubernetes", namespace)
-        return
-    yield Engine("docker")
 
 
 def hub_env(settings, port: int) -> dict[str, str]:  # type: ignore[no-untyped-def]

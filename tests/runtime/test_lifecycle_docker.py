@@ -1,4 +1,7 @@
-"""Lifecycle, servers and reconciliation against the real Docker engine (test image), SQLite and Postgres."""
+"""Lifecycle, servers and reconciliation against real engines (test image), SQLite and Postgres.
+
+Start, stop and restart with the files kept, and the idle stop, run on the Docker engine and on the Kubernetes
+test cluster alike (``engine_hub``, over the ``engine`` fixture); the rest is about Docker servers."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pytest
 from app.factory import create_app
 from tests.support.databases import fresh_database
 from tests.support.lifecycle import create, event_history, types, wait_state
-from tests.support.runtime import containers, remove_hub_containers
+from tests.support.runtime import Engine, containers, remove_hub_containers
 from tests.support.server import Hub, running_hub, serve_asgi
 from tests.support.services import TEST_IMAGE, need_docker
 from tests.support.settings import docker_settings
@@ -30,6 +33,86 @@ async def hub(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
             yield running
     finally:
         remove_hub_containers(settings.hub_id)
+
+
+@pytest.fixture(scope="module")
+def module_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated SQLite database for the module's hub on each engine."""
+    with fresh_database("sqlite", tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def engine_hub(
+    engine: Engine, module_sqlite: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Engine, Hub]]:
+    """A hub whose default server is ``engine``; what it made there is removed at the end."""
+    settings = engine.settings(tmp_path_factory.mktemp("data"), module_sqlite, idle_warning=0.5)
+    try:
+        async with running_hub(settings) as running:
+            yield engine, running
+    finally:
+        remove_hub_containers(settings.hub_id)
+
+
+async def test_start_stop_restart_keep_the_files(engine_hub: tuple[Engine, Hub]) -> None:
+    engine, hub = engine_hub
+    async with hub.client() as client:
+        ws = await create(client, "keeper")
+        label, name = f"codehub.workspace={ws['id']}", f"codehub-{ws['id']}"
+        r = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert r.status_code == 200 and r.json()["state"] == "running", r.text
+        assert await engine.running(label) == [(name, True)]
+        status = (await client.get(f"/api/workspaces/{ws['id']}/status")).json()
+        assert status["runtime"] == engine.kind and status["ide_healthy"] is True
+        r = await client.put(
+            f"/api/workspaces/{ws['id']}/files/content", params={"path": "kept.txt"}, content=b"kept\n"
+        )
+        assert r.status_code in (200, 201), r.text
+        r = await client.post(
+            f"/api/workspaces/{ws['id']}/execute", json={"command": "pwd; ls -ld .; echo more >> kept.txt"}
+        )
+        assert r.json()["stdout"].split()[0] == "/home/coder/project" and r.json()["exit_code"] == 0, r.text
+
+        assert (await client.post(f"/api/workspaces/{ws['id']}/stop")).json()["state"] == "stopped"
+        assert not any(running for _, running in await engine.running(label))
+        assert await engine.homes(hub.settings.hub_id) in ([], [f"codehub-home-{ws['id']}"])
+        r = await client.get(f"/api/workspaces/{ws['id']}/files/content", params={"path": "kept.txt"})
+        assert r.status_code == 200 and r.json()["content"] == "kept\nmore\n", (
+            r.text
+        )  # read off the stopped workspace's home
+
+        for action in ("start", "restart"):
+            r = await client.post(f"/api/workspaces/{ws['id']}/{action}", params={"wait": "true"})
+            assert r.json()["state"] == "running", r.text
+            again = (await client.get(f"/api/workspaces/{ws['id']}/status")).json()
+            assert again["container_id"] != status["container_id"]
+            status = again
+            r = await client.post(f"/api/workspaces/{ws['id']}/execute", json={"command": "cat kept.txt"})
+            assert r.json()["stdout"] == "kept\nmore\n", r.text
+            assert await engine.running(label) == [(name, True)]
+        events = await event_history(client, f"workspace:{ws['id']}", "workspace.running")
+        assert types(events)[:3] == ["workspace.created", "workspace.placed", "workspace.starting"]
+
+        assert (await client.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
+        assert await engine.running(label) == [] and await engine.homes(hub.settings.hub_id) == []
+
+
+async def test_an_idle_workspace_is_warned_then_stopped(engine_hub: tuple[Engine, Hub]) -> None:
+    engine, hub = engine_hub
+    async with hub.client() as admin:
+        body = {"name": "sleepy", "image": TEST_IMAGE, "max_memory_mb": 512, "default_memory_mb": 256}
+        assert (await admin.post("/api/admin/templates", json={**body, "idle_timeout": 2})).status_code == 201
+        ws = await create(admin, "nap", template="sleepy")
+        r = await admin.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert r.json()["state"] == "running", r.text
+        stopped = await wait_state(admin, ws["id"], {"stopped"}, timeout=30)
+        assert stopped["state_reason"] == "idle"
+        events = await event_history(admin, f"workspace:{ws['id']}", "workspace.stopped")
+        pending = [e["data"] for e in events if e["type"] == "workspace.stop_pending"]
+        assert pending and pending[0]["reason"] == "idle"
+        assert not any(running for _, running in await engine.running(f"codehub.workspace={ws['id']}"))
+        assert (await admin.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
 
 
 async def test_local_engine_is_the_default_server_and_runs_workspaces(hub: Hub) -> None:

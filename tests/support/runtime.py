@@ -1,5 +1,5 @@
-"""Runtime helpers for tests: the fake IDE command, workspace specs and ids, running pairs, and the
-containers and networks of a test hub id."""
+"""Runtime helpers for tests: the fake IDE command, workspace specs and ids, running pairs, the containers and
+networks of a test hub id, and ``Engine``: a hub's settings and what it left, on Docker or Kubernetes alike."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import pytest
 
 from app.services.runtime.base import Endpoint, StorageRef, WorkspaceSpec
 from app.services.runtime.docker import DockerRuntime
+from app.settings import Settings
+from tests.support.kubernetes import claims, pods
 from tests.support.services import TEST_IMAGE
+from tests.support.settings import docker_settings, kube_settings
 
 FAKE_IDE = Path(__file__).resolve().with_name("fake_ide.py")
 RUNTIMES = ["docker", "kubernetes"]
@@ -123,3 +127,28 @@ def remove_hub_containers(hub_id: str, docker_host: str | None = None) -> None:
         )
         if found.stdout.split():
             subprocess.run([*docker, kind, "rm", *found.stdout.split()], capture_output=True)
+
+
+@dataclass
+class Engine:
+    """One runtime under test (one of ``RUNTIMES``): a hub's settings for it, and what the hub has on it."""
+
+    kind: str
+    namespace: str = ""
+    """The Kubernetes namespace of the test cluster the hub's workspaces go to."""
+
+    def settings(self, data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+        """A hub whose default server is this engine (the local Docker engine, or the namespace)."""
+        if self.kind == "kubernetes":
+            return kube_settings(data_dir, database_url, self.namespace, **overrides)
+        return docker_settings(data_dir, database_url, **overrides)
+
+    async def running(self, label: str) -> list[tuple[str, bool]]:
+        """(name, running) of the workspace containers or pods carrying ``label`` (a pod being deleted is gone)."""
+        if self.kind == "kubernetes":
+            return [(str(p["name"]), bool(p["running"])) for p in await pods(self.namespace, label)]
+        return [(c["Names"], c["State"] == "running") for c in containers(label)]
+
+    async def homes(self, hub_id: str) -> list[str]:
+        """The workspace homes this hub deployment has on the engine (claims; Docker volumes are not checked)."""
+        return await claims(self.namespace, f"codehub.hub={hub_id}") if self.kind == "kubernetes" else []
