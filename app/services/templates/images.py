@@ -18,7 +18,7 @@ from sqlalchemy import select
 from app.db import SessionMaker
 from app.errors import DomainError, Unprocessable
 from app.events import ADMIN_TOPIC, EventPublisher
-from app.models import Server, new_id
+from app.models import RuntimeKind, Server, new_id
 from app.services.runtime.base import ImageStore
 from app.services.runtime.engines import Engines
 from app.settings import Settings
@@ -88,9 +88,14 @@ class TemplateImages:
         async with self._sessionmaker() as session:
             server = await session.get(Server, server_id)
         name = server.name if server is not None else server_id
+        by_hand = (
+            "load it onto every node of that cluster"
+            if server is not None and server.kind == RuntimeKind.KUBERNETES
+            else f"`docker pull {image}` on that server"
+        )
         raise Unprocessable(
             f"image {image} is not on server {name!r} and the hub does not pull images: pre-pull it "
-            f"(POST /api/admin/templates/{template_id}/pull, or `docker pull {image}` on that server) "
+            f"(POST /api/admin/templates/{template_id}/pull, or {by_hand}) "
             "or ask an admin to set CODEHUB_PULL_IMAGES=true",
             code="image_missing",
         )

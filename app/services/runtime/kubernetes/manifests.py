@@ -11,6 +11,7 @@
   (``codehub.role=hub``), so no workspace reaches another; with ``CODEHUB_WORKSPACE_EGRESS=none`` no egress.
 - File helper pod ``codehub-files-<id>``: the workspace image running ``sleep``, mounting only the PVC,
   for file work while the workspace is stopped.
+- Pull pod ``codehub-pull-…``: an admin's pre-pull of an image onto one node, running ``true``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ LABEL_ROLE = "codehub.role"
 ROLE_WORKSPACE = "workspace"
 ROLE_FILES = "files"
 ROLE_HUB = "hub"
+ROLE_PULL = "pull"
 IDE_CONTAINER = "ide"
 FILES_CONTAINER = "files"
+PULL_CONTAINER = "pull"
 HELPER_LIFETIME = 900
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
@@ -215,5 +218,38 @@ def helper_manifest(workspace_id: str, hub_id: str, *, image: str, home: str, us
                 }
             ],
             "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": pvc_name(workspace_id)}}],
+        },
+    }
+
+
+def pull_manifest(image: str, hub_id: str, *, node: str, user: tuple[int, int], lifetime: int) -> dict[str, Any]:
+    """A pod that brings ``image`` onto ``node`` (pinned there) and runs ``true``, unprivileged, no volumes."""
+    limits = {"cpu": "50m", "memory": "32Mi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "codehub-pull-", "labels": {LABEL_HUB: hub_id, LABEL_ROLE: ROLE_PULL}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 0,
+            "activeDeadlineSeconds": lifetime,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": user[0], "runAsGroup": user[1]},
+            "containers": [
+                {
+                    "name": PULL_CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["true"],
+                    "resources": {"requests": limits, "limits": limits},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
         },
     }

@@ -41,7 +41,7 @@ from app.services.runtime.base import (
 )
 from app.services.runtime.cache import DEFAULT_TTL, StatusCache, cached_status
 from app.services.runtime.common import collect_exec, resolve_container_user
-from app.services.runtime.kubernetes import manifests, pod_exec, states
+from app.services.runtime.kubernetes import images, manifests, pod_exec, pod_logs, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
 from app.services.runtime.kubernetes.files import KubeVolumeFiles, helper_target
 from app.services.runtime.kubernetes.start import LOG_TAIL_ON_FAILURE, start_pod
@@ -258,44 +258,16 @@ class KubernetesRuntime:
 
     # -- logs, exec, terminal --------------------------------------------------------------------------
 
-    def _log_params(self, tail: int, since: float | None, follow: bool) -> dict[str, str]:
-        params = {"timestamps": "true", "tailLines": str(tail), "container": manifests.IDE_CONTAINER}
-        if since is not None:
-            params["sinceSeconds"] = str(states.since_seconds(since))
-        if follow:
-            params["follow"] = "true"
-        return params
-
     async def logs(self, workspace_id: str, *, tail: int = 200, since: float | None = None) -> list[LogLine]:
         """The last ``tail`` lines (after ``since``) through ``pods/log``."""
-        path = self.conn.path("pods", container_name(workspace_id)) + "/log"
-        try:
-            text = await self.conn.text(path, params=self._log_params(tail, since, False))
-        except KubeError as exc:
-            if exc.api_status == 404:
-                raise UnknownWorkspace(f"no pod for workspace {workspace_id}") from exc
-            if exc.api_status == 400:  # the container has not started yet
-                return []
-            raise
-        lines = [states.log_line(line) for line in text.splitlines() if line]
-        return [line for line in lines if since is None or states.unix_of(line.at) > since]
+        return await pod_logs.read(self.conn, workspace_id, tail=tail, since=since)
 
     async def follow_logs(
         self, workspace_id: str, *, tail: int = 0, since: float | None = None
     ) -> AsyncGenerator[LogLine, None]:
-        """Lines as the IDE writes them (``follow=true``); ends when the container ends."""
-        path = self.conn.path("pods", container_name(workspace_id)) + "/log"
-        try:
-            async with self.conn.stream(path, params=self._log_params(tail, since, True)) as response:
-                async for raw in response.aiter_lines():
-                    if raw:
-                        line = states.log_line(raw)
-                        if since is None or states.unix_of(line.at) > since:
-                            yield line
-        except KubeError as exc:
-            if exc.api_status == 404:
-                raise UnknownWorkspace(f"no pod for workspace {workspace_id}") from exc
-            raise
+        """Lines as the IDE writes them; ends when the container ends."""
+        async for line in pod_logs.follow(self.conn, workspace_id, tail=tail, since=since):
+            yield line
 
     async def exec(self, workspace_id: str, request: ExecRequest) -> ExecResult:
         """Run a command to completion in the pod."""
@@ -387,6 +359,16 @@ class KubernetesRuntime:
             await self.delete_pod(self.helper_pod(workspace_id), grace=0)
         if purge:
             await self.purge_storage(workspace_id)
+
+    # -- images ----------------------------------------------------------------------------------------
+
+    async def has_image(self, image: str) -> bool:
+        """True when every schedulable node holds ``image`` (the kubelet's ``.status.images``; nothing pulled)."""
+        return not await images.nodes_lacking(self.conn, image)
+
+    async def pull_image(self, image: str, progress: Progress | None = None) -> None:
+        """Pull ``image`` onto the nodes that lack it (a short-lived pod each), whatever the pull setting says."""
+        await images.pull(self.conn, image, self.hub_id, self.user, progress)
 
     # -- watching --------------------------------------------------------------------------------------
 
