@@ -109,7 +109,7 @@ async def events(
                 data = json.loads(line)
                 attrs = (data.get("Actor") or {}).get("Attributes") or {}
                 workspace_id = attrs.get(LABEL_WORKSPACE)
-                if not workspace_id:
+                if not workspace_id or ds.KUBELET_POD in attrs:
                     continue
                 if cache is not None:
                     await cache.drop(workspace_id)

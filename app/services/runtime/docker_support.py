@@ -30,6 +30,9 @@ from app.services.runtime.base import (
 from app.services.runtime.common import iso_from_unix, unix_from_iso
 
 _EXITED = re.compile(r"Exited \((-?\d+)\)")
+KUBELET_POD = "io.kubernetes.pod.uid"
+"""On a container the kubelet made through dockershim: its pod's (the pause container carries the pod's labels,
+ours included), which the Kubernetes runtime judges, never this engine's runtime."""
 MIB = 1024 * 1024
 # Root inside the container (images that start as root and drop to a user, like code-server's
 # official entrypoint) needs to fix ownership (CHOWN, DAC_OVERRIDE, FOWNER), switch user
@@ -221,8 +224,11 @@ def _listed(item: aiodocker.containers.DockerContainer, key: str, default: Any) 
 
 
 def state_of_list_item(item: aiodocker.containers.DockerContainer) -> RuntimeState:
-    """A runtime state from one item of the container list (exit code parsed from its status text)."""
+    """A runtime state from one item of the container list (exit code parsed from its status text); a pod's
+    container gets no workspace id."""
     labels = _listed(item, "Labels", None) or {}
+    if KUBELET_POD in labels:
+        labels = {key: value for key, value in labels.items() if key != LABEL_WORKSPACE}
     state = _listed(item, "State", "")
     match = _EXITED.search(_listed(item, "Status", ""))
     return RuntimeState(

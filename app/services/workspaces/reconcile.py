@@ -3,9 +3,13 @@
 - ``reconcile_once`` (at start and every ``reconcile_interval``): a running row whose container died becomes
   ``stopped``/``failed`` with its exit code; one whose container vanished becomes ``stopped``; a start or
   stop left half-done by a hub that died is finished (a healthy container is adopted, anything else is
-  removed and the row fails); a labelled container without a workspace is reported, then removed after
-  ``orphan_grace``.
+  removed and the row fails); a container with this deployment's hub id whose workspace is gone from the
+  database is reported, then removed after ``orphan_grace``.
 - ``watch_events``: the same per-workspace check the moment the engine reports ``die``/``oom``/``destroy``.
+
+Each row is judged only by the runtime of the server that holds it (its ``runtime`` kind and ``server_id``):
+with Docker and Kubernetes servers side by side, what one engine says of a workspace placed on another (a
+leftover of an earlier placement) never stops or fails it, and such a leftover is no orphan.
 - ``idle_loop``: ``workspace.stop_pending`` ``idle_warning`` seconds ahead, then a stop with reason ``idle``.
 """
 
@@ -40,6 +44,7 @@ class Reconciler:
         self._orphans: dict[tuple[str | None, str], float] = {}
         self._warned: set[tuple[str, Any]] = set()
         self._watching: set[str | None] = set()
+        self._strays: set[tuple[str | None, str]] = set()
 
     async def _admin_event(self, type_: str, data: dict[str, Any]) -> None:
         try:
@@ -76,27 +81,36 @@ class Reconciler:
                 log.warning("reconcile of %s failed: %s", ws.id, exc.detail)
         seen = set()
         for state in states:
-            if state.workspace_id in known:
+            if state.workspace_id in known or state.hub_id != self.settings.hub_id:
                 continue
             key = (server_id, state.container_id)
             seen.add(key)
-            await self._orphan(key, state, runtime, moved=state.workspace_id in elsewhere)
+            if state.workspace_id in elsewhere:
+                self._stray(key, state)
+            else:
+                await self._orphan(key, state, runtime)
         for key in [k for k in self._orphans if k[0] == server_id and k not in seen]:
             del self._orphans[key]
+        self._strays = {k for k in self._strays if k[0] != server_id or k in seen}
 
-    async def _orphan(
-        self, key: tuple[str | None, str], state: RuntimeState, runtime: WorkspaceRuntime, *, moved: bool
-    ) -> None:
+    def _stray(self, key: tuple[str | None, str], state: RuntimeState) -> None:
+        if key not in self._strays:
+            self._strays.add(key)
+            log.warning(
+                "container %s of workspace %s is left on server %s; the workspace is placed elsewhere",
+                state.container_id[:12],
+                state.workspace_id,
+                key[0],
+            )
+
+    async def _orphan(self, key: tuple[str | None, str], state: RuntimeState, runtime: WorkspaceRuntime) -> None:
         data = {"server_id": key[0], "container_id": state.container_id, "workspace_id": state.workspace_id}
         first = self._orphans.get(key)
         now = time.monotonic()
         if first is None:
             self._orphans[key] = now
             log.warning(
-                "orphan container %s (workspace %s%s)",
-                state.container_id[:12],
-                state.workspace_id,
-                ", placed elsewhere" if moved else ", no such workspace",
+                "orphan container %s (workspace %s: no such workspace)", state.container_id[:12], state.workspace_id
             )
             await self._admin_event("runtime.orphan", {**data, "grace_s": self.settings.orphan_grace})
             first = now
@@ -167,11 +181,11 @@ class Reconciler:
             await self.lifecycle.drop_status(ws.id)
             await self.lifecycle.publish(row, f"workspace.{state}", reason=reason, exit_code=exit_code)
 
-    async def on_event(self, runtime: WorkspaceRuntime, workspace_id: str) -> None:
-        """An engine event for a workspace: re-check its row if it is supposed to run."""
+    async def on_event(self, server_id: str | None, runtime: WorkspaceRuntime, workspace_id: str) -> None:
+        """An engine event for a workspace: re-check its row if it is supposed to run there."""
         async with self._sessionmaker() as session:
             ws = await session.get(Workspace, workspace_id)
-        if ws is None or ws.state != WorkspaceState.RUNNING:
+        if ws is None or ws.state != WorkspaceState.RUNNING or not _held_by(ws, server_id, runtime):
             return
         await self.check(ws, await runtime.inspect(workspace_id), runtime)
 
@@ -184,7 +198,7 @@ class Reconciler:
                     async for event in runtime.events(self.settings.hub_id):
                         delay = 1.0
                         if event.event in ("die", "oom", "destroy", "stop"):
-                            await self.on_event(runtime, event.workspace_id)
+                            await self.on_event(server_id, runtime, event.workspace_id)
                 except DomainError as exc:
                     log.warning("event stream of server %s: %s", server_id, exc.detail)
                 except Exception:
@@ -245,6 +259,11 @@ class Reconciler:
             except Exception:
                 log.exception("idle check failed")
             await anyio.sleep(step)
+
+
+def _held_by(ws: Workspace, server_id: str | None, runtime: WorkspaceRuntime) -> bool:
+    """True when ``ws`` runs on this runtime: its kind, and its server (a hub-wide runtime has none)."""
+    return ws.runtime == runtime.kind and (server_id is None or ws.server_id == server_id)
 
 
 def _exit_outcome(state: RuntimeState) -> tuple[WorkspaceState, str, int | None]:
