@@ -94,7 +94,8 @@ async def test_start_stop_restart_keep_the_files(engine_hub: tuple[Engine, Hub])
         events = await event_history(client, f"workspace:{ws['id']}", "workspace.running")
         assert types(events)[:3] == ["workspace.created", "workspace.placed", "workspace.starting"]
 
-        assert (await client.delete(f"/api/workspaces/{ws['id']}")).status_code == 204
+        r = await client.delete(f"/api/workspaces/{ws['id']}", params={"purge": "true"})
+        assert r.status_code == 204
         assert await engine.running(label) == [] and await engine.homes(hub.settings.hub_id) == []
 
 
