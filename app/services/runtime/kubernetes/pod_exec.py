@@ -97,7 +97,10 @@ async def run(
                 if not data:
                     continue  # each channel opens with an empty message
                 if channel == ERROR:
-                    code = exit_code_of(json.loads(data))
+                    status = json.loads(data)
+                    code = exit_code_of(status)
+                    if code == -1:  # the exec itself failed (no exit code): say why
+                        err += str(status.get("message", "")).encode()
                     break
                 target = out if channel == STDOUT else err
                 if len(target) < limit:

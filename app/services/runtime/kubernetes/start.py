@@ -28,6 +28,7 @@ KubernetesRuntime = Any
 POLL = 0.2
 EVENTS_EVERY = 1.0
 LOG_TAIL_ON_FAILURE = 40
+EXEC_ATTEMPTS = 3
 
 
 async def _events(rt: KubernetesRuntime, pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,7 +114,11 @@ async def start_pod(
             return state is not None and state.running and state.container_id == uid
 
         async def started() -> None:
-            code, _out, err = await rt.run_in(name, ["mkdir", "-p", "--", project_dir(spec.home)])
+            for _attempt in range(EXEC_ATTEMPTS):  # a loaded kubelet may refuse or drop the first exec (-1)
+                code, _out, err = await rt.run_in(name, ["mkdir", "-p", "--", project_dir(spec.home)])
+                if code != -1:
+                    break
+                await anyio.sleep(0.5)
             if code != 0:
                 raise StartFailed(f"the project directory could not be made: {err.decode(errors='replace')[-300:]}")
             if progress:
