@@ -36,8 +36,8 @@ async def hub(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
 
 
 @pytest.fixture(scope="module")
-def module_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated SQLite database for the module's hub on each engine."""
+def module_sqlite(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated SQLite database of its own for the module's hub on each engine."""
     with fresh_database("sqlite", tmp_path_factory.mktemp("db")) as url:
         yield url
 
