@@ -13,8 +13,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from app.services.files.patches import clear_cache
 from app.services.runtime.docker import DockerRuntime
+from app.services.runtime.kubernetes.runtime import KubernetesRuntime
 from tests.support.files import Sandbox, make_sandbox
-from tests.support.storage import BACKENDS, Backend, docker_portal, drop_backend, make_backend
+from tests.support.storage import BACKENDS, Backend, docker_portal, drop_backend, kube_portal, make_backend
 
 
 @pytest.fixture
@@ -30,15 +31,27 @@ def volume_engine() -> Iterator[tuple[BlockingPortal, DockerRuntime, str]]:
         yield found
 
 
+@pytest.fixture(scope="session")
+def claim_engine() -> Iterator[tuple[BlockingPortal, KubernetesRuntime, dict[str, str]]]:
+    """A Kubernetes runtime (in a portal's loop) with a stopped workspace's claim and a running workspace."""
+    with kube_portal() as found:
+        yield found
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Backend]:
-    """The trap-filled sandbox as a local directory, then as a Docker volume (the same tests run on both)."""
+    """The trap-filled sandbox as a local directory, a Docker volume, and a Kubernetes claim through a helper pod
+    and through the workspace pod (the same tests run on each)."""
     if request.param == "directory":
         with start_blocking_portal() as portal:
             yield make_backend("directory", sandbox, portal, None)
         return
-    portal, runtime, _hub_id = request.getfixturevalue("volume_engine")
-    made = make_backend("volume", sandbox, portal, runtime)
+    if request.param == "volume":
+        portal, runtime, _hub_id = request.getfixturevalue("volume_engine")
+        made = make_backend("volume", sandbox, portal, runtime)
+    else:
+        portal, runtime, ids = request.getfixturevalue("claim_engine")
+        made = make_backend(request.param, sandbox, portal, runtime, ids[request.param])
     try:
         yield made
     finally:

@@ -1,8 +1,11 @@
-"""Storage backends under test: the same sandbox as a local directory or as a Docker volume, called blocking.
+"""Storage backends under test: the same sandbox as a local directory, a Docker volume, or a Kubernetes claim
+(of a stopped workspace: files through a helper pod; of a running one: through the workspace pod), called
+blocking.
 
 ``Backend`` wraps a ``WorkspaceStorage`` for synchronous tests (calls go through an anyio blocking portal,
-whose loop also owns the Docker client) and looks at the files from outside the seam: the local directory
-itself, or the volume through the engine (archive reads and commands in the file helper).
+whose loop also owns the runtime's clients) and looks at the files from outside the seam: the local directory
+itself, or the volume or claim through plain commands where it is mounted (``tar``, ``ls``, ``cat``).
+A claim is one per session and kind, emptied and filled with the sandbox again for each test.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import hashlib
 import io
 import secrets
 import tarfile
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -22,13 +26,15 @@ from app.services.files.paths import normalize
 from app.services.files.remote import mode_kind
 from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.services.runtime.docker import DockerRuntime
-from app.services.runtime.docker_volume import DockerVolumeFiles
+from app.services.runtime.kubernetes.runtime import KubernetesRuntime
 from tests.support.files import Sandbox, snapshot
-from tests.support.runtime import remove_hub_containers
-from tests.support.services import TEST_IMAGE, need_docker
+from tests.support.kubernetes import ensure_volumes, kube_namespace, kube_runtime
+from tests.support.runtime import remove_hub_containers, spec_for
+from tests.support.services import TEST_IMAGE, need_docker, need_kubernetes
 
 T = TypeVar("T")
-BACKENDS = ["directory", "volume"]
+BACKENDS = ["directory", "volume", "claim-stopped", "claim-running"]
+WIPE = 'find "$1" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +'
 
 
 @dataclass
@@ -39,7 +45,7 @@ class Backend:
     storage: WorkspaceStorage
     portal: BlockingPortal
     sandbox: Sandbox | None = None
-    files: DockerVolumeFiles | None = None
+    files: Any = None  # the volume's or claim's ``RemoteFiles`` (``run``, ``lstat``, ``path``, ``home``)
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run a storage coroutine function to completion."""
@@ -52,18 +58,13 @@ class Backend:
             return snapshot(self.sandbox.top, skip=("ws",))
         files = self.files
         state: dict[str, tuple[object, ...]] = {name: ("top",) for name in self.top_names()}
-
-        async def outside() -> bytes:
-            helper = files.docker.containers.container(f"codehub-files-{files.workspace_id}")
-            async with files.docker._query(
-                f"containers/{helper.id}/archive", params={"path": f"{files.home}/outside"}
-            ) as response:
-                return bytes(await response.read())
-
-        with tarfile.open(fileobj=io.BytesIO(self.portal.call(outside))) as archive:
+        code, out, err = self.portal.call(lambda: files.run(["tar", "-c", "-f", "-", "-C", files.home, "outside"]))
+        assert code == 0, err
+        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
             for member in archive.getmembers():
                 data = archive.extractfile(member).read() if member.isreg() else b""  # type: ignore[union-attr]
-                state[member.name] = (member.type, hashlib.sha256(data).hexdigest(), member.linkname, member.mode)
+                name = member.name.rstrip("/")
+                state[name] = (member.type, hashlib.sha256(data).hexdigest(), member.linkname, member.mode & 0o7777)
         return state
 
     def top_names(self) -> set[str]:
@@ -97,11 +98,11 @@ class Backend:
         return out
 
 
-def _tar_sandbox(sandbox: Sandbox) -> bytes:
+def _tar_sandbox(sandbox: Sandbox, *, fifos: bool = True) -> bytes:
     """The sandbox as the volume's home: ``ws`` becomes ``project``; sockets and devices are left out."""
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        if info.ischr() or info.isblk():
+        if info.ischr() or info.isblk() or (info.isfifo() and not fifos):
             return None
         info.uid = info.gid = 1000
         return info
@@ -128,26 +129,59 @@ def docker_portal() -> Iterator[tuple[BlockingPortal, DockerRuntime, str]]:
             remove_hub_containers(hub_id)
 
 
-def make_backend(kind: str, sandbox: Sandbox, portal: BlockingPortal, runtime: DockerRuntime | None) -> Backend:
-    """The sandbox as a ``kind`` storage."""
+@asynccontextmanager
+async def _kube_claims() -> AsyncIterator[tuple[KubernetesRuntime, dict[str, str]]]:
+    """A runtime in a namespace of its own, with a stopped workspace's claim and a running workspace."""
+    ensure_volumes(2)
+    async with (
+        kube_namespace("files") as namespace,
+        kube_runtime(namespace, hub_id=f"t-kf-{secrets.token_hex(4)}") as rt,
+    ):
+        stopped, running = spec_for(rt, rt.hub_id, Path("/nonexistent")), spec_for(rt, rt.hub_id, Path("/nonexistent"))
+        await rt.start(running, ready_timeout=60)
+        yield rt, {"claim-stopped": stopped.id, "claim-running": running.id}
+
+
+@contextmanager
+def kube_portal() -> Iterator[tuple[BlockingPortal, KubernetesRuntime, dict[str, str]]]:
+    """A portal whose loop holds a Kubernetes runtime and the two claims (by backend kind) of ``_kube_claims``."""
+    need_kubernetes()
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(_kube_claims()) as (rt, ids):
+        yield portal, rt, ids
+
+
+def make_backend(kind: str, sandbox: Sandbox, portal: BlockingPortal, runtime: Any, workspace_id: str = "") -> Backend:
+    """The sandbox as a ``kind`` storage (a claim: ``workspace_id``'s, emptied first)."""
     if kind == "directory":
         return Backend(kind, LocalStorage(sandbox.root), portal, sandbox=sandbox)
     assert runtime is not None
-    workspace_id = "w" + secrets.token_hex(5)
-    files = runtime.volume_files(workspace_id)
-    storage = runtime.storage(workspace_id)
-    portal.call(files.ensure)
-    portal.call(lambda: files._put(files.home, _tar_sandbox(sandbox)))
+    if kind == "volume":
+        workspace_id = "w" + secrets.token_hex(5)
+        files = runtime.volume_files(workspace_id)
+        storage = runtime.storage(workspace_id)
+        portal.call(files.ensure)
+        portal.call(lambda: files._put(files.home, _tar_sandbox(sandbox)))
+    else:
+        storage = runtime.storage(workspace_id)
+        files = storage.files
+        portal.call(files.ensure)
+        for argv, data in (
+            (["sh", "-c", WIPE, "sh", files.home], b""),
+            (["tar", "-x", "-o", "-f", "-", "-C", files.home], _tar_sandbox(sandbox, fifos=False)),
+            (["mkfifo", files.path(("fifo",))], b""),
+        ):
+            code, _out, err = portal.call(lambda argv=argv, data=data: files.run(argv, data))
+            assert code == 0, err
     if (sandbox.root / "sock").exists():  # a socket cannot travel in a tar: a FIFO is the same kind of entry
         portal.call(lambda: files.run(["mkfifo", files.path(("sock",))]))
     return Backend(kind, storage, portal, sandbox=None, files=files)
 
 
-def drop_backend(backend: Backend, runtime: DockerRuntime | None) -> None:
-    """Remove a volume backend's helper and volume."""
-    if backend.files is not None and runtime is not None:
+def drop_backend(backend: Backend, runtime: Any) -> None:
+    """Remove a volume backend's helper and volume (a claim is kept for the next test)."""
+    if backend.kind == "volume" and runtime is not None:
         workspace_id = backend.files.workspace_id
         backend.portal.call(lambda: runtime.remove(workspace_id, purge=True))
 
 
-__all__ = ["BACKENDS", "Backend", "docker_portal", "drop_backend", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "docker_portal", "drop_backend", "kube_portal", "make_backend"]

@@ -1,15 +1,17 @@
-"""The storage seam on a workspace's PVC: every primitive is one ``pods/exec`` of the image's ``sh``.
+"""The storage seam on a workspace's PVC: every primitive is one request to a loop kept running in a pod.
 
-The command runs in the workspace pod while it runs (the IDE's own view of the files), else in a short-lived
-helper pod ``codehub-files-<id>`` of the workspace image that mounts only the PVC (read-only root, no
-capabilities, the workspace user, gone after ``HELPER_LIFETIME`` seconds or when the workspace starts). The
-scripts are the Docker volume's (``docker_volume_support``); content travels as a tar on stdin, read with
-``head -c N`` since the channel protocol cannot close stdin. Every decision (paths, links, If-Match, patches)
-is made on the hub by ``RemoteStorage``.
+The loop (``file_channel``) runs in the workspace pod while it runs (the IDE's own view of the files), else in
+a short-lived helper pod ``codehub-files-<id>`` of the workspace image that mounts only the PVC (read-only root,
+no capabilities, the workspace user, gone after ``HELPER_LIFETIME`` seconds or when the workspace starts); a
+loop whose pod went away is opened again in the pod that holds the claim now. The scripts are the Docker
+volume's (``docker_volume_support``). A whole-tree upload (a clone) is streamed from a temporary tar on the
+hub's disk through an exec of its own, read with ``head -c N`` since the channel protocol cannot close stdin.
+Every decision (paths, links, If-Match, patches) is made on the hub by ``RemoteStorage``.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from app.errors import Conflict, NotFound
 from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
+from app.services.runtime.docker_channel import ChannelBroken, HelperChannel, HelperChannels
 from app.services.runtime.docker_volume_support import (
-    COMMIT_SCRIPT,
-    LIST_SCRIPT,
-    SNAPSHOT_SCRIPT,
     failure,
     message,
     parse_listing,
@@ -35,19 +36,17 @@ from app.services.runtime.docker_volume_support import (
 )
 from app.services.runtime.kubernetes import manifests, pod_exec, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
+from app.services.runtime.kubernetes.file_channel import open_channel
 from app.services.runtime.kubernetes.manifests import FILES_CONTAINER
 
+log = logging.getLogger(__name__)
 # the runtime (``KubernetesRuntime``) is passed in untyped: importing it here would make an import cycle
 KubernetesRuntime = Any
 
 UNTAR = 'n=$1; cd -- "$2" || exit 4; head -c "$n" | tar -x -f - -o'
-READ = '[ -f "$1" ] && [ ! -L "$1" ] || { [ -e "$1" ] || [ -L "$1" ] || exit 4; exit 3; }; exec head -c "$2" -- "$1"'
+UPLOAD_CHUNK = 64 << 10
 Target = Callable[[], Awaitable[tuple[str, str]]]
 """The (pod, container) to run file commands in, made ready on demand."""
-TRYLOCK = (
-    'l=$1; now=$(date +%s); if mkdir -- "$l" 2>/dev/null; then echo "$now" > "$l/at"; exit 0; fi; '
-    'at=$(cat -- "$l/at" 2>/dev/null || echo "$now"); [ $((now - at)) -gt "$2" ] || exit 1; echo "$now" > "$l/at"'
-)
 LOCK_TIMEOUT = 30.0
 LOCK_STALE = 120
 
@@ -92,8 +91,11 @@ class KubeVolumeFiles:
         target: Target,
         purge: Callable[[], Awaitable[None]],
         ready: set[str],
+        channels: HelperChannels,
+        tasks: Callable[[], anyio.abc.TaskGroup],
     ) -> None:
         self.conn, self.workspace_id = conn, workspace_id
+        self._channels, self._tasks = channels, tasks
         self._purge, self._ready = purge, ready
         self.home = home.rstrip("/") or "/"
         self.project = f"{self.home.rstrip('/')}/project"
@@ -106,10 +108,35 @@ class KubeVolumeFiles:
             raise bad_path(join(parts), "a name with a newline cannot be handled")
         return "/".join((self.project, *parts))
 
-    async def run(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` in the target pod: (exit code, stdout, stderr)."""
-        pod, container = await self._target()
-        return await pod_exec.run(self.conn, pod, argv, stdin=stdin, container=container)
+    async def run(self, argv: list[str], data: bytes = b"", *, retry: bool = True) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` (``+name``: a script of ``file_channel.SCRIPTS``; ``data`` on its stdin) through the
+        workspace's loop: (exit code, stdout, stderr). A request that may have run is retried only when ``retry``."""
+        for attempt in range(2):
+            channel = await self._channel(fresh=attempt > 0)
+            try:
+                return await channel.call(argv, data)
+            except ChannelBroken as exc:
+                await self._channels.drop(self.workspace_id)
+                if attempt > 0 or (exc.sent and not retry):
+                    log.warning("file channel of %s failed: %s", self.workspace_id, exc)
+                    raise Conflict("the workspace's file pod did not answer", code="storage_error") from exc
+        raise AssertionError("unreachable")
+
+    async def _channel(self, *, fresh: bool) -> HelperChannel:
+        channel = None if fresh else await self._channels.get(self.workspace_id)
+        if channel is not None:
+            return channel
+        for attempt in range(2):
+            pod, container = await self._target()
+            try:
+                channel = await open_channel(self._tasks(), self.conn, pod, container)
+            except (KubeError, ChannelBroken) as exc:
+                if attempt == 0:
+                    continue  # the pod was going away (the workspace started or stopped): look again
+                raise Conflict(f"the workspace's file pod did not answer: {exc}", code="storage_error") from exc
+            await self._channels.put(self.workspace_id, channel)
+            return channel
+        raise AssertionError("unreachable")
 
     async def ensure(self) -> None:
         """The PVC (made by ``target``) and an empty project, checked once per runtime."""
@@ -126,7 +153,7 @@ class KubeVolumeFiles:
 
     async def read(self, parts: tuple[str, ...], limit: int) -> bytes:
         """One regular file's bytes (at most ``limit`` + 1)."""
-        code, out, err = await self.run(["sh", "-c", READ, "sh", self.path(parts), str(limit + 1)])
+        code, out, err = await self.run(["+read", self.path(parts), str(limit + 1)])
         if code == 4:
             raise NotFound(f"{join(parts)!r} does not exist")
         if code == 3:
@@ -139,17 +166,17 @@ class KubeVolumeFiles:
         self, paths: Sequence[tuple[str, ...]], content: int
     ) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
         """``stat`` of every path and the bytes of the small regular files among them, in one exec."""
-        code, out, err = await self.run(["sh", "-c", SNAPSHOT_SCRIPT, "sh", str(content), *map(self.path, paths)])
+        code, out, err = await self.run(["+snapshot", str(content), *map(self.path, paths)])
         return parse_snapshot(paths, code, out, err, self.path)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the claim's lock directory (every hub process's mutations take turns; a holder that died is
-        overtaken after ``LOCK_STALE`` seconds)."""
+        """Hold the claim's lock directory (every hub process's mutations take turns; see ``file_channel`` for
+        when a holder that died is overtaken)."""
         lock = f"{self.home}/.codehub-lock"
         with anyio.move_on_after(LOCK_TIMEOUT) as waited:
             delay = 0.02
-            while (await self.run(["sh", "-c", TRYLOCK, "sh", lock, str(LOCK_STALE)]))[0] != 0:
+            while (await self.run(["+claimlock", lock, str(LOCK_STALE)]))[0] != 0:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.5)
         if waited.cancelled_caught:
@@ -158,30 +185,26 @@ class KubeVolumeFiles:
             yield
         finally:
             with anyio.CancelScope(shield=True):
-                await self.run(["rm", "-rf", "--", lock])
+                try:
+                    await self.run(["+claimunlock", lock])
+                except Conflict as exc:  # the pod is gone: its loop's lock is overtaken by the next one
+                    log.warning("the lock of %s was not given back: %s", self.workspace_id, exc)
 
     async def listing(
         self, parts: tuple[str, ...], depth: int, *, include_git: bool, limit: int
     ) -> list[tuple[str, RemoteStat]]:
         """One ``find``: names NUL-separated on stdout, their stats line by line on stderr."""
         for _attempt in range(2):
-            code, out, err = await self.run(
-                ["sh", "-c", LIST_SCRIPT, "sh", self.path(parts), str(depth), "1" if include_git else "0"]
-            )
+            code, out, err = await self.run(["+list", self.path(parts), str(depth), "1" if include_git else "0"])
             found = parse_listing(code, out, err, parts)
             if found is not None:
                 return found
         raise Conflict("the directory changed while it was listed; try again", code="io_error")
 
-    async def _untar(self, data: bytes) -> None:
-        code, _out, err = await self.run(["sh", "-c", UNTAR, "sh", str(len(data)), self.project], stdin=data)
-        if code != 0:
-            raise Conflict(f"the files were not written: {message(err)}", code="io_error")
-
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
-        """Stage new contents next to their targets (one tar), then one script renames all or none."""
+        """Stage new contents next to their targets (a tar on the script's stdin), then rename all or none."""
         staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        argv = ["sh", "-c", COMMIT_SCRIPT, "sh", self.project, "0"]
+        argv = ["+commit", self.project, "1"]
         for change in sorted(changes, key=lambda c: c.data is not None):
             parent = change.parts[:-1]
             tmp = "-"
@@ -190,9 +213,9 @@ class KubeVolumeFiles:
                 staged.append((temp, change.data, change.mode))
                 tmp = self.path(temp)
             argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
-        if staged:  # staged apart: the channel protocol cannot end stdin, so the script's own tar would wait
-            await self._untar(tar_entries(staged, self.user, prefix=()))
-        code, _out, err = await self.run(argv)
+        payload = tar_entries(staged, self.user, prefix=()) if staged else b""
+        argv[2] = "1" if staged else "0"
+        code, _out, err = await self.run(argv, payload, retry=False)
         if code != 0:
             await self._remove_dirs(new_dirs)
             raise Conflict(f"the change was not written: {message(err)}", code="io_error")
@@ -207,7 +230,7 @@ class KubeVolumeFiles:
     async def remove(self, parts: tuple[str, ...], kind: NodeKind) -> None:
         """``rmdir`` or ``rm``."""
         argv = ["rmdir", "--", self.path(parts)] if kind == "dir" else ["rm", "-f", "--", self.path(parts)]
-        code, _out, err = await self.run(argv)
+        code, _out, err = await self.run(argv, retry=False)
         if code != 0:
             raise failure(err, join(parts))
 
@@ -215,22 +238,37 @@ class KubeVolumeFiles:
         """``mkdir`` the new parents, then ``mv -T``."""
         script = 'src=$1; dst=$2; shift 2; for d; do mkdir -- "$d" || exit 1; done; exec mv -f -T -- "$src" "$dst"'
         argv = ["sh", "-c", script, "sh", self.path(source), self.path(target), *map(self.path, new_dirs)]
-        code, _out, err = await self.run(argv)
+        code, _out, err = await self.run(argv, retry=False)
         if code != 0:
             await self._remove_dirs(new_dirs)
             raise failure(err, join(target))
 
     async def upload(self, directory: Path) -> None:
-        """Tar a local tree and unpack it into the project."""
+        """Tar a local tree to a temporary file, then stream it into the project (never whole in memory)."""
         user = self.user
         tmp = await anyio.to_thread.run_sync(lambda: tar_tree(directory, user))
         try:
-            data = await anyio.Path(tmp).read_bytes()
+            size = (await anyio.Path(tmp).stat()).st_size
+            pod, container = await self._target()
+            argv = ["sh", "-c", UNTAR, "sh", str(size), self.project]
+            code, _out, err = await pod_exec.run(self.conn, pod, argv, stdin=_chunks(tmp), container=container)
         finally:
             await anyio.Path(tmp).unlink()
-        await self._untar(data)
+        if code != 0:
+            raise Conflict(f"the files were not written: {message(err)}", code="io_error")
 
     async def purge(self) -> None:
         """Delete the helper pod and the PVC (through the runtime)."""
         self._ready.discard(self.workspace_id)
+        await self._channels.drop(self.workspace_id)
         await self._purge()
+
+
+async def _chunks(path: str) -> AsyncIterator[bytes]:
+    """A file's bytes, ``UPLOAD_CHUNK`` at a time."""
+    handle = await anyio.open_file(path, "rb")
+    try:
+        while chunk := await handle.read(UPLOAD_CHUNK):
+            yield chunk
+    finally:
+        await handle.aclose()

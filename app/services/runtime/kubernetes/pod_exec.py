@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -66,7 +66,11 @@ def _exec_path(conn: KubeConnection, pod: str) -> str:
     return conn.path("pods", pod) + "/exec"
 
 
-async def _send_stdin(ws: Any, data: bytes) -> None:
+async def _send_stdin(ws: Any, data: bytes | AsyncIterable[bytes]) -> None:
+    if not isinstance(data, bytes):
+        async for chunk in data:
+            await ws.send_bytes(bytes([STDIN]) + chunk)
+        return
     for offset in range(0, len(data), CHUNK):
         await ws.send_bytes(bytes([STDIN]) + data[offset : offset + CHUNK])
 
@@ -76,11 +80,12 @@ async def run(
     pod: str,
     argv: Sequence[str],
     *,
-    stdin: bytes | None = None,
+    stdin: bytes | AsyncIterable[bytes] | None = None,
     container: str = IDE_CONTAINER,
     limit: int = 64 << 20,
 ) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` to its end: (exit code, stdout, stderr); ``stdin`` is sent whole (read it with ``head -c``)."""
+    """Run ``argv`` to its end: (exit code, stdout, stderr); ``stdin``, bytes or chunks sent as the socket takes
+    them, is sent whole (read it with ``head -c``)."""
     out, err = bytearray(), bytearray()
     code = -1
     params = exec_params(argv, stdin=stdin is not None, tty=False, container=container)
@@ -131,9 +136,16 @@ class ChannelSession:
         self._out_send, self._out = anyio.create_memory_object_stream[tuple[int, bytes]](64)
         self._in, self._in_receive = anyio.create_memory_object_stream[bytes](64)
         self._scope = anyio.CancelScope()
+        self.done = False
 
     async def serve(self, conn: KubeConnection, pod: str, params: list[tuple[str, str]], *, task_status: Any) -> None:
         """Open the socket, report it open, then pump both ways until it closes or ``close`` is called."""
+        try:
+            await self._serve(conn, pod, params, task_status=task_status)
+        finally:
+            self.done = True
+
+    async def _serve(self, conn: KubeConnection, pod: str, params: list[tuple[str, str]], *, task_status: Any) -> None:
         with self._scope, self._out_send:
             async with conn.websocket(_exec_path(conn, pod), params, protocols=PROTOCOLS) as ws:
                 task_status.started()
@@ -170,6 +182,7 @@ class ChannelSession:
 
     def close(self) -> None:
         """End the socket's task."""
+        self.done = True
         self._scope.cancel()
         self._in.close()
         self._out.close()

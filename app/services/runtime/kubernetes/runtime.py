@@ -41,6 +41,7 @@ from app.services.runtime.base import (
 )
 from app.services.runtime.cache import DEFAULT_TTL, StatusCache, cached_status
 from app.services.runtime.common import collect_exec, resolve_container_user
+from app.services.runtime.docker_channel import HelperChannels
 from app.services.runtime.kubernetes import images, manifests, pod_exec, pod_logs, states
 from app.services.runtime.kubernetes.connection import KubeConnection, KubeError
 from app.services.runtime.kubernetes.files import KubeVolumeFiles, helper_target
@@ -89,6 +90,7 @@ class KubernetesRuntime:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._cursors: dict[str, WatchCursor] = {}  # a reconnecting watch resumes where it stopped
         self._storage_ready: set[str] = set()  # workspace ids whose project is known to exist
+        self._file_channels = HelperChannels()  # one request loop per workspace, in the pod holding its claim
 
     async def __aenter__(self) -> KubernetesRuntime:
         self._tasks = anyio.create_task_group()
@@ -98,6 +100,7 @@ class KubernetesRuntime:
     async def __aexit__(self, *exc: object) -> None:
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
+            await self._file_channels.close_all()
             tasks.cancel_scope.cancel()
             await tasks.__aexit__(None, None, None)
         await self.conn.close()
@@ -328,6 +331,8 @@ class KubernetesRuntime:
             target=target,
             purge=purge,
             ready=self._storage_ready,
+            channels=self._file_channels,
+            tasks=lambda: self.tasks,
         )
         return RemoteStorage(files, self._locks.setdefault(workspace_id, anyio.Lock()))
 
