@@ -91,8 +91,11 @@ class RemoteFiles(Protocol):
         """Copy a local tree into the (empty) project."""
         ...
 
-    def exclusive(self) -> AbstractAsyncContextManager[None]:
-        """Hold the storage's own lock, shared by every hub process (a mutation: from its first read to its write)."""
+    def exclusive(self, *, deferred: bool = False) -> AbstractAsyncContextManager[None]:
+        """Hold the storage's own lock, shared by every hub process (a mutation: from its first read to its write).
+
+        ``deferred``: the backend may take it with the first primitive called inside instead of at once, and
+        give it back with the ``commit``, ``remove`` or ``move`` that ends the block (nothing follows those)."""
         ...
 
     async def purge(self) -> None:

@@ -117,11 +117,12 @@ class RemoteStorage:
             raise PayloadTooLarge(
                 f"the content is larger than {max_bytes} bytes", code="file_too_large", limit=max_bytes
             )
-        async with self.lock, self._mirror() as mirror, self.files.exclusive():
+        async with self.lock, self._mirror() as mirror, self.files.exclusive(deferred=True):
             await mirror.prefetch([parts], max_bytes)
             await mirror.chain(parts, content=max_bytes)
-            result = await anyio.to_thread.run_sync(
-                lambda: ops.write_file(
+
+            def decide() -> tuple[WriteResult, int]:
+                found = ops.write_file(
                     mirror.root,
                     path,
                     data,
@@ -130,9 +131,10 @@ class RemoteStorage:
                     max_bytes=max_bytes,
                     durable=False,
                 )
-            )
+                return found, os.lstat(mirror.local(normalize(found.path))).st_mode & 0o7777
+
+            result, mode = await anyio.to_thread.run_sync(decide)
             written = normalize(result.path)
-            mode = await anyio.to_thread.run_sync(lambda: os.lstat(mirror.local(written)).st_mode & 0o7777)
             await self.files.commit([RemoteChange(written, data, mode)], _new_dirs(mirror, [written]))
         return result
 
@@ -141,7 +143,7 @@ class RemoteStorage:
     ) -> DeleteResult:
         """As ``operations.delete_path``."""
         parts = normalize(path)
-        async with self.lock, self._mirror() as mirror, self.files.exclusive():
+        async with self.lock, self._mirror() as mirror, self.files.exclusive(deferred=True):
             resolved = await mirror.chain(parts, content=max_bytes, follow_last=False)
             found = mirror.seen.get(resolved)
             if found is not None and found.kind == "dir":
@@ -155,7 +157,7 @@ class RemoteStorage:
     async def move_path(self, source: str, target: str, *, overwrite: bool = False) -> MoveResult:
         """As ``operations.move_path``."""
         src, dst = normalize(source), normalize(target)
-        async with self.lock, self._mirror() as mirror, self.files.exclusive():
+        async with self.lock, self._mirror() as mirror, self.files.exclusive(deferred=True):
             await mirror.chain(src, follow_last=False)
             resolved = await mirror.chain(dst, follow_last=False)
             found = mirror.seen.get(resolved)
@@ -195,7 +197,7 @@ class RemoteStorage:
         strip: int | None = None,
     ) -> patches.ApplyResult:
         """As ``patches.apply``: applied to the mirror, then every resulting change committed at once."""
-        async with self.lock, self._mirror() as mirror, self.files.exclusive():
+        async with self.lock, self._mirror() as mirror, self.files.exclusive(deferred=True):
             await self._mirror_patch(mirror, diff, limits, strip)
             before = {parts: found for parts, found in mirror.seen.items() if found is not None}
             result = await anyio.to_thread.run_sync(

@@ -4,13 +4,18 @@ stdin attached, running a request loop, so that a file operation costs a process
 Docker re-executes itself for every archive call and sets up every exec).
 
 Protocol (hub → helper on stdin, one request at a time): a line with the count of fields, then one field per
-line: a random nonce, the size of a payload, and the command's argv. ``+name`` as the command runs one of the
-scripts given when the channel opened, as a shell function in a subshell (a fork, no new ``sh`` to exec;
-scripts have newlines, fields cannot). A payload of that many bytes
-follows the fields and is piped, exactly (``dd iflag=fullblock``), to the command's stdin; the rest of it is
-drained if the command stops reading, so the stream never falls out of step. Every other command reads
-``/dev/null``. After the command, the loop writes ``<nonce>\\n`` on stdout and ``<nonce> <exit code>\\n`` on
-stderr: the hub reads both streams up to their marker, which the command cannot forge without the nonce.
+line: a random nonce, the size of a payload, flags, and the command's argv. ``+name`` as the command runs one
+of the scripts given when the channel opened, as a shell function in a subshell (a fork, no new ``sh`` to
+exec; scripts have newlines, fields cannot). A payload of that many bytes follows the fields and is read
+exactly (``dd iflag=fullblock``): up to ``MEMORY_PAYLOAD`` (flag ``T``) into a file of the loop's own on the
+private tmpfs, which the command then reads as its stdin (no pipe, no drainer: two processes fewer), else
+piped to the command's stdin and drained if the command stops reading, so the stream never falls out of step.
+Every other command reads ``/dev/null``. Flag ``L`` takes the engine-side lock before the command (when
+another loop holds it, the command does not run and the answer's code is ``BUSY``); flag ``U`` gives it back
+once it has answered (the hub does not wait for that ``rm``; its next request on this channel does): a
+mutation's lock costs no requests of its own. After the command, the loop writes
+``<nonce>\\n`` on stdout and ``<nonce> <exit code>\\n`` on stderr: the hub reads both streams up to their
+marker, which the command cannot forge without the nonce.
 
 The loop also keeps the workspace's **engine-side lock** (``trylock``/``unlock``): a file created exclusively
 (``set -C``) in the helper's private tmpfs ``/run/codehub``, holding the holder's pid and start time. Every hub
@@ -39,7 +44,10 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT = 300.0  # seconds one request may take (a listing of a very large tree, a large upload)
 IDLE_CLOSE = 120.0  # seconds after which this hub closes a channel it has not used
 OUTPUT_LIMIT = 512 << 20
-PRIVATE_DIR = "/run/codehub"  # a tmpfs of the helper's own (the lock lives there)
+PRIVATE_DIR = "/run/codehub"  # a tmpfs of the helper's own (the lock and small payloads live there)
+PRIVATE_DIR_SIZE = 16 << 20
+MEMORY_PAYLOAD = 1 << 20  # payloads up to this size are written to the tmpfs, then read by the command
+BUSY = -1  # the answer's code when a request asked for the lock and another loop holds it
 
 LOOP = r"""
 while [ $# -gt 1 ]; do eval "s_$1() {
@@ -64,22 +72,38 @@ drain() {
   [ $b -eq 0 ] || dd bs=65536 count=$b iflag=fullblock 2>/dev/null
   [ $r -eq 0 ] || dd bs=$r count=1 iflag=fullblock 2>/dev/null
 }
-trap unlock EXIT
+umask 022; tin=/run/codehub/in.$$
+trap 'unlock; rm -f -- "$tin"' EXIT
 while IFS= read -r n; do
   set --; i=0
   while [ $i -lt "$n" ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; i=$((i+1)); done
-  nonce=$1 size=$2; shift 2
+  nonce=$1 size=$2 flags=$3; shift 3
+  case $flags in *W*) sink=$1; shift;; esac
+  case $flags in *L*)
+    if ! trylock; then
+      [ "$size" -eq 0 ] || drain "$size" >/dev/null
+      printf '%s\n' "$nonce"; printf '%s -1\n' "$nonce" >&2; continue
+    fi;;
+  esac
   case $1 in +*) f=s_${1#+}; shift; set -- run_script "$f" "$@";; esac
-  if [ "$size" -gt 0 ]; then
-    drain "$size" | { "$@"; c=$?; cat >/dev/null; exit $c; }
-  else
-    "$@" </dev/null
-  fi
+  case $flags in
+    *W*)
+      if { true > "$sink"; } 2>/dev/null; then
+        [ "$size" -eq 0 ] || drain "$size" >> "$sink" || { rm -f -- "$sink"; exit 1; }; "$@" </dev/null
+      else [ "$size" -eq 0 ] || drain "$size" >/dev/null; echo "cannot write ${sink##*/}" >&2; false; fi;;
+    *) if [ "$size" -eq 0 ]; then "$@" </dev/null
+      else case $flags in
+        *T*) drain "$size" > "$tin" || { rm -f -- "$tin"; exit 1; }; "$@" < "$tin";;
+        *) drain "$size" | { "$@"; c=$?; cat >/dev/null; exit $c; };;
+      esac; fi;;
+  esac
   c=$?
   printf '%s\n' "$nonce"; printf '%s %s\n' "$nonce" "$c" >&2
+  case $flags in *U*) unlock;; esac
 done
 """
 _NAME = re.compile(r"[a-z_]+")
+_END = re.compile(rb"([0-9a-f]{32}) (-?\d+)\n\Z")
 
 
 class ChannelBroken(Exception):
@@ -125,15 +149,23 @@ class HelperChannel:
         await channel.call([":"])  # the loop answers before a request that matters is sent
         return channel
 
-    async def call(self, argv: list[str], data: bytes = b"") -> tuple[int, bytes, bytes]:
-        """Run ``argv`` (``data`` on its stdin): (exit code, stdout, stderr). A failure closes the channel."""
-        if any("\n" in arg or "\0" in arg for arg in argv):
+    async def call(
+        self, argv: list[str], data: bytes = b"", *, lock: str = "", sink: str = ""
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` (``data`` on its stdin): (exit code, stdout, stderr). A failure closes the channel.
+
+        ``sink``: ``data`` is written to that file instead (created, or the command does not run and the
+        answer's code is 1), and the command reads nothing.
+        ``lock``: ``"L"`` takes the engine-side lock first (``BUSY``, the command not run, when another loop
+        holds it), ``"U"`` gives it back after the command, ``"LU"`` both."""
+        if any("\n" in arg or "\0" in arg for arg in [*argv, sink]):
             raise ValueError("a field of a helper request cannot hold a newline or a NUL")
         async with self._lock:
             if self.closed:
                 raise ChannelBroken("the channel is closed", sent=False)
             nonce = secrets.token_hex(16)
-            fields = [nonce, str(len(data)), *argv]
+            flags = lock + ("W" if sink else "T" if 0 < len(data) <= MEMORY_PAYLOAD else "")
+            fields = [nonce, str(len(data)), flags or "-", *([sink] if sink else []), *argv]
             request = (f"{len(fields)}\n" + "".join(f"{field}\n" for field in fields)).encode(
                 "utf-8", "surrogateescape"
             )
@@ -167,7 +199,7 @@ class HelperChannel:
 
     async def _answer(self, nonce: str) -> tuple[int, bytes, bytes]:
         out_mark = f"{nonce}\n".encode()
-        err_mark = re.compile(rb"%s (\d+)\n\Z" % nonce.encode())
+        mark = nonce.encode()
         out, err = bytearray(), bytearray()
         code: int | None = None
         out_done = False
@@ -180,13 +212,13 @@ class HelperChannel:
                 out_done = out.endswith(out_mark)
             else:
                 err += message.data
-                if (found := err_mark.search(err[-64:])) is not None:
-                    code = int(found.group(1))
+                if (found := _END.search(err[-64:])) is not None and found.group(1) == mark:
+                    code = int(found.group(2))
             if len(out) + len(err) > OUTPUT_LIMIT:
                 raise ChannelBroken("the helper's answer is too large", sent=True)
         assert code is not None
         err_text = bytes(err)
-        return code, bytes(out[: -len(out_mark)]), err_text[: err_text.rfind(nonce.encode())]
+        return code, bytes(out[: -len(out_mark)]), err_text[: err_text.rfind(mark)]
 
     async def close(self) -> None:
         """End the loop (its stdin closes; it gives its lock back and exits)."""
@@ -232,4 +264,4 @@ class HelperChannels:
             await self.drop(key)
 
 
-__all__ = ["PRIVATE_DIR", "ChannelBroken", "HelperChannel", "HelperChannels"]
+__all__ = ["BUSY", "PRIVATE_DIR", "PRIVATE_DIR_SIZE", "ChannelBroken", "HelperChannel", "HelperChannels"]

@@ -10,8 +10,8 @@ helper made by an older hub (another ``codehub.helper`` version) is replaced.
 
 Commands run in it through a persistent channel (``docker_channel``), reopened once when it breaks (a request
 that may have run is retried only when it is safe to). ``exclusive`` holds the engine-side lock of the
-channel's loop, shared by every hub process that works on this engine. The archive API is used only where no
-helper runs yet: a created, never started workspace container, and whole-tree uploads.
+channel's loop, shared by every hub process on this engine; deferred, it rides on the operation's own first
+and last requests. The archive API serves only a created, never started container and whole-tree uploads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -32,13 +34,22 @@ from app.errors import Conflict
 from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteStat
 from app.services.runtime.base import LABEL_HUB, LABEL_WORKSPACE
-from app.services.runtime.docker_channel import PRIVATE_DIR, ChannelBroken, HelperChannel, HelperChannels
+from app.services.runtime.docker_channel import (
+    BUSY,
+    PRIVATE_DIR,
+    PRIVATE_DIR_SIZE,
+    ChannelBroken,
+    HelperChannel,
+    HelperChannels,
+)
 from app.services.runtime.docker_support import engine_errors
 from app.services.runtime.docker_volume_support import (
-    COMMIT_SCRIPT,
+    BATCH_SCRIPT,
     LIST_SCRIPT,
     MANIFEST_SCRIPT,
+    MOVE_SCRIPT,
     SNAPSHOT_SCRIPT,
+    WRITE_SCRIPT,
     remote_stat,
     tar_entries,
 )
@@ -46,10 +57,17 @@ from app.services.runtime.docker_volume_support import (
 log = logging.getLogger(__name__)
 LABEL_STORAGE = "codehub.storage"
 LABEL_HELPER = "codehub.helper"
-HELPER_VERSION = "2"  # a helper of another version (another config) is replaced when next needed
+HELPER_VERSION = "3"  # a helper of another version (another config) is replaced when next needed
 HELPER_IDLE_EXIT = 900  # seconds a helper lives with no channel open; the next file operation starts it again
 LOCK_TIMEOUT = 60.0  # seconds a mutation waits for another hub process's to end
-SCRIPTS = {"commit": COMMIT_SCRIPT, "snapshot": SNAPSHOT_SCRIPT, "list": LIST_SCRIPT, "manifest": MANIFEST_SCRIPT}
+SCRIPTS = {
+    "write": WRITE_SCRIPT,
+    "batch": BATCH_SCRIPT,
+    "move": MOVE_SCRIPT,
+    "snapshot": SNAPSHOT_SCRIPT,
+    "list": LIST_SCRIPT,
+    "manifest": MANIFEST_SCRIPT,
+}
 IDLE_EXIT = f"""n=0; while sleep 30; do set -- /proc/[0-9]*
 if [ $# -gt 1 ]; then n=0; else n=$((n+30)); fi; [ $n -lt {HELPER_IDLE_EXIT} ] || exit 0; done"""
 
@@ -138,7 +156,7 @@ class VolumeHelper:
             "Labels": {LABEL_HUB: self.hub_id, LABEL_STORAGE: self.workspace_id, LABEL_HELPER: HELPER_VERSION},
             "HostConfig": {
                 "Mounts": [mount],
-                "Tmpfs": {PRIVATE_DIR: f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={uid},gid={gid}"},
+                "Tmpfs": {PRIVATE_DIR: f"rw,nosuid,nodev,noexec,size={PRIVATE_DIR_SIZE},mode=0700,uid={uid},gid={gid}"},
                 "NetworkMode": "none",
                 "ReadonlyRootfs": True,
                 "CapDrop": ["ALL"],
@@ -285,13 +303,34 @@ class VolumeHelper:
                 log.warning("archive upload to %s failed: %s", self.workspace_id, exc.message)
                 raise Conflict("the files were not written", code="io_error") from exc
 
-    async def run(self, argv: list[str], data: bytes = b"", *, retry: bool = True) -> tuple[int, bytes, bytes]:
+    async def run(
+        self, argv: list[str], data: bytes = b"", *, retry: bool = True, release: bool = False, sink: str = ""
+    ) -> tuple[int, bytes, bytes]:
         """Run ``argv`` in the helper as the workspace user (``+name``: a script of ``SCRIPTS``; ``data`` on its
-        stdin): (exit code, stdout, stderr). A request that may have run is retried only when ``retry``."""
+        stdin, or written to the file ``sink``): (exit code, stdout, stderr); retried, if it may have run, only
+        when ``retry``. In ``exclusive(deferred=True)`` the first request takes the engine-side lock (waiting
+        while another hub process holds it) and ``release`` gives it back with this request."""
+        hold = _HOLD.get()
+        if hold is None or hold.key != (self.docker_url, self.workspace_id) or hold.state == "released":
+            return await self._run(argv, data, retry=retry, lock="", sink=sink)
+        lock = ("L" if hold.state == "wanted" else "") + ("U" if release else "")
+        delay = 0.005
+        with anyio.move_on_after(LOCK_TIMEOUT) as waited:
+            while (found := await self._run(argv, data, retry=retry, lock=lock, sink=sink))[0] == BUSY and "L" in lock:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        if waited.cancelled_caught:
+            raise Conflict("another hub process is changing this workspace's files; try again", code="storage_busy")
+        hold.state = "released" if release else "held"
+        return found
+
+    async def _run(
+        self, argv: list[str], data: bytes, *, retry: bool, lock: str, sink: str
+    ) -> tuple[int, bytes, bytes]:
         for attempt in range(2):
             channel = await self._channel(fresh=attempt > 0)
             try:
-                return await channel.call(argv, data)
+                found = await channel.call(argv, data, lock=lock, sink=sink)
             except ChannelBroken as exc:
                 await self._channels.drop(self.workspace_id)
                 if channel.holding:  # the lock went with the channel: what was read under it is no longer safe
@@ -299,6 +338,10 @@ class VolumeHelper:
                 if attempt > 0 or (exc.sent and not retry):
                     log.warning("file helper channel of %s failed: %s", self.workspace_id, exc)
                     raise Conflict("the workspace's file helper did not answer", code="storage_error") from exc
+                continue
+            if found[0] != BUSY:
+                channel.holding = "U" not in lock and ("L" in lock or channel.holding)
+            return found
         raise AssertionError("unreachable")
 
     async def _channel(self, *, fresh: bool) -> HelperChannel:
@@ -320,29 +363,39 @@ class VolumeHelper:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the workspace's engine-side lock (every hub process's mutations of it take turns)."""
-        with anyio.move_on_after(LOCK_TIMEOUT) as waited:
-            delay = 0.005
-            while (await self.run(["trylock"]))[0] != 0:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        if waited.cancelled_caught:
-            raise Conflict("another hub process is changing this workspace's files; try again", code="storage_busy")
-        channel = await self._channels.get(self.workspace_id)
-        if channel is not None:
-            channel.holding = True
+    async def exclusive(self, *, deferred: bool = False) -> AsyncIterator[None]:
+        """Hold the workspace's engine-side lock (every hub process's mutations of it take turns).
+
+        ``deferred``: taken by the first request made inside (in this task), not by a request of its own, and
+        given back by the request ``run(release=True)`` (the mutation that ends the operation)."""
+        hold = _Hold((self.docker_url, self.workspace_id))
+        token = _HOLD.set(hold)
         try:
+            if not deferred:
+                await self.run([":"])
             yield
         finally:
-            with anyio.CancelScope(shield=True):
-                if channel is not None:
-                    channel.holding = False
-                    if not channel.closed:
+            _HOLD.reset(token)
+            if hold.state == "held":
+                with anyio.CancelScope(shield=True):
+                    channel = await self._channels.get(self.workspace_id)
+                    if channel is not None and not channel.closed and channel.holding:
                         try:
                             await channel.call(["unlock"])
+                            channel.holding = False
                         except ChannelBroken:
                             await self._channels.drop(self.workspace_id)  # the loop gives its lock back as it ends
+
+
+@dataclass(slots=True)
+class _Hold:
+    """This task's hold of one workspace's engine-side lock: ``wanted`` (not taken yet), ``held``, ``released``."""
+
+    key: tuple[str, str]
+    state: str = "wanted"
+
+
+_HOLD: ContextVar[_Hold | None] = ContextVar("codehub_storage_hold", default=None)
 
 
 __all__ = ["LABEL_STORAGE", "SCRIPTS", "VolumeHelper", "helper_name", "volume_name"]

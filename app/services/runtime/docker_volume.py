@@ -78,45 +78,53 @@ class DockerVolumeFiles(VolumeHelper):
         raise Conflict("the directory changed while it was listed; try again", code="io_error")
 
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
-        """Stage new contents next to their targets (one ``PUT``), then one script renames all or none."""
-        staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        argv = ["+commit", self.project, "1"]
-        for change in sorted(changes, key=lambda c: c.data is not None):
-            parent = change.parts[:-1]
-            tmp = "-"
-            if change.data is not None:
-                temp = (*parent, f".codehub-{secrets.token_hex(8)}.tmp")
-                staged.append((temp, change.data, change.mode))
-                tmp = self.path(temp)
-            argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
-        payload = tar_entries(staged, self.user, prefix=()) if staged else b""
-        argv[2] = "1" if staged else "0"
-        code, _out, err = await self.run(argv, payload, retry=False)
+        """One request. A single new content in an existing directory: its bytes written by the channel beside
+        the target, then ``+write`` renames them over it. Anything else, ``+batch``: the new contents (and new
+        directories) staged by one ``tar -x`` in a directory beside their targets, existing targets
+        hard-linked into a backup directory, one ``rm`` of the deletions and one ``mv`` per directory, all
+        undone on the first failure."""
+        if not changes and not new_dirs:
+            return
+        if len(changes) == 1 and (data := changes[0].data) is not None and not new_dirs:
+            change = changes[0]
+            tmp = self.path((*change.parts[:-1], f".codehub-{secrets.token_hex(8)}.tmp"))
+            argv = ["+write", tmp, self.path(change.parts), format(change.mode & 0o7777, "o")]
+            code, _out, err = await self.run(argv, data, retry=False, release=True, sink=tmp)
+        else:
+            sfx = secrets.token_hex(8)
+            staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
+            deepest = [self.path(d) for d in sorted(new_dirs, key=len, reverse=True)]
+            argv = ["+batch", self.project, sfx, str(len(deepest)), *deepest]
+            groups: dict[tuple[str, ...], list[RemoteChange]] = {}
+            for change in changes:
+                groups.setdefault(change.parts[:-1], []).append(change)
+            for parent, members in sorted(groups.items()):
+                staged.append(((*parent, f".codehub-b{sfx}"), None, 0o700))
+                if any(c.data is not None for c in members):
+                    staged.append(((*parent, f".codehub-s{sfx}"), None, 0o700))
+                for change in members:
+                    if change.data is not None:
+                        staged.append(((*parent, f".codehub-s{sfx}", change.parts[-1]), change.data, change.mode))
+                    argv += [self.path(parent), change.parts[-1], "d" if change.data is None else "w"]
+            payload = tar_entries(staged, self.user, prefix=())
+            code, _out, err = await self.run(argv, payload, retry=False, release=True)
         if code != 0:
-            await self._remove_dirs(new_dirs)
             raise Conflict(f"the change was not written: {message(err)}", code="io_error")
-
-    async def _remove_dirs(self, dirs: Sequence[tuple[str, ...]]) -> None:
-        if dirs:
-            await self.run(
-                ["sh", "-c", 'for d; do rmdir -- "$d"; done 2>/dev/null; true', "sh"]
-                + [self.path(d) for d in sorted(dirs, key=len, reverse=True)]
-            )
 
     async def remove(self, parts: tuple[str, ...], kind: NodeKind) -> None:
         """``rmdir`` or ``rm`` in the helper."""
         argv = ["rmdir", "--", self.path(parts)] if kind == "dir" else ["rm", "-f", "--", self.path(parts)]
-        code, _out, err = await self.run(argv, retry=False)
+        code, _out, err = await self.run(argv, retry=False, release=True)
         if code != 0:
             raise failure(err, join(parts))
 
     async def move(self, source: tuple[str, ...], target: tuple[str, ...], new_dirs: Sequence[tuple[str, ...]]) -> None:
-        """``mkdir`` the new parents, then ``mv -T`` in the helper."""
-        script = 'src=$1; dst=$2; shift 2; for d; do mkdir -- "$d" || exit 1; done; exec mv -f -T -- "$src" "$dst"'
-        argv = ["sh", "-c", script, "sh", self.path(source), self.path(target), *map(self.path, new_dirs)]
-        code, _out, err = await self.run(argv, retry=False)
+        """``+move``: ``mkdir`` the new parents, then ``mv -T`` (the new parents removed again if it fails)."""
+        deepest = [self.path(d) for d in sorted(new_dirs, key=len, reverse=True)]
+        code, _out, err = await self.run(
+            ["+move", self.path(source), self.path(target), *deepest], retry=False, release=True
+        )
         if code != 0:
-            await self._remove_dirs(new_dirs)
             raise failure(err, join(target))
 
     async def upload(self, directory: Path) -> None:

@@ -61,6 +61,64 @@ while [ $n -gt 0 ]; do
   n=$((n-1))
 done
 """
+WRITE_SCRIPT = r"""
+tmp=$1; dst=$2; mode=$3
+if { [ "$mode" = 644 ] || chmod "$mode" "$tmp"; } && mv -f -T -- "$tmp" "$dst"; then exit 0; fi
+rm -f -- "$tmp"; echo "cannot write ${dst##*/}" >&2; exit 3
+"""
+MOVE_SCRIPT = r"""
+src=$1; dst=$2; shift 2
+if [ $# -eq 0 ] || mkdir -p -- "$@"; then mv -f -T -- "$src" "$dst" && exit 0; fi
+[ $# -eq 0 ] || rmdir -- "$@" 2>/dev/null; exit 1
+"""
+BATCH_SCRIPT = r"""
+root=$1; sfx=$2; nd=$3; shift 3
+nl='
+'
+set -f; IFS=$nl; dirs=; i=0
+while [ $i -lt "$nd" ]; do dirs=$dirs$nl$1; shift; i=$((i+1)); done
+g=0; prev=; D=; N=; X=; failed=
+while [ $# -gt 0 ]; do
+  p=$1 name=$2 op=$3; shift 3; t=$p/$name
+  if [ "$p" != "$prev" ]; then
+    g=$((g+1)); prev=$p; eval "G_$g=\$p E_$g= M_$g="; X=$X$nl$p/.codehub-s$sfx$nl$p/.codehub-b$sfx
+  fi
+  if [ -d "$t" ] && [ ! -L "$t" ]; then failed="is a directory: ${t#$root/}"; fi
+  if [ -e "$t" ] || [ -L "$t" ]; then eval "E_$g=\$E_$g\$nl\$t"; elif [ "$op" = w ]; then N=$N$nl$t; fi
+  if [ "$op" = w ]; then eval "M_$g=\$M_$g\$nl\$p/.codehub-s\$sfx/\$name"; else D=$D$nl$t; fi
+done
+[ -n "$failed" ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
+k=0
+while [ -z "$failed" ] && [ $k -lt $g ]; do
+  k=$((k+1)); eval "p=\$G_$k e=\$E_$k"; b=$p/.codehub-b$sfx
+  [ -z "$e" ] || ln -- $e "$b/" 2>/dev/null || for t in $e; do
+    bk=$b/${t##*/}
+    [ -e "$bk" ] || [ -L "$bk" ] || mv -f -- "$t" "$b/" || { failed="cannot back up ${t#$root/}"; break; }
+  done
+done
+[ -n "$failed" ] || [ -z "$D" ] || rm -f -- $D || failed="cannot delete"
+k=0
+while [ -z "$failed" ] && [ $k -lt $g ]; do
+  k=$((k+1)); eval "p=\$G_$k m=\$M_$k"
+  [ -z "$m" ] || mv -f -- $m "$p/" || failed="cannot write in ${p#$root}"
+done
+if [ -n "$failed" ]; then
+  k=0
+  while [ $k -lt $g ]; do
+    k=$((k+1)); eval "p=\$G_$k e=\$E_$k"
+    for t in $e; do
+      bk=$p/.codehub-b$sfx/${t##*/}
+      if [ -e "$bk" ] || [ -L "$bk" ]; then mv -f -T -- "$bk" "$t" 2>/dev/null; fi
+    done
+  done
+  [ -z "$N" ] || rm -f -- $N
+  rm -rf -- $X; [ -z "$dirs" ] || rmdir -- $dirs 2>/dev/null
+  echo "$failed" >&2; exit 3
+fi
+rm -rf -- $X
+for t in $D; do d=${t%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; done
+exit 0
+"""
 SNAPSHOT_SCRIPT = r"""
 limit=$1; shift
 for p; do
@@ -70,8 +128,17 @@ for p; do
   else printf -- '-\0'; fi
 done
 [ $# -eq 0 ] && exit 0
-stat -c '%f %s %Y' -- "$@" || exit 5
-[ "$limit" -lt 0 ] || exec find "$@" -maxdepth 0 -type f -size "-$((limit + 1))c" -exec tar -cf - -- {} +
+st=$(stat -c '%f %s %Y' -- "$@") || exit 5
+printf '%s\n' "$st"
+[ "$limit" -ge 0 ] || exit 0
+set -f; IFS='
+'; files=
+for line in $st; do
+  p=$1; shift; size=${line#* }; size=${size%% *}
+  case $line in 8???\ *) [ "$size" -gt "$limit" ] || files="$files
+$p";; esac
+done
+[ -z "$files" ] || exec tar -cf - -- $files
 """
 MANIFEST_SCRIPT = r"""
 cd "$1" || exit 4
@@ -211,10 +278,13 @@ def parse_listing(code: int, out: bytes, err: bytes, parts: tuple[str, ...]) -> 
 
 
 __all__ = [
+    "BATCH_SCRIPT",
     "COMMIT_SCRIPT",
     "LIST_SCRIPT",
     "MANIFEST_SCRIPT",
+    "MOVE_SCRIPT",
     "SNAPSHOT_SCRIPT",
+    "WRITE_SCRIPT",
     "failure",
     "message",
     "mode_kind",

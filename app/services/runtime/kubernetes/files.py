@@ -170,9 +170,9 @@ class KubeVolumeFiles:
         return parse_snapshot(paths, code, out, err, self.path)
 
     @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    async def exclusive(self, *, deferred: bool = False) -> AsyncIterator[None]:
         """Hold the claim's lock directory (every hub process's mutations take turns; see ``file_channel`` for
-        when a holder that died is overtaken)."""
+        when a holder that died is overtaken). Always taken at once (``deferred`` is only allowed)."""
         lock = f"{self.home}/.codehub-lock"
         with anyio.move_on_after(LOCK_TIMEOUT) as waited:
             delay = 0.02
