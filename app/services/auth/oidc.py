@@ -1,16 +1,14 @@
 """Single sign-on with an OpenID provider: authorization code + PKCE, through Authlib and joserfc.
 
-- ``OidcClient.begin`` starts a sign-in: a fresh ``state``, ``nonce`` and PKCE verifier. They travel in a
-  short-lived login cookie signed with the hub's key (HttpOnly, only this browser has it); the signature
-  proves the hub issued them, so starting writes nothing.
-- ``OidcClient.finish`` takes the provider's answer at the callback: the cookie must verify, be unexpired and
-  carry the same ``state``; the state's digest is then recorded in ``oidc_login_states`` until the cookie
-  expires (a second use of the same answer, in any hub process, finds it there: replays are refused); the code is
-  exchanged with the verifier; the ID token's signature is checked against the provider's JWKS (asymmetric
-  algorithms the provider announces, never ``none``), then its issuer, audience, expiry and nonce. Claims of
-  the userinfo endpoint are added when its ``sub`` matches. The result is an ``OidcIdentity``.
-- Every refusal is a ``DomainError`` with a stable code and a sentence a person can act on; no token or
-  secret is ever part of one.
+- ``OidcClient.begin``: a fresh ``state``, ``nonce`` and PKCE verifier travel in a short-lived login cookie
+  signed with the hub's key (HttpOnly); the signature proves the hub issued them, so starting writes nothing.
+- ``OidcClient.finish`` at the callback: the cookie must verify, be unexpired and carry the same ``state``,
+  whose digest is then recorded in ``oidc_login_states`` until the cookie expires (a replay, in any hub
+  process, finds it there); the code is exchanged with the verifier; the ID token's signature is checked
+  against the provider's JWKS (asymmetric algorithms it announces, never ``none``), then its issuer,
+  audience, expiry and nonce. Only when the ID token lacks the groups claim or a name hint is the userinfo
+  endpoint asked (its ``sub`` must match). The result is an ``OidcIdentity``.
+- Every refusal is a ``DomainError`` with a stable code and a sentence a person can act on (no token or secret).
 """
 
 from __future__ import annotations
@@ -136,12 +134,11 @@ class OidcClient:
         self.issuer = settings.oidc_issuer.rstrip("/")
         self._sessionmaker = sessionmaker
         self._cookie_key = hmac.new(key, b"codehub oidc login cookie", hashlib.sha256).digest()
-        # one pool of connections to the provider for every sign-in (a client per request costs milliseconds)
+        # one keep-alive pool per client for every sign-in (a client per request costs milliseconds); Authlib's
+        # does the code exchange (on httpx2 when installed) and the token it keeps is cleared after each use
         self._tls = ssl.create_default_context()
         self._http = httpx.AsyncClient(verify=self._tls, timeout=HTTP_TIMEOUT, follow_redirects=False)
         secret = settings.oidc_client_secret
-        # Authlib's client for the code exchange, one for all sign-ins so its connections (TLS to a remote
-        # provider) are reused; it runs on httpx2 when installed, and the token it keeps is cleared after use.
         self._token_client = AsyncOAuth2Client(
             client_id=settings.oidc_client_id,
             client_secret=secret or None,
@@ -257,7 +254,8 @@ class OidcClient:
         metadata = await self.metadata()
         token = await self._exchange(metadata, redirect_uri, code, str(login["v"]))
         claims = await self._verify_id_token(metadata, token, str(login["n"]))
-        claims = {**await self._userinfo(metadata, token, str(claims["sub"])), **claims}
+        if not self._complete(claims):  # the ID token lacks the groups or a name: ask userinfo (one more request)
+            claims = {**await self._userinfo(metadata, token, str(claims["sub"])), **claims}
         groups = groups_of(claims, self.settings.oidc_groups_claim)
         identity = OidcIdentity(
             issuer=self.issuer,
@@ -268,6 +266,13 @@ class OidcClient:
             groups=groups,
         )
         return Finished(identity, str(login.get("x") or "/"))
+
+    def _complete(self, claims: Mapping[str, Any]) -> bool:
+        """True when the verified ID token already carries what the hub uses: the groups claim, and a name hint
+        (``preferred_username`` or ``email``) for a user's first sign-in."""
+        return self.settings.oidc_groups_claim in claims and bool(
+            claims.get("preferred_username") or claims.get("email")
+        )
 
     async def _consume(self, state: str, expires: int) -> bool:
         """Record ``state`` as used until its cookie expires; False when it already was."""
@@ -354,7 +359,8 @@ class OidcClient:
             raise refused("oidc_expired", "the ID token has expired: refused (is the hub's clock right?)") from None
         except (InvalidClaimError, MissingClaimError) as exc:
             claim = str(getattr(exc, "claim", "") or "a claim")
-            raise refused(_CLAIM_CODES.get(claim, "oidc_bad_claim"), _claim_detail(claim)) from None
+            fallback = ("oidc_bad_claim", f"the ID token's {claim} claim is missing or wrong: refused")
+            raise refused(*_CLAIM_REFUSALS.get(claim, fallback)) from None
         except JoseError:
             raise refused("oidc_bad_id_token", "the ID token does not validate: refused") from None
         return dict(claims)
@@ -387,14 +393,10 @@ class OidcClient:
         return str(add_params_to_uri(endpoint, params))
 
 
-_CLAIM_CODES = {"aud": "oidc_audience", "iss": "oidc_issuer", "nonce": "oidc_nonce", "azp": "oidc_audience"}
-
-
-def _claim_detail(claim: str) -> str:
-    if claim in ("aud", "azp"):
-        return "the ID token was issued for another client (audience differs): refused"
-    if claim == "iss":
-        return "the ID token was issued by another issuer: refused"
-    if claim == "nonce":
-        return "the ID token does not answer this sign-in (nonce differs): refused"
-    return f"the ID token's {claim} claim is missing or wrong: refused"
+_AUDIENCE = ("oidc_audience", "the ID token was issued for another client (audience differs): refused")
+_CLAIM_REFUSALS = {
+    "aud": _AUDIENCE,
+    "azp": _AUDIENCE,
+    "iss": ("oidc_issuer", "the ID token was issued by another issuer: refused"),
+    "nonce": ("oidc_nonce", "the ID token does not answer this sign-in (nonce differs): refused"),
+}
