@@ -24,7 +24,7 @@ from app.controllers.dashboard import SECURITY_HEADERS
 from app.controllers.deps import error_responses
 from app.errors import DomainError, NotFound
 from app.services.auth.access import Principal, audit_entry, safe_next
-from app.services.auth.oidc import LOGIN_COOKIE, LOGIN_TTL
+from app.services.auth.oidc_cookie import LOGIN_COOKIE, LOGIN_TTL
 from app.services.auth.ratelimit import enforce, login_limit
 from app.settings import Settings
 
