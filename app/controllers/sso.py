@@ -24,7 +24,7 @@ from app.controllers.dashboard import SECURITY_HEADERS
 from app.controllers.deps import error_responses
 from app.errors import DomainError, NotFound
 from app.services.auth.access import Principal, audit_entry, safe_next
-from app.services.auth.oidc import LOGIN_COOKIE, LOGIN_TTL
+from app.services.auth.oidc_cookie import LOGIN_COOKIE, LOGIN_TTL
 from app.services.auth.ratelimit import enforce, login_limit
 from app.settings import Settings
 
@@ -143,15 +143,13 @@ class SsoController(Controller):
             finished = await ctx.oidc.finish(
                 hub_base(request, ctx.settings) + CALLBACK_PATH, query, request.cookies.get(LOGIN_COOKIE)
             )
-            user = await ctx.identities.sign_in(finished.identity)
+            entry = audit_entry(request.scope, "auth.sso_login")
+            _, _, raw = await ctx.identities.sign_in_with_session(finished.identity, ctx.audit, entry)
         except DomainError as exc:
             await ctx.audit.record(
                 audit_entry(request.scope, "auth.sso_login", outcome="denied", details={"reason": exc.code})
             )
             return refusal_page(exc, [ending])
-        token, raw = await ctx.auth.issue_session(user.id)
-        principal = Principal(user.id, user.username, user.role, token.id, token.kind)
-        await ctx.audit.record(audit_entry(request.scope, "auth.sso_login", principal))
         response: Response[Any] = Redirect(safe_next(finished.next), status_code=HTTP_303_SEE_OTHER)
         response.set_cookie(session_cookie(ctx.settings, raw))
         response.set_cookie(ending)

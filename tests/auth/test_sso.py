@@ -61,8 +61,10 @@ async def test_sign_in_creates_the_user_by_issuer_and_subject_and_returns_to_nex
         methods = (await browser.get("/api/auth/methods")).json()
         assert methods == {"password": True, "oidc": {"name": "Test IdP", "login_url": "/auth/oidc/login"}}
         callback = await provider_round_trip(browser, "bob", next_path="/#workspaces")
+        await hub.provider.timings()
         r = await browser.get(callback)
         assert r.status_code == 303, r.text
+        assert "/me" in await hub.provider.timings()  # the ID token has no groups here: userinfo is asked
         assert r.headers["location"] == "/#workspaces"
         assert SESSION_COOKIE in r.cookies
         me = await _me(hub, browser)
@@ -193,6 +195,38 @@ async def test_groups_and_admin_role_follow_the_provider_at_every_sign_in(tmp_pa
             assert (await third.get(await provider_round_trip(third, "alice"))).status_code == 303
         assert (await _user_rows(hub, "alice"))[1] == []
         assert (await browser.get("/api/auth/groups")).json() == []
+
+
+async def test_groups_in_the_id_token_skip_userinfo_and_every_check_still_holds(tmp_path: Path, db_url: str) -> None:
+    async with (
+        sso_hub(tmp_path, db_url, id_token_claims=True, oidc_admin_groups=("hub-admins",)) as hub,
+        hub.browser() as browser,
+    ):
+        await hub.provider.timings()
+        assert (await browser.get(await provider_round_trip(browser, "alice"))).status_code == 303
+        assert "/me" not in await hub.provider.timings()  # the verified ID token had the groups: no userinfo
+        assert (await _me(hub, browser)).json()["role"] == "admin"
+        assert (await _user_rows(hub, "alice"))[1] == ["devs", "hub-admins"]
+        await hub.provider.set_groups("alice", ["devs"])
+        async with hub.browser() as second:
+            assert (await second.get(await provider_round_trip(second, "alice"))).status_code == 303
+        assert (await _user_rows(hub, "alice"))[1] == ["devs"]
+        assert (await _me(hub, browser)).json()["role"] == "user"
+        async with httpx.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {hub.admin_token}"}) as admin:
+            audit = (await admin.get("/api/admin/audit", params={"action": "auth.sso_login"})).json()["items"]
+            assert [(a["actor_name"], a["outcome"]) for a in audit] == [("alice", "ok"), ("alice", "ok")]
+        # a payload changed after signing (groups: hub-admins) is still refused, and so is a replay
+        await hub.provider.set_fault("signature")
+        browser.cookies.clear()
+        callback = await provider_round_trip(browser, "bob")
+        _assert_refused(await browser.get(callback), 400, "oidc_bad_signature")
+        assert (await _user_rows(hub, "bob"))[0] is None
+        await hub.provider.set_fault("none")
+        callback = await provider_round_trip(browser, "bob")
+        login_cookie = browser.cookies["codehub_oidc"]
+        assert (await browser.get(callback)).status_code == 303
+        browser.cookies.set("codehub_oidc", login_cookie, domain="127.0.0.1", path="/auth/oidc")
+        _assert_refused(await browser.get(callback), 400, "oidc_state_used")
 
 
 async def test_allowed_groups_gate_the_sign_in(tmp_path: Path, db_url: str) -> None:

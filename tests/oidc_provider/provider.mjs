@@ -6,6 +6,8 @@
 //   REDIRECT_URIS             comma-separated redirect URIs of that client
 //   POST_LOGOUT_REDIRECT_URIS comma-separated post-logout redirect URIs of that client
 //   CONTROL_TOKEN             secret the test sends (X-Control-Token) to reach the /_test/ control routes
+//   ID_TOKEN_CLAIMS           "1": the ID token carries the scopes' claims (groups, names) as Keycloak, Entra ID
+//                             and Okta do by default; otherwise only userinfo has them (OpenID Core 5.4)
 //
 // Users: alice (password alice-pass, groups devs and hub-admins) and bob (password bob-pass, group designers).
 // Control routes (POST, JSON body, X-Control-Token header):
@@ -134,6 +136,7 @@ const provider = new Provider(`http://127.0.0.1:${options.PORT || 0}`, {
     groups: ['groups'],
   },
   scopes: ['openid', 'profile', 'email', 'groups'],
+  conformIdTokenClaims: options.ID_TOKEN_CLAIMS !== '1',
   pkce: { required: () => true },
   jwks: { keys: [signingJwk] },
   cookies: { keys: [randomBytes(32).toString('hex')] },

@@ -74,6 +74,15 @@ class OidcProvider:
             with anyio.fail_after(10):
                 await self.process.wait()
 
+    async def timings(self) -> list[str]:
+        """The paths of the token, userinfo and JWKS requests the provider served since the last call."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.post(
+                f"{self.issuer}/_test/timings", json={}, headers={"X-Control-Token": self.control_token}
+            )
+            r.raise_for_status()
+            return [t["path"] for t in r.json()["timings"]]
+
     async def set_fault(self, mode: str) -> None:
         """Make the token endpoint hand out bad ID tokens: ``audience``, ``expired``, ``signature`` or ``none``."""
         await self._control("/_test/fault", {"mode": mode})
@@ -81,9 +90,10 @@ class OidcProvider:
 
 @asynccontextmanager
 async def running_oidc_provider(
-    redirect_uris: list[str], post_logout_redirect_uris: list[str], log_path: Path
+    redirect_uris: list[str], post_logout_redirect_uris: list[str], log_path: Path, *, id_token_claims: bool = False
 ) -> AsyncIterator[OidcProvider]:
-    """Run the provider until the block ends (its stderr goes to ``log_path``)."""
+    """Run the provider until the block ends (its stderr goes to ``log_path``); with ``id_token_claims`` the ID
+    token carries the groups and names (else only userinfo has them)."""
     node = need_oidc_provider()
     port = free_port()
     provider = OidcProvider(
@@ -101,6 +111,7 @@ async def running_oidc_provider(
         POST_LOGOUT_REDIRECT_URIS=",".join(post_logout_redirect_uris),
         CONTROL_TOKEN=provider.control_token,
         NODE_ENV="test",
+        ID_TOKEN_CLAIMS="1" if id_token_claims else "0",
     )
     with log_path.open("wb") as log:
         process = await anyio.open_process(
@@ -140,13 +151,16 @@ class SsoHub:
 
 
 @asynccontextmanager
-async def sso_hub(tmp_path: Path, database_url: str, **overrides: Any) -> AsyncIterator[SsoHub]:
-    """A provider and a hub on ``database_url`` (from ``fresh_database``, made outside the event loop) using it;
-    ``overrides`` go to the hub's settings."""
+async def sso_hub(
+    tmp_path: Path, database_url: str, *, id_token_claims: bool = False, **overrides: Any
+) -> AsyncIterator[SsoHub]:
+    """A provider (see ``running_oidc_provider``) and a hub on ``database_url`` (from ``fresh_database``, made
+    outside the event loop) using it; ``overrides`` go to the hub's settings."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     callbacks = [f"{url}/auth/oidc/callback"]
-    async with running_oidc_provider(callbacks, [f"{url}/"], tmp_path / "oidc-provider.log") as provider:
+    log = tmp_path / "oidc-provider.log"
+    async with running_oidc_provider(callbacks, [f"{url}/"], log, id_token_claims=id_token_claims) as provider:
         values: dict[str, Any] = {
             "database_url": database_url,
             "public_url": url,

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
 from app.errors import BadRequest, DomainError
@@ -78,7 +79,13 @@ class AuditLog:
 
     async def record(self, entry: AuditEntry) -> AuditEvent:
         """Append ``entry`` to the chain and return the stored row."""
-        async with self._lock, self._sessionmaker() as session, session.begin():
+        async with self._sessionmaker() as session:
+            return await self.commit_with(session, entry)
+
+    async def commit_with(self, session: AsyncSession, entry: AuditEntry) -> AuditEvent:
+        """Append ``entry`` in ``session``'s transaction and commit it: the caller's writes and their record
+        are stored together, or neither is."""
+        async with self._lock:
             if session.get_bind().dialect.name == "postgresql":
                 await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
             prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
@@ -99,6 +106,7 @@ class AuditLog:
             )
             row.hash = chain_hash(row.prev_hash, row)
             session.add(row)
+            await session.commit()
         return row
 
     @asynccontextmanager

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import SessionMaker
 from app.errors import Forbidden
-from app.models import Group, User, UserGroup, UserIdentity, utcnow
+from app.models import ApiToken, Group, User, UserGroup, UserIdentity, utcnow
+from app.services.audit.log import AuditEntry, AuditLog
 from app.services.auth.oidc import OidcIdentity
 from app.services.auth.users import USERNAME_RE, AuthService
 from app.settings import Settings
@@ -62,7 +63,23 @@ class IdentityService:
     async def sign_in(self, identity: OidcIdentity) -> User:
         """The hub user of ``identity`` (created on first sign-in), its groups and role synced; 403 when the
         identity is not allowed here or the user is disabled."""
+        user, _ = await self._sign_in(identity, None)
+        return user
+
+    async def sign_in_with_session(
+        self, identity: OidcIdentity, audit: AuditLog, entry: AuditEntry
+    ) -> tuple[User, ApiToken, str]:
+        """``sign_in``, a new hub session and ``entry`` audited (as the user) in ONE transaction; the user, the
+        session's row and its raw token (the cookie's value)."""
+        user, made = await self._sign_in(identity, (audit, entry))
+        assert made is not None
+        return user, made[0], made[1]
+
+    async def _sign_in(
+        self, identity: OidcIdentity, record: tuple[AuditLog, AuditEntry] | None
+    ) -> tuple[User, tuple[ApiToken, str] | None]:
         self.check_allowed(identity)
+        made = None
         async with self._sessionmaker() as session:
             user = await self._find(session, identity)
             if user is None:
@@ -70,12 +87,19 @@ class IdentityService:
             if user.disabled:
                 raise Forbidden("this hub account is disabled", code="account_disabled")
             await self._sync_groups(session, user.id, identity.groups)
-            await session.commit()
-        role = self._role_for(identity, user.role)
-        if role != user.role:
-            # drops the user's cached tokens everywhere
-            user = await self._auth.update_user(user.id, role=role, keep_an_admin=False)
-        return user
+            role = self._role_for(identity, user.role)
+            role_changed, user.role = role != user.role, role
+            if record is None:
+                await session.commit()
+            else:
+                made = self._auth.new_session(user.id)
+                session.add(made[0])
+                audit, entry = record
+                entry.actor_id, entry.actor_name = user.id, user.username
+                await audit.commit_with(session, entry)
+        if role_changed:  # the provider's groups made the user an admin or took it away
+            await self._auth.user_changed(user.id)
+        return user, made
 
     def _role_for(self, identity: OidcIdentity, current: str) -> str:
         admin_groups = set(self._settings.oidc_admin_groups)

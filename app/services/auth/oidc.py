@@ -1,24 +1,20 @@
 """Single sign-on with an OpenID provider: authorization code + PKCE, through Authlib and joserfc.
 
-- ``OidcClient.begin`` starts a sign-in: a fresh ``state``, ``nonce`` and PKCE verifier. They travel in a
-  short-lived login cookie signed with the hub's key (HttpOnly, only this browser has it); the signature
-  proves the hub issued them, so starting writes nothing.
-- ``OidcClient.finish`` takes the provider's answer at the callback: the cookie must verify, be unexpired and
-  carry the same ``state``; the state's digest is then recorded in ``oidc_login_states`` until the cookie
-  expires (a second use of the same answer, in any hub process, finds it there: replays are refused); the code is
-  exchanged with the verifier; the ID token's signature is checked against the provider's JWKS (asymmetric
-  algorithms the provider announces, never ``none``), then its issuer, audience, expiry and nonce. Claims of
-  the userinfo endpoint are added when its ``sub`` matches. The result is an ``OidcIdentity``.
-- Every refusal is a ``DomainError`` with a stable code and a sentence a person can act on; no token or
-  secret is ever part of one.
+- ``OidcClient.begin``: a fresh ``state``, ``nonce`` and PKCE verifier travel in a short-lived login cookie
+  signed with the hub's key (HttpOnly); the signature proves the hub issued them, so starting writes nothing.
+- ``OidcClient.finish`` at the callback: the cookie must verify, be unexpired and carry the same ``state``,
+  whose digest is then recorded in ``oidc_login_states`` until the cookie expires (a replay, in any hub
+  process, finds it there); the code is exchanged with the verifier; the ID token's signature is checked
+  against the provider's JWKS (asymmetric algorithms it announces, never ``none``), then its issuer,
+  audience, expiry and nonce. Only when the ID token lacks the groups claim or a name hint is the userinfo
+  endpoint asked (its ``sub`` must match). The result is an ``OidcIdentity``.
+- Every refusal is a ``DomainError`` with a stable code and a sentence a person can act on (no token or secret).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -53,14 +49,13 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from app.db import SessionMaker
-from app.errors import BadGateway, BadRequest, DomainError, Forbidden, ServiceUnavailable
+from app.errors import BadGateway, DomainError, Forbidden, ServiceUnavailable
 from app.models import OidcLoginState, utcnow
+from app.services.auth.oidc_cookie import LOGIN_TTL, LoginCookie, refused
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOGIN_COOKIE = "codehub_oidc"
-LOGIN_TTL = 600  # seconds a sign-in may take at the provider
 METADATA_TTL = 3600.0
 JWKS_MIN_REFRESH = 30.0  # an unknown key id fetches the JWKS again, at most this often
 CLOCK_LEEWAY = 60
@@ -100,19 +95,6 @@ class Finished:
     next: str
 
 
-def refused(code: str, detail: str) -> BadRequest:
-    """A sign-in the hub refuses because of what it was handed (400)."""
-    return BadRequest(detail, code=code)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -135,13 +117,12 @@ class OidcClient:
         self.settings = settings
         self.issuer = settings.oidc_issuer.rstrip("/")
         self._sessionmaker = sessionmaker
-        self._cookie_key = hmac.new(key, b"codehub oidc login cookie", hashlib.sha256).digest()
-        # one pool of connections to the provider for every sign-in (a client per request costs milliseconds)
+        self._cookies = LoginCookie(key)
+        # one keep-alive pool per client for every sign-in (a client per request costs milliseconds); Authlib's
+        # does the code exchange (on httpx2 when installed) and the token it keeps is cleared after each use
         self._tls = ssl.create_default_context()
         self._http = httpx.AsyncClient(verify=self._tls, timeout=HTTP_TIMEOUT, follow_redirects=False)
         secret = settings.oidc_client_secret
-        # Authlib's client for the code exchange, one for all sign-ins so its connections (TLS to a remote
-        # provider) are reused; it runs on httpx2 when installed, and the token it keeps is cleared after use.
         self._token_client = AsyncOAuth2Client(
             client_id=settings.oidc_client_id,
             client_secret=secret or None,
@@ -215,49 +196,41 @@ class OidcClient:
             "code_challenge_method": "S256",
         }
         payload = {"s": state, "n": nonce, "v": verifier, "x": next_path, "e": expires}
-        return LoginStart(add_params_to_uri(metadata["authorization_endpoint"], params), self._sign(payload))
-
-    def _sign(self, payload: dict[str, Any]) -> str:
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        mac = _b64(hmac.new(self._cookie_key, body.encode(), hashlib.sha256).digest())
-        return f"{body}.{mac}"
-
-    def _unsign(self, cookie: str | None) -> dict[str, Any]:
-        start_again = "start the sign-in again from the hub"
-        if not cookie or len(cookie) > 4096 or "." not in cookie:
-            raise refused("oidc_no_login", f"this browser has no sign-in in progress (or it timed out): {start_again}")
-        body, _, mac = cookie.partition(".")
-        expected = _b64(hmac.new(self._cookie_key, body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(mac, expected):
-            raise refused("oidc_bad_login_cookie", f"the sign-in cookie is not the hub's: {start_again}")
-        try:
-            payload = json.loads(_unb64(body))
-        except ValueError:
-            raise refused("oidc_bad_login_cookie", f"the sign-in cookie is damaged: {start_again}") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("e"), int) or payload["e"] < time.time():
-            raise refused("oidc_login_expired", f"the sign-in took too long: {start_again}")
-        return payload
+        return LoginStart(add_params_to_uri(metadata["authorization_endpoint"], params), self._cookies.sign(payload))
 
     async def finish(self, redirect_uri: str, query: Mapping[str, str], cookie: str | None) -> Finished:
         """Verify the provider's answer at the callback (see the module docstring); the identity it proves."""
-        login = self._unsign(cookie)
+        login = self._cookies.unsign(cookie)
         state = query.get("state", "")
         if not state or not hmac.compare_digest(state.encode(), str(login.get("s", "")).encode()):
             raise refused("oidc_state", "the sign-in answer does not belong to this browser's sign-in (state differs)")
-        if not await self._consume(state, int(login["e"])):
-            raise refused("oidc_state_used", "this sign-in answer was already used or has expired: sign in again")
-        if "error" in query:
-            code = query["error"] if _ERROR_CODE_RE.fullmatch(query["error"]) else "error"
-            raise Forbidden(f"the OpenID provider refused the sign-in ({code})", code="oidc_provider_refused")
-        if "iss" in query and query["iss"].rstrip("/") != self.issuer:
-            raise refused("oidc_issuer", "the sign-in answer comes from another issuer")
         code = query.get("code", "")
-        if not code or len(code) > 2048:
-            raise refused("oidc_no_code", "the sign-in answer carries no authorization code")
-        metadata = await self.metadata()
-        token = await self._exchange(metadata, redirect_uri, code, str(login["v"]))
+        problem = _answer_problem(query, self.issuer)
+        metadata = await self.metadata() if problem is None else {}
+        exchanged: list[dict[str, Any] | DomainError] = []
+
+        async def exchange() -> None:
+            try:
+                exchanged.append(await self._exchange(metadata, redirect_uri, code, str(login["v"])))
+            except DomainError as exc:
+                exchanged.append(exc)
+
+        # the state is recorded while the code is exchanged (both wait on I/O); the answer is used only once
+        # the state proved unused, so a replay is refused (oidc_state_used) whatever the provider said
+        async with anyio.create_task_group() as tasks:
+            if problem is None:
+                tasks.start_soon(exchange)
+            if not (fresh := await self._consume(state, int(login["e"]))):
+                tasks.cancel_scope.cancel()
+        if not fresh:
+            raise refused("oidc_state_used", "this sign-in answer was already used or has expired: sign in again")
+        if problem is not None:
+            raise problem
+        if isinstance(token := exchanged[0], DomainError):
+            raise token
         claims = await self._verify_id_token(metadata, token, str(login["n"]))
-        claims = {**await self._userinfo(metadata, token, str(claims["sub"])), **claims}
+        if not self._complete(claims):  # the ID token lacks the groups or a name: ask userinfo (one more request)
+            claims = {**await self._userinfo(metadata, token, str(claims["sub"])), **claims}
         groups = groups_of(claims, self.settings.oidc_groups_claim)
         identity = OidcIdentity(
             issuer=self.issuer,
@@ -268,6 +241,13 @@ class OidcClient:
             groups=groups,
         )
         return Finished(identity, str(login.get("x") or "/"))
+
+    def _complete(self, claims: Mapping[str, Any]) -> bool:
+        """True when the verified ID token already carries what the hub uses: the groups claim, and a name hint
+        (``preferred_username`` or ``email``) for a user's first sign-in."""
+        return self.settings.oidc_groups_claim in claims and bool(
+            claims.get("preferred_username") or claims.get("email")
+        )
 
     async def _consume(self, state: str, expires: int) -> bool:
         """Record ``state`` as used until its cookie expires; False when it already was."""
@@ -354,7 +334,8 @@ class OidcClient:
             raise refused("oidc_expired", "the ID token has expired: refused (is the hub's clock right?)") from None
         except (InvalidClaimError, MissingClaimError) as exc:
             claim = str(getattr(exc, "claim", "") or "a claim")
-            raise refused(_CLAIM_CODES.get(claim, "oidc_bad_claim"), _claim_detail(claim)) from None
+            fallback = ("oidc_bad_claim", f"the ID token's {claim} claim is missing or wrong: refused")
+            raise refused(*_CLAIM_REFUSALS.get(claim, fallback)) from None
         except JoseError:
             raise refused("oidc_bad_id_token", "the ID token does not validate: refused") from None
         return dict(claims)
@@ -387,14 +368,24 @@ class OidcClient:
         return str(add_params_to_uri(endpoint, params))
 
 
-_CLAIM_CODES = {"aud": "oidc_audience", "iss": "oidc_issuer", "nonce": "oidc_nonce", "azp": "oidc_audience"}
+def _answer_problem(query: Mapping[str, str], issuer: str) -> DomainError | None:
+    """Why the provider's answer cannot be used, before any exchange: its own error, another issuer (mix-up
+    defence), or no code; None when it can."""
+    if "error" in query:
+        code = query["error"] if _ERROR_CODE_RE.fullmatch(query["error"]) else "error"
+        return Forbidden(f"the OpenID provider refused the sign-in ({code})", code="oidc_provider_refused")
+    if "iss" in query and query["iss"].rstrip("/") != issuer:
+        return refused("oidc_issuer", "the sign-in answer comes from another issuer")
+    code = query.get("code", "")
+    if not code or len(code) > 2048:
+        return refused("oidc_no_code", "the sign-in answer carries no authorization code")
+    return None
 
 
-def _claim_detail(claim: str) -> str:
-    if claim in ("aud", "azp"):
-        return "the ID token was issued for another client (audience differs): refused"
-    if claim == "iss":
-        return "the ID token was issued by another issuer: refused"
-    if claim == "nonce":
-        return "the ID token does not answer this sign-in (nonce differs): refused"
-    return f"the ID token's {claim} claim is missing or wrong: refused"
+_AUDIENCE = ("oidc_audience", "the ID token was issued for another client (audience differs): refused")
+_CLAIM_REFUSALS = {
+    "aud": _AUDIENCE,
+    "azp": _AUDIENCE,
+    "iss": ("oidc_issuer", "the ID token was issued by another issuer: refused"),
+    "nonce": ("oidc_nonce", "the ID token does not answer this sign-in (nonce differs): refused"),
+}

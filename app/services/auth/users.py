@@ -182,10 +182,11 @@ class AuthService:
             raise Unauthorized("invalid username or password", code="invalid_credentials")
         return user
 
-    async def issue_token(
-        self, user_id: int, *, name: str = "", kind: str = "api", expires_at: datetime | None = None
+    @staticmethod
+    def new_token(
+        user_id: int, *, name: str = "", kind: str = "api", expires_at: datetime | None = None
     ) -> tuple[ApiToken, str]:
-        """Create a token; returns the row and the raw token, which is shown once and never stored."""
+        """A token row, not yet stored, and the raw token (shown once, never stored)."""
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = ApiToken(
             user_id=user_id,
@@ -195,15 +196,28 @@ class AuthService:
             prefix=raw[: len(TOKEN_PREFIX) + 4],
             expires_at=expires_at,
         )
-        async with self._sessionmaker() as session:
-            session.add(token)
-            await session.commit()
         return token, raw
+
+    async def issue_token(
+        self, user_id: int, *, name: str = "", kind: str = "api", expires_at: datetime | None = None
+    ) -> tuple[ApiToken, str]:
+        """Create a token; returns the row and the raw token, which is shown once and never stored."""
+        return await self._store(self.new_token(user_id, name=name, kind=kind, expires_at=expires_at))
+
+    async def _store(self, made: tuple[ApiToken, str]) -> tuple[ApiToken, str]:
+        async with self._sessionmaker() as session:
+            session.add(made[0])
+            await session.commit()
+        return made
+
+    def new_session(self, user_id: int) -> tuple[ApiToken, str]:
+        """A login session token (the cookie's value) expiring after ``session_ttl``, not yet stored."""
+        expires = utcnow() + timedelta(seconds=self._settings.session_ttl)
+        return self.new_token(user_id, name="session", kind="session", expires_at=expires)
 
     async def issue_session(self, user_id: int) -> tuple[ApiToken, str]:
         """A login session token (the cookie's value) that expires after ``session_ttl``."""
-        expires = utcnow() + timedelta(seconds=self._settings.session_ttl)
-        return await self.issue_token(user_id, name="session", kind="session", expires_at=expires)
+        return await self._store(self.new_session(user_id))
 
     async def list_tokens(self, user_id: int) -> list[ApiToken]:
         """A user's live API tokens (not revoked, not sessions), newest first."""
@@ -233,6 +247,10 @@ class AuthService:
         if children.rowcount:  # type: ignore[attr-defined]
             await self._revoked(Revocation(user_id=user_id))
         return token
+
+    async def user_changed(self, user_id: int) -> None:
+        """The user's role or state changed elsewhere: drop its cached tokens here and in every hub process."""
+        await self._revoked(Revocation(user_id=user_id))
 
     async def _revoked(self, revocation: Revocation) -> None:
         self.tokens.apply(revocation)

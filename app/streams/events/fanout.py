@@ -31,6 +31,7 @@ SLOW_CONSUMER = "slow_consumer"
 HUB_UNAVAILABLE = "hub_unavailable"
 HISTORY_TRIMMED = "history_trimmed"
 UNKNOWN_CURSOR = "unknown_cursor"
+ACCESS_REVOKED = "access_revoked"
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,200}")
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")

@@ -179,7 +179,7 @@ class InProcessHub:
         try:
             after, resets = self._plan(names, parse_cursor(last_event_id), since_earliest)
             replay = self._replay(names, after) if after is not None else None
-            subscription = Subscription(sub, resets, replay, after or 0, self._count_replayed)
+            subscription = Subscription(sub, resets, replay, after or 0, self._count_replayed, self.fanout.end)
             try:
                 yield subscription
             finally:

@@ -200,7 +200,7 @@ class RedisHub:
             except REDIS_ERRORS as exc:
                 raise _unavailable(exc) from exc
             replay = self._replay(names, after) if after is not None else None
-            subscription = Subscription(sub, resets, replay, after or 0, self._count_replayed)
+            subscription = Subscription(sub, resets, replay, after or 0, self._count_replayed, self.fanout.end)
             try:
                 yield subscription
             finally:

@@ -16,7 +16,8 @@ while the source is quiet, and the source closed when the client leaves.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -30,6 +31,7 @@ from app.streams.events.hub import Hub
 
 log = logging.getLogger(__name__)
 
+Guard = Callable[[Callable[[str], None]], AbstractAsyncContextManager[object]]
 MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING_FRAME = b": ping\n\n"
@@ -61,10 +63,13 @@ async def event_stream(
     since_earliest: bool = False,
     retry_ms: int = 2000,
     direct: DirectWriter | None = None,
+    guard: Guard | None = None,
 ) -> AsyncIterator[bytes]:
     """The body of an SSE response: subscribe (inside the stream), replay, then live frames.
 
-    Topics must already be validated and authorized. With ``direct`` (the server's
+    Topics must already be validated and authorized. ``guard``, when given, is entered once subscribed, with
+    the subscription's ``end`` for as long as the stream runs: it ends the stream (a final ``stream.reset``
+    with its reason) when the subscriber loses access. With ``direct`` (the server's
     ``codehub.direct_write`` extension) live frames bypass this generator once it has caught up: the
     fan-out writes them to the socket (``app.streams.events.direct_http``); the generator resumes for the end.
     When the hub is unavailable the stream sends a ``stream.reset`` (``hub_unavailable``) and ends, so
@@ -73,7 +78,10 @@ async def event_stream(
     """
     yield retry_frame(retry_ms)
     try:
-        async with hub.subscribe(topics, last_event_id, since_earliest) as subscription:
+        async with (
+            hub.subscribe(topics, last_event_id, since_earliest) as subscription,
+            guard(subscription.end) if guard is not None else _unguarded(),
+        ):
             while True:
                 sink = direct.sink(DIRECT_BUFFER_BYTES) if direct is not None else None
                 if sink is not None and await subscription.run_direct(sink):
@@ -83,6 +91,11 @@ async def event_stream(
                 yield batch[0].frame if len(batch) == 1 else b"".join([item.frame for item in batch])
     except ServiceUnavailable:
         yield reset_item(HUB_UNAVAILABLE, list(topics)).frame
+
+
+@asynccontextmanager
+async def _unguarded() -> AsyncIterator[None]:
+    yield
 
 
 async def item_stream(

@@ -27,6 +27,7 @@ class Subscription:
         replay: ReplayPages | None,
         after: int,
         on_replayed: Callable[[int], None] | None = None,
+        end: Callable[[Subscriber, str], None] | None = None,
     ) -> None:
         self.topics = sub.topics
         sub.last = after
@@ -34,13 +35,17 @@ class Subscription:
         self._pending = resets
         self._replay = replay
         self._on_replayed = on_replayed
+        self._end = end or _close_with
         self._ended = False
+        self._cut = False
 
     async def next_batch(self, limit: int = MAX_BATCH) -> list[Item] | None:
         """Wait for the next items in id order (``PING`` included); ``None`` once the stream has ended.
 
         Safe to cancel: items wait in the buffer, never in flight.
         """
+        if self._cut:
+            return None if self._ended else self._finish()
         if self._pending:
             out, self._pending = self._pending, []
             return out
@@ -93,6 +98,13 @@ class Subscription:
             sub.sink = None
         return True
 
+    def end(self, reason: str) -> None:
+        """End the stream now, from outside (e.g. access revoked): nothing buffered or replayed is delivered any
+        more, only a final ``stream.reset`` with ``reason``."""
+        self._pending, self._cut = [], True
+        self._sub.items.clear()
+        self._end(self._sub, reason)
+
     async def aclose(self) -> None:
         """Stop a replay in progress (called when the subscription's context exits)."""
         replay, self._replay = self._replay, None
@@ -116,3 +128,9 @@ class Subscription:
             for item in batch:
                 if item is not PING:
                     yield item.event
+
+
+def _close_with(sub: Subscriber, reason: str) -> None:
+    if sub.end_reason is None:
+        sub.end_reason = reason
+    sub.close()
