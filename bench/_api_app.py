@@ -1,7 +1,8 @@
 """ASGI app for bench/api.py: the real hub, plus a trivial Litestar JSON route in a second, bare Litestar app
 on the same server (the framework's ceiling). Production code has no bench route: the split happens here.
 
-Run by uvicorn as ``bench._api_app:create`` with ``--factory``; the hub reads its CODEHUB_* environment.
+Run as ``python -m bench._api_app``: served like ``codehub serve`` serves the hub (its uvicorn options and GC
+tuning), on ``CODEHUB_HOST``/``CODEHUB_PORT``; the hub reads its CODEHUB_* environment.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from typing import Any
 
 from litestar import Litestar, get
 
+from app.cli.server import uvicorn_options
 from app.factory import create_app
+from app.settings import load_settings
+from app.streams.events.hub import tune_gc_for_streaming
 
 TRIVIAL_PATH = "/bench/trivial"
 
@@ -33,3 +37,15 @@ def create() -> Any:
             await hub(scope, receive, send)
 
     return app
+
+
+def main() -> None:
+    """Serve ``create()`` as ``codehub serve`` serves the hub."""
+    import uvicorn
+
+    tune_gc_for_streaming()
+    uvicorn.run(create(), **uvicorn_options(load_settings()))
+
+
+if __name__ == "__main__":
+    main()

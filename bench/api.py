@@ -1,4 +1,5 @@
-"""Bench (the spine): ``GET /api/workspaces`` (a page of 50 rows) on one uvicorn worker.
+"""Bench (the spine): ``GET /api/workspaces`` (a page of 50 rows) on one uvicorn worker, served as
+``codehub serve`` serves the hub (its HTTP protocol, uvicorn options and GC tuning).
 
 For each database (SQLite, Postgres; Postgres + Redis too when Redis answers, the compose setup): a fixed
 offered load of 500 req/s (``hey -z 10s -c 50 -q 10``): p50 and p99; and saturation with 50 concurrent
@@ -118,26 +119,11 @@ async def seed(url: str, data_dir: Path) -> str:
 
 @contextmanager
 def server(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """One uvicorn worker in a separate process; yields its base URL."""
+    """The hub on one uvicorn worker in a separate process, served as ``codehub serve`` serves it; yields its
+    base URL and pid."""
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "bench._api_app:create",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--lifespan",
-        "on",
-    ]
+    env = dict(env, CODEHUB_HOST="127.0.0.1", CODEHUB_PORT=str(port))
+    cmd = [sys.executable, "-m", "bench._api_app"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from app.cli.common import CliError, cli_settings, database_place
-from app.settings import setting_docs
+from app.settings import Settings, setting_docs
 
 
 def settings_epilog() -> str:
@@ -20,24 +20,12 @@ def settings_epilog() -> str:
     return "\n".join(lines)
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Check the database is migrated, then run the hub on uvicorn."""
-    import uvicorn
-
-    from app import db
-    from app.factory import create_app
+def uvicorn_options(settings: Settings, *, reload: bool = False) -> dict[str, Any]:
+    """The uvicorn options of a hub process (``codehub serve``; benches serve the hub with them too)."""
     from app.streams.events.direct_http import DirectHttpProtocol  # live SSE frames are written by the fan-out
-    from app.streams.events.hub import tune_gc_for_streaming
     from app.streams.relay.splice import SpliceProtocol  # relayed WebSockets are spliced, not re-framed
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = cli_settings(**overrides)
-    engine = db.create_engine(settings)
-    try:
-        anyio.run(db.check_migrated, engine)
-    finally:
-        anyio.run(engine.dispose)
-    common: dict[str, Any] = {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "access_log": False,
@@ -46,17 +34,32 @@ def serve(args: argparse.Namespace) -> int:
         "ws": SpliceProtocol,
         "http": DirectHttpProtocol,
     }
+    if not reload:
+        options.update(timeout_graceful_shutdown=5, ws_max_size=16 * 1024 * 1024, proxy_headers=False)
+    return options
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the database is migrated, then run the hub on uvicorn."""
+    import uvicorn
+
+    from app import db
+    from app.factory import create_app
+    from app.streams.events.hub import tune_gc_for_streaming
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = cli_settings(**overrides)
+    engine = db.create_engine(settings)
+    try:
+        anyio.run(db.check_migrated, engine)
+    finally:
+        anyio.run(engine.dispose)
     if args.reload:
-        uvicorn.run("app.factory:create_app", factory=True, reload=True, reload_dirs=["app"], **common)
+        options = uvicorn_options(settings, reload=True)
+        uvicorn.run("app.factory:create_app", factory=True, reload=True, reload_dirs=["app"], **options)
         return 0
     tune_gc_for_streaming()  # a server process holds thousands of long-lived streams; tests and CLI do not
-    uvicorn.run(
-        create_app(settings),
-        timeout_graceful_shutdown=5,
-        ws_max_size=16 * 1024 * 1024,
-        proxy_headers=False,
-        **common,
-    )
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
     return 0
 
 

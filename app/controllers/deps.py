@@ -53,8 +53,9 @@ def outcome_response(body: type[Any]) -> dict[int, ResponseSpec]:
 async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: ``/api`` requests must carry valid credentials (handlers opt out with ``opt={"public": True}``).
 
-    Other paths (docs, dashboard, relay, terminal) decide for themselves. Guards are ``async def``: Litestar
-    runs a sync guard in a worker thread, a thread hop on every request.
+    Not app-wide: ``RequestContextMiddleware`` enforces the same for every ``/api/`` route (a Litestar guard
+    costs a copy of the route handler per request); ``requires_admin`` builds on it. Guards are ``async def``:
+    Litestar runs a sync guard in a worker thread.
     """
     if handler.opt.get("public") or not connection.scope["path"].startswith("/api"):
         return
