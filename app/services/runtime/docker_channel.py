@@ -117,8 +117,9 @@ class ChannelBroken(Exception):
 class HelperChannel:
     """One request loop in a running helper container (requests are serialized)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, *, private_dir: bool = True) -> None:
         self._stream = stream
+        self._private_dir = private_dir  # the loop has PRIVATE_DIR (a helper's tmpfs) for small payloads
         self._lock = anyio.Lock()
         self.closed = False
         self.holding = False  # the loop holds the workspace's lock: never closed for idleness
@@ -164,7 +165,8 @@ class HelperChannel:
             if self.closed:
                 raise ChannelBroken("the channel is closed", sent=False)
             nonce = secrets.token_hex(16)
-            flags = lock + ("W" if sink else "T" if 0 < len(data) <= MEMORY_PAYLOAD else "")
+            small = self._private_dir and 0 < len(data) <= MEMORY_PAYLOAD
+            flags = lock + ("W" if sink else "T" if small else "")
             fields = [nonce, str(len(data)), flags or "-", *([sink] if sink else []), *argv]
             request = (f"{len(fields)}\n" + "".join(f"{field}\n" for field in fields)).encode(
                 "utf-8", "surrogateescape"

@@ -90,7 +90,7 @@ async def open_channel(tg: anyio.abc.TaskGroup, conn: KubeConnection, pod: str, 
         argv += [name, script]
     params = pod_exec.exec_params(argv, stdin=True, tty=False, container=container)
     session = await pod_exec.open_session(tg, conn, pod, params)
-    channel = HelperChannel(ExecStream(session))
+    channel = HelperChannel(ExecStream(session), private_dir=False)  # pods have no helper tmpfs
     await channel.call([":"])  # the loop answers before a request that matters is sent
     return channel
 
