@@ -1,5 +1,6 @@
-"""The storage seam's guarantees on every backend (a local directory, a Docker volume): ETag = sha256 with
-If-Match / If-None-Match, listings, moves and deletes, and patches applied to every file or to none."""
+"""The storage seam's guarantees on every backend (a local directory, a Docker volume, a Kubernetes claim):
+ETag = sha256 with If-Match / If-None-Match, listings, moves and deletes, patches applied to every file or to
+none, and a directory swapped for a link between the hub's check and the commit."""
 
 from __future__ import annotations
 
@@ -119,3 +120,34 @@ def test_ai_context_reads_through_the_storage(backend: Backend) -> None:
     related = {snippet.path: snippet.reason for snippet in context.related}
     assert related.get("src/util.py") in ("import", "neighbour")
     assert "src/main.py" in related  # a neighbour, listed through the storage
+
+
+@pytest.mark.parametrize("operation", ["write", "patch"])
+def test_a_parent_swapped_for_a_link_after_the_check_writes_nothing_outside(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """The workspace (its IDE, anyone in it) swaps a checked directory for a link to outside the project between
+    the hub's check and the commit: nothing is written through the link."""
+    if backend.files is None:
+        pytest.skip("the local directory's swaps at each system call: test_races.py")
+    s, call, files = backend.storage, backend.call, backend.files
+    call(s.write_file, "victim/a.txt", b"one\n")
+    before = backend.outside_state()
+    commit = files.commit
+
+    async def swapped(*args: object) -> None:
+        swap = 'mv -- "$1" "$1.real" && ln -s ../outside "$1"'
+        code, _out, err = await files.run(["sh", "-c", swap, "sh", files.path(("victim",))])
+        assert code == 0, err
+        await commit(*args)
+
+    monkeypatch.setattr(files, "commit", swapped)
+    with pytest.raises(DomainError) as refused:
+        if operation == "write":
+            call(s.write_file, "victim/new.txt", b"PWNED\n")
+        else:
+            diff = "--- /dev/null\n+++ b/victim/new.txt\n@@ -0,0 +1 @@\n+PWNED\n"
+            call(s.apply_patch, diff, limits=PatchLimits())
+    assert refused.value.status == 409
+    assert backend.outside_state() == before
+    assert backend.read("victim.real/a.txt") == b"one\n"

@@ -157,8 +157,8 @@ def make_backend(kind: str, sandbox: Sandbox, portal: BlockingPortal, runtime: A
     assert runtime is not None
     if kind == "volume":
         workspace_id = "w" + secrets.token_hex(5)
-        files = runtime.volume_files(workspace_id)
         storage = runtime.storage(workspace_id)
+        files = storage.files
         portal.call(files.ensure)
         portal.call(lambda: files._put(files.home, _tar_sandbox(sandbox)))
     else:
