@@ -16,6 +16,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.context import AppContext
 from app.controllers.deps import error_responses
+from app.errors import BadRequest
 from app.schemas import Body
 from app.services.auth.access import Principal, audit_entry
 from app.services.workspaces.grants import GrantView
@@ -24,11 +25,13 @@ SubjectId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
 
 class GrantBody(Body):
-    """Share with a user or a group: ``use`` (IDE, terminal, files, exec) or ``view`` (read-only)."""
+    """Share with a user or a group, named by ``subject_id`` or by ``subject_name`` (one of them): ``use`` (IDE,
+    terminal, files, exec) or ``view`` (read-only)."""
 
     subject_kind: Literal["user", "group"]
-    subject_id: SubjectId
     level: Literal["use", "view"]
+    subject_id: SubjectId | None = None
+    subject_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
 class Presence(msgspec.Struct, kw_only=True):
@@ -72,12 +75,17 @@ class GrantsController(Controller):
     async def grant(
         self, request: Request[Any, Any, Any], data: GrantBody, ctx: AppContext, principal: Principal, workspace_id: str
     ) -> GrantView:
-        """Share the workspace (granting a subject again changes its level)."""
-        ctx.workspaces.grants.require_enabled()
+        """Share the workspace with a user or group, by id or by name (granting a subject again changes its
+        level)."""
+        grants = ctx.workspaces.grants
+        grants.require_enabled()
         ws = await ctx.workspaces.get(principal, workspace_id)
-        view = await ctx.workspaces.grants.put(ws, data.subject_kind, data.subject_id, data.level, principal.user_id)
-        await ctx.workspaces.access_changed(ws, subject_kind=data.subject_kind, subject_id=data.subject_id)
-        details = {"subject_kind": data.subject_kind, "subject_id": data.subject_id, "level": data.level}
+        if (data.subject_id is None) == (data.subject_name is None):
+            raise BadRequest("give subject_id or subject_name (one of them)", code="bad_subject")
+        subject_id = data.subject_id or await grants.subject_named(data.subject_kind, data.subject_name or "")
+        view = await grants.put(ws, data.subject_kind, subject_id, data.level, principal.user_id)
+        await ctx.workspaces.access_changed(ws, subject_kind=data.subject_kind, subject_id=subject_id)
+        details = {"subject_kind": data.subject_kind, "subject_id": subject_id, "level": data.level}
         await ctx.audit.record(
             audit_entry(
                 request.scope, "workspace.grant", principal, workspace_id=ws.id, target=ws.name, details=details

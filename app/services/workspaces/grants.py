@@ -148,6 +148,26 @@ class Grants:
         self.forget(ws.id)
         return self._view(row, name)
 
+    async def subject_named(self, subject_kind: str, name: str) -> int:
+        """The id of the user or group called ``name`` (404 when none; 409 when a local group and one synced from
+        the identity provider share it: then the id must be given)."""
+        wanted = name.strip()
+        async with self._sessionmaker() as session:
+            if subject_kind == "user":
+                found = list(await session.scalars(select(User.id).where(User.username == wanted.lower())))
+            elif subject_kind == "group":
+                found = list(await session.scalars(select(Group.id).where(Group.name == wanted)))
+            else:
+                raise BadRequest("subject_kind must be 'user' or 'group'", code="bad_subject")
+        if not found:
+            raise NotFound(f"no {subject_kind} named {wanted!r}", code="subject_not_found")
+        if len(found) > 1:
+            raise Conflict(
+                f"a local group and one from the identity provider are both named {wanted!r}: give subject_id",
+                code="ambiguous_subject",
+            )
+        return int(found[0])
+
     async def revoke(self, workspace_id: str, subject_kind: str, subject_id: int) -> None:
         """Remove one grant; 404 when there is none."""
         self.require_enabled()

@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { TimeChart } from "./charts.js";
 import { LogPane } from "./logs.js";
+import { Sharing } from "./sharing.js";
 import { $, fmtAgo, fmtBytes, fmtDuration, fmtTime, h, parseTime, pick, setText } from "./ui.js";
 
 const POLL_MS = 3000;
@@ -17,6 +18,7 @@ export class Details {
     this.generation = 0;
     this.status = null;
     this.logs = new LogPane(() => app.updateTopics());
+    this.sharing = new Sharing();
     this.cpu = new TimeChart($("#cpu-chart"), {
       windowMs: WINDOW_MS,
       minMax: 5,
@@ -49,6 +51,7 @@ export class Details {
     $("#detail-body").hidden = !id;
     const ws = id ? this.app.workspaces.items.get(id) : null;
     this.logs.show(id, ws ? ws.state : null);
+    this.sharing.show(id);
     if (!id) {
       setText($("#detail-name"), "");
       return;

@@ -261,6 +261,7 @@ class App {
       this.details.logs.handleEvent(ev);
       return;
     }
+    if (ev.type === "workspace.access_changed") this.details.sharing.changed((ev.data || {}).workspace_id);
     this.workspaces.handleEvent(ev);
   }
 
