@@ -88,7 +88,8 @@ while IFS= read -r n; do
   case $1 in +*) f=s_${1#+}; shift; set -- run_script "$f" "$@";; esac
   case $flags in
     *W*)
-      if { true > "$sink"; } 2>/dev/null; then
+      d=${sink%/*}
+      if [ "$(cd -P -- "$d" 2>/dev/null && pwd)" = "$d" ] && { true > "$sink"; } 2>/dev/null; then
         [ "$size" -eq 0 ] || drain "$size" >> "$sink" || { rm -f -- "$sink"; exit 1; }; "$@" </dev/null
       else [ "$size" -eq 0 ] || drain "$size" >/dev/null; echo "cannot write ${sink##*/}" >&2; false; fi;;
     *) if [ "$size" -eq 0 ]; then "$@" </dev/null

@@ -71,7 +71,8 @@ while [ $n -gt 0 ]; do
 done
 """
 WRITE_SCRIPT = r"""
-tmp=$1; dst=$2; mode=$3
+tmp=$1; dst=$2; mode=$3; d=${dst%/*}
+if [ "$(cd -P -- "$d" 2>/dev/null && pwd)" != "$d" ]; then echo "a parent of ${dst##*/} changed" >&2; exit 3; fi
 if { [ "$mode" = 644 ] || chmod "$mode" "$tmp"; } && mv -f -T -- "$tmp" "$dst"; then exit 0; fi
 rm -f -- "$tmp"; echo "cannot write ${dst##*/}" >&2; exit 3
 """
@@ -95,6 +96,12 @@ while [ $# -gt 0 ]; do
   if [ -d "$t" ] && [ ! -L "$t" ]; then failed="is a directory: ${t#$root/}"; fi
   if [ -e "$t" ] || [ -L "$t" ]; then eval "E_$g=\$E_$g\$nl\$t"; elif [ "$op" = w ]; then N=$N$nl$t; fi
   if [ "$op" = w ]; then eval "M_$g=\$M_$g\$nl\$p/.codehub-s\$sfx/\$name"; else D=$D$nl$t; fi
+done
+k=0
+while [ -z "$failed" ] && [ $k -lt $g ]; do  # a parent swapped for a link since the hub's check: nothing staged
+  k=$((k+1)); eval "a=\$G_$k"
+  while [ ! -e "$a" ] && [ ! -L "$a" ] && [ "$a" != "$root" ]; do a=${a%/*}; done
+  [ "$(cd -P -- "$a" 2>/dev/null && pwd)" = "$a" ] || failed="a parent of ${a#$root/} changed"
 done
 [ -n "$failed" ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
 k=0
