@@ -82,8 +82,7 @@ class DockerVolumeFiles(VolumeHelper):
         the target, then ``+write`` renames them over it. Anything else, ``+batch``: the new contents (and new
         directories) staged by one ``tar -x`` in a directory beside their targets, existing targets
         hard-linked into a backup directory, one ``rm`` of the deletions and one ``mv`` per directory, all
-        undone on the first failure. On success the backups leave the project in one rename (to
-        ``<home>/.codehub-trash``) and are removed after the answer (freeing the old contents is not waited for)."""
+        undone on the first failure; on success one ``rm -rf`` of the staging and backup directories."""
         if not changes and not new_dirs:
             return
         if len(changes) == 1 and (data := changes[0].data) is not None and not new_dirs:

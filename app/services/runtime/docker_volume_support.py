@@ -118,10 +118,7 @@ if [ -n "$failed" ]; then
   rm -rf -- $X; [ -z "$dirs" ] || rmdir -- $dirs 2>/dev/null
   echo "$failed" >&2; exit 3
 fi
-trash=${root%/*}/.codehub-trash/$sfx
-if mkdir -p -- "$trash" && mv -f -- $X "$trash/"; then
-  rm -rf -- "$trash" </dev/null >/dev/null 2>&1 &
-else rm -rf -- $X "$trash"; fi 2>/dev/null
+rm -rf -- $X
 for t in $D; do d=${t%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; done
 exit 0
 """
