@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class RemoteStat:
     mode: int = 0o644
     mtime: float = 0.0
     target: str = ""
+    version: str = ""  # for a file that has not changed since before it was looked at: changes when it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,48 @@ class RemoteFiles(Protocol):
         ...
 
 
+class ContentCache:
+    """Bytes of remote files by their ``RemoteStat.version``, least recently used dropped past ``limit`` bytes
+    (a patch's validate reads every file it touches; the apply that follows reads only what changed since)."""
+
+    def __init__(self, limit: int = 64 << 20) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, bytes]] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: tuple[str, tuple[str, ...]], version: str) -> bytes | None:
+        """The bytes kept for ``key`` when they are of ``version``."""
+        found = self._items.get(key)
+        if not version or found is None or found[0] != version:
+            return None
+        self._items.move_to_end(key)
+        return found[1]
+
+    def has(self, key: tuple[str, tuple[str, ...]]) -> bool:
+        """Bytes of some version are kept for ``key``."""
+        return key in self._items
+
+    def put(self, key: tuple[str, tuple[str, ...]], version: str, data: bytes) -> None:
+        """Keep ``data`` as ``key``'s bytes of ``version`` (a file without a version is not kept)."""
+        self.forget(key)
+        if not version or len(data) > self.limit // 4:
+            return
+        self._items[key] = (version, data)
+        self._size += len(data)
+        while self._size > self.limit:
+            self._size -= len(self._items.popitem(last=False)[1][1])
+
+    def forget(self, key: tuple[str, tuple[str, ...]]) -> None:
+        """Drop what is kept for ``key``."""
+        if (found := self._items.pop(key, None)) is not None:
+            self._size -= len(found[1])
+
+    def drop(self, scope: str) -> None:
+        """Drop everything kept for the workspace ``scope``."""
+        for key in [key for key in self._items if key[0] == scope]:
+            self.forget(key)
+
+
 @dataclass(slots=True)
 class Mirror:
     """The chains of a few paths of a remote project, materialized in the local directory ``root``."""
@@ -111,6 +155,8 @@ class Mirror:
     root: Path
     seen: dict[tuple[str, ...], RemoteStat | None] = field(default_factory=dict)
     fetched: set[tuple[str, ...]] = field(default_factory=set)
+    cache: ContentCache | None = None
+    scope: str = ""  # the workspace, in ``cache``
 
     def local(self, parts: tuple[str, ...]) -> Path:
         """Where ``parts`` is in the mirror."""
@@ -163,14 +209,34 @@ class Mirror:
         await anyio.to_thread.run_sync(_materialize, self.local(parts), found, data, size)
         return found
 
-    async def prefetch(self, paths: Sequence[tuple[str, ...]], content: int) -> None:
+    async def prefetch(self, paths: Sequence[tuple[str, ...]], content: int, *, cached: bool = False) -> None:
         """Mirror many paths and all their parents in one ``snapshot`` (files with their bytes up to ``content``).
 
-        Entries below a parent that is not a directory are left out, as ``chain`` would never reach them."""
+        Entries below a parent that is not a directory are left out, as ``chain`` would never reach them.
+        ``cached``: bytes of an unchanged version come from ``cache`` (when it holds any of these files, the
+        snapshot reads no bytes, and a second one reads those it does not hold); what is read is kept there."""
         wanted = sorted({p[:i] for p in paths for i in range(1, len(p) + 1)} - self.seen.keys(), key=len)
         if not wanted:
             return
-        found, read = await self.files.snapshot(wanted, content)
+        cache = self.cache if cached else None
+        if cache is not None and any(cache.has((self.scope, p)) for p in wanted):
+            found, read = await self.files.snapshot(wanted, -1)
+            for parts in wanted:
+                if (e := found[parts]) is not None and (data := cache.get((self.scope, parts), e.version)) is not None:
+                    read[parts] = data
+            missing = [
+                p for p in wanted if (e := found[p]) and e.kind == "file" and e.size <= content and p not in read
+            ]
+            if missing:
+                again, more = await self.files.snapshot(missing, content)
+                found.update(again)
+                read.update(more)
+        else:
+            found, read = await self.files.snapshot(wanted, content)
+        if cache is not None:
+            for parts, data in read.items():
+                if (e := found.get(parts)) is not None and len(data) == e.size:
+                    cache.put((self.scope, parts), e.version, data)
         reached: list[tuple[str, ...]] = []
         for parts in wanted:  # shallowest first: a parent is decided before its children
             parent = self.seen.get(parts[:-1]) if parts[:-1] else RemoteStat("dir")
@@ -235,4 +301,4 @@ def mode_kind(mode: int) -> NodeKind:
     return "other"
 
 
-__all__ = ["Mirror", "NodeKind", "RemoteChange", "RemoteFiles", "RemoteStat", "mode_kind"]
+__all__ = ["ContentCache", "Mirror", "NodeKind", "RemoteChange", "RemoteFiles", "RemoteStat", "mode_kind"]

@@ -26,7 +26,7 @@ from app.services.files import patches
 from app.services.files.operations import DeleteResult, Entry, MoveResult, RawFile, TextFile, Tree, WriteResult
 from app.services.files.patches.apply import parsed
 from app.services.files.paths import join, normalize
-from app.services.files.remote import Mirror, RemoteChange, RemoteFiles, RemoteStat
+from app.services.files.remote import ContentCache, Mirror, RemoteChange, RemoteFiles, RemoteStat
 from app.services.files.storage import BlockingFiles, Fill
 
 
@@ -50,9 +50,12 @@ class RemoteStorage:
 
     kind = "volume"
 
-    def __init__(self, files: RemoteFiles, lock: anyio.Lock) -> None:
+    def __init__(
+        self, files: RemoteFiles, lock: anyio.Lock, *, cache: ContentCache | None = None, scope: str = ""
+    ) -> None:
         self.files = files
         self.lock = lock
+        self.cache, self.scope = cache, scope  # bytes of unchanged files, across operations (patches)
 
     @property
     def local_root(self) -> Path | None:
@@ -64,7 +67,7 @@ class RemoteStorage:
         await self.files.ensure()
         tmp = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="codehub-mirror-", dir=mirror_dir()))
         try:
-            yield Mirror(self.files, Path(tmp))
+            yield Mirror(self.files, Path(tmp), cache=self.cache, scope=self.scope)
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))
 
@@ -174,7 +177,7 @@ class RemoteStorage:
         touched: set[tuple[str, ...]] = set()
         for patch in parsed(diff, limits, strip)[0]:
             touched.update(p for p in (patch.old_parts, patch.new_parts) if p)
-        await mirror.prefetch(sorted(touched), limits.max_file_bytes)
+        await mirror.prefetch(sorted(touched), limits.max_file_bytes, cached=True)
         for parts in sorted(touched):
             await mirror.chain(parts, content=limits.max_file_bytes, follow_last=False)
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiodocker
 import anyio
 
+from app.services.files.remote import ContentCache
 from app.services.files.remote_storage import RemoteStorage
 from app.services.files.storage import LocalStorage, WorkspaceStorage
 from app.services.runtime.base import StorageRef, WorkspaceSpec
@@ -40,6 +41,7 @@ class DockerStorage:
         self._user, self.workspaces_dir = user, workspaces_dir
         self._ready: set[str] = set()
         self.channels = HelperChannels()
+        self.cache = ContentCache()
         self._locks: dict[str, anyio.Lock] = {}
 
     def ref(self, workspace_id: str) -> StorageRef:
@@ -66,7 +68,9 @@ class DockerStorage:
 
     def storage(self, workspace_id: str, *, image: str = "") -> WorkspaceStorage:
         """The workspace's volume, worked on by the hub through the volume's engine."""
-        return RemoteStorage(self.files(workspace_id, image=image), self.lock(workspace_id))
+        return RemoteStorage(
+            self.files(workspace_id, image=image), self.lock(workspace_id), cache=self.cache, scope=workspace_id
+        )
 
     async def prepare(self, spec: WorkspaceSpec) -> None:
         """The volume exists (labelled) before the container mounts it; kept across starts."""
@@ -87,11 +91,13 @@ class DockerStorage:
         """Close the workspace's channel and forget what is known of its helper (which is being removed)."""
         await self.channels.drop(workspace_id)
         self._ready.discard(workspace_id)
+        self.cache.drop(workspace_id)
 
     async def purge(self, workspace_id: str, bound: list[Path]) -> None:
         """Remove the volume, and the hub directories ``bound`` and ``<workspaces dir>/<id>`` from before volumes."""
         await self.files(workspace_id).purge()
         self._locks.pop(workspace_id, None)
+        self.cache.drop(workspace_id)
         for directory in {*bound, self.workspaces_dir / workspace_id}:
             await LocalStorage(directory).purge()
 

@@ -82,7 +82,7 @@ class DockerVolumeFiles(VolumeHelper):
         the target, then ``+write`` renames them over it. Anything else, ``+batch``: the new contents (and new
         directories) staged by one ``tar -x`` in a directory beside their targets, existing targets
         hard-linked into a backup directory, one ``rm`` of the deletions and one ``mv`` per directory, all
-        undone on the first failure."""
+        undone on the first failure; on success one ``rm -rf`` of the staging and backup directories."""
         if not changes and not new_dirs:
             return
         if len(changes) == 1 and (data := changes[0].data) is not None and not new_dirs:
@@ -98,13 +98,14 @@ class DockerVolumeFiles(VolumeHelper):
             groups: dict[tuple[str, ...], list[RemoteChange]] = {}
             for change in changes:
                 groups.setdefault(change.parts[:-1], []).append(change)
-            for parent, members in sorted(groups.items()):
-                staged.append(((*parent, f".codehub-b{sfx}"), None, 0o700))
+            for index, (parent, members) in enumerate(sorted(groups.items()), start=1):
+                staged.append(((*parent, f".codehub-b{sfx}.{index}"), None, 0o700))
                 if any(c.data is not None for c in members):
-                    staged.append(((*parent, f".codehub-s{sfx}"), None, 0o700))
+                    staged.append(((*parent, f".codehub-s{sfx}.{index}"), None, 0o700))
                 for change in members:
                     if change.data is not None:
-                        staged.append(((*parent, f".codehub-s{sfx}", change.parts[-1]), change.data, change.mode))
+                        stage = f".codehub-s{sfx}.{index}"
+                        staged.append(((*parent, stage, change.parts[-1]), change.data, change.mode))
                     argv += [self.path(parent), change.parts[-1], "d" if change.data is None else "w"]
             payload = tar_entries(staged, self.user, prefix=())
             code, _out, err = await self.run(argv, payload, retry=False, release=True)

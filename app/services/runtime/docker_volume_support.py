@@ -91,11 +91,14 @@ g=0; prev=; D=; N=; X=; failed=
 while [ $# -gt 0 ]; do
   p=$1 name=$2 op=$3; shift 3; t=$p/$name
   if [ "$p" != "$prev" ]; then
-    g=$((g+1)); prev=$p; eval "G_$g=\$p E_$g= M_$g="; X=$X$nl$p/.codehub-s$sfx$nl$p/.codehub-b$sfx
+    g=$((g+1)); prev=$p; eval "G_$g=\$p E_$g= M_$g="; X=$X$nl$p/.codehub-b$sfx.$g
   fi
   if [ -d "$t" ] && [ ! -L "$t" ]; then failed="is a directory: ${t#$root/}"; fi
   if [ -e "$t" ] || [ -L "$t" ]; then eval "E_$g=\$E_$g\$nl\$t"; elif [ "$op" = w ]; then N=$N$nl$t; fi
-  if [ "$op" = w ]; then eval "M_$g=\$M_$g\$nl\$p/.codehub-s\$sfx/\$name"; else D=$D$nl$t; fi
+  if [ "$op" = w ]; then
+    eval "m=\$M_$g"; [ -n "$m" ] || X=$X$nl$p/.codehub-s$sfx.$g
+    eval "M_$g=\$m\$nl\$p/.codehub-s\$sfx.\$g/\$name"
+  else D=$D$nl$t; fi
 done
 k=0
 while [ -z "$failed" ] && [ $k -lt $g ]; do  # a parent swapped for a link since the hub's check: nothing staged
@@ -106,7 +109,7 @@ done
 [ -n "$failed" ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
 k=0
 while [ -z "$failed" ] && [ $k -lt $g ]; do
-  k=$((k+1)); eval "p=\$G_$k e=\$E_$k"; b=$p/.codehub-b$sfx
+  k=$((k+1)); eval "p=\$G_$k e=\$E_$k"; b=$p/.codehub-b$sfx.$k
   [ -z "$e" ] || ln -- $e "$b/" 2>/dev/null || for t in $e; do
     bk=$b/${t##*/}
     [ -e "$bk" ] || [ -L "$bk" ] || mv -f -- "$t" "$b/" || { failed="cannot back up ${t#$root/}"; break; }
@@ -123,7 +126,7 @@ if [ -n "$failed" ]; then
   while [ $k -lt $g ]; do
     k=$((k+1)); eval "p=\$G_$k e=\$E_$k"
     for t in $e; do
-      bk=$p/.codehub-b$sfx/${t##*/}
+      bk=$p/.codehub-b$sfx.$k/${t##*/}
       if [ -e "$bk" ] || [ -L "$bk" ]; then mv -f -T -- "$bk" "$t" 2>/dev/null; fi
     done
   done
@@ -137,22 +140,26 @@ exit 0
 """
 SNAPSHOT_SCRIPT = r"""
 limit=$1; shift
+nl='
+'
+kinds=; links=; ex=
 for p; do
-  shift
-  if [ -L "$p" ]; then printf 'L%s\0' "$(readlink -- "$p")"; set -- "$@" "$p"
-  elif [ -e "$p" ]; then printf 'E\0'; set -- "$@" "$p"
-  else printf -- '-\0'; fi
+  if [ -L "$p" ]; then kinds=${kinds}L; links=$links$nl$p; ex=$ex$nl$p
+  elif [ -e "$p" ]; then kinds=${kinds}E; ex=$ex$nl$p
+  else kinds=$kinds-; fi
 done
-[ $# -eq 0 ] && exit 0
-st=$(stat -c '%f %s %Y' -- "$@") || exit 5
+printf '%s\n' "$kinds"
+set -f; IFS=$nl
+for p in $links; do printf '%s\0' "$(readlink -- "$p")"; done
+[ -n "$ex" ] || exit 0
+st=$(stat -c '%f %s %Y %i %z' -- /proc/self/. $ex) || exit 5
 printf '%s\n' "$st"
 [ "$limit" -ge 0 ] || exit 0
-set -f; IFS='
-'; files=
+set -- $ex; files=; now=
 for line in $st; do
+  [ -n "$now" ] || { now=1; continue; }
   p=$1; shift; size=${line#* }; size=${size%% *}
-  case $line in 8???\ *) [ "$size" -gt "$limit" ] || files="$files
-$p";; esac
+  case $line in 8???\ *) [ "$size" -gt "$limit" ] || files=$files$nl$p;; esac
 done
 [ -z "$files" ] || exec tar -cf - -- $files
 """
@@ -247,24 +254,37 @@ def failure(err: bytes, path: str) -> DomainError:
 def parse_snapshot(
     paths: Sequence[tuple[str, ...]], code: int, out: bytes, err: bytes, path_of: Callable[[tuple[str, ...]], str]
 ) -> tuple[dict[tuple[str, ...], RemoteStat | None], dict[tuple[str, ...], bytes]]:
-    """What ``SNAPSHOT_SCRIPT`` printed: each path's kind and link target (NUL-separated), one ``stat`` line per
-    existing path, then a ``tar`` of the regular files small enough to read."""
-    fields = out.split(b"\0", len(paths))
-    kinds = fields[: len(paths)]
-    existing = [parts for parts, kind in zip(paths, kinds, strict=False) if kind[:1] in (b"E", b"L")]
-    rest = fields[-1].split(b"\n", len(existing)) if len(fields) > len(paths) else []
-    if code == 5 or len(rest) < len(existing) + (1 if existing else 0) or len(kinds) != len(paths):
+    """What ``SNAPSHOT_SCRIPT`` printed: a line of each path's kind (``E``, ``L`` or ``-``), every link's target
+    (NUL-terminated; one write for all kinds: each write is a frame on the engine's stream); when any exists, a
+    ``stat`` line of ``/proc/self/.`` (created as the script ran: the time then, on the files' own clock) and one
+    per existing path; then a ``tar`` of the regular files small enough to read.
+
+    A file whose change time is before that time gets a ``version`` (inode, size, times): any later change of
+    it gets a later change time, so bytes read with that version are its bytes for as long as it has it."""
+    kinds, _, body = out.partition(b"\n")
+    if code == 5 or len(kinds) != len(paths):
+        raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
+    links = kinds.count(b"L")
+    fields = body.split(b"\0", links)
+    targets = iter(fields[:links])
+    existing = [
+        (parts, next(targets, b"") if kind == ord("L") else b"")
+        for parts, kind in zip(paths, kinds, strict=True)
+        if kind != ord("-")
+    ]
+    rest = fields[-1].split(b"\n", len(existing) + 1) if existing else []
+    if len(fields) != links + 1 or (existing and len(rest) < len(existing) + 2):
         raise Conflict(f"the files could not be examined: {message(err)}", code="io_error")
     found: dict[tuple[str, ...], RemoteStat | None] = dict.fromkeys(paths)
-    lines = dict(zip(existing, rest, strict=False))
-    for parts, kind in zip(paths, kinds, strict=True):
-        if parts in lines:
-            mode_hex, size, mtime = lines[parts].decode("ascii", "replace").split()
-            mode = int(mode_hex, 16)
-            target = kind[1:].decode("utf-8", "surrogateescape")
-            found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), target)
+    now = rest[0].decode("ascii", "replace").split(" ", 4)[-1] if existing else ""
+    for (parts, target), line in zip(existing, rest[1:], strict=False):
+        mode_hex, size, mtime, inode, changed = line.decode("ascii", "replace").split(" ", 4)
+        mode = int(mode_hex, 16)
+        version = f"{inode} {size} {mtime} {changed}" if changed < now else ""
+        link = target.decode("utf-8", "surrogateescape")
+        found[parts] = RemoteStat(mode_kind(mode), int(size), mode & 0o7777, float(mtime), link, version)
     datas: dict[tuple[str, ...], bytes] = {}
-    archive_bytes = rest[-1] if existing else (fields[-1] if len(fields) > len(paths) else b"")
+    archive_bytes = rest[-1] if existing else b""
     if archive_bytes and code == 0:
         names = {path_of(parts).lstrip("/"): parts for parts in paths}
         with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
