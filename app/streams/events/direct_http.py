@@ -20,6 +20,7 @@ uvicorn writes the head and the body of a response separately, two system calls 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,17 +51,21 @@ class TransportSink:
 
 
 class DirectWriter:
-    """The ``codehub.direct_write`` extension of one request: a sink on its socket once the response started."""
+    """The ``codehub.direct_write`` extension of one request: a sink on its socket once the response started.
+
+    It holds its request cycle weakly: the cycle holds the scope, which holds this extension, and a reference
+    cycle per request is garbage only a collection frees (at 2,000 requests/s, gen0 collections of tens of
+    milliseconds: the list route's p99)."""
 
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
 
     def sink(self, limit: int) -> TransportSink | None:
         """A sink writing this response's body, or None unless it is a started, chunked, streaming body."""
-        cycle = self._cycle
-        if not cycle.response_started or cycle.response_complete or cycle.disconnected:
+        cycle = self._cycle()
+        if cycle is None or not cycle.response_started or cycle.response_complete or cycle.disconnected:
             return None
         if cycle.chunked_encoding is not True or cycle.scope["method"] == "HEAD":
             return None
@@ -69,7 +74,10 @@ class DirectWriter:
     @contextmanager
     def corked(self) -> Iterator[None]:
         """Hold what the response writes inside the block and write it at the end, in one system call."""
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:  # the request is over: nothing to hold
+            yield
+            return
         real = cycle.transport
         held = _CorkedTransport(real)
         cycle.transport = held
