@@ -25,6 +25,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _clean_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty HOME for the session: the local runtime's login shells (terminal tests) then read none of the
+    developer's startup files (a pyenv rehash lock left by a killed shell made every later one wait 60 s).
+    Playwright still finds the browsers installed under the real home."""
+    real = Path.home()
+    saved = {key: os.environ.get(key) for key in ("HOME", "PLAYWRIGHT_BROWSERS_PATH")}
+    if saved["PLAYWRIGHT_BROWSERS_PATH"] is None and (real / ".cache" / "ms-playwright").is_dir():
+        os.environ["PLAYWRIGHT_BROWSERS_PATH"] = str(real / ".cache" / "ms-playwright")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> str:
     """The test cluster's admin kubeconfig (``CODEHUB_TEST_KUBECONFIG``); skips without the cluster unless
