@@ -1,7 +1,8 @@
 """The Docker volume's commit paths and the contents cache, on the local engine: a single write (its bytes
-written straight into the staged file), a batched commit of many files in several directories, a batch that
-fails halfway and leaves every file as it was, and a patch applied after a validate with a file changed in
-between (the cache never hands back stale bytes)."""
+written straight into the staged file), a batched commit of many files in several directories (its backups
+removed after the answer when it deleted nothing), a batch that fails halfway and leaves every file as it
+was, and a patch applied after a validate with a file changed in between (the cache never hands back stale
+bytes)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,27 @@ async def test_a_batch_writes_and_deletes_in_many_directories(volume: tuple[Dock
     async with DockerRuntime(DOCKER_URL, hub_id=runtime.hub_id, helper_image=TEST_IMAGE) as other:
         with anyio.fail_after(10):
             await other.storage(workspace_id).write_file("after.txt", b"ok")
+
+
+async def test_a_batch_that_deletes_nothing_leaves_its_backups_to_the_loop(
+    volume: tuple[DockerRuntime, str],
+) -> None:
+    runtime, workspace_id = volume
+    storage, files = runtime.storage(workspace_id), runtime.volume_files(workspace_id)
+    for d in range(2):
+        await storage.write_file(f"d{d}/f.txt", b"old\n")
+    for attempt in range(2):
+        async with files.exclusive(deferred=True):
+            await files.lstat(("d0",))
+            await files.commit([RemoteChange((f"d{d}", "f.txt"), b"new\n") for d in range(2)], [])
+        if attempt == 0:  # removed before the loop reads the next request on this channel
+            assert await _leftovers(files) == []
+    await files._channels.drop(workspace_id)  # or when the loop's stdin closes, right after the answer
+    async with DockerRuntime(DOCKER_URL, hub_id=runtime.hub_id, helper_image=TEST_IMAGE) as other:
+        with anyio.fail_after(10):
+            while await _leftovers(other.volume_files(workspace_id)):
+                await anyio.sleep(0.05)
+    assert (await storage.read_raw("d1/f.txt", max_bytes=100)).data == b"new\n"
 
 
 async def test_a_batch_refused_in_one_directory_changes_nothing(volume: tuple[DockerRuntime, str]) -> None:

@@ -13,9 +13,11 @@ piped to the command's stdin and drained if the command stops reading, so the st
 Every other command reads ``/dev/null``. Flag ``L`` takes the engine-side lock before the command (when
 another loop holds it, the command does not run and the answer's code is ``BUSY``); flag ``U`` gives it back
 once it has answered (the hub does not wait for that ``rm``; its next request on this channel does): a
-mutation's lock costs no requests of its own. After the command, the loop writes
-``<nonce>\\n`` on stdout and ``<nonce> <exit code>\\n`` on stderr: the hub reads both streams up to their
-marker, which the command cannot forge without the nonce.
+mutation's lock costs no requests of its own. A command may leave paths to remove, one a line, in
+``/run/codehub/later.<loop pid>`` (``$later``): the loop removes them after answering, before it reads the
+next request (a batch's backups: freeing old contents is not on the answer's path). After the command, the
+loop writes ``<nonce>\\n`` on stdout and ``<nonce> <exit code>\\n`` on stderr: the hub reads both streams
+up to their marker, which the command cannot forge without the nonce.
 
 The loop also keeps the workspace's **engine-side lock** (``trylock``/``unlock``): a file created exclusively
 (``set -C``) in the helper's private tmpfs ``/run/codehub``, holding the holder's pid and start time. Every hub
@@ -72,8 +74,12 @@ drain() {
   [ $b -eq 0 ] || dd bs=65536 count=$b iflag=fullblock 2>/dev/null
   [ $r -eq 0 ] || dd bs=$r count=1 iflag=fullblock 2>/dev/null
 }
-umask 022; tin=/run/codehub/in.$$
-trap 'unlock; rm -f -- "$tin"' EXIT
+tidy() {
+  [ -f "$later" ] || return 0
+  set --; while IFS= read -r a; do set -- "$@" "$a"; done < "$later"; rm -rf -- "$@" "$later"
+}
+umask 022; tin=/run/codehub/in.$$ later=/run/codehub/later.$$
+trap 'unlock; tidy; rm -f -- "$tin"' EXIT
 while IFS= read -r n; do
   set --; i=0
   while [ $i -lt "$n" ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; i=$((i+1)); done
@@ -101,6 +107,7 @@ while IFS= read -r n; do
   c=$?
   printf '%s\n' "$nonce"; printf '%s %s\n' "$nonce" "$c" >&2
   case $flags in *U*) unlock;; esac
+  tidy
 done
 """
 _NAME = re.compile(r"[a-z_]+")

@@ -82,7 +82,9 @@ class DockerVolumeFiles(VolumeHelper):
         the target, then ``+write`` renames them over it. Anything else, ``+batch``: the new contents (and new
         directories) staged by one ``tar -x`` in a directory beside their targets, existing targets
         hard-linked into a backup directory, one ``rm`` of the deletions and one ``mv`` per directory, all
-        undone on the first failure; on success one ``rm -rf`` of the staging and backup directories."""
+        undone on the first failure. On success the staging and backup directories are removed by one ``rm -rf``:
+        after the answer (the channel's loop, before it reads the next request) when nothing was deleted, else
+        before it (the directories a deletion emptied are removed once their backups are gone)."""
         if not changes and not new_dirs:
             return
         if len(changes) == 1 and (data := changes[0].data) is not None and not new_dirs:

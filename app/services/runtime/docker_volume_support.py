@@ -134,6 +134,7 @@ if [ -n "$failed" ]; then
   rm -rf -- $X; [ -z "$dirs" ] || rmdir -- $dirs 2>/dev/null
   echo "$failed" >&2; exit 3
 fi
+if [ -z "$D" ] && { printf '%s\n' $X > "$later"; } 2>/dev/null; then exit 0; fi  # the loop removes them after answering
 rm -rf -- $X
 for t in $D; do d=${t%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; done
 exit 0
