@@ -122,7 +122,7 @@ def test_ai_context_reads_through_the_storage(backend: Backend) -> None:
     assert "src/main.py" in related  # a neighbour, listed through the storage
 
 
-@pytest.mark.parametrize("operation", ["write", "patch"])
+@pytest.mark.parametrize("operation", ["write", "patch", "move"])
 def test_a_parent_swapped_for_a_link_after_the_check_writes_nothing_outside(
     backend: Backend, monkeypatch: pytest.MonkeyPatch, operation: str
 ) -> None:
@@ -132,19 +132,23 @@ def test_a_parent_swapped_for_a_link_after_the_check_writes_nothing_outside(
         pytest.skip("the local directory's swaps at each system call: test_races.py")
     s, call, files = backend.storage, backend.call, backend.files
     call(s.write_file, "victim/a.txt", b"one\n")
+    call(s.write_file, "loot.txt", b"PWNED\n")
     before = backend.outside_state()
-    commit = files.commit
+    step = "move" if operation == "move" else "commit"
+    original = getattr(files, step)
 
     async def swapped(*args: object) -> None:
         swap = 'mv -- "$1" "$1.real" && ln -s ../outside "$1"'
         code, _out, err = await files.run(["sh", "-c", swap, "sh", files.path(("victim",))])
         assert code == 0, err
-        await commit(*args)
+        await original(*args)
 
-    monkeypatch.setattr(files, "commit", swapped)
+    monkeypatch.setattr(files, step, swapped)
     with pytest.raises(DomainError) as refused:
         if operation == "write":
             call(s.write_file, "victim/new.txt", b"PWNED\n")
+        elif operation == "move":
+            call(s.move_path, "loot.txt", "victim/new.txt")
         else:
             diff = "--- /dev/null\n+++ b/victim/new.txt\n@@ -0,0 +1 @@\n+PWNED\n"
             call(s.apply_patch, diff, limits=PatchLimits())

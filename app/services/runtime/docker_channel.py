@@ -32,7 +32,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiodocker
@@ -40,6 +40,7 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from app import metrics
+from app.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ PRIVATE_DIR = "/run/codehub"  # a tmpfs of the helper's own (the lock and small 
 PRIVATE_DIR_SIZE = 16 << 20
 MEMORY_PAYLOAD = 1 << 20  # payloads up to this size are written to the tmpfs, then read by the command
 BUSY = -1  # the answer's code when a request asked for the lock and another loop holds it
+Opener = Callable[[], Awaitable["HelperChannel"]]
+"""Opens a workspace's channel (its helper or pod made ready first), or raises."""
 
 LOOP = r"""
 while [ $# -gt 1 ]; do eval "s_$1() {
@@ -68,6 +71,10 @@ trylock() {
   return 1
 }
 unlock() { [ -z "$mine" ] || rm -f "$lk"; mine=; }
+kept() {  # $1, or its deepest existing ancestor up to $2, is still the directory the hub checked (no link in it)
+  kept_d=$1; while [ "$kept_d" != "$2" ] && [ ! -e "$kept_d" ] && [ ! -L "$kept_d" ]; do kept_d=${kept_d%/*}; done
+  [ "$(cd -P -- "$kept_d" 2>/dev/null && pwd)" = "$kept_d" ]
+}
 run_script() { f=$1; shift; ( "$f" "$@" ); }
 drain() {
   b=$(($1 / 65536)); r=$(($1 % 65536))
@@ -95,7 +102,7 @@ while IFS= read -r n; do
   case $flags in
     *W*)
       d=${sink%/*}
-      if [ "$(cd -P -- "$d" 2>/dev/null && pwd)" = "$d" ] && { true > "$sink"; } 2>/dev/null; then
+      if kept "$d" "$d" && { true > "$sink"; } 2>/dev/null; then
         [ "$size" -eq 0 ] || drain "$size" >> "$sink" || { rm -f -- "$sink"; exit 1; }; "$@" </dev/null
       else [ "$size" -eq 0 ] || drain "$size" >/dev/null; echo "cannot write ${sink##*/}" >&2; false; fi;;
     *) if [ "$size" -eq 0 ]; then "$@" </dev/null
@@ -267,6 +274,55 @@ class HelperChannels:
         if channel is not None:
             with anyio.CancelScope(shield=True):
                 await channel.close()
+
+    async def call(
+        self,
+        workspace_id: str,
+        opener: Opener,
+        argv: list[str],
+        data: bytes = b"",
+        *,
+        retry: bool = True,
+        lock: str = "",
+        sink: str = "",
+    ) -> tuple[int, bytes, bytes]:
+        """``HelperChannel.call`` on the workspace's channel, opened by ``opener`` when there is none and once
+        more when it breaks; a request that may have run is sent again only when ``retry``, and never when the
+        lost channel held the lock (what was read under it is no longer safe)."""
+        for attempt in range(2):
+            channel = None if attempt else await self.get(workspace_id)
+            if channel is None:
+                channel = await opener()
+                await self.put(workspace_id, channel)
+            try:
+                found = await channel.call(argv, data, lock=lock, sink=sink)
+            except ChannelBroken as exc:
+                await self.drop(workspace_id)
+                if channel.holding:
+                    raise Conflict("the workspace's file helper went away; try again", code="storage_error") from exc
+                if attempt > 0 or (exc.sent and not retry):
+                    log.warning("file channel of %s failed: %s", workspace_id, exc)
+                    raise Conflict("the workspace's file helper did not answer", code="storage_error") from exc
+                continue
+            if found[0] != BUSY:
+                channel.holding = "U" not in lock and ("L" in lock or channel.holding)
+            return found
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def open_retried(open_once: Opener, errors: tuple[type[Exception], ...], workspace_id: str) -> HelperChannel:
+        """``open_once()``, tried once more when it fails with one of ``errors`` (the helper or pod was going
+        away: idle exit, replacement, the workspace starting or stopping)."""
+        caught: tuple[type[Exception], ...] = (*errors, ChannelBroken)
+        for attempt in range(2):
+            try:
+                return await open_once()
+            except caught as exc:
+                if attempt == 0:
+                    continue
+                log.warning("file helper of %s did not run: %s", workspace_id, exc)
+                raise Conflict("the workspace's file helper did not run", code="storage_error") from exc
+        raise AssertionError("unreachable")
 
     async def close_all(self) -> None:
         """Close every channel (the runtime is closing)."""

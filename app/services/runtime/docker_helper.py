@@ -327,40 +327,19 @@ class VolumeHelper:
     async def _run(
         self, argv: list[str], data: bytes, *, retry: bool, lock: str, sink: str
     ) -> tuple[int, bytes, bytes]:
-        for attempt in range(2):
-            channel = await self._channel(fresh=attempt > 0)
-            try:
-                found = await channel.call(argv, data, lock=lock, sink=sink)
-            except ChannelBroken as exc:
-                await self._channels.drop(self.workspace_id)
-                if channel.holding:  # the lock went with the channel: what was read under it is no longer safe
-                    raise Conflict("the workspace's file helper went away; try again", code="storage_error") from exc
-                if attempt > 0 or (exc.sent and not retry):
-                    log.warning("file helper channel of %s failed: %s", self.workspace_id, exc)
-                    raise Conflict("the workspace's file helper did not answer", code="storage_error") from exc
-                continue
-            if found[0] != BUSY:
-                channel.holding = "U" not in lock and ("L" in lock or channel.holding)
-            return found
-        raise AssertionError("unreachable")
+        return await self._channels.call(
+            self.workspace_id, self._open_channel, argv, data, retry=retry, lock=lock, sink=sink
+        )
 
-    async def _channel(self, *, fresh: bool) -> HelperChannel:
-        """The open channel to the helper, or a new one (the helper created and started if need be)."""
-        if not fresh and (channel := await self._channels.get(self.workspace_id)) is not None:
-            return channel
-        for attempt in range(2):
+    async def _open_channel(self) -> HelperChannel:
+        """A new channel to the helper (created and started if need be)."""
+
+        async def open_once() -> HelperChannel:
             await self._helper(start=True)
             with engine_errors(self.docker_url):
-                try:
-                    channel = await HelperChannel.open(self.docker, helper_name(self.workspace_id), self.user, SCRIPTS)
-                except (DockerError, ChannelBroken) as exc:
-                    if attempt == 0:
-                        continue  # the helper was exiting (idle) or being replaced: start it again
-                    log.warning("file helper of %s did not run: %s", self.workspace_id, exc)
-                    raise Conflict("the workspace's file helper did not run", code="storage_error") from exc
-            await self._channels.put(self.workspace_id, channel)
-            return channel
-        raise AssertionError("unreachable")
+                return await HelperChannel.open(self.docker, helper_name(self.workspace_id), self.user, SCRIPTS)
+
+        return await self._channels.open_retried(open_once, (DockerError,), self.workspace_id)
 
     @asynccontextmanager
     async def exclusive(self, *, deferred: bool = False) -> AsyncIterator[None]:

@@ -22,12 +22,8 @@ COMMIT_SCRIPT = r"""
 root=$1; stage=$2; shift 2; n=0; failed=""
 i=0
 for a; do  # a parent swapped for a link since the hub's check would lead the staging and the rename outside
-  if [ $((i % 3)) -eq 1 ]; then p=${a%/*}
-    while [ "$p" != "$root" ]; do
-      if [ -L "$p" ] || { [ -e "$p" ] && [ ! -d "$p" ]; }; then failed="a parent of ${a#$root/} changed"; break 2; fi
-      p=${p%/*}
-    done
-  fi; i=$((i+1))
+  if [ $((i % 3)) -eq 1 ] && ! kept "${a%/*}" "$root"; then failed="a parent of ${a#$root/} changed"; break; fi
+  i=$((i+1))
 done
 [ -n "$failed" ] || [ "$stage" = 0 ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
 if [ -z "$failed" ] && [ $# -eq 3 ] && [ "$1" != - ] && { [ ! -d "$2" ] || [ -L "$2" ]; }; then
@@ -72,13 +68,16 @@ done
 """
 WRITE_SCRIPT = r"""
 tmp=$1; dst=$2; mode=$3; d=${dst%/*}
-if [ "$(cd -P -- "$d" 2>/dev/null && pwd)" != "$d" ]; then echo "a parent of ${dst##*/} changed" >&2; exit 3; fi
+if ! kept "$d" "$d"; then echo "a parent of ${dst##*/} changed" >&2; exit 3; fi
 if { [ "$mode" = 644 ] || chmod "$mode" "$tmp"; } && mv -f -T -- "$tmp" "$dst"; then exit 0; fi
 rm -f -- "$tmp"; echo "cannot write ${dst##*/}" >&2; exit 3
 """
 MOVE_SCRIPT = r"""
 src=$1; dst=$2; shift 2
-if [ $# -eq 0 ] || mkdir -p -- "$@"; then mv -f -T -- "$src" "$dst" && exit 0; fi
+if [ $# -eq 0 ] || mkdir -p -- "$@"; then
+  if ! kept "${src%/*}" "${src%/*}" || ! kept "${dst%/*}" "${dst%/*}"; then echo "a parent of ${dst##*/} changed" >&2
+  elif mv -f -T -- "$src" "$dst"; then exit 0; fi
+fi
 [ $# -eq 0 ] || rmdir -- "$@" 2>/dev/null; exit 1
 """
 BATCH_SCRIPT = r"""
@@ -103,8 +102,7 @@ done
 k=0
 while [ -z "$failed" ] && [ $k -lt $g ]; do  # a parent swapped for a link since the hub's check: nothing staged
   k=$((k+1)); eval "a=\$G_$k"
-  while [ ! -e "$a" ] && [ ! -L "$a" ] && [ "$a" != "$root" ]; do a=${a%/*}; done
-  [ "$(cd -P -- "$a" 2>/dev/null && pwd)" = "$a" ] || failed="a parent of ${a#$root/} changed"
+  kept "$a" "$root" || failed="a parent of ${a#$root/} changed"
 done
 [ -n "$failed" ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
 k=0

@@ -25,7 +25,7 @@ import anyio.abc
 from app.errors import Conflict, NotFound
 from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
-from app.services.runtime.docker_channel import ChannelBroken, HelperChannel, HelperChannels
+from app.services.runtime.docker_channel import HelperChannel, HelperChannels
 from app.services.runtime.docker_volume_support import (
     failure,
     message,
@@ -111,32 +111,14 @@ class KubeVolumeFiles:
     async def run(self, argv: list[str], data: bytes = b"", *, retry: bool = True) -> tuple[int, bytes, bytes]:
         """Run ``argv`` (``+name``: a script of ``file_channel.SCRIPTS``; ``data`` on its stdin) through the
         workspace's loop: (exit code, stdout, stderr). A request that may have run is retried only when ``retry``."""
-        for attempt in range(2):
-            channel = await self._channel(fresh=attempt > 0)
-            try:
-                return await channel.call(argv, data)
-            except ChannelBroken as exc:
-                await self._channels.drop(self.workspace_id)
-                if attempt > 0 or (exc.sent and not retry):
-                    log.warning("file channel of %s failed: %s", self.workspace_id, exc)
-                    raise Conflict("the workspace's file pod did not answer", code="storage_error") from exc
-        raise AssertionError("unreachable")
+        return await self._channels.call(self.workspace_id, self._open_channel, argv, data, retry=retry)
 
-    async def _channel(self, *, fresh: bool) -> HelperChannel:
-        channel = None if fresh else await self._channels.get(self.workspace_id)
-        if channel is not None:
-            return channel
-        for attempt in range(2):
+    async def _open_channel(self) -> HelperChannel:
+        async def open_once() -> HelperChannel:
             pod, container = await self._target()
-            try:
-                channel = await open_channel(self._tasks(), self.conn, pod, container)
-            except (KubeError, ChannelBroken) as exc:
-                if attempt == 0:
-                    continue  # the pod was going away (the workspace started or stopped): look again
-                raise Conflict(f"the workspace's file pod did not answer: {exc}", code="storage_error") from exc
-            await self._channels.put(self.workspace_id, channel)
-            return channel
-        raise AssertionError("unreachable")
+            return await open_channel(self._tasks(), self.conn, pod, container)
+
+        return await self._channels.open_retried(open_once, (KubeError,), self.workspace_id)
 
     async def ensure(self) -> None:
         """The PVC (made by ``target``) and an empty project, checked once per runtime."""
@@ -204,7 +186,7 @@ class KubeVolumeFiles:
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
         """Stage new contents next to their targets (a tar on the script's stdin), then rename all or none."""
         staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        argv = ["+commit", self.project, "1"]
+        triples: list[str] = []
         for change in sorted(changes, key=lambda c: c.data is not None):
             parent = change.parts[:-1]
             tmp = "-"
@@ -212,9 +194,9 @@ class KubeVolumeFiles:
                 temp = (*parent, f".codehub-{secrets.token_hex(8)}.tmp")
                 staged.append((temp, change.data, change.mode))
                 tmp = self.path(temp)
-            argv += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
+            triples += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
         payload = tar_entries(staged, self.user, prefix=()) if staged else b""
-        argv[2] = "1" if staged else "0"
+        argv = ["+commit", self.project, "1" if staged else "0", *triples]
         code, _out, err = await self.run(argv, payload, retry=False)
         if code != 0:
             await self._remove_dirs(new_dirs)
@@ -235,12 +217,10 @@ class KubeVolumeFiles:
             raise failure(err, join(parts))
 
     async def move(self, source: tuple[str, ...], target: tuple[str, ...], new_dirs: Sequence[tuple[str, ...]]) -> None:
-        """``mkdir`` the new parents, then ``mv -T``."""
-        script = 'src=$1; dst=$2; shift 2; for d; do mkdir -- "$d" || exit 1; done; exec mv -f -T -- "$src" "$dst"'
-        argv = ["sh", "-c", script, "sh", self.path(source), self.path(target), *map(self.path, new_dirs)]
-        code, _out, err = await self.run(argv, retry=False)
+        """``+move``: ``mkdir`` the new parents, then ``mv -T`` (the new parents removed again if it fails)."""
+        deepest = [self.path(d) for d in sorted(new_dirs, key=len, reverse=True)]
+        code, _out, err = await self.run(["+move", self.path(source), self.path(target), *deepest], retry=False)
         if code != 0:
-            await self._remove_dirs(new_dirs)
             raise failure(err, join(target))
 
     async def upload(self, directory: Path) -> None:
