@@ -213,10 +213,12 @@ async def test_terminal_runs_a_shell_with_resize(runtime: DockerRuntime, running
             while b"42" not in output or b"30 100" not in output:
                 output += await terminal.receive()
         await terminal.resize(120, 40)
-        await terminal.send(b"stty size\n")
-        with anyio.fail_after(10):
+        with anyio.fail_after(10):  # a pod's resize reaches the tty asynchronously (its own channel): ask again
             while b"40 120" not in output:
-                output += await terminal.receive()
+                await terminal.send(b"stty size\n")
+                with anyio.move_on_after(1):
+                    while b"40 120" not in output:
+                        output += await terminal.receive()
     finally:
         await terminal.close()
 
