@@ -67,10 +67,10 @@ while [ $n -gt 0 ]; do
 done
 """
 WRITE_SCRIPT = r"""
-tmp=$1; dst=$2; mode=$3; d=${dst%/*}
-if ! kept "$d" "$d"; then echo "a parent of ${dst##*/} changed" >&2; exit 3; fi
+tmp=${1##*/}; dst=${2##*/}; mode=$3; d=${2%/*}
+if ! kept "$d" "$d"; then echo "a parent of $dst changed" >&2; exit 3; fi  # and now in $d: the acts go through it
 if { [ "$mode" = 644 ] || chmod "$mode" "$tmp"; } && mv -f -T -- "$tmp" "$dst"; then exit 0; fi
-rm -f -- "$tmp"; echo "cannot write ${dst##*/}" >&2; exit 3
+rm -f -- "$tmp"; echo "cannot write $dst" >&2; exit 3
 """
 MOVE_SCRIPT = r"""
 src=$1; dst=$2; shift 2
@@ -286,7 +286,7 @@ def parse_snapshot(
     archive_bytes = rest[-1] if existing else b""
     if archive_bytes and code == 0:
         names = {path_of(parts).lstrip("/"): parts for parts in paths}
-        with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
+        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
             for member in archive:
                 wanted = names.get(member.name)
                 handle = archive.extractfile(member) if member.isreg() else None
