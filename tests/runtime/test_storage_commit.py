@@ -146,7 +146,7 @@ async def test_apply_after_validate_sees_a_change_made_in_between(volume: tuple[
 async def test_request_fields_arrive_intact_read_by_line_and_as_one_block(volume: tuple[DockerRuntime, str]) -> None:
     runtime, workspace_id = volume
     files = runtime.volume_files(workspace_id)
-    odd = ["a b", " lead", "trail ", "*", "-", "$HOME", "'q'", "tab\there", "é"]
+    odd = ["a b", " lead", "trail ", "*", "-", "$HOME", "'q'", "back\\slash", "tab\there", "é"]
     for fields in (odd, odd * 40, [*odd, ""], [*odd * 40, ""]):  # short; long (one ``dd``); an empty field: by line
         code, out, _err = await files.run(["printf", "%s\\n", *fields])
         assert code == 0
