@@ -154,13 +154,16 @@ for p in $links; do printf '%s\0' "$(readlink -- "$p")"; done
 st=$(stat -c '%f %s %Y %i %z' -- /proc/self/. $ex) || exit 5
 printf '%s\n' "$st"
 [ "$limit" -ge 0 ] || exit 0
-set -- $ex; files=; now=
+set -- $ex; files=; now=; total=0
 for line in $st; do
   [ -n "$now" ] || { now=1; continue; }
   p=$1; shift; size=${line#* }; size=${size%% *}
-  case $line in 8???\ *) [ "$size" -gt "$limit" ] || files=$files$nl$p;; esac
+  case $line in 8???\ *) [ "$size" -gt "$limit" ] || { files=$files$nl$p; total=$((total + size)); };; esac
 done
-[ -z "$files" ] || exec tar -cf - -- $files
+[ -n "$files" ] || exit 0
+[ "$total" -gt 262144 ] || exec tar -cf - -- $files
+exec 3>&1  # many bytes: tar's small writes gathered into 64 KiB ones (each read of the engine's is a frame)
+c=$({ { tar -cf - -- $files; echo $? >&4; } | dd bs=65536 iflag=fullblock 2>/dev/null >&3; } 4>&1); exit "$c"
 """
 MANIFEST_SCRIPT = r"""
 cd "$1" || exit 4
