@@ -141,3 +141,16 @@ async def test_apply_after_validate_sees_a_change_made_in_between(volume: tuple[
         await storage.apply_patch(diff, limits=PatchLimits())
     assert (await storage.read_raw("p/f0.txt", max_bytes=100)).data == b"one\ntwo\nthree\n"
     assert (await storage.read_raw("p/f1.txt", max_bytes=100)).data == b"one\nzwei\nthree\n"
+
+
+async def test_request_fields_arrive_intact_read_by_line_and_as_one_block(volume: tuple[DockerRuntime, str]) -> None:
+    runtime, workspace_id = volume
+    files = runtime.volume_files(workspace_id)
+    odd = ["a b", " lead", "trail ", "*", "-", "$HOME", "'q'", "back\\slash", "tab\there", "é"]
+    for fields in (odd, odd * 40, [*odd, ""], [*odd * 40, ""]):  # short; long (one ``dd``); an empty field: by line
+        code, out, _err = await files.run(["printf", "%s\\n", *fields])
+        assert code == 0
+        assert out.decode().split("\n")[:-1] == fields
+    big = secrets.token_bytes(70_000)  # a staged payload above the size sent in the request's own write
+    await runtime.storage(workspace_id).write_file("big.bin", big)
+    assert (await runtime.storage(workspace_id).read_raw("big.bin", max_bytes=1 << 20)).data == big

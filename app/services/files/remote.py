@@ -26,6 +26,8 @@ from app.errors import DomainError
 from app.services.files.paths import MAX_SYMLINK_HOPS, join, link_target
 
 NodeKind = Literal["file", "dir", "symlink", "other"]
+INLINE_ENTRIES = 16  # a mirror in memory makes up to this many entries of at most INLINE_BYTES in all on the spot
+INLINE_BYTES = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,7 @@ class Mirror:
     fetched: set[tuple[str, ...]] = field(default_factory=set)
     cache: ContentCache | None = None
     scope: str = ""  # the workspace, in ``cache``
+    in_memory: bool = False  # ``root`` is on a memory file system: a few small entries are made without a thread hop
 
     def local(self, parts: tuple[str, ...]) -> Path:
         """Where ``parts`` is in the mirror."""
@@ -206,7 +209,7 @@ class Mirror:
             self.fetched.add(parts)
         # a file not fetched is only ever sized: up to one byte past the limit is all a size check needs
         size = min(found.size, (content or 0) + 1)
-        await anyio.to_thread.run_sync(_materialize, self.local(parts), found, data, size)
+        await self._make_entries([(self.local(parts), found, data, size)])
         return found
 
     async def prefetch(self, paths: Sequence[tuple[str, ...]], content: int, *, cached: bool = False) -> None:
@@ -249,7 +252,14 @@ class Mirror:
         datas = {p: read[p] for p in files if p in read and len(read[p]) == self.seen[p].size}  # type: ignore[union-attr]
         self.fetched.update(datas)
         todo = [(self.local(p), e, datas.get(p), min(e.size, content + 1)) for p in reached if (e := self.seen[p])]
-        await anyio.to_thread.run_sync(_materialize_all, todo)  # one hop for them all, shallowest first
+        await self._make_entries(todo)  # shallowest first
+
+    async def _make_entries(self, todo: list[tuple[Path, RemoteStat, bytes | None, int]]) -> None:
+        """Make ``todo``'s entries: in one thread hop, or on the spot when they are a few small ones in memory."""
+        if self.in_memory and len(todo) <= INLINE_ENTRIES and sum(item[3] for item in todo) <= INLINE_BYTES:
+            _materialize_all(todo)
+        else:
+            await anyio.to_thread.run_sync(_materialize_all, todo)
 
     async def children(self, parts: tuple[str, ...]) -> None:
         """Mirror whether a directory is empty (one placeholder entry when it is not)."""

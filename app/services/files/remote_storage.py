@@ -26,7 +26,7 @@ from app.services.files import patches
 from app.services.files.operations import DeleteResult, Entry, MoveResult, RawFile, TextFile, Tree, WriteResult
 from app.services.files.patches.apply import parsed
 from app.services.files.paths import join, normalize
-from app.services.files.remote import ContentCache, Mirror, RemoteChange, RemoteFiles, RemoteStat
+from app.services.files.remote import INLINE_ENTRIES, ContentCache, Mirror, RemoteChange, RemoteFiles, RemoteStat
 from app.services.files.storage import BlockingFiles, Fill
 
 
@@ -65,11 +65,19 @@ class RemoteStorage:
     @asynccontextmanager
     async def _mirror(self) -> AsyncIterator[Mirror]:
         await self.files.ensure()
-        tmp = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="codehub-mirror-", dir=mirror_dir()))
+        where = mirror_dir()
+        if where is None:
+            tmp = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="codehub-mirror-"))
+        else:  # a directory in memory: a thread hop would cost more than the mkdir
+            tmp = tempfile.mkdtemp(prefix="codehub-mirror-", dir=where)
+        mirror = Mirror(self.files, Path(tmp), cache=self.cache, scope=self.scope, in_memory=where is not None)
         try:
-            yield Mirror(self.files, Path(tmp), cache=self.cache, scope=self.scope)
+            yield mirror
         finally:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))
+            if where is not None and len(mirror.seen) <= INLINE_ENTRIES:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))
 
     async def ensure(self) -> None:
         """Create the storage and its empty project if missing."""

@@ -53,6 +53,8 @@ MEMORY_PAYLOAD = 1 << 20  # payloads up to this size are written to the tmpfs, t
 BUSY = -1  # the answer's code when a request asked for the lock and another loop holds it
 Opener = Callable[[], Awaitable["HelperChannel"]]
 """Opens a workspace's channel (its helper or pod made ready first), or raises."""
+FIELDS_INLINE = 256  # fields up to this many bytes are read line by line (a byte a syscall), more by one ``dd``
+COALESCE = 64 << 10  # a payload the loop stages before the command runs, up to this size, goes in the request's write
 
 LOOP = r"""
 while [ $# -gt 1 ]; do eval "s_$1() {
@@ -71,9 +73,10 @@ trylock() {
   return 1
 }
 unlock() { [ -z "$mine" ] || rm -f "$lk"; mine=; }
-kept() {  # $1, or its deepest existing ancestor up to $2, is still the directory the hub checked (no link in it)
+kept() {  # $1, or its deepest existing ancestor up to $2, is still the directory the hub checked (no link in
+  # it): checked by entering it, in this shell (no fork), where the caller then is; the loop goes back to $top
   kept_d=$1; while [ "$kept_d" != "$2" ] && [ ! -e "$kept_d" ] && [ ! -L "$kept_d" ]; do kept_d=${kept_d%/*}; done
-  [ "$(cd -P -- "$kept_d" 2>/dev/null && pwd)" = "$kept_d" ]
+  cd -P -- "$kept_d" 2>/dev/null && [ "$PWD" = "$kept_d" ]
 }
 run_script() { f=$1; shift; ( "$f" "$@" ); }
 drain() {
@@ -85,11 +88,17 @@ tidy() {
   [ -f "$later" ] || return 0
   set --; while IFS= read -r a; do set -- "$@" "$a"; done < "$later"; rm -rf -- "$@" "$later"
 }
-umask 022; tin=/run/codehub/in.$$ later=/run/codehub/later.$$
+umask 022; tin=/run/codehub/in.$$ later=/run/codehub/later.$$ top=$PWD nl='
+'
 trap 'unlock; tidy; rm -f -- "$tin"' EXIT
-while IFS= read -r n; do
-  set --; i=0
-  while [ $i -lt "$n" ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; i=$((i+1)); done
+while IFS=' ' read -r n len; do
+  if [ "${len:-0}" -gt 0 ]; then
+    set -f; IFS=$nl; set -- $(dd bs="$len" count=1 iflag=fullblock 2>/dev/null); unset IFS; set +f
+    [ $# -eq "$n" ] || exit 0
+  else
+    set --; i=0
+    while [ $i -lt "$n" ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; i=$((i+1)); done
+  fi
   nonce=$1 size=$2 flags=$3; shift 3
   case $flags in *W*) sink=$1; shift;; esac
   case $flags in *L*)
@@ -101,10 +110,10 @@ while IFS= read -r n; do
   case $1 in +*) f=s_${1#+}; shift; set -- run_script "$f" "$@";; esac
   case $flags in
     *W*)
-      d=${sink%/*}
-      if kept "$d" "$d" && { true > "$sink"; } 2>/dev/null; then
-        [ "$size" -eq 0 ] || drain "$size" >> "$sink" || { rm -f -- "$sink"; exit 1; }; "$@" </dev/null
-      else [ "$size" -eq 0 ] || drain "$size" >/dev/null; echo "cannot write ${sink##*/}" >&2; false; fi;;
+      d=${sink%/*} sn=${sink##*/}
+      if kept "$d" "$d" && { true > "$sn"; } 2>/dev/null; then
+        [ "$size" -eq 0 ] || drain "$size" >> "$sn" || { rm -f -- "$sn"; exit 1; }; cd -- "$top"; "$@" </dev/null
+      else cd -- "$top"; [ "$size" -eq 0 ] || drain "$size" >/dev/null; echo "cannot write $sn" >&2; false; fi;;
     *) if [ "$size" -eq 0 ]; then "$@" </dev/null
       else case $flags in
         *T*) drain "$size" > "$tin" || { rm -f -- "$tin"; exit 1; }; "$@" < "$tin";;
@@ -183,14 +192,20 @@ class HelperChannel:
             small = self._private_dir and 0 < len(data) <= MEMORY_PAYLOAD
             flags = lock + ("W" if sink else "T" if small else "")
             fields = [nonce, str(len(data)), flags or "-", *([sink] if sink else []), *argv]
-            request = (f"{len(fields)}\n" + "".join(f"{field}\n" for field in fields)).encode(
-                "utf-8", "surrogateescape"
-            )
+            block = "".join(f"{field}\n" for field in fields).encode("utf-8", "surrogateescape")
+            inline = len(block) <= FIELDS_INLINE or not all(fields)
+            request = f"{len(fields)} {0 if inline else len(block)}\n".encode() + block
+            staged = bool(sink) or small  # the loop reads the whole payload before the command runs
+            if staged and len(data) <= COALESCE:
+                request, data = request + data, b""
             sent = False
             try:
                 with anyio.fail_after(CALL_TIMEOUT):
                     await self._stream.write_in(request)
                     sent = True
+                    if staged and data:
+                        await self._stream.write_in(data)
+                        data = b""
                     result = await self._exchange(nonce, data)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):

@@ -50,7 +50,7 @@ class DockerVolumeFiles(VolumeHelper):
         code, out, err = await self.run(["tar", "-cf", "-", "-C", "/", "--", self.path(parts).lstrip("/")])
         if code != 0 and b"No such file" in err:
             raise NotFound(f"{join(parts)!r} does not exist")
-        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
+        with tarfile.open(fileobj=io.BytesIO(out), mode="r:") as archive:
             member = archive.next()
             handle = archive.extractfile(member) if member is not None and member.isreg() else None
             if code != 0 or handle is None:

@@ -67,10 +67,10 @@ while [ $n -gt 0 ]; do
 done
 """
 WRITE_SCRIPT = r"""
-tmp=$1; dst=$2; mode=$3; d=${dst%/*}
-if ! kept "$d" "$d"; then echo "a parent of ${dst##*/} changed" >&2; exit 3; fi
+tmp=${1##*/}; dst=${2##*/}; mode=$3; d=${2%/*}
+if ! kept "$d" "$d"; then echo "a parent of $dst changed" >&2; exit 3; fi  # and now in $d: the acts go through it
 if { [ "$mode" = 644 ] || chmod "$mode" "$tmp"; } && mv -f -T -- "$tmp" "$dst"; then exit 0; fi
-rm -f -- "$tmp"; echo "cannot write ${dst##*/}" >&2; exit 3
+rm -f -- "$tmp"; echo "cannot write $dst" >&2; exit 3
 """
 MOVE_SCRIPT = r"""
 src=$1; dst=$2; shift 2
@@ -154,13 +154,16 @@ for p in $links; do printf '%s\0' "$(readlink -- "$p")"; done
 st=$(stat -c '%f %s %Y %i %z' -- /proc/self/. $ex) || exit 5
 printf '%s\n' "$st"
 [ "$limit" -ge 0 ] || exit 0
-set -- $ex; files=; now=
+set -- $ex; files=; now=; total=0
 for line in $st; do
   [ -n "$now" ] || { now=1; continue; }
   p=$1; shift; size=${line#* }; size=${size%% *}
-  case $line in 8???\ *) [ "$size" -gt "$limit" ] || files=$files$nl$p;; esac
+  case $line in 8???\ *) [ "$size" -gt "$limit" ] || { files=$files$nl$p; total=$((total + size)); };; esac
 done
-[ -z "$files" ] || exec tar -cf - -- $files
+[ -n "$files" ] || exit 0
+[ "$total" -gt 262144 ] || exec tar -cf - -- $files
+exec 3>&1  # many bytes: tar's small writes gathered into 64 KiB ones (each read of the engine's is a frame)
+c=$({ { tar -cf - -- $files; echo $? >&4; } | dd bs=65536 iflag=fullblock 2>/dev/null >&3; } 4>&1); exit "$c"
 """
 MANIFEST_SCRIPT = r"""
 cd "$1" || exit 4
@@ -286,7 +289,7 @@ def parse_snapshot(
     archive_bytes = rest[-1] if existing else b""
     if archive_bytes and code == 0:
         names = {path_of(parts).lstrip("/"): parts for parts in paths}
-        with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
+        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
             for member in archive:
                 wanted = names.get(member.name)
                 handle = archive.extractfile(member) if member.isreg() else None
