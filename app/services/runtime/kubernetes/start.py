@@ -23,11 +23,18 @@ from typing import Any
 import anyio
 
 from app.services.runtime import common
-from app.services.runtime.base import Endpoint, ImageNotFound, Progress, StartFailed, WorkspaceSpec
+from app.services.runtime.base import (
+    Endpoint,
+    ImageNotFound,
+    Progress,
+    RuntimeUnavailable,
+    StartFailed,
+    WorkspaceSpec,
+)
 from app.services.runtime.common import ProcessExited, wait_until_ready
 from app.services.runtime.kubernetes import states
 from app.services.runtime.kubernetes.connection import KubeError
-from app.services.runtime.kubernetes.manifests import pod_manifest, project_dir
+from app.services.runtime.kubernetes.manifests import IDE_CONTAINER, pod_manifest, project_dir
 
 # the runtime (``KubernetesRuntime``) is passed in untyped: importing it here would make an import cycle
 KubernetesRuntime = Any
@@ -129,6 +136,42 @@ async def _until_running(
     return pod
 
 
+async def _started_event(rt: KubernetesRuntime, pod: dict[str, Any]) -> None:
+    """Return when the kubelet's ``Started`` event of the IDE container arrives: often up to a second before
+    the pod's status says running (the status waits for the kubelet's next relist of its containers).
+    Without it (the watch refused or ended) it waits for the caller to cancel it."""
+    params = {"watch": "1", "fieldSelector": f"involvedObject.uid={pod['metadata']['uid']}"}
+    try:
+        async with rt.conn.stream(rt.conn.path("events"), params=params) as response:
+            async for line in response.aiter_lines():
+                event = (json.loads(line).get("object") or {}) if line else {}
+                where = str((event.get("involvedObject") or {}).get("fieldPath", ""))
+                if event.get("reason") == "Started" and where.endswith(f"{{{IDE_CONTAINER}}}"):
+                    return
+    except (KubeError, RuntimeUnavailable):
+        pass
+    await anyio.sleep_forever()
+
+
+async def _make_project(rt: KubernetesRuntime, name: str, home: str, *, attempts: int, check: bool = False) -> bool:
+    """``mkdir -p`` the project in the pod; True when made. ``check``: raise ``StartFailed`` when it cannot be."""
+    code, err = -1, b""
+    for attempt in range(attempts):  # a loaded kubelet may refuse or drop the first exec (-1)
+        if attempt:
+            await anyio.sleep(0.5)
+        try:
+            code, _out, err = await rt.run_in(name, ["mkdir", "-p", "--", project_dir(home)])
+        except (KubeError, RuntimeUnavailable):
+            if check:
+                raise
+            return False
+        if code != -1:
+            break
+    if code != 0 and check:
+        raise StartFailed(f"the project directory could not be made: {err.decode(errors='replace')[-300:]}")
+    return code == 0
+
+
 async def start_pod(
     rt: KubernetesRuntime, spec: WorkspaceSpec, *, ready_timeout: float, progress: Progress | None
 ) -> Endpoint:
@@ -150,31 +193,38 @@ async def start_pod(
     )
     pod = await _create(rt, body, name)
     uid = pod["metadata"]["uid"]
+    found: list[Endpoint] = []
     try:
         if progress:
             await progress("created", {"container_id": uid})
-        pod = await _until_running(rt, pod, max(rt.schedule_timeout, ready_timeout), progress)
-        if not states.is_running(pod):
-            raise ProcessExited
-        endpoint = Endpoint(pod["status"]["podIP"], spec.ide_port, uid)
+        early = anyio.CancelScope()
+        running = anyio.Event()
 
         async def alive() -> bool:
             state = await rt.inspect(spec.id)
             return state is not None and state.running and state.container_id == uid
 
-        async def started() -> None:
-            for _attempt in range(EXEC_ATTEMPTS):  # a loaded kubelet may refuse or drop the first exec (-1)
-                code, _out, err = await rt.run_in(name, ["mkdir", "-p", "--", project_dir(spec.home)])
-                if code != -1:
-                    break
-                await anyio.sleep(0.5)
-            if code != 0:
-                raise StartFailed(f"the project directory could not be made: {err.decode(errors='replace')[-300:]}")
+        async def follow() -> None:
+            fresh = await _until_running(rt, pod, max(rt.schedule_timeout, ready_timeout), progress)
+            early.cancel()
+            if not states.is_running(fresh):
+                raise ProcessExited
+            found.append(Endpoint(fresh["status"]["podIP"], spec.ide_port, uid))
+            running.set()
+            await wait_until_ready(found[0].url, within=ready_timeout, alive=alive)
+
+        async def prepare() -> None:
+            with early:
+                await _started_event(rt, pod)
+            made = not early.cancel_called and await _make_project(rt, name, spec.home, attempts=1)
+            await running.wait()
+            if not made:
+                await _make_project(rt, name, spec.home, attempts=EXEC_ATTEMPTS, check=True)
             if progress:
                 await progress("container_started", {"container_id": uid})
 
-        await common.concurrently(lambda: wait_until_ready(endpoint.url, within=ready_timeout, alive=alive), started)
-        return endpoint
+        await common.concurrently(follow, prepare)
+        return found[0]
     except ProcessExited:
         state = await rt.inspect(spec.id)
         lines = await rt.tail_text(name)
