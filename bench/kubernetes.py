@@ -12,6 +12,11 @@ admin kubeconfig and a namespace of the bench's own), so its default server is t
 - raw: ``kubectl run`` of the same image with the same requests = limits, security context and readiness
   probe (``/healthz`` on the IDE port), then ``kubectl wait --for=condition=Ready``; no PVC, no policy.
 
+Where the time goes (pod watch stamps, test cluster): the hub's new claim costs ~1 s in the scheduler (a
+``WaitForFirstConsumer`` binding is checked once a second before the pod is bound), the raw emptyDir pod
+none; the raw side's ``Ready`` comes 0-2 s after its container runs (the 1.20 prober's random first delay),
+so raw times spread ~1.2-3.3 s and the ratio of 10 medians moves by ±0.1 or more from run to run.
+
 Pairs alternate which side goes first. Reported: the median of each side and the ratio of medians (target
 ≤ 1.15), then N workspaces created and started at once: how many ran, p50 and p99 create → running.
 Without the cluster, or without a runtime of kind ``kubernetes`` in the hub, it prints one row saying why

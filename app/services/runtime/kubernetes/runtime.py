@@ -124,18 +124,16 @@ class KubernetesRuntime:
 
     async def ensure_claim(self, workspace_id: str, hub_id: str) -> None:
         """Create the home's PVC unless it exists; refuse one of another hub deployment."""
-        path = self.conn.path("persistentvolumeclaims", self.claim(workspace_id))
-        found = await self.conn.request("GET", path, missing_ok=True)
-        if found is None:
-            body = manifests.pvc_manifest(
-                workspace_id, hub_id, size=self.storage_size, storage_class=self.storage_class
-            )
-            try:
-                found = await self.conn.request("POST", self.conn.path("persistentvolumeclaims"), body=body)
-            except KubeError as exc:
-                if exc.api_status != 409:
-                    raise
-                found = await self.conn.request("GET", path)
+        body = manifests.pvc_manifest(workspace_id, hub_id, size=self.storage_size, storage_class=self.storage_class)
+        try:  # created first, read when it exists (or creating is forbidden): one round trip for a new workspace
+            found = await self.conn.request("POST", self.conn.path("persistentvolumeclaims"), body=body)
+        except KubeError as exc:
+            if exc.api_status not in (403, 409):
+                raise
+            path = self.conn.path("persistentvolumeclaims", self.claim(workspace_id))
+            found = await self.conn.request("GET", path, missing_ok=True)
+            if found is None:
+                raise
         if ((found or {}).get("metadata", {}).get("labels") or {}).get(LABEL_HUB) != hub_id:
             raise Conflict(f"claim {self.claim(workspace_id)} belongs to another hub deployment", code="volume_taken")
 
@@ -158,10 +156,12 @@ class KubernetesRuntime:
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            await self.conn.request("DELETE", self.conn.path("pods", name), body=body, missing_ok=True)
+            deleted = await self.conn.request("DELETE", self.conn.path("pods", name), body=body, missing_ok=True)
         except KubeError as exc:
             if exc.api_status != 409:  # 409: the uid differs, a newer pod holds the name
                 raise
+            return None
+        if deleted is None:  # there was no such pod: nothing to wait for
             return None
         code: int | None = None
         deadline = time.monotonic() + grace + 60
