@@ -6,16 +6,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, make_url, text
+from sqlalchemy import Connection, Executable, event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.settings import Settings
@@ -157,3 +160,16 @@ async def ping(engine: AsyncEngine) -> None:
     """Round-trip a trivial query."""
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+def upsert(
+    session: AsyncSession, model: type[DeclarativeBase], values: dict[str, Any], *, keep: tuple[str, ...] = ()
+) -> Executable:
+    """``INSERT … ON CONFLICT (primary key) DO UPDATE`` of ``values`` but ``keep`` (SQLite and Postgres), returning
+    the row: one statement, so concurrent writers of one row neither collide on the insert nor update a row
+    deleted meanwhile."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    keys = [column.name for column in model.__table__.primary_key]
+    statement = insert(model).values(**values)
+    changed = {name: statement.excluded[name] for name in values if name not in keys and name not in keep}
+    return statement.on_conflict_do_update(index_elements=keys, set_=changed).returning(model)

@@ -101,3 +101,23 @@ async def test_twenty_concurrent_creates_make_exactly_five(hub: Hub) -> None:
         assert sorted(r.status_code for r in answers) == [201] * 5 + [403] * 15
         assert (await client.get("/api/auth/quota")).json()["usage"]["workspaces"] == 5
         assert len((await client.get("/api/workspaces")).json()["items"]) == 5
+
+
+async def test_a_quota_set_and_cleared_at_once_never_fails(hub: Hub) -> None:
+    """Admins setting and clearing one group's quota at the same moment: every answer is 200 (a set is one
+    upsert, so it neither collides with another set's insert nor updates a row a clear removed meanwhile)."""
+    async with hub.client() as admin:
+        r = await admin.post("/api/admin/groups", json={"name": f"race-{secrets.token_hex(3)}"})
+        assert r.status_code == 201, r.text
+        quota = f"/api/admin/groups/{r.json()['id']}/quota"
+        for _round in range(3):
+
+            async def one(i: int, admin: httpx.AsyncClient = admin) -> httpx.Response:
+                if i % 3 == 2:
+                    return await admin.delete(quota)
+                return await admin.put(quota, json={"max_workspaces": i + 1})
+
+            answers = await all_at_once(12, one)
+            assert [a.status_code for a in answers] == [200] * 12, [a.text for a in answers if a.status_code != 200]
+        await admin.put(quota, json={"max_running": 7})
+        assert (await admin.get(quota)).json()["quota"]["max_running"] == 7

@@ -340,3 +340,24 @@ async def test_sse_topics_follow_the_grant(setup: Setup) -> None:
         r = await client.delete(f"/api/workspaces/{ws}/grants/user/{setup.ids['viewer']}")
         assert r.status_code == 204
     assert await sse_status(setup, "viewer", f"workspace:{ws}:logs") == 404
+
+
+async def test_grants_changed_and_revoked_at_once_never_fail(setup: Setup) -> None:
+    """The owner's tabs granting, changing and revoking one subject's grant at the same moment: each answer is
+    201 or 204 (404 for a revocation that found none), never a server error; one upsert per grant."""
+    uid = setup.ids["stranger"]
+    answers: list[int] = []
+
+    async def one(i: int) -> None:
+        if i % 3 == 2:
+            async with setup.client("alice") as client:
+                answers.append((await client.delete(f"/api/workspaces/{setup.ws}/grants/user/{uid}")).status_code)
+        else:
+            answers.append((await grant(setup, "user", uid, "view" if i % 2 else "use")).status_code)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(one, i)
+    assert set(answers) <= {201, 204, 404} and answers.count(201) == 8, answers
+    async with setup.client("alice") as client:
+        await client.delete(f"/api/workspaces/{setup.ws}/grants/user/{uid}")

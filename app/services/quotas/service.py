@@ -24,7 +24,7 @@ import msgspec
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import SessionMaker
+from app.db import SessionMaker, upsert
 from app.errors import Forbidden, NotFound
 from app.models import Group, Quota, User, UserGroup, Workspace, WorkspaceState, utcnow
 from app.settings import Settings
@@ -175,14 +175,17 @@ class QuotaService:
 
     async def set_quota(self, kind: str, subject_id: str, limits: Limits) -> None:
         """Create or replace the quota row of a subject (callers check the subject exists)."""
+        values = {
+            "subject_kind": kind,
+            "subject_id": subject_id,
+            "max_workspaces": limits.max_workspaces,
+            "max_running": limits.max_running,
+            "max_cpu": limits.max_cpu,
+            "max_memory_mb": limits.max_memory_mb,
+            "updated_at": utcnow(),
+        }
         async with self._sessionmaker() as session:
-            row = await self._row(session, kind, subject_id)
-            if row is None:
-                row = Quota(subject_kind=kind, subject_id=subject_id)
-                session.add(row)
-            row.max_workspaces, row.max_running = limits.max_workspaces, limits.max_running
-            row.max_cpu, row.max_memory_mb = limits.max_cpu, limits.max_memory_mb
-            row.updated_at = utcnow()
+            await session.execute(upsert(session, Quota, values))
             await session.commit()
 
     async def clear_quota(self, kind: str, subject_id: str) -> bool:

@@ -17,11 +17,12 @@ from datetime import datetime
 
 import msgspec
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import SessionMaker
+from app.db import SessionMaker, upsert
 from app.errors import BadRequest, Conflict, NotFound
-from app.models import Group, User, UserGroup, Workspace, WorkspaceGrant
+from app.models import Group, User, UserGroup, Workspace, WorkspaceGrant, utcnow
 from app.services.auth.access import GRANT_LEVELS
 from app.services.singleflight import SingleFlight
 from app.settings import Settings
@@ -135,16 +136,20 @@ class Grants:
             name = user.username if user is not None else group.name if group is not None else None
             if name is None:
                 raise NotFound(f"no {subject_kind} {subject_id}", code="subject_not_found")
-            row = await session.get(WorkspaceGrant, (ws.id, subject_kind, subject_id))
-            if row is None:
-                row = WorkspaceGrant(
-                    workspace_id=ws.id, subject_kind=subject_kind, subject_id=subject_id, granted_by=granted_by
-                )
-                session.add(row)
-            row.level = level
-            row.granted_by = granted_by
-            await session.commit()
-            await session.refresh(row)
+            values = {
+                "workspace_id": ws.id,
+                "subject_kind": subject_kind,
+                "subject_id": subject_id,
+                "level": level,
+                "granted_by": granted_by,
+                "created_at": utcnow(),
+            }
+            statement = upsert(session, WorkspaceGrant, values, keep=("created_at",))
+            try:
+                row = (await session.scalars(statement, execution_options={"populate_existing": True})).one()
+                await session.commit()
+            except IntegrityError as exc:  # the workspace was deleted meanwhile
+                raise NotFound(f"no workspace {ws.id}", code="workspace_not_found") from exc
         self.forget(ws.id)
         return self._view(row, name)
 
