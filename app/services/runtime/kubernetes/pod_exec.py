@@ -37,6 +37,9 @@ WRAPPER = (
 )
 PID_LINE = re.compile(rb"(?m)^(\d+)\r?\n")
 PID_LINES = 8
+SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
+"""Sets the TTY's size before the shell runs: the resize channel reaches the TTY asynchronously, after the
+shell may have read its size."""
 CHUNK = 256 << 10
 
 
@@ -310,7 +313,8 @@ async def open_terminal(
     project: str,
 ) -> KubeTerminal:
     """Start a shell on a TTY in ``pod``."""
-    argv = wrapped(list(command or DEFAULT_SHELL), project, {"TERM": "xterm-256color", **(env or {})})
+    shell = ["sh", "-c", SIZED, "sh", str(rows), str(cols), *(command or DEFAULT_SHELL)]
+    argv = wrapped(shell, project, {"TERM": "xterm-256color", **(env or {})})
     session = await open_session(tg, conn, pod, exec_params(argv, stdin=True, tty=True, container=IDE_CONTAINER))
     terminal = KubeTerminal(conn, pod, session)
     await terminal.resize(cols, rows)
