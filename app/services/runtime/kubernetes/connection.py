@@ -8,9 +8,10 @@ once with fresh ones on a 401. Errors become the hub's: the API unreachable is `
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -162,6 +163,21 @@ class KubeConnection:
                 await response.aread()
                 raise _error_of(response)
             yield response
+
+    async def watch(self, path: str, params: dict[str, Any]) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """The changes of a watch (``ADDED``, ``MODIFIED``, ``DELETED``, and the object), bookmarks left out,
+        until the API server ends it; an ``ERROR`` change (410 Gone included) raises ``KubeError``."""
+        async with self.stream(path, params={**params, "watch": "1"}) as response:
+            async for line in response.aiter_lines():
+                if not line:
+                    continue
+                change = json.loads(line)
+                kind, obj = change.get("type"), change.get("object") or {}
+                if kind == "ERROR":
+                    detail = f"Kubernetes watch: {obj.get('message', 'error')}"
+                    raise KubeError(detail, status=int(obj.get("code") or 0))
+                if kind != "BOOKMARK":
+                    yield str(kind), obj
 
     @asynccontextmanager
     async def websocket(

@@ -78,23 +78,15 @@ def _settled(pod: dict[str, Any]) -> bool:
 async def _versions(rt: KubernetesRuntime, pod: dict[str, Any], seconds: int) -> AsyncGenerator[dict[str, Any], None]:
     """The pod's versions after ``pod`` for ``seconds``, from a watch the API server ends then."""
     params = {
-        "watch": "1",
         "fieldSelector": f"metadata.name={pod['metadata']['name']}",
         "resourceVersion": pod["metadata"]["resourceVersion"],
         "timeoutSeconds": str(seconds),
     }
-    async with rt.conn.stream(rt.conn.path("pods"), params=params) as response:
-        async for line in response.aiter_lines():
-            if not line:
-                continue
-            change = json.loads(line)
-            kind, obj = change.get("type"), change.get("object") or {}
-            if kind == "ERROR":
-                raise KubeError(f"Kubernetes watch: {obj.get('message', 'error')}", status=int(obj.get("code") or 0))
+    async with aclosing(rt.conn.watch(rt.conn.path("pods"), params)) as changes:
+        async for kind, obj in changes:
             if kind == "DELETED":
                 raise StartFailed("the pod was deleted while it started")
-            if kind != "BOOKMARK":
-                yield obj
+            yield obj
 
 
 async def _until_running(

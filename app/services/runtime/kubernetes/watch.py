@@ -8,8 +8,8 @@ exit code), ``oom`` (it ended OOMKilled), ``destroy`` (the pod is gone).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,28 +86,16 @@ async def watch_pods(
             async for item in _relist(conn, hub_id, cursor):
                 yield item
         params = {
-            "watch": "1",
             "labelSelector": selector(hub_id),
             "resourceVersion": cursor.version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
         try:
-            async with conn.stream(path, params=params) as response:
-                async for line in response.aiter_lines():
-                    if not line:
-                        continue
-                    change = json.loads(line)
-                    kind, obj = change.get("type"), change.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            cursor.version = ""
-                            break
-                        detail = f"Kubernetes watch: {obj.get('message', 'error')}"
-                        raise KubeError(detail, status=int(obj.get("code") or 0))
-                    if kind != "BOOKMARK":
-                        for item in _apply(cursor, obj, deleted=kind == "DELETED"):
-                            yield item
+            async with aclosing(conn.watch(path, params)) as changes:
+                async for kind, obj in changes:
+                    for item in _apply(cursor, obj, deleted=kind == "DELETED"):
+                        yield item
                     cursor.version = str((obj.get("metadata") or {}).get("resourceVersion") or cursor.version)
         except KubeError as exc:
             if exc.api_status != 410:
