@@ -13,7 +13,6 @@ cannot be pulled.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import AsyncGenerator
@@ -132,11 +131,10 @@ async def _started_event(rt: KubernetesRuntime, pod: dict[str, Any]) -> None:
     """Return when the kubelet's ``Started`` event of the IDE container arrives: often up to a second before
     the pod's status says running (the status waits for the kubelet's next relist of its containers).
     Without it (the watch refused or ended) it waits for the caller to cancel it."""
-    params = {"watch": "1", "fieldSelector": f"involvedObject.uid={pod['metadata']['uid']}"}
+    params = {"fieldSelector": f"involvedObject.uid={pod['metadata']['uid']}"}
     try:
-        async with rt.conn.stream(rt.conn.path("events"), params=params) as response:
-            async for line in response.aiter_lines():
-                event = (json.loads(line).get("object") or {}) if line else {}
+        async with aclosing(rt.conn.watch(rt.conn.path("events"), params)) as changes:
+            async for _kind, event in changes:
                 where = str((event.get("involvedObject") or {}).get("fieldPath", ""))
                 if event.get("reason") == "Started" and where.endswith(f"{{{IDE_CONTAINER}}}"):
                     return
