@@ -289,6 +289,7 @@ def run_relay(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             "rps": round(statistics.median(r["rps"] for r in items)),
             "p99_ms": statistics.median(r["p99_ms"] for r in items),
             "non_2xx": sum(r["non_2xx"] for r in items),
+            "requests": round(statistics.median(r["requests"] for r in items)),
             "cpu_s": {k: round(statistics.median(r["cpu_s"][k] for r in items), 2) for k in items[0]["cpu_s"]},
         }
     return out
@@ -380,6 +381,7 @@ def result_rows(sse: dict[str, Any] | None, relay: dict[str, Any] | None, via: s
                 "target": f">= {RELAY_RATIO:g}x",
                 "ok": ratio >= RELAY_RATIO,
             },
+            *scaling_rows(relay),
             {"name": "relay HTTP p99, 2 hubs", "value": two["p99_ms"], "unit": "ms"},
             {"name": "relay HTTP p99, 1 hub", "value": one["p99_ms"], "unit": "ms", "reference": True},
         ]
@@ -387,6 +389,35 @@ def result_rows(sse: dict[str, Any] | None, relay: dict[str, Any] | None, via: s
             for group, seconds in figures["cpu_s"].items():
                 rows.append({"name": f"relay, {name}: CPU of {group} per run", "value": seconds, "unit": "s"})
     return rows
+
+
+def scaling_rows(relay: dict[str, Any]) -> list[dict[str, Any]]:
+    """Whether the hubs scale, apart from the machine: each hub's CPU per request with two against one (a hub
+    that keeps its cost gives 2x with a core of its own, so <= 2 / 1.7 means >= 1.7x where the hubs have the
+    cores), and the 2/1 ratio this machine allows at all: its cores over the CPU every process (hubs, nginx,
+    upstream, wrk) spends per request, against one hub's measured rate."""
+    per_request = {
+        name: {group: seconds / max(figures["requests"], 1) for group, seconds in figures["cpu_s"].items()}
+        for name, figures in relay.items()
+    }
+    two, one = per_request["two hubs"], per_request["one hub"]
+    hub_cost = two["hubs"] / one["hubs"] if one["hubs"] else 0.0
+    ceiling = (os.cpu_count() or 1) / sum(two.values()) / relay["one hub"]["rps"] if relay["one hub"]["rps"] else 0.0
+    return [
+        {
+            "name": "relay: each hub's CPU per request, 2 hubs / 1 hub",
+            "value": round(hub_cost, 2),
+            "unit": "x",
+            "target": f"<= {2 / RELAY_RATIO:.2f}x",
+            "ok": hub_cost <= 2 / RELAY_RATIO,
+        },
+        {
+            "name": "relay: 2 hubs / 1 hub this machine allows (cores / CPU per request of every process)",
+            "value": round(ceiling, 2),
+            "unit": "x",
+            "reference": True,
+        },
+    ]
 
 
 def main() -> int:
