@@ -361,6 +361,9 @@ def main() -> None:
             wrk(f"http://{targets[name][0]}", 2, targets[name][1])
         for round_ in range(args.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            if round_ % 2:  # the grantee and its owner share a hub: each goes first in every other round
+                a, b = order.index("hub-subdomain"), order.index(GRANTEE)
+                order[a], order[b] = order[b], order[a]
             for name in order:
                 before = cpu_seconds(pids[name])
                 run = wrk(f"http://{targets[name][0]}", args.seconds, targets[name][1])
