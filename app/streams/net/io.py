@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 import anyio
 
 HIGH_WATER = 256 * 1024
+
+
+class Meter(Protocol):
+    """Where a spliced pair counts the bytes it copies (the workspace's relay counters)."""
+
+    bytes_up: int
+    bytes_down: int
 
 
 class LinkClosed(ConnectionError):
@@ -39,7 +45,7 @@ class Link(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._peer: asyncio.Transport | None = None
-        self._on_data: Callable[[int], None] | None = None
+        self._meter: Meter | None = None  # spliced: counts what goes to ``_peer`` in its ``bytes_down``
 
     # -- asyncio callbacks --------------------------------------------------------------------------------
 
@@ -49,8 +55,7 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._peer is not None:
             self._peer.write(data)
-            if self._on_data is not None:
-                self._on_data(len(data))
+            self._meter.bytes_down += len(data)  # type: ignore[union-attr]  # set together with _peer
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -142,16 +147,16 @@ class Link(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def splice(self, peer: asyncio.Transport, on_data: Callable[[int], None]) -> None:
-        """From now on write everything the IDE sends straight to ``peer`` (the browser's socket), calling
-        ``on_data(size)`` for each piece; bytes already read go first."""
+    def splice(self, peer: asyncio.Transport, meter: Meter) -> None:
+        """From now on write everything the IDE sends straight to ``peer`` (the browser's socket), adding each
+        piece's size to ``meter.bytes_down``; bytes already read go first."""
         if self._chunks:
             data = b"".join(self._chunks)
             self._chunks.clear()
             self._buffered = 0
             peer.write(data)
-            on_data(len(data))
-        self._peer, self._on_data = peer, on_data
+            meter.bytes_down += len(data)
+        self._peer, self._meter = peer, meter
         if self._read_paused and self.transport is not None:
             self._read_paused = False
             self.transport.resume_reading()

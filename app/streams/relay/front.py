@@ -71,7 +71,7 @@ class Relay:
         self.ide_secrets = deps.lifecycle.ide_secrets
         self.stats = RelayStats()
         self._impersonations: dict[tuple[int, str], float] = {}
-        self.activity = Activity(deps.lifecycle.touch)
+        self.activity = Activity(deps.lifecycle.touch, traffic=self.stats.with_traffic)
         self.sessions = Sessions()
         self.presence = Presence(self.sessions, deps.redis, deps.settings.redis_prefix, deps.settings.presence_ttl)
         public = urlsplit(deps.settings.public_url) if deps.settings.public_url else None
@@ -218,7 +218,6 @@ class Relay:
             counters.http_in_flight -= 1
             counters.bytes_up += exchange.bytes_up
             counters.bytes_down += exchange.bytes_down
-            self.activity.note(route.id, "relay")
 
     async def not_running(self, scope: dict[str, Any], send: Any, route: Route, principal: Principal) -> None:
         """A page load starts a stopped workspace and shows the starting page; sub-requests get 503."""
@@ -276,7 +275,7 @@ class Relay:
         up_headers, host = self._upstream_headers(scope, headers, creds, route, prefix)
         query = without_access_token(scope.get("query_string", b""))
         target = (rest + (b"?" + query if query else b"")).decode("latin-1")
-        relay = WebSocketRelay(scope, receive, send, counters, lambda: self.activity.note(route.id, "relay"))
+        relay = WebSocketRelay(scope, receive, send, counters)
         host = host or f"{route.endpoint[0]}:{route.endpoint[1]}".encode()
         await relay.run(route.endpoint, target, up_headers, host, prefix)
 

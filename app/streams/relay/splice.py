@@ -9,9 +9,11 @@ configurable-http-proxy) do not parse frames at all; with this protocol the hub 
 ``SpliceProtocol`` is uvicorn's sans-I/O WebSocket protocol plus one ASGI extension, ``codehub.splice``.
 The app authorizes the upgrade as usual, performs the handshake with the IDE itself (forwarding the
 browser's key, extensions and subprotocols, so everything is negotiated end to end), then sends
-``{"type": "codehub.splice", "response": <101 head>, "leftover": <bytes>, "link": Link, "on_up": f,
-"on_down": f}``: the protocol writes the IDE's answer to the browser and from then on copies bytes in both
-directions inside the event loop's callbacks, with back-pressure (a full socket pauses reading the other).
+``{"type": "codehub.splice", "response": <101 head>, "leftover": <bytes>, "link": Link, "counters": c}``:
+the protocol writes the IDE's answer to the browser and from then on copies bytes in both directions inside
+the event loop's callbacks, with back-pressure (a full socket pauses reading the other), adding each piece's
+size to ``c.bytes_up`` or ``c.bytes_down`` (activity is read off those counters once a second, so a piece
+costs one read callback, one write and an addition).
 The app's ``receive()`` returns ``websocket.disconnect`` when either side has gone.
 
 Serve with ``uvicorn.run(app, ws=SpliceProtocol)`` (``codehub serve`` does). Any other server (or
@@ -20,12 +22,12 @@ Serve with ``uvicorn.run(app, ws=SpliceProtocol)`` (``codehub serve`` does). Any
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from app.streams.net.io import Link
+from app.streams.net.io import Link, Meter
 
 SPLICE = "codehub.splice"
 
@@ -34,7 +36,8 @@ class SpliceProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the ``codehub.splice`` extension."""
 
     _link: Link | None = None
-    _on_up: Callable[[int], None] = staticmethod(lambda _: None)  # replaced together with ``_link``
+    _ide: asyncio.Transport | None = None  # the link's transport, set together with ``_link``
+    _counters: Meter  # the workspace's relay counters, set together with ``_link``
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -49,35 +52,36 @@ class SpliceProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
 
     def _splice(self, message: dict[str, Any]) -> None:
-        if self.handshake_complete or self.initial_response is not None or self.transport.is_closing():
-            message["link"].abort()
+        link: Link = message["link"]
+        if self.handshake_complete or self.initial_response is not None or self.transport.is_closing() or link.closed:
+            link.abort()
             return
         self.handshake_complete = True
-        link: Link = message["link"]
-        self._link, self._on_up = link, message["on_up"]
+        self._link, self._ide, self._counters = link, link.transport, message["counters"]
         self.transport.write(message["response"])
         leftover = message.get("leftover") or b""
         if leftover:  # bytes that came with the IDE's answer, before anything the link buffered since
             self.transport.write(leftover)
-            message["on_down"](len(leftover))
-        link.splice(self.transport, message["on_down"])
+            self._counters.bytes_down += len(leftover)
+        link.splice(self.transport, self._counters)
 
     def data_received(self, data: bytes) -> None:
-        link = self._link
-        if link is None:
+        ide = self._ide
+        if ide is None:
             super().data_received(data)
             return
-        link.write_now(data)
-        self._on_up(len(data))
+        if not ide.is_closing():
+            ide.write(data)
+        self._counters.bytes_up += len(data)
 
     def pause_writing(self) -> None:
-        if self._link is not None and self._link.transport is not None:
-            self._link.transport.pause_reading()
+        if self._ide is not None:
+            self._ide.pause_reading()
         super().pause_writing()
 
     def resume_writing(self) -> None:
-        if self._link is not None and self._link.transport is not None and not self._link.transport.is_closing():
-            self._link.transport.resume_reading()
+        if self._ide is not None and not self._ide.is_closing():
+            self._ide.resume_reading()
         super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -32,6 +32,7 @@ class WorkspaceCounters:
         "failed_upgrades",
         "http_in_flight",
         "http_requests",
+        "seen",
         "server",
         "synced_down",
         "synced_up",
@@ -54,6 +55,7 @@ class WorkspaceCounters:
         self.bytes_down = 0
         self.synced_up = 0
         self.synced_down = 0
+        self.seen = 0
         self.close_codes: dict[str, int] = {}
 
     def closed(self, side: str, code: int) -> None:
@@ -98,6 +100,16 @@ class RelayStats:
             counters.server = server_id
         return counters
 
+    def with_traffic(self) -> list[str]:
+        """The workspaces with relayed requests or bytes since the last call."""
+        moved = []
+        for workspace_id, counters in self.workspaces.items():
+            total = counters.http_requests + counters.bytes_up + counters.bytes_down
+            if total != counters.seen:
+                counters.seen = total
+                moved.append(workspace_id)
+        return moved
+
     @property
     def open_websockets(self) -> int:
         """Relayed WebSockets open now, all workspaces."""
@@ -141,13 +153,20 @@ class RelayStats:
 class Activity:
     """Relay traffic as workspace activity: at most one ``touch(workspace_id, source)`` per ``every`` seconds.
 
-    ``note`` is synchronous and cheap (a dict lookup), so it may be called from protocol callbacks (spliced
-    WebSockets) as well as from tasks; ``flush_loop`` does the writes in the background, one second later
-    at most, so no request ever waits on the database.
+    Relayed requests and WebSocket bytes are not noted one by one: ``flush_loop`` asks ``traffic`` (the
+    relay's counters) once a tick which workspaces moved, so the hot path pays nothing beyond its counters.
+    ``note`` is synchronous and cheap (a dict lookup) for other sources (terminals). The writes happen in the
+    background, one second later at most, so no request ever waits on the database.
     """
 
-    def __init__(self, touch: Callable[[str, str], Awaitable[Any]], every: float = 15.0) -> None:
+    def __init__(
+        self,
+        touch: Callable[[str, str], Awaitable[Any]],
+        every: float = 15.0,
+        traffic: Callable[[], list[str]] = list,
+    ) -> None:
         self._touch = touch
+        self._traffic = traffic
         self.every = every
         self._last: dict[str, float] = {}
         self._due: dict[str, str] = {}
@@ -172,9 +191,11 @@ class Activity:
                 self._last[workspace_id] = time.monotonic() - self.every + 5.0
 
     async def flush_loop(self, tick: float = 1.0) -> None:
-        """``flush`` every ``tick`` seconds, forever."""
+        """Note the relay's traffic and ``flush`` every ``tick`` seconds, forever."""
         while True:
             await anyio.sleep(tick)
+            for workspace_id in self._traffic():
+                self.note(workspace_id, "relay")
             await self.flush()
 
     def forget(self, workspace_id: str) -> None:

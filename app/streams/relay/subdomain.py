@@ -266,7 +266,10 @@ class SubdomainFront:
         away from the grantee's hub session). Everyone else: the workspace does not exist."""
         granted = None
         if not target.port and route.owner_id is not None and route.owner_id != principal.user_id:
-            granted = await self.relay.deps.workspaces.grants.level_of(route.id, principal.user_id)
+            grants = self.relay.deps.workspaces.grants
+            known, granted = grants.cached_level(route.id, principal.user_id)
+            if not known:
+                granted = await grants.level_of(route.id, principal.user_id)
         access = ide_access(principal, route.owner_id, admin_path_access=not target.port, granted=granted)
         if access in (IdeAccess.OWNER, IdeAccess.SHARED):
             return True

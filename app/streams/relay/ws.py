@@ -15,7 +15,6 @@ leg (uvicorn toward the browser, this module toward the IDE).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -136,17 +135,14 @@ class WebSocketRelay:
         receive: Receive,
         send: Send,
         counters: WorkspaceCounters,
-        on_traffic: Callable[[], None],
     ) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
         self.counters = counters
-        self.on_traffic = on_traffic
         self.link: Link | None = None
         self.client_closed = False
         self.close_sent = False
-        self._next_note = 0.0
 
     async def run(
         self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes, prefix: bytes
@@ -197,29 +193,13 @@ class WebSocketRelay:
         counters.websockets_total += 1
         try:
             splice = {"type": SPLICE, "link": self.link, "response": head, "leftover": leftover}
-            await self.send({**splice, "on_up": self._up, "on_down": self._down})
+            await self.send({**splice, "counters": counters})
             while (await self.receive())["type"] != "websocket.disconnect":
                 pass
             counters.closed("spliced", 0)  # frames are not parsed: the close code is the peers' business
         finally:
             counters.websockets_open -= 1
             self._close_link()
-
-    def _up(self, size: int) -> None:
-        """Called by the server for every piece the browser sends (inside its read callback: keep it cheap)."""
-        self.counters.bytes_up += size
-        now = time.monotonic()
-        if now >= self._next_note:
-            self._next_note = now + 1.0
-            self.on_traffic()
-
-    def _down(self, size: int) -> None:
-        """Called by the link for every piece the IDE sends."""
-        self.counters.bytes_down += size
-        now = time.monotonic()
-        if now >= self._next_note:
-            self._next_note = now + 1.0
-            self.on_traffic()
 
     async def _splice_handshake(
         self, key: tuple[str, int], target: str, headers: list[tuple[bytes, bytes]], host: bytes, prefix: bytes
@@ -301,7 +281,6 @@ class WebSocketRelay:
         assert link is not None
         counters = self.counters
         receive = self.receive
-        note = self.on_traffic
         try:
             while True:
                 message = await receive()
@@ -315,7 +294,6 @@ class WebSocketRelay:
                         payload = message.get("bytes") or b""
                         data = frame(BINARY, payload)
                     counters.bytes_up += len(payload)
-                    note()
                     await link.send(data)
                 elif kind == "websocket.disconnect":
                     self.client_closed = True
@@ -360,7 +338,6 @@ class WebSocketRelay:
                     self._close_ide(exc.code, exc.reason)
                     await self._close_browser(IDE_GONE, "the IDE broke the WebSocket protocol")
                     return
-                self.on_traffic()
             try:
                 data = await link.read()
             except OSError:
