@@ -1,5 +1,6 @@
 """The grant answers on the relay's hot path, on a real database: requests that find the cached answer expired
-share one query, and an answer loaded before a revocation is neither shared with later callers nor cached."""
+share one query, one near its end is refreshed by one caller while the others use it, and an answer loaded
+before a revocation is neither shared with later callers nor cached."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import delete, event
 
 from app import db
 from app.models import User, Workspace, WorkspaceGrant
+from app.services.workspaces import grants as grants_module
 from app.services.workspaces.grants import Grants
 from tests.support.databases import fresh_database
 from tests.support.settings import make_settings
@@ -68,6 +70,24 @@ async def test_expired_answers_are_refilled_by_one_query(shared: tuple[Grants, A
             tasks.start_soon(ask)
     assert answers == ["use"] * 50
     assert len(statements) == 1
+
+
+async def test_an_answer_near_its_end_is_refreshed_while_the_others_use_it(
+    shared: tuple[Grants, Any, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grants, _, statements = shared
+    monkeypatch.setattr(grants_module, "CACHE_TTL", 3.0)
+    assert await grants.level_of("w1", 2) == "use"
+    await anyio.sleep(2.6)  # into the answer's last fifth (0.6 s), with room for a slow machine
+    assert grants.cached_level("w1", 2) == (False, None)  # the hot path sends it to level_of
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(grants.level_of, "w1", 2)  # the one caller that refreshes
+        await anyio.sleep(0)
+        other = grants.level_of("w1", 2)
+        with pytest.raises(StopIteration) as answered:  # answers without awaiting anything: no wait, no query
+            other.send(None)
+        assert answered.value.value == "use"
+    assert len(statements) == 2
 
 
 async def test_an_answer_loaded_before_a_revocation_is_not_kept(shared: tuple[Grants, Any, list[str]]) -> None:

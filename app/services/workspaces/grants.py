@@ -5,7 +5,8 @@ or the grantee's browser would run the owner's code with the grantee's hub sessi
 grants API refuses and stored grants give nothing (``level_of`` answers None).
 
 ``level_of`` is asked on every relayed request of a grantee, so its answers are cached for ``CACHE_TTL``
-seconds, and the requests that find an entry expired share one query; a grant or revocation drops the
+seconds and refreshed ahead (one caller asks again near the end while the others use the cached answer), and
+the requests that find an entry expired share one query; a grant or revocation drops the
 workspace's entries in every process (``forget``, called on the ``workspace.access_changed`` event), and an
 answer loaded before it is neither shared nor cached.
 """
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import SessionMaker, upsert
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Group, User, UserGroup, Workspace, WorkspaceGrant, utcnow
-from app.services.auth.access import GRANT_LEVELS
+from app.services.auth.access import GRANT_LEVELS, REFRESH_AHEAD
 from app.services.singleflight import SingleFlight
 from app.settings import Settings
 
@@ -65,21 +66,30 @@ class Grants:
             raise Conflict(NEEDS_DOMAIN, code="sharing_disabled")
 
     def cached_level(self, workspace_id: str, user_id: int) -> tuple[bool, str | None]:
-        """``(True, level_of(...))`` when the answer is known without a query (sharing off, or cached), else
-        ``(False, None)``: the relay's hot path asks this first, so a cached grant costs no coroutine."""
+        """``(True, level_of(...))`` when the answer is known without a query and needs no refresh (sharing off,
+        or cached), else ``(False, None)``: the relay's hot path asks this first, so a cached grant costs no
+        coroutine."""
         if not self.enabled:
             return True, None
         known = self._cache.get((workspace_id, user_id))
-        if known is not None and known[0] > time.monotonic():
+        if known is not None and known[0] - time.monotonic() > CACHE_TTL * (1 - REFRESH_AHEAD):
             return True, known[1]
         return False, None
 
     async def level_of(self, workspace_id: str, user_id: int) -> str | None:
-        """The highest level granted to ``user_id`` (directly or through a group) on the workspace, or None."""
-        known, level = self.cached_level(workspace_id, user_id)
-        if known:
-            return level
+        """The highest level granted to ``user_id`` (directly or through a group) on the workspace, or None.
+
+        Refreshed ahead, as tokens are: in the last fifth of an answer's time, the first caller asks again
+        while the others go on with the cached answer.
+        """
+        if not self.enabled:
+            return None
         key = (workspace_id, user_id)
+        known = self._cache.get(key)
+        if known is not None:
+            left = known[0] - time.monotonic()
+            if left > 0 and (left > CACHE_TTL * (1 - REFRESH_AHEAD) or self._flights.running(key)):
+                return known[1]
         # the requests that find the entry expired share one query; an answer older than the last ``forget``
         # (a grant or revocation meanwhile) is neither shared nor cached
         generation, level = await self._flights.run(
