@@ -29,11 +29,11 @@ from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.docker_helper import LABEL_STORAGE, VolumeHelper, helper_name, volume_name
 from app.services.runtime.docker_volume_support import (
+    batch_request,
     failure,
     message,
     parse_listing,
     parse_snapshot,
-    tar_entries,
     tar_tree,
 )
 
@@ -93,23 +93,7 @@ class DockerVolumeFiles(VolumeHelper):
             argv = ["+write", tmp, self.path(change.parts), format(change.mode & 0o7777, "o")]
             code, _out, err = await self.run(argv, data, retry=False, release=True, sink=tmp)
         else:
-            sfx = secrets.token_hex(8)
-            staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-            deepest = [self.path(d) for d in sorted(new_dirs, key=len, reverse=True)]
-            argv = ["+batch", self.project, sfx, str(len(deepest)), *deepest]
-            groups: dict[tuple[str, ...], list[RemoteChange]] = {}
-            for change in changes:
-                groups.setdefault(change.parts[:-1], []).append(change)
-            for index, (parent, members) in enumerate(sorted(groups.items()), start=1):
-                staged.append(((*parent, f".codehub-b{sfx}.{index}"), None, 0o700))
-                if any(c.data is not None for c in members):
-                    staged.append(((*parent, f".codehub-s{sfx}.{index}"), None, 0o700))
-                for change in members:
-                    if change.data is not None:
-                        stage = f".codehub-s{sfx}.{index}"
-                        staged.append(((*parent, stage, change.parts[-1]), change.data, change.mode))
-                    argv += [self.path(parent), change.parts[-1], "d" if change.data is None else "w"]
-            payload = tar_entries(staged, self.user, prefix=())
+            argv, payload = batch_request(self.project, changes, new_dirs, self.path, self.user)
             code, _out, err = await self.run(argv, payload, retry=False, release=True)
         if code != 0:
             raise Conflict(f"the change was not written: {message(err)}", code="io_error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import tarfile
 import tempfile
 import time
@@ -14,58 +15,10 @@ from typing import Any
 
 from app.errors import Conflict, DomainError, NotFound
 from app.services.files.paths import join, os_error
-from app.services.files.remote import NodeKind, RemoteStat
+from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 
 _GO_DIR, _GO_LINK, _GO_OTHER = 1 << 31, 1 << 27, (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)
 
-COMMIT_SCRIPT = r"""
-root=$1; stage=$2; shift 2; n=0; failed=""
-i=0
-for a; do  # a parent swapped for a link since the hub's check would lead the staging and the rename outside
-  if [ $((i % 3)) -eq 1 ] && ! kept "${a%/*}" "$root"; then failed="a parent of ${a#$root/} changed"; break; fi
-  i=$((i+1))
-done
-[ -n "$failed" ] || [ "$stage" = 0 ] || tar -xf - -C "$root" || failed="cannot stage the new contents"
-if [ -z "$failed" ] && [ $# -eq 3 ] && [ "$1" != - ] && { [ ! -d "$2" ] || [ -L "$2" ]; }; then
-  mv -f -T -- "$1" "$2" && exit 0  # one new content: the rename alone is all or nothing
-  rm -f -- "$1"; echo "cannot write ${2#$root/}" >&2; exit 3
-fi
-while [ -z "$failed" ] && [ $# -gt 0 ]; do
-  tmp=$1; dst=$2; bak=$3
-  if [ -d "$dst" ] && [ ! -L "$dst" ]; then failed="is a directory: ${dst#$root/}"; break; fi
-  if [ -e "$dst" ] || [ -L "$dst" ]; then
-    ln -- "$dst" "$bak" 2>/dev/null || mv -f -- "$dst" "$bak" || { failed="cannot back up ${dst#$root/}"; break; }
-  else bak=-; fi
-  n=$((n+1)); eval "t_$n=\$tmp d_$n=\$dst b_$n=\$bak"
-  if [ "$tmp" = - ]; then
-    [ ! -e "$dst" ] && [ ! -L "$dst" ] || rm -f -- "$dst" || { failed="cannot delete ${dst#$root/}"; break; }
-  else
-    mv -f -T -- "$tmp" "$dst" || { failed="cannot write ${dst#$root/}"; break; }
-    eval "t_$n=-"
-  fi
-  shift 3
-done
-if [ -n "$failed" ]; then
-  while [ $n -gt 0 ]; do
-    eval "tmp=\$t_$n dst=\$d_$n bak=\$b_$n"
-    if [ "$bak" != - ]; then
-      mv -f -T -- "$bak" "$dst"
-      if [ -e "$bak" ] || [ -L "$bak" ]; then rm -f -- "$bak"; fi  # a hard link to an untouched target
-    elif [ "$tmp" = - ]; then rm -f -- "$dst"; fi
-    n=$((n-1))
-  done
-  for tmp in "$@"; do case $tmp in */.codehub-*.tmp) rm -f -- "$tmp";; esac; done
-  echo "$failed" >&2; exit 3
-fi
-set --; i=$n
-while [ $i -gt 0 ]; do eval "bak=\$b_$i"; [ "$bak" = - ] || set -- "$@" "$bak"; i=$((i-1)); done
-[ $# -eq 0 ] || rm -f -- "$@"
-while [ $n -gt 0 ]; do
-  eval "tmp=\$t_$n dst=\$d_$n"
-  if [ "$tmp" = - ]; then d=${dst%/*}; while [ "$d" != "$root" ] && rmdir -- "$d" 2>/dev/null; do d=${d%/*}; done; fi
-  n=$((n-1))
-done
-"""
 WRITE_SCRIPT = r"""
 tmp=${1##*/}; dst=${2##*/}; mode=$3; d=${2%/*}
 if ! kept "$d" "$d"; then echo "a parent of $dst changed" >&2; exit 3; fi  # and now in $d: the acts go through it
@@ -222,6 +175,33 @@ def tar_entries(
     return buffer.getvalue()
 
 
+def batch_request(
+    project: str,
+    changes: Sequence[RemoteChange],
+    new_dirs: Sequence[tuple[str, ...]],
+    path: Callable[[tuple[str, ...]], str],
+    user: tuple[int, int],
+) -> tuple[list[str], bytes]:
+    """The ``+batch`` request (``BATCH_SCRIPT``) of a change: its argv and its payload, a tar of the new
+    directories and, per parent directory, a backup directory and a staging directory with the new contents."""
+    sfx = secrets.token_hex(8)
+    staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
+    deepest = [path(d) for d in sorted(new_dirs, key=len, reverse=True)]
+    argv = ["+batch", project, sfx, str(len(deepest)), *deepest]
+    groups: dict[tuple[str, ...], list[RemoteChange]] = {}
+    for change in changes:
+        groups.setdefault(change.parts[:-1], []).append(change)
+    for index, (parent, members) in enumerate(sorted(groups.items()), start=1):
+        staged.append(((*parent, f".codehub-b{sfx}.{index}"), None, 0o700))
+        if any(c.data is not None for c in members):
+            staged.append(((*parent, f".codehub-s{sfx}.{index}"), None, 0o700))
+        for change in members:
+            if change.data is not None:
+                staged.append(((*parent, f".codehub-s{sfx}.{index}", change.parts[-1]), change.data, change.mode))
+            argv += [path(parent), change.parts[-1], "d" if change.data is None else "w"]
+    return argv, tar_entries(staged, user, prefix=())
+
+
 def tar_tree(directory: Path, user: tuple[int, int]) -> str:
     """A temporary tar file of ``directory``'s contents (links kept as links), owned by ``user``."""
 
@@ -317,12 +297,12 @@ def parse_listing(code: int, out: bytes, err: bytes, parts: tuple[str, ...]) -> 
 
 __all__ = [
     "BATCH_SCRIPT",
-    "COMMIT_SCRIPT",
     "LIST_SCRIPT",
     "MANIFEST_SCRIPT",
     "MOVE_SCRIPT",
     "SNAPSHOT_SCRIPT",
     "WRITE_SCRIPT",
+    "batch_request",
     "failure",
     "message",
     "mode_kind",

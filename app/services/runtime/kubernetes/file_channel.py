@@ -15,7 +15,7 @@ from typing import NamedTuple
 import anyio.abc
 
 from app.services.runtime.docker_channel import LOOP, HelperChannel
-from app.services.runtime.docker_volume_support import COMMIT_SCRIPT, LIST_SCRIPT, MOVE_SCRIPT, SNAPSHOT_SCRIPT
+from app.services.runtime.docker_volume_support import BATCH_SCRIPT, LIST_SCRIPT, MOVE_SCRIPT, SNAPSHOT_SCRIPT
 from app.services.runtime.kubernetes import pod_exec
 from app.services.runtime.kubernetes.connection import KubeConnection
 
@@ -39,7 +39,7 @@ exit 1
 """
 UNLOCK_SCRIPT = 'read -r host pid start at < "$1/at" && [ "$host $pid" = "$(uname -n) $$" ] && rm -rf -- "$1"; true'
 SCRIPTS = {
-    "commit": COMMIT_SCRIPT,
+    "batch": BATCH_SCRIPT,
     "move": MOVE_SCRIPT,
     "snapshot": SNAPSHOT_SCRIPT,
     "list": LIST_SCRIPT,

@@ -12,7 +12,6 @@ Every decision (paths, links, If-Match, patches) is made on the hub by ``RemoteS
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,11 +26,11 @@ from app.services.files.paths import bad_path, join
 from app.services.files.remote import NodeKind, RemoteChange, RemoteStat
 from app.services.runtime.docker_channel import HelperChannel, HelperChannels
 from app.services.runtime.docker_volume_support import (
+    batch_request,
     failure,
     message,
     parse_listing,
     parse_snapshot,
-    tar_entries,
     tar_tree,
 )
 from app.services.runtime.kubernetes import manifests, pod_exec, states
@@ -184,30 +183,14 @@ class KubeVolumeFiles:
         raise Conflict("the directory changed while it was listed; try again", code="io_error")
 
     async def commit(self, changes: Sequence[RemoteChange], new_dirs: Sequence[tuple[str, ...]]) -> None:
-        """Stage new contents next to their targets (a tar on the script's stdin), then rename all or none."""
-        staged: list[tuple[tuple[str, ...], bytes | None, int]] = [(d, None, 0o755) for d in new_dirs]
-        triples: list[str] = []
-        for change in sorted(changes, key=lambda c: c.data is not None):
-            parent = change.parts[:-1]
-            tmp = "-"
-            if change.data is not None:
-                temp = (*parent, f".codehub-{secrets.token_hex(8)}.tmp")
-                staged.append((temp, change.data, change.mode))
-                tmp = self.path(temp)
-            triples += [tmp, self.path(change.parts), self.path((*parent, f".codehub-{secrets.token_hex(8)}.bak"))]
-        payload = tar_entries(staged, self.user, prefix=()) if staged else b""
-        argv = ["+commit", self.project, "1" if staged else "0", *triples]
+        """One ``+batch`` request, as on a Docker volume (``DockerVolumeFiles.commit``): the new contents staged by
+        one ``tar -x`` beside their targets, backups by hard link, one ``mv`` per directory, all or nothing."""
+        if not changes and not new_dirs:
+            return
+        argv, payload = batch_request(self.project, changes, new_dirs, self.path, self.user)
         code, _out, err = await self.run(argv, payload, retry=False)
         if code != 0:
-            await self._remove_dirs(new_dirs)
             raise Conflict(f"the change was not written: {message(err)}", code="io_error")
-
-    async def _remove_dirs(self, dirs: Sequence[tuple[str, ...]]) -> None:
-        if dirs:
-            await self.run(
-                ["sh", "-c", 'for d; do rmdir -- "$d"; done 2>/dev/null; true', "sh"]
-                + [self.path(d) for d in sorted(dirs, key=len, reverse=True)]
-            )
 
     async def remove(self, parts: tuple[str, ...], kind: NodeKind) -> None:
         """``rmdir`` or ``rm``."""
