@@ -13,7 +13,9 @@ unique hub id). "Ready" means the same thing on both sides: the IDE port answers
   bridge, where a container starts 100-150 ms sooner on a 2-core machine) and storage (a named volume at
   the home, the project directory as working directory, as the hub's Docker workspaces have; ``--raw-storage
   bind``: a bind-mounted directory, whose start measured ~50 ms (~13 %) quicker through the engine's API on
-  this machine), then polling until it answers.
+  this machine), then polling until it answers. The hub does one thing more: Docker makes a new volume's
+  project directory root's, and the hub's start hands it to the workspace user (its container does, before
+  the IDE: a few ms); the raw container's stays root's, unwritable by its user.
 
 Pairs alternate which side goes first. Reported: median and mean of each side and the ratio of medians
 (target ≤ 1.05). Then N workspaces created and started at once: all running?, p50/p99/max create→running,

@@ -84,9 +84,11 @@ class LifecycleController(Controller):
         self, request: Request[Any, Any, Any], ctx: AppContext, principal: Principal, action: str, ws: Any
     ) -> Response[WorkspaceOut]:
         await self._transition(request, ctx, principal, action, ws)
-        return Response(
-            WorkspaceOut.of(ws), status_code=HTTP_202_ACCEPTED if ws.state == WorkspaceState.STARTING else HTTP_200_OK
-        )
+        return Response(WorkspaceOut.of(ws), status_code=self._status_of(ws))
+
+    @staticmethod
+    def _status_of(ws: Any) -> int:
+        return HTTP_202_ACCEPTED if ws.state == WorkspaceState.STARTING else HTTP_200_OK
 
     @post(
         "/start",
@@ -103,7 +105,15 @@ class LifecycleController(Controller):
         wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
     ) -> Response[WorkspaceOut]:
         """Start: 202 with state ``starting`` (follow the events), or with ``?wait=true`` the outcome."""
-        ws = await ctx.lifecycle.start(principal, workspace_id, wait=wait)
+        audited: list[bool] = []
+
+        async def accepted(row: Any) -> None:  # audited while the start goes on, not after a wait
+            audited.append(True)
+            await self._transition(request, ctx, principal, "start", row)
+
+        ws = await ctx.lifecycle.start(principal, workspace_id, wait=wait, accepted=accepted)
+        if audited:
+            return Response(WorkspaceOut.of(ws), status_code=self._status_of(ws))
         return await self._started(request, ctx, principal, "start", ws)
 
     @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))

@@ -99,6 +99,24 @@ async def test_start_run_exec_status_logs_stop_delete(hub: Hub) -> None:
         assert (await client.get(f"/api/workspaces/{ws['id']}")).status_code == 404
 
 
+async def test_every_start_request_is_audited_once(hub: Hub) -> None:
+    async with hub.client() as client:
+        ws = await create(client, "audited")
+        waited = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert waited.status_code == 200 and waited.json()["state"] == "running", waited.text
+        again = await client.post(f"/api/workspaces/{ws['id']}/start", params={"wait": "true"})
+        assert again.status_code == 200 and again.json()["state"] == "running"
+        assert (await client.post(f"/api/workspaces/{ws['id']}/stop")).json()["state"] == "stopped"
+        accepted = await client.post(f"/api/workspaces/{ws['id']}/start")
+        assert accepted.status_code == 202 and accepted.json()["state"] == "starting"
+        assert (await wait_state(client, ws["id"], {"running", "failed"}))["state"] == "running"
+        items = (await client.get("/api/audit", params={"workspace_id": ws["id"], "limit": 50})).json()["items"]
+        assert [(r["action"], r["outcome"]) for r in items if r["action"] == "workspace.start"] == [
+            ("workspace.start", "ok")
+        ] * 3  # audited while the start goes on (before a wait), or after finding it running
+        await client.delete(f"/api/workspaces/{ws['id']}")
+
+
 async def test_exec_streams_sse_and_publishes_on_the_exec_topic(hub: Hub) -> None:
     async with hub.client() as client:
         ws = await create(client, "streamy")

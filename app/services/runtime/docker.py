@@ -104,6 +104,7 @@ class DockerRuntime:
         self.endpoint_host, self._publish_host = ds.publish_address(docker_url, public_host)
         self._on_engine_host = ds.is_loopback(self.endpoint_host)
         self._networks = dn.WorkspaceNetworks(egress)
+        self._unwrapped: set[str] = set()  # images the project wrapper failed in (docker_create)
 
     async def __aenter__(self) -> DockerRuntime:
         self._docker = aiodocker.Docker(url=self.docker_url, timeout=aiohttp.ClientTimeout(total=120, connect=10))
@@ -137,16 +138,38 @@ class DockerRuntime:
                 "CODEHUB_WORKSPACE_EGRESS=none needs the Docker engine on the hub's machine: the hub dials the "
                 f"IDE on the container's internal network, which {self.docker_url} does not route to it"
             )
+        project = self._wrapper_project(spec)
         # overlapped, here and with the progress event below: one step at a time adds up every step's latency
-        auth, *_ = await common.concurrently(
-            lambda: docker_create.password_auth(self.docker, self.docker_url, spec),
+        overrides, *_ = await common.concurrently(
+            lambda: docker_create.launch_overrides(self.docker, self.docker_url, spec, project=project),
             lambda: self.storages.prepare(spec),
             lambda: self._drop_status(spec.id),
         )
+        try:
+            return await self._launch(spec, overrides, project, ready_timeout, progress)
+        except docker_create.WrapperUnusable:
+            self._unwrapped.add(spec.image)  # this image gets its project through the archive API from now on
+            overrides = await docker_create.launch_overrides(self.docker, self.docker_url, spec, project=None)
+            return await self._launch(spec, overrides, None, ready_timeout, progress)
+
+    def _wrapper_project(self, spec: WorkspaceSpec) -> str | None:
+        """The project directory the wrapper hands to the container's user (None: the archive API does)."""
+        if spec.storage.kind != "volume" or self._user is None or spec.image in self._unwrapped:
+            return None
+        return ds.project_dir(spec.home)
+
+    async def _launch(
+        self,
+        spec: WorkspaceSpec,
+        overrides: dict[str, list[str]],
+        project: str | None,
+        ready_timeout: float,
+        progress: Progress | None,
+    ) -> Endpoint:
         with ds.engine_errors(self.docker_url):
-            container = await self._create(spec, progress, auth)
+            container, wrapped = await self._create(spec, progress, overrides, project)
             try:
-                await self.storages.prepare_project(spec, container)
+                await self.storages.prepare_project(spec, container, owned=wrapped)
                 with metrics.docker_call("start"):
                     await container.start()
                 with metrics.docker_call("inspect"):
@@ -170,6 +193,9 @@ class DockerRuntime:
             except ProcessExited:
                 with metrics.docker_call("inspect"):
                     state = (await container.show())["State"]
+                if wrapped and state.get("ExitCode") == docker_create.PROJECT_UNWRITABLE:
+                    await self._delete_quietly(container.id)
+                    raise docker_create.WrapperUnusable from None
                 lines = await docker_logs.tail_text(container)
                 raise StartFailed(
                     f"the IDE exited with code {state.get('ExitCode')} before answering HTTP", logs=lines
@@ -179,6 +205,9 @@ class DockerRuntime:
                 await self._kill_quietly(container)
                 raise StartFailed(f"the IDE did not answer HTTP within {ready_timeout:g}s", logs=lines) from None
             except DockerError as exc:
+                if wrapped and "executable file not found" in exc.message:  # an image without sh
+                    await self._delete_quietly(container.id)
+                    raise docker_create.WrapperUnusable from exc
                 await self._kill_quietly(container)
                 raise StartFailed(f"Docker could not start the container: {exc.message}") from exc
             except BaseException:
@@ -186,7 +215,9 @@ class DockerRuntime:
                     await self._kill_quietly(container)
                 raise
 
-    async def _create(self, spec: WorkspaceSpec, progress: Progress | None, auth: dict[str, list[str]]) -> Any:
+    async def _create(
+        self, spec: WorkspaceSpec, progress: Progress | None, overrides: dict[str, list[str]], project: str | None
+    ) -> tuple[Any, bool]:
         return await docker_create.create_container(
             self.docker,
             self.docker_url,
@@ -197,7 +228,8 @@ class DockerRuntime:
             config=lambda spec, network, ip: self.container_config(spec, network=network, publish_ip=ip),
             remove=self._delete_quietly,
             progress=progress,
-            auth=auth,
+            overrides=overrides,
+            project=project,
         )
 
     async def has_image(self, image: str) -> bool:

@@ -79,12 +79,14 @@ class DockerStorage:
         else:
             await anyio.to_thread.run_sync(prepare_workspace_dir, Path(spec.storage.name), self._user)
 
-    async def prepare_project(self, spec: WorkspaceSpec, container: Any) -> None:
+    async def prepare_project(self, spec: WorkspaceSpec, container: Any, *, owned: bool = False) -> None:
         """Give a new volume its project directory, owned by the workspace user, through the created container
-        (Docker has copied the image's home into the empty volume by now)."""
+        (Docker has copied the image's home into the empty volume by now); ``owned``: the container's project
+        wrapper does that as it starts (``docker_create``)."""
         if spec.storage.kind == "volume":
             files = self.files(spec.id, image=spec.image, hub_id=spec.hub_id)
-            await files.ensure_project(container.id)
+            if not owned:
+                await files.ensure_project(container.id)
             await adopt(files, self.workspaces_dir / spec.id)  # a directory from before volumes, if any
 
     async def forget(self, workspace_id: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,13 +73,24 @@ class Lifecycle(Transitions):
 
     # -- start ---------------------------------------------------------------------------------------------
 
-    async def start(self, principal: Principal, workspace_id: str, *, wait: bool = False) -> Workspace:
-        """Move to ``starting`` and start in the background (``wait``: until running or failed)."""
-        ws = await self.workspaces.get(principal, workspace_id)
-        return await self.start_row(ws, wait=wait)
+    async def start(
+        self,
+        principal: Principal,
+        workspace_id: str,
+        *,
+        wait: bool = False,
+        accepted: Callable[[Workspace], Awaitable[None]] | None = None,
+    ) -> Workspace:
+        """Move to ``starting`` and start in the background (``wait``: until running or failed).
 
-    async def start_row(self, ws: Workspace, *, wait: bool = False) -> Workspace:
-        """Start a workspace row (no visibility check)."""
+        ``accepted(row)`` runs once the row is ``starting``, while the start goes on (before a ``wait``)."""
+        ws = await self.workspaces.get(principal, workspace_id)
+        return await self.start_row(ws, wait=wait, accepted=accepted)
+
+    async def start_row(
+        self, ws: Workspace, *, wait: bool = False, accepted: Callable[[Workspace], Awaitable[None]] | None = None
+    ) -> Workspace:
+        """Start a workspace row (no visibility check); ``accepted`` as for ``start``."""
         if ws.state == WorkspaceState.RUNNING:
             return ws
         clone = self._clones.get(ws.id)
@@ -116,8 +128,11 @@ class Lifecycle(Transitions):
         await self.publish(row, "workspace.starting")
         done = anyio.Event()
         self.starts[row.id] = done
+        self.beat_written(row.id)  # the move to starting wrote updated_at: the start's first progress need not
         running: list[Workspace] = []
         self._tasks.start_soon(self._run_start, row, done, running)
+        if accepted is not None:
+            await accepted(row)
         if wait:
             await done.wait()
             return running[0] if running else await self.row(row.id)

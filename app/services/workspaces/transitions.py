@@ -140,6 +140,10 @@ class Transitions:
         except Exception as exc:  # a Redis hiccup must not fail a transition
             log.warning("status cache drop failed for %s: %s", workspace_id, exc)
 
+    def beat_written(self, workspace_id: str) -> None:
+        """``updated_at`` was just written (a transition): the next ``heartbeat`` is due in ``HEARTBEAT_EVERY``."""
+        self._beats[workspace_id] = anyio.current_time()
+
     async def heartbeat(self, ws: Workspace) -> None:
         """Keep a long start (clone, pull) fresh so reconcilers elsewhere do not take it for abandoned."""
         now = anyio.current_time()
