@@ -105,16 +105,17 @@ class LifecycleController(Controller):
         wait: Annotated[bool, Parameter(description="answer once running or failed")] = False,
     ) -> Response[WorkspaceOut]:
         """Start: 202 with state ``starting`` (follow the events), or with ``?wait=true`` the outcome."""
-        audited: list[bool] = []
+        audited = False
 
         async def accepted(row: Any) -> None:  # audited while the start goes on, not after a wait
-            audited.append(True)
+            nonlocal audited
+            audited = True
             await self._transition(request, ctx, principal, "start", row)
 
         ws = await ctx.lifecycle.start(principal, workspace_id, wait=wait, accepted=accepted)
-        if audited:
-            return Response(WorkspaceOut.of(ws), status_code=self._status_of(ws))
-        return await self._started(request, ctx, principal, "start", ws)
+        if not audited:  # already running (or its clone still going): audited as before
+            await self._transition(request, ctx, principal, "start", ws)
+        return Response(WorkspaceOut.of(ws), status_code=self._status_of(ws))
 
     @post("/stop", operation_id="stopWorkspace", status_code=HTTP_200_OK, responses=error_responses(401, 404, 409, 503))
     async def stop(
