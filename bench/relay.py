@@ -11,13 +11,13 @@ In one run, on loopback only, every process started here and stopped at the end 
 
 Measures: HTTP 1 KiB at 50 connections (``wrk -t1 -c50``): req/s and p99; WebSocket ping-pong over 50
 connections (``bench/wsload.py``): messages/s and p99; hub RSS growth per idle relayed WebSocket with 1,000
-open. Median of ``--rounds`` runs, targets interleaved. Targets: hub HTTP >= 1.5x chp req/s with a
+open. Median of ``--rounds`` runs, targets interleaved (forward, then backward). Targets: hub HTTP >= 1.5x chp req/s with a
 lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket; subdomain mode's HTTP and
 WebSocket figures within 5 % of path mode's; the access check with grants: a ``use`` grantee's HTTP req/s on
 the subdomain hub within 5 % of its owner's (same hub, same run; a grantee's IDE WebSocket is relayed frame by
 frame by design, so WebSocket figures are the owner's only).
 
-Usage: ``python bench/relay.py [--seconds 8] [--rounds 3] [--idle 1000] [--no-chp] [--quick]``; results are printed and
+Usage: ``python bench/relay.py [--seconds 8] [--rounds 4] [--idle 1000] [--no-chp] [--quick]``; results are printed and
 written to ``bench/results/relay-<time>.json``.
 """
 
@@ -316,7 +316,7 @@ def main() -> None:
     """Run the bench and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="an even number balances the order")
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--no-chp", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short runs, one round, no chp (proves the bench runs)")
@@ -360,10 +360,9 @@ def main() -> None:
         for name in names:  # warm-up (connection pools, caches, page faults)
             wrk(f"http://{targets[name][0]}", 2, targets[name][1])
         for round_ in range(args.rounds):
-            order = names[round_ % len(names) :] + names[: round_ % len(names)]
-            if round_ % 2:  # the grantee and its owner share a hub: each goes first in every other round
-                a, b = order.index("hub-subdomain"), order.index(GRANTEE)
-                order[a], order[b] = order[b], order[a]
+            # forward, then backward: every pair compared (path/subdomain, owner/grantee, hub/nginx) has each
+            # side first equally often over two rounds, so a run's place in the round does not lean on a ratio
+            order = names if round_ % 2 == 0 else names[::-1]
             for name in order:
                 before = cpu_seconds(pids[name])
                 run = wrk(f"http://{targets[name][0]}", args.seconds, targets[name][1])
