@@ -11,7 +11,8 @@ In one run, on loopback only, every process started here and stopped at the end 
 
 Measures: HTTP 1 KiB at 50 connections (``wrk -t1 -c50``): req/s and p99; WebSocket ping-pong over 50
 connections (``bench/wsload.py``): messages/s and p99; hub RSS growth per idle relayed WebSocket with 1,000
-open. Median of ``--rounds`` runs, targets interleaved (forward, then backward). Targets: hub HTTP >= 1.5x chp req/s with a
+open. Median of ``--rounds`` runs, targets interleaved (forward, then backward). Targets: hub HTTP >= 1.5x chp
+req/s with a
 lower p99; hub WebSocket msgs/s >= chp's; < 100 KiB per idle relayed WebSocket; subdomain mode's HTTP and
 WebSocket figures within 5 % of path mode's; the access check with grants: a ``use`` grantee's HTTP req/s on
 the subdomain hub within 5 % of its owner's (same hub, same run; a grantee's IDE WebSocket is relayed frame by
