@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import db
 from app.models import UserGroup
@@ -33,7 +35,7 @@ async def test_own_then_groups_then_default(sqlite_url: str, tmp_path: Path) -> 
         user = await AuthService(sessionmaker, settings).create_user("src-user", "password-123")
         groups: dict[int, Sequence[str]] = {}
 
-        async def group_ids(user_id: int) -> Sequence[str]:
+        async def group_ids(session: AsyncSession, user_id: int) -> Sequence[str]:
             return groups.get(user_id, ())
 
         quotas = QuotaService(sessionmaker, settings, group_ids)
@@ -72,5 +74,28 @@ async def test_group_quota_follows_real_memberships(sqlite_url: str, tmp_path: P
             session.add(UserGroup(user_id=user.id, group_id=devs.id))
         view = await quotas.view(user.id)
         assert view.source == "group" and view.limits.max_running == 4
+    finally:
+        await engine.dispose()
+
+
+async def test_a_burst_of_checks_takes_one_connection_each(sqlite_url: str, tmp_path: Path) -> None:
+    """More checks at once than the pool has connections (a burst of creates and starts): each reads the
+    user's groups in its own session, so none holds a connection while it waits for another."""
+    settings = make_settings(tmp_path, database_url=sqlite_url, quota_running=1)
+    engine = db.create_engine(settings)
+    try:
+        sessionmaker = db.create_sessionmaker(engine)
+        user = await AuthService(sessionmaker, settings).create_user("burst-user", "password-123")
+        quotas = QuotaService(sessionmaker, settings)
+        sources: list[str] = []
+
+        async def check() -> None:
+            sources.append((await quotas.view(user.id)).source)
+
+        with anyio.fail_after(20):  # the pool gives up on a waiting checkout after 30 s
+            async with anyio.create_task_group() as tasks:
+                for _ in range(40):
+                    tasks.start_soon(check)
+        assert sources == ["default"] * 40
     finally:
         await engine.dispose()

@@ -34,7 +34,9 @@ GROUP = "group"
 ACTIVE = (WorkspaceState.STARTING, WorkspaceState.RUNNING, WorkspaceState.STOPPING)
 
 Source = Literal["user", "group", "default"]
-GroupIds = Callable[[int], Awaitable[Sequence[str]]]
+GroupIds = Callable[[AsyncSession, int], Awaitable[Sequence[str]]]
+"""The group ids of a user, read in the caller's session (a second session there could wait for a pooled
+connection that every caller in a burst holds)."""
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,11 +120,11 @@ class QuotaService:
         self._settings = settings
         self.group_ids = group_ids or self.memberships
 
-    async def memberships(self, user_id: int) -> Sequence[str]:
+    @staticmethod
+    async def memberships(session: AsyncSession, user_id: int) -> Sequence[str]:
         """The ids of the groups ``user_id`` belongs to (local and synced from the identity provider)."""
-        async with self._sessionmaker() as session:
-            rows = await session.scalars(select(UserGroup.group_id).where(UserGroup.user_id == user_id))
-            return [str(group_id) for group_id in rows]
+        rows = await session.scalars(select(UserGroup.group_id).where(UserGroup.user_id == user_id))
+        return [str(group_id) for group_id in rows]
 
     def default(self) -> Limits:
         """The hub-wide default of a user without a quota of their own or of a group."""
@@ -142,7 +144,7 @@ class QuotaService:
         own = await self._row(session, USER, str(user_id))
         if own is not None:
             return "user", _limits(own)
-        groups = list(await self.group_ids(user_id))
+        groups = list(await self.group_ids(session, user_id))
         if groups:
             rows = await session.scalars(select(Quota).where(Quota.subject_kind == GROUP, Quota.subject_id.in_(groups)))
             generous = most_generous([_limits(r) for r in rows])
