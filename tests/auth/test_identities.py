@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from app import db
 from app.models import Group, User, UserGroup, UserIdentity
+from app.services.audit.log import AuditEntry, AuditLog, verify_chain
 from app.services.auth.identities import LOCAL_SOURCE, IdentityService, ensure_groups
 from app.services.auth.oidc import OidcIdentity
 from app.services.auth.users import AuthService
@@ -99,3 +100,34 @@ async def test_sync_replaces_provider_groups_and_keeps_local_ones(
     assert user.role == "user"
     groups = [(g.source, g.name) for g in await service.groups_of(user.id)]
     assert groups == [("local", "devs"), ("oidc", "ops")]
+
+
+async def test_a_burst_of_audited_sign_ins_and_audit_records_finishes(
+    identities: tuple[IdentityService, db.SessionMaker],
+) -> None:
+    """Returning users signing in (each sign-in audited in its own transaction) while other requests append
+    to the audit chain, more at once than the pool has connections: a sign-in never waits for the audit
+    lock while its transaction holds a connection (and, on SQLite, the write lock) that the lock's holder
+    needs."""
+    service, sessionmaker = identities
+    audit = AuditLog(sessionmaker)
+    people = [_identity(f"s-burst-{n}", name=f"burst{n}") for n in range(20)]
+    for person in people:
+        await service.sign_in(person)  # known users: the burst's sign-ins update their rows
+    signed: list[int] = []
+
+    async def sign_in(person: OidcIdentity) -> None:
+        user, _, _ = await service.sign_in_with_session(person, audit, AuditEntry("auth.sso_login"))
+        signed.append(user.id)
+
+    async def other_request(n: int) -> None:
+        await audit.record(AuditEntry("workspace.create", target=f"w{n}"))
+
+    with anyio.fail_after(20):  # the pool gives up on a waiting checkout, SQLite on a busy lock, after 30 s
+        async with anyio.create_task_group() as tg:
+            for n, person in enumerate(people):
+                tg.start_soon(other_request, n)
+                tg.start_soon(sign_in, person)
+    assert len(set(signed)) == 20
+    report = await verify_chain(sessionmaker)
+    assert report.ok and report.checked == 40

@@ -79,34 +79,43 @@ class AuditLog:
 
     async def record(self, entry: AuditEntry) -> AuditEvent:
         """Append ``entry`` to the chain and return the stored row."""
-        async with self._sessionmaker() as session:
+        async with self.appending(), self._sessionmaker() as session:
             return await self.commit_with(session, entry)
+
+    @asynccontextmanager
+    async def appending(self) -> AsyncIterator[None]:
+        """Hold the chain's lock for a transaction that ends in ``commit_with``; enter it BEFORE the transaction's
+        first statement. A transaction that waited for the lock after one would hold a pooled connection (and on
+        SQLite the write lock) that the lock's holder may be waiting for: a burst of such waiters exhausts the
+        pool, and one is enough to stall an append on SQLite until its busy timeout."""
+        async with self._lock:
+            yield
 
     async def commit_with(self, session: AsyncSession, entry: AuditEntry) -> AuditEvent:
         """Append ``entry`` in ``session``'s transaction and commit it: the caller's writes and their record
-        are stored together, or neither is."""
-        async with self._lock:
-            if session.get_bind().dialect.name == "postgresql":
-                await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-            prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
-            row = AuditEvent(
-                at=utcnow(),
-                actor_id=entry.actor_id,
-                actor_name=entry.actor_name,
-                action=entry.action,
-                workspace_id=entry.workspace_id,
-                target=entry.target,
-                sha256=entry.sha256,
-                size=entry.size,
-                outcome=entry.outcome,
-                request_id=entry.request_id,
-                client_addr=entry.client_addr,
-                details=entry.details,
-                prev_hash=prev or GENESIS,
-            )
-            row.hash = chain_hash(row.prev_hash, row)
-            session.add(row)
-            await session.commit()
+        are stored together, or neither is. Only inside ``appending`` (entered before ``session`` ran anything)."""
+        assert self._lock.locked(), "commit_with outside appending()"
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+        prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+        row = AuditEvent(
+            at=utcnow(),
+            actor_id=entry.actor_id,
+            actor_name=entry.actor_name,
+            action=entry.action,
+            workspace_id=entry.workspace_id,
+            target=entry.target,
+            sha256=entry.sha256,
+            size=entry.size,
+            outcome=entry.outcome,
+            request_id=entry.request_id,
+            client_addr=entry.client_addr,
+            details=entry.details,
+            prev_hash=prev or GENESIS,
+        )
+        row.hash = chain_hash(row.prev_hash, row)
+        session.add(row)
+        await session.commit()
         return row
 
     @asynccontextmanager

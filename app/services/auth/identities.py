@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from sqlalchemy import delete, select
@@ -80,7 +81,9 @@ class IdentityService:
     ) -> tuple[User, tuple[ApiToken, str] | None]:
         self.check_allowed(identity)
         made = None
-        async with self._sessionmaker() as session:
+        # an audited sign-in takes the audit chain's lock before its first statement (see AuditLog.appending)
+        appending = record[0].appending() if record is not None else contextlib.nullcontext()
+        async with appending, self._sessionmaker() as session:
             user = await self._find(session, identity)
             if user is None:
                 user = await self._create(session, identity)
