@@ -3,7 +3,7 @@ groups', else the hub default."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import db
-from app.models import UserGroup
+from app.db import SessionMaker
+from app.models import User, UserGroup
 from app.services.auth.identities import ensure_groups
 from app.services.auth.users import AuthService
 from app.services.quotas.service import GROUP, Limits, QuotaService, most_generous
@@ -59,43 +60,42 @@ async def test_own_then_groups_then_default(sqlite_url: str, tmp_path: Path) -> 
         await engine.dispose()
 
 
-async def test_group_quota_follows_real_memberships(sqlite_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+async def member(sqlite_url: str, tmp_path: Path) -> AsyncIterator[tuple[QuotaService, SessionMaker, User]]:
+    """The quota service on a fresh database with the hub's default quota (1 running), and a user."""
     settings = make_settings(tmp_path, database_url=sqlite_url, quota_running=1)
     engine = db.create_engine(settings)
     try:
         sessionmaker = db.create_sessionmaker(engine)
         user = await AuthService(sessionmaker, settings).create_user("member-user", "password-123")
-        quotas = QuotaService(sessionmaker, settings)
-        async with sessionmaker() as session, session.begin():
-            (devs,) = await ensure_groups(session, ("devs",), "oidc")
-        await quotas.set_quota(GROUP, str(devs.id), Limits(max_running=4))
-        assert (await quotas.view(user.id)).source == "default"
-        async with sessionmaker() as session, session.begin():
-            session.add(UserGroup(user_id=user.id, group_id=devs.id))
-        view = await quotas.view(user.id)
-        assert view.source == "group" and view.limits.max_running == 4
+        yield QuotaService(sessionmaker, settings), sessionmaker, user
     finally:
         await engine.dispose()
 
 
-async def test_a_burst_of_checks_takes_one_connection_each(sqlite_url: str, tmp_path: Path) -> None:
+async def test_group_quota_follows_real_memberships(member: tuple[QuotaService, SessionMaker, User]) -> None:
+    quotas, sessionmaker, user = member
+    async with sessionmaker() as session, session.begin():
+        (devs,) = await ensure_groups(session, ("devs",), "oidc")
+    await quotas.set_quota(GROUP, str(devs.id), Limits(max_running=4))
+    assert (await quotas.view(user.id)).source == "default"
+    async with sessionmaker() as session, session.begin():
+        session.add(UserGroup(user_id=user.id, group_id=devs.id))
+    view = await quotas.view(user.id)
+    assert view.source == "group" and view.limits.max_running == 4
+
+
+async def test_a_burst_of_checks_takes_one_connection_each(member: tuple[QuotaService, SessionMaker, User]) -> None:
     """More checks at once than the pool has connections (a burst of creates and starts): each reads the
     user's groups in its own session, so none holds a connection while it waits for another."""
-    settings = make_settings(tmp_path, database_url=sqlite_url, quota_running=1)
-    engine = db.create_engine(settings)
-    try:
-        sessionmaker = db.create_sessionmaker(engine)
-        user = await AuthService(sessionmaker, settings).create_user("burst-user", "password-123")
-        quotas = QuotaService(sessionmaker, settings)
-        sources: list[str] = []
+    quotas, _, user = member
+    sources: list[str] = []
 
-        async def check() -> None:
-            sources.append((await quotas.view(user.id)).source)
+    async def check() -> None:
+        sources.append((await quotas.view(user.id)).source)
 
-        with anyio.fail_after(20):  # the pool gives up on a waiting checkout after 30 s
-            async with anyio.create_task_group() as tasks:
-                for _ in range(40):
-                    tasks.start_soon(check)
-        assert sources == ["default"] * 40
-    finally:
-        await engine.dispose()
+    with anyio.fail_after(20):  # the pool gives up on a waiting checkout after 30 s
+        async with anyio.create_task_group() as tasks:
+            for _ in range(40):
+                tasks.start_soon(check)
+    assert sources == ["default"] * 40
