@@ -82,14 +82,13 @@ class Grants:
         Refreshed ahead, as tokens are: in the last fifth of an answer's time, the first caller asks again
         while the others go on with the cached answer.
         """
-        if not self.enabled:
-            return None
+        known, level = self.cached_level(workspace_id, user_id)
+        if known:
+            return level
         key = (workspace_id, user_id)
-        known = self._cache.get(key)
-        if known is not None:
-            left = known[0] - time.monotonic()
-            if left > 0 and (left > CACHE_TTL * (1 - REFRESH_AHEAD) or self._flights.running(key)):
-                return known[1]
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] > time.monotonic() and self._flights.running(key):
+            return entry[1]  # near its end and being refreshed: the others use it meanwhile
         # the requests that find the entry expired share one query; an answer older than the last ``forget``
         # (a grant or revocation meanwhile) is neither shared nor cached
         generation, level = await self._flights.run(
